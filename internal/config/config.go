@@ -1,0 +1,167 @@
+// Package config reads egressd's YAML configuration into checked values.
+//
+// Everything the gateway is told lives in one file, and a mistake in it
+// either stops the gateway from starting or, on reload, is refused while the
+// running config stays in place. So the loader is strict and thorough: an
+// unknown key is an error rather than a silently ignored typo, every problem
+// in the file is reported in one pass, and each carries the file and line of
+// the offending YAML node ("egressd.yaml:12: ...").
+//
+// The package does no network I/O, so `egressd check` and `egressd explain`
+// run anywhere.
+package config
+
+import (
+	_ "embed"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/egressd/egressd/internal/policy"
+)
+
+// Mode is how a listener learns where a client wants to go.
+type Mode string
+
+const (
+	// ModeTransparent: the network redirected the client's packets to
+	// egressd (iptables REDIRECT or TPROXY); the original destination is
+	// read from the socket.
+	ModeTransparent Mode = "transparent"
+	// ModeSNI: the destination is the TLS server name, resolved by DNS, on
+	// the listener's UpstreamPort.
+	ModeSNI Mode = "sni"
+)
+
+// SNIDestination says, for a transparent listener, how the original
+// destination address and the TLS server name are reconciled.
+type SNIDestination string
+
+const (
+	// Verify dials the original destination only if the server name
+	// resolves to it, so a client cannot claim an allowed name while
+	// connecting to another address.
+	Verify SNIDestination = "verify"
+	// Resolve dials what the server name resolves to, ignoring the
+	// original destination.
+	Resolve SNIDestination = "resolve"
+	// Trust dials the original destination and believes the server name.
+	Trust SNIDestination = "trust"
+)
+
+// Listener is one address egressd accepts connections on.
+type Listener struct {
+	Name    string
+	Mode    Mode
+	Address netip.AddrPort
+	// SNIDestination applies to transparent listeners only (default
+	// Verify); it is "" for others.
+	SNIDestination SNIDestination
+	// UpstreamPort is the port dialled on the resolved server name; sni
+	// listeners only (default 443), 0 for others.
+	UpstreamPort uint16
+	// TProxy sets IP_TRANSPARENT on the listening socket, for iptables
+	// TPROXY rather than REDIRECT; transparent listeners only.
+	TProxy bool
+	Line   int // where the listener is defined
+}
+
+// Timeouts bound each phase of a connection.
+type Timeouts struct {
+	// FirstBytes is how long a client may stay silent before the
+	// connection is treated as server-first (SMTP, MySQL, ...).
+	FirstBytes time.Duration
+	// ClientHello is how long a client that started TLS may take to send
+	// its whole ClientHello.
+	ClientHello time.Duration
+	// Connect bounds the dial to the server.
+	Connect time.Duration
+	// Idle closes a relayed connection with no traffic either way.
+	Idle time.Duration
+}
+
+// Log says where the per-connection log lines go.
+type Log struct {
+	Format string // "json" or "text"
+	Output string // "stdout", "stderr" or a file path, as written
+}
+
+// Policy is the policy section. Rules are kept as written (patterns not yet
+// compiled) so that `egressd explain` can show them; Config.Compile builds
+// the policy.Policy that decides.
+type Policy struct {
+	// Enforce false is report-only: decisions are logged, nothing is denied.
+	Enforce   bool
+	Default   policy.Action
+	Rules     []policy.Rule
+	RuleLines []int // RuleLines[i] is the line of Rules[i]
+}
+
+// Config is a loaded and checked configuration.
+type Config struct {
+	Path      string // the file it was read from, for messages
+	Listeners []Listener
+	// Resolver is the DNS server egressd asks; the zero value means the
+	// system's resolver. Written "host" alone, the port is 53.
+	Resolver netip.AddrPort
+	// Mark is the SO_MARK put on egressd's upstream sockets so that the
+	// redirect rules can exempt them; 0 means none.
+	Mark     uint32
+	Timeouts Timeouts
+	Log      Log
+	Policy   Policy
+}
+
+// Load reads and parses the config file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse parses a config file's contents; name is the file name used in
+// messages and stored as Path. When anything is wrong, the error is an
+// Errors listing every problem found.
+func Parse(name string, data []byte) (*Config, error) {
+	d := &decoder{file: name}
+	c := &Config{
+		Path:     name,
+		Timeouts: Timeouts{FirstBytes: 300 * time.Millisecond, ClientHello: 5 * time.Second, Connect: 5 * time.Second, Idle: 15 * time.Minute},
+		Log:      Log{Format: "json", Output: "stdout"},
+		Policy:   Policy{Enforce: true, Default: policy.Deny},
+	}
+	if root := d.document(data); root != nil {
+		d.config(root, c)
+	}
+	if len(d.errs) > 0 {
+		return nil, d.sorted()
+	}
+	return c, nil
+}
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// Default returns the built-in configuration (default.yaml in this package):
+// one sni listener on 127.0.0.1:8443 in report-only mode, so that a first run
+// shows what egressd would do without breaking anything.
+func Default() *Config {
+	c, err := Parse("(built-in default)", defaultYAML)
+	if err != nil {
+		panic("config: built-in default.yaml is invalid:\n" + err.Error())
+	}
+	return c
+}
+
+// Compile builds the decision structure from the policy section. A config
+// returned by Parse always compiles; the error is for configs built by hand.
+func (c *Config) Compile() (*policy.Policy, error) {
+	p, err := policy.Compile(c.Policy.Rules, c.Policy.Default)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Path, err)
+	}
+	return p, nil
+}

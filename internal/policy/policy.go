@@ -1,0 +1,88 @@
+// Package policy decides, for one connection, whether egressd lets it through.
+//
+// The policy is an ordered list of rules; the first rule whose every given
+// field matches decides, and when none does the default action decides. A deny
+// is data, not an error: Decide returns a Decision saying which rule decided
+// and why, so the gateway can refuse in the client's protocol and log the
+// reason, and `egressd explain` can print it without touching the network.
+//
+// Decide runs on every connection, with policies of up to about 100,000 name
+// patterns, so Compile indexes the rules by name: a decision costs time in
+// proportion to the labels of the name, not to the number of rules, and does
+// not allocate.
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Action is what a rule, or the default, does with a connection.
+type Action uint8
+
+const (
+	Deny Action = iota
+	Allow
+)
+
+// String returns "deny" or "allow", the words used in the config file.
+func (a Action) String() string {
+	switch a {
+	case Deny:
+		return "deny"
+	case Allow:
+		return "allow"
+	}
+	return fmt.Sprintf("action(%d)", uint8(a))
+}
+
+// PortRange is an inclusive range of destination ports; a single port has Lo == Hi.
+type PortRange struct{ Lo, Hi uint16 }
+
+// Rule is one entry of the policy as written. A field left empty is not
+// checked; a rule with no field at all matches every connection.
+type Rule struct {
+	Name   string
+	Action Action
+	// FQDN holds name patterns as written ("example.com", "*.example.com",
+	// "*"); see fqdn.ParsePattern. A rule with FQDN never matches a
+	// connection without a name.
+	FQDN         []string
+	Destinations []netip.Prefix
+	Sources      []netip.Prefix
+	Ports        []PortRange
+}
+
+// Input is what egressd knows about a connection when it decides.
+type Input struct {
+	Src netip.Addr
+	// Dst is the destination address, invalid when not known yet (sni mode
+	// before resolution); a rule with Destinations then does not match.
+	Dst netip.Addr
+	// Port is the destination port, 0 when unknown; a rule with Ports then
+	// does not match.
+	Port uint16
+	// FQDN is the destination name normalised by fqdn.Normalize, "" when
+	// there is none. A name that is not normalised matches no pattern.
+	FQDN string
+}
+
+// Decision is the outcome of Decide. It is precomputed per rule at Compile
+// time, so returning it costs nothing.
+type Decision struct {
+	Action Action
+	Rule   string // the deciding rule's name, "" for the default
+	Index  int    // the deciding rule's index, -1 for the default
+	// Reason is a human-readable account for logs, e.g. `matched rule "github"`.
+	Reason string
+	// Destinations are the deciding rule's destinations (shared with the
+	// policy: read-only), nil for the default. Permits uses them.
+	Destinations []netip.Prefix
+	// ByFQDN reports whether the deciding rule has an fqdn field, that is,
+	// whether the name is what decided. The gateway must then make sure the
+	// address it dials belongs to that name.
+	ByFQDN bool
+	// Hard marks a deny that report-only mode must not waive: destination
+	// safety, as opposed to policy. Set by DecideDial.
+	Hard bool
+}
