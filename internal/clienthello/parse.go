@@ -1,0 +1,210 @@
+package clienthello
+
+import "golang.org/x/crypto/cryptobyte"
+
+// Extension types that Parse reads (IANA TLS ExtensionType registry).
+const (
+	extServerName        = 0      // RFC 6066 §3
+	extALPN              = 16     // RFC 7301 §3.1
+	extSupportedVersions = 43     // RFC 8446 §4.2.1
+	extECH               = 0xfe0d // draft-ietf-tls-esni §5, encrypted_client_hello
+)
+
+// Info is what the gateway learns from a ClientHello.
+type Info struct {
+	// ServerName is the host_name of the server_name extension exactly as
+	// sent: not lower-cased, a trailing dot kept, any byte value allowed (NUL
+	// included, as in crypto/tls). Checking and normalising it is the job of
+	// internal/fqdn. It is "" when the client sent no host_name; an empty
+	// host_name makes the hello invalid.
+	ServerName string
+	// HasSNI says a host_name was sent, that is ServerName != "". A
+	// server_name extension holding only other name types leaves it false.
+	HasSNI bool
+	// ALPN is the protocol_name_list (RFC 7301 §3.1) in the client's order,
+	// nil when the extension is absent.
+	ALPN []string
+	// LegacyVersion is the hello's legacy_version (client_version).
+	LegacyVersion uint16
+	// RecordVersion is the legacy_record_version of the first record. Only the
+	// record layer knows it, so Examine sets it and Parse leaves it 0.
+	RecordVersion uint16
+	// Versions is the supported_versions list (RFC 8446 §4.2.1) in the
+	// client's order, GREASE values included; nil when absent.
+	Versions []uint16
+	// ECH says the encrypted_client_hello extension is present: ServerName
+	// is then the outer, public name, not the one the client wants.
+	ECH bool
+}
+
+// Parse reads a complete handshake message, as Reassemble returns it, and
+// reports whether it is a well-formed ClientHello. It fills info on success
+// and zeroes it on failure.
+//
+// Every length is checked, and duplicate extensions are rejected (RFC 8446
+// §4.2), but field contents are checked only where Info reports them: the
+// server behind the gateway judges the rest. Like crypto/tls, Parse accepts a
+// legacy_session_id longer than 32 bytes and an empty compression method list.
+//
+// One pass; it allocates only the strings and slices it stores in info, and
+// an 8 KiB set for a hello with more than 32 extensions.
+func Parse(msg []byte, info *Info) bool {
+	*info = Info{}
+	if !parseHello(cryptobyte.String(msg), info) {
+		*info = Info{}
+		return false
+	}
+	return true
+}
+
+// parseHello follows the ClientHello structure of RFC 8446 §4.1.2, which
+// keeps the TLS 1.2 framing (RFC 5246 §7.4.1.2).
+func parseHello(s cryptobyte.String, info *Info) bool {
+	var msgType uint8
+	var body, skipped, suites, exts cryptobyte.String
+	if !s.ReadUint8(&msgType) || msgType != typeClientHello ||
+		!s.ReadUint24LengthPrefixed(&body) || !s.Empty() ||
+		!body.ReadUint16(&info.LegacyVersion) ||
+		!body.Skip(32) || // random
+		!body.ReadUint8LengthPrefixed(&skipped) || // legacy_session_id
+		!body.ReadUint16LengthPrefixed(&suites) || len(suites)%2 != 0 ||
+		!body.ReadUint8LengthPrefixed(&skipped) { // legacy_compression_methods
+		return false
+	}
+	if body.Empty() {
+		return true // RFC 5246 §7.4.1.2: the extensions block may be absent
+	}
+	if !body.ReadUint16LengthPrefixed(&exts) || !body.Empty() {
+		return false
+	}
+	return parseExtensions(exts, info)
+}
+
+func parseExtensions(exts cryptobyte.String, info *Info) bool {
+	var seen extSet
+	for !exts.Empty() {
+		var typ uint16
+		var data cryptobyte.String
+		if !exts.ReadUint16(&typ) || !exts.ReadUint16LengthPrefixed(&data) {
+			return false
+		}
+		if !seen.add(typ) {
+			return false // RFC 8446 §4.2: at most one extension of a type
+		}
+		ok := true
+		switch typ {
+		case extServerName:
+			info.ServerName, ok = parseServerName(data)
+			info.HasSNI = info.ServerName != ""
+		case extALPN:
+			info.ALPN, ok = parseALPN(data)
+		case extSupportedVersions:
+			info.Versions, ok = parseVersions(data)
+		case extECH:
+			info.ECH = true // its content is for the server to open
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// parseServerName reads a ServerNameList (RFC 6066 §3): a non-empty list of
+// (NameType, opaque<1..2^16-1>) entries, at most one per type. Only
+// host_name (0) is defined; like crypto/tls, other types are read with the
+// same framing and skipped.
+func parseServerName(data cryptobyte.String) (string, bool) {
+	var list, host cryptobyte.String
+	if !data.ReadUint16LengthPrefixed(&list) || list.Empty() || !data.Empty() {
+		return "", false
+	}
+	for !list.Empty() {
+		var typ uint8
+		var name cryptobyte.String
+		if !list.ReadUint8(&typ) || !list.ReadUint16LengthPrefixed(&name) || name.Empty() {
+			return "", false
+		}
+		if typ != 0 {
+			continue
+		}
+		if host != nil {
+			return "", false // a second host_name
+		}
+		host = name
+	}
+	return string(host), true
+}
+
+// parseALPN reads a ProtocolNameList (RFC 7301 §3.1): a non-empty list of
+// opaque<1..2^8-1> names. It counts them first so that the slice is
+// allocated once.
+func parseALPN(data cryptobyte.String) ([]string, bool) {
+	var list cryptobyte.String
+	if !data.ReadUint16LengthPrefixed(&list) || list.Empty() || !data.Empty() {
+		return nil, false
+	}
+	n := 0
+	for rest := list; !rest.Empty(); n++ {
+		var name cryptobyte.String
+		if !rest.ReadUint8LengthPrefixed(&name) || name.Empty() {
+			return nil, false
+		}
+	}
+	protos := make([]string, n)
+	for i := range protos {
+		var name cryptobyte.String
+		list.ReadUint8LengthPrefixed(&name)
+		protos[i] = string(name)
+	}
+	return protos, true
+}
+
+// parseVersions reads the ClientHello form of supported_versions (RFC 8446
+// §4.2.1): ProtocolVersion versions<2..254>.
+func parseVersions(data cryptobyte.String) ([]uint16, bool) {
+	var list cryptobyte.String
+	if !data.ReadUint8LengthPrefixed(&list) || list.Empty() || len(list)%2 != 0 || !data.Empty() {
+		return nil, false
+	}
+	vers := make([]uint16, len(list)/2)
+	for i := range vers {
+		list.ReadUint16(&vers[i])
+	}
+	return vers, true
+}
+
+// extSet remembers the extension types seen. Real hellos carry about twenty,
+// which a linear scan of a small array handles without allocating; a hostile
+// hello may carry thousands, and past the array a 2^16-bit set keeps the
+// check linear.
+type extSet struct {
+	small [32]uint16
+	n     int
+	big   []uint64
+}
+
+// add records typ and reports whether it was new.
+func (s *extSet) add(typ uint16) bool {
+	if s.big != nil {
+		word, bit := typ/64, uint64(1)<<(typ%64)
+		isNew := s.big[word]&bit == 0
+		s.big[word] |= bit
+		return isNew
+	}
+	for _, t := range s.small[:s.n] {
+		if t == typ {
+			return false
+		}
+	}
+	if s.n < len(s.small) {
+		s.small[s.n] = typ
+		s.n++
+		return true
+	}
+	s.big = make([]uint64, 1<<16/64)
+	for _, t := range s.small {
+		s.big[t/64] |= 1 << (t % 64)
+	}
+	return s.add(typ)
+}

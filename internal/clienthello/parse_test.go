@@ -1,0 +1,181 @@
+package clienthello
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/crypto/cryptobyte"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  []byte
+		ok   bool
+		want Info
+	}{
+		{"no extensions block", hello(nil), true, Info{LegacyVersion: 0x0303}},
+		{"empty extensions block", hello(exts()), true, Info{LegacyVersion: 0x0303}},
+		{"sni", hello(exts(sni("example.com"))), true,
+			Info{LegacyVersion: 0x0303, ServerName: "example.com", HasSNI: true}},
+		{"sni as sent", hello(exts(sni("WWW.Example.COM."))), true,
+			Info{LegacyVersion: 0x0303, ServerName: "WWW.Example.COM.", HasSNI: true}},
+		{"sni with NUL kept for fqdn to judge", hello(exts(sni("a\x00b"))), true,
+			Info{LegacyVersion: 0x0303, ServerName: "a\x00b", HasSNI: true}},
+		{"server_name of another type only", hello(exts(serverNames(nameEntry(1, "x")))), true,
+			Info{LegacyVersion: 0x0303}},
+		{"host_name beside another type", hello(exts(serverNames(nameEntry(1, "x"), nameEntry(0, "a.example")))), true,
+			Info{LegacyVersion: 0x0303, ServerName: "a.example", HasSNI: true}},
+		{"alpn", hello(exts(alpn("h2", "http/1.1"))), true,
+			Info{LegacyVersion: 0x0303, ALPN: []string{"h2", "http/1.1"}}},
+		{"supported_versions", hello(exts(versions(0x0a0a, 0x0304, 0x0303))), true,
+			Info{LegacyVersion: 0x0303, Versions: []uint16{0x0a0a, 0x0304, 0x0303}}},
+		{"ech present, empty", hello(exts(ext{extECH, nil})), true, Info{LegacyVersion: 0x0303, ECH: true}},
+		{"ech grease-like", hello(exts(sni("public.example"), ext{extECH, []byte{0, 0, 1, 0, 1, 7, 0, 0, 0, 0}})), true,
+			Info{LegacyVersion: 0x0303, ServerName: "public.example", HasSNI: true, ECH: true}},
+		{"unknown extensions skipped", hello(exts(ext{0x1234, []byte("anything")}, sni("a.example"))), true,
+			Info{LegacyVersion: 0x0303, ServerName: "a.example", HasSNI: true}},
+		{"many distinct extensions", hello(exts(manyExts(100, 0x2000)...)), true, Info{LegacyVersion: 0x0303}},
+		{"long session id, as crypto/tls", helloWith(0x0303, 255, 2, 1, nil), true, Info{LegacyVersion: 0x0303}},
+		{"no compression methods, as crypto/tls", helloWith(0x0303, 0, 2, 0, nil), true, Info{LegacyVersion: 0x0303}},
+
+		{"empty", nil, false, Info{}},
+		{"handshake type 2", retype(hello(nil), 2), false, Info{}},
+		{"handshake length short", relen(hello(nil), -1), false, Info{}},
+		{"trailing garbage inside message", relen(cat(hello(exts(sni("a"))), []byte{0}), 0), false, Info{}},
+		{"trailing garbage after no extensions", relen(cat(hello(nil), []byte{0}), 0), false, Info{}},
+		{"truncated random", relen(hello(nil)[:20], 0), false, Info{}},
+		{"odd cipher suites", helloWith(0x0303, 0, 3, 1, nil), false, Info{}},
+		{"truncated extensions", relen(hello(exts(sni("example.com")))[:60], 0), false, Info{}},
+		{"extension longer than block", hello(rawExts(0, 0, 0, 9, 1)), false, Info{}},
+		{"duplicate extension", hello(exts(alpn("h2"), alpn("h2"))), false, Info{}},
+		{"duplicate unknown extension", hello(exts(ext{0x1234, nil}, sni("a"), ext{0x1234, nil})), false, Info{}},
+		{"duplicate past 32 extensions", hello(exts(append(manyExts(40, 0x2000), ext{0x2001, nil})...)), false, Info{}},
+		{"two host_name entries", hello(exts(serverNames(nameEntry(0, "a"), nameEntry(0, "b")))), false, Info{}},
+		{"empty host_name", hello(exts(sni(""))), false, Info{}},
+		{"empty server name list", hello(exts(serverNames())), false, Info{}},
+		{"server_name trailing bytes", hello(exts(ext{extServerName, cat(sni("a").data, []byte{0})})), false, Info{}},
+		{"empty alpn list", hello(exts(alpn())), false, Info{}},
+		{"empty alpn name", hello(exts(alpn("h2", ""))), false, Info{}},
+		{"empty supported_versions", hello(exts(versions())), false, Info{}},
+		{"odd supported_versions", hello(exts(ext{extSupportedVersions, []byte{3, 3, 4, 3}})), false, Info{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			info := Info{ServerName: "stale", RecordVersion: 0x0301}
+			if ok := Parse(tt.msg, &info); ok != tt.ok {
+				t.Fatalf("Parse(%x) = %v, want %v", tt.msg, ok, tt.ok)
+			}
+			if diff := cmp.Diff(tt.want, info); diff != "" {
+				t.Errorf("Parse(%x) info mismatch (-want +got):\n%s", tt.msg, diff)
+			}
+		})
+	}
+}
+
+// TestParseAllocs pins the allocations of the common path to what Info holds:
+// the server name, the ALPN slice and each name, the versions slice.
+func TestParseAllocs(t *testing.T) {
+	msg, _, _ := Reassemble(loadFixture(t, "go-default"), nil)
+	var info Info
+	n := testing.AllocsPerRun(10, func() { Parse(msg, &info) })
+	if want := float64(1 + 1 + len(info.ALPN) + 1); n != want {
+		t.Errorf("Parse(go-default) allocates %v times, want %v", n, want)
+	}
+}
+
+// The helpers below build ClientHellos (RFC 8446 §4.1.2) field by field, so
+// that each test case states only what differs.
+
+type ext struct {
+	typ  uint16
+	data []byte
+}
+
+// hello returns a ClientHello with one cipher suite, the null compression
+// method and the given extensions block (nil for none).
+func hello(extBlock []byte) []byte { return helloWith(0x0303, 0, 2, 1, extBlock) }
+
+// helloWith returns a ClientHello with fields of the given sizes.
+func helloWith(vers uint16, sessionLen, suitesLen, compLen int, extBlock []byte) []byte {
+	var b cryptobyte.Builder
+	b.AddUint8(typeClientHello)
+	b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) {
+		b.AddUint16(vers)
+		b.AddBytes(make([]byte, 32)) // random
+		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(make([]byte, sessionLen)) })
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(bytes.Repeat([]byte{0x13}, suitesLen)) })
+		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(make([]byte, compLen)) })
+		b.AddBytes(extBlock)
+	})
+	return b.BytesOrPanic()
+}
+
+// exts returns an extensions block holding es.
+func exts(es ...ext) []byte {
+	var b cryptobyte.Builder
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+		for _, e := range es {
+			b.AddUint16(e.typ)
+			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(e.data) })
+		}
+	})
+	return b.BytesOrPanic()
+}
+
+// rawExts returns an extensions block whose content is body as given.
+func rawExts(body ...byte) []byte { return cat([]byte{0, byte(len(body))}, body) }
+
+func manyExts(n int, first uint16) []ext {
+	es := make([]ext, n)
+	for i := range es {
+		es[i] = ext{first + uint16(i), nil}
+	}
+	return es
+}
+
+func sni(name string) ext { return serverNames(nameEntry(0, name)) }
+
+func nameEntry(typ uint8, name string) []byte {
+	return cat([]byte{typ, byte(len(name) >> 8), byte(len(name))}, []byte(name))
+}
+
+func serverNames(entries ...[]byte) ext {
+	list := cat(entries...)
+	return ext{extServerName, cat([]byte{byte(len(list) >> 8), byte(len(list))}, list)}
+}
+
+func alpn(protos ...string) ext {
+	var b cryptobyte.Builder
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+		for _, p := range protos {
+			b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(p)) })
+		}
+	})
+	return ext{extALPN, b.BytesOrPanic()}
+}
+
+func versions(vs ...uint16) ext {
+	data := []byte{byte(2 * len(vs))}
+	for _, v := range vs {
+		data = append(data, byte(v>>8), byte(v))
+	}
+	return ext{extSupportedVersions, data}
+}
+
+// rec returns one TLS record (RFC 8446 §5.1).
+func rec(typ byte, vers uint16, frag []byte) []byte {
+	return cat([]byte{typ, byte(vers >> 8), byte(vers), byte(len(frag) >> 8), byte(len(frag))}, frag)
+}
+
+func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+
+// retype returns msg with handshake type typ.
+func retype(msg []byte, typ byte) []byte { return cat([]byte{typ}, msg[1:]) }
+
+// relen returns msg with its uint24 length set to len(msg)-4+delta.
+func relen(msg []byte, delta int) []byte {
+	n := len(msg) - handshakeHeaderLen + delta
+	return cat([]byte{msg[0], byte(n >> 16), byte(n >> 8), byte(n)}, msg[handshakeHeaderLen:])
+}
