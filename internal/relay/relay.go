@@ -1,0 +1,203 @@
+// Package relay copies bytes both ways between a client and its upstream
+// until both sides are done, passing half-closes on and ending connections
+// that stay idle.
+//
+// Between two *net.TCPConn it moves bytes with splice(2) through a pipe that
+// is taken from a shared pool only while bytes are moving, and given back as
+// soon as the source has nothing more to read. An idle proxied connection so
+// holds exactly its two sockets: no pipe, no buffer. (io.Copy between two
+// TCPConns splices too, but holds a pipe per direction for the connection's
+// whole life: four extra fds and their kernel memory per idle connection.)
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Result is what one relayed connection moved and how each direction ended.
+type Result struct {
+	Up   int64 // client -> upstream
+	Down int64 // upstream -> client
+	// UpErr and DownErr are nil when the direction ended with a clean EOF
+	// from its source.
+	UpErr, DownErr error
+	// Idle is true when the connection was closed for being idle.
+	Idle bool
+}
+
+// ErrIdle ends a direction when neither direction moved a byte for the
+// idle timeout.
+var ErrIdle = errors.New("idle timeout")
+
+// Relay copies client->upstream and upstream->client until both directions
+// end. A clean EOF on one side is passed on as a half-close (CloseWrite) and
+// the other direction keeps running; an error on either side, or idle time
+// with no byte moved either way, closes both. A reset from one side is passed
+// on to the other as a reset. Relay closes both connections before it
+// returns. idle <= 0 disables the idle timeout.
+func Relay(client, upstream net.Conn, idle time.Duration) Result {
+	s := &session{client: client, upstream: upstream, idle: idle}
+	s.touch()
+	var up direction
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go s.copyUp(&wg, &up)
+	var down direction
+	s.run(&down, upstream, client)
+	wg.Wait()
+	client.Close()
+	upstream.Close()
+	return Result{
+		Up: up.n, Down: down.n,
+		UpErr: up.err, DownErr: down.err,
+		Idle: s.idleHit.Load(),
+	}
+}
+
+// session is the state both directions of one connection share.
+type session struct {
+	client, upstream net.Conn
+	idle             time.Duration
+	last             atomic.Int64 // unix nanoseconds of the last byte moved
+	aborted          atomic.Bool
+	idleHit          atomic.Bool
+}
+
+// direction is what one copy loop reports.
+type direction struct {
+	n   int64
+	err error
+}
+
+// copyUp is the client->upstream half; a named function so it reads well in
+// goroutine dumps.
+func (s *session) copyUp(wg *sync.WaitGroup, d *direction) {
+	defer wg.Done()
+	s.run(d, s.client, s.upstream)
+}
+
+func (s *session) run(d *direction, src, dst net.Conn) {
+	sc, sok := src.(*net.TCPConn)
+	dc, dok := dst.(*net.TCPConn)
+	if sok && dok {
+		d.n, d.err = s.splice(sc, dc)
+	} else {
+		d.n, d.err = s.copy(src, dst)
+	}
+	if d.err == nil {
+		// Clean EOF: pass the half-close on and let the other direction run.
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			if err := cw.CloseWrite(); err == nil {
+				return
+			}
+		}
+	}
+	s.abort(d.err, dst)
+}
+
+// abort ends the whole connection. A reset read from one side is passed on
+// to the other as a reset (SO_LINGER 0) so the peer learns the truth.
+func (s *session) abort(err error, dst net.Conn) {
+	if !s.aborted.CompareAndSwap(false, true) {
+		return
+	}
+	if errors.Is(err, syscall.ECONNRESET) {
+		if tc, ok := dst.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+	}
+	s.client.Close()
+	s.upstream.Close()
+}
+
+func (s *session) touch() { s.last.Store(time.Now().UnixNano()) }
+
+// arm sets the deadlines this direction owns: the source's read side and the
+// destination's write side.
+func (s *session) arm(src, dst net.Conn, t time.Time) {
+	src.SetReadDeadline(t)
+	dst.SetWriteDeadline(t)
+}
+
+// expired is called when a direction's deadline fired. If the other
+// direction moved bytes meanwhile the deadline is pushed out and the loop
+// goes on; otherwise the connection is idle.
+func (s *session) expired(src, dst net.Conn) bool {
+	last := time.Unix(0, s.last.Load())
+	until := last.Add(s.idle)
+	if time.Now().Before(until) {
+		s.arm(src, dst, until)
+		return false
+	}
+	s.idleHit.Store(true)
+	return true
+}
+
+func (s *session) start(src, dst net.Conn) {
+	if s.idle > 0 {
+		s.arm(src, dst, time.Now().Add(s.idle))
+	}
+}
+
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// copy is the portable path for connections that are not plain TCP sockets.
+func (s *session) copy(src, dst net.Conn) (int64, error) {
+	s.start(src, dst)
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var total int64
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			s.touch()
+			w, werr := writeFull(s, src, dst, buf[:n])
+			total += int64(w)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if rerr == nil {
+			continue
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if isTimeout(rerr) && s.idle > 0 && !s.aborted.Load() {
+			if s.expired(src, dst) {
+				return total, ErrIdle
+			}
+			continue
+		}
+		return total, rerr
+	}
+}
+
+func writeFull(s *session, src, dst net.Conn, b []byte) (int, error) {
+	var done int
+	for done < len(b) {
+		n, err := dst.Write(b[done:])
+		done += n
+		if err == nil {
+			continue
+		}
+		if isTimeout(err) && s.idle > 0 && !s.aborted.Load() {
+			if s.expired(src, dst) {
+				return done, ErrIdle
+			}
+			continue
+		}
+		return done, err
+	}
+	return done, nil
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
