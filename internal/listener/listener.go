@@ -1,0 +1,47 @@
+// Package listener binds egressd's listening sockets and recovers where a
+// transparently intercepted connection was going.
+//
+// Two Linux mechanisms deliver foreign connections to a local socket:
+// iptables/nftables REDIRECT rewrites the destination and conntrack keeps the
+// original, which SO_ORIGINAL_DST returns; TPROXY leaves the packet alone and
+// hands it to a socket with IP_TRANSPARENT, whose local address then is the
+// original destination. OriginalDst handles both.
+package listener
+
+import (
+	"context"
+	"net"
+	"net/netip"
+)
+
+// Options shape a listening socket.
+type Options struct {
+	// TProxy sets IP_TRANSPARENT (and IPV6_TRANSPARENT) so the socket can
+	// accept connections addressed to other hosts (needs CAP_NET_ADMIN).
+	TProxy bool
+}
+
+// Listen binds a TCP listener at addr.
+func Listen(ctx context.Context, addr netip.AddrPort, opt Options) (*net.TCPListener, error) {
+	lc := net.ListenConfig{Control: control(opt)}
+	network := "tcp4"
+	if addr.Addr().Is6() && !addr.Addr().Is4In6() {
+		network = "tcp6"
+	}
+	ln, err := lc.Listen(ctx, network, addr.String())
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+// AddrPort returns a net.Addr as netip.AddrPort with IPv4-mapped addresses
+// unmapped.
+func AddrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}

@@ -1,0 +1,96 @@
+package listener
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+func control(opt Options) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if !opt.TProxy {
+				return
+			}
+			if network == "tcp6" {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+			} else {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+			}
+			if serr != nil {
+				serr = fmt.Errorf("set IP_TRANSPARENT for tproxy (needs CAP_NET_ADMIN): %w", serr)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}
+}
+
+// OriginalDst returns where the client meant to connect. redirected is true
+// when conntrack reported a NAT'd original destination (REDIRECT/DNAT);
+// otherwise the connection's local address is returned, which is the
+// original destination under TPROXY and the listener's own address for a
+// client that connected to egressd directly.
+func OriginalDst(c *net.TCPConn) (dst netip.AddrPort, redirected bool, err error) {
+	local := AddrPort(c.LocalAddr())
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return local, false, err
+	}
+	var got netip.AddrPort
+	cerr := raw.Control(func(fd uintptr) {
+		if local.Addr().Is4() {
+			got, err = origDst4(int(fd))
+		} else {
+			got, err = origDst6(int(fd))
+		}
+	})
+	if cerr != nil {
+		return local, false, cerr
+	}
+	if err != nil || !got.IsValid() {
+		// ENOENT: no NAT entry. That is TPROXY or a direct connection.
+		return local, false, nil
+	}
+	return got, got != local, nil
+}
+
+func origDst4(fd int) (netip.AddrPort, error) {
+	var sa [unix.SizeofSockaddrInet4]byte
+	if err := getsockopt(fd, unix.SOL_IP, unix.SO_ORIGINAL_DST, sa[:]); err != nil {
+		return netip.AddrPort{}, err
+	}
+	port := binary.BigEndian.Uint16(sa[2:4])
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), port), nil
+}
+
+func origDst6(fd int) (netip.AddrPort, error) {
+	var sa [unix.SizeofSockaddrInet6]byte
+	// IP6T_SO_ORIGINAL_DST has the same number as SO_ORIGINAL_DST (80).
+	if err := getsockopt(fd, unix.SOL_IPV6, unix.SO_ORIGINAL_DST, sa[:]); err != nil {
+		return netip.AddrPort{}, err
+	}
+	port := binary.BigEndian.Uint16(sa[2:4])
+	addr := netip.AddrFrom16([16]byte(sa[8:24])).Unmap()
+	return netip.AddrPortFrom(addr, port), nil
+}
+
+// getsockopt reads a socket option into buf; x/sys/unix has no typed getter
+// for a sockaddr-shaped option.
+func getsockopt(fd, level, opt int, buf []byte) error {
+	l := uint32(len(buf))
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt),
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&l)), 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}

@@ -1,0 +1,219 @@
+// Package peek reads a client's first bytes under deadlines and says what
+// protocol they start: a TLS ClientHello (reassembled across TCP segments
+// and TLS records), an HTTP request, an SSH banner, something unknown, or
+// nothing at all — a server-first protocol whose client waits to be spoken
+// to. The bytes read are kept so the gateway can forward them verbatim.
+package peek
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/egressd/egressd/internal/clienthello"
+)
+
+// Protocol names, as logged.
+const (
+	TLS         = "tls"
+	HTTP        = "http"
+	SSH         = "ssh"
+	Unknown     = "unknown"
+	ServerFirst = "server-first"
+)
+
+// MaxBytes bounds what is read before a decision: a ClientHello, with its
+// record headers, may take clienthello.MaxHelloLen raw bytes; an HTTP
+// request head as much.
+const MaxBytes = clienthello.MaxHelloLen
+
+// maxHTTPHead bounds an HTTP request head.
+const maxHTTPHead = 16 << 10
+
+// Result is what the first bytes said.
+type Result struct {
+	Protocol string
+	// Data holds every byte read from the client, to be forwarded first.
+	Data []byte
+	// Hello is the parsed ClientHello when Protocol is TLS and HelloOK.
+	Hello   clienthello.Info
+	HelloOK bool
+	// Host is the HTTP Host (port stripped) when Protocol is HTTP.
+	Host string
+	// Err says why the bytes could not be classified completely: a
+	// malformed hello, a client that stopped mid-hello, an oversized head.
+	Err error
+}
+
+// Errors a Result can carry.
+var (
+	ErrMalformedHello = errors.New("malformed TLS ClientHello")
+	ErrHelloTimeout   = errors.New("client_hello timeout: ClientHello incomplete")
+	ErrHelloTooLarge  = errors.New("ClientHello larger than 16 KiB")
+	ErrHTTPTimeout    = errors.New("client_hello timeout: HTTP request head incomplete")
+	ErrHTTPTooLarge   = errors.New("HTTP request head larger than 16 KiB")
+	ErrBadHTTP        = errors.New("malformed HTTP request head")
+)
+
+// Deadlines for one connection, absolute.
+type Deadlines struct {
+	FirstBytes time.Time // nothing read by then: server-first
+	Complete   time.Time // a started hello or request head must be whole by then
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// Peek reads from c until the protocol is known. The read deadline is
+// cleared before it returns. Release must be called with the Result once
+// its Data has been forwarded.
+func Peek(c net.Conn, dl Deadlines) Result {
+	bp := bufPool.Get().(*[]byte)
+	buf := (*bp)[:0]
+	defer c.SetReadDeadline(time.Time{})
+
+	c.SetReadDeadline(dl.FirstBytes)
+	buf, err := readMore(c, buf)
+	if len(buf) == 0 {
+		r := Result{Protocol: ServerFirst, Data: buf}
+		if err != nil && !isTimeout(err) {
+			r.Err = err // EOF or reset before a byte: the caller logs it
+		}
+		return r
+	}
+	c.SetReadDeadline(dl.Complete)
+	switch {
+	case buf[0] == 0x16:
+		return peekTLS(c, buf)
+	case looksHTTP(buf):
+		return peekHTTP(c, buf)
+	default:
+		return peekBanner(c, buf)
+	}
+}
+
+// Release returns r's buffer to the pool; r.Data must not be used after.
+func Release(r *Result) {
+	if cap(r.Data) == 0 || cap(r.Data) > MaxBytes {
+		return
+	}
+	b := r.Data[:0]
+	r.Data = nil
+	bufPool.Put(&b)
+}
+
+// scratchPool holds reassembly buffers for hellos split over several TLS
+// records; one-record hellos never touch it.
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, clienthello.MaxHelloLen); return &b }}
+
+func peekTLS(c net.Conn, buf []byte) Result {
+	sp := scratchPool.Get().(*[]byte)
+	defer scratchPool.Put(sp)
+	for {
+		var r Result
+		_, st := clienthello.Examine(buf, (*sp)[:0], &r.Hello)
+		switch st {
+		case clienthello.Complete:
+			r.Protocol, r.Data, r.HelloOK = TLS, buf, true
+			return r
+		case clienthello.Invalid, clienthello.NotTLS:
+			return Result{Protocol: TLS, Data: buf, Err: ErrMalformedHello}
+		}
+		if len(buf) >= clienthello.MaxHelloLen {
+			return Result{Protocol: TLS, Data: buf, Err: ErrHelloTooLarge}
+		}
+		var err error
+		if buf, err = readMore(c, buf); err != nil {
+			if isTimeout(err) {
+				err = ErrHelloTimeout
+			}
+			return Result{Protocol: TLS, Data: buf, Err: err}
+		}
+	}
+}
+
+var methods = [...]string{"GET ", "POST ", "PUT ", "HEAD ", "DELETE ", "OPTIONS ", "PATCH ", "TRACE ", "CONNECT "}
+
+// looksHTTP reports whether buf starts like an HTTP/1.x request line, or is
+// a prefix of one.
+func looksHTTP(buf []byte) bool {
+	for _, m := range methods {
+		n := min(len(buf), len(m))
+		if string(buf[:n]) == m[:n] {
+			return true
+		}
+	}
+	return false
+}
+
+func peekHTTP(c net.Conn, buf []byte) Result {
+	for {
+		if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
+			host, ok := httpHost(buf[:i+4])
+			r := Result{Protocol: HTTP, Data: buf, Host: host}
+			if !ok {
+				r.Err = ErrBadHTTP
+			}
+			return r
+		}
+		if len(buf) >= maxHTTPHead {
+			return Result{Protocol: HTTP, Data: buf, Err: ErrHTTPTooLarge}
+		}
+		var err error
+		if buf, err = readMore(c, buf); err != nil {
+			if len(buf) > 0 && !looksHTTP(buf) {
+				return Result{Protocol: Unknown, Data: buf}
+			}
+			if isTimeout(err) {
+				err = ErrHTTPTimeout
+			}
+			return Result{Protocol: HTTP, Data: buf, Err: err}
+		}
+		if !looksHTTP(buf) {
+			return Result{Protocol: Unknown, Data: buf}
+		}
+	}
+}
+
+// peekBanner tells an SSH identification string (RFC 4253 §4.2) from
+// anything else; it waits only while the bytes could still become "SSH-".
+func peekBanner(c net.Conn, buf []byte) Result {
+	const ssh = "SSH-"
+	for len(buf) < len(ssh) && string(buf) == ssh[:len(buf)] {
+		var err error
+		if buf, err = readMore(c, buf); err != nil {
+			break
+		}
+	}
+	if bytes.HasPrefix(buf, []byte(ssh)) {
+		return Result{Protocol: SSH, Data: buf}
+	}
+	return Result{Protocol: Unknown, Data: buf}
+}
+
+// readMore appends one read's worth of bytes to buf, growing it up to
+// MaxBytes.
+func readMore(c net.Conn, buf []byte) ([]byte, error) {
+	if len(buf) == cap(buf) {
+		n := min(max(2*cap(buf), 4096), MaxBytes)
+		if n <= len(buf) {
+			return buf, ErrHelloTooLarge
+		}
+		nb := make([]byte, len(buf), n)
+		copy(nb, buf)
+		buf = nb
+	}
+	n, err := c.Read(buf[len(buf):cap(buf)])
+	buf = buf[:len(buf)+n]
+	if n > 0 {
+		return buf, nil
+	}
+	if err == nil {
+		err = errors.New("empty read")
+	}
+	return buf, err
+}
+
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }

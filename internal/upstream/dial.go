@@ -1,0 +1,28 @@
+package upstream
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// Dialer opens egressd's connections to servers.
+type Dialer struct {
+	Timeout time.Duration
+	// Mark is put on every upstream socket (SO_MARK) so that iptables or
+	// nftables rules can leave egressd's own traffic alone; 0 sets none.
+	Mark uint32
+}
+
+// Dial connects to addr, an address that was already checked: it is never
+// re-resolved here.
+func (d *Dialer) Dial(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
+	nd := net.Dialer{Timeout: d.Timeout, Control: markControl(d.Mark)}
+	c, err := nd.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	return c.(*net.TCPConn), nil
+}

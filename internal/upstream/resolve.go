@@ -1,0 +1,237 @@
+// Package upstream reaches the server: it resolves names (with a TTL cache
+// that the anti-spoofing check shares), and dials with a connect timeout and
+// the socket mark that keeps egressd's own traffic out of its redirect rules.
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Lookup is one name's answers and how long they may be reused.
+type Lookup struct {
+	Addrs []netip.Addr
+	TTL   time.Duration
+}
+
+// Resolver answers A and AAAA questions.
+type Resolver interface {
+	Resolve(ctx context.Context, name string) (Lookup, error)
+}
+
+// ErrNoAddress means the name exists but has no A or AAAA record.
+var ErrNoAddress = errors.New("no address")
+
+// DNS queries one DNS server directly (miekg/dns), so that answers carry
+// their TTLs. CNAME chains are followed by the server; every A/AAAA in the
+// answer section is taken and the smallest TTL kept.
+type DNS struct {
+	Server  netip.AddrPort
+	Timeout time.Duration
+}
+
+// Resolve asks for A and AAAA in parallel.
+func (r *DNS) Resolve(ctx context.Context, name string) (Lookup, error) {
+	type res struct {
+		l   Lookup
+		err error
+	}
+	ch := make(chan res, 2)
+	for _, qt := range [2]uint16{dns.TypeA, dns.TypeAAAA} {
+		go func() {
+			l, err := r.query(ctx, name, qt)
+			ch <- res{l, err}
+		}()
+	}
+	var out Lookup
+	var errs []error
+	for range 2 {
+		x := <-ch
+		if x.err != nil {
+			errs = append(errs, x.err)
+			continue
+		}
+		out.Addrs = append(out.Addrs, x.l.Addrs...)
+		if out.TTL == 0 || (x.l.TTL > 0 && x.l.TTL < out.TTL) {
+			out.TTL = x.l.TTL
+		}
+	}
+	if len(out.Addrs) == 0 {
+		if len(errs) > 0 {
+			return out, errs[0]
+		}
+		return out, fmt.Errorf("resolve %s: %w", name, ErrNoAddress)
+	}
+	return out, nil
+}
+
+func (r *DNS) query(ctx context.Context, name string, qt uint16) (Lookup, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), qt)
+	m.RecursionDesired = true
+	m.SetEdns0(1232, false)
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = 3 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c := &dns.Client{Net: "udp", Timeout: timeout}
+	in, _, err := c.ExchangeContext(ctx, m, r.Server.String())
+	if err == nil && in.Truncated {
+		c.Net = "tcp"
+		in, _, err = c.ExchangeContext(ctx, m, r.Server.String())
+	}
+	if err != nil {
+		return Lookup{}, fmt.Errorf("resolve %s: %w", name, err)
+	}
+	if in.Rcode != dns.RcodeSuccess {
+		return Lookup{}, fmt.Errorf("resolve %s: %s", name, dns.RcodeToString[in.Rcode])
+	}
+	var l Lookup
+	for _, rr := range in.Answer {
+		var a netip.Addr
+		switch v := rr.(type) {
+		case *dns.A:
+			a, _ = netip.AddrFromSlice(v.A.To4())
+		case *dns.AAAA:
+			a, _ = netip.AddrFromSlice(v.AAAA.To16())
+		default:
+			continue
+		}
+		if !a.IsValid() {
+			continue
+		}
+		ttl := time.Duration(rr.Header().Ttl) * time.Second
+		if l.TTL == 0 || ttl < l.TTL {
+			l.TTL = ttl
+		}
+		l.Addrs = append(l.Addrs, a.Unmap())
+	}
+	return l, nil
+}
+
+// System uses the operating system's resolver (and so /etc/hosts), which
+// reports no TTLs: answers are reused for SystemTTL.
+type System struct{}
+
+// SystemTTL is how long the system resolver's answers are cached.
+const SystemTTL = 30 * time.Second
+
+// Resolve looks name up with net.DefaultResolver.
+func (System) Resolve(ctx context.Context, name string) (Lookup, error) {
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", name)
+	if err != nil {
+		return Lookup{}, fmt.Errorf("resolve %s: %w", name, err)
+	}
+	l := Lookup{TTL: SystemTTL, Addrs: make([]netip.Addr, 0, len(addrs))}
+	for _, a := range addrs {
+		l.Addrs = append(l.Addrs, a.Unmap())
+	}
+	if len(l.Addrs) == 0 {
+		return l, fmt.Errorf("resolve %s: %w", name, ErrNoAddress)
+	}
+	return l, nil
+}
+
+// Cache keeps answers for their TTL (bounded by MinTTL and MaxTTL) and
+// failures for NegativeTTL, and lets concurrent lookups of one name share a
+// single query.
+type Cache struct {
+	Resolver Resolver
+	MaxItems int // default 65536; when full, expired entries go, then any
+
+	mu       sync.Mutex
+	entries  map[string]*entry
+	inflight map[string]*call
+}
+
+// TTL bounds for cached answers.
+const (
+	MinTTL      = 5 * time.Second
+	MaxTTL      = 10 * time.Minute
+	NegativeTTL = 5 * time.Second
+)
+
+type entry struct {
+	l       Lookup
+	err     error
+	expires time.Time
+}
+
+type call struct {
+	done chan struct{}
+	l    Lookup
+	err  error
+}
+
+// Resolve returns the cached answer or asks the resolver.
+func (c *Cache) Resolve(ctx context.Context, name string) (Lookup, error) {
+	now := time.Now()
+	c.mu.Lock()
+	if e, ok := c.entries[name]; ok && now.Before(e.expires) {
+		c.mu.Unlock()
+		return e.l, e.err
+	}
+	if cl, ok := c.inflight[name]; ok {
+		c.mu.Unlock()
+		select {
+		case <-cl.done:
+			return cl.l, cl.err
+		case <-ctx.Done():
+			return Lookup{}, ctx.Err()
+		}
+	}
+	if c.inflight == nil {
+		c.inflight = make(map[string]*call)
+		c.entries = make(map[string]*entry)
+	}
+	cl := &call{done: make(chan struct{})}
+	c.inflight[name] = cl
+	c.mu.Unlock()
+
+	// The shared query must not die with the first asker's context.
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	cl.l, cl.err = c.Resolver.Resolve(qctx, name)
+	cancel()
+	close(cl.done)
+
+	ttl := min(max(cl.l.TTL, MinTTL), MaxTTL)
+	if cl.err != nil {
+		ttl = NegativeTTL
+	}
+	c.mu.Lock()
+	delete(c.inflight, name)
+	c.evictLocked(now)
+	c.entries[name] = &entry{l: cl.l, err: cl.err, expires: time.Now().Add(ttl)}
+	c.mu.Unlock()
+	return cl.l, cl.err
+}
+
+func (c *Cache) evictLocked(now time.Time) {
+	limit := c.MaxItems
+	if limit <= 0 {
+		limit = 65536
+	}
+	if len(c.entries) < limit {
+		return
+	}
+	for k, e := range c.entries {
+		if !now.Before(e.expires) {
+			delete(c.entries, k)
+		}
+	}
+	for k := range c.entries {
+		if len(c.entries) < limit {
+			break
+		}
+		delete(c.entries, k)
+	}
+}
