@@ -1,0 +1,106 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/fqdn"
+	"github.com/egressd/egressd/internal/policy"
+)
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "config `FILE` to validate (required)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: egressd check --config FILE\n\nExits 0 if the config is valid; otherwise prints every problem as FILE:LINE: message and exits 1.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return flagExit(err)
+	}
+	if *path == "" {
+		fs.Usage()
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err == nil {
+		_, err = cfg.Compile()
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d listeners, %d rules)\n", *path, len(cfg.Listeners), len(cfg.Policy.Rules))
+	return 0
+}
+
+// explanation is explain's --json shape.
+type explanation struct {
+	Action   string `json:"action"`
+	Rule     string `json:"rule"`
+	Reason   string `json:"reason"`
+	Enforced bool   `json:"enforced"`
+}
+
+func cmdExplain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "config `FILE` (required)")
+	src := fs.String("src", "", "client source `IP` (required)")
+	dst := fs.String("dst", "", "destination `IP:PORT` (required)")
+	sni := fs.String("sni", "", "server `NAME` the client sends (SNI or Host); none means a connection without a name")
+	asJSON := fs.Bool("json", false, `print {"action","rule","reason","enforced"} as JSON`)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--json]\n\nPrints the decision the running gateway would make for such a connection, with no network I/O.\nA transparent listener in sni_destination: verify mode would also check that NAME resolves to IP;\nexplain cannot (it does no DNS) and says so.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return flagExit(err)
+	}
+	if *path == "" || *src == "" || *dst == "" {
+		fs.Usage()
+		return 2
+	}
+	srcIP, err := netip.ParseAddr(*src)
+	if err != nil {
+		fmt.Fprintf(stderr, "egressd explain: --src: %v\n", err)
+		return 2
+	}
+	dstAP, err := netip.ParseAddrPort(*dst)
+	if err != nil {
+		fmt.Fprintf(stderr, "egressd explain: --dst: %v\n", err)
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	pol, err := cfg.Compile()
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	name, _ := fqdn.Normalize(*sni)
+	d := pol.DecideDial(policy.Input{Src: srcIP.Unmap(), Dst: dstAP.Addr().Unmap(), Port: dstAP.Port(), FQDN: name})
+	e := explanation{Action: d.Action.String(), Rule: d.Rule, Reason: d.Reason, Enforced: cfg.Policy.Enforce || d.Hard}
+	if *asJSON {
+		b, _ := json.Marshal(e)
+		fmt.Fprintln(stdout, string(b))
+		return 0
+	}
+	rule := e.Rule
+	if rule == "" {
+		rule = "(default)"
+	}
+	fmt.Fprintf(stdout, "action:   %s\nrule:     %s\nreason:   %s\nenforced: %v\n", e.Action, rule, e.Reason, e.Enforced)
+	if *sni != "" && name == "" {
+		fmt.Fprintf(stdout, "note:     %q is not an FQDN (IP literal or invalid name): decided without a name\n", *sni)
+	}
+	return 0
+}

@@ -1,0 +1,258 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/fqdn"
+	"github.com/egressd/egressd/internal/listener"
+	"github.com/egressd/egressd/internal/peek"
+	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/refuse"
+	"github.com/egressd/egressd/internal/relay"
+	"github.com/egressd/egressd/internal/upstream"
+)
+
+// verdict is the outcome of deciding one connection: the policy's decision
+// with destination safety applied, possibly overridden (anti-spoofing, no
+// route), and the address to dial. An invalid dst means there is nowhere to
+// go: the connection is refused even in report-only mode.
+type verdict struct {
+	policy.Decision
+	dst netip.AddrPort
+}
+
+// handle is one connection's whole life. It always writes one access-log
+// line, whatever happens.
+func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn) {
+	st := g.state.Load()
+	cfg := st.Config
+	lc := &bl.cfg
+	rec := accesslog.Record{
+		Start:      time.Now(),
+		Listener:   lc.Name,
+		Src:        listener.AddrPort(c.RemoteAddr()),
+		FQDNSource: "none",
+		Enforced:   cfg.Policy.Enforce,
+	}
+	defer g.access.Log(&rec)
+
+	var orig netip.AddrPort
+	if lc.Mode == config.ModeTransparent {
+		var redirected bool
+		orig, redirected, _ = listener.OriginalDst(c)
+		rec.Dst = orig
+		if !redirected && !lc.TProxy || g.isSelf(orig, bl) {
+			rec.Protocol = peek.Unknown
+			rec.Action, rec.Reason = "deny", "not intercepted: the destination is egressd itself"
+			refuse.Reset(c)
+			return
+		}
+	}
+
+	p := peek.Peek(c, peek.Deadlines{
+		FirstBytes: rec.Start.Add(cfg.Timeouts.FirstBytes),
+		Complete:   rec.Start.Add(cfg.Timeouts.ClientHello),
+	})
+	defer peek.Release(&p)
+	rec.Protocol = p.Protocol
+	if p.Err != nil {
+		rec.Action, rec.Reason = "deny", peekReason(p)
+		refuse.Reset(c)
+		return
+	}
+	rawName := ""
+	switch {
+	case p.Protocol == peek.TLS:
+		rec.ECH, rec.ALPN = p.Hello.ECH, p.Hello.ALPN
+		if p.Hello.HasSNI {
+			rawName, rec.FQDNSource = p.Hello.ServerName, "sni"
+		}
+	case p.Protocol == peek.HTTP && p.Host != "":
+		rawName, rec.FQDNSource = p.Host, "host"
+	}
+	name, ok := fqdn.Normalize(rawName)
+	if ok {
+		rec.FQDN = name
+	} else {
+		rec.FQDNSource = "none"
+	}
+
+	in := policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN}
+	var v verdict
+	if lc.Mode == config.ModeSNI {
+		v = g.decideSNI(ctx, st, lc, in)
+	} else {
+		v = g.decideTransparent(ctx, st, lc, in, orig)
+	}
+	if v.dst.IsValid() {
+		rec.Dst = v.dst
+	}
+	rec.Rule, rec.Reason = v.Rule, v.Reason
+	rec.Action = v.Action.String()
+	if v.Action == policy.Deny && (cfg.Policy.Enforce || v.Hard || !v.dst.IsValid()) {
+		rec.Enforced = true
+		g.refuse(c, p, v.Rule)
+		return
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, cfg.Timeouts.Connect)
+	d := upstream.Dialer{Timeout: cfg.Timeouts.Connect, Mark: cfg.Mark}
+	up, err := d.Dial(dctx, v.dst)
+	cancel()
+	if err != nil {
+		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
+		if p.Protocol == peek.TLS {
+			refuse.TLSAlert(c, p.Hello.RecordVersion, refuse.AlertInternalError)
+		} else {
+			refuse.Reset(c)
+		}
+		return
+	}
+	if _, err := up.Write(p.Data); err != nil {
+		rec.Reason = v.Reason + "; upstream write failed: " + err.Error()
+		up.Close()
+		refuse.Reset(c)
+		return
+	}
+	rec.BytesUp = int64(len(p.Data))
+	peek.Release(&p)
+
+	res := relay.Relay(c, up, cfg.Timeouts.Idle)
+	rec.BytesUp += res.Up
+	rec.BytesDown = res.Down
+	if end := endReason(res); end != "" {
+		rec.Reason += "; " + end
+	}
+}
+
+// decideSNI routes on the name: resolve it, then decide with the first
+// answer as the destination, every answer checked (policy.DecideDial).
+func (g *Gateway) decideSNI(ctx context.Context, st *State, lc *config.Listener, in policy.Input) verdict {
+	in.Port = lc.UpstreamPort
+	if in.FQDN == "" {
+		return noRoute(st.Policy.Decide(in), "sni listener: no server name to route on")
+	}
+	return g.resolved(ctx, st, in, lc.UpstreamPort)
+}
+
+// resolved decides a connection whose destination is the name's DNS answer.
+func (g *Gateway) resolved(ctx context.Context, st *State, in policy.Input, port uint16) verdict {
+	lk, err := g.names.Resolve(ctx, in.FQDN)
+	if err != nil {
+		return noRoute(st.Policy.Decide(in), err.Error())
+	}
+	in.Dst = lk.Addrs[0]
+	return verdict{
+		Decision: st.Policy.DecideDial(in, lk.Addrs...),
+		dst:      netip.AddrPortFrom(lk.Addrs[0], port),
+	}
+}
+
+// noRoute is the verdict when egressd has no address to dial: a deny,
+// whatever the policy said, with the reason saying why.
+func noRoute(d policy.Decision, why string) verdict {
+	if d.Action == policy.Allow {
+		d.Action, d.Reason = policy.Deny, why
+	} else {
+		d.Reason = why + "; " + d.Reason
+	}
+	return verdict{Decision: d}
+}
+
+// decideTransparent decides on the original destination and the name the
+// client claims, checking the claim as sni_destination says.
+func (g *Gateway) decideTransparent(ctx context.Context, st *State, lc *config.Listener, in policy.Input, orig netip.AddrPort) verdict {
+	in.Port = orig.Port()
+	if lc.SNIDestination == config.Resolve && in.FQDN != "" {
+		return g.resolved(ctx, st, in, orig.Port())
+	}
+	in.Dst = orig.Addr()
+	v := verdict{Decision: st.Policy.DecideDial(in), dst: orig}
+	if v.Action != policy.Allow || lc.SNIDestination != config.Verify || !v.ByFQDN {
+		return v
+	}
+	// The name is what allowed this connection: it must be the name of the
+	// address the client is really going to.
+	lk, err := g.names.Resolve(ctx, in.FQDN)
+	switch {
+	case err != nil:
+		v.Action = policy.Deny
+		v.Reason = "cannot verify " + in.FQDN + " against " + orig.Addr().String() + ": " + err.Error()
+	case !slices.Contains(lk.Addrs, orig.Addr()):
+		v.Action = policy.Deny
+		v.Reason = fmt.Sprintf("spoofed name: %s does not resolve to destination %s (sni_destination: verify)", in.FQDN, orig.Addr())
+	}
+	return v
+}
+
+// refuse tells a denied client no in its protocol.
+func (g *Gateway) refuse(c net.Conn, p peek.Result, rule string) {
+	switch p.Protocol {
+	case peek.TLS:
+		refuse.TLSAlert(c, p.Hello.RecordVersion, refuse.AlertAccessDenied)
+	case peek.HTTP:
+		refuse.HTTPForbidden(c, rule)
+	default:
+		refuse.Reset(c)
+	}
+}
+
+// isSelf reports whether dst is this listener's own address: a connection
+// that was not intercepted, or one that would loop back into egressd.
+func (g *Gateway) isSelf(dst netip.AddrPort, bl *boundListener) bool {
+	la := listener.AddrPort(bl.ln.Addr())
+	if dst.Port() != la.Port() {
+		return false
+	}
+	if dst.Addr() == la.Addr() || dst.Addr().IsLoopback() {
+		return true
+	}
+	return g.isLocal(dst.Addr())
+}
+
+func (g *Gateway) isLocal(a netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range addrs {
+		if pn, ok := ia.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(pn.IP); ok && ip.Unmap() == a {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func peekReason(p peek.Result) string {
+	switch {
+	case p.Protocol == peek.ServerFirst && errors.Is(p.Err, io.EOF):
+		return "client closed before sending anything"
+	case errors.Is(p.Err, syscall.ECONNRESET):
+		return "client reset the connection during peek"
+	}
+	return p.Err.Error()
+}
+
+func endReason(r relay.Result) string {
+	switch {
+	case r.Idle:
+		return "closed: idle timeout"
+	case r.UpErr != nil && !errors.Is(r.UpErr, net.ErrClosed):
+		return "client side ended: " + r.UpErr.Error()
+	case r.DownErr != nil && !errors.Is(r.DownErr, net.ErrClosed):
+		return "upstream side ended: " + r.DownErr.Error()
+	}
+	return ""
+}

@@ -1,0 +1,218 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/config"
+)
+
+// world is a small loopback network for in-process gateway tests: a TLS
+// echo server, a DNS server with fixed records, and a gateway whose sni
+// listener routes to the echo server's port.
+type world struct {
+	t        *testing.T
+	echo     netip.AddrPort
+	gw       *Gateway
+	addr     netip.AddrPort // the sni listener
+	logs     *logSink
+	cancel   context.CancelFunc
+	served   chan struct{}
+	serverCh chan string // SNI each TLS connection reached the server with
+}
+
+// records maps names to answers for the test DNS server.
+type records map[string][]string
+
+func newWorld(t *testing.T, rec records, policyYAML string) *world {
+	t.Helper()
+	w := &world{t: t, logs: &logSink{}, serverCh: make(chan string, 64)}
+	w.echo = w.startEcho()
+	dnsAddr := startDNS(t, rec)
+	cfgText := fmt.Sprintf(`listeners:
+  - name: sni
+    mode: sni
+    address: 127.0.0.1:0
+    upstream_port: %d
+resolver: %s
+timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1m}
+%s`, w.echo.Port(), dnsAddr, policyYAML)
+	cfg, err := config.Parse("test.yaml", []byte(cfgText))
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, cfgText)
+	}
+	pol, err := cfg.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	w.gw = New(&State{Config: cfg, Policy: pol}, log, accesslog.New(w.logs, "json"))
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	if err := w.gw.Bind(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.addr = w.gw.Addrs()["sni"]
+	w.served = make(chan struct{})
+	go func() { w.gw.Serve(ctx, time.Second); close(w.served) }()
+	t.Cleanup(func() {
+		cancel()
+		<-w.served
+	})
+	return w
+}
+
+// startEcho runs a TLS server that echoes what it reads.
+func (w *world) startEcho() netip.AddrPort {
+	cert := selfSigned(w.t)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			w.serverCh <- h.ServerName
+			return nil, nil
+		},
+	})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+func selfSigned(t *testing.T) tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"good.test"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// startDNS serves rec over UDP on loopback and returns its address.
+func startDNS(t *testing.T, rec records) string {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := dns.NewServeMux()
+	mux.HandleFunc(".", func(rw dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		name := strings.TrimSuffix(q.Question[0].Name, ".")
+		ans, ok := rec[name]
+		if !ok {
+			m.Rcode = dns.RcodeNameError
+		}
+		for _, a := range ans {
+			ip := netip.MustParseAddr(a)
+			hdr := dns.RR_Header{Name: q.Question[0].Name, Class: dns.ClassINET, Ttl: 60}
+			switch {
+			case ip.Is4() && q.Question[0].Qtype == dns.TypeA:
+				hdr.Rrtype = dns.TypeA
+				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: ip.AsSlice()})
+			case ip.Is6() && q.Question[0].Qtype == dns.TypeAAAA:
+				hdr.Rrtype = dns.TypeAAAA
+				m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()})
+			}
+		}
+		rw.WriteMsg(m)
+	})
+	srv := &dns.Server{PacketConn: pc, Handler: mux}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+// logSink collects access-log lines.
+type logSink struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *logSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+// entry is one parsed access-log line.
+type entry map[string]any
+
+// waitLog returns the first log line for which match is true, polling
+// until it appears.
+func (w *world) waitLog(match func(entry) bool) entry {
+	w.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		w.logs.mu.Lock()
+		text := w.logs.buf.String()
+		w.logs.mu.Unlock()
+		sc := bufio.NewScanner(strings.NewReader(text))
+		for sc.Scan() {
+			var e entry
+			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+				w.t.Fatalf("access log line is not JSON: %q", sc.Text())
+			}
+			if match(e) {
+				return e
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	w.logs.mu.Lock()
+	defer w.logs.mu.Unlock()
+	w.t.Fatalf("no matching access-log line; log so far:\n%s", w.logs.buf.String())
+	return nil
+}
+
+func bySrcPort(c net.Conn) func(entry) bool {
+	src := c.LocalAddr().String()
+	return func(e entry) bool { return e["src"] == src }
+}
+
+// want checks fields of a log entry.
+func (w *world) want(e entry, fields map[string]any) {
+	w.t.Helper()
+	for k, v := range fields {
+		if got := e[k]; fmt.Sprint(got) != fmt.Sprint(v) {
+			w.t.Errorf("log %s = %v, want %v (line %v)", k, got, v, e)
+		}
+	}
+}
