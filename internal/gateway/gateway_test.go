@@ -87,6 +87,7 @@ func TestSNIDenied(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "access denied") {
 				t.Errorf("handshake error = %v, want a TLS access denied alert", err)
 			}
+			raw.Close() // as real clients do after an alert: egressd logs at close
 			e := w.waitLog(bySrcPort(raw))
 			w.want(e, map[string]any{"action": "deny", "rule": tc.rule, "protocol": "tls", "enforced": true})
 			if r, _ := e["reason"].(string); !strings.Contains(r, tc.reason) {

@@ -23,7 +23,10 @@ type Options struct {
 
 // Listen binds a TCP listener at addr.
 func Listen(ctx context.Context, addr netip.AddrPort, opt Options) (*net.TCPListener, error) {
-	lc := net.ListenConfig{Control: control(opt)}
+	// No TCP keepalive on accepted sockets: the gateway's idle timeout ends
+	// dead connections, and keepalive would cost four setsockopt(2) calls
+	// per connection.
+	lc := net.ListenConfig{Control: control(opt), KeepAlive: -1}
 	network := "tcp4"
 	if addr.Addr().Is6() && !addr.Addr().Is4In6() {
 		network = "tcp6"

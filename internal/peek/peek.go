@@ -66,13 +66,12 @@ type Deadlines struct {
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// Peek reads from c until the protocol is known. The read deadline is
-// cleared before it returns. Release must be called with the Result once
-// its Data has been forwarded.
+// Peek reads from c until the protocol is known. It leaves a read deadline
+// set: whoever reads next (relay, refuse) sets its own. Release must be
+// called with the Result once its Data has been forwarded.
 func Peek(c net.Conn, dl Deadlines) Result {
 	bp := bufPool.Get().(*[]byte)
 	buf := (*bp)[:0]
-	defer c.SetReadDeadline(time.Time{})
 
 	c.SetReadDeadline(dl.FirstBytes)
 	buf, err := readMore(c, buf)

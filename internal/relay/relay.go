@@ -68,6 +68,7 @@ type session struct {
 	last             atomic.Int64 // unix nanoseconds of the last byte moved
 	aborted          atomic.Bool
 	idleHit          atomic.Bool
+	eofs             atomic.Int32 // directions that ended with a clean EOF
 }
 
 // direction is what one copy loop reports.
@@ -92,6 +93,11 @@ func (s *session) run(d *direction, src, dst net.Conn) {
 		d.n, d.err = s.copy(src, dst)
 	}
 	if d.err == nil {
+		if s.eofs.Add(1) == 2 {
+			// Both sides have said all: Relay closes both now, and that
+			// close is the FIN; a shutdown(2) first would be a wasted call.
+			return
+		}
 		// Clean EOF: pass the half-close on and let the other direction run.
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			if err := cw.CloseWrite(); err == nil {
@@ -140,10 +146,14 @@ func (s *session) expired(src, dst net.Conn) bool {
 	return true
 }
 
+// start arms the first deadlines; with no idle timeout it clears any a
+// previous reader (the peek) left behind.
 func (s *session) start(src, dst net.Conn) {
+	var t time.Time
 	if s.idle > 0 {
-		s.arm(src, dst, time.Now().Add(s.idle))
+		t = time.Now().Add(s.idle)
 	}
+	s.arm(src, dst, t)
 }
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
