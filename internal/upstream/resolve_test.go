@@ -1,0 +1,183 @@
+package upstream
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// dnsServer serves fixed answers on UDP and TCP loopback and counts queries.
+type dnsServer struct {
+	addr    netip.AddrPort
+	queries atomic.Int32
+}
+
+func startDNS(t *testing.T, handler func(q dns.Question, m *dns.Msg, tcp bool)) *dnsServer {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &dnsServer{addr: netip.MustParseAddrPort(pc.LocalAddr().String())}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		s.queries.Add(1)
+		m := new(dns.Msg)
+		m.SetReply(q)
+		_, tcp := w.RemoteAddr().(*net.TCPAddr)
+		handler(q.Question[0], m, tcp)
+		w.WriteMsg(m)
+	})
+	u := &dns.Server{PacketConn: pc, Handler: h}
+	tc := &dns.Server{Listener: ln, Handler: h}
+	go u.ActivateAndServe()
+	go tc.ActivateAndServe()
+	t.Cleanup(func() { u.Shutdown(); tc.Shutdown() })
+	return s
+}
+
+func rr(t *testing.T, s string) dns.RR {
+	r, err := dns.NewRR(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestDNSResolve(t *testing.T) {
+	srv := startDNS(t, func(q dns.Question, m *dns.Msg, tcp bool) {
+		switch {
+		case q.Name == "a.test." && q.Qtype == dns.TypeA:
+			m.Answer = append(m.Answer, rr(t, "a.test. 300 IN A 198.51.100.1"), rr(t, "a.test. 60 IN A 198.51.100.2"))
+		case q.Name == "a.test." && q.Qtype == dns.TypeAAAA:
+			m.Answer = append(m.Answer, rr(t, "a.test. 120 IN AAAA 2001:db8::1"))
+		case q.Name == "alias.test." && q.Qtype == dns.TypeA:
+			m.Answer = append(m.Answer, rr(t, "alias.test. 300 IN CNAME a.test."), rr(t, "a.test. 30 IN A 198.51.100.1"))
+		case q.Name == "big.test." && q.Qtype == dns.TypeA:
+			if !tcp {
+				m.Truncated = true
+				return
+			}
+			m.Answer = append(m.Answer, rr(t, "big.test. 300 IN A 198.51.100.9"))
+		case q.Name == "nx.test.":
+			m.Rcode = dns.RcodeNameError
+		}
+	})
+	r := &DNS{Server: srv.addr, Timeout: 2 * time.Second}
+	tests := []struct {
+		name  string
+		addrs []string
+		ttl   time.Duration
+		err   string
+	}{
+		{"a.test", []string{"198.51.100.1", "198.51.100.2", "2001:db8::1"}, 60 * time.Second, ""},
+		{"alias.test", []string{"198.51.100.1"}, 30 * time.Second, ""},
+		{"big.test", []string{"198.51.100.9"}, 300 * time.Second, ""},
+		{"nx.test", nil, 0, "NXDOMAIN"},
+		{"empty.test", nil, 0, "no address"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := r.Resolve(context.Background(), tc.name)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("Resolve(%s) error = %v, want %q", tc.name, err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, a := range l.Addrs {
+				got = append(got, a.String())
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, tc.addrs) || l.TTL != tc.ttl {
+				t.Errorf("Resolve(%s) = %v ttl %v, want %v ttl %v", tc.name, got, l.TTL, tc.addrs, tc.ttl)
+			}
+		})
+	}
+}
+
+// fakeResolver counts calls; it stands in for DNS when testing the cache.
+type fakeResolver struct {
+	calls atomic.Int32
+	delay time.Duration
+	ttl   time.Duration
+}
+
+func (f *fakeResolver) Resolve(ctx context.Context, name string) (Lookup, error) {
+	f.calls.Add(1)
+	time.Sleep(f.delay)
+	if name == "bad.test" {
+		return Lookup{}, ErrNoAddress
+	}
+	return Lookup{Addrs: []netip.Addr{netip.MustParseAddr("198.51.100.1")}, TTL: f.ttl}, nil
+}
+
+func TestCacheSharesAndExpires(t *testing.T) {
+	f := &fakeResolver{delay: 50 * time.Millisecond, ttl: time.Hour}
+	c := &Cache{Resolver: f}
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Resolve(context.Background(), "a.test"); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := f.calls.Load(); n != 1 {
+		t.Errorf("20 concurrent lookups made %d queries, want 1", n)
+	}
+	c.Resolve(context.Background(), "a.test")
+	if n := f.calls.Load(); n != 1 {
+		t.Errorf("cached lookup made a query (%d)", n)
+	}
+	if _, err := c.Resolve(context.Background(), "bad.test"); err == nil {
+		t.Error("failure not returned")
+	}
+	c.Resolve(context.Background(), "bad.test")
+	if n := f.calls.Load(); n != 2 {
+		t.Errorf("negative answer not cached: %d queries, want 2", n)
+	}
+}
+
+func TestCacheBounded(t *testing.T) {
+	f := &fakeResolver{ttl: time.Hour}
+	c := &Cache{Resolver: f, MaxItems: 10}
+	for i := range 100 {
+		c.Resolve(context.Background(), strings.Repeat("x", i+1)+".test")
+	}
+	if n := len(c.entries); n > 10 {
+		t.Errorf("cache holds %d entries, want <= 10", n)
+	}
+}
+
+func TestDialMarkAndRefused(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close() // nothing listens now: refused
+	d := &Dialer{Timeout: time.Second}
+	_, err = d.Dial(context.Background(), addr)
+	if err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("Dial to a closed port = %v, want connection refused", err)
+	}
+}
