@@ -1,0 +1,365 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// nsPrefix starts the name of every namespace these tests create:
+// nsPrefix + PID + "-" + run + "-" + role. The PID lets a later run tell a
+// stale namespace (its process is gone) from one of a concurrent run.
+const nsPrefix = "egde2e-"
+
+// netns is one named network namespace (ip netns add).
+type netns struct {
+	name string
+}
+
+// ip runs `ip -n NS ARGS...` and fails the test on error.
+func (n *netns) ip(t testing.TB, args ...string) {
+	t.Helper()
+	runCmd(t, "ip", append([]string{"-n", n.name}, args...)...)
+}
+
+// exec runs a program inside the namespace and fails the test on error.
+func (n *netns) exec(t testing.TB, name string, args ...string) {
+	t.Helper()
+	runCmd(t, "ip", append([]string{"netns", "exec", n.name, name}, args...)...)
+}
+
+// command prepares a program to run inside the namespace.
+func (n *netns) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.name, name}, args...)...)
+}
+
+// do runs fn on an OS thread that has entered the namespace. Sockets that fn
+// creates stay in the namespace for their whole life, whatever thread uses
+// them later. If the thread cannot return to its own namespace it is left
+// locked, so the runtime discards it with the goroutine.
+func (n *netns) do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open own netns: %w", err)
+			return
+		}
+		defer unix.Close(self)
+		target, err := unix.Open(filepath.Join("/run/netns", n.name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open netns %s: %w", n.name, err)
+			return
+		}
+		defer unix.Close(target)
+		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns %s: %w", n.name, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("leave netns %s: %w", n.name, err) // thread stays locked and dies
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// listen opens a TCP listener inside the namespace, closed at cleanup.
+func (n *netns) listen(t testing.TB, addr string) *net.TCPListener {
+	t.Helper()
+	var ln net.Listener
+	err := n.do(func() (err error) {
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen %s in %s: %v", addr, n.name, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.(*net.TCPListener)
+}
+
+// dial connects from inside the namespace, from laddr if it is not empty.
+func (n *netns) dial(laddr, raddr string) (*net.TCPConn, error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if laddr != "" {
+		a, err := net.ResolveTCPAddr("tcp4", laddr)
+		if err != nil {
+			return nil, err
+		}
+		d.LocalAddr = a
+	}
+	var c net.Conn
+	err := n.do(func() (err error) {
+		c, err = d.Dial("tcp4", raddr)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// waitListening polls until something accepts TCP connections on addr, seen
+// from inside the namespace.
+func (n *netns) waitListening(t testing.TB, addr string, p *process) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := n.dial("", addr)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if p != nil && p.exited() {
+			t.Fatalf("%s exited before listening on %s:\n%s", p.name, addr, p.output())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens on %s in %s: %v", addr, n.name, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// setSysctl writes a value under /proc/sys from inside the namespace.
+func (n *netns) setSysctl(t testing.TB, key, value string) {
+	t.Helper()
+	path := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+	if err := n.do(func() error { return os.WriteFile(path, []byte(value), 0o644) }); err != nil {
+		t.Fatalf("sysctl %s=%s in %s: %v", key, value, n.name, err)
+	}
+}
+
+// remove kills whatever still runs in the namespace (only processes these
+// tests started live there) and deletes it.
+func (n *netns) remove() error {
+	out, _ := exec.Command("ip", "netns", "pids", n.name).Output()
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+	}
+	if b, err := exec.Command("ip", "netns", "del", n.name).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip netns del %s: %v: %s", n.name, err, b)
+	}
+	return nil
+}
+
+// newNetns creates a namespace with its loopback up, deleted at cleanup.
+func newNetns(t testing.TB, run, role string) *netns {
+	t.Helper()
+	n := &netns{name: fmt.Sprintf("%s%d-%s-%s", nsPrefix, os.Getpid(), run, role)}
+	runCmd(t, "ip", "netns", "add", n.name)
+	t.Cleanup(func() {
+		if err := n.remove(); err != nil {
+			t.Error(err)
+		}
+	})
+	n.ip(t, "link", "set", "lo", "up")
+	return n
+}
+
+// removeStaleNamespaces deletes namespaces left by earlier runs whose
+// process is gone (a run killed before its cleanup).
+func removeStaleNamespaces() {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 || !strings.HasPrefix(fields[0], nsPrefix) {
+			continue
+		}
+		name := fields[0]
+		pidText, _, _ := strings.Cut(strings.TrimPrefix(name, nsPrefix), "-")
+		pid, err := strconv.Atoi(pidText)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			continue // a concurrent run
+		}
+		(&netns{name: name}).remove()
+	}
+}
+
+// topology is the three namespaces of the tests' network:
+//
+//	cli 10.99.1.2, 10.99.1.3 ── 10.99.1.1 gw 198.51.100.1, 10.99.2.1 ── srv 198.51.100.10, .20, 10.99.2.10
+//
+// cli's default route is gw, and so is srv's; gw forwards.
+type topology struct {
+	cli, gw, srv *netns
+}
+
+// Addresses of the topology.
+const (
+	cliAddr      = "10.99.1.2"
+	cliTrustAddr = "10.99.1.3" // a second client address, redirected to the trust listener
+	gwCliAddr    = "10.99.1.1"
+	srvAddr      = "198.51.100.10"
+	attackerAddr = "198.51.100.20" // a public address that allowed.test does not resolve to
+	labAddr      = "10.99.2.10"    // a restricted address only lab-ssh opens
+	gwCliIf      = "to-cli"        // gw's interface towards cli
+)
+
+func newTopology(t testing.TB) *topology {
+	t.Helper()
+	requirePrivileges(t)
+	b := make([]byte, 2)
+	rand.Read(b)
+	run := hex.EncodeToString(b)
+	top := &topology{cli: newNetns(t, run, "cli"), gw: newNetns(t, run, "gw"), srv: newNetns(t, run, "srv")}
+
+	// The veths are made inside the namespaces: their names never meet
+	// those of a concurrent run in the root namespace.
+	top.cli.ip(t, "link", "add", "eth0", "type", "veth", "peer", "name", gwCliIf, "netns", top.gw.name)
+	top.gw.ip(t, "link", "add", "to-srv", "type", "veth", "peer", "name", "eth0", "netns", top.srv.name)
+
+	top.cli.ip(t, "addr", "add", cliAddr+"/24", "dev", "eth0")
+	top.cli.ip(t, "addr", "add", cliTrustAddr+"/24", "dev", "eth0")
+	top.gw.ip(t, "addr", "add", gwCliAddr+"/24", "dev", gwCliIf)
+	top.gw.ip(t, "addr", "add", "198.51.100.1/24", "dev", "to-srv")
+	top.gw.ip(t, "addr", "add", "10.99.2.1/24", "dev", "to-srv")
+	for _, a := range []string{srvAddr, attackerAddr, labAddr} {
+		top.srv.ip(t, "addr", "add", a+"/24", "dev", "eth0")
+	}
+	top.cli.ip(t, "link", "set", "eth0", "up")
+	top.gw.ip(t, "link", "set", gwCliIf, "up")
+	top.gw.ip(t, "link", "set", "to-srv", "up")
+	top.srv.ip(t, "link", "set", "eth0", "up")
+	top.cli.ip(t, "route", "add", "default", "via", gwCliAddr)
+	top.srv.ip(t, "route", "add", "default", "via", "198.51.100.1")
+	top.gw.setSysctl(t, "net.ipv4.ip_forward", "1")
+	return top
+}
+
+// redirect sends every TCP connection arriving from cli to egressd's
+// transparent listeners with iptables REDIRECT: from cliTrustAddr to the
+// trust listener, from anyone else to the verify one.
+func (top *topology) redirect(t testing.TB) {
+	t.Helper()
+	requireTools(t, "iptables")
+	top.gw.exec(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", gwCliIf, "-p", "tcp", "-s", cliTrustAddr,
+		"-j", "REDIRECT", "--to-ports", portTrust)
+	top.gw.exec(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", gwCliIf, "-p", "tcp",
+		"-j", "REDIRECT", "--to-ports", portTransparent)
+}
+
+// tproxy sends every TCP connection arriving from cli to egressd's TPROXY
+// listener: iptables TPROXY marks the packets, policy routing delivers them
+// locally.
+func (top *topology) tproxy(t testing.TB) {
+	t.Helper()
+	requireTools(t, "iptables")
+	top.gw.exec(t, "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", gwCliIf, "-p", "tcp",
+		"-j", "TPROXY", "--on-port", portTProxy, "--on-ip", "0.0.0.0", "--tproxy-mark", "0x1/0x1")
+	top.gw.ip(t, "rule", "add", "fwmark", "0x1/0x1", "lookup", "100")
+	top.gw.ip(t, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+}
+
+// nftRedirect is redirect written for nftables.
+func (top *topology) nftRedirect(t testing.TB) {
+	t.Helper()
+	top.gw.nft(t, `table ip egressd_e2e {
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		iifname "`+gwCliIf+`" ip saddr `+cliTrustAddr+` meta l4proto tcp redirect to :`+portTrust+`
+		iifname "`+gwCliIf+`" meta l4proto tcp redirect to :`+portTransparent+`
+	}
+}`)
+}
+
+// nftTProxy is tproxy written for nftables.
+func (top *topology) nftTProxy(t testing.TB) {
+	t.Helper()
+	top.gw.nft(t, `table ip egressd_e2e {
+	chain prerouting {
+		type filter hook prerouting priority mangle; policy accept;
+		iifname "`+gwCliIf+`" meta l4proto tcp tproxy to :`+portTProxy+` meta mark set 0x1 accept
+	}
+}`)
+	top.gw.ip(t, "rule", "add", "fwmark", "0x1/0x1", "lookup", "100")
+	top.gw.ip(t, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+}
+
+// nft loads an nftables ruleset into the namespace.
+func (n *netns) nft(t testing.TB, ruleset string) {
+	t.Helper()
+	requireTools(t, "nft")
+	file := filepath.Join(t.TempDir(), "ruleset.nft")
+	if err := os.WriteFile(file, []byte(ruleset), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n.exec(t, "nft", "-f", file)
+}
+
+// countUpstreamSYNs makes gw count the SYNs it sends towards srv, those
+// with egressd's mark (0x100) and those without; see upstreamSYNs.
+func (top *topology) countUpstreamSYNs(t testing.TB) {
+	t.Helper()
+	requireTools(t, "iptables")
+	for _, not := range [][]string{nil, {"!"}} {
+		args := []string{"-t", "mangle", "-A", "OUTPUT", "-o", "to-srv", "-p", "tcp", "--syn", "-m", "mark"}
+		args = append(append(args, not...), "--mark", "0x100")
+		top.gw.exec(t, "iptables", args...)
+	}
+}
+
+// upstreamSYNs reads the counters of countUpstreamSYNs.
+func (top *topology) upstreamSYNs(t testing.TB) (marked, unmarked int) {
+	t.Helper()
+	out, err := top.gw.command(context.Background(), "iptables", "-t", "mangle", "-L", "OUTPUT", "-v", "-x", "-n").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables -L: %v\n%s", err, out)
+	}
+	found := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.Contains(line, "mark match") {
+			continue
+		}
+		n, err := strconv.Atoi(f[0])
+		if err != nil {
+			t.Fatalf("iptables -L: cannot read %q", line)
+		}
+		found++
+		if strings.Contains(line, "mark match !") {
+			unmarked = n
+		} else {
+			marked = n
+		}
+	}
+	if found != 2 {
+		t.Fatalf("iptables -L: want 2 counter rules, found %d:\n%s", found, out)
+	}
+	return marked, unmarked
+}
+
+// runCmd runs a program and fails the test on error.
+func runCmd(t testing.TB, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}

@@ -1,0 +1,43 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestSNIListener connects to the sni listener, which takes the destination
+// from the SNI: resolved through egressd's resolver, port upstream_port.
+func TestSNIListener(t *testing.T) {
+	w := newWorld(t, worldOptions{intercept: sniOnly})
+
+	t.Run("allowed", func(t *testing.T) {
+		from := w.log.mark()
+		out, err := sClient(t, w, "", "-connect", sniListenAddr, "-servername", "allowed.test")
+		if wantOut := "hello sni=allowed.test local=" + srvAddr + ":443"; !strings.Contains(out, wantOut) {
+			t.Errorf("openssl s_client -connect %s -servername allowed.test: output lacks %q (exit %v):\n%s", sniListenAddr, wantOut, err, out)
+		}
+		w.log.expect(t, from, "sni listener", byListener("sni"), want{
+			listener: "sni", dst: srvAddr + ":443", fqdn: "allowed.test", fqdnSource: "sni", protocol: []string{"tls"},
+			rule: rule("allowed"), action: "allow", bytes: 1,
+		})
+	})
+
+	// A name on the allow list that resolves (even in part) to a restricted
+	// address must not open it.
+	for _, name := range []string{"private.allowed.test", "mixed.allowed.test"} {
+		t.Run(name, func(t *testing.T) {
+			from, accepts := w.log.mark(), w.tls.accepts.Load()
+			out, err := sClient(t, w, "", "-connect", sniListenAddr, "-servername", name)
+			if err == nil || !strings.Contains(out, "alert access denied") {
+				t.Errorf("openssl s_client -servername %s: want an access denied alert, got exit %v:\n%s", name, err, out)
+			}
+			w.log.expect(t, from, name, byListener("sni"), want{
+				listener: "sni", fqdn: name, fqdnSource: "sni", protocol: []string{"tls"},
+				action: "deny", reasonHas: "restricted",
+			})
+			if n := w.tls.accepts.Load() - accepts; n != 0 {
+				t.Errorf("a server accepted %d connections, want 0", n)
+			}
+		})
+	}
+}
