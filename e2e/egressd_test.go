@@ -37,6 +37,7 @@ const configTemplate = `listeners:
     mode: transparent
     address: 0.0.0.0:` + portTProxy + `
     tproxy: true
+    sni_destination: resolve
   - name: sni
     mode: sni
     address: ` + sniListenAddr + `

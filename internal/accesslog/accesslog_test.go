@@ -40,3 +40,21 @@ func TestLogHasEveryKey(t *testing.T) {
 		t.Errorf("log line (-want +got):\n%s", diff)
 	}
 }
+
+func BenchmarkLog(b *testing.B) {
+	lg := New(discard{}, "json")
+	r := &Record{
+		Start: time.Now(), Listener: "sni",
+		Src: netip.MustParseAddrPort("10.0.0.1:4000"), Dst: netip.MustParseAddrPort("127.0.0.1:443"),
+		FQDN: "localhost", FQDNSource: "sni", Protocol: "tls", ALPN: []string{"h2", "http/1.1"},
+		Rule: "bench", Action: "allow", Enforced: true, Reason: `matched rule "bench"`, BytesUp: 10, BytesDown: 20,
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		lg.Log(r)
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

@@ -130,6 +130,9 @@ func (g *Gateway) closeListeners() {
 // spinning.
 func (g *Gateway) acceptLoop(ctx context.Context, bl *boundListener) {
 	defer g.wg.Done()
+	// Connections outlive the accept loop: on shutdown they drain for the
+	// grace period instead of having their lookups and dials cancelled.
+	connCtx := context.WithoutCancel(ctx)
 	var backoff time.Duration
 	for {
 		c, err := bl.ln.AcceptTCP()
@@ -149,7 +152,7 @@ func (g *Gateway) acceptLoop(ctx context.Context, bl *boundListener) {
 		backoff = 0
 		g.track(c, true)
 		g.wg.Add(1)
-		go g.serveConn(ctx, bl, c)
+		go g.serveConn(connCtx, bl, c)
 	}
 }
 

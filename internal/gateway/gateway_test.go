@@ -197,3 +197,27 @@ func TestReportOnly(t *testing.T) {
 	e = w.waitLog(bySrcPort(raw))
 	w.want(e, map[string]any{"action": "deny", "rule": "nodest", "enforced": true})
 }
+
+// TestUpstreamRefused checks an allowed connection whose server refuses:
+// a TLS client gets an internal_error alert, and the log names the dial
+// error.
+func TestUpstreamRefused(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close() // nothing listens there now
+	w := newWorldTo(t, baseRecords, basePolicy, closed)
+
+	_, raw, err := dialTLS(w, "good.test")
+	if err == nil || !strings.Contains(err.Error(), "internal error") {
+		t.Errorf("handshake = %v, want an internal_error alert", err)
+	}
+	raw.Close()
+	e := w.waitLog(bySrcPort(raw))
+	w.want(e, map[string]any{"action": "allow", "rule": "good", "protocol": "tls"})
+	if r, _ := e["reason"].(string); !strings.Contains(r, "upstream failed") || !strings.Contains(r, "refused") {
+		t.Errorf("log reason = %q, want the dial error", r)
+	}
+}

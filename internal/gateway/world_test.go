@@ -46,8 +46,18 @@ type records map[string][]string
 
 func newWorld(t *testing.T, rec records, policyYAML string) *world {
 	t.Helper()
+	return newWorldTo(t, rec, policyYAML, 0)
+}
+
+// newWorldTo is newWorld with the sni listener's upstream_port set to port
+// instead of the echo server's (0 keeps the echo server).
+func newWorldTo(t *testing.T, rec records, policyYAML string, port uint16) *world {
+	t.Helper()
 	w := &world{t: t, logs: &logSink{}, serverCh: make(chan string, 64)}
 	w.echo = w.startEcho()
+	if port == 0 {
+		port = w.echo.Port()
+	}
 	dnsAddr := startDNS(t, rec)
 	cfgText := fmt.Sprintf(`listeners:
   - name: sni
@@ -56,7 +66,7 @@ func newWorld(t *testing.T, rec records, policyYAML string) *world {
     upstream_port: %d
 resolver: %s
 timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1m}
-%s`, w.echo.Port(), dnsAddr, policyYAML)
+%s`, port, dnsAddr, policyYAML)
 	cfg, err := config.Parse("test.yaml", []byte(cfgText))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, cfgText)
