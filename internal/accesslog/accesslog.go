@@ -7,7 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Record is everything egressd knows about one connection when it closes.
@@ -29,40 +33,85 @@ type Record struct {
 	BytesDown  int64
 }
 
-// Logger writes Records.
-type Logger struct{ l *slog.Logger }
-
-// New returns a Logger writing JSON (format "json") or logfmt-like text
-// ("text") lines to w.
-func New(w io.Writer, format string) *Logger {
-	opts := &slog.HandlerOptions{}
-	var h slog.Handler
-	if format == "text" {
-		h = slog.NewTextHandler(w, opts)
-	} else {
-		h = slog.NewJSONHandler(w, opts)
-	}
-	return &Logger{l: slog.New(h)}
+// Logger writes Records, one line each, with a single write(2) per line.
+type Logger struct {
+	w    io.Writer
+	text *slog.Logger // nil for JSON
 }
 
-// Log writes r as one line.
+// New returns a Logger writing JSON (format "json") or logfmt-like text
+// ("text") lines to w. Writes from concurrent connections are not
+// interleaved: each line is one Write call, and w must accept concurrent
+// Writes (an *os.File does).
+func New(w io.Writer, format string) *Logger {
+	if format == "text" {
+		return &Logger{w: w, text: slog.New(slog.NewTextHandler(w, nil))}
+	}
+	return &Logger{w: w}
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// Log writes r as one line. The JSON form is encoded by hand into a pooled
+// buffer: the access log is written for every connection, and slog's
+// generic handler cost more than the rest of the decision path together.
 func (lg *Logger) Log(r *Record) {
 	end := time.Now()
-	alpn := ""
-	if len(r.ALPN) > 0 {
-		alpn = r.ALPN[0]
-		for _, p := range r.ALPN[1:] {
-			alpn += "," + p
-		}
+	if lg.text != nil {
+		lg.logText(r, end)
+		return
 	}
-	lg.l.LogAttrs(context.Background(), slog.LevelInfo, "conn",
+	bp := bufPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	b = append(b, `{"time":"`...)
+	b = end.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","level":"INFO","msg":"conn","listener":`...)
+	b = appendString(b, r.Listener)
+	b = append(b, `,"src":"`...)
+	b = appendAddr(b, r.Src)
+	b = append(b, `","dst":"`...)
+	b = appendAddr(b, r.Dst)
+	b = append(b, `","fqdn":`...)
+	b = appendString(b, r.FQDN)
+	b = append(b, `,"fqdn_source":`...)
+	b = appendString(b, r.FQDNSource)
+	b = append(b, `,"protocol":`...)
+	b = appendString(b, r.Protocol)
+	b = append(b, `,"alpn":`...)
+	b = appendString(b, strings.Join(r.ALPN, ","))
+	b = append(b, `,"ech":`...)
+	b = strconv.AppendBool(b, r.ECH)
+	b = append(b, `,"rule":`...)
+	b = appendString(b, r.Rule)
+	b = append(b, `,"action":`...)
+	b = appendString(b, r.Action)
+	b = append(b, `,"enforced":`...)
+	b = strconv.AppendBool(b, r.Enforced)
+	b = append(b, `,"reason":`...)
+	b = appendString(b, r.Reason)
+	b = append(b, `,"bytes_up":`...)
+	b = strconv.AppendInt(b, r.BytesUp, 10)
+	b = append(b, `,"bytes_down":`...)
+	b = strconv.AppendInt(b, r.BytesDown, 10)
+	b = append(b, `,"duration_ms":`...)
+	b = strconv.AppendInt(b, end.Sub(r.Start).Milliseconds(), 10)
+	b = append(b, "}\n"...)
+	lg.w.Write(b)
+	if cap(b) <= 64<<10 {
+		*bp = b
+		bufPool.Put(bp)
+	}
+}
+
+func (lg *Logger) logText(r *Record, end time.Time) {
+	lg.text.LogAttrs(context.Background(), slog.LevelInfo, "conn",
 		slog.String("listener", r.Listener),
 		slog.String("src", addrString(r.Src)),
 		slog.String("dst", addrString(r.Dst)),
 		slog.String("fqdn", r.FQDN),
 		slog.String("fqdn_source", r.FQDNSource),
 		slog.String("protocol", r.Protocol),
-		slog.String("alpn", alpn),
+		slog.String("alpn", strings.Join(r.ALPN, ",")),
 		slog.Bool("ech", r.ECH),
 		slog.String("rule", r.Rule),
 		slog.String("action", r.Action),
@@ -79,4 +128,43 @@ func addrString(a netip.AddrPort) string {
 		return ""
 	}
 	return a.String()
+}
+
+func appendAddr(b []byte, a netip.AddrPort) []byte {
+	if !a.IsValid() {
+		return b
+	}
+	return a.AppendTo(b) // digits, dots, colons, brackets: nothing to escape
+}
+
+// appendString appends s as a JSON string (RFC 8259 §7). Client-supplied
+// text (ALPN names, names inside reasons) can hold any byte: control
+// characters are escaped and invalid UTF-8 becomes U+FFFD, so every line
+// stays valid JSON.
+func appendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,3 +59,45 @@ func BenchmarkLog(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestLogEscapes checks client-supplied bytes cannot break the line: the
+// JSON decodes to the same text (invalid UTF-8 as U+FFFD) and stays one line.
+func TestLogEscapes(t *testing.T) {
+	for _, s := range []string{
+		"plain", `quote " and \ backslash`, "new\nline\r\t", "\x00\x01\x1f\x7f",
+		"bücher ✓", "bad \xff utf8 \xc3", "\u2028",
+	} {
+		var buf bytes.Buffer
+		New(&buf, "json").Log(&Record{Start: time.Now(), ALPN: []string{s}, Reason: s})
+		var got map[string]any
+		if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+			t.Fatalf("line for %q is not JSON: %v: %q", s, err, buf.String())
+		}
+		want := strings.ToValidUTF8(s, "\uFFFD")
+		if got["reason"] != want || got["alpn"] != want {
+			t.Errorf("reason/alpn = %q/%q, want %q", got["reason"], got["alpn"], want)
+		}
+		if bytes.Count(buf.Bytes(), []byte("\n")) != 1 {
+			t.Errorf("log for %q is not one line: %q", s, buf.String())
+		}
+	}
+}
+
+func FuzzAppendString(f *testing.F) {
+	for _, s := range []string{"a", "\"\\", "\xff", "é", "\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var got string
+		if err := json.Unmarshal(appendString(nil, s), &got); err != nil {
+			t.Fatalf("appendString(%q) is not a JSON string: %v", s, err)
+		}
+		if want := strings.ToValidUTF8(s, "\uFFFD"); got != want {
+			// ToValidUTF8 folds a run of bad bytes into one U+FFFD; we
+			// write one per byte, as encoding/json does.
+			if strings.ReplaceAll(got, "\uFFFD", "") != strings.ReplaceAll(want, "\uFFFD", "") {
+				t.Errorf("appendString(%q) decodes to %q, want %q", s, got, want)
+			}
+		}
+	})
+}
