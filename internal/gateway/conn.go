@@ -105,10 +105,8 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		return
 	}
 
-	dctx, cancel := context.WithTimeout(ctx, cfg.Timeouts.Connect)
 	d := upstream.Dialer{Timeout: cfg.Timeouts.Connect, Mark: cfg.Mark}
-	up, err := d.Dial(dctx, v.dst)
-	cancel()
+	up, err := d.Dial(ctx, v.dst)
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		if p.Protocol == peek.TLS {

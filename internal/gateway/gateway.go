@@ -38,7 +38,9 @@ type Gateway struct {
 	mu        sync.Mutex
 	listeners []*boundListener
 	conns     map[*net.TCPConn]struct{}
-	wg        sync.WaitGroup // accept loops and connections
+	wg        sync.WaitGroup // accept loops and workers
+	jobs      chan job       // to idle workers
+	stopping  chan struct{}  // closed when accepting has stopped: idle workers exit
 }
 
 type boundListener struct {
@@ -49,7 +51,8 @@ type boundListener struct {
 // New returns a Gateway for st. log receives operational messages, access
 // one line per connection.
 func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
-	g := &Gateway{log: log, access: access, conns: make(map[*net.TCPConn]struct{})}
+	g := &Gateway{log: log, access: access, conns: make(map[*net.TCPConn]struct{}),
+		jobs: make(chan job), stopping: make(chan struct{})}
 	g.state.Store(st)
 	var r upstream.Resolver = upstream.System{}
 	if st.Config.Resolver.IsValid() {
@@ -100,6 +103,7 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	g.mu.Unlock()
 	<-ctx.Done()
 	g.closeListeners()
+	close(g.stopping)
 	done := make(chan struct{})
 	go func() { g.wg.Wait(); close(done) }()
 	select {
@@ -151,8 +155,48 @@ func (g *Gateway) acceptLoop(ctx context.Context, bl *boundListener) {
 		}
 		backoff = 0
 		g.track(c, true)
+		g.dispatch(connCtx, job{bl, c})
+	}
+}
+
+// job is one accepted connection waiting for a goroutine.
+type job struct {
+	bl *boundListener
+	c  *net.TCPConn
+}
+
+// workerIdle is how long a goroutine that finished a connection waits for
+// the next one before it exits.
+const workerIdle = 10 * time.Second
+
+// dispatch hands j to an idle worker or starts a new one. Reusing
+// goroutines keeps their already-grown stacks: a fresh goroutine per
+// connection paid for growing its stack (copystack) on every connection.
+func (g *Gateway) dispatch(ctx context.Context, j job) {
+	select {
+	case g.jobs <- j:
+	default:
 		g.wg.Add(1)
-		go g.serveConn(connCtx, bl, c)
+		go g.worker(ctx, j)
+	}
+}
+
+// worker serves connections until it has been idle for workerIdle or the
+// gateway stops.
+func (g *Gateway) worker(ctx context.Context, j job) {
+	defer g.wg.Done()
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		g.serveConn(ctx, j.bl, j.c)
+		idle.Reset(workerIdle)
+		select {
+		case j = <-g.jobs:
+		case <-idle.C:
+			return
+		case <-g.stopping:
+			return
+		}
 	}
 }
 
@@ -167,7 +211,6 @@ func (g *Gateway) track(c *net.TCPConn, add bool) {
 }
 
 func (g *Gateway) serveConn(ctx context.Context, bl *boundListener, c *net.TCPConn) {
-	defer g.wg.Done()
 	defer g.track(c, false)
 	g.handle(ctx, bl, c)
 }
