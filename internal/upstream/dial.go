@@ -22,6 +22,9 @@ func (d *Dialer) Dial(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, e
 	// KeepAlive off, as on the client side: the idle timeout ends dead
 	// connections without four setsockopt(2) calls per dial.
 	nd := net.Dialer{Timeout: d.Timeout, Control: markControl(d.Mark), KeepAlive: -1}
+	// Not Dialer.DialTCP: given no local address it still binds 0.0.0.0:0,
+	// an extra syscall that also takes the ephemeral port for every
+	// destination at once, which runs a busy gateway out of ports.
 	c, err := nd.DialContext(ctx, "tcp", addr.String())
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
