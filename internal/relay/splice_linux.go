@@ -98,28 +98,52 @@ func (s *session) splice(src, dst *net.TCPConn) (int64, error) {
 			p.close() // bytes stuck in it: never hand them to another connection
 		}
 	}()
-	for {
-		var n int64
-		var serr error
-		rerr := srcRaw.Read(func(fd uintptr) bool {
-			for {
-				if p == nil {
-					if p, serr = getPipe(); serr != nil {
-						return true
-					}
+	// The callbacks are made once per direction, not once per chunk: a
+	// closure passed to RawConn escapes, so each literal in the loop would
+	// be a heap allocation per chunk.
+	var (
+		n          int64
+		serr, werr error
+	)
+	fill := func(fd uintptr) bool {
+		for {
+			if p == nil {
+				if p, serr = getPipe(); serr != nil {
+					return true
 				}
-				n, serr = unix.Splice(int(fd), nil, p.w, nil, pipeSize, spliceFlags)
-				switch serr {
-				case unix.EINTR:
-					continue
-				case unix.EAGAIN:
-					putPipe(p) // empty: nothing was read into it
-					p = nil
-					return false
-				}
+			}
+			n, serr = unix.Splice(int(fd), nil, p.w, nil, pipeSize, spliceFlags)
+			switch serr {
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				putPipe(p) // empty: nothing was read into it
+				p = nil
+				return false
+			}
+			return true
+		}
+	}
+	drain := func(fd uintptr) bool {
+		for pending > 0 {
+			m, e := unix.Splice(p.r, nil, int(fd), nil, pending, spliceFlags)
+			switch e {
+			case nil:
+				pending -= int(m)
+				total += m
+			case unix.EINTR:
+			case unix.EAGAIN:
+				return false
+			default:
+				werr = e
 				return true
 			}
-		})
+		}
+		return true
+	}
+	for {
+		n, serr = 0, nil
+		rerr := srcRaw.Read(fill)
 		if rerr != nil {
 			if isTimeout(rerr) && s.idle > 0 && !s.aborted.Load() {
 				if s.expired(src, dst) {
@@ -138,24 +162,8 @@ func (s *session) splice(src, dst *net.TCPConn) (int64, error) {
 		s.touch()
 		pending = int(n)
 		for pending > 0 {
-			var werr error
-			err := dstRaw.Write(func(fd uintptr) bool {
-				for pending > 0 {
-					m, e := unix.Splice(p.r, nil, int(fd), nil, pending, spliceFlags)
-					switch e {
-					case nil:
-						pending -= int(m)
-						total += m
-					case unix.EINTR:
-					case unix.EAGAIN:
-						return false
-					default:
-						werr = e
-						return true
-					}
-				}
-				return true
-			})
+			werr = nil
+			err := dstRaw.Write(drain)
 			if err != nil {
 				if isTimeout(err) && s.idle > 0 && !s.aborted.Load() {
 					if s.expired(src, dst) {
