@@ -15,11 +15,12 @@ import (
 
 // egressd's listener ports and the sni listener's address, in gw.
 const (
-	portTransparent = "15001"
-	portTProxy      = "15002"
-	portTrust       = "15003"
-	sniListenAddr   = gwCliAddr + ":8443"
-	resolverAddr    = "127.0.0.1:5353"
+	portTransparent  = "15001"
+	portTProxy       = "15002"
+	portTrust        = "15003"
+	portTransparent6 = "15004"
+	sniListenAddr    = gwCliAddr + ":8443"
+	resolverAddr     = "127.0.0.1:5353"
 )
 
 // configTemplate is the gateway's config for every test; %s is the
@@ -33,6 +34,10 @@ const configTemplate = `listeners:
     mode: transparent
     address: 0.0.0.0:` + portTrust + `
     sni_destination: trust
+  - name: transparent6
+    mode: transparent
+    address: "[::]:` + portTransparent6 + `"
+    sni_destination: verify
   - name: tproxy
     mode: transparent
     address: 0.0.0.0:` + portTProxy + `
@@ -57,7 +62,7 @@ policy:
 `
 
 // listenerCount is how many "listening" lines egressd prints once bound.
-const listenerCount = 4
+const listenerCount = 5
 
 // startEgressd writes the config, runs egressd in gw and waits until all its
 // listeners are bound.

@@ -88,7 +88,7 @@ func (n *netns) listen(t testing.TB, addr string) *net.TCPListener {
 	t.Helper()
 	var ln net.Listener
 	err := n.do(func() (err error) {
-		ln, err = net.Listen("tcp4", addr)
+		ln, err = net.Listen(tcpNetwork(addr), addr)
 		return err
 	})
 	if err != nil {
@@ -102,7 +102,7 @@ func (n *netns) listen(t testing.TB, addr string) *net.TCPListener {
 func (n *netns) dial(laddr, raddr string) (*net.TCPConn, error) {
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if laddr != "" {
-		a, err := net.ResolveTCPAddr("tcp4", laddr)
+		a, err := net.ResolveTCPAddr(tcpNetwork(laddr), laddr)
 		if err != nil {
 			return nil, err
 		}
@@ -110,13 +110,26 @@ func (n *netns) dial(laddr, raddr string) (*net.TCPConn, error) {
 	}
 	var c net.Conn
 	err := n.do(func() (err error) {
-		c, err = d.Dial("tcp4", raddr)
+		c, err = d.Dial(tcpNetwork(raddr), raddr)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	return c.(*net.TCPConn), nil
+}
+
+// tcpNetwork is "tcp6" for an address whose host is an IPv6 literal
+// ("[2001:db8::1]:443"), "tcp4" for anything else.
+func tcpNetwork(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+		return "tcp6"
+	}
+	return "tcp4"
 }
 
 // waitListening polls until something accepts TCP connections on addr, seen
@@ -206,8 +219,10 @@ func removeStaleNamespaces() {
 // topology is the three namespaces of the tests' network:
 //
 //	cli 10.99.1.2, 10.99.1.3 ── 10.99.1.1 gw 198.51.100.1, 10.99.2.1 ── srv 198.51.100.10, .20, 10.99.2.10
+//	    fd00:99:1::2          ── fd00:99:1::1 gw 2001:db8:100::1       ── srv 2001:db8:100::10
 //
-// cli's default route is gw, and so is srv's; gw forwards.
+// cli's default route is gw, and so is srv's, in both families; gw forwards
+// both.
 type topology struct {
 	cli, gw, srv *netns
 }
@@ -221,6 +236,13 @@ const (
 	attackerAddr = "198.51.100.20" // a public address that allowed.test does not resolve to
 	labAddr      = "10.99.2.10"    // a restricted address only lab-ssh opens
 	gwCliIf      = "to-cli"        // gw's interface towards cli
+
+	// IPv6. fd00::/8 (cli's side) is restricted in egressd's policy;
+	// 2001:db8::/32 (documentation) is not, so srv lives there.
+	cliAddr6   = "fd00:99:1::2"
+	gwCliAddr6 = "fd00:99:1::1"
+	gwSrvAddr6 = "2001:db8:100::1"
+	srvAddr6   = "2001:db8:100::10"
 )
 
 func newTopology(t testing.TB) *topology {
@@ -251,6 +273,15 @@ func newTopology(t testing.TB) *topology {
 	top.cli.ip(t, "route", "add", "default", "via", gwCliAddr)
 	top.srv.ip(t, "route", "add", "default", "via", "198.51.100.1")
 	top.gw.setSysctl(t, "net.ipv4.ip_forward", "1")
+
+	// nodad: the addresses are usable at once, not tentative for a second.
+	top.cli.ip(t, "-6", "addr", "add", cliAddr6+"/64", "dev", "eth0", "nodad")
+	top.gw.ip(t, "-6", "addr", "add", gwCliAddr6+"/64", "dev", gwCliIf, "nodad")
+	top.gw.ip(t, "-6", "addr", "add", gwSrvAddr6+"/64", "dev", "to-srv", "nodad")
+	top.srv.ip(t, "-6", "addr", "add", srvAddr6+"/64", "dev", "eth0", "nodad")
+	top.cli.ip(t, "-6", "route", "add", "default", "via", gwCliAddr6)
+	top.srv.ip(t, "-6", "route", "add", "default", "via", gwSrvAddr6)
+	top.gw.setSysctl(t, "net.ipv6.conf.all.forwarding", "1")
 	return top
 }
 
@@ -264,6 +295,16 @@ func (top *topology) redirect(t testing.TB) {
 		"-j", "REDIRECT", "--to-ports", portTrust)
 	top.gw.exec(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", gwCliIf, "-p", "tcp",
 		"-j", "REDIRECT", "--to-ports", portTransparent)
+}
+
+// redirect6 is redirect for IPv6: every TCP connection arriving from cli
+// over IPv6 goes to the transparent6 listener (ip6tables REDIRECT, so egressd
+// reads the original destination with IP6T_SO_ORIGINAL_DST).
+func (top *topology) redirect6(t testing.TB) {
+	t.Helper()
+	requireTools(t, "ip6tables")
+	top.gw.exec(t, "ip6tables", "-t", "nat", "-A", "PREROUTING", "-i", gwCliIf, "-p", "tcp",
+		"-j", "REDIRECT", "--to-ports", portTransparent6)
 }
 
 // tproxy sends every TCP connection arriving from cli to egressd's TPROXY

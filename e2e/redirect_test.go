@@ -13,7 +13,7 @@ import (
 // listeners: "transparent" (sni_destination: verify) for 10.99.1.2 and
 // "trust" (sni_destination: trust) for 10.99.1.3.
 func TestRedirect(t *testing.T) {
-	w := newWorld(t, worldOptions{intercept: redirect})
+	w := newWorld(t, worldOptions{intercept: redirect, ipv6: true})
 	w.countUpstreamSYNs(t)
 	t.Run("openssl allowed", func(t *testing.T) { testOpenSSLAllowed(t, w, "transparent") })
 	t.Run("openssl denied", func(t *testing.T) { testOpenSSLDenied(t, w, "transparent") })
@@ -23,6 +23,7 @@ func TestRedirect(t *testing.T) {
 	t.Run("spoofed sni", func(t *testing.T) { testSpoofedSNI(t, w) })
 	t.Run("ssh", func(t *testing.T) { testSSH(t, w, "transparent") })
 	t.Run("server-first", func(t *testing.T) { testServerFirst(t, w) })
+	t.Run("ipv6", func(t *testing.T) { testRedirectIPv6(t, w) })
 	t.Run("upstream mark", func(t *testing.T) {
 		// Every connection egressd opened, here and above, carries its
 		// SO_MARK.
@@ -36,6 +37,52 @@ func TestRedirect(t *testing.T) {
 		marked, unmarked := w.upstreamSYNs(t)
 		if marked == 0 || unmarked != 0 {
 			t.Errorf("SYNs from gw to srv: %d with mark 0x100, %d without; want some with and none without", marked, unmarked)
+		}
+	})
+}
+
+// testRedirectIPv6: ip6tables REDIRECT to the transparent6 listener, so
+// egressd reads the original destination with IP6T_SO_ORIGINAL_DST. An
+// allowed name that resolves (AAAA) to the destination is relayed; a denied
+// one gets an access_denied alert.
+func testRedirectIPv6(t *testing.T, w *world) {
+	w.redirect6(t)
+	dst := "[" + srvAddr6 + "]:443"
+	t.Run("allowed", func(t *testing.T) {
+		from, ev := w.log.mark(), w.tls.mark()
+		c, err := w.cli.dial("", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := c.LocalAddr().String()
+		_, greeting, err := greet(c, w.tlsConfig("allowed.test"))
+		if wantGreet := "hello sni=allowed.test local=" + dst; err != nil || !strings.HasPrefix(greeting, wantGreet) {
+			t.Errorf("transparent6 listener: handshake %v, greeting %q, want %q", err, greeting, wantGreet)
+		} else if got := w.tls.next(t, ev); got.Err != nil || got.Local != dst {
+			t.Errorf("server: connection on %s (err %v), want on %s", got.Local, got.Err, dst)
+		}
+		w.log.expect(t, from, "IPv6 allowed", bySrc(src), want{
+			listener: "transparent6", dst: dst, fqdn: "allowed.test", fqdnSource: "sni", protocol: []string{"tls"},
+			rule: rule("allowed"), action: "allow", bytes: 1,
+		})
+	})
+	t.Run("denied", func(t *testing.T) {
+		from, accepts := w.log.mark(), w.tls.accepts.Load()
+		c, err := w.cli.dial("", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := c.LocalAddr().String()
+		_, greeting, err := greet(c, w.tlsConfig("x.ads.test"))
+		if err == nil || !strings.Contains(err.Error(), "access denied") {
+			t.Errorf("transparent6 listener, SNI x.ads.test: want an access denied alert, got %v (greeting %q)", err, greeting)
+		}
+		w.log.expect(t, from, "IPv6 denied", bySrc(src), want{
+			listener: "transparent6", dst: dst, fqdn: "x.ads.test", fqdnSource: "sni", protocol: []string{"tls"},
+			rule: rule("ads"), action: "deny",
+		})
+		if n := w.tls.accepts.Load() - accepts; n != 0 {
+			t.Errorf("the server accepted %d connections for a denied client, want 0", n)
 		}
 	})
 }

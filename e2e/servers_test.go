@@ -56,26 +56,38 @@ type serverEvent struct {
 	SentSHA  string
 }
 
-func startTLSServer(t testing.TB, ns *netns, addr string, cert tls.Certificate) *tlsServer {
+// startTLSServer serves on every address in addrs.
+func startTLSServer(t testing.TB, ns *netns, cert tls.Certificate, addrs ...string) *tlsServer {
 	t.Helper()
 	s := &tlsServer{
 		cfg:     &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{hashProto, greetProto}},
 		changed: make(chan struct{}),
 	}
-	ln := ns.listen(t, addr)
+	var lns []net.Listener
+	for _, addr := range addrs {
+		lns = append(lns, ns.listen(t, addr))
+	}
 	var wg sync.WaitGroup
 	var live liveConns
-	t.Cleanup(func() { ln.Close(); live.closeAll(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil || !live.add(c) {
-				return
-			}
-			s.accepts.Add(1)
-			wg.Go(func() { defer live.remove(c); s.serve(c) })
+	t.Cleanup(func() {
+		for _, ln := range lns {
+			ln.Close()
 		}
+		live.closeAll()
+		wg.Wait()
 	})
+	for _, ln := range lns {
+		wg.Go(func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil || !live.add(c) {
+					return
+				}
+				s.accepts.Add(1)
+				wg.Go(func() { defer live.remove(c); s.serve(c) })
+			}
+		})
+	}
 	return s
 }
 
@@ -281,8 +293,9 @@ func startGreeter(t testing.TB, ns *netns, addr string) *greeter {
 	return g
 }
 
-// dnsRecords is what the tests' DNS server answers with A records; every
-// other name is NXDOMAIN.
+// dnsRecords is what the tests' DNS server answers: A records for the IPv4
+// addresses, AAAA records for the IPv6 ones; every other name is NXDOMAIN.
+// A world with ipv6 adds dnsRecords6.
 var dnsRecords = map[string][]string{
 	"allowed.test.":         {srvAddr},
 	"www.allowed.test.":     {srvAddr},
@@ -291,15 +304,24 @@ var dnsRecords = map[string][]string{
 	"mixed.allowed.test.":   {srvAddr, labAddr},
 }
 
-// startDNS serves dnsRecords over UDP and TCP on addr in ns.
-func startDNS(t testing.TB, ns *netns, addr string) {
+// dnsRecords6 are the AAAA records of an ipv6 world. The resolving
+// listeners (sni, tproxy with sni_destination: resolve) run in such worlds
+// too: egressd dials the A answer first, so a dual-stack name must reach
+// the IPv4 server every time.
+var dnsRecords6 = map[string][]string{
+	"allowed.test.": {srvAddr6},
+}
+
+// startDNS serves records (name: addresses, see dnsRecords) over UDP and TCP
+// on addr in ns.
+func startDNS(t testing.TB, ns *netns, addr string, records map[string][]string) {
 	t.Helper()
 	var pc net.PacketConn
 	if err := ns.do(func() (err error) { pc, err = net.ListenPacket("udp4", addr); return err }); err != nil {
 		t.Fatalf("dns: listen udp %s: %v", addr, err)
 	}
 	ln := ns.listen(t, addr)
-	handler := dns.HandlerFunc(answer)
+	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { answer(w, r, records) })
 	servers := []*dns.Server{{PacketConn: pc, Handler: handler}, {Listener: ln, Handler: handler}}
 	var wg sync.WaitGroup
 	for _, s := range servers {
@@ -318,24 +340,28 @@ func startDNS(t testing.TB, ns *netns, addr string) {
 	})
 }
 
-func answer(w dns.ResponseWriter, r *dns.Msg) {
+func answer(w dns.ResponseWriter, r *dns.Msg, records map[string][]string) {
 	m := new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
 	for _, q := range r.Question {
-		addrs, ok := dnsRecords[strings.ToLower(q.Name)]
+		addrs, ok := records[strings.ToLower(q.Name)]
 		if !ok {
 			m.Rcode = dns.RcodeNameError
 			continue
 		}
-		if q.Qtype != dns.TypeA || q.Qclass != dns.ClassINET {
+		if q.Qclass != dns.ClassINET {
 			continue // NODATA
 		}
 		for _, a := range addrs {
-			m.Answer = append(m.Answer, &dns.A{
-				Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
-				A:   net.ParseIP(a).To4(),
-			})
+			ip := net.ParseIP(a)
+			hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: 60}
+			switch {
+			case q.Qtype == dns.TypeA && ip.To4() != nil:
+				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: ip.To4()})
+			case q.Qtype == dns.TypeAAAA && ip.To4() == nil:
+				m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip})
+			}
 		}
 	}
 	w.WriteMsg(m)

@@ -8,7 +8,7 @@ import (
 // TestSNIListener connects to the sni listener, which takes the destination
 // from the SNI: resolved through egressd's resolver, port upstream_port.
 func TestSNIListener(t *testing.T) {
-	w := newWorld(t, worldOptions{intercept: sniOnly})
+	w := newWorld(t, worldOptions{intercept: sniOnly, ipv6: true})
 
 	t.Run("allowed", func(t *testing.T) {
 		from := w.log.mark()

@@ -10,7 +10,7 @@ import (
 // address). That listener uses sni_destination: resolve, so a spoofed SNI
 // reaches the name's real address, not the one the client asked for.
 func TestTProxy(t *testing.T) {
-	w := newWorld(t, worldOptions{intercept: tproxy})
+	w := newWorld(t, worldOptions{intercept: tproxy, ipv6: true})
 	t.Run("openssl allowed", func(t *testing.T) { testOpenSSLAllowed(t, w, "tproxy") })
 	t.Run("openssl denied", func(t *testing.T) { testOpenSSLDenied(t, w, "tproxy") })
 	t.Run("ssh", func(t *testing.T) { testSSH(t, w, "tproxy") })

@@ -3,6 +3,8 @@ package e2e
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"maps"
+	"slices"
 	"testing"
 	"time"
 )
@@ -21,7 +23,8 @@ const (
 
 // world is a topology with its servers and, unless direct, egressd in gw:
 //
-//   - srv 0.0.0.0:443       Go TLS server (tlsServer) on every srv address
+//   - srv 0.0.0.0:443       Go TLS server (tlsServer) on every srv address,
+//     and on [2001:db8:100::10]:443
 //   - srv 198.51.100.10:25  greeter (server-first)
 //   - gw  127.0.0.1:5353    DNS server for egressd (dnsRecords)
 //
@@ -37,6 +40,8 @@ type world struct {
 type worldOptions struct {
 	intercept   interception
 	clientHello time.Duration // egressd's client_hello timeout; 0 means 5s
+	// ipv6 adds dnsRecords6 (AAAA records) to the DNS server.
+	ipv6 bool
 }
 
 func newWorld(t testing.TB, opts worldOptions) *world {
@@ -45,14 +50,21 @@ func newWorld(t testing.TB, opts worldOptions) *world {
 	cert, roots := serverCert(t)
 	w := &world{
 		topology: top,
-		tls:      startTLSServer(t, top.srv, "0.0.0.0:443", cert),
+		tls:      startTLSServer(t, top.srv, cert, "0.0.0.0:443", "["+srvAddr6+"]:443"),
 		greeter:  startGreeter(t, top.srv, srvAddr+":25"),
 		roots:    roots,
 	}
 	if opts.intercept == direct {
 		return w
 	}
-	startDNS(t, top.gw, resolverAddr)
+	records := dnsRecords
+	if opts.ipv6 {
+		records = maps.Clone(dnsRecords)
+		for name, addrs := range dnsRecords6 {
+			records[name] = append(slices.Clone(records[name]), addrs...)
+		}
+	}
+	startDNS(t, top.gw, resolverAddr, records)
 	if opts.clientHello == 0 {
 		opts.clientHello = 5 * time.Second
 	}

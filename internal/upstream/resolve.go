@@ -4,11 +4,13 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,35 +39,38 @@ type DNS struct {
 	Timeout time.Duration
 }
 
-// Resolve asks for A and AAAA in parallel.
+// Resolve asks for A and AAAA in parallel. The answers come back in a
+// fixed order, the A records first, each family in the server's order:
+// the gateway dials the first answer, and which address that is must not
+// depend on which query happened to return first.
 func (r *DNS) Resolve(ctx context.Context, name string) (Lookup, error) {
-	type res struct {
-		l   Lookup
-		err error
-	}
-	ch := make(chan res, 2)
-	for _, qt := range [2]uint16{dns.TypeA, dns.TypeAAAA} {
+	qtypes := [2]uint16{dns.TypeA, dns.TypeAAAA}
+	var (
+		res  [2]Lookup
+		errs [2]error
+		wg   sync.WaitGroup
+	)
+	for i, qt := range qtypes {
+		wg.Add(1)
 		go func() {
-			l, err := r.query(ctx, name, qt)
-			ch <- res{l, err}
+			defer wg.Done()
+			res[i], errs[i] = r.query(ctx, name, qt)
 		}()
 	}
+	wg.Wait()
 	var out Lookup
-	var errs []error
-	for range 2 {
-		x := <-ch
-		if x.err != nil {
-			errs = append(errs, x.err)
+	for i := range qtypes {
+		if errs[i] != nil {
 			continue
 		}
-		out.Addrs = append(out.Addrs, x.l.Addrs...)
-		if out.TTL == 0 || (x.l.TTL > 0 && x.l.TTL < out.TTL) {
-			out.TTL = x.l.TTL
+		out.Addrs = append(out.Addrs, res[i].Addrs...)
+		if out.TTL == 0 || (res[i].TTL > 0 && res[i].TTL < out.TTL) {
+			out.TTL = res[i].TTL
 		}
 	}
 	if len(out.Addrs) == 0 {
-		if len(errs) > 0 {
-			return out, errs[0]
+		if err := cmp.Or(errs[0], errs[1]); err != nil {
+			return out, err
 		}
 		return out, fmt.Errorf("resolve %s: %w", name, ErrNoAddress)
 	}
@@ -135,6 +140,10 @@ func (System) Resolve(ctx context.Context, name string) (Lookup, error) {
 	for _, a := range addrs {
 		l.Addrs = append(l.Addrs, a.Unmap())
 	}
+	// IPv4 first, as with DNS above, so both resolvers dial alike.
+	slices.SortStableFunc(l.Addrs, func(a, b netip.Addr) int {
+		return cmp.Compare(a.BitLen(), b.BitLen()) // 32 before 128
+	})
 	if len(l.Addrs) == 0 {
 		return l, fmt.Errorf("resolve %s: %w", name, ErrNoAddress)
 	}
