@@ -132,6 +132,20 @@ func (s *session) arm(src, dst net.Conn, t time.Time) {
 	dst.SetWriteDeadline(t)
 }
 
+// wait decides what a failed read or write means: nil when it was only the
+// idle deadline firing while the other direction still moves bytes (the
+// deadline has been pushed out; go on), ErrIdle when the connection is idle,
+// else err itself.
+func (s *session) wait(err error, src, dst net.Conn) error {
+	if !isTimeout(err) || s.idle <= 0 || s.aborted.Load() {
+		return err
+	}
+	if s.expired(src, dst) {
+		return ErrIdle
+	}
+	return nil
+}
+
 // expired is called when a direction's deadline fired. If the other
 // direction moved bytes meanwhile the deadline is pushed out and the loop
 // goes on; otherwise the connection is idle.
@@ -181,10 +195,7 @@ func (s *session) copy(src, dst net.Conn) (int64, error) {
 		if rerr == io.EOF {
 			return total, nil
 		}
-		if isTimeout(rerr) && s.idle > 0 && !s.aborted.Load() {
-			if s.expired(src, dst) {
-				return total, ErrIdle
-			}
+		if rerr = s.wait(rerr, src, dst); rerr == nil {
 			continue
 		}
 		return total, rerr
@@ -199,10 +210,7 @@ func writeFull(s *session, src, dst net.Conn, b []byte) (int, error) {
 		if err == nil {
 			continue
 		}
-		if isTimeout(err) && s.idle > 0 && !s.aborted.Load() {
-			if s.expired(src, dst) {
-				return done, ErrIdle
-			}
+		if err = s.wait(err, src, dst); err == nil {
 			continue
 		}
 		return done, err

@@ -145,10 +145,7 @@ func (s *session) splice(src, dst *net.TCPConn) (int64, error) {
 		n, serr = 0, nil
 		rerr := srcRaw.Read(fill)
 		if rerr != nil {
-			if isTimeout(rerr) && s.idle > 0 && !s.aborted.Load() {
-				if s.expired(src, dst) {
-					return total, ErrIdle
-				}
+			if rerr = s.wait(rerr, src, dst); rerr == nil {
 				continue
 			}
 			return total, rerr
@@ -165,10 +162,7 @@ func (s *session) splice(src, dst *net.TCPConn) (int64, error) {
 			werr = nil
 			err := dstRaw.Write(drain)
 			if err != nil {
-				if isTimeout(err) && s.idle > 0 && !s.aborted.Load() {
-					if s.expired(src, dst) {
-						return total, ErrIdle
-					}
+				if err = s.wait(err, src, dst); err == nil {
 					continue
 				}
 				return total, err
