@@ -5,30 +5,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"testing"
 	"time"
-)
 
-// loopback returns a connected client/server pair of real TCP sockets.
-func loopback(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ch := make(chan net.Conn, 1)
-	go func() { c, _ := ln.Accept(); ch <- c }()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-ch
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
+	"github.com/egressd/egressd/internal/testnet"
+)
 
 func fixture(t *testing.T, name string) []byte {
 	t.Helper()
@@ -96,7 +78,7 @@ func TestPeek(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, s := loopback(t)
+			c, s := testnet.Pair(t)
 			go func() {
 				in := tc.input
 				for len(in) > 0 {
@@ -132,14 +114,14 @@ func TestPeek(t *testing.T) {
 // server-first; a hello that starts and stalls is an error.
 func TestPeekSilentAndStalled(t *testing.T) {
 	t.Run("silent", func(t *testing.T) {
-		_, s := loopback(t)
+		_, s := testnet.Pair(t)
 		r := Peek(s, deadlines(50*time.Millisecond, time.Second))
 		if r.Protocol != ServerFirst || r.Err != nil || len(r.Data) != 0 {
 			t.Errorf("Peek = %+v, want server-first without error", r)
 		}
 	})
 	t.Run("closed", func(t *testing.T) {
-		c, s := loopback(t)
+		c, s := testnet.Pair(t)
 		c.Close()
 		r := Peek(s, deadlines(time.Second, time.Second))
 		if r.Protocol != ServerFirst || !errors.Is(r.Err, io.EOF) {
@@ -147,7 +129,7 @@ func TestPeekSilentAndStalled(t *testing.T) {
 		}
 	})
 	t.Run("stalled hello", func(t *testing.T) {
-		c, s := loopback(t)
+		c, s := testnet.Pair(t)
 		hello := fixture(t, "go-default.hex")
 		c.Write(hello[:100])
 		r := Peek(s, deadlines(time.Second, 200*time.Millisecond))
@@ -156,7 +138,7 @@ func TestPeekSilentAndStalled(t *testing.T) {
 		}
 	})
 	t.Run("oversized http head", func(t *testing.T) {
-		c, s := loopback(t)
+		c, s := testnet.Pair(t)
 		go c.Write(append([]byte("GET / HTTP/1.1\r\nX: "), bytes.Repeat([]byte("a"), 20000)...))
 		r := Peek(s, deadlines(time.Second, 5*time.Second))
 		if r.Protocol != HTTP || r.Err == nil {

@@ -4,29 +4,12 @@ import (
 	"bytes"
 	"crypto/tls"
 	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
-)
 
-func loopback(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ch := make(chan net.Conn, 1)
-	go func() { c, _ := ln.Accept(); ch <- c }()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-ch
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
+	"github.com/egressd/egressd/internal/testnet"
+)
 
 func TestTLSAlertBytes(t *testing.T) {
 	for _, tc := range []struct {
@@ -38,7 +21,7 @@ func TestTLSAlertBytes(t *testing.T) {
 		{0x0304, []byte{21, 3, 3, 0, 2, 2, 49}}, // TLS 1.3 records say 1.2
 		{0, []byte{21, 3, 3, 0, 2, 2, 49}},
 	} {
-		c, s := loopback(t)
+		c, s := testnet.Pair(t)
 		go TLSAlert(s, tc.version, AlertAccessDenied)
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		got, _ := io.ReadAll(c)
@@ -50,7 +33,7 @@ func TestTLSAlertBytes(t *testing.T) {
 
 // TestTLSAlertSeenByCryptoTLS checks a real TLS client reports the alert.
 func TestTLSAlertSeenByCryptoTLS(t *testing.T) {
-	c, s := loopback(t)
+	c, s := testnet.Pair(t)
 	go func() {
 		s.Read(make([]byte, 4096)) // the hello
 		TLSAlert(s, 0x0301, AlertAccessDenied)
@@ -68,7 +51,7 @@ func TestHTTPForbidden(t *testing.T) {
 		{"ads", "egressd: denied by rule \"ads\"\n"},
 		{"", "egressd: denied by the default policy\n"},
 	} {
-		c, s := loopback(t)
+		c, s := testnet.Pair(t)
 		go HTTPForbidden(s, tc.rule)
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		got, _ := io.ReadAll(c)
@@ -80,7 +63,7 @@ func TestHTTPForbidden(t *testing.T) {
 }
 
 func TestReset(t *testing.T) {
-	c, s := loopback(t)
+	c, s := testnet.Pair(t)
 	Reset(s)
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, err := c.Read(make([]byte, 1))

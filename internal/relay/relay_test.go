@@ -10,31 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// pair returns the two ends of a real loopback TCP connection.
-func pair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ch := make(chan *net.TCPConn, 1)
-	go func() {
-		c, _ := ln.AcceptTCP()
-		ch <- c
-	}()
-	a, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-ch
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	return a, b
-}
+	"github.com/egressd/egressd/internal/testnet"
+)
 
 // world is client <-> [cIn | relay | uOut] <-> server.
 type world struct {
@@ -43,8 +21,8 @@ type world struct {
 }
 
 func newWorld(t testing.TB, idle time.Duration) *world {
-	client, cIn := pair(t)
-	uOut, server := pair(t)
+	client, cIn := testnet.Pair(t)
+	uOut, server := testnet.Pair(t)
 	w := &world{client: client, server: server, done: make(chan Result, 1)}
 	go func() { w.done <- Relay(cIn, uOut, idle) }()
 	t.Cleanup(func() { client.Close(); server.Close() })
