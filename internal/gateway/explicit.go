@@ -57,9 +57,9 @@ func (g *Gateway) handleExplicit(ctx context.Context, bl *boundListener, c *net.
 	st := g.state.Load()
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(c)
-	defer func() { br.Reset(nil); readerPool.Put(br) }()
 	x := &explicitConn{g: g, st: st, lc: &bl.cfg, c: c, br: br,
 		src: listener.AddrPort(c.RemoteAddr()), start: time.Now()}
+	defer x.releaseReader()
 
 	// A proxy client speaks first, at once: the whole handshake must be in
 	// within client_hello.
@@ -78,6 +78,16 @@ func (g *Gateway) handleExplicit(ctx context.Context, bl *boundListener, c *net.
 		return
 	}
 	x.serveHTTP(ctx)
+}
+
+// releaseReader gives the handshake reader back to the pool: a tunnel
+// releases it before relaying, so an idle tunnel holds no 32 KiB buffer.
+func (x *explicitConn) releaseReader() {
+	if x.br != nil {
+		x.br.Reset(nil)
+		readerPool.Put(x.br)
+		x.br = nil
+	}
 }
 
 // record starts an access-log record for this client.
@@ -159,16 +169,17 @@ func dialFailure(err error) (httpStatus int, socksReply byte) {
 func (x *explicitConn) tunnel(t target, v verdict, up *net.TCPConn, rec *accesslog.Record) {
 	cfg := x.st.Config
 	var data []byte
+	var p peek.Result
+	defer peek.Release(&p) // for the early returns; released before relaying otherwise
 	rec.Protocol = peek.Unknown
 	if x.lc.TunnelSNI != config.TunnelIgnore {
 		now := time.Now()
 		// Peek reads through br: bytes the client sent right behind its
 		// request are already there.
-		p := peek.Peek(bufConn{x.c, x.br}, peek.Deadlines{
+		p = peek.Peek(bufConn{x.c, x.br}, peek.Deadlines{
 			FirstBytes: now.Add(cfg.Timeouts.FirstBytes),
 			Complete:   now.Add(cfg.Timeouts.ClientHello),
 		})
-		defer peek.Release(&p)
 		rec.Protocol = p.Protocol
 		if p.Protocol == peek.TLS {
 			rec.ECH, rec.ALPN = p.Hello.ECH, p.Hello.ALPN
@@ -209,6 +220,8 @@ func (x *explicitConn) tunnel(t target, v verdict, up *net.TCPConn, rec *accessl
 		}
 	}
 	rec.BytesUp = int64(len(data))
+	peek.Release(&p)
+	x.releaseReader()
 	res := relay.Relay(x.c, up, cfg.Timeouts.Idle)
 	rec.BytesUp += res.Up
 	rec.BytesDown = res.Down

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/egressd/egressd/internal/accesslog"
@@ -145,6 +146,16 @@ func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Rec
 	x.c.SetReadDeadline(time.Now().Add(cfg.Timeouts.Idle))
 	clientClose := req.Close
 	httpconnect.RemoveHopByHop(req.Header)
+	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		// The decision is made: tell the client to send its body now
+		// rather than after its own wait for a 100 (curl waits 1 s).
+		req.Header.Del("Expect")
+		if _, err := x.c.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
+			rec.Reason = v.Reason + "; client write failed: " + err.Error()
+			x.c.Close()
+			return false
+		}
+	}
 	req.Close = true // one upstream connection per request: each is decided alone
 	req.RequestURI = ""
 

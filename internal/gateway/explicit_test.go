@@ -436,3 +436,20 @@ func TestExplicitReportOnly(t *testing.T) {
 	}
 	w.waitLog(matching(map[string]any{"fqdn": "nodest.test", "action": "deny", "enforced": true}))
 }
+
+// TestExplicitExpectContinue: a client that waits for 100 Continue before
+// its body gets it from egressd once the request is allowed.
+func TestExplicitExpectContinue(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	c, br := rawProxy(t, w.proxy)
+	fmt.Fprintf(c, "POST http://good.test:%d/e HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", w.plain.Port())
+	line, err := br.ReadString('\n')
+	if err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("before the body: %q %v, want 100 Continue", line, err)
+	}
+	br.ReadString('\n')
+	c.Write([]byte("hello"))
+	if resp, body := readResponse(t, br, "POST"); resp.StatusCode != 200 || !strings.Contains(body, `body="hello"`) {
+		t.Fatalf("POST with Expect: %d %q", resp.StatusCode, body)
+	}
+}
