@@ -126,7 +126,9 @@ func TestExplicitProxy(t *testing.T) {
 			outHas: "407", log: w.authLog, match: func(l accessLine) bool { return l.Reason == "http proxy: proxy authentication required" },
 			want: want{action: "deny"}},
 		{name: "proxy-user wrong", args: []string{"-x", "http://" + authProxyAddr, "--proxy-user", "ci-runner:nope", "https://allowed.test:8443/"},
-			outHas: "407", log: w.authLog, match: func(l accessLine) bool { return strings.Contains(l.Reason, `authentication failed for user "ci-runner"`) },
+			outHas: "407", log: w.authLog, match: func(l accessLine) bool {
+				return strings.Contains(l.Reason, `authentication failed for user "ci-runner"`)
+			},
 			want: want{action: "deny"}},
 		{name: "socks5-hostname allowed", args: []string{"--socks5-hostname", proxyAddr, "https://allowed.test:8443/s"}, ok: true, outHas: okPage,
 			match: func(l accessLine) bool { return l.FQDNSource == "socks" && l.FQDN == "allowed.test" },
