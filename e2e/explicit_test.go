@@ -31,10 +31,10 @@ policy:
   enforce: true
   default: deny
   rules:
+    - {name: ads, action: deny, fqdn: ["*.ads.test"]}
     - {name: lab-ssh, action: allow, destinations: ["10.99.2.0/24"], ports: [22]}
     - {name: allowed, action: allow, fqdn: ["allowed.test", "*.allowed.test"], ports: [80, 8443]}
     - {name: srv-ip, action: allow, destinations: ["` + srvAddr + `/32"], ports: [80]}
-    - {name: ads, action: deny, fqdn: ["*.ads.test"]}
 `
 
 // explicitWorld is the topology with egressd's explicit listeners in gw and,

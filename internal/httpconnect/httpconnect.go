@@ -14,6 +14,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -220,7 +221,7 @@ func Parse(head []byte) (Request, error) {
 	}
 	q.Port = port
 	if q.Name, q.Addr, err = fqdn.ParseHost(host); err != nil {
-		return q, errors.Join(ErrTarget, err)
+		return q, fmt.Errorf("%w: %w", ErrTarget, err)
 	}
 	return q, nil
 }
@@ -230,15 +231,15 @@ func Parse(head []byte) (Request, error) {
 func splitHostPort(a string) (string, uint16, error) {
 	i := strings.LastIndexByte(a, ':')
 	if i <= 0 {
-		return "", 0, errors.Join(ErrTarget, errors.New("want host:port"))
+		return "", 0, fmt.Errorf("%w: want host:port", ErrTarget)
 	}
 	host, ps := a[:i], a[i+1:]
 	if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
-		return "", 0, errors.Join(ErrTarget, errors.New("an IPv6 address must be in brackets"))
+		return "", 0, fmt.Errorf("%w: an IPv6 address must be in brackets", ErrTarget)
 	}
 	p, err := strconv.ParseUint(ps, 10, 16)
 	if err != nil || p == 0 || ps[0] == '+' {
-		return "", 0, errors.Join(ErrTarget, errors.New("invalid port"))
+		return "", 0, fmt.Errorf("%w: invalid port", ErrTarget)
 	}
 	return host, uint16(p), nil
 }
