@@ -262,6 +262,7 @@ func TestExplicitTunnelSNI(t *testing.T) {
 	}{
 		{"proxy", w.proxy, false, `TLS server name "other.test" inside the tunnel differs from the requested good.test (tunnel_sni: match)`},
 		{"proxylog", w.proxyLog, true, `(tunnel_sni: log)`},
+		{"proxyignore", w.proxyIgnore, true, `matched rule "good"`},
 	} {
 		t.Run(tt.listener, func(t *testing.T) {
 			c, br := rawProxy(t, tt.proxy)
@@ -279,7 +280,11 @@ func TestExplicitTunnelSNI(t *testing.T) {
 			}
 			tc.Close()
 			e := w.waitLog(bySrcPort(c))
-			w.want(e, map[string]any{"listener": tt.listener, "fqdn": "good.test", "protocol": "tls"})
+			proto := "tls"
+			if tt.listener == "proxyignore" {
+				proto = "unknown" // not looked at
+			}
+			w.want(e, map[string]any{"listener": tt.listener, "fqdn": "good.test", "protocol": proto})
 			if r := e["reason"].(string); !strings.Contains(r, tt.reason) {
 				t.Errorf("reason %q, want it to contain %q", r, tt.reason)
 			}

@@ -19,12 +19,14 @@ import (
 
 // proxyWorld is a loopback world for explicit listeners: an HTTPS server
 // and two plain HTTP servers (one on 127.0.0.2, for IP-literal rules), a
-// TLS echo server, a DNS server, and a gateway with two explicit listeners
-// ("proxy", tunnel_sni match; "proxylog", tunnel_sni log).
+// TLS echo server, a DNS server, and a gateway with three explicit
+// listeners ("proxy", tunnel_sni match; "proxylog", log; "proxyignore",
+// ignore).
 type proxyWorld struct {
 	*world
 	https, plain, plain2 netip.AddrPort
 	proxy, proxyLog      netip.AddrPort
+	proxyIgnore          netip.AddrPort
 }
 
 // s3cretHash is bcrypt (cost 10) of "s3cret".
@@ -52,6 +54,7 @@ func newProxyWorld(t *testing.T, users, rules string, enforce bool) *proxyWorld 
 	cfgText := fmt.Sprintf(`listeners:
   - {name: proxy, mode: explicit, address: 127.0.0.1:0}
   - {name: proxylog, mode: explicit, address: 127.0.0.1:0, tunnel_sni: log}
+  - {name: proxyignore, mode: explicit, address: 127.0.0.1:0, tunnel_sni: ignore}
 resolver: %s
 timeouts: {first_bytes: 200ms, client_hello: 1s, connect: 2s, idle: 1m}
 %s
@@ -80,7 +83,7 @@ policy:
 	if err := w.gw.Bind(ctx); err != nil {
 		t.Fatal(err)
 	}
-	w.proxy, w.proxyLog = w.gw.Addrs()["proxy"], w.gw.Addrs()["proxylog"]
+	w.proxy, w.proxyLog, w.proxyIgnore = w.gw.Addrs()["proxy"], w.gw.Addrs()["proxylog"], w.gw.Addrs()["proxyignore"]
 	w.served = make(chan struct{})
 	go func() { w.gw.Serve(ctx, time.Second); close(w.served) }()
 	t.Cleanup(func() {
