@@ -35,6 +35,7 @@ policy:
     - {name: lab-ssh, action: allow, destinations: ["10.99.2.0/24"], ports: [22]}
     - {name: allowed, action: allow, fqdn: ["allowed.test", "*.allowed.test"], ports: [80, 8443]}
     - {name: srv-ip, action: allow, destinations: ["` + srvAddr + `/32"], ports: [80]}
+    - {name: srv-ip6, action: allow, destinations: ["` + srvAddr6 + `/128"], ports: [443]}
 `
 
 // explicitWorld is the topology with egressd's explicit listeners in gw and,
@@ -246,6 +247,56 @@ func TestExplicitProxy(t *testing.T) {
 				t.Errorf("Go GET %s via %s: %v, want success %v", tt.url, tt.proxy, err, tt.ok)
 			}
 			w.log.expect(t, from, tt.url, func(l accessLine) bool { return l.FQDN == tt.fqdn && l.FQDNSource == tt.want.fqdnSource }, tt.want)
+		}
+	})
+
+	// IPv6 literals: CONNECT [v6]:port and a SOCKS5 IPv6 address, then a
+	// Go TLS client without SNI (an IP target with an SNI would be a
+	// tunnel_sni mismatch) to the TLS greeter on srv's IPv6 address.
+	t.Run("ipv6 literal", func(t *testing.T) {
+		for _, tt := range []struct {
+			name string
+			open func(c net.Conn) error
+		}{
+			{"connect", func(c net.Conn) error {
+				fmt.Fprintf(c, "CONNECT [%s]:443 HTTP/1.1\r\n\r\n", srvAddr6)
+				b := make([]byte, len("HTTP/1.1 200 Connection established\r\n\r\n"))
+				if _, err := io.ReadFull(c, b); err != nil || !strings.HasPrefix(string(b), "HTTP/1.1 200 ") {
+					return fmt.Errorf("CONNECT: %q %v", b, err)
+				}
+				return nil
+			}},
+			{"socks5", func(c net.Conn) error {
+				req := append([]byte{5, 1, 0, 5, 1, 0, 4}, net.ParseIP(srvAddr6).To16()...)
+				c.Write(append(req, 1, 187))
+				// Method answer, then the reply: egressd's bound address is
+				// IPv6 here (4 + 16 + 2 bytes).
+				b := make([]byte, 2+4+16+2)
+				if _, err := io.ReadFull(c, b); err != nil || b[3] != 0 || b[5] != 4 {
+					return fmt.Errorf("SOCKS5: %x %v", b, err)
+				}
+				return nil
+			}},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				from := w.log.mark()
+				c, err := w.cli.dial("", proxyAddr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				if err := tt.open(c); err != nil {
+					t.Fatal(err)
+				}
+				_, out, err := greet(c, &tls.Config{InsecureSkipVerify: true})
+				if want := "local=[" + srvAddr6 + "]:443"; err != nil || !strings.Contains(out, want) {
+					t.Errorf("TLS through the tunnel: %q %v, want %q", out, err, want)
+				}
+				w.log.expect(t, from, "ipv6 "+tt.name, bySrc(c.LocalAddr().String()), want{
+					dst: "[" + srvAddr6 + "]:443", fqdnSource: "none", protocol: []string{"tls"}, rule: rule("srv-ip6"), action: "allow", bytes: 1,
+				})
+			})
 		}
 	})
 
