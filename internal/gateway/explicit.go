@@ -110,12 +110,19 @@ type target struct {
 }
 
 // decide runs the policy for t: a name is resolved and all its answers
-// checked, an address is checked as it is.
-func (x *explicitConn) decide(ctx context.Context, t target, user string, rec *accesslog.Record) verdict {
+// checked, an address is checked as it is. unresolved reports a name
+// without an address that no rule denies by itself: the client is told the
+// server cannot be reached (502, SOCKS 0x04) rather than that policy denied
+// it, since a rule with destinations might have allowed its address. A
+// rule that denies the name without an address still gets its 403.
+func (x *explicitConn) decide(ctx context.Context, t target, user string, rec *accesslog.Record) (v verdict, unresolved bool) {
 	in := policy.Input{Src: x.src.Addr(), FQDN: t.name, Port: t.port, User: user}
-	var v verdict
 	if t.name != "" {
 		v = x.g.resolved(ctx, x.st, in, t.port)
+		if !v.dst.IsValid() {
+			d := x.st.Policy.Decide(in)
+			unresolved = d.Action == policy.Allow || d.Index < 0
+		}
 	} else {
 		in.Dst = t.addr
 		v = verdict{Decision: x.st.Policy.DecideDial(in), dst: netip.AddrPortFrom(t.addr, t.port)}
@@ -126,7 +133,10 @@ func (x *explicitConn) decide(ctx context.Context, t target, user string, rec *a
 		rec.Dst = netip.AddrPortFrom(t.addr, t.port)
 	}
 	rec.Rule, rec.Reason, rec.Action = v.Rule, v.Reason, v.Action.String()
-	return v
+	if unresolved {
+		rec.Enforced = true
+	}
+	return v, unresolved
 }
 
 // refused reports whether v keeps the client out: a deny, unless

@@ -101,8 +101,12 @@ func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Reco
 	if t.name != "" {
 		rec.FQDNSource = "connect"
 	}
-	v := x.decide(ctx, t, rec.User, &rec)
-	if x.refused(v, &rec) {
+	v, unresolved := x.decide(ctx, t, rec.User, &rec)
+	switch {
+	case unresolved:
+		refuse.Answer(x.c, httpconnect.Response(http.StatusBadGateway, "egressd: cannot resolve "+t.name+"\n"))
+		return
+	case x.refused(v, &rec):
 		refuse.HTTPForbidden(x.c, v.Rule)
 		return
 	}
@@ -130,8 +134,12 @@ func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Rec
 	if t.name != "" {
 		rec.FQDNSource = "host"
 	}
-	v := x.decide(ctx, t, rec.User, rec)
-	if x.refused(v, rec) {
+	v, unresolved := x.decide(ctx, t, rec.User, rec)
+	switch {
+	case unresolved:
+		refuse.Answer(x.c, httpconnect.Response(http.StatusBadGateway, "egressd: cannot resolve "+t.name+"\n"))
+		return false
+	case x.refused(v, rec):
 		refuse.HTTPForbidden(x.c, v.Rule)
 		return false
 	}

@@ -85,8 +85,12 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) {
 		}
 	}
 
-	v := x.decide(ctx, t, rec.User, &rec)
-	if x.refused(v, &rec) {
+	v, unresolved := x.decide(ctx, t, rec.User, &rec)
+	switch {
+	case unresolved:
+		refuse.Answer(x.c, reply(socks5.ReplyHostUnreachable))
+		return
+	case x.refused(v, &rec):
 		refuse.Answer(x.c, reply(socks5.ReplyNotAllowed))
 		return
 	}

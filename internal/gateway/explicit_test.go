@@ -397,6 +397,21 @@ func TestExplicitUpstreamDown(t *testing.T) {
 	if e := w.waitLog(bySrcPort(c)); !strings.Contains(e["reason"].(string), "upstream failed") {
 		t.Errorf("reason %v", e["reason"])
 	}
+	// A name the policy allows that does not resolve: 502 and 0x04, not a
+	// policy refusal.
+	c, br = rawProxy(t, w.proxy)
+	fmt.Fprintf(c, "CONNECT nxdomain.good.test:443 HTTP/1.1\r\n\r\n")
+	if resp, body := readResponse(t, br, "CONNECT"); resp.StatusCode != 502 || !strings.Contains(body, "cannot resolve") {
+		t.Errorf("CONNECT to an unresolvable allowed name: %d %q, want 502", resp.StatusCode, body)
+	}
+	if e := w.waitLog(bySrcPort(c)); !strings.Contains(e["reason"].(string), "NXDOMAIN") || e["action"] != "deny" {
+		t.Errorf("log %v, want a deny saying NXDOMAIN", e)
+	}
+	c, br = rawProxy(t, w.proxy)
+	c.Write(socks5.AppendRequest([]byte{5, 1, 0}, socks5.Request{Cmd: socks5.CmdConnect, Domain: "nxdomain.good.test", Port: 443}))
+	if got, _ := io.ReadAll(br); len(got) < 4 || got[3] != socks5.ReplyHostUnreachable {
+		t.Errorf("SOCKS5 to an unresolvable allowed name: reply %x, want code 04", got)
+	}
 }
 
 // TestExplicitSOCKSAddresses: SOCKS5 with an IPv4 literal is checked like
