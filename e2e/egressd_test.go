@@ -68,13 +68,20 @@ const listenerCount = 5
 // listeners are bound.
 func startEgressd(t testing.TB, gw *netns, clientHello time.Duration) (*process, *accessLog) {
 	t.Helper()
+	return startEgressdConfig(t, gw, fmt.Sprintf(configTemplate, clientHello), listenerCount)
+}
+
+// startEgressdConfig runs egressd in gw with the config text cfgText and
+// waits until its listeners (how many the config has) are bound.
+func startEgressdConfig(t testing.TB, gw *netns, cfgText string, listeners int) (*process, *accessLog) {
+	t.Helper()
 	bin := egressdBinary(t)
 	cfg := filepath.Join(t.TempDir(), "egressd.yaml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, configTemplate, clientHello), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(cfgText), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	log := newAccessLog()
-	listening := make(chan struct{}, listenerCount)
+	listening := make(chan struct{}, listeners)
 	onStderr := func(line string) {
 		if strings.Contains(line, "listening") {
 			listening <- struct{}{}
@@ -83,13 +90,13 @@ func startEgressd(t testing.TB, gw *netns, clientHello time.Duration) (*process,
 	p := startProcess(t, "egressd", gw.command(context.Background(), bin, "run", "--config", cfg), log.add, onStderr)
 	log.proc = p
 	deadline := time.After(10 * time.Second)
-	for range listenerCount {
+	for range listeners {
 		select {
 		case <-listening:
 		case <-p.done:
 			t.Fatalf("egressd exited before listening:\n%s", p.output())
 		case <-deadline:
-			t.Fatalf("egressd did not log %d listening lines within 10s:\n%s", listenerCount, p.output())
+			t.Fatalf("egressd did not log %d listening lines within 10s:\n%s", listeners, p.output())
 		}
 	}
 	return p, log
@@ -100,6 +107,7 @@ type accessLine struct {
 	Time       string          `json:"time"`
 	Msg        string          `json:"msg"`
 	Listener   string          `json:"listener"`
+	User       string          `json:"user"`
 	Src        string          `json:"src"`
 	Dst        string          `json:"dst"`
 	FQDN       string          `json:"fqdn"`

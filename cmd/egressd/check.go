@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/fqdn"
@@ -54,9 +55,10 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	src := fs.String("src", "", "client source `IP` (required)")
 	dst := fs.String("dst", "", "destination `IP:PORT` (required)")
 	sni := fs.String("sni", "", "server `NAME` the client sends (SNI or Host); none means a connection without a name")
+	user := fs.String("user", "", "authenticated proxy `USER` (explicit listeners); none means an unauthenticated connection")
 	asJSON := fs.Bool("json", false, `print {"action","rule","reason","enforced"} as JSON`)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--json]\n\nPrints the decision the running gateway would make for such a connection, with no network I/O.\nA transparent listener in sni_destination: verify mode would also check that NAME resolves to IP;\nexplain cannot (it does no DNS) and says so.")
+		fmt.Fprintln(stderr, "Usage: egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--user USER] [--json]\n\nPrints the decision the running gateway would make for such a connection, with no network I/O.\nA transparent listener in sni_destination: verify mode would also check that NAME resolves to IP;\nexplain cannot (it does no DNS) and says so.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -86,8 +88,12 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	if *user != "" && !slices.ContainsFunc(cfg.Users, func(u config.User) bool { return u.Name == *user }) {
+		fmt.Fprintf(stderr, "egressd explain: --user: %q is not a user of %s\n", *user, *path)
+		return 2
+	}
 	name, _ := fqdn.Normalize(*sni)
-	d := pol.DecideDial(policy.Input{Src: srcIP.Unmap(), Dst: dstAP.Addr().Unmap(), Port: dstAP.Port(), FQDN: name})
+	d := pol.DecideDial(policy.Input{Src: srcIP.Unmap(), Dst: dstAP.Addr().Unmap(), Port: dstAP.Port(), FQDN: name, User: *user})
 	e := explanation{Action: d.Action.String(), Rule: d.Rule, Reason: d.Reason, Enforced: cfg.Policy.Enforce || d.Hard}
 	if *asJSON {
 		b, _ := json.Marshal(e)

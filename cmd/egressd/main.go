@@ -4,7 +4,7 @@
 //
 //	egressd run [--config FILE]
 //	egressd check --config FILE
-//	egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--json]
+//	egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--user USER] [--json]
 //	egressd version
 package main
 
@@ -22,7 +22,7 @@ const usage = `egressd — an egress gateway that filters every TCP protocol by 
 Usage:
   egressd run [--config FILE]      run the gateway (embedded report-only default without --config)
   egressd check --config FILE      validate a config; print every problem as FILE:LINE: message
-  egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--json]
+  egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--user USER] [--json]
                                    show the decision the gateway would make, with no network I/O
   egressd version                  print the version
 

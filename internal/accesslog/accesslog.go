@@ -16,12 +16,14 @@ import (
 
 // Record is everything egressd knows about one connection when it closes.
 type Record struct {
-	Start      time.Time
-	Listener   string
+	Start    time.Time
+	Listener string
+	// User is the authenticated proxy user (explicit listeners), "" for none.
+	User       string
 	Src        netip.AddrPort
 	Dst        netip.AddrPort // where egressd connected, or would have
 	FQDN       string
-	FQDNSource string // "sni", "host" or "none"
+	FQDNSource string // "sni", "host", "connect", "socks" or "none"
 	Protocol   string // tls, http, ssh, unknown, server-first
 	ALPN       []string
 	ECH        bool
@@ -67,6 +69,8 @@ func (lg *Logger) Log(r *Record) {
 	b = end.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","level":"INFO","msg":"conn","listener":`...)
 	b = appendString(b, r.Listener)
+	b = append(b, `,"user":`...)
+	b = appendString(b, r.User)
 	b = append(b, `,"src":"`...)
 	b = appendAddr(b, r.Src)
 	b = append(b, `","dst":"`...)
@@ -106,6 +110,7 @@ func (lg *Logger) Log(r *Record) {
 func (lg *Logger) logText(r *Record, end time.Time) {
 	lg.text.LogAttrs(context.Background(), slog.LevelInfo, "conn",
 		slog.String("listener", r.Listener),
+		slog.String("user", r.User),
 		slog.String("src", addrString(r.Src)),
 		slog.String("dst", addrString(r.Dst)),
 		slog.String("fqdn", r.FQDN),

@@ -14,7 +14,7 @@ import (
 func TestLogHasEveryKey(t *testing.T) {
 	var buf bytes.Buffer
 	New(&buf, "json").Log(&Record{
-		Start: time.Now().Add(-1500 * time.Millisecond), Listener: "sni",
+		Start: time.Now().Add(-1500 * time.Millisecond), Listener: "sni", User: "ci-runner",
 		Src: netip.MustParseAddrPort("10.0.0.1:4000"), Dst: netip.MustParseAddrPort("[2001:db8::1]:443"),
 		FQDN: "a.test", FQDNSource: "sni", Protocol: "tls", ALPN: []string{"h2", "http/1.1"},
 		Rule: "r", Action: "allow", Enforced: true, Reason: "matched", BytesUp: 10, BytesDown: 20,
@@ -32,7 +32,7 @@ func TestLogHasEveryKey(t *testing.T) {
 	delete(got, "time")
 	delete(got, "duration_ms")
 	want := map[string]any{
-		"level": "INFO", "msg": "conn", "listener": "sni", "src": "10.0.0.1:4000",
+		"level": "INFO", "msg": "conn", "listener": "sni", "user": "ci-runner", "src": "10.0.0.1:4000",
 		"dst": "[2001:db8::1]:443", "fqdn": "a.test", "fqdn_source": "sni", "protocol": "tls",
 		"alpn": "h2,http/1.1", "ech": false, "rule": "r", "action": "allow", "enforced": true,
 		"reason": "matched", "bytes_up": 10.0, "bytes_down": 20.0,

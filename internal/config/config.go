@@ -32,6 +32,25 @@ const (
 	// ModeSNI: the destination is the TLS server name, resolved by DNS, on
 	// the listener's UpstreamPort.
 	ModeSNI Mode = "sni"
+	// ModeExplicit: the client was configured to use egressd as its proxy
+	// and names its destination itself, with HTTP CONNECT, an absolute-URI
+	// HTTP request or SOCKS5, all on one port.
+	ModeExplicit Mode = "explicit"
+)
+
+// TunnelSNI says, for an explicit listener, what to do when the TLS server
+// name (or HTTP Host) inside a CONNECT or SOCKS5 tunnel is not the name the
+// client asked the proxy for.
+type TunnelSNI string
+
+const (
+	// TunnelMatch refuses the tunnel: the client lied about where it goes
+	// (domain fronting, or a policy bypass).
+	TunnelMatch TunnelSNI = "match"
+	// TunnelLog relays it and notes the mismatch in the access log.
+	TunnelLog TunnelSNI = "log"
+	// TunnelIgnore does not look inside the tunnel at all.
+	TunnelIgnore TunnelSNI = "ignore"
 )
 
 // SNIDestination says, for a transparent listener, how the original
@@ -64,7 +83,10 @@ type Listener struct {
 	// TProxy sets IP_TRANSPARENT on the listening socket, for iptables
 	// TPROXY rather than REDIRECT; transparent listeners only.
 	TProxy bool
-	Line   int // where the listener is defined
+	// TunnelSNI applies to explicit listeners only (default TunnelMatch);
+	// it is "" for others.
+	TunnelSNI TunnelSNI
+	Line      int // where the listener is defined
 }
 
 // Timeouts bound each phase of a connection.
@@ -111,6 +133,9 @@ type Config struct {
 	Timeouts Timeouts
 	Log      Log
 	Policy   Policy
+	// Users are the proxy users; when there are any, explicit listeners
+	// serve only clients that authenticate as one of them.
+	Users []User
 }
 
 // Load reads and parses the config file at path.
@@ -126,7 +151,7 @@ func Load(path string) (*Config, error) {
 // messages and stored as Path. When anything is wrong, the error is an
 // Errors listing every problem found.
 func Parse(name string, data []byte) (*Config, error) {
-	d := &decoder{file: name}
+	d := &decoder{file: name, userLines: map[string]int{}}
 	c := &Config{
 		Path:     name,
 		Timeouts: Timeouts{FirstBytes: 300 * time.Millisecond, ClientHello: 5 * time.Second, Connect: 5 * time.Second, Idle: 15 * time.Minute},
@@ -146,7 +171,8 @@ func Parse(name string, data []byte) (*Config, error) {
 var defaultYAML []byte
 
 // Default returns the built-in configuration (default.yaml in this package):
-// one sni listener on 127.0.0.1:8443 in report-only mode, so that a first run
+// an sni listener on 127.0.0.1:8443 and an explicit proxy listener on
+// 127.0.0.1:3128, in report-only mode, so that a first run
 // shows what egressd would do without breaking anything.
 func Default() *Config {
 	c, err := Parse("(built-in default)", defaultYAML)

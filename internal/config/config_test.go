@@ -122,11 +122,14 @@ func TestLoadMissingFile(t *testing.T) {
 
 func TestDefault(t *testing.T) {
 	want := &Config{
-		Path:      "(built-in default)",
-		Listeners: []Listener{{Name: "sni", Mode: ModeSNI, Address: addrPort("127.0.0.1:8443"), UpstreamPort: 443, Line: 13}},
-		Timeouts:  defaultTimeouts,
-		Log:       Log{Format: "json", Output: "stdout"},
-		Policy:    Policy{Enforce: false, Default: policy.Deny},
+		Path: "(built-in default)",
+		Listeners: []Listener{
+			{Name: "sni", Mode: ModeSNI, Address: addrPort("127.0.0.1:8443"), UpstreamPort: 443, Line: 13},
+			{Name: "proxy", Mode: ModeExplicit, Address: addrPort("127.0.0.1:3128"), TunnelSNI: TunnelMatch, Line: 21},
+		},
+		Timeouts: defaultTimeouts,
+		Log:      Log{Format: "json", Output: "stdout"},
+		Policy:   Policy{Enforce: false, Default: policy.Deny},
 	}
 	got := Default()
 	if diff := cmp.Diff(want, got, cmpOpts...); diff != "" {

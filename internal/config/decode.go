@@ -21,6 +21,9 @@ import (
 type decoder struct {
 	file string
 	errs Errors
+	// userLines holds the users section's names and lines; rules that name
+	// users are checked against it.
+	userLines map[string]int
 }
 
 func (d *decoder) errorf(n *yaml.Node, format string, args ...any) {

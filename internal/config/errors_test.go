@@ -44,8 +44,8 @@ log:
   fromat: json
 `, []string{
 		`bad.yaml:2: listeners[0]: missing key "address"`,
-		`bad.yaml:4: unknown key "adress" in listeners[0]; allowed: name, mode, address, sni_destination, upstream_port, tproxy`,
-		`bad.yaml:5: unknown key "polcy" at the top level; allowed: listeners, resolver, mark, timeouts, log, policy`,
+		`bad.yaml:4: unknown key "adress" in listeners[0]; allowed: name, mode, address, sni_destination, upstream_port, tproxy, tunnel_sni`,
+		`bad.yaml:5: unknown key "polcy" at the top level; allowed: listeners, resolver, mark, timeouts, log, users, policy`,
 		`bad.yaml:8: unknown key "fromat" in log; allowed: format, output`,
 	}},
 	{"repeated key", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
@@ -95,8 +95,7 @@ policy:
   rules:
     - {name: r, action: permit}
 `, []string{
-		`bad.yaml:3: listeners[0].mode: mode "explicit" is not supported yet; want transparent or sni`,
-		`bad.yaml:6: listeners[1].mode: unknown mode "socks"; want transparent or sni`,
+		`bad.yaml:6: listeners[1].mode: unknown mode "socks"; want transparent, sni or explicit`,
 		`bad.yaml:11: listeners[2].sni_destination: unknown sni_destination "maybe"; want verify or resolve or trust`,
 		`bad.yaml:12: listeners[2].tproxy: want true or false, got "true"`,
 		`bad.yaml:13: resolver: invalid address "localhost"`,

@@ -14,7 +14,7 @@ import (
 // This file is the schema: one function per section, in the order of the file.
 
 func (d *decoder) config(n *yaml.Node, c *Config) {
-	f, ok := d.mapping(n, "", "listeners", "resolver", "mark", "timeouts", "log", "policy")
+	f, ok := d.mapping(n, "", "listeners", "resolver", "mark", "timeouts", "log", "users", "policy")
 	if !ok {
 		return
 	}
@@ -39,6 +39,10 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 	}
 	if v, ok := f["log"]; ok && !isNull(v) {
 		d.log(v, &c.Log)
+	}
+	// Before the policy: its rules may name users.
+	if v, ok := f["users"]; ok && !isNull(v) {
+		c.Users = d.users(v)
 	}
 	if v, ok := f["policy"]; ok && !isNull(v) {
 		d.policy(v, &c.Policy)
@@ -86,7 +90,7 @@ func (d *decoder) listeners(n *yaml.Node) []Listener {
 
 func (d *decoder) listener(n *yaml.Node, path string, seen seenListeners) Listener {
 	l := Listener{Line: n.Line}
-	f, ok := d.mapping(n, path, "name", "mode", "address", "sni_destination", "upstream_port", "tproxy")
+	f, ok := d.mapping(n, path, "name", "mode", "address", "sni_destination", "upstream_port", "tproxy", "tunnel_sni")
 	if !ok {
 		return l
 	}
@@ -136,6 +140,13 @@ func (d *decoder) listener(n *yaml.Node, path string, seen seenListeners) Listen
 	if v, ok := only("upstream_port", ModeSNI); ok {
 		l.UpstreamPort, _ = d.port(v, field(path, "upstream_port"))
 	}
+	if l.Mode == ModeExplicit {
+		l.TunnelSNI = TunnelMatch
+	}
+	if v, ok := only("tunnel_sni", ModeExplicit); ok {
+		s, _ := d.oneOf(v, field(path, "tunnel_sni"), "tunnel_sni", string(TunnelMatch), string(TunnelLog), string(TunnelIgnore))
+		l.TunnelSNI = TunnelSNI(s)
+	}
 	return l
 }
 
@@ -167,12 +178,10 @@ func (d *decoder) mode(n *yaml.Node, path string) Mode {
 	s, ok := d.str(n, path)
 	switch m := Mode(s); {
 	case !ok:
-	case m == ModeTransparent, m == ModeSNI:
+	case m == ModeTransparent, m == ModeSNI, m == ModeExplicit:
 		return m
-	case s == "explicit":
-		d.errorf(n, "%s: mode %q is not supported yet; want transparent or sni", path, s)
 	default:
-		d.errorf(n, "%s: unknown mode %q; want transparent or sni", path, s)
+		d.errorf(n, "%s: unknown mode %q; want transparent, sni or explicit", path, s)
 	}
 	return ""
 }
@@ -242,7 +251,7 @@ func (d *decoder) action(n *yaml.Node, path string) (policy.Action, bool) {
 // and action) matches every connection: that is how a catch-all is written.
 func (d *decoder) rule(n *yaml.Node, path string, names map[string]int) policy.Rule {
 	var r policy.Rule
-	f, ok := d.mapping(n, path, "name", "action", "fqdn", "destinations", "sources", "ports")
+	f, ok := d.mapping(n, path, "name", "action", "fqdn", "destinations", "sources", "ports", "users")
 	if !ok {
 		return r
 	}
@@ -277,6 +286,9 @@ func (d *decoder) rule(n *yaml.Node, path string, names map[string]int) policy.R
 				r.Ports = append(r.Ports, pr)
 			}
 		}
+	}
+	if v, ok := f["users"]; ok {
+		r.Users = d.ruleUsers(v, field(path, "users"))
 	}
 	return r
 }

@@ -34,6 +34,10 @@ type verdict struct {
 // handle is one connection's whole life. It always writes one access-log
 // line, whatever happens.
 func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn) {
+	if bl.cfg.Mode == config.ModeExplicit {
+		g.handleExplicit(ctx, bl, c)
+		return
+	}
 	st := g.state.Load()
 	cfg := st.Config
 	lc := &bl.cfg

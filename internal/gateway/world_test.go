@@ -136,7 +136,7 @@ func selfSigned(t *testing.T) tls.Certificate {
 }
 
 // startDNS serves rec over UDP on loopback and returns its address.
-func startDNS(t *testing.T, rec records) string {
+func startDNS(t testing.TB, rec records) string {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,7 @@ type rule struct {
 	sources      []netip.Prefix
 	destinations []netip.Prefix
 	ports        []PortRange
+	users        []string
 	decision     Decision
 }
 
@@ -81,7 +82,12 @@ func Compile(rules []Rule, def Action) (*Policy, error) {
 				fail("bad port range %d-%d", pr.Lo, pr.Hi)
 			}
 		}
-		c := rule{ports: slices.Clone(r.Ports)}
+		for _, u := range r.Users {
+			if u == "" {
+				fail("empty user name")
+			}
+		}
+		c := rule{ports: slices.Clone(r.Ports), users: slices.Clone(r.Users)}
 		var err error
 		if c.sources, err = canonical(r.Sources); err != nil {
 			fail("sources: %v", err)

@@ -51,6 +51,11 @@ type Rule struct {
 	Destinations []netip.Prefix
 	Sources      []netip.Prefix
 	Ports        []PortRange
+	// Users are the proxy users (explicit listeners with authentication)
+	// the rule applies to. A rule with Users never matches a connection
+	// without an authenticated user: transparent and sni connections, or an
+	// explicit listener without users configured.
+	Users []string
 }
 
 // Input is what egressd knows about a connection when it decides.
@@ -65,6 +70,8 @@ type Input struct {
 	// FQDN is the destination name normalised by fqdn.Normalize, "" when
 	// there is none. A name that is not normalised matches no pattern.
 	FQDN string
+	// User is the authenticated proxy user, "" when there is none.
+	User string
 }
 
 // Decision is the outcome of Decide. It is precomputed per rule at Compile

@@ -75,3 +75,8 @@ func answer(c net.Conn, msg []byte) error {
 	}
 	return c.Close()
 }
+
+// Answer writes msg (a complete refusal in the client's protocol: an HTTP
+// response, a SOCKS5 reply), half-closes, waits for the client to close
+// for up to two seconds, and closes.
+func Answer(c net.Conn, msg []byte) error { return answer(c, msg) }

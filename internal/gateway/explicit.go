@@ -1,0 +1,293 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/fqdn"
+	"github.com/egressd/egressd/internal/httpconnect"
+	"github.com/egressd/egressd/internal/listener"
+	"github.com/egressd/egressd/internal/peek"
+	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/refuse"
+	"github.com/egressd/egressd/internal/relay"
+	"github.com/egressd/egressd/internal/socks5"
+	"github.com/egressd/egressd/internal/upstream"
+)
+
+// An explicit listener serves clients configured to use egressd as their
+// proxy: HTTP (CONNECT, and absolute-URI requests forwarded one by one) and
+// SOCKS5 on one port. A SOCKS5 client's first byte is always 5, which no
+// HTTP method starts with, so one byte tells them apart (the idea of
+// tailscale's net/proxymux).
+//
+// The client names its destination; from there on the pipeline is the sni
+// mode's: names are resolved by egressd and every answer checked
+// (DecideDial), IP literals are checked the same way, the checked address
+// is dialled, and the tunnel is spliced. Each tunnel, and each forwarded
+// plain HTTP request, is one access-log line.
+
+// readerPool holds the handshake readers; each can hold a whole request
+// head (httpconnect.DefaultLimits.Head).
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, httpconnect.DefaultLimits.Head) }}
+
+// explicitConn is one client connection of an explicit listener.
+type explicitConn struct {
+	g     *Gateway
+	st    *State
+	lc    *config.Listener
+	c     *net.TCPConn
+	br    *bufio.Reader
+	src   netip.AddrPort
+	start time.Time
+}
+
+func (g *Gateway) handleExplicit(ctx context.Context, bl *boundListener, c *net.TCPConn) {
+	st := g.state.Load()
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(c)
+	x := &explicitConn{g: g, st: st, lc: &bl.cfg, c: c, br: br,
+		src: listener.AddrPort(c.RemoteAddr()), start: time.Now()}
+	defer x.releaseReader()
+
+	// A proxy client speaks first, at once: the whole handshake must be in
+	// within client_hello.
+	c.SetReadDeadline(x.start.Add(st.Config.Timeouts.ClientHello))
+	first, err := br.Peek(1)
+	if err != nil {
+		rec := x.record()
+		rec.Protocol = peek.ServerFirst
+		rec.Action, rec.Reason = "deny", "explicit proxy: "+handshakeError(err, "client sent nothing")
+		g.access.Log(&rec)
+		refuse.Reset(c)
+		return
+	}
+	if first[0] == socks5.Version {
+		x.serveSOCKS(ctx)
+		return
+	}
+	x.serveHTTP(ctx)
+}
+
+// releaseReader gives the handshake reader back to the pool: a tunnel
+// releases it before relaying, so an idle tunnel holds no 32 KiB buffer.
+func (x *explicitConn) releaseReader() {
+	if x.br != nil {
+		x.br.Reset(nil)
+		readerPool.Put(x.br)
+		x.br = nil
+	}
+}
+
+// record starts an access-log record for this client.
+func (x *explicitConn) record() accesslog.Record {
+	return accesslog.Record{
+		Start:      time.Now(),
+		Listener:   x.lc.Name,
+		Src:        x.src,
+		FQDNSource: "none",
+		Enforced:   x.st.Config.Policy.Enforce,
+	}
+}
+
+// target is the destination an explicit client asked for: a normalised
+// name or an address, and a port.
+type target struct {
+	name string
+	addr netip.Addr
+	port uint16
+}
+
+// decide runs the policy for t: a name is resolved and all its answers
+// checked, an address is checked as it is. unresolved reports a name
+// without an address that no rule denies by itself: the client is told the
+// server cannot be reached (502, SOCKS 0x04) rather than that policy denied
+// it, since a rule with destinations might have allowed its address. A
+// rule that denies the name without an address still gets its 403.
+func (x *explicitConn) decide(ctx context.Context, t target, user string, rec *accesslog.Record) (v verdict, unresolved bool) {
+	in := policy.Input{Src: x.src.Addr(), FQDN: t.name, Port: t.port, User: user}
+	if t.name != "" {
+		v = x.g.resolved(ctx, x.st, in, t.port)
+		if !v.dst.IsValid() {
+			d := x.st.Policy.Decide(in)
+			unresolved = d.Action == policy.Allow || d.Index < 0
+		}
+	} else {
+		in.Dst = t.addr
+		v = verdict{Decision: x.st.Policy.DecideDial(in), dst: netip.AddrPortFrom(t.addr, t.port)}
+	}
+	rec.FQDN = t.name
+	rec.Dst = v.dst
+	if !v.dst.IsValid() && t.addr.IsValid() {
+		rec.Dst = netip.AddrPortFrom(t.addr, t.port)
+	}
+	rec.Rule, rec.Reason, rec.Action = v.Rule, v.Reason, v.Action.String()
+	if unresolved {
+		rec.Enforced = true
+	}
+	return v, unresolved
+}
+
+// refused reports whether v keeps the client out: a deny, unless
+// report-only mode waives it (never for destination safety, never without
+// an address).
+func (x *explicitConn) refused(v verdict, rec *accesslog.Record) bool {
+	if v.Action == policy.Deny && (x.st.Config.Policy.Enforce || v.Hard || !v.dst.IsValid()) {
+		rec.Enforced = true
+		return true
+	}
+	return false
+}
+
+// dial connects to the checked address.
+func (x *explicitConn) dial(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
+	d := upstream.Dialer{Timeout: x.st.Config.Timeouts.Connect, Mark: x.st.Config.Mark}
+	return d.Dial(ctx, dst)
+}
+
+// dialFailure maps a failed dial to what each protocol says about it.
+func dialFailure(err error) (httpStatus int, socksReply byte) {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded):
+		return 504, socks5.ReplyHostUnreachable
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return 502, socks5.ReplyConnectionRefused
+	case errors.Is(err, syscall.ENETUNREACH):
+		return 502, socks5.ReplyNetworkUnreachable
+	case errors.Is(err, syscall.EHOSTUNREACH):
+		return 502, socks5.ReplyHostUnreachable
+	}
+	return 502, socks5.ReplyGeneralFailure
+}
+
+// tunnel carries an established CONNECT or SOCKS5 tunnel: it peeks at the
+// client's first bytes inside it (unless tunnel_sni is ignore), checks the
+// name they carry against the one the client asked for, then forwards
+// what was read and relays.
+func (x *explicitConn) tunnel(t target, v verdict, up *net.TCPConn, rec *accesslog.Record) {
+	cfg := x.st.Config
+	var data []byte
+	var p peek.Result
+	defer peek.Release(&p) // for the early returns; released before relaying otherwise
+	rec.Protocol = peek.Unknown
+	if x.lc.TunnelSNI != config.TunnelIgnore {
+		now := time.Now()
+		// Peek reads through br: bytes the client sent right behind its
+		// request are already there.
+		p = peek.Peek(bufConn{x.c, x.br}, peek.Deadlines{
+			FirstBytes: now.Add(cfg.Timeouts.FirstBytes),
+			Complete:   now.Add(cfg.Timeouts.ClientHello),
+		})
+		rec.Protocol = p.Protocol
+		if p.Protocol == peek.TLS {
+			rec.ECH, rec.ALPN = p.Hello.ECH, p.Hello.ALPN
+		}
+		problem := ""
+		switch {
+		case p.Err != nil:
+			problem = "inside the tunnel: " + peekReason(p)
+		default:
+			problem = mismatch(t, p)
+		}
+		if problem != "" {
+			if x.lc.TunnelSNI == config.TunnelMatch {
+				rec.Action = "deny"
+				rec.Reason = problem + " (tunnel_sni: match)"
+				if cfg.Policy.Enforce || p.Err != nil {
+					rec.Enforced = true
+					up.Close()
+					x.g.refuse(x.c, p, v.Rule)
+					return
+				}
+			} else {
+				rec.Reason += "; " + problem + " (tunnel_sni: log)"
+			}
+		}
+		data = p.Data
+	}
+	if n := x.br.Buffered(); n > 0 {
+		rest, _ := x.br.Peek(n)
+		data = append(data, rest...)
+	}
+	if len(data) > 0 {
+		if _, err := up.Write(data); err != nil {
+			rec.Reason += "; upstream write failed: " + err.Error()
+			up.Close()
+			refuse.Reset(x.c)
+			return
+		}
+	}
+	rec.BytesUp = int64(len(data))
+	peek.Release(&p)
+	x.releaseReader()
+	res := relay.Relay(x.c, up, cfg.Timeouts.Idle)
+	rec.BytesUp += res.Up
+	rec.BytesDown = res.Down
+	if end := endReason(res); end != "" {
+		rec.Reason += "; " + end
+	}
+}
+
+// mismatch says how the name inside the tunnel (TLS SNI or HTTP Host)
+// differs from the requested target, or "" when it does not. No name
+// inside (SSH, a client without SNI) is no claim, and matches.
+func mismatch(t target, p peek.Result) string {
+	raw, what := "", ""
+	switch {
+	case p.Protocol == peek.TLS && p.Hello.HasSNI:
+		raw, what = p.Hello.ServerName, "TLS server name"
+	case p.Protocol == peek.HTTP && p.Host != "":
+		raw, what = p.Host, "HTTP Host"
+	default:
+		return ""
+	}
+	name, addr, err := fqdn.ParseHost(raw)
+	switch {
+	case err != nil:
+	case name != "" && name == t.name:
+		return ""
+	case addr.IsValid() && addr == t.addr:
+		return ""
+	}
+	asked := t.name
+	if asked == "" {
+		asked = t.addr.String()
+	}
+	return fmt.Sprintf("%s %q inside the tunnel differs from the requested %s", what, raw, asked)
+}
+
+// bufConn reads through the handshake's bufio.Reader, so that peek sees
+// the bytes already buffered, and sets deadlines on the connection.
+type bufConn struct {
+	*net.TCPConn
+	br *bufio.Reader
+}
+
+func (b bufConn) Read(p []byte) (int, error) { return b.br.Read(p) }
+
+// handshakeError words a failed handshake read for the log.
+func handshakeError(err error, silent string) string {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "handshake timeout (client_hello)"
+	case errors.Is(err, io.EOF):
+		return silent + ": client closed"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "client closed mid-handshake"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "client reset the connection during the handshake"
+	}
+	return err.Error()
+}

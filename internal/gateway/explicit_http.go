@@ -1,0 +1,268 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/httpconnect"
+	"github.com/egressd/egressd/internal/refuse"
+)
+
+// serveHTTP serves an HTTP proxy client: CONNECT opens a tunnel (the rest
+// of the connection); an absolute-URI request is decided, forwarded and
+// answered, and the next request on the kept-alive connection is decided
+// afresh. One access-log line per CONNECT and per forwarded request.
+func (x *explicitConn) serveHTTP(ctx context.Context) {
+	lim := httpconnect.DefaultLimits
+	var auth authCache
+	for n := 0; ; n++ {
+		rec := x.record()
+		rec.Protocol = "http"
+		head, err := httpconnect.ReadHead(x.br, lim)
+		if err != nil {
+			if n > 0 && x.br.Buffered() == 0 && (errors.Is(err, io.EOF) || isTimeoutErr(err)) {
+				// A kept-alive connection that ends (or idles out)
+				// between requests: nothing to log.
+				x.c.Close()
+				return
+			}
+			x.httpFail(&rec, err)
+			return
+		}
+		q, err := httpconnect.Parse(head)
+		if err != nil {
+			rec.Action, rec.Reason, rec.Enforced = "deny", "http proxy: "+err.Error(), true
+			refuse.Answer(x.c, httpconnect.Response(httpconnect.StatusFor(err), "egressd: "+err.Error()+"\n"))
+			x.g.access.Log(&rec)
+			return
+		}
+		if len(x.st.Config.Users) > 0 {
+			user, why := auth.check(x.st, q.ProxyAuthorization)
+			if why != "" {
+				rec.Action, rec.Reason, rec.Enforced = "deny", "http proxy: "+why, true
+				rec.FQDN = q.Name
+				refuse.Answer(x.c, httpconnect.ProxyAuthRequired())
+				x.g.access.Log(&rec)
+				return
+			}
+			rec.User = user
+		}
+		t := target{name: q.Name, addr: q.Addr, port: q.Port}
+		if q.Connect {
+			x.br.Discard(len(head))
+			x.connect(ctx, t, rec)
+			return
+		}
+		keep := x.forward(ctx, t, &rec)
+		x.g.access.Log(&rec)
+		if !keep {
+			return
+		}
+		// The next request: wait up to idle for it to start, then
+		// client_hello for it to be complete.
+		x.c.SetReadDeadline(time.Now().Add(x.st.Config.Timeouts.Idle))
+		if _, err := x.br.Peek(1); err != nil {
+			x.c.Close()
+			return
+		}
+		x.c.SetReadDeadline(time.Now().Add(x.st.Config.Timeouts.ClientHello))
+	}
+}
+
+// httpFail answers a request head that could not be read.
+func (x *explicitConn) httpFail(rec *accesslog.Record, err error) {
+	rec.Action, rec.Enforced = "deny", true
+	defer x.g.access.Log(rec)
+	switch {
+	case errors.Is(err, httpconnect.ErrRequestLineTooLong), errors.Is(err, httpconnect.ErrHeadTooLarge):
+		rec.Reason = "http proxy: " + err.Error()
+		refuse.Answer(x.c, httpconnect.Response(httpconnect.StatusFor(err), "egressd: "+err.Error()+"\n"))
+	case isTimeoutErr(err):
+		rec.Reason = "http proxy: handshake timeout (client_hello): request head incomplete"
+		refuse.Answer(x.c, httpconnect.Response(http.StatusRequestTimeout, "egressd: request head incomplete\n"))
+	default:
+		rec.Reason = "http proxy: " + handshakeError(err, "no request")
+		refuse.Reset(x.c)
+	}
+}
+
+// connect serves CONNECT: 403 for a deny, 502/504 when the server cannot
+// be reached, else 200 and the tunnel.
+func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Record) {
+	defer x.g.access.Log(&rec)
+	if t.name != "" {
+		rec.FQDNSource = "connect"
+	}
+	v, unresolved := x.decide(ctx, t, rec.User, &rec)
+	switch {
+	case unresolved:
+		refuse.Answer(x.c, httpconnect.Response(http.StatusBadGateway, "egressd: cannot resolve "+t.name+"\n"))
+		return
+	case x.refused(v, &rec):
+		refuse.HTTPForbidden(x.c, v.Rule)
+		return
+	}
+	up, err := x.dial(ctx, v.dst)
+	if err != nil {
+		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
+		code, _ := dialFailure(err)
+		refuse.Answer(x.c, httpconnect.Response(code, "egressd: "+v.dst.String()+" unreachable\n"))
+		return
+	}
+	if _, err := x.c.Write(httpconnect.Established); err != nil {
+		rec.Reason = v.Reason + "; client write failed: " + err.Error()
+		up.Close()
+		x.c.Close()
+		return
+	}
+	x.tunnel(t, v, up, &rec)
+}
+
+// forward decides one absolute-URI request and, if allowed, sends it to
+// the server on a connection of its own and copies the response back. It
+// reports whether the client connection stays open for another request.
+func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Record) bool {
+	cfg := x.st.Config
+	if t.name != "" {
+		rec.FQDNSource = "host"
+	}
+	v, unresolved := x.decide(ctx, t, rec.User, rec)
+	switch {
+	case unresolved:
+		refuse.Answer(x.c, httpconnect.Response(http.StatusBadGateway, "egressd: cannot resolve "+t.name+"\n"))
+		return false
+	case x.refused(v, rec):
+		refuse.HTTPForbidden(x.c, v.Rule)
+		return false
+	}
+	req, err := http.ReadRequest(x.br)
+	if err != nil {
+		rec.Reason = v.Reason + "; malformed request: " + err.Error()
+		refuse.Answer(x.c, httpconnect.Response(http.StatusBadRequest, "egressd: malformed request\n"))
+		return false
+	}
+	// The body, if any, streams from the client: no byte either way for
+	// idle ends it.
+	x.c.SetReadDeadline(time.Now().Add(cfg.Timeouts.Idle))
+	clientClose := req.Close
+	httpconnect.RemoveHopByHop(req.Header)
+	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		// The decision is made: tell the client to send its body now
+		// rather than after its own wait for a 100 (curl waits 1 s).
+		req.Header.Del("Expect")
+		if _, err := x.c.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
+			rec.Reason = v.Reason + "; client write failed: " + err.Error()
+			x.c.Close()
+			return false
+		}
+	}
+	req.Close = true // one upstream connection per request: each is decided alone
+	req.RequestURI = ""
+
+	up, err := x.dial(ctx, v.dst)
+	if err != nil {
+		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
+		code, _ := dialFailure(err)
+		refuse.Answer(x.c, httpconnect.Response(code, "egressd: "+v.dst.String()+" unreachable\n"))
+		return false
+	}
+	defer up.Close()
+	up.SetDeadline(time.Now().Add(cfg.Timeouts.Idle))
+	upW := &countWriter{w: up}
+	if err := req.Write(upW); err != nil {
+		rec.BytesUp = upW.n
+		rec.Reason = v.Reason + "; forwarding the request failed: " + err.Error()
+		refuse.Answer(x.c, httpconnect.Response(http.StatusBadGateway, "egressd: forwarding the request failed\n"))
+		return false
+	}
+	rec.BytesUp = upW.n
+	upR := bufio.NewReader(up)
+	resp, err := http.ReadResponse(upR, req)
+	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+		resp, err = http.ReadResponse(upR, req) // the body was sent already: drop interim answers
+	}
+	if err != nil {
+		rec.Reason = v.Reason + "; reading the response failed: " + err.Error()
+		code := http.StatusBadGateway
+		if isTimeoutErr(err) {
+			code = http.StatusGatewayTimeout
+		}
+		refuse.Answer(x.c, httpconnect.Response(code, "egressd: no valid response from the server\n"))
+		return false
+	}
+	defer resp.Body.Close()
+	httpconnect.RemoveHopByHop(resp.Header)
+	// Without a length or chunking, the body ends when the connection
+	// does: the client can only learn its end from our close.
+	unframed := resp.ContentLength < 0 && !slices.Contains(resp.TransferEncoding, "chunked")
+	resp.Close = clientClose || unframed || resp.StatusCode == http.StatusSwitchingProtocols
+	cw := &countWriter{w: x.c}
+	x.c.SetWriteDeadline(time.Now().Add(cfg.Timeouts.Idle))
+	err = resp.Write(cw)
+	x.c.SetWriteDeadline(time.Time{})
+	rec.BytesDown = cw.n
+	rec.Reason = v.Reason + fmt.Sprintf("; %s -> %d", req.Method, resp.StatusCode)
+	if err != nil {
+		rec.Reason += "; copying the response failed: " + err.Error()
+		refuse.Reset(x.c)
+		return false
+	}
+	if resp.Close {
+		x.c.CloseWrite()
+		x.c.Close()
+		return false
+	}
+	return true
+}
+
+// authCache remembers the last Proxy-Authorization value that was
+// accepted on a connection: clients send it with every request, and bcrypt
+// is meant to be slow.
+type authCache struct {
+	value, user string
+}
+
+// check returns the user the credential authenticates, or why not.
+func (a *authCache) check(st *State, value string) (user, why string) {
+	if value == "" {
+		return "", "proxy authentication required"
+	}
+	if a.value != "" && value == a.value {
+		return a.user, ""
+	}
+	u, p, ok := httpconnect.BasicCredentials(value)
+	if !ok {
+		return "", "proxy authentication: want Basic credentials"
+	}
+	if u == "" || !st.Config.Authenticate(u, p) {
+		return "", fmt.Sprintf("proxy authentication failed for user %q", u)
+	}
+	a.value, a.user = value, u
+	return u, ""
+}
+
+// countWriter counts what it writes; it is only used where bytes are
+// copied in user space anyway (plain HTTP forwarding).
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func isTimeoutErr(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
