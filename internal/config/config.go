@@ -98,6 +98,39 @@ type Policy struct {
 	RuleLines []int // RuleLines[i] is the line of Rules[i]
 }
 
+// DNS is the dns section: egressd's own DNS forwarder, which remembers per
+// client which names resolved to which addresses so that connections
+// without a name of their own (SSH, SMTP, ...) can be decided by FQDN.
+// The zero value (no dns section) runs no forwarder.
+type DNS struct {
+	// Address is where the forwarder listens, UDP and TCP; invalid when
+	// there is no dns section.
+	Address netip.AddrPort
+	// Upstreams are tried in order: on a timeout or error, the next one.
+	Upstreams []netip.AddrPort
+	// Remember is how long a name -> IP memory outlives the answer's TTL
+	// (default 10m): clients keep using an address after its TTL.
+	Remember time.Duration
+	// Filter refuses (REFUSED) queries for names no allow rule could match
+	// for the querying client.
+	Filter bool
+	// StripECH removes the ech SvcParam from HTTPS and SVCB answers, so
+	// that clients send their real server name in the clear.
+	StripECH bool
+	// MaxEntries caps the name memory (default 100000); the oldest entry
+	// is dropped first.
+	MaxEntries int
+	// Timeout bounds one query to one upstream (default 2s).
+	Timeout time.Duration
+	// RateLimit is the queries per second one client address may send
+	// (default 200, bursts of twice that); beyond it queries are dropped.
+	RateLimit int
+	Line      int // where the section is, 0 when absent
+}
+
+// Enabled reports whether a dns section configured the forwarder.
+func (d DNS) Enabled() bool { return d.Address.IsValid() }
+
 // Config is a loaded and checked configuration.
 type Config struct {
 	Path      string // the file it was read from, for messages
@@ -111,6 +144,7 @@ type Config struct {
 	Timeouts Timeouts
 	Log      Log
 	Policy   Policy
+	DNS      DNS
 }
 
 // Load reads and parses the config file at path.

@@ -167,6 +167,13 @@ func TestAccepted(t *testing.T) {
 			func(c *Config) any { return c.Policy.Rules[1].Destinations }, []netip.Prefix{prefix("10.0.0.0/8")}},
 		{"bare addresses in rules", one + "policy: {rules: [{name: a, action: allow, sources: [192.0.2.1, \"2001:db8::1\"]}]}\n",
 			func(c *Config) any { return c.Policy.Rules[0].Sources }, []netip.Prefix{prefix("192.0.2.1/32"), prefix("2001:db8::1/128")}},
+		{"dns section", one + "dns:\n  address: 127.0.0.1:5353\n  upstreams: [127.0.0.1, \"[::1]:53\"]\n  filter: true\n  strip_ech: true\n  max_entries: 50\n",
+			func(c *Config) any { return c.DNS }, DNS{Address: addrPort("127.0.0.1:5353"),
+				Upstreams: []netip.AddrPort{addrPort("127.0.0.1:53"), addrPort("[::1]:53")}, Remember: 10 * time.Minute,
+				Filter: true, StripECH: true, MaxEntries: 50, Timeout: 2 * time.Second, RateLimit: 200, Line: 3}},
+		{"no dns section", one, func(c *Config) any { return c.DNS.Enabled() }, false},
+		{"rule protocols", one + "policy: {rules: [{name: git, action: allow, fqdn: [git.example.test], protocols: [ssh, server-first]}]}\n",
+			func(c *Config) any { return c.Policy.Rules[0].Protocols }, []string{"ssh", "server-first"}},
 		{"same port, different hosts", "listeners:\n  - {name: a, mode: sni, address: 127.0.0.1:1}\n  - {name: b, mode: sni, address: 127.0.0.2:1}\n",
 			func(c *Config) any { return len(c.Listeners) }, 2},
 	}

@@ -14,7 +14,7 @@ import (
 // This file is the schema: one function per section, in the order of the file.
 
 func (d *decoder) config(n *yaml.Node, c *Config) {
-	f, ok := d.mapping(n, "", "listeners", "resolver", "mark", "timeouts", "log", "policy")
+	f, ok := d.mapping(n, "", "listeners", "resolver", "mark", "timeouts", "log", "policy", "dns")
 	if !ok {
 		return
 	}
@@ -42,6 +42,9 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 	}
 	if v, ok := f["policy"]; ok && !isNull(v) {
 		d.policy(v, &c.Policy)
+	}
+	if v, ok := f["dns"]; ok {
+		d.dns(v, &c.DNS)
 	}
 }
 
@@ -242,7 +245,7 @@ func (d *decoder) action(n *yaml.Node, path string) (policy.Action, bool) {
 // and action) matches every connection: that is how a catch-all is written.
 func (d *decoder) rule(n *yaml.Node, path string, names map[string]int) policy.Rule {
 	var r policy.Rule
-	f, ok := d.mapping(n, path, "name", "action", "fqdn", "destinations", "sources", "ports")
+	f, ok := d.mapping(n, path, "name", "action", "fqdn", "destinations", "sources", "ports", "protocols")
 	if !ok {
 		return r
 	}
@@ -275,6 +278,14 @@ func (d *decoder) rule(n *yaml.Node, path string, names map[string]int) policy.R
 		for i, it := range d.matchList(v, field(path, "ports"), "ports") {
 			if pr, ok := d.portRange(it, item(field(path, "ports"), i)); ok {
 				r.Ports = append(r.Ports, pr)
+			}
+		}
+	}
+	if v, ok := f["protocols"]; ok {
+		p := field(path, "protocols")
+		for i, it := range d.matchList(v, p, "protocols") {
+			if s, ok := d.oneOf(it, item(p, i), "protocol", policy.ProtocolNames...); ok {
+				r.Protocols = append(r.Protocols, s)
 			}
 		}
 	}
