@@ -86,8 +86,16 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	} else {
 		rec.FQDNSource = "none"
 	}
+	// No name on the wire (SSH, server-first, a TLS hello without SNI):
+	// the name this client itself most recently resolved to this address
+	// through egressd's DNS, never another client's.
+	if rec.FQDN == "" && orig.IsValid() && g.memory != nil {
+		if n, ok := g.memory.Lookup(rec.Src.Addr(), orig.Addr()); ok {
+			rec.FQDN, rec.FQDNSource = n, "dns"
+		}
+	}
 
-	in := policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN}
+	in := policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: p.Protocol}
 	var v verdict
 	if lc.Mode == config.ModeSNI {
 		v = g.decideSNI(ctx, st, lc, in)
@@ -180,7 +188,13 @@ func (g *Gateway) decideTransparent(ctx context.Context, st *State, lc *config.L
 		return v
 	}
 	// The name is what allowed this connection: it must be the name of the
-	// address the client is really going to.
+	// address the client is really going to. What this client resolved
+	// through egressd's own DNS answers that first, without a fresh look-up
+	// (and covers a name attributed from that memory).
+	if g.memory != nil && g.memory.Resolved(in.Src, in.FQDN, orig.Addr()) {
+		v.Reason += "; name verified: this client resolved it to " + orig.Addr().String() + " through egressd"
+		return v
+	}
 	lk, err := g.names.Resolve(ctx, in.FQDN)
 	switch {
 	case err != nil:
