@@ -68,9 +68,16 @@ const listenerCount = 5
 // listeners are bound.
 func startEgressd(t testing.TB, gw *netns, clientHello time.Duration) (*process, *accessLog) {
 	t.Helper()
+	return startEgressdWith(t, gw, fmt.Sprintf(configTemplate, clientHello), listenerCount)
+}
+
+// startEgressdWith runs egressd in gw with the config text and waits for
+// its listenerCount "listening" lines (the DNS forwarder prints one too).
+func startEgressdWith(t testing.TB, gw *netns, config string, listenerCount int) (*process, *accessLog) {
+	t.Helper()
 	bin := egressdBinary(t)
 	cfg := filepath.Join(t.TempDir(), "egressd.yaml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, configTemplate, clientHello), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	log := newAccessLog()
@@ -114,6 +121,13 @@ type accessLine struct {
 	BytesUp    int64           `json:"bytes_up"`
 	BytesDown  int64           `json:"bytes_down"`
 	DurationMS float64         `json:"duration_ms"`
+
+	// DNS query lines ("kind":"dns").
+	Kind   string `json:"kind"`
+	QName  string `json:"qname"`
+	QType  string `json:"qtype"`
+	Rcode  string `json:"rcode"`
+	Result string `json:"result"`
 
 	raw string
 }

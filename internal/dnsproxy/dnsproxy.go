@@ -239,6 +239,15 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	}
 	if s.cfg.StripECH {
 		s.echStripped.Add(uint64(StripECH(resp)))
+	} else {
+		// The client gets these configurations: an outer ClientHello that
+		// uses one is real ECH, not GREASE (see namecache.RecordECH).
+		ttl := answerTTL(resp) + s.cfg.Remember
+		for _, c := range echConfigs(resp) {
+			if pn, ok := fqdn.Normalize(c.PublicName); ok {
+				s.names.RecordECH(src, pn, c.ConfigID, ttl)
+			}
+		}
 	}
 	if name != "" && resp.Rcode == dns.RcodeSuccess {
 		for _, a := range addrs {
@@ -252,6 +261,17 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	}
 	s.forwarded.Add(1)
 	w.WriteMsg(resp)
+}
+
+// answerTTL is the smallest TTL of m's answer section.
+func answerTTL(m *dns.Msg) time.Duration {
+	ttl := uint32(0)
+	for i, rr := range m.Answer {
+		if t := rr.Header().Ttl; i == 0 || t < ttl {
+			ttl = t
+		}
+	}
+	return time.Duration(ttl) * time.Second
 }
 
 // udpSize is how large a UDP answer the client accepts (RFC 6891 §6.2.5):

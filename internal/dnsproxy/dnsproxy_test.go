@@ -308,6 +308,11 @@ func TestStripECH(t *testing.T) {
 			if hasECH == strip || !hasALPN {
 				t.Errorf("HTTPS record %s: ech present %v, alpn present %v; want ech %v, alpn kept", h, hasECH, hasALPN, !strip)
 			}
+			// A config the client was handed is remembered (real ECH can
+			// then be told from GREASE); a stripped one never reached it.
+			if got := p.names.ECHConfigured(client, "cover.example.test", 0xba); got == strip {
+				t.Errorf("ECHConfigured(cover.example.test, 0xba) = %v, want %v", got, !strip)
+			}
 		})
 	}
 }

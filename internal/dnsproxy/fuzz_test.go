@@ -68,9 +68,14 @@ func FuzzAnswer(f *testing.F) {
 		if len(addrs) > len(m.Answer) {
 			t.Errorf("Addresses returned %d addresses from %d records", len(addrs), len(m.Answer))
 		}
-		packable := true
-		if _, err := m.Pack(); err != nil {
-			packable = false
+		// Whether the library round-trips the message untouched: some RRs
+		// (a TSIG with odd lengths, found by this fuzzer) pack into bytes
+		// it cannot parse again. That is the DNS library's business; the
+		// round-trip property below is checked only where it holds before
+		// StripECH.
+		packable := false
+		if b, err := m.Pack(); err == nil {
+			packable = new(dns.Msg).Unpack(b) == nil
 		}
 		StripECH(m)
 		if n := countECH(m); n != 0 {

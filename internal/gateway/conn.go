@@ -73,7 +73,7 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	rawName := ""
 	switch {
 	case p.Protocol == peek.TLS:
-		rec.ECH, rec.ALPN = p.Hello.ECH, p.Hello.ALPN
+		rec.ALPN = p.Hello.ALPN
 		if p.Hello.HasSNI {
 			rawName, rec.FQDNSource = p.Hello.ServerName, "sni"
 		}
@@ -85,6 +85,15 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		rec.FQDN = name
 	} else {
 		rec.FQDNSource = "none"
+	}
+	// An encrypted_client_hello extension alone proves nothing: Chrome
+	// sends a GREASE one on every connection, indistinguishable on the wire
+	// (RFC 9849 §6.2). It is real ECH when the outer SNI is the public name
+	// of a config this client was handed through egressd's DNS, with that
+	// config_id. Either way the decision is on the outer SNI, the only name
+	// visible.
+	if p.Protocol == peek.TLS && p.Hello.ECHOuter && rec.FQDN != "" && g.memory != nil {
+		rec.ECH = g.memory.ECHConfigured(rec.Src.Addr(), rec.FQDN, p.Hello.ECHConfigID)
 	}
 	// No name on the wire (SSH, server-first, a TLS hello without SNI):
 	// the name this client itself most recently resolved to this address
@@ -106,6 +115,9 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		rec.Dst = v.dst
 	}
 	rec.Rule, rec.Reason = v.Rule, v.Reason
+	if rec.ECH {
+		rec.Reason += "; ECH: decided on the outer server name, the provider's public name"
+	}
 	rec.Action = v.Action.String()
 	if v.Action == policy.Deny && (cfg.Policy.Enforce || v.Hard || !v.dst.IsValid()) {
 		rec.Enforced = true

@@ -42,6 +42,7 @@ type pair struct{ src, ip netip.Addr }
 type entry struct {
 	pair     pair
 	name     string
+	echID    int // ECH config_id for RecordECH entries, -1 for names
 	expires  time.Time
 	recorded time.Time
 	elem     *list.Element // in Cache.order
@@ -82,14 +83,45 @@ func (c *Cache) Record(src netip.Addr, name string, ip netip.Addr, ttl time.Dura
 	if !src.IsValid() || !ip.IsValid() || name == "" || ttl <= 0 {
 		return
 	}
-	k := key(src, ip)
+	c.record(key(src, ip), name, -1, ttl)
+}
+
+// RecordECH remembers that src was handed, in an HTTPS or SVCB answer that
+// egressd passed on, an ECH configuration with this public name and
+// config_id. An outer ClientHello naming that public name with that
+// config_id is then real ECH; anything else with an ECH extension is, as
+// far as egressd can know, GREASE.
+func (c *Cache) RecordECH(src netip.Addr, publicName string, configID uint8, ttl time.Duration) {
+	if !src.IsValid() || publicName == "" || ttl <= 0 {
+		return
+	}
+	c.record(key(src, netip.Addr{}), publicName, int(configID), ttl)
+}
+
+// ECHConfigured reports whether RecordECH recorded (and has not expired)
+// this public name and config_id for src.
+func (c *Cache) ECHConfigured(src netip.Addr, publicName string, configID uint8) bool {
+	k := key(src, netip.Addr{})
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.live(k, now) {
+		if e.name == publicName && e.echID == int(configID) {
+			return true
+		}
+	}
+	return false
+}
+
+// record stores or refreshes one entry of pair k.
+func (c *Cache) record(k pair, name string, echID int, ttl time.Duration) {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.stats.Recorded++
 	es := c.pairs[k]
 	for _, e := range es {
-		if e.name == name {
+		if e.name == name && e.echID == echID {
 			e.expires, e.recorded = now.Add(ttl), now
 			c.order.MoveToBack(e.elem)
 			return
@@ -99,7 +131,7 @@ func (c *Cache) Record(src netip.Addr, name string, ip netip.Addr, ttl time.Dura
 		c.remove(oldest(es))
 		c.stats.Evictions++
 	}
-	e := &entry{pair: k, name: name, expires: now.Add(ttl), recorded: now}
+	e := &entry{pair: k, name: name, echID: echID, expires: now.Add(ttl), recorded: now}
 	e.elem = c.order.PushBack(e)
 	c.pairs[k] = append(c.pairs[k], e)
 	for c.order.Len() > c.max {
@@ -164,6 +196,9 @@ func (c *Cache) live(k pair, now time.Time) []*entry {
 // Lookup returns the name src most recently resolved to dst, if that memory
 // has not expired. Only src's own look-ups count.
 func (c *Cache) Lookup(src, dst netip.Addr) (string, bool) {
+	if !dst.IsValid() {
+		return "", false
+	}
 	k := key(src, dst)
 	now := c.now()
 	c.mu.Lock()
@@ -186,6 +221,9 @@ func (c *Cache) Lookup(src, dst netip.Addr) (string, bool) {
 // expired): the check that lets a client's SNI stand without a fresh DNS
 // look-up.
 func (c *Cache) Resolved(src netip.Addr, name string, dst netip.Addr) bool {
+	if !dst.IsValid() {
+		return false
+	}
 	k := key(src, dst)
 	now := c.now()
 	c.mu.Lock()

@@ -127,3 +127,31 @@ func TestRecordIgnoresInvalid(t *testing.T) {
 		t.Errorf("Stats() = %+v after invalid records, want no entries", s)
 	}
 }
+
+func TestECHConfigured(t *testing.T) {
+	c, clk := newTestCache(0)
+	c.RecordECH(cliA, "cover.example.test", 7, time.Minute)
+	tests := []struct {
+		src  netip.Addr
+		name string
+		id   uint8
+		want bool
+	}{
+		{cliA, "cover.example.test", 7, true},
+		{cliA, "cover.example.test", 8, false}, // another config_id: GREASE as far as we know
+		{cliA, "other.example.test", 7, false},
+		{cliB, "cover.example.test", 7, false}, // B was never handed the config
+	}
+	for _, tt := range tests {
+		if got := c.ECHConfigured(tt.src, tt.name, tt.id); got != tt.want {
+			t.Errorf("ECHConfigured(%v, %s, %d) = %v, want %v", tt.src, tt.name, tt.id, got, tt.want)
+		}
+	}
+	if got, ok := c.Lookup(cliA, netip.Addr{}); ok {
+		t.Errorf("Lookup with no destination = %q, want nothing", got)
+	}
+	clk.t = clk.t.Add(time.Minute)
+	if c.ECHConfigured(cliA, "cover.example.test", 7) {
+		t.Errorf("ECHConfigured after expiry = true")
+	}
+}
