@@ -12,7 +12,7 @@
 // What it logs, one access-log line with "kind":"dns" each: every query it
 // refuses (filter), every query it answers SERVFAIL (all upstreams failed),
 // the first query of each second that the rate limit drops for a source,
-// and each message it cannot parse. Queries forwarded normally are counted
+// and the first message of each second it cannot parse. Queries forwarded normally are counted
 // in Stats, not logged: a busy resolver would drown the connection lines.
 package dnsproxy
 
@@ -81,6 +81,7 @@ type Server struct {
 
 	forwarded, refused, failed, rateLimited, overloaded, malformed,
 	tcpRetries, echStripped, recorded atomic.Uint64
+	lastInvalidLog atomic.Int64 // Unix second of the last malformed line
 }
 
 // New returns a forwarder that records into names and, with cfg.Filter,
@@ -171,9 +172,16 @@ func (s *Server) accept(h dns.Header) dns.MsgAcceptAction {
 	return a
 }
 
+// invalid counts a message that does not parse, and logs the first one of
+// each second: the library does not say who sent it, and a stream of junk
+// must not become a stream of log lines.
 func (s *Server) invalid(err error) {
-	s.malformed.Add(1)
-	s.qlog.LogDNS(&accesslog.DNSRecord{Result: "malformed", Reason: "unparseable query: " + err.Error()})
+	n := s.malformed.Add(1)
+	now := time.Now().Unix()
+	if last := s.lastInvalidLog.Load(); last != now && s.lastInvalidLog.CompareAndSwap(last, now) {
+		s.qlog.LogDNS(&accesslog.DNSRecord{Result: "malformed",
+			Reason: fmt.Sprintf("unparseable message: %v (%d malformed so far; one line per second at most)", err, n)})
+	}
 }
 
 func remoteAddr(w dns.ResponseWriter) netip.AddrPort {

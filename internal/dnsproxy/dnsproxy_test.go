@@ -390,4 +390,13 @@ func TestMalformedQueries(t *testing.T) {
 	if s := p.Stats(); s.Malformed < 4 {
 		t.Errorf("Malformed = %d, want at least 4", s.Malformed)
 	}
+	malformed := 0
+	for _, l := range p.lines(t) {
+		if l["result"] == "malformed" {
+			malformed++
+		}
+	}
+	if malformed > 2 { // the junk may straddle a second boundary
+		t.Errorf("%d malformed lines logged for one burst, want at most one per second", malformed)
+	}
 }
