@@ -16,7 +16,7 @@ type DNSRecord struct {
 	QName  string // as asked, lower-cased
 	QType  string // "A", "AAAA", "HTTPS"...
 	Rcode  string // what the client got: "REFUSED", "SERVFAIL", "" when dropped
-	Result string // refused | failed | dropped | malformed
+	Result string // refused | would-refuse (report-only) | failed | dropped | malformed
 	Reason string
 }
 

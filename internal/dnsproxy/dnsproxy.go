@@ -55,6 +55,7 @@ type Config struct {
 type Stats struct {
 	Forwarded   uint64 // answered with the upstream's answer
 	Refused     uint64 // refused by the filter
+	WouldRefuse uint64 // report-only: the filter would have refused, answered anyway
 	Failed      uint64 // answered SERVFAIL: no upstream answered
 	RateLimited uint64 // dropped by the per-source rate limit
 	Overloaded  uint64 // dropped because maxInFlight queries were pending
@@ -68,7 +69,7 @@ type Stats struct {
 type Server struct {
 	cfg    Config
 	names  *namecache.Cache
-	policy func() *policy.Policy
+	policy func() (*policy.Policy, bool)
 	log    *slog.Logger
 	qlog   *accesslog.Logger
 	limit  *limiter
@@ -79,15 +80,17 @@ type Server struct {
 	ctx      context.Context // cancelled by Shutdown: pending upstream queries end
 	cancel   context.CancelFunc
 
-	forwarded, refused, failed, rateLimited, overloaded, malformed,
+	forwarded, refused, wouldRefuse, failed, rateLimited, overloaded, malformed,
 	tcpRetries, echStripped, recorded atomic.Uint64
 	lastInvalidLog atomic.Int64 // Unix second of the last malformed line
 }
 
 // New returns a forwarder that records into names and, with cfg.Filter,
-// asks pol (called per query, so a reloaded policy applies at once). qlog
+// asks pol (called per query, so a reloaded policy applies at once) for the
+// policy and whether it is enforced: in report-only mode the filter logs
+// what it would refuse and answers anyway. qlog
 // receives the query lines, log operational messages.
-func New(cfg Config, names *namecache.Cache, pol func() *policy.Policy, log *slog.Logger, qlog *accesslog.Logger) *Server {
+func New(cfg Config, names *namecache.Cache, pol func() (*policy.Policy, bool), log *slog.Logger, qlog *accesslog.Logger) *Server {
 	if cfg.RateLimit <= 0 {
 		cfg.RateLimit = 200
 	}
@@ -152,7 +155,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
 	return Stats{
-		Forwarded: s.forwarded.Load(), Refused: s.refused.Load(), Failed: s.failed.Load(),
+		Forwarded: s.forwarded.Load(), Refused: s.refused.Load(), WouldRefuse: s.wouldRefuse.Load(), Failed: s.failed.Load(),
 		RateLimited: s.rateLimited.Load(), Overloaded: s.overloaded.Load(), Malformed: s.malformed.Load(),
 		TCPRetries: s.tcpRetries.Load(), ECHStripped: s.echStripped.Load(), Recorded: s.recorded.Load(),
 	}
@@ -219,15 +222,17 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	}
 
 	name, _ := fqdn.Normalize(q.Name)
+	pol, enforce := s.policy()
 	checkAnswer := false
 	if s.cfg.Filter {
-		ok, byAddress := s.policy().MayAllow(src, name, netip.Addr{})
+		ok, byAddress := pol.MayAllow(src, name, netip.Addr{})
 		addrQuery := q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA
 		if !ok && !(byAddress && addrQuery) {
-			s.refuse(w, r, &rec, fmt.Sprintf("no allow rule could match %q for %s", name, src))
-			return
+			if s.refuse(w, r, &rec, enforce, fmt.Sprintf("no allow rule could match %q for %s", name, src)) {
+				return
+			}
 		}
-		checkAnswer = !ok
+		checkAnswer = !ok && byAddress && addrQuery
 	}
 
 	resp, err := s.forward(r)
@@ -241,9 +246,10 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		return
 	}
 	addrs := Addresses(resp, q.Name)
-	if checkAnswer && !s.anyAllowed(src, name, addrs) {
-		s.refuse(w, r, &rec, fmt.Sprintf("no allow rule could match %q for %s at any of its %d addresses", name, src, len(addrs)))
-		return
+	if checkAnswer && !anyAllowed(pol, src, name, addrs) {
+		if s.refuse(w, r, &rec, enforce, fmt.Sprintf("no allow rule could match %q for %s at any of its %d addresses", name, src, len(addrs))) {
+			return
+		}
 	}
 	if s.cfg.StripECH {
 		s.echStripped.Add(uint64(StripECH(resp)))
@@ -291,8 +297,7 @@ func udpSize(r *dns.Msg) int {
 	return dns.MinMsgSize
 }
 
-func (s *Server) anyAllowed(src netip.Addr, name string, addrs []Address) bool {
-	p := s.policy()
+func anyAllowed(p *policy.Policy, src netip.Addr, name string, addrs []Address) bool {
 	for _, a := range addrs {
 		if ok, _ := p.MayAllow(src, name, a.IP); ok {
 			return true
@@ -301,13 +306,23 @@ func (s *Server) anyAllowed(src netip.Addr, name string, addrs []Address) bool {
 	return false
 }
 
-func (s *Server) refuse(w dns.ResponseWriter, r *dns.Msg, rec *accesslog.DNSRecord, why string) {
+// refuse answers REFUSED and logs why, and reports true; in report-only
+// mode (enforce false) it only logs what it would have done and reports
+// false: the caller answers as usual.
+func (s *Server) refuse(w dns.ResponseWriter, r *dns.Msg, rec *accesslog.DNSRecord, enforce bool, why string) bool {
+	if !enforce {
+		s.wouldRefuse.Add(1)
+		rec.Result, rec.Reason = "would-refuse", "report-only: "+why
+		s.qlog.LogDNS(rec)
+		return false
+	}
 	s.refused.Add(1)
 	rec.Rcode, rec.Result, rec.Reason = "REFUSED", "refused", why
 	s.qlog.LogDNS(rec)
 	m := new(dns.Msg)
 	m.SetRcode(r, dns.RcodeRefused)
 	w.WriteMsg(m)
+	return true
 }
 
 // forward asks the upstreams in order until one answers. A truncated UDP

@@ -138,6 +138,11 @@ func (p *proxy) lines(t *testing.T) []map[string]any {
 
 func startProxy(t *testing.T, cfg Config, rules ...policy.Rule) *proxy {
 	t.Helper()
+	return startProxyEnforce(t, cfg, true, rules...)
+}
+
+func startProxyEnforce(t *testing.T, cfg Config, enforce bool, rules ...policy.Rule) *proxy {
+	t.Helper()
 	pol, err := policy.Compile(rules, policy.Deny)
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +152,7 @@ func startProxy(t *testing.T, cfg Config, rules ...policy.Rule) *proxy {
 		cfg.Timeout = 2 * time.Second
 	}
 	p := &proxy{names: namecache.New(0)}
-	p.Server = New(cfg, p.names, func() *policy.Policy { return pol }, slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(p, "json"))
+	p.Server = New(cfg, p.names, func() (*policy.Policy, bool) { return pol, enforce }, slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(p, "json"))
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -286,6 +291,22 @@ func TestFilter(t *testing.T) {
 	}
 	if _, ok := p.names.Lookup(client, netip.MustParseAddr("203.0.113.7")); ok {
 		t.Errorf("a refused answer was recorded")
+	}
+}
+
+func TestFilterReportOnly(t *testing.T) {
+	up := startUpstream(t, false, "blocked.example.test. 60 IN A 198.51.100.10")
+	p := startProxyEnforce(t, Config{Upstreams: []netip.AddrPort{up.addr}, Filter: true}, false,
+		policy.Rule{Name: "git", Action: policy.Allow, FQDN: []string{"git.example.test"}})
+	if r := ask(t, "udp", p.Addr(), "blocked.example.test.", dns.TypeA); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Errorf("report-only: rcode %s, %d answers; want the upstream's answer", dns.RcodeToString[r.Rcode], len(r.Answer))
+	}
+	lines := p.lines(t)
+	if len(lines) != 1 || lines[0]["result"] != "would-refuse" {
+		t.Errorf("log = %v, want one would-refuse line", lines)
+	}
+	if s := p.Stats(); s.WouldRefuse != 1 || s.Refused != 0 {
+		t.Errorf("Stats() = %+v, want 1 would-refuse, 0 refused", s)
 	}
 }
 

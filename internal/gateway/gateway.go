@@ -71,7 +71,10 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 		g.dns = dnsproxy.New(dnsproxy.Config{
 			Address: d.Address, Upstreams: d.Upstreams, Remember: d.Remember, Timeout: d.Timeout,
 			Filter: d.Filter, StripECH: d.StripECH, RateLimit: d.RateLimit,
-		}, g.memory, func() *policy.Policy { return g.state.Load().Policy }, log, access)
+		}, g.memory, func() (*policy.Policy, bool) {
+			st := g.state.Load()
+			return st.Policy, st.Config.Policy.Enforce
+		}, log, access)
 	}
 	return g
 }
