@@ -421,3 +421,24 @@ func TestMalformedQueries(t *testing.T) {
 		t.Errorf("%d malformed lines logged for one burst, want at most one per second", malformed)
 	}
 }
+
+// TestOversizedAnswer: an answer larger than the client's UDP buffer is
+// truncated with TC set (the client then asks over TCP, and gets it all).
+func TestOversizedAnswer(t *testing.T) {
+	var zone []string
+	for i := range 60 {
+		zone = append(zone, fmt.Sprintf("big.example.test. 60 IN A 198.51.100.%d", i+1))
+	}
+	up := startUpstream(t, false, zone...)
+	p := startProxy(t, Config{Upstreams: []netip.AddrPort{up.addr}})
+	udp := ask(t, "udp", p.Addr(), "big.example.test.", dns.TypeA)
+	if !udp.Truncated || len(udp.Answer) >= 60 {
+		t.Errorf("UDP without EDNS: TC %v with %d answers; want TC and fewer than 60", udp.Truncated, len(udp.Answer))
+	}
+	if tcp := ask(t, "tcp", p.Addr(), "big.example.test.", dns.TypeA); tcp.Truncated || len(tcp.Answer) != 60 {
+		t.Errorf("TCP: TC %v with %d answers; want all 60", tcp.Truncated, len(tcp.Answer))
+	}
+	if n := p.names.Stats().Entries; n != 60 {
+		t.Errorf("%d names recorded, want 60 (every address of the answer, whatever reached the client)", n)
+	}
+}
