@@ -25,6 +25,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -106,15 +107,9 @@ func New(cfg Config, names *namecache.Cache, pol func() (*policy.Policy, bool), 
 // port 0 the UDP socket's port is reused for TCP) and serves in the
 // background until Shutdown.
 func (s *Server) Start() error {
-	var lc net.ListenConfig
-	pc, err := lc.ListenPacket(context.Background(), "udp", s.cfg.Address.String())
+	pc, ln, err := listen(s.cfg.Address)
 	if err != nil {
-		return fmt.Errorf("dns: listen udp %s: %w", s.cfg.Address, err)
-	}
-	ln, err := lc.Listen(context.Background(), "tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return fmt.Errorf("dns: listen tcp %s: %w", pc.LocalAddr(), err)
+		return err
 	}
 	h := dns.HandlerFunc(s.serveDNS)
 	invalid := func(m []byte, err error) { s.invalid(err) }
@@ -132,6 +127,27 @@ func (s *Server) Start() error {
 		<-started
 	}
 	return nil
+}
+
+// listen binds UDP and TCP on the same address. With port 0 the TCP port
+// must be the one the kernel picked for UDP, which some other TCP socket
+// may hold: then it tries again with a fresh port, a few times.
+func listen(addr netip.AddrPort) (net.PacketConn, net.Listener, error) {
+	var lc net.ListenConfig
+	for attempt := 0; ; attempt++ {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr.String())
+		if err != nil {
+			return nil, nil, fmt.Errorf("dns: listen udp %s: %w", addr, err)
+		}
+		ln, err := lc.Listen(context.Background(), "tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		if addr.Port() != 0 || attempt == 8 || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, nil, fmt.Errorf("dns: listen tcp %s: %w", pc.LocalAddr(), err)
+		}
+	}
 }
 
 // Addr returns the bound address (UDP and TCP share it).
