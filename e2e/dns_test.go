@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/hex"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,6 +41,7 @@ dns:
   remember: 10m
   filter: true
   strip_ech: true
+  rate_limit: 50
 policy:
   default: deny
   rules:
@@ -179,6 +183,52 @@ func TestDNS(t *testing.T) {
 			dst: srvAddr + ":443", fqdn: "allowed.test", fqdnSource: "sni", rule: rule("web"), action: "allow",
 			reasonHas: "name verified: this client resolved it", bytes: 1,
 		})
+	})
+	t.Run("flood and junk from one client", func(t *testing.T) {
+		// cliTrustAddr sends 2000 queries as fast as it can, then junk;
+		// egressd drops beyond rate_limit (50/s), logs the drop, and still
+		// answers cliAddr.
+		from := log.mark()
+		var answered int
+		err := top.cli.do(func() error {
+			c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(cliTrustAddr)}, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(dnsListenAddr)))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			q := new(dns.Msg)
+			q.SetQuestion("git.example.test.", dns.TypeA)
+			for i := range 2000 {
+				q.Id = uint16(i)
+				b, _ := q.Pack()
+				c.Write(b)
+			}
+			c.Write([]byte{0xff, 0xff, 0, 0, 0xff})
+			c.Write(bytes.Repeat([]byte{0xc0}, 300))
+			buf := make([]byte, 4096)
+			for {
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				if _, err := c.Read(buf); err != nil {
+					return nil
+				}
+				answered++
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%d of 2000 flood queries answered", answered)
+		if answered == 0 || answered >= 2000 {
+			t.Errorf("%d of 2000 flood queries answered; want some, and far from all (rate_limit 50)", answered)
+		}
+		line := log.find(t, from, "dns drop", func(l accessLine) bool { return l.Kind == "dns" && l.Result == "dropped" })
+		t.Logf("access log: %s", line.raw)
+		if !strings.HasPrefix(line.Src, cliTrustAddr+":") {
+			t.Errorf("dropped line from %s, want %s", line.Src, cliTrustAddr)
+		}
+		if out, err := clientCommand(t, top.cli, "", "dig", "@"+gwCliAddr, "-b", cliAddr, "git.example.test", "+short"); err != nil || !strings.Contains(out, srvAddr) {
+			t.Errorf("dig from the other client after the flood: exit %v:\n%s", err, out)
+		}
 	})
 	t.Run("spoofed sni", func(t *testing.T) {
 		// The client resolved allowed.test to srvAddr, then claims it on a
