@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -98,7 +99,7 @@ func TestDNS(t *testing.T) {
 		}
 		log.expect(t, from, "ssh by name", byListener("transparent"), want{
 			dst: srvAddr + ":22", fqdn: "git.example.test", fqdnSource: "dns", protocol: []string{"ssh", "server-first"},
-			rule: rule("git-over-ssh"), action: "allow", bytes: 1,
+			rule: rule("git-over-ssh"), action: "allow", reasonHas: `matched rule "git-over-ssh"`, bytes: 1,
 		})
 	})
 	t.Run("another client resolved it", func(t *testing.T) {
@@ -230,6 +231,7 @@ func TestDNS(t *testing.T) {
 			t.Errorf("dig from the other client after the flood: exit %v:\n%s", err, out)
 		}
 	})
+	t.Run("real ech or grease", func(t *testing.T) { testRealECH(t, top) })
 	t.Run("spoofed sni", func(t *testing.T) {
 		// The client resolved allowed.test to srvAddr, then claims it on a
 		// connection to another address.
@@ -268,6 +270,7 @@ func startDnsmasq(t *testing.T, gw *netns) {
 		"--host-record=allowed.test," + srvAddr,
 		"--host-record=blocked.example.test," + srvAddr,
 		"--host-record=svc.example.test," + srvAddr,
+		"--host-record=cover.example.test," + srvAddr,
 		"--dns-rr=svc.example.test,65," + https,
 	}
 	p := startProcess(t, "dnsmasq", gw.command(context.Background(), "dnsmasq", args...), nil, nil)
@@ -314,4 +317,94 @@ func useResolver(t *testing.T, ns *netns, server string) {
 	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// echConfigText is a second egressd beside the first, for ECH: strip_ech
+// off, so clients get ECH configs; its DNS on port 5353, and connections
+// to srvAddr:8443 redirected to its listener.
+const echConfigText = `listeners:
+  - name: ech
+    mode: transparent
+    address: 0.0.0.0:15005
+    sni_destination: verify
+resolver: 127.0.0.1:` + dnsmasqPort + `
+mark: 0x100
+dns:
+  address: ` + gwCliAddr + `:5353
+  upstreams: ["127.0.0.1:` + dnsmasqPort + `"]
+  strip_ech: false
+policy:
+  default: deny
+  rules:
+    - {name: cover, action: allow, fqdn: [cover.example.test], ports: [8443]}
+`
+
+// testRealECH: a Go client that got svc.example.test's ECH config through
+// egressd's DNS connects with ECH: its outer SNI is the public name
+// cover.example.test, and egressd logs ech: true and decides on that name.
+// The same hello with a config_id egressd never handed out (what GREASE
+// looks like) logs ech: false.
+func testRealECH(t *testing.T, top *topology) {
+	startTLSServer(t, top.srv, mustCert(t), srvAddr+":8443")
+	_, log := startEgressdWith(t, top.gw, echConfigText, 2)
+	top.gw.exec(t, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-i", gwCliIf, "-p", "tcp", "-d", srvAddr, "--dport", "8443",
+		"-j", "REDIRECT", "--to-ports", "15005")
+
+	var list []byte
+	err := top.cli.do(func() error {
+		q := new(dns.Msg)
+		q.SetQuestion("svc.example.test.", dns.TypeHTTPS)
+		c := &dns.Client{Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP(cliAddr)}}}
+		r, _, err := c.Exchange(q, gwCliAddr+":5353")
+		if err != nil {
+			return err
+		}
+		for _, rr := range r.Answer {
+			if h, ok := rr.(*dns.HTTPS); ok {
+				for _, kv := range h.Value {
+					if e, ok := kv.(*dns.SVCBECHConfig); ok {
+						list = e.ECH
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil || list == nil {
+		t.Fatalf("HTTPS svc.example.test through the strip_ech: false forwarder: %v, ech config %x", err, list)
+	}
+	grease := bytes.Clone(list)
+	grease[6]++ // config_id: ECHConfigList length (2), version (2), length (2), then config_id
+	for _, tc := range []struct {
+		name string
+		list []byte
+		ech  bool
+	}{{"config from egressd", list, true}, {"unknown config_id", grease, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			from := log.mark()
+			c, err := top.cli.dial(cliAddr+":0", srvAddr+":8443")
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := c.LocalAddr().String()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			// The server has no ECH key, so the handshake fails once
+			// egressd has relayed the hello; the log line is the point.
+			tls.Client(c, &tls.Config{ServerName: "secret.example.test", MinVersion: tls.VersionTLS13,
+				EncryptedClientHelloConfigList: tc.list}).Handshake()
+			c.Close()
+			line := log.find(t, from, "ECH connection", bySrc(src))
+			t.Logf("access log: %s", line.raw)
+			if line.ECH != tc.ech || line.FQDN != "cover.example.test" || line.Rule != "cover" || line.Action != "allow" {
+				t.Errorf("ech %v fqdn %q rule %q action %q; want ech %v, the outer name cover.example.test, rule cover, allow",
+					line.ECH, line.FQDN, line.Rule, line.Action, tc.ech)
+			}
+		})
+	}
+}
+
+// mustCert is the tests' server certificate.
+func mustCert(t *testing.T) tls.Certificate {
+	cert, _ := serverCert(t)
+	return cert
 }

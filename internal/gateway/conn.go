@@ -106,9 +106,16 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 
 	in := policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: p.Protocol}
 	var v verdict
-	if lc.Mode == config.ModeSNI {
+	switch {
+	case lc.Mode == config.ModeSNI:
 		v = g.decideSNI(ctx, st, lc, in)
-	} else {
+	case rec.FQDNSource == "dns":
+		// The name was looked up from this very destination: there is
+		// nothing to verify, and nothing else to dial, whatever
+		// sni_destination says.
+		in.Dst, in.Port = orig.Addr(), orig.Port()
+		v = verdict{Decision: st.Policy.DecideDial(in), dst: orig}
+	default:
 		v = g.decideTransparent(ctx, st, lc, in, orig)
 	}
 	if v.dst.IsValid() {
@@ -201,8 +208,7 @@ func (g *Gateway) decideTransparent(ctx context.Context, st *State, lc *config.L
 	}
 	// The name is what allowed this connection: it must be the name of the
 	// address the client is really going to. What this client resolved
-	// through egressd's own DNS answers that first, without a fresh look-up
-	// (and covers a name attributed from that memory).
+	// through egressd's own DNS answers that first, without a fresh look-up.
 	if g.memory != nil && g.memory.Resolved(in.Src, in.FQDN, orig.Addr()) {
 		v.Reason += "; name verified: this client resolved it to " + orig.Addr().String() + " through egressd"
 		return v
