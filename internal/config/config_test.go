@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -198,5 +199,23 @@ func TestErrorFormat(t *testing.T) {
 	want := "a.yaml:3: first\na.yaml: no line"
 	if got := errs.Error(); got != want {
 		t.Errorf("Errors.Error() = %q, want %q", got, want)
+	}
+}
+
+func TestLoadDNS(t *testing.T) {
+	c, err := Load(filepath.Join("testdata", "dns.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DNS{Address: addrPort("10.0.0.1:53"), Upstreams: []netip.AddrPort{addrPort("127.0.0.1:53"), addrPort("[::1]:5353")},
+		Remember: 10 * time.Minute, Filter: true, StripECH: true, MaxEntries: 1000, Timeout: 1500 * time.Millisecond, RateLimit: 100, Line: 6}
+	if diff := cmp.Diff(want, c.DNS, cmpOpts...); diff != "" {
+		t.Errorf("DNS mismatch (-want +got):\n%s", diff)
+	}
+	if got := c.Policy.Rules[1].Protocols; !slices.Equal(got, []string{"tls", "http"}) {
+		t.Errorf("rule web protocols = %q, want [tls http]", got)
+	}
+	if _, err := c.Compile(); err != nil {
+		t.Errorf("Compile() = %v", err)
 	}
 }
