@@ -123,9 +123,15 @@ type DNS struct {
 	// Timeout bounds one query to one upstream (default 2s).
 	Timeout time.Duration
 	// RateLimit is the queries per second one client address may send
-	// (default 200, bursts of twice that); beyond it queries are dropped.
+	// (default 200); beyond it queries are dropped for the rest of the
+	// second.
 	RateLimit int
-	Line      int // where the section is, 0 when absent
+	// Clients are the source ranges the forwarder answers; nil means the
+	// private, loopback, link-local and CGNAT ranges (policy.Restricted),
+	// so that a forwarder bound to a public address is not an open
+	// resolver. Queries from elsewhere are dropped.
+	Clients []netip.Prefix
+	Line    int // where the section is, 0 when absent
 }
 
 // Enabled reports whether a dns section configured the forwarder.

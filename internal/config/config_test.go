@@ -208,7 +208,8 @@ func TestLoadDNS(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := DNS{Address: addrPort("10.0.0.1:53"), Upstreams: []netip.AddrPort{addrPort("127.0.0.1:53"), addrPort("[::1]:5353")},
-		Remember: 10 * time.Minute, Filter: true, StripECH: true, MaxEntries: 1000, Timeout: 1500 * time.Millisecond, RateLimit: 100, Line: 6}
+		Remember: 10 * time.Minute, Filter: true, StripECH: true, MaxEntries: 1000, Timeout: 1500 * time.Millisecond, RateLimit: 100, Line: 6,
+		Clients: []netip.Prefix{prefix("10.0.0.0/8"), prefix("fd00::/8")}}
 	if diff := cmp.Diff(want, c.DNS, cmpOpts...); diff != "" {
 		t.Errorf("DNS mismatch (-want +got):\n%s", diff)
 	}

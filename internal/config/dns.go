@@ -23,7 +23,7 @@ func (d *decoder) dns(n *yaml.Node, c *DNS) {
 	*c = DNS{Remember: defaultRemember, MaxEntries: defaultMaxEntries, Timeout: defaultDNSTimeout,
 		RateLimit: defaultRateLimit, Line: n.Line}
 	f, ok := d.mapping(n, "dns", "address", "upstreams", "remember", "filter", "strip_ech",
-		"max_entries", "timeout", "rate_limit")
+		"max_entries", "timeout", "rate_limit", "clients")
 	if !ok {
 		return
 	}
@@ -80,6 +80,9 @@ func (d *decoder) dns(n *yaml.Node, c *DNS) {
 		if i, ok := d.positiveInt(v, "dns.max_entries", maxMaxEntries); ok {
 			c.MaxEntries = i
 		}
+	}
+	if v, ok := f["clients"]; ok {
+		c.Clients = d.prefixes(v, "dns.clients")
 	}
 	if v, ok := f["rate_limit"]; ok {
 		if i, ok := d.positiveInt(v, "dns.rate_limit", 1_000_000); ok {

@@ -275,6 +275,7 @@ dns:
   rate_limit: -5
   strip_ech: 1
   cache: big
+  clients: [10.0.0.1/8]
 `, []string{
 		`bad.yaml:3: dns.address: invalid address "localhost:53"`,
 		`bad.yaml:4: dns.upstreams[1]: invalid address "8.8.8.8:99999"`,
@@ -285,6 +286,7 @@ dns:
 		`bad.yaml:8: dns.rate_limit: want an integer from 1 to 1000000, got -5`,
 		`bad.yaml:9: dns.strip_ech: want true or false, got 1`,
 		`bad.yaml:10: unknown key "cache" in dns`,
+		`bad.yaml:11: dns.clients[0]: 10.0.0.1/8 has host bits set`,
 	}},
 	{"dns loop and missing upstreams", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
 dns:

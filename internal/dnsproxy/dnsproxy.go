@@ -50,6 +50,9 @@ type Config struct {
 	Filter    bool
 	StripECH  bool
 	RateLimit int // queries per second per source
+	// Clients are the sources answered; nil means those policy.Restricted
+	// calls restricted (private, loopback, link-local, CGNAT).
+	Clients []netip.Prefix
 }
 
 // Stats are the forwarder's counters since New.
@@ -59,6 +62,7 @@ type Stats struct {
 	WouldRefuse uint64 // report-only: the filter would have refused, answered anyway
 	Failed      uint64 // answered SERVFAIL: no upstream answered
 	RateLimited uint64 // dropped by the per-source rate limit
+	NotClient   uint64 // dropped: the source is not in Clients
 	Overloaded  uint64 // dropped because maxInFlight queries were pending
 	Malformed   uint64 // unparseable or refused by the DNS library's checks
 	TCPRetries  uint64 // truncated UDP answers asked again over TCP
@@ -81,9 +85,10 @@ type Server struct {
 	ctx      context.Context // cancelled by Shutdown: pending upstream queries end
 	cancel   context.CancelFunc
 
-	forwarded, refused, wouldRefuse, failed, rateLimited, overloaded, malformed,
+	forwarded, refused, wouldRefuse, failed, notClient, rateLimited, overloaded, malformed,
 	tcpRetries, echStripped, recorded atomic.Uint64
 	lastInvalidLog atomic.Int64 // Unix second of the last malformed line
+	lastStrayLog   atomic.Int64 // Unix second of the last not-a-client line
 }
 
 // New returns a forwarder that records into names and, with cfg.Filter,
@@ -172,7 +177,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 func (s *Server) Stats() Stats {
 	return Stats{
 		Forwarded: s.forwarded.Load(), Refused: s.refused.Load(), WouldRefuse: s.wouldRefuse.Load(), Failed: s.failed.Load(),
-		RateLimited: s.rateLimited.Load(), Overloaded: s.overloaded.Load(), Malformed: s.malformed.Load(),
+		RateLimited: s.rateLimited.Load(), NotClient: s.notClient.Load(), Overloaded: s.overloaded.Load(), Malformed: s.malformed.Load(),
 		TCPRetries: s.tcpRetries.Load(), ECHStripped: s.echStripped.Load(), Recorded: s.recorded.Load(),
 	}
 }
@@ -219,6 +224,19 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	q := r.Question[0] // the accept func guarantees exactly one
 	rec := accesslog.DNSRecord{Src: srcPort, QName: dnsLower(q.Name), QType: dns.Type(q.Qtype).String()}
 
+	if !s.isClient(src) {
+		// Not answered at all: an open resolver is an amplifier, and a
+		// REFUSED is still a reflection.
+		n := s.notClient.Add(1)
+		now := time.Now().Unix()
+		if last := s.lastStrayLog.Load(); last != now && s.lastStrayLog.CompareAndSwap(last, now) {
+			rec.Result = "dropped"
+			rec.Reason = fmt.Sprintf("%s is not in dns.clients (%d such queries so far; one line per second at most)", src, n)
+			s.qlog.LogDNS(&rec)
+		}
+		w.Close()
+		return
+	}
 	if ok, first := s.limit.allow(src); !ok {
 		s.rateLimited.Add(1)
 		if first {
@@ -302,6 +320,19 @@ func answerTTL(m *dns.Msg) time.Duration {
 		}
 	}
 	return time.Duration(ttl) * time.Second
+}
+
+// isClient reports whether the forwarder answers src.
+func (s *Server) isClient(src netip.Addr) bool {
+	if s.cfg.Clients == nil {
+		return policy.Restricted(src)
+	}
+	for _, p := range s.cfg.Clients {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	return false
 }
 
 // udpSize is how large a UDP answer the client accepts (RFC 6891 §6.2.5):

@@ -438,3 +438,32 @@ func TestOversizedAnswer(t *testing.T) {
 		t.Errorf("%d names recorded, want 60 (every address of the answer, whatever reached the client)", n)
 	}
 }
+
+// TestClients: a source outside dns.clients gets no answer at all, so a
+// forwarder on a public address is neither an open resolver nor a reflector.
+func TestClients(t *testing.T) {
+	up := startUpstream(t, false, "git.example.test. 60 IN A 198.51.100.10")
+	for _, tc := range []struct {
+		name     string
+		clients  []netip.Prefix
+		answered bool
+	}{
+		{"default: private and loopback sources", nil, true},
+		{"listed", []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, true},
+		{"not listed", []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startProxy(t, Config{Upstreams: []netip.AddrPort{up.addr}, Clients: tc.clients})
+			m := new(dns.Msg)
+			m.SetQuestion("git.example.test.", dns.TypeA)
+			c := &dns.Client{Net: "udp", Timeout: 500 * time.Millisecond}
+			_, _, err := c.Exchange(m, p.Addr().String())
+			if (err == nil) != tc.answered {
+				t.Errorf("query from 127.0.0.1: err %v, want answered %v", err, tc.answered)
+			}
+			if s := p.Stats(); (s.NotClient == 0) != tc.answered {
+				t.Errorf("NotClient = %d, want answered %v", s.NotClient, tc.answered)
+			}
+		})
+	}
+}

@@ -70,7 +70,7 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 		g.memory = namecache.New(d.MaxEntries)
 		g.dns = dnsproxy.New(dnsproxy.Config{
 			Address: d.Address, Upstreams: d.Upstreams, Remember: d.Remember, Timeout: d.Timeout,
-			Filter: d.Filter, StripECH: d.StripECH, RateLimit: d.RateLimit,
+			Filter: d.Filter, StripECH: d.StripECH, RateLimit: d.RateLimit, Clients: d.Clients,
 		}, g.memory, func() (*policy.Policy, bool) {
 			st := g.state.Load()
 			return st.Policy, st.Config.Policy.Enforce
