@@ -3,6 +3,7 @@ package namecache
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -154,4 +155,32 @@ func TestECHConfigured(t *testing.T) {
 	if c.ECHConfigured(cliA, "cover.example.test", 7) {
 		t.Errorf("ECHConfigured after expiry = true")
 	}
+}
+
+// BenchmarkRecordFull records into a full cache (every Record evicts), and
+// reports the heap held per entry.
+func BenchmarkRecordFull(b *testing.B) {
+	const max = 100_000
+	c := New(max)
+	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, byte(i >> 16), byte(i >> 8), byte(i)}) }
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range max {
+		c.Record(cliA, "name.example.test", addr(i), time.Hour)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perEntry := float64(after.HeapAlloc-before.HeapAlloc) / max
+	b.ReportAllocs()
+	i := max
+	for b.Loop() {
+		c.Record(cliA, "name.example.test", addr(i), time.Hour)
+		c.Lookup(cliA, addr(i))
+		i++
+	}
+	if s := c.Stats(); s.Entries != max {
+		b.Fatalf("entries = %d, want %d", s.Entries, max)
+	}
+	b.ReportMetric(perEntry, "heapB/entry")
 }
