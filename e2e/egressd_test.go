@@ -72,7 +72,8 @@ func startEgressd(t testing.TB, gw *netns, clientHello time.Duration) (*process,
 }
 
 // startEgressdConfig runs egressd in gw with the config text cfgText and
-// waits until its listeners (how many the config has) are bound.
+// waits for its listeners "listening" lines (one per listener; the DNS
+// forwarder prints one too).
 func startEgressdConfig(t testing.TB, gw *netns, cfgText string, listeners int) (*process, *accessLog) {
 	t.Helper()
 	bin := egressdBinary(t)
@@ -122,6 +123,13 @@ type accessLine struct {
 	BytesUp    int64           `json:"bytes_up"`
 	BytesDown  int64           `json:"bytes_down"`
 	DurationMS float64         `json:"duration_ms"`
+
+	// DNS query lines ("kind":"dns").
+	Kind   string `json:"kind"`
+	QName  string `json:"qname"`
+	QType  string `json:"qtype"`
+	Rcode  string `json:"rcode"`
+	Result string `json:"result"`
 
 	raw string
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/fqdn"
@@ -56,9 +57,10 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	dst := fs.String("dst", "", "destination `IP:PORT` (required)")
 	sni := fs.String("sni", "", "server `NAME` the client sends (SNI or Host); none means a connection without a name")
 	user := fs.String("user", "", "authenticated proxy `USER` (explicit listeners); none means an unauthenticated connection")
+	proto := fs.String("protocol", "", "the connection's `PROTOCOL`: tls, http, ssh, server-first or unknown (default tls with --sni, server-first without)")
 	asJSON := fs.Bool("json", false, `print {"action","rule","reason","enforced"} as JSON`)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--user USER] [--json]\n\nPrints the decision the running gateway would make for such a connection, with no network I/O.\nA transparent listener in sni_destination: verify mode would also check that NAME resolves to IP;\nexplain cannot (it does no DNS) and says so.")
+		fmt.Fprintln(stderr, "Usage: egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--protocol PROTOCOL] [--user USER] [--json]\n\nPrints the decision the running gateway would make for such a connection, with no network I/O.\nFor a connection that carries no name (SSH, server-first), --sni stands for the name the client\nresolved through egressd's DNS.\nA transparent listener in sni_destination: verify mode would also check that NAME resolves to IP;\nexplain cannot (it does no DNS) and says so.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -78,6 +80,15 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "egressd explain: --dst: %v\n", err)
 		return 2
 	}
+	switch {
+	case *proto == "" && *sni != "":
+		*proto = "tls"
+	case *proto == "":
+		*proto = "server-first"
+	case !slices.Contains(policy.ProtocolNames, *proto):
+		fmt.Fprintf(stderr, "egressd explain: --protocol: unknown %q; want one of %s\n", *proto, strings.Join(policy.ProtocolNames, ", "))
+		return 2
+	}
 	cfg, err := config.Load(*path)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -93,7 +104,7 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	name, _ := fqdn.Normalize(*sni)
-	d := pol.DecideDial(policy.Input{Src: srcIP.Unmap(), Dst: dstAP.Addr().Unmap(), Port: dstAP.Port(), FQDN: name, User: *user})
+	d := pol.DecideDial(policy.Input{Src: srcIP.Unmap(), Dst: dstAP.Addr().Unmap(), Port: dstAP.Port(), FQDN: name, User: *user, Protocol: *proto})
 	e := explanation{Action: d.Action.String(), Rule: d.Rule, Reason: d.Reason, Enforced: cfg.Policy.Enforce || d.Hard}
 	if *asJSON {
 		b, _ := json.Marshal(e)

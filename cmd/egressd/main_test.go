@@ -62,6 +62,10 @@ func TestExplain(t *testing.T) {
 			explanation{"deny", "github", `destination 169.254.169.254 is restricted, not covered by rule "github" destinations`, true}},
 		{[]string{"--src", "10.0.0.5", "--dst", "140.82.112.3:443", "--sni", "140.82.112.3"},
 			explanation{"deny", "", "no rule matched: default deny", true}},
+		{[]string{"--src", "10.0.0.5", "--dst", "198.51.100.9:22", "--sni", "git.example.test", "--protocol", "ssh"},
+			explanation{"allow", "git-ssh", `matched rule "git-ssh"`, true}},
+		{[]string{"--src", "10.0.0.5", "--dst", "198.51.100.9:22", "--sni", "git.example.test"}, // tls by default
+			explanation{"deny", "", "no rule matched: default deny", true}},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -86,6 +90,7 @@ func TestExplainBadFlags(t *testing.T) {
 		{"explain", "--config", "testdata/issue.yaml", "--src", "nope", "--dst", "1.2.3.4:443"},
 		{"explain", "--config", "testdata/issue.yaml", "--src", "1.2.3.4", "--dst", "1.2.3.4"},
 		{"explain", "--config", "testdata/issue.yaml"},
+		{"explain", "--config", "testdata/issue.yaml", "--src", "1.2.3.4", "--dst", "1.2.3.4:22", "--protocol", "smtp"},
 		{"frobnicate"},
 	} {
 		if code, _, _ := runCmd(args...); code != 2 {

@@ -67,6 +67,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		log.Info("listening", "listener", l.Name, "mode", l.Mode, "address", g.Addrs()[l.Name].String(),
 			"enforce", cfg.Policy.Enforce, "rules", pol.Len())
 	}
+	if cfg.DNS.Enabled() {
+		log.Info("dns forwarder listening", "address", g.DNSAddr().String(), "upstreams", len(cfg.DNS.Upstreams),
+			"filter", cfg.DNS.Filter, "strip_ech", cfg.DNS.StripECH)
+	}
 
 	// A second signal during the drain closes everything at once.
 	go func() {

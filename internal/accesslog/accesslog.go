@@ -23,10 +23,10 @@ type Record struct {
 	Src        netip.AddrPort
 	Dst        netip.AddrPort // where egressd connected, or would have
 	FQDN       string
-	FQDNSource string // "sni", "host", "connect", "socks" or "none"
+	FQDNSource string // "sni", "host", "connect", "socks", "dns" (the client's own look-up through egressd) or "none"
 	Protocol   string // tls, http, ssh, unknown, server-first
 	ALPN       []string
-	ECH        bool
+	ECH        bool // real ECH only, not GREASE (see gateway)
 	Rule       string
 	Action     string // allow | deny
 	Enforced   bool

@@ -101,3 +101,18 @@ func FuzzAppendString(f *testing.F) {
 		}
 	})
 }
+
+func TestLogDNS(t *testing.T) {
+	var b strings.Builder
+	New(&b, "json").LogDNS(&DNSRecord{Src: netip.MustParseAddrPort("10.0.0.1:5000"), QName: "x\".test.", QType: "A",
+		Rcode: "REFUSED", Result: "refused", Reason: "no rule"})
+	var got map[string]any
+	if err := json.Unmarshal([]byte(b.String()), &got); err != nil {
+		t.Fatalf("LogDNS wrote %q: not JSON: %v", b.String(), err)
+	}
+	for k, want := range map[string]any{"msg": "dns", "kind": "dns", "src": "10.0.0.1:5000", "qname": "x\".test.", "qtype": "A", "rcode": "REFUSED", "result": "refused"} {
+		if got[k] != want {
+			t.Errorf("LogDNS line %s = %v, want %v", k, got[k], want)
+		}
+	}
+}

@@ -69,7 +69,7 @@ var fixtures = []fixture{{
 	name:   "go-ech",
 	note:   "crypto/tls client with an ECH config for public.example, ServerName secret.example",
 	record: goECHHello,
-	want: Info{ServerName: "public.example", HasSNI: true, ECH: true,
+	want: Info{ServerName: "public.example", HasSNI: true, ECH: true, ECHOuter: true, ECHConfigID: 7,
 		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS13}},
 }, {

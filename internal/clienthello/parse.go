@@ -35,6 +35,13 @@ type Info struct {
 	// ECH says the encrypted_client_hello extension is present: ServerName
 	// is then the outer, public name, not the one the client wants.
 	ECH bool
+	// ECHOuter says the extension is an outer ECHClientHello (type 0, RFC
+	// 9849 §5), and ECHConfigID is its config_id. Real ECH and Chrome's
+	// GREASE ECH (§6.2: a random config_id, random enc and payload) look
+	// alike here by design; only a config_id and public name that the
+	// client was really given can tell them apart (see the gateway).
+	ECHOuter    bool
+	ECHConfigID uint8
 }
 
 // Parse reads a complete handshake message, as Reassemble returns it, and
@@ -101,7 +108,15 @@ func parseExtensions(exts cryptobyte.String, info *Info) bool {
 		case extSupportedVersions:
 			info.Versions, ok = parseVersions(data)
 		case extECH:
-			info.ECH = true // its content is for the server to open
+			// Its content is for the server to open; only the type and the
+			// config_id are read, and a body too short for them is not an
+			// error here (the server judges it).
+			info.ECH = true
+			var typ, id uint8
+			var suite uint32
+			if data.ReadUint8(&typ) && typ == 0 && data.ReadUint32(&suite) && data.ReadUint8(&id) {
+				info.ECHOuter, info.ECHConfigID = true, id
+			}
 		}
 		if !ok {
 			return false

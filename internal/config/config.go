@@ -120,6 +120,45 @@ type Policy struct {
 	RuleLines []int // RuleLines[i] is the line of Rules[i]
 }
 
+// DNS is the dns section: egressd's own DNS forwarder, which remembers per
+// client which names resolved to which addresses so that connections
+// without a name of their own (SSH, SMTP, ...) can be decided by FQDN.
+// The zero value (no dns section) runs no forwarder.
+type DNS struct {
+	// Address is where the forwarder listens, UDP and TCP; invalid when
+	// there is no dns section.
+	Address netip.AddrPort
+	// Upstreams are tried in order: on a timeout or error, the next one.
+	Upstreams []netip.AddrPort
+	// Remember is how long a name -> IP memory outlives the answer's TTL
+	// (default 10m): clients keep using an address after its TTL.
+	Remember time.Duration
+	// Filter refuses (REFUSED) queries for names no allow rule could match
+	// for the querying client.
+	Filter bool
+	// StripECH removes the ech SvcParam from HTTPS and SVCB answers, so
+	// that clients send their real server name in the clear.
+	StripECH bool
+	// MaxEntries caps the name memory (default 100000); the oldest entry
+	// is dropped first.
+	MaxEntries int
+	// Timeout bounds one query to one upstream (default 2s).
+	Timeout time.Duration
+	// RateLimit is the queries per second one client address may send
+	// (default 200); beyond it queries are dropped for the rest of the
+	// second.
+	RateLimit int
+	// Clients are the source ranges the forwarder answers; nil means the
+	// private, loopback, link-local and CGNAT ranges (policy.Restricted),
+	// so that a forwarder bound to a public address is not an open
+	// resolver. Queries from elsewhere are dropped.
+	Clients []netip.Prefix
+	Line    int // where the section is, 0 when absent
+}
+
+// Enabled reports whether a dns section configured the forwarder.
+func (d DNS) Enabled() bool { return d.Address.IsValid() }
+
 // Config is a loaded and checked configuration.
 type Config struct {
 	Path      string // the file it was read from, for messages
@@ -136,6 +175,7 @@ type Config struct {
 	// Users are the proxy users; when there are any, explicit listeners
 	// serve only clients that authenticate as one of them.
 	Users []User
+	DNS   DNS
 }
 
 // Load reads and parses the config file at path.

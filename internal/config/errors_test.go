@@ -264,6 +264,46 @@ policy:
   default: deny
  rules: []
 `, []string{"bad.yaml:7: yaml: did not find expected key"}},
+	{"dns mistakes", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
+dns:
+  address: localhost:53
+  upstreams: [127.0.0.1:5353, 8.8.8.8:99999, dns.google]
+  remember: 10
+  filter: yes please
+  max_entries: 0
+  rate_limit: -5
+  strip_ech: 1
+  cache: big
+  clients: [10.0.0.1/8]
+`, []string{
+		`bad.yaml:3: dns.address: invalid address "localhost:53"`,
+		`bad.yaml:4: dns.upstreams[1]: invalid address "8.8.8.8:99999"`,
+		`bad.yaml:4: dns.upstreams[2]: invalid address "dns.google"`,
+		`bad.yaml:5: dns.remember: 10 has no unit`,
+		`bad.yaml:6: dns.filter: want true or false, got "yes please"`,
+		`bad.yaml:7: dns.max_entries: want an integer from 1 to 10000000, got 0`,
+		`bad.yaml:8: dns.rate_limit: want an integer from 1 to 1000000, got -5`,
+		`bad.yaml:9: dns.strip_ech: want true or false, got 1`,
+		`bad.yaml:10: unknown key "cache" in dns`,
+		`bad.yaml:11: dns.clients[0]: 10.0.0.1/8 has host bits set`,
+	}},
+	{"dns loop and missing upstreams", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
+dns:
+  address: 127.0.0.1:5353
+  upstreams: ["127.0.0.1:5353"]
+`, []string{`bad.yaml:4: dns.upstreams[0]: 127.0.0.1:5353 is dns.address itself`}},
+	{"dns without upstreams", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
+dns: {address: 127.0.0.1:5353}
+`, []string{`bad.yaml:2: dns: missing key "upstreams"`}},
+	{"unknown protocol", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
+policy:
+  rules:
+    - {name: r, action: allow, protocols: [ssh, smtp]}
+    - {name: s, action: allow, protocols: []}
+`, []string{
+		`bad.yaml:4: policy.rules[0].protocols[1]: unknown protocol "smtp"; want tls or http or ssh or server-first or unknown`,
+		`bad.yaml:5: policy.rules[1].protocols: empty list`,
+	}},
 	{"rule not a mapping", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
 policy:
   rules:

@@ -14,7 +14,7 @@ import (
 // This file is the schema: one function per section, in the order of the file.
 
 func (d *decoder) config(n *yaml.Node, c *Config) {
-	f, ok := d.mapping(n, "", "listeners", "resolver", "mark", "timeouts", "log", "users", "policy")
+	f, ok := d.mapping(n, "", "listeners", "resolver", "mark", "timeouts", "log", "users", "policy", "dns")
 	if !ok {
 		return
 	}
@@ -46,6 +46,9 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 	}
 	if v, ok := f["policy"]; ok && !isNull(v) {
 		d.policy(v, &c.Policy)
+	}
+	if v, ok := f["dns"]; ok {
+		d.dns(v, &c.DNS)
 	}
 }
 
@@ -251,7 +254,7 @@ func (d *decoder) action(n *yaml.Node, path string) (policy.Action, bool) {
 // and action) matches every connection: that is how a catch-all is written.
 func (d *decoder) rule(n *yaml.Node, path string, names map[string]int) policy.Rule {
 	var r policy.Rule
-	f, ok := d.mapping(n, path, "name", "action", "fqdn", "destinations", "sources", "ports", "users")
+	f, ok := d.mapping(n, path, "name", "action", "fqdn", "destinations", "sources", "ports", "users", "protocols")
 	if !ok {
 		return r
 	}
@@ -289,6 +292,14 @@ func (d *decoder) rule(n *yaml.Node, path string, names map[string]int) policy.R
 	}
 	if v, ok := f["users"]; ok {
 		r.Users = d.ruleUsers(v, field(path, "users"))
+	}
+	if v, ok := f["protocols"]; ok {
+		p := field(path, "protocols")
+		for i, it := range d.matchList(v, p, "protocols") {
+			if s, ok := d.oneOf(it, item(p, i), "protocol", policy.ProtocolNames...); ok {
+				r.Protocols = append(r.Protocols, s)
+			}
+		}
 	}
 	return r
 }

@@ -77,7 +77,7 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	rawName := ""
 	switch {
 	case p.Protocol == peek.TLS:
-		rec.ECH, rec.ALPN = p.Hello.ECH, p.Hello.ALPN
+		rec.ALPN = p.Hello.ALPN
 		if p.Hello.HasSNI {
 			rawName, rec.FQDNSource = p.Hello.ServerName, "sni"
 		}
@@ -90,18 +90,45 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	} else {
 		rec.FQDNSource = "none"
 	}
+	// An encrypted_client_hello extension alone proves nothing: Chrome
+	// sends a GREASE one on every connection, indistinguishable on the wire
+	// (RFC 9849 §6.2). It is real ECH when the outer SNI is the public name
+	// of a config this client was handed through egressd's DNS, with that
+	// config_id. Either way the decision is on the outer SNI, the only name
+	// visible.
+	if p.Protocol == peek.TLS && p.Hello.ECHOuter && rec.FQDN != "" && g.memory != nil {
+		rec.ECH = g.memory.ECHConfigured(rec.Src.Addr(), rec.FQDN, p.Hello.ECHConfigID)
+	}
+	// No name on the wire (SSH, server-first, a TLS hello without SNI):
+	// the name this client itself most recently resolved to this address
+	// through egressd's DNS, never another client's.
+	if rec.FQDN == "" && orig.IsValid() && g.memory != nil {
+		if n, ok := g.memory.Lookup(rec.Src.Addr(), orig.Addr()); ok {
+			rec.FQDN, rec.FQDNSource = n, "dns"
+		}
+	}
 
-	in := policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN}
+	in := policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: p.Protocol}
 	var v verdict
-	if lc.Mode == config.ModeSNI {
+	switch {
+	case lc.Mode == config.ModeSNI:
 		v = g.decideSNI(ctx, st, lc, in)
-	} else {
+	case rec.FQDNSource == "dns":
+		// The name was looked up from this very destination: there is
+		// nothing to verify, and nothing else to dial, whatever
+		// sni_destination says.
+		in.Dst, in.Port = orig.Addr(), orig.Port()
+		v = verdict{Decision: st.Policy.DecideDial(in), dst: orig}
+	default:
 		v = g.decideTransparent(ctx, st, lc, in, orig)
 	}
 	if v.dst.IsValid() {
 		rec.Dst = v.dst
 	}
 	rec.Rule, rec.Reason = v.Rule, v.Reason
+	if rec.ECH {
+		rec.Reason += "; ECH: decided on the outer server name, the provider's public name"
+	}
 	rec.Action = v.Action.String()
 	if v.Action == policy.Deny && (cfg.Policy.Enforce || v.Hard || !v.dst.IsValid()) {
 		rec.Enforced = true
@@ -184,7 +211,12 @@ func (g *Gateway) decideTransparent(ctx context.Context, st *State, lc *config.L
 		return v
 	}
 	// The name is what allowed this connection: it must be the name of the
-	// address the client is really going to.
+	// address the client is really going to. What this client resolved
+	// through egressd's own DNS answers that first, without a fresh look-up.
+	if g.memory != nil && g.memory.Resolved(in.Src, in.FQDN, orig.Addr()) {
+		v.Reason += "; name verified: this client resolved it to " + orig.Addr().String() + " through egressd"
+		return v
+	}
 	lk, err := g.names.Resolve(ctx, in.FQDN)
 	switch {
 	case err != nil:

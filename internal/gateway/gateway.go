@@ -15,7 +15,9 @@ import (
 
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/dnsproxy"
 	"github.com/egressd/egressd/internal/listener"
+	"github.com/egressd/egressd/internal/namecache"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/upstream"
 )
@@ -34,6 +36,11 @@ type Gateway struct {
 	access *accesslog.Logger
 	state  atomic.Pointer[State]
 	names  *upstream.Cache
+
+	// memory is what clients resolved through egressd's DNS forwarder
+	// (dns), by client; both nil when the config has no dns section.
+	memory *namecache.Cache
+	dns    *dnsproxy.Server
 
 	mu        sync.Mutex
 	listeners []*boundListener
@@ -59,7 +66,40 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 		r = &upstream.DNS{Server: st.Config.Resolver, Timeout: 3 * time.Second}
 	}
 	g.names = &upstream.Cache{Resolver: r}
+	if d := st.Config.DNS; d.Enabled() {
+		g.memory = namecache.New(d.MaxEntries)
+		g.dns = dnsproxy.New(dnsproxy.Config{
+			Address: d.Address, Upstreams: d.Upstreams, Remember: d.Remember, Timeout: d.Timeout,
+			Filter: d.Filter, StripECH: d.StripECH, RateLimit: d.RateLimit, Clients: d.Clients,
+		}, g.memory, func() (*policy.Policy, bool) {
+			st := g.state.Load()
+			return st.Policy, st.Config.Policy.Enforce
+		}, log, access)
+	}
 	return g
+}
+
+// Stats are the counters of the DNS forwarder and its name memory; zero
+// without a dns section.
+type Stats struct {
+	DNS   dnsproxy.Stats
+	Names namecache.Stats
+}
+
+// Stats returns a snapshot of the counters.
+func (g *Gateway) Stats() Stats {
+	if g.dns == nil {
+		return Stats{}
+	}
+	return Stats{DNS: g.dns.Stats(), Names: g.memory.Stats()}
+}
+
+// DNSAddr returns the DNS forwarder's bound address, invalid without one.
+func (g *Gateway) DNSAddr() netip.AddrPort {
+	if g.dns == nil {
+		return netip.AddrPort{}
+	}
+	return g.dns.Addr()
 }
 
 // Bind opens every listener of the config. On an error, those already
@@ -75,6 +115,12 @@ func (g *Gateway) Bind(ctx context.Context) error {
 		g.mu.Lock()
 		g.listeners = append(g.listeners, &boundListener{cfg: lc, ln: ln})
 		g.mu.Unlock()
+	}
+	if g.dns != nil {
+		if err := g.dns.Start(); err != nil {
+			g.closeListeners()
+			return err
+		}
 	}
 	return nil
 }
@@ -104,6 +150,13 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	<-ctx.Done()
 	g.closeListeners()
 	close(g.stopping)
+	if g.dns != nil {
+		// DNS answers are short: no grace beyond a few seconds for those
+		// in flight. Connections keep their names (the memory stays).
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		g.dns.Shutdown(sctx)
+		cancel()
+	}
 	done := make(chan struct{})
 	go func() { g.wg.Wait(); close(done) }()
 	select {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/egressd/egressd/internal/fqdn"
@@ -38,7 +39,8 @@ func linearDecide(t *testing.T, rules []Rule, in Input) int {
 		}
 		if (len(src) == 0 || contains(src, in.Src)) &&
 			(len(dst) == 0 || contains(dst, in.Dst)) &&
-			(len(r.Ports) == 0 || inPorts(r.Ports, in.Port)) {
+			(len(r.Ports) == 0 || inPorts(r.Ports, in.Port)) &&
+			(len(r.Protocols) == 0 || slices.Contains(r.Protocols, in.Protocol)) {
 			return i
 		}
 	}
@@ -82,6 +84,9 @@ func TestDecideAgreesWithLinearScan(t *testing.T) {
 				lo := uint16(1 + rng.IntN(4))
 				r.Ports = []PortRange{{lo, lo + uint16(rng.IntN(2))}}
 			}
+			if rng.IntN(3) == 0 {
+				r.Protocols = []string{ProtocolNames[rng.IntN(len(ProtocolNames))]}
+			}
 			rules[i] = r
 		}
 		p, err := Compile(rules, Deny)
@@ -90,6 +95,9 @@ func TestDecideAgreesWithLinearScan(t *testing.T) {
 		}
 		for range 200 {
 			in := Input{Src: addrs[rng.IntN(len(addrs))], Dst: addrs[rng.IntN(len(addrs))], Port: uint16(rng.IntN(5))}
+			if k := rng.IntN(len(ProtocolNames) + 1); k < len(ProtocolNames) {
+				in.Protocol = ProtocolNames[k]
+			}
 			if rng.IntN(5) > 0 {
 				in.FQDN = name()
 			}

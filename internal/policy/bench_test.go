@@ -47,7 +47,7 @@ func BenchmarkDecide(b *testing.B) {
 			in   Input
 			rule bool // whether a rule decides
 		}{
-			{"exact", Input{FQDN: fmt.Sprintf("h%d.example.com", n-2), Port: 443, Dst: dst}, true},
+			{"exact", Input{FQDN: fmt.Sprintf("h%d.example.com", n-2), Port: 443, Dst: dst, Protocol: "tls"}, true},
 			{"wildcard", Input{FQDN: fmt.Sprintf("a.b.z%d.example.net", last), Port: 443, Dst: dst}, true},
 			{"nomatch", Input{FQDN: "a.b.c.d.nothing.example.org", Port: 443, Dst: dst}, false},
 			{"noname", Input{Port: 443, Dst: dst}, false},

@@ -35,6 +35,7 @@ type rule struct {
 	destinations []netip.Prefix
 	ports        []PortRange
 	users        []string
+	protocols    uint8 // protocolBit set; 0: any protocol
 	decision     Decision
 }
 
@@ -88,6 +89,13 @@ func Compile(rules []Rule, def Action) (*Policy, error) {
 			}
 		}
 		c := rule{ports: slices.Clone(r.Ports), users: slices.Clone(r.Users)}
+		for _, name := range r.Protocols {
+			b := protocolBit(name)
+			if b == 0 {
+				fail("unknown protocol %q; want one of %s", name, strings.Join(ProtocolNames, ", "))
+			}
+			c.protocols |= b
+		}
 		var err error
 		if c.sources, err = canonical(r.Sources); err != nil {
 			fail("sources: %v", err)

@@ -56,6 +56,34 @@ type Rule struct {
 	// without an authenticated user: transparent and sni connections, or an
 	// explicit listener without users configured.
 	Users []string
+	// Protocols are protocol names as the gateway classifies connections
+	// (see ProtocolNames); a rule with Protocols never matches a connection
+	// whose protocol is not known.
+	Protocols []string
+}
+
+// ProtocolNames are the protocols a rule may list, as the gateway logs them:
+// a TLS ClientHello, an HTTP request, an SSH banner, a client that sent
+// nothing within first_bytes, anything else.
+var ProtocolNames = []string{"tls", "http", "ssh", "server-first", "unknown"}
+
+// protocolBit maps a protocol name to its bit in a compiled rule's set; 0
+// for a name that is not one of ProtocolNames. A switch, not a map, keeps
+// Decide free of allocations and hashing.
+func protocolBit(name string) uint8 {
+	switch name {
+	case "tls":
+		return 1 << 0
+	case "http":
+		return 1 << 1
+	case "ssh":
+		return 1 << 2
+	case "server-first":
+		return 1 << 3
+	case "unknown":
+		return 1 << 4
+	}
+	return 0
 }
 
 // Input is what egressd knows about a connection when it decides.
@@ -72,6 +100,9 @@ type Input struct {
 	FQDN string
 	// User is the authenticated proxy user, "" when there is none.
 	User string
+	// Protocol is the connection's protocol, one of ProtocolNames, "" when
+	// not known; a rule with Protocols then does not match.
+	Protocol string
 }
 
 // Decision is the outcome of Decide. It is precomputed per rule at Compile

@@ -22,13 +22,21 @@ type dnsServer struct {
 
 func startDNS(t *testing.T, handler func(q dns.Question, m *dns.Msg, tcp bool)) *dnsServer {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
+	// TCP must get the port the kernel picked for UDP, which an outgoing
+	// TCP connection on a busy machine may hold: then try a fresh one.
+	var pc net.PacketConn
+	var ln net.Listener
+	for attempt := 0; ln == nil; attempt++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
+			pc.Close()
+			if attempt == 8 {
+				t.Fatal(err)
+			}
+		}
 	}
 	s := &dnsServer{addr: netip.MustParseAddrPort(pc.LocalAddr().String())}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {

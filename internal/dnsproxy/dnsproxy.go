@@ -1,0 +1,418 @@
+// Package dnsproxy is egressd's DNS forwarder. Clients (or their
+// resolv.conf) point at it; it forwards each query to the upstream servers
+// and, for every A/AAAA answer, remembers in a namecache which client
+// resolved which name to which address. That memory gives a name to
+// connections that carry none (SSH, SMTP, MySQL), and backs the SNI check
+// of sni_destination: verify.
+//
+// It can also refuse names no allow rule could match (filter) and remove
+// the ech parameter from HTTPS/SVCB answers (strip ECH), so that clients
+// show their real server name.
+//
+// What it logs, one access-log line with "kind":"dns" each: every query it
+// refuses (filter), every query it answers SERVFAIL (all upstreams failed),
+// the first query of each second that the rate limit drops for a source,
+// and the first message of each second it cannot parse. Queries forwarded normally are counted
+// in Stats, not logged: a busy resolver would drown the connection lines.
+package dnsproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/fqdn"
+	"github.com/egressd/egressd/internal/namecache"
+	"github.com/egressd/egressd/internal/policy"
+)
+
+// maxInFlight bounds the queries being forwarded at once, whoever sends
+// them: beyond it, queries are dropped, so a flood from many sources costs
+// bounded memory and goroutines.
+const maxInFlight = 1024
+
+// Config is what the forwarder needs from the dns section.
+type Config struct {
+	Address   netip.AddrPort
+	Upstreams []netip.AddrPort
+	Remember  time.Duration // added to each answer's TTL
+	Timeout   time.Duration // per upstream attempt
+	Filter    bool
+	StripECH  bool
+	RateLimit int // queries per second per source
+	// Clients are the sources answered; nil means those policy.Restricted
+	// calls restricted (private, loopback, link-local, CGNAT).
+	Clients []netip.Prefix
+}
+
+// Stats are the forwarder's counters since New.
+type Stats struct {
+	Forwarded   uint64 // answered with the upstream's answer
+	Refused     uint64 // refused by the filter
+	WouldRefuse uint64 // report-only: the filter would have refused, answered anyway
+	Failed      uint64 // answered SERVFAIL: no upstream answered
+	RateLimited uint64 // dropped by the per-source rate limit
+	NotClient   uint64 // dropped: the source is not in Clients
+	Overloaded  uint64 // dropped because maxInFlight queries were pending
+	Malformed   uint64 // unparseable or refused by the DNS library's checks
+	TCPRetries  uint64 // truncated UDP answers asked again over TCP
+	ECHStripped uint64 // ech parameters removed
+	Recorded    uint64 // name -> address memories written
+}
+
+// Server is a running forwarder.
+type Server struct {
+	cfg    Config
+	names  *namecache.Cache
+	policy func() (*policy.Policy, bool)
+	log    *slog.Logger
+	qlog   *accesslog.Logger
+	limit  *limiter
+	slots  chan struct{}
+
+	udp, tcp *dns.Server
+	wg       sync.WaitGroup
+	ctx      context.Context // cancelled by Shutdown: pending upstream queries end
+	cancel   context.CancelFunc
+
+	forwarded, refused, wouldRefuse, failed, notClient, rateLimited, overloaded, malformed,
+	tcpRetries, echStripped, recorded atomic.Uint64
+	lastInvalidLog atomic.Int64 // Unix second of the last malformed line
+	lastStrayLog   atomic.Int64 // Unix second of the last not-a-client line
+}
+
+// New returns a forwarder that records into names and, with cfg.Filter,
+// asks pol (called per query, so a reloaded policy applies at once) for the
+// policy and whether it is enforced: in report-only mode the filter logs
+// what it would refuse and answers anyway. qlog
+// receives the query lines, log operational messages.
+func New(cfg Config, names *namecache.Cache, pol func() (*policy.Policy, bool), log *slog.Logger, qlog *accesslog.Logger) *Server {
+	if cfg.RateLimit <= 0 {
+		cfg.RateLimit = 200
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 2 * time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{cfg: cfg, names: names, policy: pol, log: log, qlog: qlog,
+		limit: newLimiter(cfg.RateLimit), slots: make(chan struct{}, maxInFlight), ctx: ctx, cancel: cancel}
+}
+
+// Start binds UDP and TCP on cfg.Address (the same port for both; with
+// port 0 the UDP socket's port is reused for TCP) and serves in the
+// background until Shutdown.
+func (s *Server) Start() error {
+	pc, ln, err := listen(s.cfg.Address)
+	if err != nil {
+		return err
+	}
+	h := dns.HandlerFunc(s.serveDNS)
+	invalid := func(m []byte, err error) { s.invalid(err) }
+	s.udp = &dns.Server{PacketConn: pc, Handler: h, MsgInvalidFunc: invalid, MsgAcceptFunc: s.accept}
+	s.tcp = &dns.Server{Listener: ln, Handler: h, MsgInvalidFunc: invalid, MsgAcceptFunc: s.accept,
+		ReadTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }}
+	for _, srv := range []*dns.Server{s.udp, s.tcp} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		s.wg.Go(func() {
+			if err := srv.ActivateAndServe(); err != nil {
+				s.log.Error("dns server stopped", "err", err)
+			}
+		})
+		<-started
+	}
+	return nil
+}
+
+// listen binds UDP and TCP on the same address. With port 0 the TCP port
+// must be the one the kernel picked for UDP, which some other TCP socket
+// may hold: then it tries again with a fresh port, a few times.
+func listen(addr netip.AddrPort) (net.PacketConn, net.Listener, error) {
+	var lc net.ListenConfig
+	for attempt := 0; ; attempt++ {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr.String())
+		if err != nil {
+			return nil, nil, fmt.Errorf("dns: listen udp %s: %w", addr, err)
+		}
+		ln, err := lc.Listen(context.Background(), "tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		if addr.Port() != 0 || attempt == 8 || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, nil, fmt.Errorf("dns: listen tcp %s: %w", pc.LocalAddr(), err)
+		}
+	}
+}
+
+// Addr returns the bound address (UDP and TCP share it).
+func (s *Server) Addr() netip.AddrPort {
+	ap, _ := netip.ParseAddrPort(s.udp.PacketConn.LocalAddr().String())
+	return ap
+}
+
+// Shutdown stops both servers, cancels pending upstream queries and waits
+// for the serving goroutines.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.cancel()
+	for _, srv := range []*dns.Server{s.udp, s.tcp} {
+		if srv != nil {
+			srv.ShutdownContext(ctx)
+		}
+	}
+	s.wg.Wait()
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Forwarded: s.forwarded.Load(), Refused: s.refused.Load(), WouldRefuse: s.wouldRefuse.Load(), Failed: s.failed.Load(),
+		RateLimited: s.rateLimited.Load(), NotClient: s.notClient.Load(), Overloaded: s.overloaded.Load(), Malformed: s.malformed.Load(),
+		TCPRetries: s.tcpRetries.Load(), ECHStripped: s.echStripped.Load(), Recorded: s.recorded.Load(),
+	}
+}
+
+// accept is the DNS library's default check of a message header (one
+// question, no update sections), counting what it rejects, and refusing
+// NOTIFY too: a forwarder has no zone to be notified about.
+func (s *Server) accept(h dns.Header) dns.MsgAcceptAction {
+	a := dns.DefaultMsgAcceptFunc(h)
+	if a == dns.MsgAccept && int(h.Bits>>11)&0xF != dns.OpcodeQuery {
+		a = dns.MsgRejectNotImplemented
+	}
+	if a != dns.MsgAccept {
+		s.malformed.Add(1)
+	}
+	return a
+}
+
+// invalid counts a message that does not parse, and logs the first one of
+// each second: the library does not say who sent it, and a stream of junk
+// must not become a stream of log lines.
+func (s *Server) invalid(err error) {
+	n := s.malformed.Add(1)
+	now := time.Now().Unix()
+	if last := s.lastInvalidLog.Load(); last != now && s.lastInvalidLog.CompareAndSwap(last, now) {
+		s.qlog.LogDNS(&accesslog.DNSRecord{Result: "malformed",
+			Reason: fmt.Sprintf("unparseable message: %v (%d malformed so far; one line per second at most)", err, n)})
+	}
+}
+
+func remoteAddr(w dns.ResponseWriter) netip.AddrPort {
+	switch a := w.RemoteAddr().(type) {
+	case *net.UDPAddr:
+		return a.AddrPort()
+	case *net.TCPAddr:
+		return a.AddrPort()
+	}
+	return netip.AddrPort{}
+}
+
+func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
+	srcPort := remoteAddr(w)
+	src := srcPort.Addr().Unmap()
+	q := r.Question[0] // the accept func guarantees exactly one
+	rec := accesslog.DNSRecord{Src: srcPort, QName: dnsLower(q.Name), QType: dns.Type(q.Qtype).String()}
+
+	if !s.isClient(src) {
+		// Not answered at all: an open resolver is an amplifier, and a
+		// REFUSED is still a reflection.
+		n := s.notClient.Add(1)
+		now := time.Now().Unix()
+		if last := s.lastStrayLog.Load(); last != now && s.lastStrayLog.CompareAndSwap(last, now) {
+			rec.Result = "dropped"
+			rec.Reason = fmt.Sprintf("%s is not in dns.clients (%d such queries so far; one line per second at most)", src, n)
+			s.qlog.LogDNS(&rec)
+		}
+		w.Close()
+		return
+	}
+	if ok, first := s.limit.allow(src); !ok {
+		s.rateLimited.Add(1)
+		if first {
+			rec.Result, rec.Reason = "dropped", fmt.Sprintf("rate limit: more than %d queries per second from %s; dropping the rest of this second", s.cfg.RateLimit, src)
+			s.qlog.LogDNS(&rec)
+		}
+		w.Close()
+		return
+	}
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+	default:
+		s.overloaded.Add(1)
+		w.Close()
+		return
+	}
+
+	name, _ := fqdn.Normalize(q.Name)
+	pol, enforce := s.policy()
+	checkAnswer := false
+	if s.cfg.Filter {
+		ok, byAddress := pol.MayAllow(src, name, netip.Addr{})
+		addrQuery := q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA
+		if !ok && !(byAddress && addrQuery) {
+			if s.refuse(w, r, &rec, enforce, fmt.Sprintf("no allow rule could match %q for %s", name, src)) {
+				return
+			}
+		}
+		checkAnswer = !ok && byAddress && addrQuery
+	}
+
+	resp, err := s.forward(r)
+	if err != nil {
+		s.failed.Add(1)
+		rec.Rcode, rec.Result, rec.Reason = "SERVFAIL", "failed", err.Error()
+		s.qlog.LogDNS(&rec)
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeServerFailure)
+		w.WriteMsg(m)
+		return
+	}
+	addrs := Addresses(resp, q.Name)
+	if checkAnswer && !anyAllowed(pol, src, name, addrs) {
+		if s.refuse(w, r, &rec, enforce, fmt.Sprintf("no allow rule could match %q for %s at any of its %d addresses", name, src, len(addrs))) {
+			return
+		}
+	}
+	if s.cfg.StripECH {
+		s.echStripped.Add(uint64(StripECH(resp)))
+	} else {
+		// The client gets these configurations: an outer ClientHello that
+		// uses one is real ECH, not GREASE (see namecache.RecordECH).
+		ttl := answerTTL(resp) + s.cfg.Remember
+		for _, c := range echConfigs(resp) {
+			if pn, ok := fqdn.Normalize(c.PublicName); ok {
+				s.names.RecordECH(src, pn, c.ConfigID, ttl)
+			}
+		}
+	}
+	if name != "" && resp.Rcode == dns.RcodeSuccess {
+		for _, a := range addrs {
+			s.names.Record(src, name, a.IP, a.TTL+s.cfg.Remember)
+			s.recorded.Add(1)
+		}
+	}
+	resp.Id = r.Id
+	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		resp.Truncate(udpSize(r))
+	}
+	s.forwarded.Add(1)
+	w.WriteMsg(resp)
+}
+
+// answerTTL is the smallest TTL of m's answer section.
+func answerTTL(m *dns.Msg) time.Duration {
+	ttl := uint32(0)
+	for i, rr := range m.Answer {
+		if t := rr.Header().Ttl; i == 0 || t < ttl {
+			ttl = t
+		}
+	}
+	return time.Duration(ttl) * time.Second
+}
+
+// isClient reports whether the forwarder answers src.
+func (s *Server) isClient(src netip.Addr) bool {
+	if s.cfg.Clients == nil {
+		return policy.Restricted(src)
+	}
+	for _, p := range s.cfg.Clients {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	return false
+}
+
+// udpSize is how large a UDP answer the client accepts (RFC 6891 §6.2.5):
+// its EDNS0 buffer size, at least 512.
+func udpSize(r *dns.Msg) int {
+	if o := r.IsEdns0(); o != nil {
+		return max(int(o.UDPSize()), dns.MinMsgSize)
+	}
+	return dns.MinMsgSize
+}
+
+func anyAllowed(p *policy.Policy, src netip.Addr, name string, addrs []Address) bool {
+	for _, a := range addrs {
+		if ok, _ := p.MayAllow(src, name, a.IP); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// refuse answers REFUSED and logs why, and reports true; in report-only
+// mode (enforce false) it only logs what it would have done and reports
+// false: the caller answers as usual.
+func (s *Server) refuse(w dns.ResponseWriter, r *dns.Msg, rec *accesslog.DNSRecord, enforce bool, why string) bool {
+	if !enforce {
+		s.wouldRefuse.Add(1)
+		rec.Result, rec.Reason = "would-refuse", "report-only: "+why
+		s.qlog.LogDNS(rec)
+		return false
+	}
+	s.refused.Add(1)
+	rec.Rcode, rec.Result, rec.Reason = "REFUSED", "refused", why
+	s.qlog.LogDNS(rec)
+	m := new(dns.Msg)
+	m.SetRcode(r, dns.RcodeRefused)
+	w.WriteMsg(m)
+	return true
+}
+
+// forward asks the upstreams in order until one answers. A truncated UDP
+// answer is asked again over TCP from the same upstream; a timeout, a
+// network error or SERVFAIL moves on to the next upstream.
+func (s *Server) forward(r *dns.Msg) (*dns.Msg, error) {
+	var errs []error
+	q := r.Copy()
+	q.Id = dns.Id() // the upstream sees our ID, not one the client chose
+	for _, up := range s.cfg.Upstreams {
+		resp, err := s.exchange(q, up)
+		if err == nil && resp.Rcode == dns.RcodeServerFailure {
+			err = errors.New("SERVFAIL")
+		}
+		if err == nil {
+			return resp, nil
+		}
+		errs = append(errs, fmt.Errorf("upstream %s: %w", up, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+func (s *Server) exchange(q *dns.Msg, up netip.AddrPort) (*dns.Msg, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
+	defer cancel()
+	c := &dns.Client{Net: "udp", UDPSize: dns.DefaultMsgSize}
+	resp, _, err := c.ExchangeContext(ctx, q, up.String())
+	if err == nil && resp.Truncated {
+		s.tcpRetries.Add(1)
+		c = &dns.Client{Net: "tcp"}
+		resp, _, err = c.ExchangeContext(ctx, q, up.String())
+	}
+	return resp, err
+}
+
+// dnsLower lower-cases a query name for the log without normalising it
+// further: the log shows what was asked.
+func dnsLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}

@@ -1,0 +1,48 @@
+package dnsproxy
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// maxLimitedSources bounds the rate limiter's table. A flood from more
+// distinct (possibly spoofed) sources than this within one window is
+// dropped until the window turns, rather than growing the table.
+const maxLimitedSources = 65536
+
+// limiter counts queries per source address in fixed one-second windows.
+// A fixed window is cruder than a token bucket, but its memory is one
+// counter per source seen this second and it forgets everyone each second.
+type limiter struct {
+	perSecond int
+	now       func() time.Time
+
+	mu     sync.Mutex
+	window time.Time
+	counts map[netip.Addr]int
+}
+
+func newLimiter(perSecond int) *limiter {
+	return &limiter{perSecond: perSecond, now: time.Now, counts: make(map[netip.Addr]int)}
+}
+
+// allow counts one query from src and reports whether it is within the
+// limit; first reports whether it is the first refused one of this window
+// for src, so that a flood is logged once a second, not once a query.
+func (l *limiter) allow(src netip.Addr) (ok, first bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now().Truncate(time.Second)
+	if !now.Equal(l.window) {
+		l.window = now
+		clear(l.counts)
+	}
+	n, seen := l.counts[src]
+	if !seen && len(l.counts) >= maxLimitedSources {
+		return false, false
+	}
+	n++
+	l.counts[src] = n
+	return n <= l.perSecond, n == l.perSecond+1
+}

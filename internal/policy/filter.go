@@ -1,0 +1,75 @@
+package policy
+
+import (
+	"net/netip"
+	"slices"
+)
+
+// MayAllow answers the DNS filter's question: could a connection from src
+// to name be allowed, whatever its port and protocol? dst is the address
+// the name resolved to, or the zero Addr before the answer is known.
+//
+// The rules are walked in order as Decide walks them, but a port or a
+// protocol is unknown, so a rule that lists them only "may" match: an allow
+// rule that may match answers yes, and a deny rule blocks the rest only if
+// it certainly matches (no ports, no protocols). Rules with users are
+// skipped: a client's own lookups serve connections without a user. With dst unknown, a rule
+// with destinations cannot be judged; if such an allow rule could match,
+// ok is false and byAddress true: the answer's addresses will tell (call
+// again with each of them).
+//
+// It is not on the per-connection path: it allocates a little and is meant
+// for one call per DNS query.
+func (p *Policy) MayAllow(src netip.Addr, name string, dst netip.Addr) (ok, byAddress bool) {
+	c := conn{src: plain(src), dst: plain(dst)}
+	for _, i := range p.candidates(name) {
+		r := &p.rules[i]
+		if len(r.sources) > 0 && !contains(r.sources, c.src) {
+			continue
+		}
+		// A rule for proxy users never matches what the name is resolved
+		// for: connections that reach egressd with a DNS-learnt name carry
+		// no user (explicit clients name their destination and egressd
+		// resolves it itself). So such an allow cannot allow, and such a
+		// deny does not certainly match.
+		if len(r.users) > 0 {
+			continue
+		}
+		if len(r.destinations) > 0 {
+			if !c.dst.IsValid() {
+				byAddress = byAddress || r.decision.Action == Allow
+				continue
+			}
+			if !contains(r.destinations, c.dst) {
+				continue
+			}
+		}
+		if r.decision.Action == Allow {
+			return true, false
+		}
+		if len(r.ports) == 0 && r.protocols == 0 {
+			return false, false // a deny that certainly matches: nothing after it can allow
+		}
+	}
+	if p.fallback.Action == Allow {
+		return true, false
+	}
+	return false, byAddress
+}
+
+// candidates returns, ascending, the rules whose name part can match name:
+// the same lists Decide looks at.
+func (p *Policy) candidates(name string) []int32 {
+	ids := slices.Clone(p.unnamed)
+	if name != "" {
+		ids = append(ids, p.exact[name]...)
+		for i := 0; i < len(name); i++ {
+			if name[i] == '.' {
+				ids = append(ids, p.below[name[i+1:]]...)
+			}
+		}
+		ids = append(ids, p.anyName...)
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
