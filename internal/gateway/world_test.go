@@ -226,3 +226,10 @@ func (w *world) want(e entry, fields map[string]any) {
 		}
 	}
 }
+
+// logText is the access log so far.
+func (w *world) logText() string {
+	w.logs.mu.Lock()
+	defer w.logs.mu.Unlock()
+	return w.logs.buf.String()
+}
