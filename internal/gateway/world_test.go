@@ -53,6 +53,12 @@ func newWorld(t *testing.T, rec records, policyYAML string) *world {
 // instead of the echo server's (0 keeps the echo server).
 func newWorldTo(t *testing.T, rec records, policyYAML string, port uint16) *world {
 	t.Helper()
+	return newWorldTimeouts(t, rec, policyYAML, port, "{first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1m}")
+}
+
+// newWorldTimeouts is newWorldTo with the timeouts block given as YAML.
+func newWorldTimeouts(t *testing.T, rec records, policyYAML string, port uint16, timeouts string) *world {
+	t.Helper()
 	w := &world{t: t, logs: &logSink{}, serverCh: make(chan string, 64)}
 	w.echo = w.startEcho()
 	if port == 0 {
@@ -65,8 +71,8 @@ func newWorldTo(t *testing.T, rec records, policyYAML string, port uint16) *worl
     address: 127.0.0.1:0
     upstream_port: %d
 resolver: %s
-timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1m}
-%s`, port, dnsAddr, policyYAML)
+timeouts: %s
+%s`, port, dnsAddr, timeouts, policyYAML)
 	cfg, err := config.Parse("test.yaml", []byte(cfgText))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, cfgText)
@@ -232,4 +238,11 @@ func (w *world) logText() string {
 	w.logs.mu.Lock()
 	defer w.logs.mu.Unlock()
 	return w.logs.buf.String()
+}
+
+// liveConns is how many client connections the gateway is tracking.
+func (w *world) liveConns() int {
+	w.gw.mu.Lock()
+	defer w.gw.mu.Unlock()
+	return len(w.gw.conns)
 }
