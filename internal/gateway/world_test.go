@@ -21,10 +21,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
-
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // world is a small loopback network for in-process gateway tests: a TLS
@@ -64,7 +63,7 @@ func newWorldTimeouts(t *testing.T, rec records, policyYAML string, port uint16,
 	if port == 0 {
 		port = w.echo.Port()
 	}
-	dnsAddr := startDNS(t, rec)
+	dnsAddr := testnet.DNS(t, rec)
 	cfgText := fmt.Sprintf(`listeners:
   - name: sni
     mode: sni
@@ -139,41 +138,6 @@ func selfSigned(t *testing.T) tls.Certificate {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-// startDNS serves rec over UDP on loopback and returns its address.
-func startDNS(t *testing.T, rec records) string {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := dns.NewServeMux()
-	mux.HandleFunc(".", func(rw dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		name := strings.TrimSuffix(q.Question[0].Name, ".")
-		ans, ok := rec[name]
-		if !ok {
-			m.Rcode = dns.RcodeNameError
-		}
-		for _, a := range ans {
-			ip := netip.MustParseAddr(a)
-			hdr := dns.RR_Header{Name: q.Question[0].Name, Class: dns.ClassINET, Ttl: 60}
-			switch {
-			case ip.Is4() && q.Question[0].Qtype == dns.TypeA:
-				hdr.Rrtype = dns.TypeA
-				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: ip.AsSlice()})
-			case ip.Is6() && q.Question[0].Qtype == dns.TypeAAAA:
-				hdr.Rrtype = dns.TypeAAAA
-				m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()})
-			}
-		}
-		rw.WriteMsg(m)
-	})
-	srv := &dns.Server{PacketConn: pc, Handler: mux}
-	go srv.ActivateAndServe()
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String()
 }
 
 // logSink collects access-log lines.
