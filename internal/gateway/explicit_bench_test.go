@@ -15,6 +15,7 @@ import (
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/socks5"
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // BenchmarkModes compares, in one process and one run, the cost of a
@@ -156,7 +157,7 @@ timeouts: {first_bytes: 1s, client_hello: 5s, connect: 5s, idle: 1m}
 policy:
   rules:
     - {name: bench, action: allow, fqdn: ["bench.test"], destinations: ["127.0.0.0/8"]}
-`, port, startDNS(b, records{"bench.test": {"127.0.0.1"}}))
+`, port, testnet.DNS(b, records{"bench.test": {"127.0.0.1"}}))
 	cfg, err := config.Parse("bench.yaml", []byte(cfgText))
 	if err != nil {
 		b.Fatal(err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // proxyWorld is a loopback world for explicit listeners: an HTTPS server
@@ -67,7 +68,7 @@ policy:
     - {name: lit, action: allow, destinations: ["127.0.0.2/32"]}
     - {name: nodest, action: allow, fqdn: ["nodest.test"]}
     - {name: ads, action: deny, fqdn: ["*.ads.test"]}
-`, startDNS(t, proxyRecords), users, enforce, rules)
+`, testnet.DNS(t, proxyRecords), users, enforce, rules)
 	cfg, err := config.Parse("test.yaml", []byte(cfgText))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, cfgText)

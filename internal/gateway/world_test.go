@@ -21,10 +21,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
-
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // world is a small loopback network for in-process gateway tests: a TLS
@@ -53,20 +52,26 @@ func newWorld(t *testing.T, rec records, policyYAML string) *world {
 // instead of the echo server's (0 keeps the echo server).
 func newWorldTo(t *testing.T, rec records, policyYAML string, port uint16) *world {
 	t.Helper()
+	return newWorldTimeouts(t, rec, policyYAML, port, "{first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1m}")
+}
+
+// newWorldTimeouts is newWorldTo with the timeouts block given as YAML.
+func newWorldTimeouts(t *testing.T, rec records, policyYAML string, port uint16, timeouts string) *world {
+	t.Helper()
 	w := &world{t: t, logs: &logSink{}, serverCh: make(chan string, 64)}
 	w.echo = w.startEcho()
 	if port == 0 {
 		port = w.echo.Port()
 	}
-	dnsAddr := startDNS(t, rec)
+	dnsAddr := testnet.DNS(t, rec)
 	cfgText := fmt.Sprintf(`listeners:
   - name: sni
     mode: sni
     address: 127.0.0.1:0
     upstream_port: %d
 resolver: %s
-timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1m}
-%s`, port, dnsAddr, policyYAML)
+timeouts: %s
+%s`, port, dnsAddr, timeouts, policyYAML)
 	cfg, err := config.Parse("test.yaml", []byte(cfgText))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, cfgText)
@@ -135,41 +140,6 @@ func selfSigned(t *testing.T) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-// startDNS serves rec over UDP on loopback and returns its address.
-func startDNS(t testing.TB, rec records) string {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := dns.NewServeMux()
-	mux.HandleFunc(".", func(rw dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		name := strings.TrimSuffix(q.Question[0].Name, ".")
-		ans, ok := rec[name]
-		if !ok {
-			m.Rcode = dns.RcodeNameError
-		}
-		for _, a := range ans {
-			ip := netip.MustParseAddr(a)
-			hdr := dns.RR_Header{Name: q.Question[0].Name, Class: dns.ClassINET, Ttl: 60}
-			switch {
-			case ip.Is4() && q.Question[0].Qtype == dns.TypeA:
-				hdr.Rrtype = dns.TypeA
-				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: ip.AsSlice()})
-			case ip.Is6() && q.Question[0].Qtype == dns.TypeAAAA:
-				hdr.Rrtype = dns.TypeAAAA
-				m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()})
-			}
-		}
-		rw.WriteMsg(m)
-	})
-	srv := &dns.Server{PacketConn: pc, Handler: mux}
-	go srv.ActivateAndServe()
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String()
-}
-
 // logSink collects access-log lines.
 type logSink struct {
 	mu  sync.Mutex
@@ -225,4 +195,18 @@ func (w *world) want(e entry, fields map[string]any) {
 			w.t.Errorf("log %s = %v, want %v (line %v)", k, got, v, e)
 		}
 	}
+}
+
+// logText is the access log so far.
+func (w *world) logText() string {
+	w.logs.mu.Lock()
+	defer w.logs.mu.Unlock()
+	return w.logs.buf.String()
+}
+
+// liveConns is how many client connections the gateway is tracking.
+func (w *world) liveConns() int {
+	w.gw.mu.Lock()
+	defer w.gw.mu.Unlock()
+	return len(w.gw.conns)
 }

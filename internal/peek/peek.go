@@ -108,11 +108,14 @@ func Release(r *Result) {
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, clienthello.MaxHelloLen); return &b }}
 
 func peekTLS(c net.Conn, buf []byte) Result {
-	sp := scratchPool.Get().(*[]byte)
-	defer scratchPool.Put(sp)
 	for {
 		var r Result
+		// The scratch buffer is held only while examining, never while
+		// waiting for the client: a client trickling its hello must not pin
+		// 16 KiB (TestSilentAndSlowCrowd measures it).
+		sp := scratchPool.Get().(*[]byte)
 		_, st := clienthello.Examine(buf, (*sp)[:0], &r.Hello)
+		scratchPool.Put(sp)
 		switch st {
 		case clienthello.Complete:
 			r.Protocol, r.Data, r.HelloOK = TLS, buf, true
