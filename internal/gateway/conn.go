@@ -15,8 +15,10 @@ import (
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/fqdn"
 	"github.com/egressd/egressd/internal/listener"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/peek"
 	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/proxyheader"
 	"github.com/egressd/egressd/internal/refuse"
 	"github.com/egressd/egressd/internal/relay"
 	"github.com/egressd/egressd/internal/upstream"
@@ -36,7 +38,7 @@ type verdict struct {
 func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn) {
 	st := g.state.Load()
 	cfg := st.Config
-	lc := &bl.cfg
+	lc := bl.config()
 	rec := accesslog.Record{
 		Start:      time.Now(),
 		Listener:   lc.Name,
@@ -44,7 +46,44 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		FQDNSource: "none",
 		Enforced:   cfg.Policy.Enforce,
 	}
-	defer g.access.Log(&rec)
+	defer g.logConn(&rec)
+	// The connection counts as pending (admit counted it) until its first
+	// bytes are classified.
+	peeking := true
+	defer func() {
+		if peeking {
+			g.pending.Add(-1)
+		}
+	}()
+
+	peekStart := rec.Start
+	if lc.ProxyProtocol {
+		src, ok, err := proxyheader.Read(c, rec.Start.Add(cfg.Timeouts.ClientHello))
+		// The client's own silence is timed from after the balancer's
+		// header.
+		peekStart = time.Now()
+		if err != nil {
+			rec.Protocol = peek.Unknown
+			rec.Action, rec.Reason = "deny", "PROXY protocol expected: "+err.Error()
+			rec.Enforced = true
+			refuse.Reset(c)
+			return
+		}
+		if ok {
+			rec.Src = src
+		}
+	}
+	if max := cfg.Limits.MaxConnectionsPerSource; max > 0 {
+		if !g.sources.acquire(rec.Src.Addr(), max) {
+			g.metrics.Rejected(metrics.LimitConnectionsPerSource)
+			rec.Protocol = peek.Unknown
+			rec.Action, rec.Enforced = "deny", true
+			rec.Reason = fmt.Sprintf("limit max_connections_per_source (%d) reached for %s", max, rec.Src.Addr())
+			refuse.Reset(c)
+			return
+		}
+		defer g.sources.release(rec.Src.Addr())
+	}
 
 	var orig netip.AddrPort
 	if lc.Mode == config.ModeTransparent {
@@ -60,10 +99,13 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	}
 
 	p := peek.Peek(c, peek.Deadlines{
-		FirstBytes: rec.Start.Add(cfg.Timeouts.FirstBytes),
-		Complete:   rec.Start.Add(cfg.Timeouts.ClientHello),
+		FirstBytes: peekStart.Add(cfg.Timeouts.FirstBytes),
+		Complete:   peekStart.Add(cfg.Timeouts.ClientHello),
 	})
 	defer peek.Release(&p)
+	peeking = false
+	g.pending.Add(-1)
+	g.metrics.PeekWait(time.Since(rec.Start))
 	rec.Protocol = p.Protocol
 	if p.Err != nil {
 		rec.Action, rec.Reason = "deny", peekReason(p)
@@ -106,7 +148,9 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	}
 
 	d := upstream.Dialer{Timeout: cfg.Timeouts.Connect, Mark: cfg.Mark}
+	dialStart := time.Now()
 	up, err := d.Dial(ctx, v.dst)
+	g.metrics.Dial(time.Since(dialStart))
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		if p.Protocol == peek.TLS {

@@ -53,6 +53,13 @@ func newWorld(t *testing.T, rec records, policyYAML string) *world {
 // instead of the echo server's (0 keeps the echo server).
 func newWorldTo(t *testing.T, rec records, policyYAML string, port uint16) *world {
 	t.Helper()
+	return newWorldListener(t, rec, policyYAML, port, "")
+}
+
+// newWorldListener is newWorldTo with more keys for the sni listener
+// (listenerYAML, e.g. "proxy_protocol: true").
+func newWorldListener(t *testing.T, rec records, policyYAML string, port uint16, listenerYAML string) *world {
+	t.Helper()
 	w := &world{t: t, logs: &logSink{}, serverCh: make(chan string, 64)}
 	w.echo = w.startEcho()
 	if port == 0 {
@@ -64,9 +71,10 @@ func newWorldTo(t *testing.T, rec records, policyYAML string, port uint16) *worl
     mode: sni
     address: 127.0.0.1:0
     upstream_port: %d
+    %s
 resolver: %s
 timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1m}
-%s`, port, dnsAddr, policyYAML)
+%s`, port, listenerYAML, dnsAddr, policyYAML)
 	cfg, err := config.Parse("test.yaml", []byte(cfgText))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, cfgText)
