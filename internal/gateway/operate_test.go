@@ -217,7 +217,9 @@ func TestLimits(t *testing.T) {
 		if _, err := holdTLS(t, w, "127.0.0.1"); err == nil {
 			t.Errorf("second connection from 127.0.0.1: handshake succeeded, want a reset")
 		}
-		e := w.waitLog(func(e entry) bool { return strings.HasPrefix(fmt.Sprint(e["reason"]), "limit max_connections_per_source") })
+		e := w.waitLog(func(e entry) bool {
+			return strings.HasPrefix(fmt.Sprint(e["reason"]), "limit max_connections_per_source")
+		})
 		w.want(e, map[string]any{"action": "deny", "reason": "limit max_connections_per_source (1) reached for 127.0.0.1"})
 		// Another source is not affected.
 		if _, err := holdTLS(t, w, "127.0.0.2"); err != nil {
