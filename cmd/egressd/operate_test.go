@@ -1,0 +1,264 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// opWorld is a running egressd with an sni listener in front of a TLS sink,
+// names resolved by a test DNS server, and its config file at path.
+type opWorld struct {
+	p                *egressdProc
+	path             string
+	listen, adminAdr string
+	sinkPort         int
+	dns              string
+	extra            string // more top-level YAML
+}
+
+func (w *opWorld) config(rules string) string {
+	return fmt.Sprintf(`listeners:
+  - {name: sni, mode: sni, address: %s, upstream_port: %d}
+resolver: %s
+admin: {address: %s}
+%s
+policy:
+  default: deny
+  rules:
+%s`, w.listen, w.sinkPort, w.dns, w.adminAdr, w.extra, rules)
+}
+
+const (
+	allowA = "    - {name: a, action: allow, fqdn: [a.test], destinations: [127.0.0.0/8]}\n"
+	allowB = "    - {name: b, action: allow, fqdn: [b.test], destinations: [127.0.0.0/8]}\n"
+)
+
+// writeReplace writes the config as editors do: a new file renamed over
+// the old one.
+func writeReplace(t *testing.T, path, text string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newOpWorld(t *testing.T, extra, rules string) *opWorld {
+	t.Helper()
+	w := &opWorld{
+		path:     filepath.Join(t.TempDir(), "egressd.yaml"),
+		listen:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		adminAdr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		sinkPort: startSink(t),
+		dns:      startDNS(t, "a.test", "b.test"),
+		extra:    extra,
+	}
+	writeReplace(t, w.path, w.config(rules))
+	w.p = startEgressdProc(t, w.path)
+	return w
+}
+
+// sendHalf writes n pseudo-random bytes to w, hashing them into h.
+func send(t *testing.T, w io.Writer, h io.Writer, r *rand.ChaCha8, n int64) {
+	t.Helper()
+	if _, err := io.CopyN(io.MultiWriter(w, h), r, n); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+}
+
+// TestReloadDuringTransfer: a file rewrite (rename over the old file) and
+// then SIGHUP (after an edit the watch cannot see) each change the decision
+// for new connections, while a 50 MiB upload that started before both
+// completes intact.
+func TestReloadDuringTransfer(t *testing.T) {
+	w := newOpWorld(t, "", allowA)
+	wantDecision(t, w.listen, "a.test", true)
+	wantDecision(t, w.listen, "b.test", false)
+
+	c, err := dialName(t, w.listen, "a.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	h := sha256.New()
+	r := rand.NewChaCha8([32]byte{5})
+	send(t, c, h, r, 20<<20)
+
+	// 1. Editor-style rewrite: now b is allowed and a is not.
+	writeReplace(t, w.path, w.config(allowB))
+	w.p.waitFor(true, "config reloaded", "trigger=\"file changed\"")
+	wantDecision(t, w.listen, "a.test", false)
+	wantDecision(t, w.listen, "b.test", true)
+	send(t, c, h, r, 15<<20)
+
+	// 2. An in-place edit through a hard link in another directory: the
+	// watch on the config's directory sees nothing, SIGHUP applies it.
+	other := filepath.Join(t.TempDir(), "link.yaml")
+	if err := os.Link(w.path, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(other, []byte(w.config(allowA+allowB)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.p.signal(syscall.SIGHUP)
+	w.p.waitFor(true, "config reloaded", "trigger=SIGHUP")
+	wantDecision(t, w.listen, "a.test", true)
+	wantDecision(t, w.listen, "b.test", true)
+	send(t, c, h, r, 15<<20)
+
+	// The upload from before both reloads completes, byte for byte.
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c)
+	if want := hex.EncodeToString(h.Sum(nil)); err != nil || string(got) != want {
+		t.Errorf("sink's sha256 of 50 MiB sent across two reloads = %q, %v; want %s", got, err, want)
+	}
+	if n := metricValue(t, w.adminAdr, `egressd_reloads_total{result="success"}`); n != 2 {
+		t.Errorf("reloads{success} = %v, want 2", n)
+	}
+}
+
+// TestBrokenReloadKeepsPolicy: a file with mistakes is refused as a whole,
+// every problem is logged with its line, the failure is counted, and the
+// running policy keeps deciding.
+func TestBrokenReloadKeepsPolicy(t *testing.T) {
+	w := newOpWorld(t, "", allowA)
+	broken := strings.Replace(w.config(allowB), "[b.test]", "[b.test, \"bad..name\"]", 1)
+	broken = strings.Replace(broken, "default: deny", "default: perhaps", 1)
+	writeReplace(t, w.path, broken)
+	w.p.waitFor(true, "reload failed", `egressd.yaml:7: policy.default: unknown action`)
+	w.p.waitFor(true, "reload failed", `egressd.yaml:9: policy.rules[0].fqdn[1]`)
+	if n := metricValue(t, w.adminAdr, `egressd_reloads_total{result="failure"}`); n != 1 {
+		t.Errorf("reloads{failure} = %v, want 1", n)
+	}
+	wantDecision(t, w.listen, "a.test", true)
+	wantDecision(t, w.listen, "b.test", false)
+	// A listener change that cannot be bound fails the same way.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	busy := strings.Replace(w.config(allowB), w.listen, taken.Addr().String(), 1)
+	writeReplace(t, w.path, busy)
+	w.p.waitFor(true, "reload failed", "address already in use")
+	wantDecision(t, w.listen, "a.test", true)
+	if n := metricValue(t, w.adminAdr, `egressd_reloads_total{result="failure"}`); n != 2 {
+		t.Errorf("reloads{failure} = %v, want 2", n)
+	}
+}
+
+// TestDrain: SIGTERM turns /readyz to 503 and stops accepting, a live
+// connection keeps relaying, and the process exits 0 once it ends.
+func TestDrain(t *testing.T) {
+	w := newOpWorld(t, "shutdown_grace: 1h", allowA)
+	base := "http://" + w.adminAdr
+	if code, body := httpGet(t, base+"/readyz"); code != 200 {
+		t.Fatalf("/readyz before drain = %d %q", code, body)
+	}
+	if code, _ := httpGet(t, base+"/healthz"); code != 200 {
+		t.Fatalf("/healthz = %d", code)
+	}
+	c, err := dialName(t, w.listen, "a.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	send(t, c, h, rand.NewChaCha8([32]byte{1}), 1<<20)
+	w.p.signal(syscall.SIGTERM)
+	w.p.waitFor(true, "draining")
+	if code, body := httpGet(t, base+"/readyz"); code != 503 || body != "draining\n" {
+		t.Errorf("/readyz while draining = %d %q, want 503 draining", code, body)
+	}
+	if _, err := dialName(t, w.listen, "a.test"); err == nil {
+		t.Errorf("new connection accepted while draining")
+	}
+	send(t, c, h, rand.NewChaCha8([32]byte{2}), 1<<20)
+	c.CloseWrite()
+	got, err := io.ReadAll(c)
+	if want := hex.EncodeToString(h.Sum(nil)); err != nil || string(got) != want {
+		t.Errorf("live connection during drain: sink sha256 %q, %v; want %s", got, err, want)
+	}
+	c.Close()
+	select {
+	case <-w.p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("egressd still running after its last connection closed")
+	}
+	if w.p.code != 0 {
+		t.Errorf("exit code %d, want 0", w.p.code)
+	}
+}
+
+// TestSecondSignal: during a drain with an hour of grace, a second SIGTERM
+// closes the live connection at once and egressd exits 0.
+func TestSecondSignal(t *testing.T) {
+	w := newOpWorld(t, "shutdown_grace: 1h", allowA)
+	c, err := dialName(t, w.listen, "a.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.p.signal(syscall.SIGTERM)
+	w.p.waitFor(true, "draining")
+	w.p.signal(syscall.SIGTERM)
+	select {
+	case <-w.p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("egressd still running after the second signal")
+	}
+	if w.p.code != 0 {
+		t.Errorf("exit code %d, want 0", w.p.code)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Errorf("live connection still open after egressd exited")
+	}
+}
+
+// TestReopenLog: after logrotate's rename, SIGUSR1 makes egressd write to a
+// new file by the configured name.
+func TestReopenLog(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "access.log")
+	w := newOpWorld(t, "log: {output: "+logPath+"}", allowA)
+	wantDecision(t, w.listen, "a.test", true)
+	waitFile(t, logPath, `"fqdn":"a.test"`)
+	rotated := logPath + ".1"
+	if err := os.Rename(logPath, rotated); err != nil {
+		t.Fatal(err)
+	}
+	w.p.signal(syscall.SIGUSR1)
+	w.p.waitFor(true, "access log reopened")
+	wantDecision(t, w.listen, "b.test", false)
+	waitFile(t, logPath, `"fqdn":"b.test"`)
+	if b, _ := os.ReadFile(rotated); strings.Contains(string(b), "b.test") {
+		t.Errorf("line after SIGUSR1 went to the rotated file")
+	}
+}
+
+func waitFile(t *testing.T, path, sub string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(path); err == nil && strings.Contains(string(b), sub) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b, err := os.ReadFile(path)
+	t.Fatalf("%s has no line with %q: %v\n%s", path, sub, err, b)
+}
