@@ -141,17 +141,6 @@ func (p *egressdProc) signal(s syscall.Signal) {
 	}
 }
 
-// count returns how many lines of stderr contain sub.
-func (p *egressdProc) count(sub string) int {
-	n := 0
-	for _, l := range p.lines(true) {
-		if strings.Contains(l, sub) {
-			n++
-		}
-	}
-	return n
-}
-
 // freePort returns a loopback port that was free a moment ago.
 func freePort(t *testing.T) int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
