@@ -53,8 +53,15 @@ type egressdProc struct {
 
 func startEgressdProc(t *testing.T, cfgPath string) *egressdProc {
 	t.Helper()
+	return startEgressdCmd(t, exec.Command(os.Args[0], "run", "--config", cfgPath))
+}
+
+// startEgressdCmd is startEgressdProc for a command of the caller's (that
+// runs egressd in the end).
+func startEgressdCmd(t *testing.T, cmd *exec.Cmd) *egressdProc {
+	t.Helper()
 	p := &egressdProc{t: t, done: make(chan struct{}), news: make(chan struct{})}
-	p.cmd = exec.Command(os.Args[0], "run", "--config", cfgPath)
+	p.cmd = cmd
 	p.cmd.Env = append(os.Environ(), runMainEnv+"=1")
 	so, _ := p.cmd.StdoutPipe()
 	se, _ := p.cmd.StderrPipe()

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -279,4 +280,64 @@ func waitFile(t *testing.T, path, sub string) {
 	}
 	b, err := os.ReadFile(path)
 	t.Fatalf("%s has no line with %q: %v\n%s", path, sub, err, b)
+}
+
+// TestAcceptBacksOff runs egressd with 40 file descriptors and holds more
+// connections than that open: accept fails with EMFILE, and egressd backs
+// off, doubling the wait from 5 ms, instead of spinning; once the
+// connections end it accepts again.
+func TestAcceptBacksOff(t *testing.T) {
+	w := &opWorld{
+		path:     filepath.Join(t.TempDir(), "egressd.yaml"),
+		listen:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		adminAdr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		sinkPort: startSink(t),
+		dns:      startDNS(t, "a.test"),
+		extra:    "timeouts: {client_hello: 3s}",
+	}
+	writeReplace(t, w.path, w.config(allowA))
+	// dash and bash both set the soft and the hard limit with ulimit -n.
+	cmd := exec.Command("sh", "-c", `ulimit -n 40 && exec "$0" run --config "$1"`, os.Args[0], w.path)
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	w.p = startEgressdCmd(t, cmd)
+	w.p.waitFor(true, "open-files limit", "soft=40", "hard=40")
+
+	// Each holds a descriptor in egressd until client_hello (3 s) ends it:
+	// a started, never finished ClientHello.
+	var held []net.Conn
+	for range 60 {
+		c, err := net.Dial("tcp", w.listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte{0x16, 0x03, 0x01})
+		held = append(held, c)
+	}
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for _, want := range []string{"backoff=5ms", "backoff=10ms", "backoff=20ms", "backoff=40ms"} {
+		w.p.waitFor(true, "accept failed; backing off", "too many open files", want)
+	}
+	// The held connections time out; new ones are served again.
+	for _, c := range held {
+		c.Close()
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := dialName(t, w.listen, "a.test")
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection served after the descriptors were freed: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := metricValue(t, w.adminAdr, "egressd_accept_errors_total"); n < 4 {
+		t.Errorf("egressd_accept_errors_total = %v, want >= 4", n)
+	}
 }
