@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -339,5 +340,84 @@ func TestAcceptBacksOff(t *testing.T) {
 	}
 	if n := metricValue(t, w.adminAdr, "egressd_accept_errors_total"); n < 4 {
 		t.Errorf("egressd_accept_errors_total = %v, want >= 4", n)
+	}
+}
+
+// TestProxyProtocolSplices checks that a connection whose PROXY header
+// egressd read is still relayed with splice(2): egressd runs under strace,
+// and the bytes its splice calls moved must cover the upload.
+func TestProxyProtocolSplices(t *testing.T) {
+	if _, err := exec.LookPath("strace"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI=true and strace is not installed")
+		}
+		t.Skip("strace is not installed")
+	}
+	w := &opWorld{
+		path:     filepath.Join(t.TempDir(), "egressd.yaml"),
+		listen:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		adminAdr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		sinkPort: startSink(t),
+		dns:      startDNS(t, "a.test"),
+	}
+	cfg := strings.Replace(w.config(allowA), "upstream_port:", "proxy_protocol: true, upstream_port:", 1)
+	writeReplace(t, w.path, cfg)
+	trace := filepath.Join(t.TempDir(), "strace.out")
+	cmd := exec.Command("strace", "-f", "-qq", "-e", "trace=splice", "-o", trace, os.Args[0], "run", "--config", w.path)
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	w.p = startEgressdCmd(t, cmd)
+
+	raw, err := net.Dial("tcp", w.listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.Write([]byte("PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n"))
+	c := tls.Client(raw, &tls.Config{ServerName: "a.test", InsecureSkipVerify: true})
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	const size = 8 << 20
+	h := sha256.New()
+	send(t, c, h, rand.NewChaCha8([32]byte{9}), size)
+	c.CloseWrite()
+	got, err := io.ReadAll(c)
+	if want := hex.EncodeToString(h.Sum(nil)); err != nil || string(got) != want {
+		t.Fatalf("upload through the PROXY listener: sink sha256 %q, %v; want %s", got, err, want)
+	}
+	c.Close()
+	w.p.waitFor(false, `"src":"192.0.2.7:40000"`)
+	// Stop egressd itself (strace's child), so that strace writes its
+	// trace and exits with it.
+	pid := w.p.cmd.Process.Pid
+	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	var child int
+	if _, serr := fmt.Sscan(string(kids), &child); err != nil || serr != nil {
+		t.Fatalf("egressd's pid under strace: %q, %v, %v", kids, err, serr)
+	}
+	syscall.Kill(child, syscall.SIGTERM)
+	select {
+	case <-w.p.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("egressd under strace did not exit after SIGTERM")
+	}
+
+	out, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spliced int64
+	for _, l := range strings.Split(string(out), "\n") {
+		if i := strings.LastIndex(l, ") = "); i >= 0 && strings.Contains(l, "splice(") {
+			var n int64
+			fmt.Sscan(l[i+4:], &n)
+			if n > 0 {
+				spliced += n
+			}
+		}
+	}
+	// Each byte is spliced twice (socket to pipe, pipe to socket). Copying
+	// would splice nothing; allow 5% for bytes written by hand (the peeked
+	// ClientHello).
+	if want := int64(2 * size * 95 / 100); spliced < want {
+		t.Errorf("splice(2) moved %d bytes for an upload of %d; want at least %d (the relay fell back to copying)", spliced, size, want)
 	}
 }
