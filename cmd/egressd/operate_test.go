@@ -421,3 +421,45 @@ func TestProxyProtocolSplices(t *testing.T) {
 		t.Errorf("splice(2) moved %d bytes for an upload of %d; want at least %d (the relay fell back to copying)", spliced, size, want)
 	}
 }
+
+// TestConfigMapSwap lays the config out as the kubelet mounts a ConfigMap
+// (egressd.yaml -> ..data/egressd.yaml, ..data -> ..VERSION) and updates
+// it the kubelet's way, by renaming a new ..data symlink over the old one;
+// egressd must reload.
+func TestConfigMapSwap(t *testing.T) {
+	dir := t.TempDir()
+	w := &opWorld{
+		path:     filepath.Join(dir, "egressd.yaml"),
+		listen:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		adminAdr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		sinkPort: startSink(t),
+		dns:      startDNS(t, "a.test", "b.test"),
+	}
+	version := func(name, rules string) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "egressd.yaml"), []byte(w.config(rules)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(name, filepath.Join(dir, "..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..2026_11_26_00_00_00.1", allowA)
+	if err := os.Symlink("..data/egressd.yaml", w.path); err != nil {
+		t.Fatal(err)
+	}
+	w.p = startEgressdProc(t, w.path)
+	wantDecision(t, w.listen, "b.test", false)
+
+	version("..2026_11_26_00_01_00.2", allowB)
+	os.RemoveAll(filepath.Join(dir, "..2026_11_26_00_00_00.1")) // as the kubelet does
+	w.p.waitFor(true, "config reloaded", "trigger=\"file changed\"")
+	wantDecision(t, w.listen, "b.test", true)
+	wantDecision(t, w.listen, "a.test", false)
+}
