@@ -20,6 +20,7 @@ const (
 	portTrust        = "15003"
 	portTransparent6 = "15004"
 	sniListenAddr    = gwCliAddr + ":8443"
+	ppListenAddr     = gwCliAddr + ":8444" // sni, behind a load balancer: PROXY protocol
 	resolverAddr     = "127.0.0.1:5353"
 )
 
@@ -47,6 +48,11 @@ const configTemplate = `listeners:
     mode: sni
     address: ` + sniListenAddr + `
     upstream_port: 443
+  - name: sni-pp
+    mode: sni
+    address: ` + ppListenAddr + `
+    upstream_port: 443
+    proxy_protocol: true
 resolver: ` + resolverAddr + `
 mark: 0x100
 timeouts: {first_bytes: 300ms, client_hello: %s, connect: 5s, idle: 15m}
@@ -62,7 +68,7 @@ policy:
 `
 
 // listenerCount is how many "listening" lines egressd prints once bound.
-const listenerCount = 5
+const listenerCount = 6
 
 // startEgressd writes the config, runs egressd in gw and waits until all its
 // listeners are bound.

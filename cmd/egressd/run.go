@@ -13,25 +13,31 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/admin"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/gateway"
 )
-
-// shutdownGrace is how long live connections may run after SIGTERM/SIGINT.
-const shutdownGrace = 30 * time.Second
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "config `FILE` (YAML); without it an embedded report-only default runs")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: egressd run [--config FILE]\n\nRuns the gateway. Access log (one line per connection) goes to the configured output, stdout by default; operational messages go to stderr.")
+		fmt.Fprintln(stderr, `Usage: egressd run [--config FILE]
+
+Runs the gateway. Access log (one line per connection) goes to the configured
+output, stdout by default; operational messages go to stderr.
+
+Signals: SIGHUP reloads the config (so does saving the file); SIGUSR1 reopens
+the access log file; SIGTERM or SIGINT drains (stop accepting, let live
+connections run for shutdown_grace) and exits 0; a second one closes at once.`)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return flagExit(err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	raiseNoFile(log)
 
 	var cfg *config.Config
 	if *path == "" {
@@ -49,56 +55,84 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	out, closeOut, err := openOutput(cfg.Log.Output, stdout)
+	out, err := openOutput(cfg.Log.Output, stdout)
 	if err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)
 		return 1
 	}
-	defer closeOut()
+	defer out.Close()
 
 	g := gateway.New(&gateway.State{Config: cfg, Policy: pol}, log, accesslog.New(out, cfg.Log.Format))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	// Both signals are caught from the start, so that a second one during
+	// the drain is never lost: the first drains, the second closes live
+	// connections at once.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	if err := g.Bind(ctx); err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)
 		return 1
 	}
+	if cfg.Admin.Address.IsValid() {
+		srv, err := admin.Listen(ctx, admin.Options{Address: cfg.Admin.Address, PProf: cfg.Admin.PProf,
+			Registry: g.Metrics().Registry, Ready: g.Ready, Log: log})
+		if err != nil {
+			fmt.Fprintln(stderr, "egressd: admin:", err)
+			return 1
+		}
+		go srv.Serve()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+		}()
+		log.Info("admin endpoint", "address", srv.Addr().String(), "pprof", cfg.Admin.PProf)
+	}
 	for _, l := range cfg.Listeners {
 		log.Info("listening", "listener", l.Name, "mode", l.Mode, "address", g.Addrs()[l.Name].String(),
-			"enforce", cfg.Policy.Enforce, "rules", pol.Len())
+			"proxy_protocol", l.ProxyProtocol, "enforce", cfg.Policy.Enforce, "rules", pol.Len())
 	}
 	if cfg.DNS.Enabled() {
 		log.Info("dns forwarder listening", "address", g.DNSAddr().String(), "upstreams", len(cfg.DNS.Upstreams),
 			"filter", cfg.DNS.Filter, "strip_ech", cfg.DNS.StripECH)
 	}
+	log.Info("limits", "limits", cfg.Limits.String(), "shutdown_grace", cfg.ShutdownGrace, "config_hash", cfg.Hash)
 
-	// A second signal during the drain closes everything at once.
+	r := &reloader{path: *path, g: g, log: log, stopped: make(chan struct{})}
+	go r.signals(ctx, out)
+	if *path != "" {
+		go r.watch(ctx)
+	}
 	go func() {
-		<-ctx.Done()
-		stop()
-		c := make(chan os.Signal, 1)
-		signal.Notify(c, syscall.SIGINT, syscall.SIGTERM)
-		<-c
-		log.Warn("second signal: exiting now")
-		os.Exit(1)
+		s := <-sigs
+		log.Info("draining: /readyz now fails; a second signal closes live connections at once",
+			"signal", s.String(), "grace", g.State().Config.ShutdownGrace)
+		cancel()
+		select {
+		case <-sigs:
+			log.Warn("second signal: closing live connections now")
+			g.Abort()
+		case <-r.stopped:
+		}
 	}()
-	g.Serve(ctx, shutdownGrace)
+	g.Serve(ctx, 0)
+	close(r.stopped)
 	log.Info("stopped")
 	return 0
 }
 
-func openOutput(name string, stdout io.Writer) (io.Writer, func(), error) {
+// openOutput opens the access log's destination: stdout, stderr or a file
+// that SIGUSR1 reopens.
+func openOutput(name string, stdout io.Writer) (output, error) {
 	switch name {
 	case "", "stdout":
-		return stdout, func() {}, nil
+		return stream{stdout}, nil
 	case "stderr":
-		return os.Stderr, func() {}, nil
+		return stream{os.Stderr}, nil
 	}
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		return nil, nil, fmt.Errorf("open access log: %w", err)
-	}
-	return f, func() { f.Close() }, nil
+	return openLogFile(name)
 }
 
 func flagExit(err error) int {

@@ -12,6 +12,7 @@
 package config
 
 import (
+	"crypto/sha256"
 	_ "embed"
 	"fmt"
 	"net/netip"
@@ -86,7 +87,12 @@ type Listener struct {
 	// TunnelSNI applies to explicit listeners only (default TunnelMatch);
 	// it is "" for others.
 	TunnelSNI TunnelSNI
-	Line      int // where the listener is defined
+	// ProxyProtocol expects a PROXY protocol v1 or v2 header (from an L4
+	// load balancer) at the start of every connection; its source address
+	// replaces the peer's for rules and the log. A connection without a
+	// valid header is reset.
+	ProxyProtocol bool
+	Line          int // where the listener is defined
 }
 
 // Timeouts bound each phase of a connection.
@@ -176,6 +182,16 @@ type Config struct {
 	// serve only clients that authenticate as one of them.
 	Users []User
 	DNS   DNS
+
+	Admin  Admin
+	Limits Limits
+	// ShutdownGrace is how long live connections may run after
+	// SIGTERM/SIGINT before they are closed.
+	ShutdownGrace time.Duration
+	// Hash identifies the file's contents (the first 16 hex digits of its
+	// SHA-256), so that an operator can tell which version each instance
+	// runs.
+	Hash string
 }
 
 // Load reads and parses the config file at path.
@@ -197,6 +213,9 @@ func Parse(name string, data []byte) (*Config, error) {
 		Timeouts: Timeouts{FirstBytes: 300 * time.Millisecond, ClientHello: 5 * time.Second, Connect: 5 * time.Second, Idle: 15 * time.Minute},
 		Log:      Log{Format: "json", Output: "stdout"},
 		Policy:   Policy{Enforce: true, Default: policy.Deny},
+
+		ShutdownGrace: 30 * time.Second,
+		Hash:          fmt.Sprintf("%x", sha256.Sum256(data))[:16],
 	}
 	if root := d.document(data); root != nil {
 		d.config(root, c)

@@ -20,6 +20,7 @@ var (
 	cmpOpts  = []cmp.Option{
 		cmpopts.EquateComparable(netip.AddrPort{}, netip.Prefix{}),
 		cmpopts.EquateEmpty(),
+		cmpopts.IgnoreFields(Config{}, "Hash"), // TestHash
 	}
 	defaultTimeouts = Timeouts{FirstBytes: 300 * time.Millisecond, ClientHello: 5 * time.Second, Connect: 5 * time.Second, Idle: 15 * time.Minute}
 )
@@ -95,6 +96,7 @@ func TestLoad(t *testing.T) {
 		t.Run(tt.file, func(t *testing.T) {
 			path := filepath.Join("testdata", tt.file)
 			tt.want.Path = path
+			tt.want.ShutdownGrace = 30 * time.Second
 			got, err := Load(path)
 			if err != nil {
 				t.Fatalf("Load(%q) = %v", path, err)
@@ -131,6 +133,9 @@ func TestDefault(t *testing.T) {
 		Timeouts: defaultTimeouts,
 		Log:      Log{Format: "json", Output: "stdout"},
 		Policy:   Policy{Enforce: false, Default: policy.Deny},
+
+		Admin:         Admin{Address: addrPort("127.0.0.1:9090"), Line: 46},
+		ShutdownGrace: 30 * time.Second,
 	}
 	got := Default()
 	if diff := cmp.Diff(want, got, cmpOpts...); diff != "" {

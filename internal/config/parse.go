@@ -14,7 +14,8 @@ import (
 // This file is the schema: one function per section, in the order of the file.
 
 func (d *decoder) config(n *yaml.Node, c *Config) {
-	f, ok := d.mapping(n, "", "listeners", "resolver", "mark", "timeouts", "log", "users", "policy", "dns")
+	f, ok := d.mapping(n, "", "listeners", "resolver", "mark", "timeouts", "log", "users", "policy", "dns",
+		"admin", "limits", "shutdown_grace")
 	if !ok {
 		return
 	}
@@ -49,6 +50,18 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 	}
 	if v, ok := f["dns"]; ok {
 		d.dns(v, &c.DNS)
+	}
+	if v, ok := f["admin"]; ok && !isNull(v) {
+		d.admin(v, &c.Admin)
+		d.checkAdmin(v, c)
+	}
+	if v, ok := f["limits"]; ok && !isNull(v) {
+		d.limits(v, &c.Limits)
+	}
+	if v, ok := f["shutdown_grace"]; ok {
+		if dur, ok := d.duration(v, "shutdown_grace"); ok {
+			c.ShutdownGrace = dur
+		}
 	}
 }
 
@@ -93,7 +106,7 @@ func (d *decoder) listeners(n *yaml.Node) []Listener {
 
 func (d *decoder) listener(n *yaml.Node, path string, seen seenListeners) Listener {
 	l := Listener{Line: n.Line}
-	f, ok := d.mapping(n, path, "name", "mode", "address", "sni_destination", "upstream_port", "tproxy", "tunnel_sni")
+	f, ok := d.mapping(n, path, "name", "mode", "address", "sni_destination", "upstream_port", "tproxy", "tunnel_sni", "proxy_protocol")
 	if !ok {
 		return l
 	}
@@ -136,6 +149,9 @@ func (d *decoder) listener(n *yaml.Node, path string, seen seenListeners) Listen
 	}
 	if v, ok := only("tproxy", ModeTransparent); ok {
 		l.TProxy, _ = d.boolean(v, field(path, "tproxy"))
+	}
+	if v, ok := f["proxy_protocol"]; ok {
+		l.ProxyProtocol, _ = d.boolean(v, field(path, "proxy_protocol"))
 	}
 	if l.Mode == ModeSNI {
 		l.UpstreamPort = 443

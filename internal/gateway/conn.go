@@ -15,8 +15,10 @@ import (
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/fqdn"
 	"github.com/egressd/egressd/internal/listener"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/peek"
 	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/proxyheader"
 	"github.com/egressd/egressd/internal/refuse"
 	"github.com/egressd/egressd/internal/relay"
 	"github.com/egressd/egressd/internal/upstream"
@@ -34,13 +36,9 @@ type verdict struct {
 // handle is one connection's whole life. It always writes one access-log
 // line, whatever happens.
 func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn) {
-	if bl.cfg.Mode == config.ModeExplicit {
-		g.handleExplicit(ctx, bl, c)
-		return
-	}
 	st := g.state.Load()
 	cfg := st.Config
-	lc := &bl.cfg
+	lc := bl.config()
 	rec := accesslog.Record{
 		Start:      time.Now(),
 		Listener:   lc.Name,
@@ -48,7 +46,59 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		FQDNSource: "none",
 		Enforced:   cfg.Policy.Enforce,
 	}
-	defer g.access.Log(&rec)
+	// An explicit listener logs each tunnel or request itself, once the
+	// connection is handed to it.
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			g.logConn(&rec)
+		}
+	}()
+	// The connection counts as pending (admit counted it) until its first
+	// bytes are classified (explicit: until its proxy handshake is read).
+	peeking := true
+	donePeeking := func() {
+		if peeking {
+			peeking = false
+			g.pending.Add(-1)
+		}
+	}
+	defer donePeeking()
+
+	peekStart := rec.Start
+	if lc.ProxyProtocol {
+		src, ok, err := proxyheader.Read(c, rec.Start.Add(cfg.Timeouts.ClientHello))
+		// The client's own silence is timed from after the balancer's
+		// header.
+		peekStart = time.Now()
+		if err != nil {
+			rec.Protocol = peek.Unknown
+			rec.Action, rec.Reason = "deny", "PROXY protocol expected: "+err.Error()
+			rec.Enforced = true
+			refuse.Reset(c)
+			return
+		}
+		if ok {
+			rec.Src = src
+		}
+	}
+	if max := cfg.Limits.MaxConnectionsPerSource; max > 0 {
+		if !g.sources.acquire(rec.Src.Addr(), max) {
+			g.metrics.Rejected(metrics.LimitConnectionsPerSource)
+			rec.Protocol = peek.Unknown
+			rec.Action, rec.Enforced = "deny", true
+			rec.Reason = fmt.Sprintf("limit max_connections_per_source (%d) reached for %s", max, rec.Src.Addr())
+			refuse.Reset(c)
+			return
+		}
+		defer g.sources.release(rec.Src.Addr())
+	}
+
+	if lc.Mode == config.ModeExplicit {
+		handedOff = true
+		g.handleExplicit(ctx, st, lc, c, rec.Src, peekStart, donePeeking)
+		return
+	}
 
 	var orig netip.AddrPort
 	if lc.Mode == config.ModeTransparent {
@@ -64,10 +114,12 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	}
 
 	p := peek.Peek(c, peek.Deadlines{
-		FirstBytes: rec.Start.Add(cfg.Timeouts.FirstBytes),
-		Complete:   rec.Start.Add(cfg.Timeouts.ClientHello),
+		FirstBytes: peekStart.Add(cfg.Timeouts.FirstBytes),
+		Complete:   peekStart.Add(cfg.Timeouts.ClientHello),
 	})
 	defer peek.Release(&p)
+	donePeeking()
+	g.metrics.PeekWait(time.Since(rec.Start))
 	rec.Protocol = p.Protocol
 	if p.Err != nil {
 		rec.Action, rec.Reason = "deny", peekReason(p)
@@ -137,7 +189,9 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	}
 
 	d := upstream.Dialer{Timeout: cfg.Timeouts.Connect, Mark: cfg.Mark}
+	dialStart := time.Now()
 	up, err := d.Dial(ctx, v.dst)
+	g.metrics.Dial(time.Since(dialStart))
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		if p.Protocol == peek.TLS {

@@ -17,7 +17,6 @@ import (
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/fqdn"
 	"github.com/egressd/egressd/internal/httpconnect"
-	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/peek"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/refuse"
@@ -51,14 +50,20 @@ type explicitConn struct {
 	br    *bufio.Reader
 	src   netip.AddrPort
 	start time.Time
+	// handshook ends the pending count; nil once called.
+	handshook func()
 }
 
-func (g *Gateway) handleExplicit(ctx context.Context, bl *boundListener, c *net.TCPConn) {
-	st := g.state.Load()
+// handleExplicit serves one client of an explicit listener after handle has
+// done what every listener does first (PROXY header, per-source limit).
+// src is the client (from the PROXY header, if any), start when its
+// handshake time began; handshook is called once the proxy handshake is
+// over, ending the connection's pending (max_pending_handshakes) time.
+func (g *Gateway) handleExplicit(ctx context.Context, st *State, lc *config.Listener, c *net.TCPConn,
+	src netip.AddrPort, start time.Time, handshook func()) {
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(c)
-	x := &explicitConn{g: g, st: st, lc: &bl.cfg, c: c, br: br,
-		src: listener.AddrPort(c.RemoteAddr()), start: time.Now()}
+	x := &explicitConn{g: g, st: st, lc: lc, c: c, br: br, src: src, start: start, handshook: handshook}
 	defer x.releaseReader()
 
 	// A proxy client speaks first, at once: the whole handshake must be in
@@ -69,7 +74,7 @@ func (g *Gateway) handleExplicit(ctx context.Context, bl *boundListener, c *net.
 		rec := x.record()
 		rec.Protocol = peek.ServerFirst
 		rec.Action, rec.Reason = "deny", "explicit proxy: "+handshakeError(err, "client sent nothing")
-		g.access.Log(&rec)
+		g.logConn(&rec)
 		refuse.Reset(c)
 		return
 	}
@@ -90,8 +95,14 @@ func (x *explicitConn) releaseReader() {
 	}
 }
 
-// record starts an access-log record for this client.
+// record starts an access-log record for this client. A record means the
+// handshake is over (decided or failed), so the connection stops counting
+// as pending.
 func (x *explicitConn) record() accesslog.Record {
+	if x.handshook != nil {
+		x.handshook()
+		x.handshook = nil
+	}
 	return accesslog.Record{
 		Start:      time.Now(),
 		Listener:   x.lc.Name,

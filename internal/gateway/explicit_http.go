@@ -41,7 +41,7 @@ func (x *explicitConn) serveHTTP(ctx context.Context) {
 		if err != nil {
 			rec.Action, rec.Reason, rec.Enforced = "deny", "http proxy: "+err.Error(), true
 			refuse.Answer(x.c, httpconnect.Response(httpconnect.StatusFor(err), "egressd: "+err.Error()+"\n"))
-			x.g.access.Log(&rec)
+			x.g.logConn(&rec)
 			return
 		}
 		if len(x.st.Config.Users) > 0 {
@@ -50,7 +50,7 @@ func (x *explicitConn) serveHTTP(ctx context.Context) {
 				rec.Action, rec.Reason, rec.Enforced = "deny", "http proxy: "+why, true
 				rec.FQDN = q.Name
 				refuse.Answer(x.c, httpconnect.ProxyAuthRequired())
-				x.g.access.Log(&rec)
+				x.g.logConn(&rec)
 				return
 			}
 			rec.User = user
@@ -62,7 +62,7 @@ func (x *explicitConn) serveHTTP(ctx context.Context) {
 			return
 		}
 		keep := x.forward(ctx, t, &rec)
-		x.g.access.Log(&rec)
+		x.g.logConn(&rec)
 		if !keep {
 			return
 		}
@@ -80,7 +80,7 @@ func (x *explicitConn) serveHTTP(ctx context.Context) {
 // httpFail answers a request head that could not be read.
 func (x *explicitConn) httpFail(rec *accesslog.Record, err error) {
 	rec.Action, rec.Enforced = "deny", true
-	defer x.g.access.Log(rec)
+	defer x.g.logConn(rec)
 	switch {
 	case errors.Is(err, httpconnect.ErrRequestLineTooLong), errors.Is(err, httpconnect.ErrHeadTooLarge):
 		rec.Reason = "http proxy: " + err.Error()
@@ -97,7 +97,7 @@ func (x *explicitConn) httpFail(rec *accesslog.Record, err error) {
 // connect serves CONNECT: 403 for a deny, 502/504 when the server cannot
 // be reached, else 200 and the tunnel.
 func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Record) {
-	defer x.g.access.Log(&rec)
+	defer x.g.logConn(&rec)
 	if t.name != "" {
 		rec.FQDNSource = "connect"
 	}

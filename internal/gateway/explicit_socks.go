@@ -18,7 +18,7 @@ import (
 func (x *explicitConn) serveSOCKS(ctx context.Context) {
 	rec := x.record()
 	rec.Protocol = "socks5"
-	defer x.g.access.Log(&rec)
+	defer x.g.logConn(&rec)
 	fail := func(reason string, reply []byte) {
 		rec.Action, rec.Reason, rec.Enforced = "deny", "socks5: "+reason, true
 		if reply == nil {

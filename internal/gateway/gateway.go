@@ -17,6 +17,7 @@ import (
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/dnsproxy"
 	"github.com/egressd/egressd/internal/listener"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/namecache"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/upstream"
@@ -48,19 +49,52 @@ type Gateway struct {
 	wg        sync.WaitGroup // accept loops and workers
 	jobs      chan job       // to idle workers
 	stopping  chan struct{}  // closed when accepting has stopped: idle workers exit
+
+	metrics  *metrics.Metrics
+	active   atomic.Int64 // connections accepted and not yet closed
+	pending  atomic.Int64 // connections accepted and not yet past peek
+	sources  sourceCounts // open connections per source, when limited
+	bound    atomic.Bool  // Bind succeeded
+	draining atomic.Bool  // Serve's context is done
+	serveCtx context.Context
+	reloadMu sync.Mutex    // one Reload at a time
+	abort    chan struct{} // closed by Abort: end the drain now
+	abortOne sync.Once
+	limitLog atomic.Int64 // when a limit rejection was last logged (UnixNano)
 }
 
+// boundListener is one listening socket. Its config is replaced on reload
+// (a rule or mode change) while the socket stays, so it sits behind an
+// atomic pointer that each connection loads once.
 type boundListener struct {
-	cfg config.Listener
+	cfg atomic.Pointer[config.Listener]
 	ln  *net.TCPListener
 }
+
+func newBound(lc config.Listener, ln *net.TCPListener) *boundListener {
+	bl := &boundListener{ln: ln}
+	bl.cfg.Store(&lc)
+	return bl
+}
+
+// config returns the listener's current config; callers must not modify it.
+func (bl *boundListener) config() *config.Listener { return bl.cfg.Load() }
 
 // New returns a Gateway for st. log receives operational messages, access
 // one line per connection.
 func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 	g := &Gateway{log: log, access: access, conns: make(map[*net.TCPConn]struct{}),
-		jobs: make(chan job), stopping: make(chan struct{})}
+		jobs: make(chan job), stopping: make(chan struct{}), abort: make(chan struct{})}
 	g.state.Store(st)
+	gauges := metrics.Gauges{
+		Active:  func() float64 { return float64(g.active.Load()) },
+		Pending: func() float64 { return float64(g.pending.Load()) },
+	}
+	if st.Config.DNS.Enabled() {
+		gauges.DNS = g.dnsCounts
+	}
+	g.metrics = metrics.New(gauges)
+	g.metrics.Loaded(st.Config.Hash)
 	var r upstream.Resolver = upstream.System{}
 	if st.Config.Resolver.IsValid() {
 		r = &upstream.DNS{Server: st.Config.Resolver, Timeout: 3 * time.Second}
@@ -94,6 +128,20 @@ func (g *Gateway) Stats() Stats {
 	return Stats{DNS: g.dns.Stats(), Names: g.memory.Stats()}
 }
 
+// dnsCounts is Stats in the shape the metrics expose.
+func (g *Gateway) dnsCounts() metrics.DNSCounts {
+	s := g.Stats()
+	return metrics.DNSCounts{
+		Queries: map[string]uint64{
+			"forwarded": s.DNS.Forwarded, "refused": s.DNS.Refused, "would_refuse": s.DNS.WouldRefuse,
+			"failed": s.DNS.Failed, "rate_limited": s.DNS.RateLimited, "not_client": s.DNS.NotClient,
+			"overloaded": s.DNS.Overloaded, "malformed": s.DNS.Malformed,
+		},
+		Entries:   s.Names.Entries,
+		Evictions: s.Names.Evictions,
+	}
+}
+
 // DNSAddr returns the DNS forwarder's bound address, invalid without one.
 func (g *Gateway) DNSAddr() netip.AddrPort {
 	if g.dns == nil {
@@ -113,7 +161,7 @@ func (g *Gateway) Bind(ctx context.Context) error {
 			return errors.Join(errors.New("listener "+lc.Name), err)
 		}
 		g.mu.Lock()
-		g.listeners = append(g.listeners, &boundListener{cfg: lc, ln: ln})
+		g.listeners = append(g.listeners, newBound(lc, ln))
 		g.mu.Unlock()
 	}
 	if g.dns != nil {
@@ -122,6 +170,7 @@ func (g *Gateway) Bind(ctx context.Context) error {
 			return err
 		}
 	}
+	g.bound.Store(true)
 	return nil
 }
 
@@ -132,22 +181,29 @@ func (g *Gateway) Addrs() map[string]netip.AddrPort {
 	defer g.mu.Unlock()
 	m := make(map[string]netip.AddrPort, len(g.listeners))
 	for _, bl := range g.listeners {
-		m[bl.cfg.Name] = listener.AddrPort(bl.ln.Addr())
+		m[bl.config().Name] = listener.AddrPort(bl.ln.Addr())
 	}
 	return m
 }
 
-// Serve accepts on every bound listener until ctx is done, then stops
-// accepting and waits for live connections until grace has passed, when it
-// closes the rest. It returns when every goroutine it started has ended.
+// Serve accepts on every bound listener until ctx is done, then drains:
+// Ready turns false, the listeners close, and live connections run until
+// grace has passed (or Abort is called), when the rest are closed. A grace
+// of 0 means the running config's shutdown_grace. Serve returns when every
+// goroutine it started has ended.
 func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	g.mu.Lock()
+	g.serveCtx = ctx
 	for _, bl := range g.listeners {
 		g.wg.Add(1)
 		go g.acceptLoop(ctx, bl)
 	}
 	g.mu.Unlock()
 	<-ctx.Done()
+	g.draining.Store(true)
+	if grace <= 0 {
+		grace = g.state.Load().Config.ShutdownGrace
+	}
 	g.closeListeners()
 	close(g.stopping)
 	if g.dns != nil {
@@ -159,10 +215,19 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	}
 	done := make(chan struct{})
 	go func() { g.wg.Wait(); close(done) }()
+	g.mu.Lock()
+	live := len(g.conns)
+	g.mu.Unlock()
+	if live > 0 {
+		g.log.Info("draining: stopped accepting; live connections run until the grace period ends", "live", live, "grace", grace)
+	}
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
 	select {
 	case <-done:
 		return
-	case <-time.After(grace):
+	case <-timer.C:
+	case <-g.abort:
 	}
 	g.mu.Lock()
 	n := len(g.conns)
@@ -170,7 +235,7 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 		c.Close()
 	}
 	g.mu.Unlock()
-	g.log.Info("shutdown grace over; closed live connections", "count", n)
+	g.log.Info("drain over; closed live connections", "count", n)
 	<-done
 }
 
@@ -198,7 +263,8 @@ func (g *Gateway) acceptLoop(ctx context.Context, bl *boundListener) {
 				return
 			}
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			g.log.Warn("accept failed; backing off", "listener", bl.cfg.Name, "err", err, "backoff", backoff)
+			g.metrics.AcceptError()
+			g.log.Warn("accept failed; backing off", "listener", bl.config().Name, "err", err, "backoff", backoff)
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():
@@ -207,6 +273,9 @@ func (g *Gateway) acceptLoop(ctx context.Context, bl *boundListener) {
 			continue
 		}
 		backoff = 0
+		if !g.admit(c) {
+			continue
+		}
 		g.track(c, true)
 		g.dispatch(connCtx, job{bl, c})
 	}
@@ -264,6 +333,7 @@ func (g *Gateway) track(c *net.TCPConn, add bool) {
 }
 
 func (g *Gateway) serveConn(ctx context.Context, bl *boundListener, c *net.TCPConn) {
+	defer g.active.Add(-1)
 	defer g.track(c, false)
 	g.handle(ctx, bl, c)
 }

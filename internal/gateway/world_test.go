@@ -52,11 +52,24 @@ func newWorld(t *testing.T, rec records, policyYAML string) *world {
 // instead of the echo server's (0 keeps the echo server).
 func newWorldTo(t *testing.T, rec records, policyYAML string, port uint16) *world {
 	t.Helper()
-	return newWorldTimeouts(t, rec, policyYAML, port, "{first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1m}")
+	return newWorldListener(t, rec, policyYAML, port, "")
+}
+
+// defaultWorldTimeouts are the timeouts of a world unless a test sets its own.
+const defaultWorldTimeouts = "{first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1m}"
+
+// newWorldListener is newWorldTo with more keys for the sni listener
+// (listenerYAML, e.g. "proxy_protocol: true").
+func newWorldListener(t *testing.T, rec records, policyYAML string, port uint16, listenerYAML string) *world {
+	return newWorldFull(t, rec, policyYAML, port, listenerYAML, defaultWorldTimeouts)
 }
 
 // newWorldTimeouts is newWorldTo with the timeouts block given as YAML.
 func newWorldTimeouts(t *testing.T, rec records, policyYAML string, port uint16, timeouts string) *world {
+	return newWorldFull(t, rec, policyYAML, port, "", timeouts)
+}
+
+func newWorldFull(t *testing.T, rec records, policyYAML string, port uint16, listenerYAML, timeouts string) *world {
 	t.Helper()
 	w := &world{t: t, logs: &logSink{}, serverCh: make(chan string, 64)}
 	w.echo = w.startEcho()
@@ -69,9 +82,10 @@ func newWorldTimeouts(t *testing.T, rec records, policyYAML string, port uint16,
     mode: sni
     address: 127.0.0.1:0
     upstream_port: %d
+    %s
 resolver: %s
 timeouts: %s
-%s`, port, dnsAddr, timeouts, policyYAML)
+%s`, port, listenerYAML, dnsAddr, timeouts, policyYAML)
 	cfg, err := config.Parse("test.yaml", []byte(cfgText))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, cfgText)

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/gateway"
+)
+
+// reloader applies a changed config file to a running gateway.
+type reloader struct {
+	path    string
+	g       *gateway.Gateway
+	log     *slog.Logger
+	stopped chan struct{} // closed when the gateway has stopped
+}
+
+// debounce is how long the config directory must be quiet before a change
+// is read: an editor's save or a ConfigMap update is several events.
+const debounce = 200 * time.Millisecond
+
+// signals handles SIGHUP (reload) and SIGUSR1 (reopen the access log)
+// until ctx is done.
+func (r *reloader) signals(ctx context.Context, out output) {
+	c := make(chan os.Signal, 4)
+	signal.Notify(c, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(c)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case s := <-c:
+			if s == syscall.SIGUSR1 {
+				switch reopened, err := out.Reopen(); {
+				case err != nil:
+					r.log.Error("SIGUSR1: access log not reopened; still writing to the old file", "err", err)
+				case reopened:
+					r.log.Info("SIGUSR1: access log reopened")
+				default:
+					r.log.Info("SIGUSR1: the access log is a stream; nothing to reopen")
+				}
+				continue
+			}
+			if r.path == "" {
+				r.log.Warn("SIGHUP: running the embedded default; there is no file to reload")
+				continue
+			}
+			r.reload("SIGHUP", true)
+		}
+	}
+}
+
+// watch reloads when the config file changes. It watches the file's
+// directory, not the file: editors save by writing a new file and renaming
+// it over the old one, and Kubernetes updates a mounted ConfigMap by
+// swapping the directory's "..data" symlink; either replaces the inode a
+// file watch would follow. Where the path is a symlink, the directory of
+// its target is watched too.
+func (r *reloader) watch(ctx context.Context) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		r.log.Error("cannot watch the config file; reload with SIGHUP", "err", err)
+		return
+	}
+	defer w.Close()
+	dirs := []string{filepath.Dir(r.path)}
+	if target, err := filepath.EvalSymlinks(r.path); err == nil && filepath.Dir(target) != dirs[0] {
+		dirs = append(dirs, filepath.Dir(target))
+	}
+	for _, d := range dirs {
+		if err := w.Add(d); err != nil {
+			r.log.Error("cannot watch the config directory; reload with SIGHUP", "dir", d, "err", err)
+			return
+		}
+	}
+	r.log.Info("watching the config file for changes", "dirs", dirs)
+	timer := time.NewTimer(0)
+	<-timer.C
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			if ev.Op == fsnotify.Chmod {
+				continue
+			}
+			timer.Reset(debounce)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			r.log.Warn("config watch", "err", err)
+		case <-timer.C:
+			r.reload("file changed", false)
+		}
+	}
+}
+
+// reload loads, compiles and applies the config file. A file that fails
+// leaves the running config in place; every problem is logged as
+// FILE:LINE: message and the failure is counted. Unless forced (SIGHUP), a
+// file whose contents did not change is not reloaded: the directory also
+// sees events for other files.
+func (r *reloader) reload(why string, force bool) {
+	m := r.g.Metrics()
+	cfg, err := config.Load(r.path)
+	if err == nil && !force && cfg.Hash == r.g.State().Config.Hash {
+		return
+	}
+	if err != nil {
+		var errs config.Errors
+		if errors.As(err, &errs) {
+			for _, e := range errs {
+				r.log.Error("reload failed; the running config stays", "trigger", why, "problem", e.Error())
+			}
+		} else {
+			r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
+		}
+		m.Reload(false, "")
+		return
+	}
+	pol, err := cfg.Compile()
+	if err != nil {
+		r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
+		m.Reload(false, "")
+		return
+	}
+	restart, err := r.g.Reload(&gateway.State{Config: cfg, Policy: pol})
+	if err != nil {
+		r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
+		m.Reload(false, "")
+		return
+	}
+	for _, s := range restart {
+		r.log.Warn("needs restart", "change", s)
+	}
+	m.Reload(true, cfg.Hash)
+	r.log.Info("config reloaded", "trigger", why, "config_hash", cfg.Hash, "rules", pol.Len(), "limits", cfg.Limits.String())
+}

@@ -1,0 +1,68 @@
+package admin
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+
+	"github.com/egressd/egressd/internal/metrics"
+)
+
+func TestEndpoints(t *testing.T) {
+	for _, pp := range []bool{false, true} {
+		var ready atomic.Bool
+		m := metrics.New(metrics.Gauges{})
+		s, err := Listen(context.Background(), Options{
+			Address: netip.MustParseAddrPort("127.0.0.1:0"), PProf: pp, Registry: m.Registry,
+			Ready: func() (bool, string) {
+				if ready.Load() {
+					return true, "ready"
+				}
+				return false, "draining"
+			},
+			Log: slog.New(slog.DiscardHandler),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Serve()
+		defer s.Shutdown(context.Background())
+		base := "http://" + s.Addr().String()
+		get := func(path string) (int, string) {
+			resp, err := http.Get(base + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		pprofWant := http.StatusNotFound
+		if pp {
+			pprofWant = http.StatusOK
+		}
+		tests := []struct {
+			path  string
+			ready bool
+			code  int
+			body  string
+		}{
+			{"/healthz", false, 200, "ok\n"},
+			{"/readyz", false, 503, "draining\n"},
+			{"/readyz", true, 200, "ready\n"},
+			{"/debug/pprof/", true, pprofWant, ""},
+			{"/nothing", true, 404, ""},
+		}
+		for _, tt := range tests {
+			ready.Store(tt.ready)
+			code, body := get(tt.path)
+			if code != tt.code || tt.body != "" && body != tt.body {
+				t.Errorf("pprof %v: GET %s = %d %q, want %d %q", pp, tt.path, code, body, tt.code, tt.body)
+			}
+		}
+	}
+}

@@ -1,0 +1,246 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/listener"
+	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/refuse"
+)
+
+// This file is what an operator drives: limits, readiness, metrics, drain
+// and live reload.
+
+// Metrics returns the gateway's metrics, for the admin endpoint.
+func (g *Gateway) Metrics() *metrics.Metrics { return g.metrics }
+
+// State returns the state new connections decide with.
+func (g *Gateway) State() *State { return g.state.Load() }
+
+// Ready reports whether the gateway should receive traffic: its listeners
+// are bound, a policy is loaded (always, once New has run) and it is not
+// draining. why says what is missing.
+func (g *Gateway) Ready() (ok bool, why string) {
+	switch {
+	case g.draining.Load():
+		return false, "draining"
+	case !g.bound.Load():
+		return false, "listeners not bound"
+	}
+	return true, "ready"
+}
+
+// Abort ends a drain at once: Serve closes the live connections without
+// waiting for the rest of the grace period.
+func (g *Gateway) Abort() { g.abortOne.Do(func() { close(g.abort) }) }
+
+// admit counts a just-accepted connection against max_connections and
+// max_pending_handshakes, or resets it at once when either is reached. It
+// runs in the accept loop, so it costs two atomic adds and, on the refuse
+// path only, a reset and a counter.
+func (g *Gateway) admit(c *net.TCPConn) bool {
+	lim := &g.state.Load().Config.Limits
+	n := g.active.Add(1)
+	if lim.MaxConnections > 0 && n > int64(lim.MaxConnections) {
+		g.active.Add(-1)
+		g.reject(c, metrics.LimitConnections, lim.MaxConnections)
+		return false
+	}
+	p := g.pending.Add(1)
+	if lim.MaxPendingHandshakes > 0 && p > int64(lim.MaxPendingHandshakes) {
+		g.pending.Add(-1)
+		g.active.Add(-1)
+		g.reject(c, metrics.LimitPendingHandshakes, lim.MaxPendingHandshakes)
+		return false
+	}
+	return true
+}
+
+// reject resets a connection over a limit. Such a connection gets no
+// access-log line (under a flood that would add to the overload); the
+// metric counts each one and a warning is logged at most once a second.
+func (g *Gateway) reject(c *net.TCPConn, limit string, max int) {
+	src := c.RemoteAddr()
+	refuse.Reset(c)
+	g.metrics.Rejected(limit)
+	now := time.Now().UnixNano()
+	if last := g.limitLog.Load(); now-last > int64(time.Second) && g.limitLog.CompareAndSwap(last, now) {
+		g.log.Warn("limit reached: resetting new connections", "limit", limit, "max", max, "example_src", src.String())
+	}
+}
+
+// logConn writes a connection's access-log line and counts it.
+func (g *Gateway) logConn(rec *accesslog.Record) {
+	g.access.Log(rec)
+	g.metrics.Conn(rec.Listener, rec.Action, rec.Rule, rec.Protocol, rec.FQDNSource, rec.BytesUp, rec.BytesDown, time.Since(rec.Start))
+}
+
+// sourceCounts counts open connections per source address for
+// max_connections_per_source. It is sharded by address so that
+// connections from different sources rarely wait on one lock.
+type sourceCounts struct {
+	once   sync.Once
+	seed   maphash.Seed
+	shards [64]sourceShard
+}
+
+type sourceShard struct {
+	mu sync.Mutex
+	m  map[netip.Addr]int32
+}
+
+func (s *sourceCounts) shard(a netip.Addr) *sourceShard {
+	s.once.Do(func() { s.seed = maphash.MakeSeed() })
+	b := a.As16()
+	return &s.shards[maphash.Bytes(s.seed, b[:])%uint64(len(s.shards))]
+}
+
+// acquire counts one more connection from a unless it has max already.
+func (s *sourceCounts) acquire(a netip.Addr, max int) bool {
+	sh := s.shard(a)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.m == nil {
+		sh.m = make(map[netip.Addr]int32)
+	}
+	if int(sh.m[a]) >= max {
+		return false
+	}
+	sh.m[a]++
+	return true
+}
+
+func (s *sourceCounts) release(a netip.Addr) {
+	sh := s.shard(a)
+	sh.mu.Lock()
+	if sh.m[a] <= 1 {
+		delete(sh.m, a)
+	} else {
+		sh.m[a]--
+	}
+	sh.mu.Unlock()
+}
+
+// Reload makes st the state of every new connection; connections already
+// running keep the state they started with. Listener changes are applied
+// first, so that a failure leaves everything as it was:
+//
+//   - a listener whose address (and tproxy setting) is unchanged keeps its
+//     socket and takes the new name, mode and options;
+//   - a new address is bound before any old socket is closed;
+//   - a listener that is gone stops accepting (its connections continue).
+//
+// What cannot be changed safely while running is kept as it was and listed
+// in restart: tproxy on an address that stays (rebinding it would drop
+// connections the kernel queued), the resolver, the log format and output,
+// and the admin endpoint. An error (a new address that cannot be bound)
+// means nothing changed.
+func (g *Gateway) Reload(st *State) (restart []string, err error) {
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	if g.draining.Load() {
+		return nil, errors.New("draining: reload refused")
+	}
+	old := g.state.Load().Config
+	cfg := st.Config
+
+	g.mu.Lock()
+	current := append([]*boundListener(nil), g.listeners...)
+	g.mu.Unlock()
+	used := make(map[*boundListener]bool)
+	type update struct {
+		bl *boundListener
+		lc config.Listener
+	}
+	var keep []update
+	var fresh []*boundListener
+	for _, lc := range cfg.Listeners {
+		bl := matchListener(current, used, lc)
+		if bl == nil {
+			ln, err := listener.Listen(context.Background(), lc.Address, listener.Options{TProxy: lc.TProxy})
+			if err != nil {
+				for _, f := range fresh {
+					f.ln.Close()
+				}
+				return nil, fmt.Errorf("listener %s: %w (the running config stays; an address taken over from another listener needs a restart)", lc.Name, err)
+			}
+			fresh = append(fresh, newBound(lc, ln))
+			continue
+		}
+		used[bl] = true
+		if was := bl.config(); was.TProxy != lc.TProxy {
+			restart = append(restart, fmt.Sprintf("listener %s: tproxy changed to %v; kept %v until a restart", lc.Name, lc.TProxy, was.TProxy))
+			lc.TProxy = was.TProxy
+		}
+		keep = append(keep, update{bl, lc})
+	}
+	restart = append(restart, restartNeeded(old, cfg)...)
+
+	g.state.Store(st)
+	g.mu.Lock()
+	next := make([]*boundListener, 0, len(keep)+len(fresh))
+	for _, u := range keep {
+		u.bl.cfg.Store(&u.lc)
+		next = append(next, u.bl)
+	}
+	next = append(next, fresh...)
+	g.listeners = next
+	if g.serveCtx != nil {
+		for _, bl := range fresh {
+			g.wg.Add(1)
+			go g.acceptLoop(g.serveCtx, bl)
+		}
+	}
+	g.mu.Unlock()
+	for _, bl := range current {
+		if !used[bl] {
+			g.log.Info("listener removed: stopped accepting", "listener", bl.config().Name, "address", listener.AddrPort(bl.ln.Addr()).String())
+			bl.ln.Close()
+		}
+	}
+	for _, bl := range fresh {
+		g.log.Info("listening", "listener", bl.config().Name, "mode", bl.config().Mode, "address", listener.AddrPort(bl.ln.Addr()).String())
+	}
+	return restart, nil
+}
+
+// matchListener finds the bound listener a new listener config takes over:
+// the one bound at the same configured address, or for port 0 (any free
+// port, in tests) the one of the same name and IP.
+func matchListener(current []*boundListener, used map[*boundListener]bool, lc config.Listener) *boundListener {
+	for _, bl := range current {
+		was := bl.config()
+		if used[bl] || was.Address != lc.Address {
+			continue
+		}
+		if lc.Address.Port() != 0 || was.Name == lc.Name {
+			return bl
+		}
+	}
+	return nil
+}
+
+// restartNeeded lists the changes from old to cfg that Reload does not
+// apply.
+func restartNeeded(old, cfg *config.Config) []string {
+	var r []string
+	if old.Resolver != cfg.Resolver {
+		r = append(r, "resolver changed; the running one stays until a restart")
+	}
+	if old.Log != cfg.Log {
+		r = append(r, "log format or output changed; kept until a restart")
+	}
+	if old.Admin.Address != cfg.Admin.Address || old.Admin.PProf != cfg.Admin.PProf {
+		r = append(r, "admin endpoint changed; kept until a restart")
+	}
+	return r
+}

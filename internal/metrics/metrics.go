@@ -1,0 +1,233 @@
+// Package metrics defines egressd's Prometheus metrics and the calls the
+// gateway makes to move them.
+//
+// Every metric lives in a registry of its own (not the process-wide default)
+// so that two gateways in one test binary count separately. Label values are
+// bounded: listener and rule names come from the config, action, protocol,
+// fqdn_source, result and limit from fixed sets; no name or address a client
+// sends ever becomes a label.
+//
+// The per-connection calls are on the gateway's hot path, so they allocate
+// nothing once a label combination has been seen: the counter for each
+// combination is looked up in a map keyed by value, not through the
+// variadic WithLabelValues.
+package metrics
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Limit names, as the limit label says them (the config keys).
+const (
+	LimitConnections          = "max_connections"
+	LimitConnectionsPerSource = "max_connections_per_source"
+	LimitPendingHandshakes    = "max_pending_handshakes"
+)
+
+// Metrics holds egressd's metrics and the registry that exposes them.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	conns     *prometheus.CounterVec
+	connsMu   sync.RWMutex
+	connsByLV map[connLabels]prometheus.Counter
+
+	bytesUp, bytesDown prometheus.Counter
+	peekWait           prometheus.Histogram
+	dialTime           prometheus.Histogram
+	lifetime           prometheus.Histogram
+
+	reloads    *prometheus.CounterVec
+	reloadTime prometheus.Gauge
+	configInfo *prometheus.GaugeVec
+	limits     map[string]prometheus.Counter
+	acceptErrs prometheus.Counter
+}
+
+// connLabels is one combination of the connection counter's labels.
+type connLabels struct {
+	listener, action, rule, protocol, fqdnSource string
+}
+
+// Gauges are read when scraped rather than kept up to date, so counting a
+// connection in or out costs the gateway one atomic add, which it does
+// anyway for its limits.
+type Gauges struct {
+	Active  func() float64 // connections open now
+	Pending func() float64 // connections still being peeked
+	// DNS, when not nil, reports the DNS forwarder's counters; it is nil
+	// when no forwarder runs, and then no DNS metric is exposed.
+	DNS func() DNSCounts
+}
+
+// DNSCounts are the DNS forwarder's counters as a scrape reads them.
+// Queries maps a result from a fixed set (forwarded, refused,
+// would_refuse, failed, rate_limited, not_client, overloaded, malformed)
+// to how many queries ended so; never a name from a query.
+type DNSCounts struct {
+	Queries   map[string]uint64
+	Entries   int    // name memories held now
+	Evictions uint64 // memories dropped because the cap was reached
+}
+
+var (
+	dnsQueriesDesc   = prometheus.NewDesc("egressd_dns_queries_total", "DNS queries handled by egressd's forwarder, by result.", []string{"result"}, nil)
+	dnsEntriesDesc   = prometheus.NewDesc("egressd_dns_memory_entries", "Name memories (client, address -> name) the DNS forwarder holds.", nil, nil)
+	dnsEvictionsDesc = prometheus.NewDesc("egressd_dns_memory_evictions_total", "Name memories dropped because max_entries was reached.", nil, nil)
+)
+
+// dnsCollector reads the forwarder's own counters at scrape time, so that
+// answering a query costs nothing extra.
+type dnsCollector func() DNSCounts
+
+func (dnsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- dnsQueriesDesc
+	ch <- dnsEntriesDesc
+	ch <- dnsEvictionsDesc
+}
+
+func (f dnsCollector) Collect(ch chan<- prometheus.Metric) {
+	c := f()
+	for result, n := range c.Queries {
+		ch <- prometheus.MustNewConstMetric(dnsQueriesDesc, prometheus.CounterValue, float64(n), result)
+	}
+	ch <- prometheus.MustNewConstMetric(dnsEntriesDesc, prometheus.GaugeValue, float64(c.Entries))
+	ch <- prometheus.MustNewConstMetric(dnsEvictionsDesc, prometheus.CounterValue, float64(c.Evictions))
+}
+
+// New registers every metric in a new registry, with the Go runtime and
+// process collectors.
+func New(g Gauges) *Metrics {
+	reg := prometheus.NewRegistry()
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &Metrics{Registry: reg, connsByLV: map[connLabels]prometheus.Counter{}, limits: map[string]prometheus.Counter{}}
+	f(collectors.NewGoCollector())
+	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	m.conns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "egressd_connections_total",
+		Help: "Connections closed, by listener, decision, rule (empty: the default), protocol and where the FQDN came from.",
+	}, []string{"listener", "action", "rule", "protocol", "fqdn_source"})
+	f(m.conns)
+	if g.Active != nil {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "egressd_active_connections", Help: "Client connections open now."}, g.Active))
+	}
+	if g.Pending != nil {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "egressd_pending_handshakes", Help: "Connections whose first bytes are still being read."}, g.Pending))
+	}
+	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "egressd_bytes_total",
+		Help: "Bytes relayed; direction up is client to server.",
+	}, []string{"direction"})
+	f(bytes)
+	m.bytesUp, m.bytesDown = bytes.WithLabelValues("up"), bytes.WithLabelValues("down")
+
+	m.peekWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "egressd_peek_wait_seconds",
+		Help:    "Time from accept until the first bytes were classified (a server-first client waits the whole first_bytes timeout).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	})
+	m.dialTime = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "egressd_dial_seconds",
+		Help:    "Time to connect to the server, failed dials included.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	})
+	m.lifetime = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "egressd_connection_duration_seconds",
+		Help:    "Lifetime of client connections, accept to close.",
+		Buckets: []float64{.001, .01, .1, 1, 10, 60, 300, 900, 3600, 14400},
+	})
+	f(m.peekWait)
+	f(m.dialTime)
+	f(m.lifetime)
+
+	if g.DNS != nil {
+		f(dnsCollector(g.DNS))
+	}
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "egressd_reloads_total",
+		Help: "Config reloads, by result (success or failure).",
+	}, []string{"result"})
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("failure")
+	f(m.reloads)
+	m.reloadTime = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "egressd_config_last_load_timestamp_seconds",
+		Help: "When the running config was loaded (start or successful reload).",
+	})
+	f(m.reloadTime)
+	m.configInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "egressd_config_info",
+		Help: "Always 1; hash identifies the running config file's contents.",
+	}, []string{"hash"})
+	f(m.configInfo)
+	lim := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "egressd_limit_rejections_total",
+		Help: "Connections reset because a limit was reached, by limit.",
+	}, []string{"limit"})
+	for _, l := range []string{LimitConnections, LimitConnectionsPerSource, LimitPendingHandshakes} {
+		m.limits[l] = lim.WithLabelValues(l)
+	}
+	f(lim)
+	m.acceptErrs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "egressd_accept_errors_total",
+		Help: "Failed accepts (EMFILE, ENFILE, ...), each followed by a back-off.",
+	})
+	f(m.acceptErrs)
+	return m
+}
+
+// Conn counts one closed connection with its bytes and lifetime.
+func (m *Metrics) Conn(listener, action, rule, protocol, fqdnSource string, up, down int64, lifetime time.Duration) {
+	k := connLabels{listener, action, rule, protocol, fqdnSource}
+	m.connsMu.RLock()
+	c, ok := m.connsByLV[k]
+	m.connsMu.RUnlock()
+	if !ok {
+		c = m.conns.WithLabelValues(listener, action, rule, protocol, fqdnSource)
+		m.connsMu.Lock()
+		m.connsByLV[k] = c
+		m.connsMu.Unlock()
+	}
+	c.Inc()
+	if up > 0 {
+		m.bytesUp.Add(float64(up))
+	}
+	if down > 0 {
+		m.bytesDown.Add(float64(down))
+	}
+	m.lifetime.Observe(lifetime.Seconds())
+}
+
+// PeekWait records how long classifying the first bytes took.
+func (m *Metrics) PeekWait(d time.Duration) { m.peekWait.Observe(d.Seconds()) }
+
+// Dial records how long a dial to a server took.
+func (m *Metrics) Dial(d time.Duration) { m.dialTime.Observe(d.Seconds()) }
+
+// Reload counts a reload attempt; a success also records the new config.
+func (m *Metrics) Reload(ok bool, hash string) {
+	if !ok {
+		m.reloads.WithLabelValues("failure").Inc()
+		return
+	}
+	m.reloads.WithLabelValues("success").Inc()
+	m.Loaded(hash)
+}
+
+// Loaded records the running config's hash and load time.
+func (m *Metrics) Loaded(hash string) {
+	m.configInfo.Reset()
+	m.configInfo.WithLabelValues(hash).Set(1)
+	m.reloadTime.SetToCurrentTime()
+}
+
+// Rejected counts a connection reset by the named limit.
+func (m *Metrics) Rejected(limit string) { m.limits[limit].Inc() }
+
+// AcceptError counts a failed accept.
+func (m *Metrics) AcceptError() { m.acceptErrs.Inc() }

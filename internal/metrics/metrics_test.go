@@ -1,0 +1,47 @@
+package metrics
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// TestConnNoAllocs: counting a connection with labels already seen must not
+// allocate; it runs once per connection.
+func TestConnNoAllocs(t *testing.T) {
+	m := New(Gauges{})
+	m.Conn("l", "allow", "r", "tls", "sni", 1, 2, time.Second)
+	allocs := testing.AllocsPerRun(1000, func() {
+		m.Conn("l", "allow", "r", "tls", "sni", 1, 2, time.Second)
+		m.PeekWait(time.Millisecond)
+		m.Dial(time.Millisecond)
+	})
+	if allocs != 0 {
+		t.Errorf("Conn+PeekWait+Dial allocate %v times per call, want 0", allocs)
+	}
+	if got := testutil.ToFloat64(m.conns.WithLabelValues("l", "allow", "r", "tls", "sni")); got != 1002 { // once before, and AllocsPerRun runs 1+1000 times
+		t.Errorf("egressd_connections_total = %v, want 1002", got)
+	}
+}
+
+func TestReloadAndInfo(t *testing.T) {
+	m := New(Gauges{})
+	m.Loaded("aaaa")
+	m.Reload(false, "")
+	m.Reload(true, "bbbb")
+	for _, tc := range []struct {
+		name string
+		got  float64
+		want float64
+	}{
+		{"reloads{success}", testutil.ToFloat64(m.reloads.WithLabelValues("success")), 1},
+		{"reloads{failure}", testutil.ToFloat64(m.reloads.WithLabelValues("failure")), 1},
+		{"config_info{hash=bbbb}", testutil.ToFloat64(m.configInfo.WithLabelValues("bbbb")), 1},
+		{"config_info series", float64(testutil.CollectAndCount(m.configInfo)), 1},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s = %v, want %v", tc.name, tc.got, tc.want)
+		}
+	}
+}
