@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"net"
 	"net/netip"
+	"reflect"
 	"sync"
 	"time"
 
@@ -241,6 +242,13 @@ func restartNeeded(old, cfg *config.Config) []string {
 	}
 	if old.Admin.Address != cfg.Admin.Address || old.Admin.PProf != cfg.Admin.PProf {
 		r = append(r, "admin endpoint changed; kept until a restart")
+	}
+	// The forwarder's socket, upstreams and options are fixed when it
+	// starts; the policy its filter asks is the running one, reloaded.
+	od, nd := old.DNS, cfg.DNS
+	od.Line, nd.Line = 0, 0
+	if !reflect.DeepEqual(od, nd) {
+		r = append(r, "dns section changed; the running forwarder keeps its settings until a restart (its filter uses the new policy)")
 	}
 	return r
 }
