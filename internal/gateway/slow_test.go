@@ -46,20 +46,27 @@ func TestSilentAndSlowCrowd(t *testing.T) {
 		if err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}
+		if i >= n {
+			// The slow half starts its hello at once, so that no slow
+			// client is still silent when first_bytes runs out.
+			if _, err := c.Write(hello[:1]); err != nil {
+				t.Fatal(err)
+			}
+		}
 		conns = append(conns, c)
 	}
 	for i, c := range conns {
 		wg.Add(1)
 		go hold(c)
-		if i >= n { // the slow half: one byte of the hello per second
+		if i >= n { // the slow half: one more byte of the hello per second
 			wg.Add(1)
 			go func(c net.Conn) {
 				defer wg.Done()
-				for _, b := range hello {
+				for _, b := range hello[1:] {
+					time.Sleep(time.Second)
 					if _, err := c.Write([]byte{b}); err != nil {
 						return
 					}
-					time.Sleep(time.Second)
 				}
 			}(c)
 		}
