@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // The operating tests run egressd as a real process, so that signals,
@@ -193,21 +195,11 @@ func startSink(t *testing.T) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				h := sha256.New()
-				io.Copy(h, c)
-				io.WriteString(c, hex.EncodeToString(h.Sum(nil)))
-			}()
-		}
-	}()
+	testnet.Serve(t, ln, func(c net.Conn) {
+		h := sha256.New()
+		io.Copy(h, c)
+		io.WriteString(c, hex.EncodeToString(h.Sum(nil)))
+	})
 	return ln.Addr().(*net.TCPAddr).Port
 }
 

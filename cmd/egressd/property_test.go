@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -117,7 +115,7 @@ timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 1s, idle: 10s}
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testnet.Buffer
 	g := gateway.New(&gateway.State{Config: cfg, Policy: pol},
 		slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(&logs, "json"))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -169,46 +167,16 @@ timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 1s, idle: 10s}
 // sinkServer accepts on 127.0.0.1 and closes each connection after reading
 // its first bytes; allowed probes end there.
 func sinkServer(t *testing.T) uint16 {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				c.Read(make([]byte, 4096))
-				c.Close()
-			}()
-		}
-	}()
+	ln := testnet.Listen(t)
+	testnet.Serve(t, ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Read(make([]byte, 4096))
+	})
 	return uint16(ln.Addr().(*net.TCPAddr).Port)
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // waitEntry returns the access-log line of the connection from local.
-func waitEntry(t *testing.T, logs *syncBuffer, local string) map[string]any {
+func waitEntry(t *testing.T, logs *testnet.Buffer, local string) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // The evasion tests feed the sni listener the ClientHellos a client that
@@ -338,16 +340,7 @@ func TestHelloRetryRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	testnet.Serve(t, ln, func(c net.Conn) { io.Copy(c, c) })
 	w := newWorldTo(t, baseRecords, basePolicy, uint16(ln.Addr().(*net.TCPAddr).Port))
 	c, raw, err := dialTLS(w, "good.test")
 	if err != nil {

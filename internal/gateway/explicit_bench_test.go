@@ -116,35 +116,25 @@ func startBenchUpstream(b *testing.B, helloLen int) netip.AddrPort {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { ln.Close() })
 	zero := make([]byte, 256<<10)
-	go func() {
-		for {
-			c, err := ln.Accept()
+	testnet.Serve(b, ln, func(c net.Conn) {
+		buf := make([]byte, helloLen+8)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return
+		}
+		var size int64
+		for _, x := range buf[helloLen:] {
+			size = size<<8 | int64(x)
+		}
+		c.Write([]byte{1})
+		for size > 0 {
+			n, err := c.Write(zero[:min(int64(len(zero)), size)])
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, helloLen+8)
-				if _, err := io.ReadFull(c, buf); err != nil {
-					return
-				}
-				var size int64
-				for _, x := range buf[helloLen:] {
-					size = size<<8 | int64(x)
-				}
-				c.Write([]byte{1})
-				for size > 0 {
-					n, err := c.Write(zero[:min(int64(len(zero)), size)])
-					if err != nil {
-						return
-					}
-					size -= int64(n)
-				}
-			}()
+			size -= int64(n)
 		}
-	}()
+	})
 	return netip.MustParseAddrPort(ln.Addr().String())
 }
 

@@ -47,7 +47,7 @@ var proxyRecords = records{
 // makes it report-only.
 func newProxyWorld(t *testing.T, users, rules string, enforce bool) *proxyWorld {
 	t.Helper()
-	w := &proxyWorld{world: &world{t: t, logs: &logSink{}, serverCh: make(chan string, 64)}}
+	w := &proxyWorld{world: &world{t: t, logs: &testnet.Buffer{}, serverCh: make(chan string, 64)}}
 	w.echo = w.startEcho()
 	w.https = startHTTP(t, "127.0.0.1:0", true)
 	w.plain = startHTTP(t, "127.0.0.1:0", false)

@@ -14,33 +14,21 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/relay"
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // faultServer is an upstream that reads the client's hello and then
 // misbehaves as told.
 func faultServer(t *testing.T, behave func(c *net.TCPConn)) uint16 {
 	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				if readRecord(c) != nil {
-					return
-				}
-				behave(c)
-			}()
+	ln := testnet.Listen(t)
+	testnet.Serve(t, ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if readRecord(c) != nil {
+			return
 		}
-	}()
+		behave(c.(*net.TCPConn))
+	})
 	return uint16(ln.Addr().(*net.TCPAddr).Port)
 }
 

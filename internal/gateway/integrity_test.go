@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 var long = flag.Bool("long", false, "run the long reliability tests (1,000 transfers up to 64 MiB)")
@@ -52,45 +54,33 @@ func sum(h hash.Hash) [32]byte { return [32]byte(h.Sum(nil)) }
 // stream and half-closes while it hashes everything the client sends until
 // EOF. What it received is reported on got.
 func integrityServer(t *testing.T, got chan<- received) uint16 {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var hdr [24]byte
-				if readRecord(c) != nil {
-					return
-				}
-				if _, err := io.ReadFull(c, hdr[:]); err != nil {
-					got <- received{err: err}
-					return
-				}
-				down, seed, id := binary.BigEndian.Uint64(hdr[:]), binary.BigEndian.Uint64(hdr[8:]), binary.BigEndian.Uint64(hdr[16:])
-				sent := make(chan error, 1)
-				go func() {
-					_, err := io.Copy(c, newStream(seed, int64(down)))
-					if err == nil {
-						err = c.CloseWrite()
-					}
-					sent <- err
-				}()
-				h := sha256.New()
-				n, err := io.Copy(h, c)
-				if serr := <-sent; err == nil {
-					err = serr
-				}
-				got <- received{id: id, n: n, sum: sum(h), err: err}
-			}()
+	ln := testnet.Listen(t)
+	testnet.Serve(t, ln, func(conn net.Conn) {
+		c := conn.(*net.TCPConn)
+		var hdr [24]byte
+		if readRecord(c) != nil {
+			return
 		}
-	}()
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			got <- received{err: err}
+			return
+		}
+		down, seed, id := binary.BigEndian.Uint64(hdr[:]), binary.BigEndian.Uint64(hdr[8:]), binary.BigEndian.Uint64(hdr[16:])
+		sent := make(chan error, 1)
+		go func() {
+			_, err := io.Copy(c, newStream(seed, int64(down)))
+			if err == nil {
+				err = c.CloseWrite()
+			}
+			sent <- err
+		}()
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		if serr := <-sent; err == nil {
+			err = serr
+		}
+		got <- received{id: id, n: n, sum: sum(h), err: err}
+	})
 	return uint16(ln.Addr().(*net.TCPAddr).Port)
 }
 

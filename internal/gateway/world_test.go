@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -17,7 +16,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -34,7 +32,7 @@ type world struct {
 	echo     netip.AddrPort
 	gw       *Gateway
 	addr     netip.AddrPort // the sni listener
-	logs     *logSink
+	logs     *testnet.Buffer
 	cancel   context.CancelFunc
 	served   chan struct{}
 	serverCh chan string // SNI each TLS connection reached the server with
@@ -71,7 +69,7 @@ func newWorldTimeouts(t *testing.T, rec records, policyYAML string, port uint16,
 
 func newWorldFull(t *testing.T, rec records, policyYAML string, port uint16, listenerYAML, timeouts string) *world {
 	t.Helper()
-	w := &world{t: t, logs: &logSink{}, serverCh: make(chan string, 64)}
+	w := &world{t: t, logs: &testnet.Buffer{}, serverCh: make(chan string, 64)}
 	w.echo = w.startEcho()
 	if port == 0 {
 		port = w.echo.Port()
@@ -124,19 +122,7 @@ func (w *world) startEcho() netip.AddrPort {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	w.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	testnet.Serve(w.t, ln, func(c net.Conn) { io.Copy(c, c) })
 	return netip.MustParseAddrPort(ln.Addr().String())
 }
 
@@ -154,18 +140,6 @@ func selfSigned(t *testing.T) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-// logSink collects access-log lines.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
 // entry is one parsed access-log line.
 type entry map[string]any
 
@@ -175,9 +149,7 @@ func (w *world) waitLog(match func(entry) bool) entry {
 	w.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		w.logs.mu.Lock()
-		text := w.logs.buf.String()
-		w.logs.mu.Unlock()
+		text := w.logs.String()
 		sc := bufio.NewScanner(strings.NewReader(text))
 		for sc.Scan() {
 			var e entry
@@ -190,9 +162,7 @@ func (w *world) waitLog(match func(entry) bool) entry {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	w.logs.mu.Lock()
-	defer w.logs.mu.Unlock()
-	w.t.Fatalf("no matching access-log line; log so far:\n%s", w.logs.buf.String())
+	w.t.Fatalf("no matching access-log line; log so far:\n%s", w.logs.String())
 	return nil
 }
 
@@ -213,9 +183,7 @@ func (w *world) want(e entry, fields map[string]any) {
 
 // logText is the access log so far.
 func (w *world) logText() string {
-	w.logs.mu.Lock()
-	defer w.logs.mu.Unlock()
-	return w.logs.buf.String()
+	return w.logs.String()
 }
 
 // liveConns is how many client connections the gateway is tracking.
