@@ -222,8 +222,13 @@ func TestFaults(t *testing.T) {
 			if r, _ := e["reason"].(string); !strings.Contains(r, tc.reason) {
 				t.Errorf("log reason %q, want it to contain %q", r, tc.reason)
 			}
-			if n := w.liveConns(); n != 0 {
-				t.Errorf("%d connections still tracked after the log line", n)
+			// The line is written as the connection ends; untracking follows.
+			for deadline := time.Now().Add(5 * time.Second); w.liveConns() != 0; {
+				if time.Now().After(deadline) {
+					t.Errorf("%d connections still tracked 5 s after the log line", w.liveConns())
+					break
+				}
+				time.Sleep(time.Millisecond)
 			}
 		})
 	}
