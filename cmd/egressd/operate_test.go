@@ -164,6 +164,29 @@ func TestBrokenReloadKeepsPolicy(t *testing.T) {
 	}
 }
 
+// TestBrokenFileNotRetried: once a broken file has been refused, events
+// for other files in its directory (a log file kept next to it) do not
+// refuse, log and count it again; the next change to it is read.
+func TestBrokenFileNotRetried(t *testing.T) {
+	w := newOpWorld(t, "", allowA)
+	broken := strings.Replace(w.config(allowB), "default: deny", "default: perhaps", 1)
+	writeReplace(t, w.path, broken)
+	w.p.waitFor(true, "reload failed", "policy.default: unknown action")
+	other := filepath.Join(filepath.Dir(w.path), "access.log")
+	for i := range 3 {
+		if err := os.WriteFile(other, []byte(strings.Repeat("x", i+1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(400 * time.Millisecond) // past the watch's 200 ms debounce
+	}
+	if n := metricValue(t, w.adminAdr, `egressd_reloads_total{result="failure"}`); n != 1 {
+		t.Errorf("reloads{failure} = %v after events for another file, want 1", n)
+	}
+	writeReplace(t, w.path, w.config(allowB))
+	w.p.waitFor(true, "config reloaded")
+	wantDecision(t, w.listen, "b.test", true)
+}
+
 // TestDrain: SIGTERM turns /readyz to 503 and stops accepting, a live
 // connection keeps relaying, and the process exits 0 once it ends.
 func TestDrain(t *testing.T) {

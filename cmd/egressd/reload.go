@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,6 +25,14 @@ type reloader struct {
 	g       *gateway.Gateway
 	log     *slog.Logger
 	stopped chan struct{} // closed when the gateway has stopped
+
+	// seen is the SHA-256 of the file as the last reload read it, loaded
+	// or refused: the directory also sees events for other files (a log
+	// file kept next to the config), and a broken file must not be
+	// refused, logged and counted again for each of them. mu serialises
+	// reloads from SIGHUP and from the file watch.
+	mu   sync.Mutex
+	seen [sha256.Size]byte
 }
 
 // debounce is how long the config directory must be quiet before a change
@@ -111,14 +122,29 @@ func (r *reloader) watch(ctx context.Context) {
 // reload loads, compiles and applies the config file. A file that fails
 // leaves the running config in place; every problem is logged as
 // FILE:LINE: message and the failure is counted. Unless forced (SIGHUP), a
-// file whose contents did not change is not reloaded: the directory also
-// sees events for other files.
+// file whose contents did not change since the last reload read it, loaded
+// or refused, is left alone: the directory also sees events for other
+// files.
 func (r *reloader) reload(why string, force bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	m := r.g.Metrics()
-	cfg, err := config.Load(r.path)
-	if err == nil && !force && cfg.Hash == r.g.State().Config.Hash {
+	data, err := os.ReadFile(r.path)
+	if err != nil {
+		r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
+		m.Reload(false, "")
 		return
 	}
+	sum := sha256.Sum256(data)
+	unchanged := sum == r.seen
+	if r.seen == ([sha256.Size]byte{}) { // nothing read yet: compare with what runs
+		unchanged = fmt.Sprintf("%x", sum)[:16] == r.g.State().Config.Hash
+	}
+	if unchanged && !force {
+		return
+	}
+	r.seen = sum
+	cfg, err := config.Parse(r.path, data)
 	if err != nil {
 		var errs config.Errors
 		if errors.As(err, &errs) {
