@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -40,14 +39,13 @@ type reloader struct {
 const debounce = 200 * time.Millisecond
 
 // signals handles SIGHUP (reload) and SIGUSR1 (reopen the access log)
-// until ctx is done.
-func (r *reloader) signals(ctx context.Context, out output) {
-	c := make(chan os.Signal, 4)
-	signal.Notify(c, syscall.SIGHUP, syscall.SIGUSR1)
-	defer signal.Stop(c)
+// until the gateway has stopped: during the drain (ctx done) SIGUSR1 still
+// reopens the log, for a logrotate that runs meanwhile, and SIGHUP is
+// ignored with a note.
+func (r *reloader) signals(ctx context.Context, c <-chan os.Signal, out output) {
 	for {
 		select {
-		case <-ctx.Done():
+		case <-r.stopped:
 			return
 		case s := <-c:
 			if s == syscall.SIGUSR1 {
@@ -63,6 +61,10 @@ func (r *reloader) signals(ctx context.Context, out output) {
 			}
 			if r.path == "" {
 				r.log.Warn("SIGHUP: running the embedded default; there is no file to reload")
+				continue
+			}
+			if ctx.Err() != nil {
+				r.log.Warn("SIGHUP while draining: not reloaded")
 				continue
 			}
 			r.reload("SIGHUP", true)

@@ -69,6 +69,12 @@ connections run for shutdown_grace) and exits 0; a second one closes at once.`)
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	// SIGHUP and SIGUSR1 too, for the whole life of the process: left to
+	// Go's default, a SIGHUP during start-up or the drain would kill
+	// egressd and cut live connections.
+	ops := make(chan os.Signal, 4)
+	signal.Notify(ops, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(ops)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := g.Bind(ctx); err != nil {
@@ -101,7 +107,7 @@ connections run for shutdown_grace) and exits 0; a second one closes at once.`)
 	log.Info("limits", "limits", cfg.Limits.String(), "shutdown_grace", cfg.ShutdownGrace, "config_hash", cfg.Hash)
 
 	r := &reloader{path: *path, g: g, log: log, stopped: make(chan struct{})}
-	go r.signals(ctx, out)
+	go r.signals(ctx, ops, out)
 	if *path != "" {
 		go r.watch(ctx)
 	}

@@ -200,11 +200,16 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	}
 	g.mu.Unlock()
 	<-ctx.Done()
+	// Under reloadMu, so that a Reload either finished before the drain
+	// (and its listeners are closed here) or sees draining and refuses:
+	// none can add a listener after they are closed.
+	g.reloadMu.Lock()
 	g.draining.Store(true)
+	g.closeListeners()
+	g.reloadMu.Unlock()
 	if grace <= 0 {
 		grace = g.state.Load().Config.ShutdownGrace
 	}
-	g.closeListeners()
 	close(g.stopping)
 	if g.dns != nil {
 		// DNS answers are short: no grace beyond a few seconds for those
