@@ -95,14 +95,18 @@ func (x *explicitConn) releaseReader() {
 	}
 }
 
-// record starts an access-log record for this client. A record means the
-// handshake is over (decided or failed), so the connection stops counting
-// as pending.
-func (x *explicitConn) record() accesslog.Record {
+// handshakeDone ends the connection's pending time (max_pending_handshakes)
+// once its proxy request has been read, or failed to be. Paths that end
+// before are covered by handle, which ends it when the connection does.
+func (x *explicitConn) handshakeDone() {
 	if x.handshook != nil {
 		x.handshook()
 		x.handshook = nil
 	}
+}
+
+// record starts an access-log record for this client.
+func (x *explicitConn) record() accesslog.Record {
 	return accesslog.Record{
 		Start:      time.Now(),
 		Listener:   x.lc.Name,

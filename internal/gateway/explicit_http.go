@@ -27,6 +27,7 @@ func (x *explicitConn) serveHTTP(ctx context.Context) {
 		rec := x.record()
 		rec.Protocol = "http"
 		head, err := httpconnect.ReadHead(x.br, lim)
+		x.handshakeDone()
 		if err != nil {
 			if n > 0 && x.br.Buffered() == 0 && (errors.Is(err, io.EOF) || isTimeoutErr(err)) {
 				// A kept-alive connection that ends (or idles out)

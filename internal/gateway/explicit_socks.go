@@ -58,6 +58,7 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) {
 	}
 
 	q, err := socks5.ReadRequest(x.br)
+	x.handshakeDone()
 	switch {
 	case errors.Is(err, socks5.ErrAddrType):
 		fail("request: "+err.Error(), reply(socks5.ReplyAddressNotSupported))
