@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -176,8 +177,13 @@ func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Rec
 		return false
 	}
 	defer up.Close()
-	up.SetDeadline(time.Now().Add(cfg.Timeouts.Idle))
-	upW := &countWriter{w: up}
+	// The upstream socket is tracked with the clients, so that the end of
+	// a drain (grace over, or a second signal) closes it too: closing only
+	// the client would not wake a wait for the server's answer.
+	x.g.track(up, true)
+	defer x.g.track(up, false)
+	upI := idleConn{up, cfg.Timeouts.Idle}
+	upW := &countWriter{w: upI}
 	if err := req.Write(upW); err != nil {
 		rec.BytesUp = upW.n
 		rec.Reason = v.Reason + "; forwarding the request failed: " + err.Error()
@@ -185,7 +191,7 @@ func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Rec
 		return false
 	}
 	rec.BytesUp = upW.n
-	upR := bufio.NewReader(up)
+	upR := bufio.NewReader(upI)
 	resp, err := http.ReadResponse(upR, req)
 	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 		resp, err = http.ReadResponse(upR, req) // the body was sent already: drop interim answers
@@ -205,8 +211,7 @@ func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Rec
 	// does: the client can only learn its end from our close.
 	unframed := resp.ContentLength < 0 && !slices.Contains(resp.TransferEncoding, "chunked")
 	resp.Close = clientClose || unframed || resp.StatusCode == http.StatusSwitchingProtocols
-	cw := &countWriter{w: x.c}
-	x.c.SetWriteDeadline(time.Now().Add(cfg.Timeouts.Idle))
+	cw := &countWriter{w: idleConn{x.c, cfg.Timeouts.Idle}}
 	err = resp.Write(cw)
 	x.c.SetWriteDeadline(time.Time{})
 	rec.BytesDown = cw.n
@@ -252,6 +257,24 @@ func (a *authCache) check(st *State, value string) (user, why string) {
 
 // countWriter counts what it writes; it is only used where bytes are
 // copied in user space anyway (plain HTTP forwarding).
+// idleConn pushes a deadline out by idle before every read and every
+// write, so that a forwarded response that keeps moving is never cut:
+// idle bounds the time with no byte moved, not the whole exchange.
+type idleConn struct {
+	c    net.Conn
+	idle time.Duration
+}
+
+func (c idleConn) Read(p []byte) (int, error) {
+	c.c.SetReadDeadline(time.Now().Add(c.idle))
+	return c.c.Read(p)
+}
+
+func (c idleConn) Write(p []byte) (int, error) {
+	c.c.SetWriteDeadline(time.Now().Add(c.idle))
+	return c.c.Write(p)
+}
+
 type countWriter struct {
 	w io.Writer
 	n int64
