@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -118,6 +119,8 @@ func (s *Server) Start() error {
 	}
 	h := dns.HandlerFunc(s.serveDNS)
 	invalid := func(m []byte, err error) { s.invalid(err) }
+	pc = clientsOnlyPacket{pc, s}
+	ln = clientsOnlyListener{ln, s}
 	s.udp = &dns.Server{PacketConn: pc, Handler: h, MsgInvalidFunc: invalid, MsgAcceptFunc: s.accept}
 	s.tcp = &dns.Server{Listener: ln, Handler: h, MsgInvalidFunc: invalid, MsgAcceptFunc: s.accept,
 		ReadTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }}
@@ -132,6 +135,49 @@ func (s *Server) Start() error {
 		<-started
 	}
 	return nil
+}
+
+// clientsOnlyPacket drops datagrams from sources the forwarder does not
+// answer before the DNS library sees them: the library answers a
+// malformed query (FORMERR) or an UPDATE (NOTIMP) itself, to anyone, and
+// a forwarder on a public address must not answer strangers at all.
+type clientsOnlyPacket struct {
+	net.PacketConn
+	s *Server
+}
+
+func (c clientsOnlyPacket) ReadFrom(p []byte) (int, net.Addr, error) {
+	for {
+		n, a, err := c.PacketConn.ReadFrom(p)
+		if err != nil {
+			return n, a, err
+		}
+		if ua, ok := a.(*net.UDPAddr); ok && c.s.isClient(ua.AddrPort().Addr().Unmap()) {
+			return n, a, nil
+		}
+		c.s.notClient.Add(1)
+	}
+}
+
+// clientsOnlyListener closes TCP connections from sources the forwarder
+// does not answer as soon as they are accepted.
+type clientsOnlyListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l clientsOnlyListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return c, err
+		}
+		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok && l.s.isClient(ta.AddrPort().Addr().Unmap()) {
+			return c, nil
+		}
+		l.s.notClient.Add(1)
+		c.Close()
+	}
 }
 
 // listen binds UDP and TCP on the same address. With port 0 the TCP port
@@ -255,9 +301,17 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		return
 	}
 
-	name, _ := fqdn.Normalize(q.Name)
+	name, valid := fqdn.Normalize(q.Name)
 	pol, enforce := s.policy()
 	checkAnswer := false
+	if s.cfg.Filter && !valid && q.Name != "." {
+		// A name that is not an FQDN (a "!", "+", a space or any byte
+		// outside a host name) matches no fqdn rule, deny rules included:
+		// judged as "no name" it would slip past them, so it is refused.
+		if s.refuse(w, r, &rec, enforce, fmt.Sprintf("%q is not a valid host name", dnsLower(q.Name))) {
+			return
+		}
+	}
 	if s.cfg.Filter {
 		ok, byAddress := pol.MayAllow(src, name, netip.Addr{})
 		addrQuery := q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA
@@ -395,14 +449,30 @@ func (s *Server) forward(r *dns.Msg) (*dns.Msg, error) {
 func (s *Server) exchange(q *dns.Msg, up netip.AddrPort) (*dns.Msg, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
 	defer cancel()
-	c := &dns.Client{Net: "udp", UDPSize: dns.DefaultMsgSize}
+	// Timeout set: the library's own default (2 s) would otherwise cap
+	// dns.timeout, whatever the context allows.
+	c := &dns.Client{Net: "udp", UDPSize: dns.DefaultMsgSize, Timeout: s.cfg.Timeout}
 	resp, _, err := c.ExchangeContext(ctx, q, up.String())
 	if err == nil && resp.Truncated {
 		s.tcpRetries.Add(1)
-		c = &dns.Client{Net: "tcp"}
+		c = &dns.Client{Net: "tcp", Timeout: s.cfg.Timeout}
 		resp, _, err = c.ExchangeContext(ctx, q, up.String())
 	}
+	if err == nil && !answers(resp, q) {
+		err = errors.New("answer does not match the question")
+	}
 	return resp, err
+}
+
+// answers reports whether resp is a response to q's question. The
+// library checks only the message ID; a response for another name or type
+// is refused too (defence in depth against spoofed answers).
+func answers(resp, q *dns.Msg) bool {
+	if !resp.Response || len(resp.Question) != 1 || len(q.Question) != 1 {
+		return false
+	}
+	a, b := resp.Question[0], q.Question[0]
+	return a.Qtype == b.Qtype && a.Qclass == b.Qclass && strings.EqualFold(a.Name, b.Name)
 }
 
 // dnsLower lower-cases a query name for the log without normalising it

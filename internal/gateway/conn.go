@@ -153,8 +153,11 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	}
 	// No name on the wire (SSH, server-first, a TLS hello without SNI):
 	// the name this client itself most recently resolved to this address
-	// through egressd's DNS, never another client's.
-	if rec.FQDN == "" && orig.IsValid() && g.memory != nil {
+	// through egressd's DNS, never another client's. A client that did
+	// send a name, only not a valid one (an IP literal Host, an SNI with a
+	// port or odd bytes), gets none: the server reads what it sent, not
+	// the name egressd would decide on.
+	if rec.FQDN == "" && rawName == "" && orig.IsValid() && g.memory != nil {
 		if n, ok := g.memory.Lookup(rec.Src.Addr(), orig.Addr()); ok {
 			rec.FQDN, rec.FQDNSource = n, "dns"
 		}
