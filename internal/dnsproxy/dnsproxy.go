@@ -35,6 +35,7 @@ import (
 	"github.com/egressd/egressd/internal/fqdn"
 	"github.com/egressd/egressd/internal/namecache"
 	"github.com/egressd/egressd/internal/policy"
+	updial "github.com/egressd/egressd/internal/upstream"
 )
 
 // maxInFlight bounds the queries being forwarded at once, whoever sends
@@ -44,6 +45,8 @@ const maxInFlight = 1024
 
 // Config is what the forwarder needs from the dns section.
 type Config struct {
+	// Mark is SO_MARK on the upstream query sockets (see config mark).
+	Mark      uint32
 	Address   netip.AddrPort
 	Upstreams []netip.AddrPort
 	Remember  time.Duration // added to each answer's TTL
@@ -451,11 +454,12 @@ func (s *Server) exchange(q *dns.Msg, up netip.AddrPort) (*dns.Msg, error) {
 	defer cancel()
 	// Timeout set: the library's own default (2 s) would otherwise cap
 	// dns.timeout, whatever the context allows.
-	c := &dns.Client{Net: "udp", UDPSize: dns.DefaultMsgSize, Timeout: s.cfg.Timeout}
+	d := updial.NetDialer(s.cfg.Timeout, s.cfg.Mark)
+	c := &dns.Client{Net: "udp", UDPSize: dns.DefaultMsgSize, Timeout: s.cfg.Timeout, Dialer: d}
 	resp, _, err := c.ExchangeContext(ctx, q, up.String())
 	if err == nil && resp.Truncated {
 		s.tcpRetries.Add(1)
-		c = &dns.Client{Net: "tcp", Timeout: s.cfg.Timeout}
+		c = &dns.Client{Net: "tcp", Timeout: s.cfg.Timeout, Dialer: d}
 		resp, _, err = c.ExchangeContext(ctx, q, up.String())
 	}
 	if err == nil && !answers(resp, q) {

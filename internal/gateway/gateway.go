@@ -97,13 +97,13 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 	g.metrics.Loaded(st.Config.Hash)
 	var r upstream.Resolver = upstream.System{}
 	if st.Config.Resolver.IsValid() {
-		r = &upstream.DNS{Server: st.Config.Resolver, Timeout: 3 * time.Second}
+		r = &upstream.DNS{Server: st.Config.Resolver, Timeout: 3 * time.Second, Mark: st.Config.Mark}
 	}
 	g.names = &upstream.Cache{Resolver: r}
 	if d := st.Config.DNS; d.Enabled() {
 		g.memory = namecache.New(d.MaxEntries)
 		g.dns = dnsproxy.New(dnsproxy.Config{
-			Address: d.Address, Upstreams: d.Upstreams, Remember: d.Remember, Timeout: d.Timeout,
+			Address: d.Address, Upstreams: d.Upstreams, Remember: d.Remember, Timeout: d.Timeout, Mark: st.Config.Mark,
 			Filter: d.Filter, StripECH: d.StripECH, RateLimit: d.RateLimit, Clients: d.Clients,
 		}, g.memory, func() (*policy.Policy, bool) {
 			st := g.state.Load()

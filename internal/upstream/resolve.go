@@ -37,6 +37,7 @@ var ErrNoAddress = errors.New("no address")
 type DNS struct {
 	Server  netip.AddrPort
 	Timeout time.Duration
+	Mark    uint32 // SO_MARK on the query sockets; 0: none
 }
 
 // Resolve asks for A and AAAA in parallel. The answers come back in a
@@ -88,7 +89,7 @@ func (r *DNS) query(ctx context.Context, name string, qt uint16) (Lookup, error)
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	c := &dns.Client{Net: "udp", Timeout: timeout}
+	c := &dns.Client{Net: "udp", Timeout: timeout, Dialer: NetDialer(timeout, r.Mark)}
 	in, _, err := c.ExchangeContext(ctx, m, r.Server.String())
 	if err == nil && in.Truncated {
 		c.Net = "tcp"
