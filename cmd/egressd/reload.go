@@ -133,8 +133,8 @@ func (r *reloader) reload(why string, force bool) {
 	m := r.g.Metrics()
 	data, err := os.ReadFile(r.path)
 	if err != nil {
-		r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
 		m.Reload(false, "")
+		r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
 		return
 	}
 	sum := sha256.Sum256(data)
@@ -147,7 +147,10 @@ func (r *reloader) reload(why string, force bool) {
 	}
 	r.seen = sum
 	cfg, err := config.Parse(r.path, data)
+	// Each failure is counted before it is logged: whoever reads the log
+	// line and then the metric sees the count.
 	if err != nil {
+		m.Reload(false, "")
 		var errs config.Errors
 		if errors.As(err, &errs) {
 			for _, e := range errs {
@@ -156,19 +159,18 @@ func (r *reloader) reload(why string, force bool) {
 		} else {
 			r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
 		}
-		m.Reload(false, "")
 		return
 	}
 	pol, err := cfg.Compile()
 	if err != nil {
-		r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
 		m.Reload(false, "")
+		r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
 		return
 	}
 	restart, err := r.g.Reload(&gateway.State{Config: cfg, Policy: pol})
 	if err != nil {
-		r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
 		m.Reload(false, "")
+		r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
 		return
 	}
 	for _, s := range restart {
