@@ -71,8 +71,8 @@ func (g *Gateway) admit(c *net.TCPConn) bool {
 // metric counts each one and a warning is logged at most once a second.
 func (g *Gateway) reject(c *net.TCPConn, limit string, max int) {
 	src := c.RemoteAddr()
+	g.metrics.Rejected(limit) // counted before the client can see the reset
 	refuse.Reset(c)
-	g.metrics.Rejected(limit)
 	now := time.Now().UnixNano()
 	if last := g.limitLog.Load(); now-last > int64(time.Second) && g.limitLog.CompareAndSwap(last, now) {
 		g.log.Warn("limit reached: resetting new connections", "limit", limit, "max", max, "example_src", src.String())
