@@ -25,22 +25,7 @@ type Address struct {
 // names into the answer) are ignored, so a client cannot be given a
 // memory for a name it did not ask about.
 func Addresses(m *dns.Msg, qname string) []Address {
-	chain := map[string]bool{strings.ToLower(dns.Fqdn(qname)): true}
-	for range maxChain {
-		grew := false
-		for _, rr := range m.Answer {
-			if c, ok := rr.(*dns.CNAME); ok && chain[strings.ToLower(c.Hdr.Name)] {
-				t := strings.ToLower(dns.Fqdn(c.Target))
-				if !chain[t] {
-					chain[t] = true
-					grew = true
-				}
-			}
-		}
-		if !grew {
-			break
-		}
-	}
+	chain := cnameChain(m, qname)
 	var out []Address
 	for _, rr := range m.Answer {
 		h := rr.Header()
@@ -59,6 +44,28 @@ func Addresses(m *dns.Msg, qname string) []Address {
 		}
 	}
 	return out
+}
+
+// cnameChain is qname and the names its CNAME records in m's answer lead
+// to, lower-case and fully qualified, at most maxChain steps away.
+func cnameChain(m *dns.Msg, qname string) map[string]bool {
+	chain := map[string]bool{strings.ToLower(dns.Fqdn(qname)): true}
+	for range maxChain {
+		grew := false
+		for _, rr := range m.Answer {
+			if c, ok := rr.(*dns.CNAME); ok && chain[strings.ToLower(c.Hdr.Name)] {
+				t := strings.ToLower(dns.Fqdn(c.Target))
+				if !chain[t] {
+					chain[t] = true
+					grew = true
+				}
+			}
+		}
+		if !grew {
+			break
+		}
+	}
+	return chain
 }
 
 // StripECH removes the ech SvcParam (RFC 9460 §14.3.2, key 5) from every

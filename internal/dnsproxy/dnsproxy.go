@@ -337,6 +337,16 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		return
 	}
 	addrs := Addresses(resp, q.Name)
+	if s.cfg.Filter {
+		for target := range cnameChain(resp, q.Name) {
+			if t, ok := fqdn.Normalize(target); ok && t != name && pol.DeniedByName(src, t) {
+				if s.refuse(w, r, &rec, enforce, fmt.Sprintf("%q is an alias of %q, which a deny rule names", name, t)) {
+					return
+				}
+				break
+			}
+		}
+	}
 	if checkAnswer && !anyAllowed(pol, src, name, addrs) {
 		if s.refuse(w, r, &rec, enforce, fmt.Sprintf("no allow rule could match %q for %s at any of its %d addresses", name, src, len(addrs))) {
 			return

@@ -137,3 +137,29 @@ func TestFilterRefusesInvalidNamesBlockList(t *testing.T) {
 		t.Errorf(`"a\032b.evil.test" (space in a label) not refused: rcode %s`, dns.RcodeToString[r.Rcode])
 	}
 }
+
+// CNAME cloaking: an allowed alias of a name a deny rule names is refused
+// (and nothing is remembered); an alias of a name no rule names (a CDN) is
+// answered.
+func TestFilterRefusesAliasOfDeniedName(t *testing.T) {
+	up := startUpstream(t, false,
+		"track.example.test. 60 IN CNAME x.ads.test.",
+		"x.ads.test. 60 IN A 198.51.100.66",
+		"www.example.test. 60 IN CNAME edge.cdn.test.",
+		"edge.cdn.test. 60 IN A 198.51.100.67",
+	)
+	p := startProxy(t, Config{Upstreams: []netip.AddrPort{up.addr}, Filter: true},
+		policy.Rule{Name: "ads", Action: policy.Deny, FQDN: []string{"*.ads.test"}},
+		policy.Rule{Name: "ex", Action: policy.Allow, FQDN: []string{"*.example.test"}},
+		policy.Rule{Name: "rest", Action: policy.Deny},
+	)
+	r := ask(t, "udp", p.Addr(), "track.example.test.", dns.TypeA)
+	n, _ := p.names.Lookup(client, netip.MustParseAddr("198.51.100.66"))
+	if r.Rcode != dns.RcodeRefused || n != "" {
+		t.Errorf("alias of a denied name: rcode %s, answers %v, memory %q; want REFUSED and no memory", dns.RcodeToString[r.Rcode], r.Answer, n)
+	}
+	r = ask(t, "udp", p.Addr(), "www.example.test.", dns.TypeA)
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 2 {
+		t.Errorf("alias of a CDN name under a catch-all deny: rcode %s, answers %v; want it answered", dns.RcodeToString[r.Rcode], r.Answer)
+	}
+}

@@ -57,6 +57,31 @@ func (p *Policy) MayAllow(src netip.Addr, name string, dst netip.Addr) (ok, byAd
 	return false, byAddress
 }
 
+// DeniedByName reports whether a deny rule naming name decides any
+// connection from src to name (whatever its address, port and protocol)
+// before an allow rule could. The DNS filter asks it for every name a
+// CNAME chain leads to, so that an allowed alias cannot launder a denied
+// name (CNAME cloaking). Only rules with fqdn count as naming it: a
+// catch-all deny must not refuse every CDN name an allowed alias points
+// to.
+func (p *Policy) DeniedByName(src netip.Addr, name string) bool {
+	s := plain(src)
+	for _, i := range p.candidates(name) {
+		r := &p.rules[i]
+		if len(r.sources) > 0 && !contains(r.sources, s) || len(r.users) > 0 {
+			continue
+		}
+		if r.decision.Action == Allow {
+			return false // this allow may decide first
+		}
+		_, unnamed := slices.BinarySearch(p.unnamed, i)
+		if !unnamed && len(r.destinations) == 0 && len(r.ports) == 0 && r.protocols == 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // candidates returns, ascending, the rules whose name part can match name:
 // the same lists Decide looks at.
 func (p *Policy) candidates(name string) []int32 {

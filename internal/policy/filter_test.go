@@ -88,3 +88,30 @@ func TestMayAllowUsers(t *testing.T) {
 		t.Error("b.test: an allow for user ci allowed a lookup with no user")
 	}
 }
+
+func TestDeniedByName(t *testing.T) {
+	p, err := Compile([]Rule{
+		{Name: "lab", Action: Allow, FQDN: []string{"*.ads.test"}, Sources: []netip.Prefix{prefix("10.1.0.0/16")}},
+		{Name: "ads", Action: Deny, FQDN: []string{"*.ads.test"}},
+		{Name: "ssh-only", Action: Deny, FQDN: []string{"*.ports.test"}, Ports: []PortRange{{22, 22}}},
+		{Name: "ex", Action: Allow, FQDN: []string{"*.example.test"}},
+		{Name: "rest", Action: Deny},
+	}, Deny)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		src, name string
+		want      bool
+	}{
+		{"10.2.0.1", "x.ads.test", true},
+		{"10.1.0.1", "x.ads.test", false},    // an allow for this source comes first
+		{"10.2.0.1", "a.ports.test", false},  // denied on one port only
+		{"10.2.0.1", "edge.cdn.test", false}, // only the catch-all: not named
+		{"10.2.0.1", "www.example.test", false},
+	} {
+		if got := p.DeniedByName(netip.MustParseAddr(tc.src), tc.name); got != tc.want {
+			t.Errorf("DeniedByName(%s, %s) = %v, want %v", tc.src, tc.name, got, tc.want)
+		}
+	}
+}
