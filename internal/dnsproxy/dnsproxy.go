@@ -43,6 +43,11 @@ import (
 // bounded memory and goroutines.
 const maxInFlight = 1024
 
+// maxInFlightPerSource bounds one client address's share of those, so
+// that a few clients asking for names that never answer cannot take every
+// slot from the others.
+const maxInFlightPerSource = 64
+
 // Config is what the forwarder needs from the dns section.
 type Config struct {
 	// Mark is SO_MARK on the upstream query sockets (see config mark).
@@ -83,6 +88,9 @@ type Server struct {
 	qlog   *accesslog.Logger
 	limit  *limiter
 	slots  chan struct{}
+	// perSource counts each client address's queries in flight.
+	perSourceMu sync.Mutex
+	perSource   map[netip.Addr]int
 
 	udp, tcp *dns.Server
 	wg       sync.WaitGroup
@@ -109,7 +117,7 @@ func New(cfg Config, names *namecache.Cache, pol func() (*policy.Policy, bool), 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{cfg: cfg, names: names, policy: pol, log: log, qlog: qlog,
-		limit: newLimiter(cfg.RateLimit), slots: make(chan struct{}, maxInFlight), ctx: ctx, cancel: cancel}
+		limit: newLimiter(cfg.RateLimit), slots: make(chan struct{}, maxInFlight), perSource: map[netip.Addr]int{}, ctx: ctx, cancel: cancel}
 }
 
 // Start binds UDP and TCP on cfg.Address (the same port for both; with
@@ -298,6 +306,12 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	select {
 	case s.slots <- struct{}{}:
 		defer func() { <-s.slots }()
+		if !s.acquireSource(src) {
+			s.overloaded.Add(1)
+			w.Close()
+			return
+		}
+		defer s.releaseSource(src)
 	default:
 		s.overloaded.Add(1)
 		w.Close()
@@ -387,6 +401,26 @@ func answerTTL(m *dns.Msg) time.Duration {
 		}
 	}
 	return time.Duration(ttl) * time.Second
+}
+
+// acquireSource counts one more query in flight from src, unless src has
+// maxInFlightPerSource already.
+func (s *Server) acquireSource(src netip.Addr) bool {
+	s.perSourceMu.Lock()
+	defer s.perSourceMu.Unlock()
+	if s.perSource[src] >= maxInFlightPerSource {
+		return false
+	}
+	s.perSource[src]++
+	return true
+}
+
+func (s *Server) releaseSource(src netip.Addr) {
+	s.perSourceMu.Lock()
+	defer s.perSourceMu.Unlock()
+	if s.perSource[src]--; s.perSource[src] <= 0 {
+		delete(s.perSource, src)
+	}
 }
 
 // isClient reports whether the forwarder answers src.

@@ -1,6 +1,8 @@
 package dnsproxy
 
 import (
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -163,3 +165,62 @@ func TestFilterRefusesAliasOfDeniedName(t *testing.T) {
 		t.Errorf("alias of a CDN name under a catch-all deny: rcode %s, answers %v; want it answered", dns.RcodeToString[r.Rcode], r.Answer)
 	}
 }
+
+// One client address cannot hold more than its share of the queries in
+// flight: with an upstream that never answers, 100 queries from one
+// address leave 64 in flight and drop 36, and another address is still
+// served (here: SERVFAIL once the silent upstream times out).
+func TestInFlightSharePerSource(t *testing.T) {
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go io.Copy(io.Discard, readerOf(silent))
+	p := startProxy(t, Config{Upstreams: []netip.AddrPort{netip.MustParseAddrPort(silent.LocalAddr().String())},
+		Timeout: time.Second, RateLimit: 1000}, policy.Rule{Name: "all", Action: policy.Allow})
+
+	greedy, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(p.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer greedy.Close()
+	for i := range 100 {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("q%d.slow.test.", i), dns.TypeA)
+		b, _ := m.Pack()
+		greedy.Write(b)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().Overloaded < 36 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := p.Stats().Overloaded; got != 36 {
+		t.Errorf("100 queries in flight from one address: %d dropped, want 36 (64 may wait)", got)
+	}
+	other, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}, net.UDPAddrFromAddrPort(p.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	m := new(dns.Msg)
+	m.SetQuestion("other.test.", dns.TypeA)
+	c := &dns.Conn{Conn: other}
+	if err := c.WriteMsg(m); err != nil {
+		t.Fatal(err)
+	}
+	other.SetReadDeadline(time.Now().Add(5 * time.Second))
+	r, err := c.ReadMsg()
+	if err != nil || r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("another address while one holds its share: %v %v, want an answer (SERVFAIL from the silent upstream)", r, err)
+	}
+}
+
+// readerOf drains a PacketConn as an io.Reader, for io.Copy.
+func readerOf(pc net.PacketConn) io.Reader {
+	return readerFunc(func(b []byte) (int, error) { n, _, err := pc.ReadFrom(b); return n, err })
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
