@@ -44,6 +44,8 @@ type Metrics struct {
 	reloads    *prometheus.CounterVec
 	reloadTime prometheus.Gauge
 	configInfo *prometheus.GaugeVec
+	hashMu     sync.Mutex
+	hash       string // the hash configInfo shows
 	limits     map[string]prometheus.Counter
 	acceptErrs prometheus.Counter
 }
@@ -221,8 +223,15 @@ func (m *Metrics) Reload(ok bool, hash string) {
 
 // Loaded records the running config's hash and load time.
 func (m *Metrics) Loaded(hash string) {
-	m.configInfo.Reset()
+	// The new series first, then the old one goes: a scrape in between
+	// sees two hashes for an instant, never none.
+	m.hashMu.Lock()
+	defer m.hashMu.Unlock()
 	m.configInfo.WithLabelValues(hash).Set(1)
+	if m.hash != "" && m.hash != hash {
+		m.configInfo.DeleteLabelValues(m.hash)
+	}
+	m.hash = hash
 	m.reloadTime.SetToCurrentTime()
 }
 
