@@ -2,17 +2,13 @@ package gateway
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"testing"
 	"time"
 
-	"github.com/egressd/egressd/internal/accesslog"
-	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/testnet"
 )
 
@@ -32,26 +28,14 @@ func TestForwardIdleIsIdle(t *testing.T) {
 			c.Write([]byte("x"))
 		}
 	})
-	cfg, err := config.Parse("t.yaml", []byte(`listeners:
+	g := serveConfig(t, `listeners:
   - {name: proxy, mode: explicit, address: "127.0.0.1:0"}
 timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1s}
 policy:
   default: deny
   rules:
     - {name: lo, action: allow, destinations: ["127.0.0.0/8"]}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, _ := cfg.Compile()
-	g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(&testnet.Buffer{}, "json"))
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := g.Bind(ctx); err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() { g.Serve(ctx, 100*time.Millisecond); close(served) }()
-	defer func() { cancel(); <-served }()
+`, 100*time.Millisecond)
 
 	c, err := net.Dial("tcp", g.Addrs()["proxy"].String())
 	if err != nil {
@@ -76,25 +60,14 @@ policy:
 func TestAbortEndsForwardedRequest(t *testing.T) {
 	silent := testnet.Listen(t)
 	testnet.Serve(t, silent, func(c net.Conn) { io.Copy(io.Discard, c) }) // reads, never answers
-	cfg, err := config.Parse("t.yaml", []byte(`listeners:
+	g := serveConfig(t, `listeners:
   - {name: proxy, mode: explicit, address: "127.0.0.1:0"}
 timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 60s}
 policy:
   default: deny
   rules:
     - {name: lo, action: allow, destinations: ["127.0.0.0/8"]}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, _ := cfg.Compile()
-	g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(&testnet.Buffer{}, "json"))
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := g.Bind(ctx); err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() { g.Serve(ctx, 100*time.Millisecond); close(served) }()
+`, 100*time.Millisecond)
 
 	c, err := net.Dial("tcp", g.Addrs()["proxy"].String())
 	if err != nil {
@@ -105,9 +78,9 @@ policy:
 	time.Sleep(300 * time.Millisecond) // forwarded, waiting for the response
 
 	start := time.Now()
-	cancel()
+	g.cancel()
 	g.Abort()
-	<-served
+	<-g.done
 	// Generous: without the upstream tracked, Serve waits for the 60 s
 	// idle deadline; with it, milliseconds.
 	if d := time.Since(start); d > 30*time.Second {

@@ -2,18 +2,14 @@ package gateway
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/egressd/egressd/internal/accesslog"
-	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/testnet"
 )
 
@@ -35,24 +31,8 @@ policy:
     - {name: blocked-src, action: deny, sources: ["192.0.2.66"]}
     - {name: good, action: allow, fqdn: ["good.test"], destinations: ["127.0.0.0/8"]}
 `, testnet.DNS(t, baseRecords))
-	cfg, err := config.Parse("test.yaml", []byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := cfg.Compile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &testnet.Buffer{}
-	g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(logs, "json"))
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := g.Bind(ctx); err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() { g.Serve(ctx, time.Second); close(served) }()
-	t.Cleanup(func() { cancel(); <-served })
-	w := &world{t: t, gw: g, logs: logs, addr: g.Addrs()["proxy"]}
+	g := serveConfig(t, text, time.Second)
+	w := &world{t: t, gw: g.Gateway, logs: g.logs, addr: g.Addrs()["proxy"]}
 
 	connect := func(header string) (*http.Response, net.Conn) {
 		c, err := net.Dial("tcp", w.addr.String())

@@ -1,16 +1,10 @@
 package gateway
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
-
-	"github.com/egressd/egressd/internal/accesslog"
-	"github.com/egressd/egressd/internal/config"
-	"github.com/egressd/egressd/internal/testnet"
 )
 
 // TestExplicitPendingHandshakes: an explicit client that has sent part of
@@ -19,23 +13,12 @@ import (
 // HTTP and SOCKS5 alike.
 func TestExplicitPendingHandshakes(t *testing.T) {
 	for _, first := range []string{"CON", "\x05"} {
-		cfg, err := config.Parse("t.yaml", []byte(`listeners:
+		g := serveConfig(t, `listeners:
   - {name: proxy, mode: explicit, address: "127.0.0.1:0"}
 timeouts: {first_bytes: 200ms, client_hello: 3s, connect: 2s, idle: 1m}
 limits: {max_pending_handshakes: 1}
 policy: {default: deny}
-`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pol, _ := cfg.Compile()
-		g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(&testnet.Buffer{}, "json"))
-		ctx, cancel := context.WithCancel(context.Background())
-		if err := g.Bind(ctx); err != nil {
-			t.Fatal(err)
-		}
-		served := make(chan struct{})
-		go func() { g.Serve(ctx, 100*time.Millisecond); close(served) }()
+`, 100*time.Millisecond)
 		addr := g.Addrs()["proxy"].String()
 
 		var held []net.Conn
@@ -55,7 +38,7 @@ policy: {default: deny}
 		for _, c := range held {
 			c.Close()
 		}
-		cancel()
-		<-served
+		g.cancel()
+		<-g.done
 	}
 }

@@ -192,3 +192,36 @@ func (w *world) liveConns() int {
 	defer w.gw.mu.Unlock()
 	return len(w.gw.conns)
 }
+
+// served is a gateway running a config given as YAML text, for tests that
+// need listeners the sni world does not have.
+type served struct {
+	*Gateway
+	logs   *testnet.Buffer
+	cancel context.CancelFunc // starts the drain
+	done   chan struct{}      // closed when Serve has returned
+}
+
+// serveConfig parses text, binds and serves it with the given drain grace;
+// the test's cleanup stops it.
+func serveConfig(t *testing.T, text string, grace time.Duration) *served {
+	t.Helper()
+	cfg, err := config.Parse("test.yaml", []byte(text))
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, text)
+	}
+	pol, err := cfg.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &served{logs: &testnet.Buffer{}, done: make(chan struct{})}
+	s.Gateway = New(&State{Config: cfg, Policy: pol}, slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(s.logs, "json"))
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	if err := s.Bind(ctx); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.Serve(ctx, grace); close(s.done) }()
+	t.Cleanup(func() { cancel(); <-s.done })
+	return s
+}
