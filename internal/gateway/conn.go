@@ -46,24 +46,19 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		FQDNSource: "none",
 		Enforced:   cfg.Policy.Enforce,
 	}
-	// An explicit listener logs each tunnel or request itself, once the
-	// connection is handed to it.
-	handedOff := false
+	// The connection counts as pending (admit counted it) until its first
+	// bytes are classified. An explicit listener takes over both that count
+	// (held until its proxy request is read) and the logging (a line per
+	// tunnel or request) once the connection is handed to it.
+	peeking, handedOff := true, false
 	defer func() {
+		if peeking {
+			g.pending.Add(-1)
+		}
 		if !handedOff {
 			g.logConn(&rec)
 		}
 	}()
-	// The connection counts as pending (admit counted it) until its first
-	// bytes are classified (explicit: until its proxy handshake is read).
-	peeking := true
-	donePeeking := func() {
-		if peeking {
-			peeking = false
-			g.pending.Add(-1)
-		}
-	}
-	defer donePeeking()
 
 	peekStart := rec.Start
 	if lc.ProxyProtocol {
@@ -95,8 +90,8 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	}
 
 	if lc.Mode == config.ModeExplicit {
-		handedOff = true
-		g.handleExplicit(ctx, st, lc, c, rec.Src, peekStart, donePeeking)
+		peeking, handedOff = false, true
+		g.handleExplicit(ctx, st, lc, c, rec.Src, peekStart)
 		return
 	}
 
@@ -118,7 +113,8 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		Complete:   peekStart.Add(cfg.Timeouts.ClientHello),
 	})
 	defer peek.Release(&p)
-	donePeeking()
+	peeking = false
+	g.pending.Add(-1)
 	g.metrics.PeekWait(time.Since(rec.Start))
 	rec.Protocol = p.Protocol
 	if p.Err != nil {

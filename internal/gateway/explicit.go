@@ -50,21 +50,23 @@ type explicitConn struct {
 	br    *bufio.Reader
 	src   netip.AddrPort
 	start time.Time
-	// handshook ends the pending count; nil once called.
-	handshook func()
+	// pending: the connection still counts as a pending handshake.
+	pending bool
 }
 
 // handleExplicit serves one client of an explicit listener after handle has
 // done what every listener does first (PROXY header, per-source limit).
 // src is the client (from the PROXY header, if any), start when its
-// handshake time began; handshook is called once the proxy handshake is
-// over, ending the connection's pending (max_pending_handshakes) time.
+// handshake time began. The connection arrives counted as a pending
+// handshake (max_pending_handshakes); handleExplicit ends that count once
+// the proxy request is read, or when it returns.
 func (g *Gateway) handleExplicit(ctx context.Context, st *State, lc *config.Listener, c *net.TCPConn,
-	src netip.AddrPort, start time.Time, handshook func()) {
+	src netip.AddrPort, start time.Time) {
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(c)
-	x := &explicitConn{g: g, st: st, lc: lc, c: c, br: br, src: src, start: start, handshook: handshook}
+	x := &explicitConn{g: g, st: st, lc: lc, c: c, br: br, src: src, start: start, pending: true}
 	defer x.releaseReader()
+	defer x.handshakeDone()
 
 	// A proxy client speaks first, at once: the whole handshake must be in
 	// within client_hello.
@@ -96,12 +98,12 @@ func (x *explicitConn) releaseReader() {
 }
 
 // handshakeDone ends the connection's pending time (max_pending_handshakes)
-// once its proxy request has been read, or failed to be. Paths that end
-// before are covered by handle, which ends it when the connection does.
+// once its proxy request has been read, or failed to be; at the latest
+// when handleExplicit returns.
 func (x *explicitConn) handshakeDone() {
-	if x.handshook != nil {
-		x.handshook()
-		x.handshook = nil
+	if x.pending {
+		x.pending = false
+		x.g.pending.Add(-1)
 	}
 }
 
