@@ -1,11 +1,9 @@
 package gateway
 
 import (
-	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -13,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/egressd/egressd/internal/accesslog"
-	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/testnet"
 )
 
@@ -47,7 +43,7 @@ var proxyRecords = records{
 // makes it report-only.
 func newProxyWorld(t *testing.T, users, rules string, enforce bool) *proxyWorld {
 	t.Helper()
-	w := &proxyWorld{world: &world{t: t, logs: &testnet.Buffer{}, serverCh: make(chan string, 64)}}
+	w := &proxyWorld{world: &world{t: t, serverCh: make(chan string, 64)}}
 	w.echo = w.startEcho()
 	w.https = startHTTP(t, "127.0.0.1:0", true)
 	w.plain = startHTTP(t, "127.0.0.1:0", false)
@@ -69,28 +65,9 @@ policy:
     - {name: nodest, action: allow, fqdn: ["nodest.test"]}
     - {name: ads, action: deny, fqdn: ["*.ads.test"]}
 `, testnet.DNS(t, proxyRecords), users, enforce, rules)
-	cfg, err := config.Parse("test.yaml", []byte(cfgText))
-	if err != nil {
-		t.Fatalf("config: %v\n%s", err, cfgText)
-	}
-	pol, err := cfg.Compile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	w.gw = New(&State{Config: cfg, Policy: pol}, log, accesslog.New(w.logs, "json"))
-	ctx, cancel := context.WithCancel(context.Background())
-	w.cancel = cancel
-	if err := w.gw.Bind(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := serveConfig(t, cfgText, time.Second)
+	w.gw, w.logs, w.cancel, w.served = s.Gateway, s.logs, s.cancel, s.done
 	w.proxy, w.proxyLog, w.proxyIgnore = w.gw.Addrs()["proxy"], w.gw.Addrs()["proxylog"], w.gw.Addrs()["proxyignore"]
-	w.served = make(chan struct{})
-	go func() { w.gw.Serve(ctx, time.Second); close(w.served) }()
-	t.Cleanup(func() {
-		cancel()
-		<-w.served
-	})
 	return w
 }
 

@@ -69,7 +69,7 @@ func newWorldTimeouts(t *testing.T, rec records, policyYAML string, port uint16,
 
 func newWorldFull(t *testing.T, rec records, policyYAML string, port uint16, listenerYAML, timeouts string) *world {
 	t.Helper()
-	w := &world{t: t, logs: &testnet.Buffer{}, serverCh: make(chan string, 64)}
+	w := &world{t: t, serverCh: make(chan string, 64)}
 	w.echo = w.startEcho()
 	if port == 0 {
 		port = w.echo.Port()
@@ -84,28 +84,9 @@ func newWorldFull(t *testing.T, rec records, policyYAML string, port uint16, lis
 resolver: %s
 timeouts: %s
 %s`, port, listenerYAML, dnsAddr, timeouts, policyYAML)
-	cfg, err := config.Parse("test.yaml", []byte(cfgText))
-	if err != nil {
-		t.Fatalf("config: %v\n%s", err, cfgText)
-	}
-	pol, err := cfg.Compile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	w.gw = New(&State{Config: cfg, Policy: pol}, log, accesslog.New(w.logs, "json"))
-	ctx, cancel := context.WithCancel(context.Background())
-	w.cancel = cancel
-	if err := w.gw.Bind(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := serveConfig(t, cfgText, time.Second)
+	w.gw, w.logs, w.cancel, w.served = s.Gateway, s.logs, s.cancel, s.done
 	w.addr = w.gw.Addrs()["sni"]
-	w.served = make(chan struct{})
-	go func() { w.gw.Serve(ctx, time.Second); close(w.served) }()
-	t.Cleanup(func() {
-		cancel()
-		<-w.served
-	})
 	return w
 }
 
