@@ -1,7 +1,6 @@
 package dnsproxy
 
 import (
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -20,17 +19,8 @@ func TestUpstreamTimeoutHonoured(t *testing.T) {
 		m.Answer = append(m.Answer, rr)
 		w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: h}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go srv.ActivateAndServe()
-	<-started
-	defer srv.Shutdown()
-	p := startProxy(t, Config{Upstreams: []netip.AddrPort{netip.MustParseAddrPort(pc.LocalAddr().String())}, Timeout: 5 * time.Second})
+	upAddr := udpUpstream(t, h)
+	p := startProxy(t, Config{Upstreams: []netip.AddrPort{upAddr}, Timeout: 5 * time.Second})
 	m := new(dns.Msg)
 	m.SetQuestion("slowish.example.test.", dns.TypeA)
 	c := &dns.Client{Net: "udp", Timeout: 8 * time.Second}

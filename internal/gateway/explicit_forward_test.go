@@ -28,14 +28,7 @@ func TestForwardIdleIsIdle(t *testing.T) {
 			c.Write([]byte("x"))
 		}
 	})
-	g := serveConfig(t, `listeners:
-  - {name: proxy, mode: explicit, address: "127.0.0.1:0"}
-timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1s}
-policy:
-  default: deny
-  rules:
-    - {name: lo, action: allow, destinations: ["127.0.0.0/8"]}
-`, 100*time.Millisecond)
+	g := loopbackProxy(t, "1s")
 
 	c, err := net.Dial("tcp", g.Addrs()["proxy"].String())
 	if err != nil {
@@ -60,14 +53,7 @@ policy:
 func TestAbortEndsForwardedRequest(t *testing.T) {
 	silent := testnet.Listen(t)
 	testnet.Serve(t, silent, func(c net.Conn) { io.Copy(io.Discard, c) }) // reads, never answers
-	g := serveConfig(t, `listeners:
-  - {name: proxy, mode: explicit, address: "127.0.0.1:0"}
-timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 60s}
-policy:
-  default: deny
-  rules:
-    - {name: lo, action: allow, destinations: ["127.0.0.0/8"]}
-`, 100*time.Millisecond)
+	g := loopbackProxy(t, "60s")
 
 	c, err := net.Dial("tcp", g.Addrs()["proxy"].String())
 	if err != nil {
@@ -86,4 +72,17 @@ policy:
 	if d := time.Since(start); d > 30*time.Second {
 		t.Errorf("Serve returned %v after drain+Abort (grace 100ms); it waited for the upstream's idle deadline", d.Round(time.Millisecond))
 	}
+}
+
+// loopbackProxy serves an explicit listener that allows loopback
+// destinations, with the given idle timeout.
+func loopbackProxy(t *testing.T, idle string) *served {
+	return serveConfig(t, `listeners:
+  - {name: proxy, mode: explicit, address: "127.0.0.1:0"}
+timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: `+idle+`}
+policy:
+  default: deny
+  rules:
+    - {name: lo, action: allow, destinations: ["127.0.0.0/8"]}
+`, 100*time.Millisecond)
 }
