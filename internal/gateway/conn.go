@@ -33,9 +33,11 @@ type verdict struct {
 	dst netip.AddrPort
 }
 
-// handle is one connection's whole life. It always writes one access-log
-// line, whatever happens.
-func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn) {
+// handle is one connection's life up to its relay. It always writes one
+// access-log line, whatever happens: itself, or, when it returns true (the
+// connection was handed to the relay loop), from relayed when the relay
+// ends.
+func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn) (relaying bool) {
 	st := g.state.Load()
 	cfg := st.Config
 	lc := bl.config()
@@ -50,12 +52,18 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	// bytes are classified. An explicit listener takes over both that count
 	// (held until its proxy request is read) and the logging (a line per
 	// tunnel or request) once the connection is handed to it.
-	peeking, handedOff := true, false
+	peeking, explicit, srcHeld := true, false, false
 	defer func() {
 		if peeking {
 			g.pending.Add(-1)
 		}
-		if !handedOff {
+		if relaying {
+			return // relayed ends it
+		}
+		if srcHeld {
+			g.sources.release(rec.Src.Addr())
+		}
+		if !explicit {
 			g.logConn(&rec)
 		}
 	}()
@@ -86,13 +94,12 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 			refuse.Reset(c)
 			return
 		}
-		defer g.sources.release(rec.Src.Addr())
+		srcHeld = true
 	}
 
 	if lc.Mode == config.ModeExplicit {
-		peeking, handedOff = false, true
-		g.handleExplicit(ctx, st, lc, c, rec.Src, peekStart)
-		return
+		peeking, explicit = false, true
+		return g.handleExplicit(ctx, st, lc, c, rec.Src, peekStart, srcHeld)
 	}
 
 	var orig netip.AddrPort
@@ -209,12 +216,34 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	rec.BytesUp = int64(len(p.Data))
 	peek.Release(&p)
 
-	res := relay.Relay(c, up, cfg.Timeouts.Idle)
+	var rc *relay.Conn
+	rc, err = relay.New(c, up, cfg.Timeouts.Idle, func(res relay.Result) {
+		g.relayed(rc, &rec, res, srcHeld)
+	})
+	if err != nil {
+		rec.Reason = v.Reason + "; relay failed: " + err.Error()
+		return false
+	}
+	g.handOff(c, rc)
+	return true
+}
+
+// relayed ends a connection the relay loop has closed: its log line, its
+// source count, its place among the live connections. It runs on the loop's
+// goroutine, so it does no more than that.
+func (g *Gateway) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Result, srcHeld bool) {
 	rec.BytesUp += res.Up
 	rec.BytesDown = res.Down
 	if end := endReason(res); end != "" {
 		rec.Reason += "; " + end
 	}
+	g.logConn(rec)
+	if srcHeld {
+		g.sources.release(rec.Src.Addr())
+	}
+	g.track(rc, false)
+	g.active.Add(-1)
+	g.wg.Done()
 }
 
 // decideSNI routes on the name: resolve it, then decide with the first

@@ -52,6 +52,9 @@ type explicitConn struct {
 	start time.Time
 	// pending: the connection still counts as a pending handshake.
 	pending bool
+	// srcHeld: the connection counts against max_connections_per_source;
+	// a tunnel handed to the relay loop releases that when it ends.
+	srcHeld bool
 }
 
 // handleExplicit serves one client of an explicit listener after handle has
@@ -59,12 +62,13 @@ type explicitConn struct {
 // src is the client (from the PROXY header, if any), start when its
 // handshake time began. The connection arrives counted as a pending
 // handshake (max_pending_handshakes); handleExplicit ends that count once
-// the proxy request is read, or when it returns.
+// the proxy request is read, or when it returns. It returns true when a
+// tunnel was handed to the relay loop, which then ends the connection.
 func (g *Gateway) handleExplicit(ctx context.Context, st *State, lc *config.Listener, c *net.TCPConn,
-	src netip.AddrPort, start time.Time) {
+	src netip.AddrPort, start time.Time, srcHeld bool) (relaying bool) {
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(c)
-	x := &explicitConn{g: g, st: st, lc: lc, c: c, br: br, src: src, start: start, pending: true}
+	x := &explicitConn{g: g, st: st, lc: lc, c: c, br: br, src: src, start: start, pending: true, srcHeld: srcHeld}
 	defer x.releaseReader()
 	defer x.handshakeDone()
 
@@ -78,13 +82,12 @@ func (g *Gateway) handleExplicit(ctx context.Context, st *State, lc *config.List
 		rec.Action, rec.Reason = "deny", "explicit proxy: "+handshakeError(err, "client sent nothing")
 		g.logConn(&rec)
 		refuse.Reset(c)
-		return
+		return false
 	}
 	if first[0] == socks5.Version {
-		x.serveSOCKS(ctx)
-		return
+		return x.serveSOCKS(ctx)
 	}
-	x.serveHTTP(ctx)
+	return x.serveHTTP(ctx)
 }
 
 // releaseReader gives the handshake reader back to the pool: a tunnel
@@ -192,8 +195,9 @@ func dialFailure(err error) (httpStatus int, socksReply byte) {
 // tunnel carries an established CONNECT or SOCKS5 tunnel: it peeks at the
 // client's first bytes inside it (unless tunnel_sni is ignore), checks the
 // name they carry against the one the client asked for, then forwards
-// what was read and relays.
-func (x *explicitConn) tunnel(t target, v verdict, up *net.TCPConn, rec *accesslog.Record) {
+// what was read and relays. It returns true when the tunnel was handed to
+// the relay loop, which then writes rec.
+func (x *explicitConn) tunnel(t target, v verdict, up *net.TCPConn, rec *accesslog.Record) (relaying bool) {
 	cfg := x.st.Config
 	var data []byte
 	var p peek.Result
@@ -249,12 +253,16 @@ func (x *explicitConn) tunnel(t target, v verdict, up *net.TCPConn, rec *accessl
 	rec.BytesUp = int64(len(data))
 	peek.Release(&p)
 	x.releaseReader()
-	res := relay.Relay(x.c, up, cfg.Timeouts.Idle)
-	rec.BytesUp += res.Up
-	rec.BytesDown = res.Down
-	if end := endReason(res); end != "" {
-		rec.Reason += "; " + end
+	var rc *relay.Conn
+	rc, err := relay.New(x.c, up, cfg.Timeouts.Idle, func(res relay.Result) {
+		x.g.relayed(rc, rec, res, x.srcHeld)
+	})
+	if err != nil {
+		rec.Reason += "; relay failed: " + err.Error()
+		return false
 	}
+	x.g.handOff(x.c, rc)
+	return true
 }
 
 // mismatch says how the name inside the tunnel (TLS SNI or HTTP Host)

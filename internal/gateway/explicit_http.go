@@ -21,7 +21,7 @@ import (
 // of the connection); an absolute-URI request is decided, forwarded and
 // answered, and the next request on the kept-alive connection is decided
 // afresh. One access-log line per CONNECT and per forwarded request.
-func (x *explicitConn) serveHTTP(ctx context.Context) {
+func (x *explicitConn) serveHTTP(ctx context.Context) (relaying bool) {
 	lim := httpconnect.DefaultLimits
 	var auth authCache
 	for n := 0; ; n++ {
@@ -60,8 +60,7 @@ func (x *explicitConn) serveHTTP(ctx context.Context) {
 		t := target{name: q.Name, addr: q.Addr, port: q.Port}
 		if q.Connect {
 			x.br.Discard(len(head))
-			x.connect(ctx, t, rec)
-			return
+			return x.connect(ctx, t, rec)
 		}
 		keep := x.forward(ctx, t, &rec)
 		x.g.logConn(&rec)
@@ -98,8 +97,12 @@ func (x *explicitConn) httpFail(rec *accesslog.Record, err error) {
 
 // connect serves CONNECT: 403 for a deny, 502/504 when the server cannot
 // be reached, else 200 and the tunnel.
-func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Record) {
-	defer x.g.logConn(&rec)
+func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Record) (relaying bool) {
+	defer func() {
+		if !relaying {
+			x.g.logConn(&rec)
+		}
+	}()
 	if t.name != "" {
 		rec.FQDNSource = "connect"
 	}
@@ -125,7 +128,7 @@ func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Reco
 		x.c.Close()
 		return
 	}
-	x.tunnel(t, v, up, &rec)
+	return x.tunnel(t, v, up, &rec)
 }
 
 // forward decides one absolute-URI request and, if allowed, sends it to

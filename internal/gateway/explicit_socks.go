@@ -15,10 +15,14 @@ import (
 
 // serveSOCKS runs one SOCKS5 exchange: method, credentials when users are
 // configured, the request, then the tunnel. Every way it ends is logged.
-func (x *explicitConn) serveSOCKS(ctx context.Context) {
+func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 	rec := x.record()
 	rec.Protocol = "socks5"
-	defer x.g.logConn(&rec)
+	defer func() {
+		if !relaying {
+			x.g.logConn(&rec)
+		}
+	}()
 	fail := func(reason string, reply []byte) {
 		rec.Action, rec.Reason, rec.Enforced = "deny", "socks5: "+reason, true
 		if reply == nil {
@@ -112,7 +116,7 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) {
 			return
 		}
 	}
-	x.tunnel(t, v, up, &rec)
+	return x.tunnel(t, v, up, &rec)
 }
 
 func reply(code byte) []byte {

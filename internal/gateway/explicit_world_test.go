@@ -53,7 +53,7 @@ func newProxyWorld(t *testing.T, users, rules string, enforce bool) *proxyWorld 
   - {name: proxylog, mode: explicit, address: 127.0.0.1:0, tunnel_sni: log}
   - {name: proxyignore, mode: explicit, address: 127.0.0.1:0, tunnel_sni: ignore}
 resolver: %s
-timeouts: {first_bytes: 200ms, client_hello: 1s, connect: 2s, idle: 1m}
+timeouts: {first_bytes: 200ms, client_hello: 3s, connect: 2s, idle: 1m}
 %s
 policy:
   enforce: %v

@@ -6,6 +6,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -20,6 +21,7 @@ import (
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/namecache"
 	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/relay"
 	"github.com/egressd/egressd/internal/upstream"
 )
 
@@ -45,10 +47,11 @@ type Gateway struct {
 
 	mu        sync.Mutex
 	listeners []*boundListener
-	conns     map[*net.TCPConn]struct{}
-	wg        sync.WaitGroup // accept loops and workers
-	jobs      chan job       // to idle workers
-	stopping  chan struct{}  // closed when accepting has stopped: idle workers exit
+	conns     map[io.Closer]struct{} // live connections: sockets in set-up, relays
+	closedAll bool                   // the drain closed every live connection
+	wg        sync.WaitGroup         // accept loops and workers
+	jobs      chan job               // to idle workers
+	stopping  chan struct{}          // closed when accepting has stopped: idle workers exit
 
 	metrics  *metrics.Metrics
 	active   atomic.Int64 // connections accepted and not yet closed
@@ -83,7 +86,7 @@ func (bl *boundListener) config() *config.Listener { return bl.cfg.Load() }
 // New returns a Gateway for st. log receives operational messages, access
 // one line per connection.
 func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
-	g := &Gateway{log: log, access: access, conns: make(map[*net.TCPConn]struct{}),
+	g := &Gateway{log: log, access: access, conns: make(map[io.Closer]struct{}),
 		jobs: make(chan job), stopping: make(chan struct{}), abort: make(chan struct{})}
 	g.state.Store(st)
 	gauges := metrics.Gauges{
@@ -239,6 +242,7 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	for c := range g.conns {
 		c.Close()
 	}
+	g.closedAll = true
 	g.mu.Unlock()
 	g.log.Info("drain over; closed live connections", "count", n)
 	<-done
@@ -327,7 +331,7 @@ func (g *Gateway) worker(ctx context.Context, j job) {
 	}
 }
 
-func (g *Gateway) track(c *net.TCPConn, add bool) {
+func (g *Gateway) track(c io.Closer, add bool) {
 	g.mu.Lock()
 	if add {
 		g.conns[c] = struct{}{}
@@ -337,8 +341,28 @@ func (g *Gateway) track(c *net.TCPConn, add bool) {
 	g.mu.Unlock()
 }
 
+// serveConn runs a connection's set-up. When handle hands it to the relay
+// loop, the loop's callback (relayed) ends it; otherwise it ends here.
 func (g *Gateway) serveConn(ctx context.Context, bl *boundListener, c *net.TCPConn) {
-	defer g.active.Add(-1)
-	defer g.track(c, false)
-	g.handle(ctx, bl, c)
+	if g.handle(ctx, bl, c) {
+		return
+	}
+	g.track(c, false)
+	g.active.Add(-1)
+}
+
+// handOff files a relay in place of the accepted socket it took over, so
+// that a drain closes the relay, and starts it. A relay handed off after the
+// drain closed everything is closed at once.
+func (g *Gateway) handOff(c *net.TCPConn, rc *relay.Conn) {
+	g.wg.Add(1) // Serve waits for relays as for goroutines: relayed calls Done
+	g.mu.Lock()
+	delete(g.conns, c)
+	g.conns[rc] = struct{}{}
+	late := g.closedAll
+	g.mu.Unlock()
+	if late {
+		rc.Close()
+	}
+	rc.Start()
 }

@@ -2,12 +2,15 @@
 // until both sides are done, passing half-closes on and ending connections
 // that stay idle.
 //
-// Between two *net.TCPConn it moves bytes with splice(2) through a pipe that
-// is taken from a shared pool only while bytes are moving, and given back as
-// soon as the source has nothing more to read. An idle proxied connection so
-// holds exactly its two sockets: no pipe, no buffer. (io.Copy between two
-// TCPConns splices too, but holds a pipe per direction for the connection's
-// whole life: four extra fds and their kernel memory per idle connection.)
+// Between two *net.TCPConn on Linux, an event loop (New, Start) moves bytes
+// with splice(2) through a pipe that is taken from a shared pool only while
+// bytes are moving, and given back as soon as the source has nothing more to
+// read. An idle proxied connection so holds exactly its two sockets: no
+// pipe, no buffer, no goroutine. (io.Copy between two TCPConns splices too,
+// but holds a pipe per direction for the connection's whole life: four
+// extra fds and their kernel memory per idle connection, and a goroutine
+// stack per direction.) Other connections are copied through a pooled
+// buffer by a goroutine per direction.
 package relay
 
 import (
@@ -43,6 +46,9 @@ var ErrIdle = errors.New("idle timeout")
 // on to the other as a reset. Relay closes both connections before it
 // returns. idle <= 0 disables the idle timeout.
 func Relay(client, upstream net.Conn, idle time.Duration) Result {
+	if r, ok := relayTCP(client, upstream, idle); ok {
+		return r
+	}
 	s := &session{client: client, upstream: upstream, idle: idle}
 	s.touch()
 	var up direction
@@ -85,13 +91,7 @@ func (s *session) copyUp(wg *sync.WaitGroup, d *direction) {
 }
 
 func (s *session) run(d *direction, src, dst net.Conn) {
-	sc, sok := src.(*net.TCPConn)
-	dc, dok := dst.(*net.TCPConn)
-	if sok && dok {
-		d.n, d.err = s.splice(sc, dc)
-	} else {
-		d.n, d.err = s.copy(src, dst)
-	}
+	d.n, d.err = s.copy(src, dst)
 	if d.err == nil {
 		if s.eofs.Add(1) == 2 {
 			// Both sides have said all: Relay closes both now, and that
@@ -115,8 +115,8 @@ func (s *session) abort(err error, dst net.Conn) {
 		return
 	}
 	if errors.Is(err, syscall.ECONNRESET) {
-		if tc, ok := dst.(*net.TCPConn); ok {
-			tc.SetLinger(0)
+		if l, ok := dst.(interface{ SetLinger(int) error }); ok {
+			l.SetLinger(0)
 		}
 	}
 	s.client.Close()
@@ -172,7 +172,7 @@ func (s *session) start(src, dst net.Conn) {
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
-// copy is the portable path for connections that are not plain TCP sockets.
+// copy moves src -> dst through a pooled buffer.
 func (s *session) copy(src, dst net.Conn) (int64, error) {
 	s.start(src, dst)
 	bp := bufPool.Get().(*[]byte)

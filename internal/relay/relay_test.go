@@ -18,13 +18,48 @@ import (
 type world struct {
 	client, server *net.TCPConn
 	done           chan Result
+	rc             *Conn // the loop's handle, nil for Relay
 }
 
-func newWorld(t testing.TB, idle time.Duration) *world {
+// engine is one way of relaying: the event loop (New and Start), or the
+// copying path Relay takes for connections that are not TCP sockets (here
+// TCP sockets wrapped to hide their type). Each relay test runs on both.
+type engine struct {
+	name  string
+	start func(t testing.TB, client, upstream *net.TCPConn, idle time.Duration, done chan<- Result) *Conn
+}
+
+var engines = []engine{
+	{"copy", func(t testing.TB, c, u *net.TCPConn, idle time.Duration, done chan<- Result) *Conn {
+		go func() { done <- Relay(hidden{c}, hidden{u}, idle) }()
+		return nil
+	}},
+	{"loop", func(t testing.TB, c, u *net.TCPConn, idle time.Duration, done chan<- Result) *Conn {
+		rc, err := New(c, u, idle, func(r Result) { done <- r })
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Start()
+		return rc
+	}},
+}
+
+var loopEngine = engines[1]
+
+// hidden is a TCP socket that is not a *net.TCPConn to a type switch.
+type hidden struct{ *net.TCPConn }
+
+func forEngines(t *testing.T, f func(t *testing.T, e engine)) {
+	for _, e := range engines {
+		t.Run(e.name, func(t *testing.T) { f(t, e) })
+	}
+}
+
+func newWorld(t testing.TB, e engine, idle time.Duration) *world {
 	client, cIn := testnet.Pair(t)
 	uOut, server := testnet.Pair(t)
 	w := &world{client: client, server: server, done: make(chan Result, 1)}
-	go func() { w.done <- Relay(cIn, uOut, idle) }()
+	w.rc = e.start(t, cIn, uOut, idle, w.done)
 	t.Cleanup(func() { client.Close(); server.Close() })
 	return w
 }
@@ -43,116 +78,122 @@ func (w *world) result(t *testing.T) Result {
 // TestRelayBothWaysWithHalfClose sends data each way, half-closes each
 // side in turn and checks both streams arrive whole and counted.
 func TestRelayBothWaysWithHalfClose(t *testing.T) {
-	for _, size := range []int{0, 1, 70_000, 3 << 20} {
-		t.Run("", func(t *testing.T) {
-			w := newWorld(t, time.Minute)
-			up := make([]byte, size)
-			down := make([]byte, size/2+3)
-			rand.Read(up)
-			rand.Read(down)
+	forEngines(t, func(t *testing.T, e engine) {
+		for _, size := range []int{0, 1, 70_000, 3 << 20} {
+			t.Run("", func(t *testing.T) {
+				w := newWorld(t, e, time.Minute)
+				up := make([]byte, size)
+				down := make([]byte, size/2+3)
+				rand.Read(up)
+				rand.Read(down)
 
-			errc := make(chan error, 2)
-			var gotAtServer, gotAtClient []byte
-			go func() {
-				// The server reads the whole upload (until the client's
-				// half-close arrives as EOF), then answers and closes.
-				b, err := io.ReadAll(w.server)
-				gotAtServer = b
-				if err == nil {
-					_, err = w.server.Write(down)
+				errc := make(chan error, 2)
+				var gotAtServer, gotAtClient []byte
+				go func() {
+					// The server reads the whole upload (until the client's
+					// half-close arrives as EOF), then answers and closes.
+					b, err := io.ReadAll(w.server)
+					gotAtServer = b
+					if err == nil {
+						_, err = w.server.Write(down)
+					}
+					if err == nil {
+						err = w.server.CloseWrite()
+					}
+					errc <- err
+				}()
+				go func() {
+					_, err := w.client.Write(up)
+					if err == nil {
+						err = w.client.CloseWrite() // half-close: the answer must still come back
+					}
+					if err == nil {
+						gotAtClient, err = io.ReadAll(w.client)
+					}
+					errc <- err
+				}()
+				for range 2 {
+					if err := <-errc; err != nil {
+						t.Fatal(err)
+					}
 				}
-				if err == nil {
-					err = w.server.CloseWrite()
+				if sha256.Sum256(gotAtServer) != sha256.Sum256(up) {
+					t.Errorf("server got %d bytes, want %d identical", len(gotAtServer), len(up))
 				}
-				errc <- err
-			}()
-			go func() {
-				_, err := w.client.Write(up)
-				if err == nil {
-					err = w.client.CloseWrite() // half-close: the answer must still come back
+				if !bytes.Equal(gotAtClient, down) {
+					t.Errorf("client got %d bytes, want %d identical", len(gotAtClient), len(down))
 				}
-				if err == nil {
-					gotAtClient, err = io.ReadAll(w.client)
+				r := w.result(t)
+				if r.Up != int64(len(up)) || r.Down != int64(len(down)) {
+					t.Errorf("Relay counted up=%d down=%d, want %d %d", r.Up, r.Down, len(up), len(down))
 				}
-				errc <- err
-			}()
-			for range 2 {
-				if err := <-errc; err != nil {
-					t.Fatal(err)
+				if r.UpErr != nil || r.DownErr != nil || r.Idle {
+					t.Errorf("Relay = %+v, want clean EOFs", r)
 				}
-			}
-			if sha256.Sum256(gotAtServer) != sha256.Sum256(up) {
-				t.Errorf("server got %d bytes, want %d identical", len(gotAtServer), len(up))
-			}
-			if !bytes.Equal(gotAtClient, down) {
-				t.Errorf("client got %d bytes, want %d identical", len(gotAtClient), len(down))
-			}
-			r := w.result(t)
-			if r.Up != int64(len(up)) || r.Down != int64(len(down)) {
-				t.Errorf("Relay counted up=%d down=%d, want %d %d", r.Up, r.Down, len(up), len(down))
-			}
-			if r.UpErr != nil || r.DownErr != nil || r.Idle {
-				t.Errorf("Relay = %+v, want clean EOFs", r)
-			}
-		})
-	}
+			})
+		}
+	})
 }
 
 // TestRelayIdle checks that a connection where nothing moves is closed and
 // reported idle, while the relay keeps one that moves bytes alive.
 func TestRelayIdle(t *testing.T) {
-	const idle = 300 * time.Millisecond
-	w := newWorld(t, idle)
-	// Keep bytes moving for longer than the idle timeout, one way only:
-	// activity in either direction keeps the connection.
-	for range 6 {
-		if _, err := w.client.Write([]byte("x")); err != nil {
-			t.Fatal(err)
+	forEngines(t, func(t *testing.T, e engine) {
+		const idle = 300 * time.Millisecond
+		w := newWorld(t, e, idle)
+		// Keep bytes moving for longer than the idle timeout, one way only:
+		// activity in either direction keeps the connection.
+		for range 6 {
+			if _, err := w.client.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			var b [1]byte
+			if _, err := io.ReadFull(w.server, b[:]); err != nil {
+				t.Fatalf("relay closed an active connection: %v", err)
+			}
+			time.Sleep(idle / 3)
 		}
-		var b [1]byte
-		if _, err := io.ReadFull(w.server, b[:]); err != nil {
-			t.Fatalf("relay closed an active connection: %v", err)
+		r := w.result(t)
+		if !r.Idle {
+			t.Errorf("Relay = %+v, want Idle", r)
 		}
-		time.Sleep(idle / 3)
-	}
-	r := w.result(t)
-	if !r.Idle {
-		t.Errorf("Relay = %+v, want Idle", r)
-	}
-	if _, err := w.client.Read(make([]byte, 1)); err == nil {
-		t.Error("client connection still open after idle timeout")
-	}
+		if _, err := w.client.Read(make([]byte, 1)); err == nil {
+			t.Error("client connection still open after idle timeout")
+		}
+	})
 }
 
 // TestRelayResetPassedOn checks that a client reset reaches the server as a
 // reset, not as a clean EOF.
 func TestRelayResetPassedOn(t *testing.T) {
-	w := newWorld(t, time.Minute)
-	if _, err := w.client.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 5)
-	if _, err := io.ReadFull(w.server, buf); err != nil {
-		t.Fatal(err)
-	}
-	w.client.SetLinger(0)
-	w.client.Close()
-	r := w.result(t)
-	if !errors.Is(r.UpErr, syscall.ECONNRESET) {
-		t.Errorf("UpErr = %v, want ECONNRESET", r.UpErr)
-	}
-	w.server.SetReadDeadline(time.Now().Add(10 * time.Second))
-	_, err := w.server.Read(buf)
-	if !errors.Is(err, syscall.ECONNRESET) {
-		t.Errorf("server read after client reset = %v, want ECONNRESET", err)
-	}
+	forEngines(t, func(t *testing.T, e engine) {
+		w := newWorld(t, e, time.Minute)
+		if _, err := w.client.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(w.server, buf); err != nil {
+			t.Fatal(err)
+		}
+		w.client.SetLinger(0)
+		w.client.Close()
+		r := w.result(t)
+		if !errors.Is(r.UpErr, syscall.ECONNRESET) {
+			t.Errorf("UpErr = %v, want ECONNRESET", r.UpErr)
+		}
+		w.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := w.server.Read(buf)
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("server read after client reset = %v, want ECONNRESET", err)
+		}
+	})
 }
 
 // TestIdleConnectionHoldsNoPipe checks the property the splice design is
 // for: once a burst is relayed and the connection goes quiet, its pipes are
-// back in the pool.
+// back in the pool (the loop engine: the copying path uses no pipe).
 func TestIdleConnectionHoldsNoPipe(t *testing.T) {
-	w := newWorld(t, time.Minute)
+	w := newWorld(t, loopEngine, time.Minute)
 	before := IdlePipes()
 	msg := bytes.Repeat([]byte("y"), 100_000)
 	go w.client.Write(msg)
@@ -203,7 +244,13 @@ func TestRelayPortable(t *testing.T) {
 
 // BenchmarkRelay measures relay throughput over loopback with splice.
 func BenchmarkRelay(b *testing.B) {
-	w := newWorld(b, time.Minute)
+	for _, e := range engines {
+		b.Run(e.name, func(b *testing.B) { benchmarkRelay(b, e) })
+	}
+}
+
+func benchmarkRelay(b *testing.B, e engine) {
+	w := newWorld(b, e, time.Minute)
 	buf := make([]byte, 256<<10)
 	b.SetBytes(int64(len(buf)))
 	go func() {
@@ -213,6 +260,70 @@ func BenchmarkRelay(b *testing.B) {
 	for range b.N {
 		if _, err := w.client.Write(buf); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestLoopClose checks that Close ends a loop relay from another
+// goroutine: both peers see their connection end, done reports
+// net.ErrClosed, and the sockets are gone.
+func TestLoopClose(t *testing.T) {
+	w := newWorld(t, loopEngine, time.Minute)
+	if _, err := w.client.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(w.server, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+	w.rc.Close()
+	r := w.result(t)
+	if !errors.Is(r.UpErr, net.ErrClosed) || !errors.Is(r.DownErr, net.ErrClosed) || r.Up != 2 {
+		t.Errorf("after Close: %+v, want 2 bytes up and net.ErrClosed both ways", r)
+	}
+	for _, c := range []*net.TCPConn{w.client, w.server} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); err == nil {
+			t.Errorf("peer read %d bytes after Close, want the connection ended", n)
+		}
+	}
+	w.rc.Close() // a second Close, after the end, is harmless
+}
+
+// TestLoopManyConnections relays many connections at once through the
+// loops, each with its own bytes, and checks nothing is crossed or lost.
+func TestLoopManyConnections(t *testing.T) {
+	const n = 200
+	errc := make(chan error, n)
+	for i := range n {
+		w := newWorld(t, loopEngine, time.Minute)
+		go func() {
+			msg := bytes.Repeat([]byte{byte(i)}, 1000+i*97)
+			go func() {
+				w.client.Write(msg)
+				w.client.CloseWrite()
+			}()
+			got, err := io.ReadAll(w.server)
+			if err == nil && !bytes.Equal(got, msg) {
+				err = errors.New("bytes differ")
+			}
+			if err == nil {
+				_, err = w.server.Write(got[:i])
+				w.server.CloseWrite()
+			}
+			if err == nil {
+				var back []byte
+				back, err = io.ReadAll(w.client)
+				if err == nil && !bytes.Equal(back, got[:i]) {
+					err = errors.New("answer differs")
+				}
+			}
+			errc <- err
+		}()
+		t.Cleanup(func() { w.result(t) })
+	}
+	for range n {
+		if err := <-errc; err != nil {
+			t.Error(err)
 		}
 	}
 }

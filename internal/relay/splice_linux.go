@@ -1,10 +1,7 @@
 package relay
 
 import (
-	"errors"
-	"net"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -68,117 +65,4 @@ func IdlePipes() int {
 	pipes.Lock()
 	defer pipes.Unlock()
 	return len(pipes.free)
-}
-
-// splice moves src -> dst with splice(2). The pipe is held only while the
-// source has bytes: when a read finds nothing and the pipe is empty, the
-// pipe goes back to the pool before the goroutine parks.
-func (s *session) splice(src, dst *net.TCPConn) (int64, error) {
-	srcRaw, err := src.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	dstRaw, err := dst.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	s.start(src, dst)
-	var (
-		total   int64
-		p       *pipe
-		pending int // bytes in p not yet written to dst
-	)
-	defer func() {
-		if p == nil {
-			return
-		}
-		if pending == 0 {
-			putPipe(p)
-		} else {
-			p.close() // bytes stuck in it: never hand them to another connection
-		}
-	}()
-	// The callbacks are made once per direction, not once per chunk: a
-	// closure passed to RawConn escapes, so each literal in the loop would
-	// be a heap allocation per chunk.
-	var (
-		n          int64
-		serr, werr error
-	)
-	fill := func(fd uintptr) bool {
-		for {
-			if p == nil {
-				if p, serr = getPipe(); serr != nil {
-					return true
-				}
-			}
-			n, serr = unix.Splice(int(fd), nil, p.w, nil, pipeSize, spliceFlags)
-			switch serr {
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				putPipe(p) // empty: nothing was read into it
-				p = nil
-				return false
-			}
-			return true
-		}
-	}
-	drain := func(fd uintptr) bool {
-		for pending > 0 {
-			m, e := unix.Splice(p.r, nil, int(fd), nil, pending, spliceFlags)
-			switch e {
-			case nil:
-				pending -= int(m)
-				total += m
-			case unix.EINTR:
-			case unix.EAGAIN:
-				return false
-			default:
-				werr = e
-				return true
-			}
-		}
-		return true
-	}
-	for {
-		n, serr = 0, nil
-		rerr := srcRaw.Read(fill)
-		if rerr != nil {
-			if rerr = s.wait(rerr, src, dst); rerr == nil {
-				continue
-			}
-			return total, rerr
-		}
-		if serr != nil {
-			return total, opError("read", src, serr)
-		}
-		if n == 0 {
-			return total, nil // EOF
-		}
-		s.touch()
-		pending = int(n)
-		for pending > 0 {
-			werr = nil
-			err := dstRaw.Write(drain)
-			if err != nil {
-				if err = s.wait(err, src, dst); err == nil {
-					continue
-				}
-				return total, err
-			}
-			if werr != nil {
-				return total, opError("write", dst, werr)
-			}
-		}
-		s.touch()
-	}
-}
-
-func opError(op string, c net.Conn, err error) error {
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		err = errno
-	}
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
