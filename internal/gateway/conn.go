@@ -21,7 +21,6 @@ import (
 	"github.com/egressd/egressd/internal/proxyheader"
 	"github.com/egressd/egressd/internal/refuse"
 	"github.com/egressd/egressd/internal/relay"
-	"github.com/egressd/egressd/internal/upstream"
 )
 
 // verdict is the outcome of deciding one connection: the policy's decision
@@ -194,9 +193,10 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		return
 	}
 
-	d := upstream.Dialer{Timeout: cfg.Timeouts.Connect, Mark: cfg.Mark}
+	// The upstream socket is made and connected by the relay loop itself,
+	// and the client joins it there: neither passes through net.Dialer.
 	dialStart := time.Now()
-	up, err := d.Dial(ctx, v.dst)
+	rc, err := relay.Dial(ctx, v.dst, cfg.Mark, cfg.Timeouts.Connect, len(p.Data) > 0)
 	g.metrics.Dial(time.Since(dialStart))
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
@@ -207,23 +207,16 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		}
 		return
 	}
-	if _, err := up.Write(p.Data); err != nil {
+	err = rc.Attach(c, p.Data, cfg.Timeouts.Idle, func(res relay.Result) {
+		g.relayed(rc, &rec, res, srcHeld)
+	})
+	if err != nil {
 		rec.Reason = v.Reason + "; upstream write failed: " + err.Error()
-		up.Close()
 		refuse.Reset(c)
 		return
 	}
 	rec.BytesUp = int64(len(p.Data))
 	peek.Release(&p)
-
-	var rc *relay.Conn
-	rc, err = relay.New(c, up, cfg.Timeouts.Idle, func(res relay.Result) {
-		g.relayed(rc, &rec, res, srcHeld)
-	})
-	if err != nil {
-		rec.Reason = v.Reason + "; relay failed: " + err.Error()
-		return false
-	}
 	g.handOff(c, rc)
 	return true
 }

@@ -40,6 +40,12 @@ type Conn struct {
 	aborted          atomic.Bool
 	idleHit          bool
 
+	// Under l.mu: relaying turns true when Start registers the last
+	// socket; until then the loop only notes readiness, and closes
+	// connected (if set) once a dialled upstream's connect has finished.
+	relaying  bool
+	connected chan struct{}
+
 	mu     sync.Mutex // guards closed against Close from other goroutines
 	closed bool
 }
@@ -50,12 +56,14 @@ type side struct {
 	fd                 int
 	laddr, raddr       net.Addr
 	readable, writable bool
+	registered         bool // in the loop's epoll set and table
 }
 
 // dir is one direction: bytes from src, through a pooled pipe held only
 // while they move, to dst.
 type dir struct {
 	src, dst *side
+	head     []byte // bytes to write to dst before any spliced ones (not counted in n)
 	p        *pipe
 	pending  int // bytes in p not yet written to dst
 	n        int64
@@ -94,7 +102,11 @@ func New(client, upstream *net.TCPConn, idle time.Duration, done func(Result)) (
 // sockets could not be registered) both sockets are closed and done is
 // called with the error on both directions.
 func (c *Conn) Start() {
-	if err := pick().add(c); err != nil {
+	l := c.l // a dialled Conn's upstream is registered already
+	if l == nil {
+		l = pick()
+	}
+	if err := l.add(c); err != nil {
 		c.done(Result{UpErr: err, DownErr: err})
 	}
 }
@@ -223,34 +235,48 @@ func (l *loop) add(c *Conn) error {
 	c.l = l
 	c.last = time.Now().UnixNano()
 	sweep := c.last + c.idle/sweepsPerIdle
-	// Both sockets are registered under mu: the loop looks each event's
-	// socket up under mu, so it cannot act on (and maybe close) this
-	// connection before both are in.
+	// The sockets are registered, and the connection turned to relaying,
+	// under mu: the loop looks each event's socket up under mu, so it
+	// cannot act on (and maybe close) this connection before all is in.
 	l.mu.Lock()
-	for _, s := range [2]*side{&c.client, &c.upstream} {
-		for s.fd >= len(l.table) {
-			l.table = append(l.table, make([]*side, len(l.table)+64)...)
-		}
-		l.table[s.fd] = s
-	}
-	c.idx = len(l.conns)
-	l.conns = append(l.conns, c)
 	var err error
 	for _, s := range [2]*side{&c.client, &c.upstream} {
-		ev := unix.EpollEvent{Events: sockEvents, Fd: int32(s.fd)}
-		if err = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+		if s.registered {
+			continue
+		}
+		if err = l.register(s); err != nil {
 			break
 		}
+	}
+	if err == nil {
+		c.relaying = true
+		c.idx = len(l.conns)
+		l.conns = append(l.conns, c)
 	}
 	l.mu.Unlock()
 	if err != nil {
 		l.forget(c)
 		c.closeSockets()
-		return os.NewSyscallError("epoll_ctl", err)
+		return err
 	}
 	if c.idle > 0 {
 		l.planSweep(sweep)
 	}
+	return nil
+}
+
+// register puts s in the table and the epoll set; l.mu is held.
+func (l *loop) register(s *side) error {
+	for s.fd >= len(l.table) {
+		l.table = append(l.table, make([]*side, len(l.table)+64)...)
+	}
+	l.table[s.fd] = s
+	ev := unix.EpollEvent{Events: sockEvents, Fd: int32(s.fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+		l.table[s.fd] = nil
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	s.registered = true
 	return nil
 }
 
@@ -277,7 +303,7 @@ func (l *loop) forget(c *Conn) {
 		}
 	}
 	last := len(l.conns) - 1
-	if c.idx <= last && l.conns[c.idx] == c {
+	if c.relaying && c.idx <= last && l.conns[c.idx] == c {
 		l.conns[c.idx] = l.conns[last]
 		l.conns[c.idx].idx = c.idx
 		l.conns[last] = nil
@@ -321,22 +347,32 @@ func (l *loop) handle(events []unix.EpollEvent) {
 	l.now = time.Now().UnixNano()
 	for i := range events {
 		ev := &events[i]
+		relaying := false
 		l.mu.Lock()
 		var s *side
 		if fd := int(ev.Fd); fd < len(l.table) {
 			s = l.table[fd]
 		}
+		if s != nil {
+			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				s.readable = true
+			}
+			if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				s.writable = true
+				if s.c.connected != nil {
+					close(s.c.connected) // the dial's connect has finished
+					s.c.connected = nil
+				}
+			}
+			relaying = s.c.relaying
+		}
 		l.mu.Unlock()
-		if s == nil {
-			continue // a stale event of a connection closed earlier in this batch
+		// A stale event of a connection closed earlier in this batch finds
+		// no side; one that is still dialling only notes readiness, for
+		// when it relays.
+		if relaying {
+			s.c.pump()
 		}
-		if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			s.readable = true
-		}
-		if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			s.writable = true
-		}
-		s.c.pump()
 	}
 }
 
@@ -394,6 +430,25 @@ func (c *Conn) pump() {
 // move runs one direction until it would block, ends or fails.
 func (c *Conn) move(d *dir) {
 	for !d.done {
+		if len(d.head) > 0 {
+			if !d.dst.writable {
+				return
+			}
+			n, err := unix.Write(d.dst.fd, d.head)
+			switch err {
+			case nil:
+				d.head = d.head[n:]
+				c.last = c.l.now
+				continue
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				d.dst.writable = false
+				return
+			}
+			c.fail(d, d.dst.opError("write", err), nil)
+			return
+		}
 		if d.pending > 0 {
 			if !d.dst.writable {
 				return

@@ -3,7 +3,9 @@
 package relay
 
 import (
+	"context"
 	"net"
+	"net/netip"
 	"time"
 )
 
@@ -29,3 +31,26 @@ func (c *Conn) Close() error {
 	c.upstream.Close()
 	return nil
 }
+
+// Dial connects to dst for Attach and Start.
+func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Duration, dataFollows bool) (*Conn, error) {
+	d := net.Dialer{Timeout: timeout, KeepAlive: -1}
+	c, err := d.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{upstream: c.(*net.TCPConn)}, nil
+}
+
+// Attach writes first to the upstream and takes client as the other half.
+func (c *Conn) Attach(client *net.TCPConn, first []byte, idle time.Duration, done func(Result)) error {
+	if _, err := c.upstream.Write(first); err != nil {
+		c.upstream.Close()
+		return err
+	}
+	c.client, c.idle, c.done = client, idle, done
+	return nil
+}
+
+// Abandon closes a dialled upstream that will not be relayed.
+func (c *Conn) Abandon() { c.upstream.Close() }

@@ -2,11 +2,13 @@ package relay
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"syscall"
 	"testing"
 	"time"
@@ -325,5 +327,76 @@ func TestLoopManyConnections(t *testing.T) {
 		if err := <-errc; err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// TestDialAttach dials through the loop, attaches a client with first
+// bytes bigger than a socket's send buffer (so part of them waits for the
+// loop), and relays both ways.
+func TestDialAttach(t *testing.T) {
+	ln := testnet.Listen(t)
+	first := bytes.Repeat([]byte("h"), 4<<20)
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		b := make([]byte, len(first)+5)
+		if _, err := io.ReadFull(c, b); err != nil {
+			got <- nil
+			return
+		}
+		c.Write([]byte("pong"))
+		got <- b
+	}()
+	rc, err := Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, cIn := testnet.Pair(t)
+	done := make(chan Result, 1)
+	if err := rc.Attach(cIn, first, time.Minute, func(r Result) { done <- r }); err != nil {
+		t.Fatal(err)
+	}
+	rc.Start()
+	client.Write([]byte("after"))
+	b := <-got
+	if !bytes.Equal(b, append(first, "after"...)) {
+		t.Fatalf("server got %d bytes, want the %d first bytes then %q", len(b), len(first), "after")
+	}
+	pong := make([]byte, 4)
+	if _, err := io.ReadFull(client, pong); err != nil || string(pong) != "pong" {
+		t.Fatalf("client read %q, %v", pong, err)
+	}
+	client.Close()
+	r := <-done
+	if r.Up != 5 || r.Down != 4 {
+		t.Errorf("counted %d up, %d down; want 5 and 4 (first bytes are the caller's to count)", r.Up, r.Down)
+	}
+}
+
+// TestDialFailures checks that a refused dial and a cancelled one come back
+// as errors that say so, and leave nothing registered.
+func TestDialFailures(t *testing.T) {
+	ln := testnet.Listen(t)
+	addr := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close() // nothing listens there now
+	_, err := Dial(context.Background(), addr, 0, 5*time.Second, true)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("dial to a closed port: %v, want connection refused", err)
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "dial" {
+		t.Errorf("dial error %#v is not a dial *net.OpError", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	// 192.0.2.1 (TEST-NET-1) is never answered here: the connect stays in
+	// progress until the context, already cancelled, ends it.
+	if _, err := Dial(ctx, netip.MustParseAddrPort("192.0.2.1:9"), 0, time.Minute, false); err == nil {
+		t.Error("dial with a cancelled context succeeded")
 	}
 }
