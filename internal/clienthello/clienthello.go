@@ -50,7 +50,8 @@ const MaxHelloLen = 16 * 1024
 // Examine is the call the gateway makes each time more bytes arrive: it
 // reassembles the hello from raw and, once it is complete, parses it into info,
 // RecordVersion included. A complete message that [Parse] rejects is Invalid.
-// used is as for [Reassemble]; info is meaningful only when st is Complete.
+// used is as for [Reassemble]; info is meaningful only when st is Complete,
+// and views raw or scratch (see [Info]), so both must outlive its use.
 func Examine(raw, scratch []byte, info *Info) (used int, st Status) {
 	msg, used, st := Reassemble(raw, scratch)
 	if st != Complete {

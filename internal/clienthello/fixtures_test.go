@@ -34,7 +34,7 @@ type fixture struct {
 	note   string                    // how it was recorded, kept in the file
 	record func(t *testing.T) []byte // the client's first flight
 	minLen int                       // the hello is at least this long
-	want   Info
+	want   infoView
 }
 
 var fixtures = []fixture{{
@@ -42,41 +42,41 @@ var fixtures = []fixture{{
 	note:   "crypto/tls client, default Config, ServerName example.com, NextProtos h2 http/1.1",
 	record: goHello(&tls.Config{ServerName: "example.com", NextProtos: []string{"h2", "http/1.1"}}),
 	minLen: 1500, // X25519MLKEM768 key share: more than one Ethernet packet
-	want: Info{ServerName: "example.com", HasSNI: true, ALPN: []string{"h2", "http/1.1"},
+	want: infoView{ServerName: "example.com", HasSNI: true, ALPN: []string{"h2", "http/1.1"},
 		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS13, tls.VersionTLS12}},
 }, {
 	name:   "go-tls12",
 	note:   "crypto/tls client, MaxVersion TLS 1.2, ServerName api.example.net",
 	record: goHello(&tls.Config{ServerName: "api.example.net", MaxVersion: tls.VersionTLS12}),
-	want: Info{ServerName: "api.example.net", HasSNI: true,
+	want: infoView{ServerName: "api.example.net", HasSNI: true,
 		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS12}},
 }, {
 	name:   "go-nosni",
 	note:   "crypto/tls client, no ServerName, InsecureSkipVerify",
 	record: goHello(&tls.Config{InsecureSkipVerify: true}),
-	want: Info{LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
+	want: infoView{LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS13, tls.VersionTLS12}},
 }, {
 	name:   "go-idn",
 	note:   "crypto/tls client, ServerName xn--bcher-kva.example (bücher.example in punycode)",
 	record: goHello(&tls.Config{ServerName: "xn--bcher-kva.example"}),
-	want: Info{ServerName: "xn--bcher-kva.example", HasSNI: true,
+	want: infoView{ServerName: "xn--bcher-kva.example", HasSNI: true,
 		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS13, tls.VersionTLS12}},
 }, {
 	name:   "go-ech",
 	note:   "crypto/tls client with an ECH config for public.example, ServerName secret.example",
 	record: goECHHello,
-	want: Info{ServerName: "public.example", HasSNI: true, ECH: true, ECHOuter: true, ECHConfigID: 7,
+	want: infoView{ServerName: "public.example", HasSNI: true, ECH: true, ECHOuter: true, ECHConfigID: 7,
 		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS13}},
 }, {
 	name:   "openssl",
 	note:   "openssl s_client -servername openssl.example -alpn h2,http/1.1",
 	record: opensslHello("-servername", "openssl.example", "-alpn", "h2,http/1.1"),
-	want: Info{ServerName: "openssl.example", HasSNI: true, ALPN: []string{"h2", "http/1.1"},
+	want: infoView{ServerName: "openssl.example", HasSNI: true, ALPN: []string{"h2", "http/1.1"},
 		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS13, tls.VersionTLS12, tls.VersionTLS11, tls.VersionTLS10}},
 }}
@@ -96,7 +96,7 @@ func TestFixtures(t *testing.T) {
 			if st != Complete || used != len(raw) {
 				t.Fatalf("Examine(%s) = %d, %v, want %d, Complete", fx.name, used, st, len(raw))
 			}
-			if diff := cmp.Diff(fx.want, info); diff != "" {
+			if diff := cmp.Diff(fx.want, view(info)); diff != "" {
 				t.Errorf("Examine(%s) info mismatch (-want +got):\n%s", fx.name, diff)
 			}
 		})

@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
 // FuzzParse checks agreement with crypto/tls: whenever a crypto/tls server
 // accepts the bytes as a ClientHello, Reassemble and Parse must accept them
-// too, with the same server name. It also checks that nothing panics, that a
+// too, with the same server name and ALPN protocols. It also checks that nothing panics, that a
 // message never exceeds MaxHelloLen, and that used marks a prefix that is
 // itself complete.
 //
@@ -42,15 +43,18 @@ func FuzzParse(f *testing.F) {
 			checkComplete(t, raw, msg, used)
 		}
 		ok := st == Complete && Parse(msg, &info)
-		name, accepted := tlsServerName(raw)
+		name, protos, accepted := tlsServerName(raw)
 		if !accepted || stricterThanTLS(raw) {
 			return
 		}
 		if !ok {
 			t.Fatalf("crypto/tls accepts hello with server name %q; Reassemble = %v, Parse ok = %v", name, st, ok)
 		}
-		if info.ServerName != name {
+		if string(info.ServerName) != name {
 			t.Fatalf("ServerName = %q, crypto/tls says %q", info.ServerName, name)
+		}
+		if got := info.ALPN.Strings(); !slices.Equal(got, protos) {
+			t.Fatalf("ALPN = %q, crypto/tls says %q", got, protos)
 		}
 	})
 }
@@ -75,7 +79,7 @@ func TestTLSServerName(t *testing.T) {
 	for _, fx := range fixtures {
 		raw := loadFixture(t, fx.name)
 		for _, in := range [][]byte{raw, reframe(t, raw, fixedSize(1))} {
-			name, accepted := tlsServerName(in)
+			name, _, accepted := tlsServerName(in)
 			if !accepted || name != fx.want.ServerName || stricterThanTLS(in) {
 				t.Errorf("tlsServerName(%s, %d bytes) = %q, %v; stricter = %v; want %q, true; false",
 					fx.name, len(in), name, accepted, stricterThanTLS(in), fx.want.ServerName)
@@ -87,15 +91,15 @@ func TestTLSServerName(t *testing.T) {
 var errStop = errors.New("stop after the hello")
 
 // tlsServerName runs a crypto/tls server on raw and reports the server name
-// of the hello if it got as far as GetConfigForClient, which is called once
-// the hello has been read and parsed.
-func tlsServerName(raw []byte) (name string, accepted bool) {
+// and ALPN protocols of the hello if it got as far as GetConfigForClient,
+// which is called once the hello has been read and parsed.
+func tlsServerName(raw []byte) (name string, protos []string, accepted bool) {
 	cfg := &tls.Config{GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		name, accepted = hello.ServerName, true
+		name, protos, accepted = hello.ServerName, hello.SupportedProtos, true
 		return nil, errStop
 	}}
 	tls.Server(&pipeConn{in: raw}, cfg).Handshake()
-	return name, accepted
+	return name, protos, accepted
 }
 
 // stricterThanTLS reports inputs where Reassemble refuses, on purpose, what

@@ -1,6 +1,10 @@
 package clienthello
 
-import "golang.org/x/crypto/cryptobyte"
+import (
+	"iter"
+
+	"golang.org/x/crypto/cryptobyte"
+)
 
 // Extension types that Parse reads (IANA TLS ExtensionType registry).
 const (
@@ -11,27 +15,33 @@ const (
 )
 
 // Info is what the gateway learns from a ClientHello.
+//
+// Its byte-slice fields are views of the message Parse read, not copies:
+// the gateway parses every connection's hello, and copying names out of it
+// cost an allocation per name (issue #7). They are valid only as long as
+// that message is, which for the gateway means until peek.Release; whatever
+// must outlive it (the access-log record) is copied first.
 type Info struct {
 	// ServerName is the host_name of the server_name extension exactly as
 	// sent: not lower-cased, a trailing dot kept, any byte value allowed (NUL
 	// included, as in crypto/tls). Checking and normalising it is the job of
-	// internal/fqdn. It is "" when the client sent no host_name; an empty
+	// internal/fqdn. It is nil when the client sent no host_name; an empty
 	// host_name makes the hello invalid.
-	ServerName string
-	// HasSNI says a host_name was sent, that is ServerName != "". A
+	ServerName []byte
+	// HasSNI says a host_name was sent, that is len(ServerName) > 0. A
 	// server_name extension holding only other name types leaves it false.
 	HasSNI bool
-	// ALPN is the protocol_name_list (RFC 7301 §3.1) in the client's order,
-	// nil when the extension is absent.
-	ALPN []string
+	// ALPN is the protocol_name_list (RFC 7301 §3.1), nil when the
+	// extension is absent.
+	ALPN ProtocolList
 	// LegacyVersion is the hello's legacy_version (client_version).
 	LegacyVersion uint16
 	// RecordVersion is the legacy_record_version of the first record. Only the
 	// record layer knows it, so Examine sets it and Parse leaves it 0.
 	RecordVersion uint16
-	// Versions is the supported_versions list (RFC 8446 §4.2.1) in the
-	// client's order, GREASE values included; nil when absent.
-	Versions []uint16
+	// Versions is the supported_versions list (RFC 8446 §4.2.1), GREASE
+	// values included; nil when absent.
+	Versions VersionList
 	// ECH says the encrypted_client_hello extension is present: ServerName
 	// is then the outer, public name, not the one the client wants.
 	ECH bool
@@ -53,8 +63,9 @@ type Info struct {
 // server behind the gateway judges the rest. Like crypto/tls, Parse accepts a
 // legacy_session_id longer than 32 bytes and an empty compression method list.
 //
-// One pass; it allocates only the strings and slices it stores in info, and
-// an 8 KiB set for a hello with more than 32 extensions.
+// One pass; info views msg (see [Info]), so Parse allocates nothing but an
+// 8 KiB set for a hello with more than 32 extensions, which no real client
+// sends.
 func Parse(msg []byte, info *Info) bool {
 	*info = Info{}
 	if !parseHello(cryptobyte.String(msg), info) {
@@ -102,7 +113,7 @@ func parseExtensions(exts cryptobyte.String, info *Info) bool {
 		switch typ {
 		case extServerName:
 			info.ServerName, ok = parseServerName(data)
-			info.HasSNI = info.ServerName != ""
+			info.HasSNI = len(info.ServerName) > 0
 		case extALPN:
 			info.ALPN, ok = parseALPN(data)
 		case extSupportedVersions:
@@ -129,64 +140,104 @@ func parseExtensions(exts cryptobyte.String, info *Info) bool {
 // (NameType, opaque<1..2^16-1>) entries, at most one per type. Only
 // host_name (0) is defined; like crypto/tls, other types are read with the
 // same framing and skipped.
-func parseServerName(data cryptobyte.String) (string, bool) {
+func parseServerName(data cryptobyte.String) ([]byte, bool) {
 	var list, host cryptobyte.String
 	if !data.ReadUint16LengthPrefixed(&list) || list.Empty() || !data.Empty() {
-		return "", false
+		return nil, false
 	}
 	for !list.Empty() {
 		var typ uint8
 		var name cryptobyte.String
 		if !list.ReadUint8(&typ) || !list.ReadUint16LengthPrefixed(&name) || name.Empty() {
-			return "", false
+			return nil, false
 		}
 		if typ != 0 {
 			continue
 		}
 		if host != nil {
-			return "", false // a second host_name
+			return nil, false // a second host_name
 		}
 		host = name
 	}
-	return string(host), true
+	return host, true
 }
 
 // parseALPN reads a ProtocolNameList (RFC 7301 §3.1): a non-empty list of
-// opaque<1..2^8-1> names. It counts them first so that the slice is
-// allocated once.
-func parseALPN(data cryptobyte.String) ([]string, bool) {
+// opaque<1..2^8-1> names. It checks the framing once, so that the
+// ProtocolList it returns, a view of the list, can be walked unchecked.
+func parseALPN(data cryptobyte.String) (ProtocolList, bool) {
 	var list cryptobyte.String
 	if !data.ReadUint16LengthPrefixed(&list) || list.Empty() || !data.Empty() {
 		return nil, false
 	}
-	n := 0
-	for rest := list; !rest.Empty(); n++ {
+	for rest := list; !rest.Empty(); {
 		var name cryptobyte.String
 		if !rest.ReadUint8LengthPrefixed(&name) || name.Empty() {
 			return nil, false
 		}
 	}
-	protos := make([]string, n)
-	for i := range protos {
-		var name cryptobyte.String
-		list.ReadUint8LengthPrefixed(&name)
-		protos[i] = string(name)
-	}
-	return protos, true
+	return ProtocolList(list), true
 }
 
 // parseVersions reads the ClientHello form of supported_versions (RFC 8446
 // §4.2.1): ProtocolVersion versions<2..254>.
-func parseVersions(data cryptobyte.String) ([]uint16, bool) {
+func parseVersions(data cryptobyte.String) (VersionList, bool) {
 	var list cryptobyte.String
 	if !data.ReadUint8LengthPrefixed(&list) || list.Empty() || len(list)%2 != 0 || !data.Empty() {
 		return nil, false
 	}
-	vers := make([]uint16, len(list)/2)
-	for i := range vers {
-		list.ReadUint16(&vers[i])
+	return VersionList(list), true
+}
+
+// ProtocolList is an ALPN protocol_name_list as sent, without its length
+// prefix: each name is a length byte and that many bytes. Parse checked
+// it, so its methods do not; other values are not meant to be built.
+type ProtocolList []byte
+
+// All yields the protocol names in the client's order, as views of the
+// list.
+func (l ProtocolList) All() iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		for rest := l; len(rest) > 0; {
+			n := int(rest[0])
+			if !yield(rest[1 : 1+n : 1+n]) {
+				return
+			}
+			rest = rest[1+n:]
+		}
 	}
-	return vers, true
+}
+
+// Strings returns copies of the names in the client's order, nil for a nil
+// list: what outlives the message, as the access log does, keeps these.
+func (l ProtocolList) Strings() []string {
+	if l == nil {
+		return nil
+	}
+	n := 0
+	for range l.All() {
+		n++
+	}
+	out := make([]string, 0, n)
+	for name := range l.All() {
+		out = append(out, string(name))
+	}
+	return out
+}
+
+// VersionList is a supported_versions list as sent, without its length
+// prefix: big-endian uint16 values. Parse checked that its length is even.
+type VersionList []byte
+
+// All yields the versions in the client's order.
+func (l VersionList) All() iter.Seq[uint16] {
+	return func(yield func(uint16) bool) {
+		for i := 0; i+1 < len(l); i += 2 {
+			if !yield(uint16(l[i])<<8 | uint16(l[i+1])) {
+				return
+			}
+		}
+	}
 }
 
 // extSet remembers the extension types seen. Real hellos carry about twenty,

@@ -2,6 +2,8 @@ package clienthello
 
 import (
 	"bytes"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -13,76 +15,148 @@ func TestParse(t *testing.T) {
 		name string
 		msg  []byte
 		ok   bool
-		want Info
+		want infoView
 	}{
-		{"no extensions block", hello(nil), true, Info{LegacyVersion: 0x0303}},
-		{"empty extensions block", hello(exts()), true, Info{LegacyVersion: 0x0303}},
+		{"no extensions block", hello(nil), true, infoView{LegacyVersion: 0x0303}},
+		{"empty extensions block", hello(exts()), true, infoView{LegacyVersion: 0x0303}},
 		{"sni", hello(exts(sni("example.com"))), true,
-			Info{LegacyVersion: 0x0303, ServerName: "example.com", HasSNI: true}},
+			infoView{LegacyVersion: 0x0303, ServerName: "example.com", HasSNI: true}},
 		{"sni as sent", hello(exts(sni("WWW.Example.COM."))), true,
-			Info{LegacyVersion: 0x0303, ServerName: "WWW.Example.COM.", HasSNI: true}},
+			infoView{LegacyVersion: 0x0303, ServerName: "WWW.Example.COM.", HasSNI: true}},
 		{"sni with NUL kept for fqdn to judge", hello(exts(sni("a\x00b"))), true,
-			Info{LegacyVersion: 0x0303, ServerName: "a\x00b", HasSNI: true}},
+			infoView{LegacyVersion: 0x0303, ServerName: "a\x00b", HasSNI: true}},
 		{"server_name of another type only", hello(exts(serverNames(nameEntry(1, "x")))), true,
-			Info{LegacyVersion: 0x0303}},
+			infoView{LegacyVersion: 0x0303}},
 		{"host_name beside another type", hello(exts(serverNames(nameEntry(1, "x"), nameEntry(0, "a.example")))), true,
-			Info{LegacyVersion: 0x0303, ServerName: "a.example", HasSNI: true}},
+			infoView{LegacyVersion: 0x0303, ServerName: "a.example", HasSNI: true}},
 		{"alpn", hello(exts(alpn("h2", "http/1.1"))), true,
-			Info{LegacyVersion: 0x0303, ALPN: []string{"h2", "http/1.1"}}},
+			infoView{LegacyVersion: 0x0303, ALPN: []string{"h2", "http/1.1"}}},
 		{"supported_versions", hello(exts(versions(0x0a0a, 0x0304, 0x0303))), true,
-			Info{LegacyVersion: 0x0303, Versions: []uint16{0x0a0a, 0x0304, 0x0303}}},
-		{"ech present, empty", hello(exts(ext{extECH, nil})), true, Info{LegacyVersion: 0x0303, ECH: true}},
+			infoView{LegacyVersion: 0x0303, Versions: []uint16{0x0a0a, 0x0304, 0x0303}}},
+		{"ech present, empty", hello(exts(ext{extECH, nil})), true, infoView{LegacyVersion: 0x0303, ECH: true}},
 		{"ech grease-like", hello(exts(sni("public.example"), ext{extECH, []byte{0, 0, 1, 0, 1, 7, 0, 0, 0, 0}})), true,
-			Info{LegacyVersion: 0x0303, ServerName: "public.example", HasSNI: true, ECH: true, ECHOuter: true, ECHConfigID: 7}},
-		{"ech inner type", hello(exts(ext{extECH, []byte{1}})), true, Info{LegacyVersion: 0x0303, ECH: true}},
+			infoView{LegacyVersion: 0x0303, ServerName: "public.example", HasSNI: true, ECH: true, ECHOuter: true, ECHConfigID: 7}},
+		{"ech inner type", hello(exts(ext{extECH, []byte{1}})), true, infoView{LegacyVersion: 0x0303, ECH: true}},
 		{"unknown extensions skipped", hello(exts(ext{0x1234, []byte("anything")}, sni("a.example"))), true,
-			Info{LegacyVersion: 0x0303, ServerName: "a.example", HasSNI: true}},
-		{"many distinct extensions", hello(exts(manyExts(100, 0x2000)...)), true, Info{LegacyVersion: 0x0303}},
-		{"long session id, as crypto/tls", helloWith(0x0303, 255, 2, 1, nil), true, Info{LegacyVersion: 0x0303}},
-		{"no compression methods, as crypto/tls", helloWith(0x0303, 0, 2, 0, nil), true, Info{LegacyVersion: 0x0303}},
+			infoView{LegacyVersion: 0x0303, ServerName: "a.example", HasSNI: true}},
+		{"many distinct extensions", hello(exts(manyExts(100, 0x2000)...)), true, infoView{LegacyVersion: 0x0303}},
+		{"long session id, as crypto/tls", helloWith(0x0303, 255, 2, 1, nil), true, infoView{LegacyVersion: 0x0303}},
+		{"no compression methods, as crypto/tls", helloWith(0x0303, 0, 2, 0, nil), true, infoView{LegacyVersion: 0x0303}},
 
-		{"empty", nil, false, Info{}},
-		{"handshake type 2", retype(hello(nil), 2), false, Info{}},
-		{"handshake length short", relen(hello(nil), -1), false, Info{}},
-		{"trailing garbage inside message", relen(cat(hello(exts(sni("a"))), []byte{0}), 0), false, Info{}},
-		{"trailing garbage after no extensions", relen(cat(hello(nil), []byte{0}), 0), false, Info{}},
-		{"truncated random", relen(hello(nil)[:20], 0), false, Info{}},
-		{"odd cipher suites", helloWith(0x0303, 0, 3, 1, nil), false, Info{}},
-		{"truncated extensions", relen(hello(exts(sni("example.com")))[:60], 0), false, Info{}},
-		{"extension longer than block", hello(rawExts(0, 0, 0, 9, 1)), false, Info{}},
-		{"duplicate extension", hello(exts(alpn("h2"), alpn("h2"))), false, Info{}},
-		{"duplicate unknown extension", hello(exts(ext{0x1234, nil}, sni("a"), ext{0x1234, nil})), false, Info{}},
-		{"duplicate past 32 extensions", hello(exts(append(manyExts(40, 0x2000), ext{0x2001, nil})...)), false, Info{}},
-		{"two host_name entries", hello(exts(serverNames(nameEntry(0, "a"), nameEntry(0, "b")))), false, Info{}},
-		{"empty host_name", hello(exts(sni(""))), false, Info{}},
-		{"empty server name list", hello(exts(serverNames())), false, Info{}},
-		{"server_name trailing bytes", hello(exts(ext{extServerName, cat(sni("a").data, []byte{0})})), false, Info{}},
-		{"empty alpn list", hello(exts(alpn())), false, Info{}},
-		{"empty alpn name", hello(exts(alpn("h2", ""))), false, Info{}},
-		{"empty supported_versions", hello(exts(versions())), false, Info{}},
-		{"odd supported_versions", hello(exts(ext{extSupportedVersions, []byte{3, 3, 4, 3}})), false, Info{}},
+		{"empty", nil, false, infoView{}},
+		{"handshake type 2", retype(hello(nil), 2), false, infoView{}},
+		{"handshake length short", relen(hello(nil), -1), false, infoView{}},
+		{"trailing garbage inside message", relen(cat(hello(exts(sni("a"))), []byte{0}), 0), false, infoView{}},
+		{"trailing garbage after no extensions", relen(cat(hello(nil), []byte{0}), 0), false, infoView{}},
+		{"truncated random", relen(hello(nil)[:20], 0), false, infoView{}},
+		{"odd cipher suites", helloWith(0x0303, 0, 3, 1, nil), false, infoView{}},
+		{"truncated extensions", relen(hello(exts(sni("example.com")))[:60], 0), false, infoView{}},
+		{"extension longer than block", hello(rawExts(0, 0, 0, 9, 1)), false, infoView{}},
+		{"duplicate extension", hello(exts(alpn("h2"), alpn("h2"))), false, infoView{}},
+		{"duplicate unknown extension", hello(exts(ext{0x1234, nil}, sni("a"), ext{0x1234, nil})), false, infoView{}},
+		{"duplicate past 32 extensions", hello(exts(append(manyExts(40, 0x2000), ext{0x2001, nil})...)), false, infoView{}},
+		{"two host_name entries", hello(exts(serverNames(nameEntry(0, "a"), nameEntry(0, "b")))), false, infoView{}},
+		{"empty host_name", hello(exts(sni(""))), false, infoView{}},
+		{"empty server name list", hello(exts(serverNames())), false, infoView{}},
+		{"server_name trailing bytes", hello(exts(ext{extServerName, cat(sni("a").data, []byte{0})})), false, infoView{}},
+		{"empty alpn list", hello(exts(alpn())), false, infoView{}},
+		{"empty alpn name", hello(exts(alpn("h2", ""))), false, infoView{}},
+		{"empty supported_versions", hello(exts(versions())), false, infoView{}},
+		{"odd supported_versions", hello(exts(ext{extSupportedVersions, []byte{3, 3, 4, 3}})), false, infoView{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			info := Info{ServerName: "stale", RecordVersion: 0x0301}
+			info := Info{ServerName: []byte("stale"), RecordVersion: 0x0301}
 			if ok := Parse(tt.msg, &info); ok != tt.ok {
 				t.Fatalf("Parse(%x) = %v, want %v", tt.msg, ok, tt.ok)
 			}
-			if diff := cmp.Diff(tt.want, info); diff != "" {
+			if diff := cmp.Diff(tt.want, view(info)); diff != "" {
 				t.Errorf("Parse(%x) info mismatch (-want +got):\n%s", tt.msg, diff)
 			}
 		})
 	}
 }
 
-// TestParseAllocs pins the allocations of the common path to what Info holds:
-// the server name, the ALPN slice and each name, the versions slice.
+// TestParseAllocs checks issue #7: Parse allocates nothing, since Info
+// views the message, whether or not the hello carries a server name, ALPN
+// or supported_versions. Only a hello with more than 32 extensions would.
 func TestParseAllocs(t *testing.T) {
-	msg, _, _ := Reassemble(loadFixture(t, "go-default"), nil)
-	var info Info
-	n := testing.AllocsPerRun(10, func() { Parse(msg, &info) })
-	if want := float64(1 + 1 + len(info.ALPN) + 1); n != want {
-		t.Errorf("Parse(go-default) allocates %v times, want %v", n, want)
+	var names []string
+	for _, fx := range fixtures {
+		names = append(names, fx.name)
+	}
+	for _, name := range names {
+		t.Run(name, func(t *testing.T) {
+			msg, _, st := Reassemble(loadFixture(t, name), nil)
+			var info Info
+			if st != Complete || !Parse(msg, &info) {
+				t.Fatalf("%s is not a hello", name)
+			}
+			if n := testing.AllocsPerRun(10, func() { Parse(msg, &info) }); n != 0 {
+				t.Errorf("Parse(%s) allocates %v times per run, want 0", name, n)
+			}
+		})
+	}
+}
+
+// TestProtocolList checks the views of an ALPN list against the names sent,
+// and that Strings copies them, as what outlives the message needs.
+func TestProtocolList(t *testing.T) {
+	tests := []struct {
+		name   string
+		protos []string
+	}{
+		{"one", []string{"h2"}},
+		{"two", []string{"h2", "http/1.1"}},
+		{"longest name", []string{strings.Repeat("x", 255), "h3"}},
+		{"any bytes", []string{"\x00", "\xff\xfe"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			msg := hello(exts(alpn(tt.protos...)))
+			var info Info
+			if !Parse(msg, &info) {
+				t.Fatalf("Parse(%x) failed", msg)
+			}
+			var viewed []string
+			for p := range info.ALPN.All() {
+				viewed = append(viewed, string(p))
+			}
+			got := info.ALPN.Strings()
+			if !slices.Equal(viewed, tt.protos) || !slices.Equal(got, tt.protos) {
+				t.Fatalf("ALPN.All() = %q, ALPN.Strings() = %q, want %q", viewed, got, tt.protos)
+			}
+			clear(msg)
+			if !slices.Equal(got, tt.protos) {
+				t.Errorf("ALPN.Strings() = %q after the message was overwritten, want %q kept", got, tt.protos)
+			}
+		})
+	}
+	if got := ProtocolList(nil).Strings(); got != nil {
+		t.Errorf("ProtocolList(nil).Strings() = %q, want nil", got)
+	}
+}
+
+// infoView is Info with its views copied out, so that test tables state
+// names as strings and versions as numbers.
+type infoView struct {
+	ServerName    string
+	HasSNI        bool
+	ALPN          []string
+	LegacyVersion uint16
+	RecordVersion uint16
+	Versions      []uint16
+	ECH           bool
+	ECHOuter      bool
+	ECHConfigID   uint8
+}
+
+func view(i Info) infoView {
+	return infoView{
+		ServerName: string(i.ServerName), HasSNI: i.HasSNI, ALPN: i.ALPN.Strings(),
+		LegacyVersion: i.LegacyVersion, RecordVersion: i.RecordVersion,
+		Versions: slices.Collect(i.Versions.All()),
+		ECH:      i.ECH, ECHOuter: i.ECHOuter, ECHConfigID: i.ECHConfigID,
 	}
 }
 

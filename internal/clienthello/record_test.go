@@ -36,7 +36,7 @@ func TestReassembleFramings(t *testing.T) {
 				}
 				var info Info
 				Examine(split, nil, &info)
-				if diff := cmp.Diff(fx.want, info); diff != "" {
+				if diff := cmp.Diff(fx.want, view(info)); diff != "" {
 					t.Errorf("Examine(%s) info mismatch (-want +got):\n%s", fr.name, diff)
 				}
 			})
@@ -64,7 +64,7 @@ func TestReassembleByteByByte(t *testing.T) {
 				if used, st := Examine(raw, nil, &info); st != Complete || used != len(raw) {
 					t.Fatalf("Examine(all %d) = %d, %v, want %d, Complete", len(raw), used, st, len(raw))
 				}
-				if diff := cmp.Diff(fx.want, info); diff != "" {
+				if diff := cmp.Diff(fx.want, view(info)); diff != "" {
 					t.Errorf("Examine info mismatch (-want +got):\n%s", diff)
 				}
 			})

@@ -52,7 +52,7 @@ func TestParseECHConfigList(t *testing.T) {
 	var info clienthello.Info
 	hello := goHelloWithECH(two)
 	if _, st := clienthello.Examine(hello, make([]byte, 0, clienthello.MaxHelloLen), &info); st != clienthello.Complete ||
-		!info.ECHOuter || info.ServerName != "cover.example.test" || info.ECHConfigID != 7 {
+		!info.ECHOuter || string(info.ServerName) != "cover.example.test" || info.ECHConfigID != 7 {
 		t.Errorf("crypto/tls hello with the list: %v, outer %v, SNI %q, config_id %d; want outer, cover.example.test, 7",
 			st, info.ECHOuter, info.ServerName, info.ECHConfigID)
 	}
@@ -104,7 +104,7 @@ func FuzzECHConfigList(f *testing.F) {
 			return
 		}
 		for _, c := range configs {
-			if c.PublicName == info.ServerName && c.ConfigID == info.ECHConfigID {
+			if c.PublicName == string(info.ServerName) && c.ConfigID == info.ECHConfigID {
 				return
 			}
 		}

@@ -131,9 +131,9 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	rawName := ""
 	switch {
 	case p.Protocol == peek.TLS:
-		rec.ALPN = p.Hello.ALPN
+		rec.ALPN = p.Hello.ALPN.Strings() // copies: the log outlives the peek buffer
 		if p.Hello.HasSNI {
-			rawName, rec.FQDNSource = p.Hello.ServerName, "sni"
+			rawName, rec.FQDNSource = string(p.Hello.ServerName), "sni"
 		}
 	case p.Protocol == peek.HTTP && p.Host != "":
 		rawName, rec.FQDNSource = p.Host, "host"

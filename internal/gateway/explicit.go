@@ -213,7 +213,7 @@ func (x *explicitConn) tunnel(t target, v verdict, up *net.TCPConn, rec *accessl
 		})
 		rec.Protocol = p.Protocol
 		if p.Protocol == peek.TLS {
-			rec.ECH, rec.ALPN = p.Hello.ECH, p.Hello.ALPN
+			rec.ECH, rec.ALPN = p.Hello.ECH, p.Hello.ALPN.Strings() // copies: the log outlives p
 		}
 		problem := ""
 		switch {
@@ -272,7 +272,7 @@ func mismatch(t target, p peek.Result) string {
 	raw, what := "", ""
 	switch {
 	case p.Protocol == peek.TLS && p.Hello.HasSNI:
-		raw, what = p.Hello.ServerName, "TLS server name"
+		raw, what = string(p.Hello.ServerName), "TLS server name"
 	case p.Protocol == peek.HTTP && p.Host != "":
 		raw, what = p.Host, "HTTP Host"
 	default:

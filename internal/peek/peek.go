@@ -38,7 +38,9 @@ type Result struct {
 	Protocol string
 	// Data holds every byte read from the client, to be forwarded first.
 	Data []byte
-	// Hello is the parsed ClientHello when Protocol is TLS and HelloOK.
+	// Hello is the parsed ClientHello when Protocol is TLS and HelloOK. Its
+	// byte slices view Data, or the reassembly buffer for a hello split over
+	// records, so like Data they must not be used after Release.
 	Hello   clienthello.Info
 	HelloOK bool
 	// Host is the HTTP Host (port stripped) when Protocol is HTTP.
@@ -46,6 +48,10 @@ type Result struct {
 	// Err says why the bytes could not be classified completely: a
 	// malformed hello, a client that stopped mid-hello, an oversized head.
 	Err error
+
+	// scratch is the reassembly buffer Hello views when the hello was split
+	// over records; Release returns it to its pool.
+	scratch *[]byte
 }
 
 // Errors a Result can carry.
@@ -93,8 +99,16 @@ func Peek(c net.Conn, dl Deadlines) Result {
 	}
 }
 
-// Release returns r's buffer to the pool; r.Data must not be used after.
+// Release returns r's buffers to their pools; r.Data and the views in
+// r.Hello must not be used after, and Release clears them so that a use
+// finds nothing rather than another connection's bytes. A second call does
+// nothing.
 func Release(r *Result) {
+	r.Hello.ServerName, r.Hello.ALPN, r.Hello.Versions = nil, nil, nil
+	if r.scratch != nil {
+		scratchPool.Put(r.scratch)
+		r.scratch = nil
+	}
 	if cap(r.Data) == 0 || cap(r.Data) > MaxBytes {
 		return
 	}
@@ -104,7 +118,7 @@ func Release(r *Result) {
 }
 
 // scratchPool holds reassembly buffers for hellos split over several TLS
-// records; one-record hellos never touch it.
+// records; a one-record hello is parsed where it lies, in the peek buffer.
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, clienthello.MaxHelloLen); return &b }}
 
 func peekTLS(c net.Conn, buf []byte) Result {
@@ -112,12 +126,22 @@ func peekTLS(c net.Conn, buf []byte) Result {
 		var r Result
 		// The scratch buffer is held only while examining, never while
 		// waiting for the client: a client trickling its hello must not pin
-		// 16 KiB (TestSilentAndSlowCrowd measures it).
+		// 16 KiB (TestSilentAndSlowCrowd measures it). Once the hello is
+		// whole, r.Hello views the buffer the message is in, so one that
+		// was reassembled in scratch keeps it until Release.
 		sp := scratchPool.Get().(*[]byte)
-		_, st := clienthello.Examine(buf, (*sp)[:0], &r.Hello)
-		scratchPool.Put(sp)
+		msg, _, st := clienthello.Reassemble(buf, (*sp)[:0])
+		if st == clienthello.Complete && !clienthello.Parse(msg, &r.Hello) {
+			st = clienthello.Invalid
+		}
+		if st == clienthello.Complete && &msg[0] == &(*sp)[:1][0] {
+			r.scratch = sp
+		} else {
+			scratchPool.Put(sp)
+		}
 		switch st {
 		case clienthello.Complete:
+			r.Hello.RecordVersion = clienthello.RecordVersion(buf)
 			r.Protocol, r.Data, r.HelloOK = TLS, buf, true
 			return r
 		case clienthello.Invalid, clienthello.NotTLS:

@@ -96,7 +96,7 @@ func TestPeek(t *testing.T) {
 			if r.Protocol != tc.protocol || !errors.Is(r.Err, tc.err) {
 				t.Fatalf("Peek = %s, %v; want %s, %v", r.Protocol, r.Err, tc.protocol, tc.err)
 			}
-			if r.Hello.ServerName != tc.sni || r.Host != tc.host {
+			if string(r.Hello.ServerName) != tc.sni || r.Host != tc.host {
 				t.Errorf("Peek name = %q/%q, want %q/%q", r.Hello.ServerName, r.Host, tc.sni, tc.host)
 			}
 			if tc.err == nil && tc.protocol != Unknown && tc.protocol != SSH && !bytes.Equal(r.Data, tc.input) {
@@ -106,6 +106,48 @@ func TestPeek(t *testing.T) {
 				t.Errorf("Peek Data is not a prefix of what was sent")
 			}
 			Release(&r)
+		})
+	}
+}
+
+// TestPeekHelloViews checks that r.Hello, which views the bytes it was parsed
+// from, stays intact until Release even for a hello reassembled from several
+// records in a pooled buffer, while other connections are peeked at, and
+// that Release clears the views rather than leave them on a reused buffer.
+func TestPeekHelloViews(t *testing.T) {
+	tests := []struct {
+		name   string
+		framed func([]byte) []byte
+	}{
+		{"one record", func(b []byte) []byte { return b }},
+		{"7-byte records", func(b []byte) []byte { return reframe(b, 7) }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			peekHello := func(name string) Result {
+				c, s := testnet.Pair(t)
+				go c.Write(tc.framed(fixture(t, name)))
+				r := Peek(s, deadlines(2*time.Second, 5*time.Second))
+				if !r.HelloOK {
+					t.Fatalf("Peek(%s) = %s, %v; want a hello", name, r.Protocol, r.Err)
+				}
+				return r
+			}
+			first := peekHello("go-default.hex") // example.com, h2 and http/1.1
+			for range 3 {
+				other := peekHello("go-tls12.hex") // api.example.net, no ALPN
+				Release(&other)
+			}
+			if got, alpn := string(first.Hello.ServerName), first.Hello.ALPN.Strings(); got != "example.com" ||
+				len(alpn) != 2 || alpn[0] != "h2" || alpn[1] != "http/1.1" {
+				t.Errorf("first hello now says %q, ALPN %q; want example.com, [h2 http/1.1]", got, alpn)
+			}
+			Release(&first)
+			if first.Hello.ServerName != nil || first.Hello.ALPN != nil || first.Data != nil {
+				t.Errorf("after Release: ServerName %q, ALPN %q, %d bytes of Data; want all nil",
+					first.Hello.ServerName, first.Hello.ALPN, len(first.Data))
+			}
+			Release(&first) // the gateway may release twice: a deferred call and an early one
 		})
 	}
 }
