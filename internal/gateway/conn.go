@@ -211,7 +211,7 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		g.relayed(rc, &rec, res, srcHeld)
 	})
 	if err != nil {
-		rec.Reason = v.Reason + "; upstream write failed: " + err.Error()
+		rec.Reason = v.Reason + "; relay failed: " + err.Error()
 		refuse.Reset(c)
 		return
 	}
@@ -221,16 +221,31 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	return true
 }
 
-// relayed ends a connection the relay loop has closed: its log line, its
-// source count, its place among the live connections. It runs on the loop's
-// goroutine, so it does no more than that.
+// relayLogQueue is how many relayed connections' lines may wait for a slow
+// log writer before the relay loops wait too: lines are never dropped.
+const relayLogQueue = 4096
+
+// writeRelayLogs writes the lines relayed queues, until Serve closes the
+// queue.
+func (g *Gateway) writeRelayLogs() {
+	defer close(g.logDone)
+	for rec := range g.relayLog {
+		g.access.Log(rec)
+	}
+}
+
+// relayed ends a connection the relay loop has closed: its metrics, its
+// source count, its place among the live connections, and its log line,
+// which it queues for writeRelayLogs. It runs on the loop's goroutine, so it
+// does no more than that and no I/O.
 func (g *Gateway) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Result, srcHeld bool) {
 	rec.BytesUp += res.Up
 	rec.BytesDown = res.Down
 	if end := endReason(res); end != "" {
 		rec.Reason += "; " + end
 	}
-	g.logConn(rec)
+	g.metrics.Conn(rec.Listener, rec.Action, rec.Rule, rec.Protocol, rec.FQDNSource, rec.BytesUp, rec.BytesDown, time.Since(rec.Start))
+	g.relayLog <- rec
 	if srcHeld {
 		g.sources.release(rec.Src.Addr())
 	}

@@ -51,7 +51,12 @@ type Gateway struct {
 	closedAll bool                   // the drain closed every live connection
 	wg        sync.WaitGroup         // accept loops and workers
 	jobs      chan job               // to idle workers
-	stopping  chan struct{}          // closed when accepting has stopped: idle workers exit
+	// relayLog takes the log lines of relays the loop has ended to
+	// writeRelayLogs, so that a slow log writer never stalls a relay loop
+	// (and every connection on it); Serve starts and ends it.
+	relayLog chan *accesslog.Record
+	logDone  chan struct{}
+	stopping chan struct{} // closed when accepting has stopped: idle workers exit
 
 	metrics  *metrics.Metrics
 	active   atomic.Int64 // connections accepted and not yet closed
@@ -87,7 +92,8 @@ func (bl *boundListener) config() *config.Listener { return bl.cfg.Load() }
 // one line per connection.
 func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 	g := &Gateway{log: log, access: access, conns: make(map[io.Closer]struct{}),
-		jobs: make(chan job), stopping: make(chan struct{}), abort: make(chan struct{})}
+		jobs: make(chan job), stopping: make(chan struct{}), abort: make(chan struct{}),
+		relayLog: make(chan *accesslog.Record, relayLogQueue), logDone: make(chan struct{})}
 	g.state.Store(st)
 	gauges := metrics.Gauges{
 		Active:  func() float64 { return float64(g.active.Load()) },
@@ -195,6 +201,12 @@ func (g *Gateway) Addrs() map[string]netip.AddrPort {
 // of 0 means the running config's shutdown_grace. Serve returns when every
 // goroutine it started has ended.
 func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
+	go g.writeRelayLogs()
+	defer func() {
+		// Every relay has ended (Serve waited for them): its line is queued.
+		close(g.relayLog)
+		<-g.logDone
+	}()
 	g.mu.Lock()
 	g.serveCtx = ctx
 	for _, bl := range g.listeners {

@@ -135,7 +135,7 @@ func (c *Conn) Attach(client *net.TCPConn, first []byte, idle time.Duration, don
 	}
 	if err := c.client.detach(client); err != nil {
 		c.Abandon()
-		return err
+		return fmt.Errorf("taking over the client socket: %w", err)
 	}
 	return nil
 }

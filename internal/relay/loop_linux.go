@@ -56,7 +56,8 @@ type side struct {
 	fd                 int
 	laddr, raddr       net.Addr
 	readable, writable bool
-	registered         bool // in the loop's epoll set and table
+	registered         bool  // in the loop's epoll set and table
+	gen                int32 // registration number, carried in the epoll event
 }
 
 // dir is one direction: bytes from src, through a pooled pipe held only
@@ -199,6 +200,11 @@ type loop struct {
 
 	mu    sync.Mutex
 	table []*side // by fd
+	// gen numbers registrations: an event carries its socket's number,
+	// so a stale event of a closed socket whose fd was since reused (by
+	// another goroutine, between this loop's epoll_wait and its handling
+	// of the event) is told apart and dropped.
+	gen   int32
 	conns []*Conn
 	// sweepAt is when the loop next looks for idle connections (unix
 	// nanoseconds; 0: none planned). Under sweepMu, so that the deadline
@@ -234,7 +240,7 @@ func (l *loop) add(c *Conn) error {
 	}
 	c.l = l
 	c.last = time.Now().UnixNano()
-	sweep := c.last + c.idle/sweepsPerIdle
+	sweep := c.last + c.idle + c.idle/sweepsPerIdle
 	// The sockets are registered, and the connection turned to relaying,
 	// under mu: the loop looks each event's socket up under mu, so it
 	// cannot act on (and maybe close) this connection before all is in.
@@ -271,7 +277,9 @@ func (l *loop) register(s *side) error {
 		l.table = append(l.table, make([]*side, len(l.table)+64)...)
 	}
 	l.table[s.fd] = s
-	ev := unix.EpollEvent{Events: sockEvents, Fd: int32(s.fd)}
+	l.gen++
+	s.gen = l.gen
+	ev := unix.EpollEvent{Events: sockEvents, Fd: int32(s.fd), Pad: s.gen}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
 		l.table[s.fd] = nil
 		return os.NewSyscallError("epoll_ctl", err)
@@ -352,6 +360,9 @@ func (l *loop) handle(events []unix.EpollEvent) {
 		var s *side
 		if fd := int(ev.Fd); fd < len(l.table) {
 			s = l.table[fd]
+		}
+		if s != nil && s.gen != ev.Pad {
+			s = nil // an event of the fd's previous socket
 		}
 		if s != nil {
 			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
@@ -446,7 +457,7 @@ func (c *Conn) move(d *dir) {
 				d.dst.writable = false
 				return
 			}
-			c.fail(d, d.dst.opError("write", err), nil)
+			c.writeFailed(d, err)
 			return
 		}
 		if d.pending > 0 {
@@ -466,7 +477,7 @@ func (c *Conn) move(d *dir) {
 				d.dst.writable = false
 				return
 			}
-			c.fail(d, d.dst.opError("write", err), nil)
+			c.writeFailed(d, err)
 			return
 		}
 		if d.eof {
@@ -513,6 +524,18 @@ func (c *Conn) move(d *dir) {
 	}
 }
 
+// writeFailed ends the connection on a failed write to d's destination. A
+// destination that reset is passed back to the source as a reset, as a
+// reset read is passed forward: a client reading to EOF must not take a
+// cut stream for a whole one.
+func (c *Conn) writeFailed(d *dir, err error) {
+	var linger *side
+	if err == unix.ECONNRESET {
+		linger = d.src
+	}
+	c.fail(d, d.dst.opError("write", err), linger)
+}
+
 // ended passes a clean EOF on: a half-close while the other direction
 // runs, or the close of both when it has ended too (that close is the FIN;
 // a shutdown(2) first would be a wasted call).
@@ -551,6 +574,11 @@ func (c *Conn) fail(d *dir, err error, linger *side) {
 func (c *Conn) finish(upErr, downErr error, linger *side) {
 	if c.closed {
 		return
+	}
+	if c.aborted.Load() {
+		// Close shut the sockets down; whatever this pump saw of that
+		// (EPIPE, an early EOF) is the drain, not the peers.
+		upErr, downErr = net.ErrClosed, net.ErrClosed
 	}
 	if !c.up.done {
 		c.up.err = upErr
