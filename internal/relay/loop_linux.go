@@ -441,43 +441,7 @@ func (c *Conn) pump() {
 // move runs one direction until it would block, ends or fails.
 func (c *Conn) move(d *dir) {
 	for !d.done {
-		if len(d.head) > 0 {
-			if !d.dst.writable {
-				return
-			}
-			n, err := unix.Write(d.dst.fd, d.head)
-			switch err {
-			case nil:
-				d.head = d.head[n:]
-				c.last = c.l.now
-				continue
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				d.dst.writable = false
-				return
-			}
-			c.writeFailed(d, err)
-			return
-		}
-		if d.pending > 0 {
-			if !d.dst.writable {
-				return
-			}
-			n, err := unix.Splice(d.p.r, nil, d.dst.fd, nil, d.pending, spliceFlags)
-			switch err {
-			case nil:
-				d.pending -= int(n)
-				d.n += n
-				c.last = c.l.now
-				continue
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				d.dst.writable = false
-				return
-			}
-			c.writeFailed(d, err)
+		if !c.out(d) {
 			return
 		}
 		if d.eof {
@@ -534,6 +498,42 @@ func (c *Conn) writeFailed(d *dir, err error) {
 		linger = d.src
 	}
 	c.fail(d, d.dst.opError("write", err), linger)
+}
+
+// out writes what d holds for its destination, head bytes first, then the
+// pipe's. It reports false when the destination is full or the write
+// failed (and the connection ended).
+func (c *Conn) out(d *dir) bool {
+	for len(d.head) > 0 || d.pending > 0 {
+		if !d.dst.writable {
+			return false
+		}
+		var err error
+		if len(d.head) > 0 {
+			var n int
+			if n, err = unix.Write(d.dst.fd, d.head); err == nil {
+				d.head = d.head[n:]
+			}
+		} else {
+			var n int64
+			if n, err = unix.Splice(d.p.r, nil, d.dst.fd, nil, d.pending, spliceFlags); err == nil {
+				d.pending -= int(n)
+				d.n += n
+			}
+		}
+		switch err {
+		case nil:
+			c.last = c.l.now
+		case unix.EINTR:
+		case unix.EAGAIN:
+			d.dst.writable = false
+			return false
+		default:
+			c.writeFailed(d, err)
+			return false
+		}
+	}
+	return true
 }
 
 // ended passes a clean EOF on: a half-close while the other direction
