@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -40,15 +41,28 @@ func Listen(tb testing.TB) *net.TCPListener {
 // Buffer is a bytes.Buffer that goroutines may write and read at once, as
 // a gateway's access log is written while a test reads it.
 type Buffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	writing atomic.Int32
 }
 
 func (b *Buffer) Write(p []byte) (int, error) {
+	b.writing.Add(1)
+	defer b.writing.Add(-1)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
+
+// Stall makes writes wait until the returned release is called, as a log
+// collector that stops reading does.
+func (b *Buffer) Stall() (release func()) {
+	b.mu.Lock()
+	return b.mu.Unlock
+}
+
+// Writing reports how many writes are in progress (waiting, when stalled).
+func (b *Buffer) Writing() int { return int(b.writing.Load()) }
 
 // String returns everything written so far.
 func (b *Buffer) String() string {
