@@ -176,6 +176,13 @@ func (x *explicitConn) dial(ctx context.Context, dst netip.AddrPort) (*net.TCPCo
 	return d.Dial(ctx, dst)
 }
 
+// dialTunnel connects a tunnel's upstream through the relay loop, as the
+// sni mode does. No bytes are known to follow (the client may wait for the
+// server, as SSH does), so the handshake's last ACK is not held back.
+func (x *explicitConn) dialTunnel(ctx context.Context, dst netip.AddrPort) (*relay.Conn, error) {
+	return relay.Dial(ctx, dst, x.st.Config.Mark, x.st.Config.Timeouts.Connect, false)
+}
+
 // dialFailure maps a failed dial to what each protocol says about it.
 func dialFailure(err error) (httpStatus int, socksReply byte) {
 	var ne net.Error
@@ -197,7 +204,7 @@ func dialFailure(err error) (httpStatus int, socksReply byte) {
 // name they carry against the one the client asked for, then forwards
 // what was read and relays. It returns true when the tunnel was handed to
 // the relay loop, which then writes rec.
-func (x *explicitConn) tunnel(t target, v verdict, up *net.TCPConn, rec *accesslog.Record) (relaying bool) {
+func (x *explicitConn) tunnel(t target, v verdict, up *relay.Conn, rec *accesslog.Record) (relaying bool) {
 	cfg := x.st.Config
 	var data []byte
 	var p peek.Result
@@ -228,7 +235,7 @@ func (x *explicitConn) tunnel(t target, v verdict, up *net.TCPConn, rec *accessl
 				rec.Reason = problem + " (tunnel_sni: match)"
 				if cfg.Policy.Enforce || p.Err != nil {
 					rec.Enforced = true
-					up.Close()
+					up.Abandon()
 					x.g.refuse(x.c, p, v.Rule)
 					return
 				}
@@ -242,26 +249,18 @@ func (x *explicitConn) tunnel(t target, v verdict, up *net.TCPConn, rec *accessl
 		rest, _ := x.br.Peek(n)
 		data = append(data, rest...)
 	}
-	if len(data) > 0 {
-		if _, err := up.Write(data); err != nil {
-			rec.Reason += "; upstream write failed: " + err.Error()
-			up.Close()
-			refuse.Reset(x.c)
-			return
-		}
+	err := up.Attach(x.c, data, cfg.Timeouts.Idle, func(res relay.Result) {
+		x.g.relayed(up, rec, res, x.srcHeld)
+	})
+	if err != nil {
+		rec.Reason += "; relay failed: " + err.Error()
+		refuse.Reset(x.c)
+		return false
 	}
 	rec.BytesUp = int64(len(data))
 	peek.Release(&p)
 	x.releaseReader()
-	var rc *relay.Conn
-	rc, err := relay.New(x.c, up, cfg.Timeouts.Idle, func(res relay.Result) {
-		x.g.relayed(rc, rec, res, x.srcHeld)
-	})
-	if err != nil {
-		rec.Reason += "; relay failed: " + err.Error()
-		return false
-	}
-	x.g.handOff(x.c, rc)
+	x.g.handOff(x.c, up)
 	return true
 }
 

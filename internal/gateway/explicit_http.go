@@ -115,7 +115,7 @@ func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Reco
 		refuse.HTTPForbidden(x.c, v.Rule)
 		return
 	}
-	up, err := x.dial(ctx, v.dst)
+	up, err := x.dialTunnel(ctx, v.dst)
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		code, _ := dialFailure(err)
@@ -124,7 +124,7 @@ func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Reco
 	}
 	if _, err := x.c.Write(httpconnect.Established); err != nil {
 		rec.Reason = v.Reason + "; client write failed: " + err.Error()
-		up.Close()
+		up.Abandon()
 		x.c.Close()
 		return
 	}

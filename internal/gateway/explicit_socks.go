@@ -8,7 +8,6 @@ import (
 	"slices"
 
 	"github.com/egressd/egressd/internal/fqdn"
-	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/refuse"
 	"github.com/egressd/egressd/internal/socks5"
 )
@@ -99,7 +98,7 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 		refuse.Answer(x.c, reply(socks5.ReplyNotAllowed))
 		return
 	}
-	up, err := x.dial(ctx, v.dst)
+	up, err := x.dialTunnel(ctx, v.dst)
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		_, code := dialFailure(err)
@@ -108,10 +107,10 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 	}
 	var ok [22]byte
 	b := ok[:0]
-	if err := socks5.WriteReply(sliceWriter{&b}, socks5.ReplySucceeded, listener.AddrPort(up.LocalAddr())); err == nil {
+	if err := socks5.WriteReply(sliceWriter{&b}, socks5.ReplySucceeded, up.UpstreamLocal()); err == nil {
 		if _, err := x.c.Write(b); err != nil {
 			rec.Reason = v.Reason + "; client write failed: " + err.Error()
-			up.Close()
+			up.Abandon()
 			x.c.Close()
 			return
 		}

@@ -104,6 +104,22 @@ func sockaddr(ap netip.AddrPort) (int, unix.Sockaddr) {
 	return unix.AF_INET6, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
 }
 
+// UpstreamLocal is the dialled upstream socket's own address (a SOCKS5
+// reply's BND.ADDR); the zero AddrPort if it cannot be read.
+func (c *Conn) UpstreamLocal() netip.AddrPort {
+	sa, err := unix.Getsockname(c.upstream.fd)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
 // Abandon closes a dialled upstream that will not be relayed.
 func (c *Conn) Abandon() {
 	c.l.forget(c)

@@ -52,5 +52,10 @@ func (c *Conn) Attach(client *net.TCPConn, first []byte, idle time.Duration, don
 	return nil
 }
 
+// UpstreamLocal is the dialled upstream socket's own address.
+func (c *Conn) UpstreamLocal() netip.AddrPort {
+	return c.upstream.LocalAddr().(*net.TCPAddr).AddrPort()
+}
+
 // Abandon closes a dialled upstream that will not be relayed.
 func (c *Conn) Abandon() { c.upstream.Close() }
