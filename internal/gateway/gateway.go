@@ -96,8 +96,9 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 		relayLog: make(chan *accesslog.Record, relayLogQueue), logDone: make(chan struct{})}
 	g.state.Store(st)
 	gauges := metrics.Gauges{
-		Active:  func() float64 { return float64(g.active.Load()) },
-		Pending: func() float64 { return float64(g.pending.Load()) },
+		Active:   func() float64 { return float64(g.active.Load()) },
+		Pending:  func() float64 { return float64(g.pending.Load()) },
+		LogQueue: func() float64 { return float64(len(g.relayLog)) },
 	}
 	if st.Config.DNS.Enabled() {
 		gauges.DNS = g.dnsCounts

@@ -61,6 +61,16 @@ func TestSlowLogDoesNotStallRelays(t *testing.T) {
 			t.Fatalf("connection %d stalled while the log writer was stuck: %v", i, err)
 		}
 	}
+	// The next line to end waits in the queue, and the gauge shows it.
+	conns[0].Close()
+	for queued := 0.0; queued != 1; {
+		if time.Now().After(deadline) {
+			release()
+			t.Fatalf("egressd_access_log_queue = %v with one line waiting, want 1", queued)
+		}
+		time.Sleep(5 * time.Millisecond)
+		queued = value(scrape(t, w.gw), "egressd_access_log_queue", nil)
+	}
 	release()
 	w.waitLog(bySrcPort(raw))
 	for _, c := range conns {

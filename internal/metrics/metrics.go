@@ -61,6 +61,10 @@ type connLabels struct {
 type Gauges struct {
 	Active  func() float64 // connections open now
 	Pending func() float64 // connections still being peeked
+	// LogQueue is how many relayed connections' log lines wait to be
+	// written: a log writer that falls behind shows here before the relays
+	// wait for it.
+	LogQueue func() float64
 	// DNS, when not nil, reports the DNS forwarder's counters; it is nil
 	// when no forwarder runs, and then no DNS metric is exposed.
 	DNS func() DNSCounts
@@ -120,6 +124,9 @@ func New(g Gauges) *Metrics {
 	}
 	if g.Pending != nil {
 		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "egressd_pending_handshakes", Help: "Connections whose first bytes are still being read."}, g.Pending))
+	}
+	if g.LogQueue != nil {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "egressd_access_log_queue", Help: "Relayed connections' log lines waiting to be written (relays wait when 4096 are queued)."}, g.LogQueue))
 	}
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "egressd_bytes_total",

@@ -101,13 +101,22 @@ func sockaddr(ap netip.AddrPort) (int, unix.Sockaddr) {
 	if a.Is4() || a.Is4In6() {
 		return unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
 	}
-	return unix.AF_INET6, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
+	if z := a.Zone(); z != "" {
+		if ifi, err := net.InterfaceByName(z); err == nil {
+			sa.ZoneId = uint32(ifi.Index)
+		}
+	}
+	return unix.AF_INET6, sa
 }
 
 // UpstreamLocal is the dialled upstream socket's own address (a SOCKS5
 // reply's BND.ADDR); the zero AddrPort if it cannot be read.
-func (c *Conn) UpstreamLocal() netip.AddrPort {
-	sa, err := unix.Getsockname(c.upstream.fd)
+func (c *Conn) UpstreamLocal() netip.AddrPort { return localAddr(c.upstream.fd) }
+
+// localAddr is the socket's own address, from getsockname(2).
+func localAddr(fd int) netip.AddrPort {
+	sa, err := unix.Getsockname(fd)
 	if err != nil {
 		return netip.AddrPort{}
 	}

@@ -614,6 +614,13 @@ func (s *side) opError(op string, err error) error {
 	if errors.As(err, &errno) {
 		err = errno
 	}
+	if s.laddr == nil && s.fd >= 0 {
+		// A dialled socket's own address is read only when an error
+		// needs it, not on every dial.
+		if ap := localAddr(s.fd); ap.IsValid() {
+			s.laddr = net.TCPAddrFromAddrPort(ap)
+		}
+	}
 	return &net.OpError{Op: op, Net: "tcp", Source: s.laddr, Addr: s.raddr, Err: err}
 }
 
