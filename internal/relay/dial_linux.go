@@ -29,8 +29,9 @@ func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Dur
 	if l == nil {
 		return nil, loopsErr
 	}
-	raddr := net.TCPAddrFromAddrPort(dst)
-	fail := func(err error) error { return &net.OpError{Op: "dial", Net: "tcp", Addr: raddr, Err: err} }
+	fail := func(err error) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(dst), Err: err}
+	}
 	family, sa := sockaddr(dst)
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -55,7 +56,7 @@ func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Dur
 	c := &Conn{l: l, connected: make(chan struct{})}
 	c.client.c, c.upstream.c = c, c
 	c.client.fd, c.upstream.fd = -1, fd
-	c.upstream.raddr = raddr
+	c.upstream.peer = dst
 	c.up = dir{src: &c.client, dst: &c.upstream}
 	c.down = dir{src: &c.upstream, dst: &c.client}
 	wait := c.connected

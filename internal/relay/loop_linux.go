@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -15,12 +16,11 @@ import (
 
 // The event loop relays connections that own no goroutine.
 //
-// Relay spends two goroutines per connection, parked in the runtime's poller
-// while the connection is idle: their stacks are most of the memory an idle
-// connection costs (about 16 KiB, against HAProxy's 3.5). Start instead
-// hands both sockets to one of a few loops, each one goroutine waiting on
-// its own epoll set, so that an idle connection costs its two sockets and a
-// small struct.
+// A goroutine per direction, parked in the runtime's poller while the
+// connection is idle, cost about 16 KiB of stack per idle connection
+// (HAProxy spends 3.5). Dial, Attach and Start instead hand both sockets to
+// one of a few loops, each one goroutine waiting on its own epoll set, so
+// that an idle connection costs its two sockets and a small struct.
 //
 // Each loop's epoll fd is itself registered with the Go runtime's poller (an
 // epoll fd is readable while it has ready items), so a loop parks like any
@@ -40,8 +40,8 @@ type Conn struct {
 	aborted          atomic.Bool
 	idleHit          bool
 
-	// Under l.mu: relaying turns true when Start registers the last
-	// socket; until then the loop only notes readiness, and closes
+	// Under l.mu: relaying turns true when Start registers the client;
+	// until then the loop only notes readiness, and closes
 	// connected (if set) once a dialled upstream's connect has finished.
 	relaying  bool
 	connected chan struct{}
@@ -54,9 +54,9 @@ type Conn struct {
 type side struct {
 	c                  *Conn
 	fd                 int
-	laddr, raddr       net.Addr
+	laddr, raddr       net.Addr       // for errors; a dialled socket's are made when one needs them
+	peer               netip.AddrPort // a dialled socket's destination
 	readable, writable bool
-	registered         bool  // in the loop's epoll set and table
 	gen                int32 // registration number, carried in the epoll event
 }
 
@@ -73,41 +73,11 @@ type dir struct {
 	err      error
 }
 
-// New takes client and upstream for the event loop: the two net.Conns are
-// closed, and the Conn owns duplicates of their sockets. Start begins the
-// relay; done is then called once, from the loop's goroutine, when both
-// sockets are closed, and must not block: the loop serves other
-// connections. Close ends the relay early. On error both conns are closed
-// and there is nothing to start. idle <= 0 disables the idle timeout.
-//
-// New and Start are two steps so that the caller can file the Conn (for a
-// drain to close) before done can possibly run.
-func New(client, upstream *net.TCPConn, idle time.Duration, done func(Result)) (*Conn, error) {
-	c := &Conn{idle: int64(idle), done: done}
-	c.client.c, c.upstream.c = c, c
-	c.up = dir{src: &c.client, dst: &c.upstream}
-	c.down = dir{src: &c.upstream, dst: &c.client}
-	err := c.client.detach(client)
-	if err2 := c.upstream.detach(upstream); err == nil {
-		err = err2
-	}
-	if err != nil {
-		c.client.closeFD()
-		c.upstream.closeFD()
-		return nil, err
-	}
-	return c, nil
-}
-
-// Start hands c to an event loop. On error (no loop could be made, or the
-// sockets could not be registered) both sockets are closed and done is
-// called with the error on both directions.
+// Start relays an attached Conn on the loop its upstream was dialled on.
+// Should the client socket not register, both sockets are closed and done
+// is called with the error on both directions.
 func (c *Conn) Start() {
-	l := c.l // a dialled Conn's upstream is registered already
-	if l == nil {
-		l = pick()
-	}
-	if err := l.add(c); err != nil {
+	if err := c.l.add(c); err != nil {
 		c.done(Result{UpErr: err, DownErr: err})
 	}
 }
@@ -233,27 +203,15 @@ func newLoop() (*loop, error) {
 
 const sockEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
+// add registers an attached Conn's client socket (its upstream is in
+// already, since Dial) and turns the Conn to relaying.
 func (l *loop) add(c *Conn) error {
-	if l == nil {
-		c.closeSockets()
-		return loopsErr
-	}
-	c.l = l
 	c.last = time.Now().UnixNano()
 	sweep := c.last + c.idle + c.idle/sweepsPerIdle
-	// The sockets are registered, and the connection turned to relaying,
-	// under mu: the loop looks each event's socket up under mu, so it
+	// Under mu: the loop looks each event's socket up under mu, so it
 	// cannot act on (and maybe close) this connection before all is in.
 	l.mu.Lock()
-	var err error
-	for _, s := range [2]*side{&c.client, &c.upstream} {
-		if s.registered {
-			continue
-		}
-		if err = l.register(s); err != nil {
-			break
-		}
-	}
+	err := l.register(&c.client)
 	if err == nil {
 		c.relaying = true
 		c.idx = len(l.conns)
@@ -284,7 +242,6 @@ func (l *loop) register(s *side) error {
 		l.table[s.fd] = nil
 		return os.NewSyscallError("epoll_ctl", err)
 	}
-	s.registered = true
 	return nil
 }
 
@@ -621,22 +578,8 @@ func (s *side) opError(op string, err error) error {
 			s.laddr = net.TCPAddrFromAddrPort(ap)
 		}
 	}
+	if s.raddr == nil && s.peer.IsValid() {
+		s.raddr = net.TCPAddrFromAddrPort(s.peer)
+	}
 	return &net.OpError{Op: op, Net: "tcp", Source: s.laddr, Addr: s.raddr, Err: err}
-}
-
-// relayTCP runs Relay for two TCP sockets on the event loop and waits for
-// the end; ok is false for other connections.
-func relayTCP(client, upstream net.Conn, idle time.Duration) (r Result, ok bool) {
-	cc, cok := client.(*net.TCPConn)
-	uc, uok := upstream.(*net.TCPConn)
-	if !cok || !uok {
-		return Result{}, false
-	}
-	done := make(chan Result, 1)
-	rc, err := New(cc, uc, idle, func(r Result) { done <- r })
-	if err != nil {
-		return Result{UpErr: err, DownErr: err}, true
-	}
-	rc.Start()
-	return <-done, true
 }

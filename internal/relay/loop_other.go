@@ -17,11 +17,6 @@ type Conn struct {
 	done             func(Result)
 }
 
-// New prepares client and upstream for Start.
-func New(client, upstream *net.TCPConn, idle time.Duration, done func(Result)) (*Conn, error) {
-	return &Conn{client: client, upstream: upstream, idle: idle, done: done}, nil
-}
-
 // Start relays in the background and calls done at the end.
 func (c *Conn) Start() { go func() { c.done(Relay(c.client, c.upstream, c.idle)) }() }
 

@@ -2,15 +2,15 @@
 // until both sides are done, passing half-closes on and ending connections
 // that stay idle.
 //
-// Between two *net.TCPConn on Linux, an event loop (New, Start) moves bytes
-// with splice(2) through a pipe that is taken from a shared pool only while
-// bytes are moving, and given back as soon as the source has nothing more to
-// read. An idle proxied connection so holds exactly its two sockets: no
-// pipe, no buffer, no goroutine. (io.Copy between two TCPConns splices too,
-// but holds a pipe per direction for the connection's whole life: four
-// extra fds and their kernel memory per idle connection, and a goroutine
-// stack per direction.) Other connections are copied through a pooled
-// buffer by a goroutine per direction.
+// On Linux an event loop (Dial, Attach, Start) dials the upstream and moves
+// bytes with splice(2) through a pipe that is taken from a shared pool only
+// while bytes are moving, and given back as soon as the source has nothing
+// more to read. An idle proxied connection so holds exactly its two
+// sockets: no pipe, no buffer, no goroutine. (io.Copy between two TCPConns
+// splices too, but holds a pipe per direction for the connection's whole
+// life: four extra fds and their kernel memory per idle connection, and a
+// goroutine stack per direction.) Relay is the portable path, used off
+// Linux: a goroutine per direction copying through a pooled buffer.
 package relay
 
 import (
@@ -46,9 +46,6 @@ var ErrIdle = errors.New("idle timeout")
 // on to the other as a reset. Relay closes both connections before it
 // returns. idle <= 0 disables the idle timeout.
 func Relay(client, upstream net.Conn, idle time.Duration) Result {
-	if r, ok := relayTCP(client, upstream, idle); ok {
-		return r
-	}
 	s := &session{client: client, upstream: upstream, idle: idle}
 	s.touch()
 	var up direction

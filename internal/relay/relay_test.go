@@ -23,26 +23,37 @@ type world struct {
 	rc             *Conn // the loop's handle, nil for Relay
 }
 
-// engine is one way of relaying: the event loop (New and Start), or the
-// copying path Relay takes for connections that are not TCP sockets (here
-// TCP sockets wrapped to hide their type). Each relay test runs on both.
+// engine is one way of relaying the gateway's side of client to a server
+// it connects: the event loop (Dial, Attach, Start), or the copying path
+// Relay (its connections here are TCP sockets wrapped to hide their type).
+// Each relay test runs on both. start returns the server's end, and the
+// loop's handle (nil for Relay).
 type engine struct {
 	name  string
-	start func(t testing.TB, client, upstream *net.TCPConn, idle time.Duration, done chan<- Result) *Conn
+	start func(t testing.TB, client *net.TCPConn, idle time.Duration, done chan<- Result) (*Conn, *net.TCPConn)
 }
 
 var engines = []engine{
-	{"copy", func(t testing.TB, c, u *net.TCPConn, idle time.Duration, done chan<- Result) *Conn {
+	{"copy", func(t testing.TB, c *net.TCPConn, idle time.Duration, done chan<- Result) (*Conn, *net.TCPConn) {
+		u, server := testnet.Pair(t)
 		go func() { done <- Relay(hidden{c}, hidden{u}, idle) }()
-		return nil
+		return nil, server
 	}},
-	{"loop", func(t testing.TB, c, u *net.TCPConn, idle time.Duration, done chan<- Result) *Conn {
-		rc, err := New(c, u, idle, func(r Result) { done <- r })
+	{"loop", func(t testing.TB, c *net.TCPConn, idle time.Duration, done chan<- Result) (*Conn, *net.TCPConn) {
+		ln := testnet.Listen(t)
+		rc, err := Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, false)
 		if err != nil {
 			t.Fatal(err)
 		}
+		server, err := ln.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Attach(c, nil, idle, func(r Result) { done <- r }); err != nil {
+			t.Fatal(err)
+		}
 		rc.Start()
-		return rc
+		return rc, server
 	}},
 }
 
@@ -59,10 +70,9 @@ func forEngines(t *testing.T, f func(t *testing.T, e engine)) {
 
 func newWorld(t testing.TB, e engine, idle time.Duration) *world {
 	client, cIn := testnet.Pair(t)
-	uOut, server := testnet.Pair(t)
-	w := &world{client: client, server: server, done: make(chan Result, 1)}
-	w.rc = e.start(t, cIn, uOut, idle, w.done)
-	t.Cleanup(func() { client.Close(); server.Close() })
+	w := &world{client: client, done: make(chan Result, 1)}
+	w.rc, w.server = e.start(t, cIn, idle, w.done)
+	t.Cleanup(func() { client.Close(); w.server.Close() })
 	return w
 }
 
