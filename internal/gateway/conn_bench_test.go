@@ -1,15 +1,10 @@
 package gateway
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
-
-	"github.com/egressd/egressd/internal/accesslog"
-	"github.com/egressd/egressd/internal/config"
 )
 
 // BenchmarkConnection measures whole connections on a real loopback
@@ -23,20 +18,7 @@ func BenchmarkConnection(b *testing.B) {
 		{"limits=on", "limits: {max_connections: 1000000, max_connections_per_source: 1000000, max_pending_handshakes: 1000000}\n"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			cfg, err := config.Parse("b.yaml", []byte("listeners: [{name: a, mode: sni, address: 127.0.0.1:0}]\n"+tc.extra))
-			if err != nil {
-				b.Skip(err) // limits: unknown before issue 5
-			}
-			pol, _ := cfg.Compile()
-			g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.DiscardHandler), accesslog.New(io.Discard, "json"))
-			ctx, cancel := context.WithCancel(context.Background())
-			if err := g.Bind(ctx); err != nil {
-				b.Fatal(err)
-			}
-			done := make(chan struct{})
-			go func() { g.Serve(ctx, time.Second); close(done) }()
-			defer func() { cancel(); <-done }()
-			addr := g.Addrs()["a"].String()
+			addr := serveConfigTo(b, "listeners: [{name: a, mode: sni, address: 127.0.0.1:0}]\n"+tc.extra, time.Second, io.Discard).Addrs()["a"].String()
 			req := []byte("GET / HTTP/1.1\r\nHost: \r\n\r\n")
 			buf := make([]byte, 512)
 			b.ResetTimer()

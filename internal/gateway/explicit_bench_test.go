@@ -2,18 +2,14 @@ package gateway
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
-	"github.com/egressd/egressd/internal/accesslog"
-	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/socks5"
 	"github.com/egressd/egressd/internal/testnet"
 )
@@ -148,23 +144,7 @@ policy:
   rules:
     - {name: bench, action: allow, fqdn: ["bench.test"], destinations: ["127.0.0.0/8"]}
 `, port, testnet.DNS(b, records{"bench.test": {"127.0.0.1"}}))
-	cfg, err := config.Parse("bench.yaml", []byte(cfgText))
-	if err != nil {
-		b.Fatal(err)
-	}
-	pol, err := cfg.Compile()
-	if err != nil {
-		b.Fatal(err)
-	}
-	g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(io.Discard, "json"))
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := g.Bind(ctx); err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { g.Serve(ctx, time.Second); close(done) }()
-	b.Cleanup(func() { cancel(); <-done })
-	a := g.Addrs()
+	a := serveConfigTo(b, cfgText, time.Second, io.Discard).Addrs()
 	return map[string]netip.AddrPort{"sni": a["sni"], "connect": a["proxy"], "socks5": a["proxy"]}
 }
 

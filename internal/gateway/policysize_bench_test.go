@@ -2,18 +2,14 @@ package gateway
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/egressd/egressd/internal/accesslog"
-	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/testnet"
 )
 
@@ -105,23 +101,7 @@ func startPolicyGateway(b *testing.B, dns string, n int, logs io.Writer) string 
 		}
 	}
 	addrRule("ip-last")
-	cfg, err := config.Parse("policysize.yaml", []byte(y.String()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	pol, err := cfg.Compile()
-	if err != nil {
-		b.Fatal(err)
-	}
-	g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.DiscardHandler), accesslog.New(logs, "json"))
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := g.Bind(ctx); err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { g.Serve(ctx, time.Second); close(done) }()
-	b.Cleanup(func() { cancel(); <-done })
-	return g.Addrs()["a"].String()
+	return serveConfigTo(b, y.String(), time.Second, logs).Addrs()["a"].String()
 }
 
 // lastLog is an access-log writer that, once armed, hands the next line to

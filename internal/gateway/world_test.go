@@ -183,26 +183,36 @@ type served struct {
 	done   chan struct{}      // closed when Serve has returned
 }
 
-// serveConfig parses text, binds and serves it with the given drain grace;
-// the test's cleanup stops it.
-func serveConfig(t *testing.T, text string, grace time.Duration) *served {
-	t.Helper()
+// serveConfig parses text, binds and serves it with the given drain grace,
+// its access log in s.logs; the test's cleanup stops it.
+func serveConfig(tb testing.TB, text string, grace time.Duration) *served {
+	tb.Helper()
+	logs := &testnet.Buffer{}
+	s := serveConfigTo(tb, text, grace, logs)
+	s.logs = logs
+	return s
+}
+
+// serveConfigTo is serveConfig with the access log written to access
+// (benchmarks discard it, or keep only what they check).
+func serveConfigTo(tb testing.TB, text string, grace time.Duration, access io.Writer) *served {
+	tb.Helper()
 	cfg, err := config.Parse("test.yaml", []byte(text))
 	if err != nil {
-		t.Fatalf("config: %v\n%s", err, text)
+		tb.Fatalf("config: %v\n%s", err, text)
 	}
 	pol, err := cfg.Compile()
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	s := &served{logs: &testnet.Buffer{}, done: make(chan struct{})}
-	s.Gateway = New(&State{Config: cfg, Policy: pol}, slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(s.logs, "json"))
+	s := &served{done: make(chan struct{})}
+	s.Gateway = New(&State{Config: cfg, Policy: pol}, slog.New(slog.DiscardHandler), accesslog.New(access, "json"))
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	if err := s.Bind(ctx); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	go func() { s.Serve(ctx, grace); close(s.done) }()
-	t.Cleanup(func() { cancel(); <-s.done })
+	tb.Cleanup(func() { cancel(); <-s.done })
 	return s
 }
