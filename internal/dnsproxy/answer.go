@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	updial "github.com/egressd/egressd/internal/upstream"
 )
 
 // maxChain bounds how many CNAMEs are followed from the question's name: a
@@ -32,15 +34,8 @@ func Addresses(m *dns.Msg, qname string) []Address {
 		if !chain[strings.ToLower(h.Name)] || h.Class != dns.ClassINET {
 			continue
 		}
-		var ip netip.Addr
-		switch a := rr.(type) {
-		case *dns.A:
-			ip, _ = netip.AddrFromSlice(a.A.To4())
-		case *dns.AAAA:
-			ip, _ = netip.AddrFromSlice(a.AAAA.To16())
-		}
-		if ip.IsValid() {
-			out = append(out, Address{IP: ip.Unmap(), TTL: time.Duration(h.Ttl) * time.Second})
+		if ip, ok := updial.RecordAddr(rr); ok {
+			out = append(out, Address{IP: ip, TTL: time.Duration(h.Ttl) * time.Second})
 		}
 	}
 	return out
@@ -78,13 +73,8 @@ func StripECH(m *dns.Msg) int {
 	n := 0
 	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
 		for _, rr := range sec {
-			var s *dns.SVCB
-			switch r := rr.(type) {
-			case *dns.SVCB:
-				s = r
-			case *dns.HTTPS:
-				s = &r.SVCB
-			default:
+			s := svcb(rr)
+			if s == nil {
 				continue
 			}
 			kept := s.Value[:0]

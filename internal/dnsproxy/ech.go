@@ -70,14 +70,7 @@ func parseECHConfigContents(s cryptobyte.String) (ECHConfig, bool) {
 func echConfigs(m *dns.Msg) []ECHConfig {
 	var out []ECHConfig
 	for _, rr := range m.Answer {
-		var vals []dns.SVCBKeyValue
-		switch r := rr.(type) {
-		case *dns.SVCB:
-			vals = r.Value
-		case *dns.HTTPS:
-			vals = r.Value
-		}
-		for _, kv := range vals {
+		for _, kv := range svcbValues(rr) {
 			if e, ok := kv.(*dns.SVCBECHConfig); ok {
 				cs, _ := ParseECHConfigList(e.ECH)
 				out = append(out, cs...)
@@ -85,4 +78,25 @@ func echConfigs(m *dns.Msg) []ECHConfig {
 		}
 	}
 	return out
+}
+
+// svcb is the SVCB body of an SVCB or HTTPS record, nil for any other
+// record.
+func svcb(rr dns.RR) *dns.SVCB {
+	switch r := rr.(type) {
+	case *dns.SVCB:
+		return r
+	case *dns.HTTPS:
+		return &r.SVCB
+	}
+	return nil
+}
+
+// svcbValues is the key=value list of an SVCB or HTTPS record, nil for any
+// other record.
+func svcbValues(rr dns.RR) []dns.SVCBKeyValue {
+	if s := svcb(rr); s != nil {
+		return s.Value
+	}
+	return nil
 }

@@ -116,14 +116,7 @@ func countECH(m *dns.Msg) int {
 	n := 0
 	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
 		for _, rr := range sec {
-			var vals []dns.SVCBKeyValue
-			switch r := rr.(type) {
-			case *dns.SVCB:
-				vals = r.Value
-			case *dns.HTTPS:
-				vals = r.Value
-			}
-			for _, kv := range vals {
+			for _, kv := range svcbValues(rr) {
 				if kv.Key() == dns.SVCB_ECHCONFIG {
 					n++
 				}

@@ -103,25 +103,29 @@ func (r *DNS) query(ctx context.Context, name string, qt uint16) (Lookup, error)
 	}
 	var l Lookup
 	for _, rr := range in.Answer {
-		var a netip.Addr
-		switch v := rr.(type) {
-		case *dns.A:
-			a, _ = netip.AddrFromSlice(v.A.To4())
-		case *dns.AAAA:
-			a, _ = netip.AddrFromSlice(v.AAAA.To16())
-		default:
-			continue
-		}
-		if !a.IsValid() {
+		a, ok := RecordAddr(rr)
+		if !ok {
 			continue
 		}
 		ttl := time.Duration(rr.Header().Ttl) * time.Second
 		if l.TTL == 0 || ttl < l.TTL {
 			l.TTL = ttl
 		}
-		l.Addrs = append(l.Addrs, a.Unmap())
+		l.Addrs = append(l.Addrs, a)
 	}
 	return l, nil
+}
+
+// RecordAddr is the address an A or AAAA record carries (an IPv4-mapped
+// one unmapped); ok is false for any other record.
+func RecordAddr(rr dns.RR) (a netip.Addr, ok bool) {
+	switch v := rr.(type) {
+	case *dns.A:
+		a, ok = netip.AddrFromSlice(v.A.To4())
+	case *dns.AAAA:
+		a, ok = netip.AddrFromSlice(v.AAAA.To16())
+	}
+	return a.Unmap(), ok
 }
 
 // System uses the operating system's resolver (and so /etc/hosts), which
