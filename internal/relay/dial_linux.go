@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,7 +33,7 @@ func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Dur
 	fail := func(err error) error {
 		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(dst), Err: err}
 	}
-	family, sa := sockaddr(dst)
+	family, sa, salen := sockaddr(dst)
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fail(os.NewSyscallError("socket", err))
@@ -60,7 +61,7 @@ func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Dur
 	c.up = dir{src: &c.client, dst: &c.upstream}
 	c.down = dir{src: &c.upstream, dst: &c.client}
 	wait := c.connected
-	err = unix.Connect(fd, sa)
+	err = connectNB(fd, &sa, salen)
 	if err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
 		unix.Close(fd)
 		return nil, fail(os.NewSyscallError("connect", err))
@@ -86,29 +87,50 @@ func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Dur
 			return nil, fail(ctx.Err())
 		}
 	}
+	if !c.connectErr {
+		return c, nil // connected at once, or readiness came without an error
+	}
 	soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 	if err == nil && soerr != 0 {
 		err = unix.Errno(soerr)
 	}
-	if err != nil {
-		c.Abandon()
-		return nil, fail(os.NewSyscallError("connect", err))
+	if err == nil {
+		// A hang-up with no error pending: the server accepted and
+		// reset or closed at once. The relay will see it; the dial
+		// itself succeeded.
+		return c, nil
 	}
-	return c, nil
+	c.Abandon()
+	return nil, fail(os.NewSyscallError("connect", err))
 }
 
-func sockaddr(ap netip.AddrPort) (int, unix.Sockaddr) {
+// sockaddr is ap as connect(2) takes it: the family, the raw address and
+// its length.
+func sockaddr(ap netip.AddrPort) (family int, raw unix.RawSockaddrAny, n uint32) {
 	a := ap.Addr()
 	if a.Is4() || a.Is4In6() {
-		return unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&raw))
+		sa.Family = unix.AF_INET
+		putPort(&sa.Port, ap.Port())
+		sa.Addr = a.Unmap().As4()
+		return unix.AF_INET, raw, unix.SizeofSockaddrInet4
 	}
-	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
+	sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&raw))
+	sa.Family = unix.AF_INET6
+	putPort(&sa.Port, ap.Port())
+	sa.Addr = a.As16()
 	if z := a.Zone(); z != "" {
 		if ifi, err := net.InterfaceByName(z); err == nil {
-			sa.ZoneId = uint32(ifi.Index)
+			sa.Scope_id = uint32(ifi.Index)
 		}
 	}
-	return unix.AF_INET6, sa
+	return unix.AF_INET6, raw, unix.SizeofSockaddrInet6
+}
+
+// putPort stores port in network byte order.
+func putPort(dst *uint16, port uint16) {
+	b := (*[2]byte)(unsafe.Pointer(dst))
+	b[0], b[1] = byte(port>>8), byte(port)
 }
 
 // UpstreamLocal is the dialled upstream socket's own address (a SOCKS5
@@ -143,7 +165,7 @@ func (c *Conn) Abandon() {
 func (c *Conn) Attach(client *net.TCPConn, first []byte, idle time.Duration, done func(Result)) error {
 	c.idle, c.done = int64(idle), done
 	for len(first) > 0 {
-		n, err := unix.Write(c.upstream.fd, first)
+		n, err := writeNB(c.upstream.fd, first)
 		if err == unix.EINTR {
 			continue
 		}

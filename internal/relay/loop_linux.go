@@ -45,6 +45,10 @@ type Conn struct {
 	// connected (if set) once a dialled upstream's connect has finished.
 	relaying  bool
 	connected chan struct{}
+	// connectErr is set with connected's close when the event that ended
+	// the connect carried an error or hang-up: only then does Dial ask
+	// the socket for the error (a getsockopt less per connection).
+	connectErr bool
 
 	mu     sync.Mutex // guards closed against Close from other goroutines
 	closed bool
@@ -101,8 +105,8 @@ func (c *Conn) Close() error {
 	defer c.mu.Unlock()
 	if !c.closed {
 		// The shutdown wakes the loop with EOF/HUP on both sockets.
-		unix.Shutdown(c.client.fd, unix.SHUT_RDWR)
-		unix.Shutdown(c.upstream.fd, unix.SHUT_RDWR)
+		shutdownNB(c.client.fd, unix.SHUT_RDWR)
+		shutdownNB(c.upstream.fd, unix.SHUT_RDWR)
 	}
 	return nil
 }
@@ -129,7 +133,7 @@ func (s *side) detach(nc *net.TCPConn) error {
 
 func (s *side) closeFD() {
 	if s.fd >= 0 {
-		unix.Close(s.fd)
+		closeNB(s.fd)
 		s.fd = -1
 	}
 }
@@ -281,7 +285,7 @@ func (l *loop) run() {
 	events := make([]unix.EpollEvent, 256)
 	poll := func(fd uintptr) bool {
 		for {
-			n, err := unix.EpollWait(int(fd), events, 0)
+			n, err := epollPoll(int(fd), events)
 			if err == unix.EINTR {
 				continue
 			}
@@ -328,6 +332,7 @@ func (l *loop) handle(events []unix.EpollEvent) {
 			if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 				s.writable = true
 				if s.c.connected != nil {
+					s.c.connectErr = ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
 					close(s.c.connected) // the dial's connect has finished
 					s.c.connected = nil
 				}
@@ -416,7 +421,7 @@ func (c *Conn) move(d *dir) {
 			}
 			d.p = p
 		}
-		n, err := unix.Splice(d.src.fd, nil, d.p.w, nil, pipeSize, spliceFlags)
+		n, err := spliceNB(d.src.fd, d.p.w, pipeSize)
 		switch err {
 		case nil:
 			if n == 0 {
@@ -468,14 +473,14 @@ func (c *Conn) out(d *dir) bool {
 		var err error
 		if len(d.head) > 0 {
 			var n int
-			if n, err = unix.Write(d.dst.fd, d.head); err == nil {
+			if n, err = writeNB(d.dst.fd, d.head); err == nil {
 				d.head = d.head[n:]
 			}
 		} else {
-			var n int64
-			if n, err = unix.Splice(d.p.r, nil, d.dst.fd, nil, d.pending, spliceFlags); err == nil {
-				d.pending -= int(n)
-				d.n += n
+			var n int
+			if n, err = spliceNB(d.p.r, d.dst.fd, d.pending); err == nil {
+				d.pending -= n
+				d.n += int64(n)
 			}
 		}
 		switch err {
@@ -510,7 +515,7 @@ func (c *Conn) ended(d *dir) {
 		c.finish(nil, nil, nil)
 		return
 	}
-	if err := unix.Shutdown(d.dst.fd, unix.SHUT_WR); err != nil {
+	if err := shutdownNB(d.dst.fd, unix.SHUT_WR); err != nil {
 		c.finish(nil, nil, nil)
 	}
 }

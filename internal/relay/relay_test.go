@@ -410,3 +410,43 @@ func TestDialFailures(t *testing.T) {
 		t.Error("dial with a cancelled context succeeded")
 	}
 }
+
+// TestDialFamilies dials IPv4, IPv6 and an IPv4-mapped IPv6 address: Dial
+// builds connect's raw socket address itself, port in network order.
+func TestDialFamilies(t *testing.T) {
+	for _, tc := range []struct{ listen, dial string }{
+		{"127.0.0.1:0", "127.0.0.1"},
+		{"[::1]:0", "::1"},
+		{"127.0.0.1:0", "::ffff:127.0.0.1"},
+	} {
+		t.Run(tc.dial, func(t *testing.T) {
+			ln, err := net.Listen("tcp", tc.listen)
+			if err != nil {
+				t.Skipf("no %s on this machine: %v", tc.listen, err)
+			}
+			defer ln.Close()
+			port := ln.Addr().(*net.TCPAddr).Port
+			accepted := make(chan netip.AddrPort, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					accepted <- netip.AddrPort{}
+					return
+				}
+				accepted <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
+				c.Close()
+			}()
+			dst := netip.AddrPortFrom(netip.MustParseAddr(tc.dial), uint16(port))
+			rc, err := Dial(context.Background(), dst, 0, 5*time.Second, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			local := rc.UpstreamLocal()
+			rc.Abandon()
+			peer := <-accepted
+			if !peer.IsValid() || peer.Port() != local.Port() || peer.Addr().Unmap() != local.Addr().Unmap() {
+				t.Fatalf("server saw %v, the dialled socket is %v", peer, local)
+			}
+		})
+	}
+}

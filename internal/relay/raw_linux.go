@@ -1,0 +1,69 @@
+package relay
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The loop's system calls are made raw, without telling the scheduler
+// that the goroutine enters a system call. Every one of them is on a
+// non-blocking socket, pipe or epoll fd, so none waits; but on loopback a
+// splice, connect or close runs the peer's TCP receive path inline and can
+// take tens of microseconds. Made the usual way, such a call outlives a
+// sysmon tick (20 µs): sysmon takes the P away from the loop's thread and
+// wakes another thread to run it, and when the call returns the loop's
+// thread must sleep and hand its goroutine over. With one P (a proxy
+// pinned to one CPU) that was a pair of context switches per long call;
+// perf showed futex waits, sysmon wake-ups and finish_task_switch at the
+// top of a TLS transfer's profile. A raw call keeps the P; the cost is
+// that a stop-the-world waits for the call to return, tens of µs at most.
+//
+// None of these may be used on a blocking fd.
+
+func errnoErr(e unix.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
+}
+
+// spliceNB is unix.Splice without offsets, made raw.
+func spliceNB(in, out int, n int) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), spliceFlags)
+	return int(r), errnoErr(e)
+}
+
+// writeNB is unix.Write on a non-blocking fd, made raw.
+func writeNB(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	return int(r), errnoErr(e)
+}
+
+// closeNB closes fd. A socket's close never waits here: the loop's sockets
+// are non-blocking and a lingering close is always SO_LINGER 0 (a reset).
+func closeNB(fd int) {
+	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+}
+
+// shutdownNB is unix.Shutdown, made raw.
+func shutdownNB(fd, how int) error {
+	_, _, e := unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), uintptr(how), 0)
+	return errnoErr(e)
+}
+
+// epollPoll is unix.EpollWait with a timeout of 0, made raw.
+func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	return int(r), errnoErr(e)
+}
+
+// connectNB starts a non-blocking connect: on loopback the whole handshake
+// runs inside this call.
+func connectNB(fd int, sa *unix.RawSockaddrAny, n uint32) error {
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(n))
+	return errnoErr(e)
+}
