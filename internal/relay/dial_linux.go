@@ -73,22 +73,30 @@ func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Dur
 		unix.Close(fd)
 		return nil, fail(rerr)
 	}
-	if err != nil {
-		timer := time.NewTimer(timeout)
-		select {
-		case <-wait:
-			timer.Stop()
-		case <-timer.C:
-			c.Abandon()
-			return nil, fail(os.ErrDeadlineExceeded)
-		case <-ctx.Done():
-			timer.Stop()
-			c.Abandon()
-			return nil, fail(ctx.Err())
-		}
+	if err == nil {
+		return c, nil // connected at once
+	}
+	if established(fd) {
+		// On loopback and other local paths the handshake has run
+		// inside connect: one poll(2) instead of parking until the
+		// loop reports it. (The loop still notes the readiness, and
+		// closes connected for nobody.)
+		return c, nil
+	}
+	timer := time.NewTimer(timeout)
+	select {
+	case <-wait:
+		timer.Stop()
+	case <-timer.C:
+		c.Abandon()
+		return nil, fail(os.ErrDeadlineExceeded)
+	case <-ctx.Done():
+		timer.Stop()
+		c.Abandon()
+		return nil, fail(ctx.Err())
 	}
 	if !c.connectErr {
-		return c, nil // connected at once, or readiness came without an error
+		return c, nil // readiness came without an error
 	}
 	soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 	if err == nil && soerr != 0 {
@@ -102,6 +110,13 @@ func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Dur
 	}
 	c.Abandon()
 	return nil, fail(os.NewSyscallError("connect", err))
+}
+
+// established reports whether fd's connect has already succeeded.
+func established(fd int) bool {
+	pfd := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	n, err := unix.Poll(pfd[:], 0)
+	return err == nil && n == 1 && pfd[0].Revents&(unix.POLLOUT|unix.POLLERR|unix.POLLHUP) == unix.POLLOUT
 }
 
 // sockaddr is ap as connect(2) takes it: the family, the raw address and
