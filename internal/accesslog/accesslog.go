@@ -35,7 +35,8 @@ type Record struct {
 	BytesDown  int64
 }
 
-// Logger writes Records, one line each, with a single write(2) per line.
+// Logger writes Records, one line each; a line is never split over two
+// write(2) calls.
 type Logger struct {
 	w    io.Writer
 	text *slog.Logger // nil for JSON
@@ -58,13 +59,45 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }
 // buffer: the access log is written for every connection, and slog's
 // generic handler cost more than the rest of the decision path together.
 func (lg *Logger) Log(r *Record) {
-	end := time.Now()
 	if lg.text != nil {
-		lg.logText(r, end)
+		lg.logText(r, time.Now())
 		return
 	}
 	bp := bufPool.Get().(*[]byte)
+	b := appendJSON((*bp)[:0], r, time.Now())
+	lg.w.Write(b)
+	putBuf(bp, b)
+}
+
+// LogBatch writes rs, one line each, with a single write(2) for all of
+// them in JSON: a writer that drains a queue of lines calls it with what
+// has piled up, and pays one system call instead of one per connection.
+func (lg *Logger) LogBatch(rs []*Record) {
+	if lg.text != nil || len(rs) == 1 {
+		for _, r := range rs {
+			lg.Log(r)
+		}
+		return
+	}
+	end := time.Now()
+	bp := bufPool.Get().(*[]byte)
 	b := (*bp)[:0]
+	for _, r := range rs {
+		b = appendJSON(b, r, end)
+	}
+	lg.w.Write(b)
+	putBuf(bp, b)
+}
+
+func putBuf(bp *[]byte, b []byte) {
+	if cap(b) <= 64<<10 {
+		*bp = b
+		bufPool.Put(bp)
+	}
+}
+
+// appendJSON appends r as one JSON line, closed at end.
+func appendJSON(b []byte, r *Record, end time.Time) []byte {
 	b = append(b, `{"time":"`...)
 	b = end.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","level":"INFO","msg":"conn","listener":`...)
@@ -99,12 +132,7 @@ func (lg *Logger) Log(r *Record) {
 	b = strconv.AppendInt(b, r.BytesDown, 10)
 	b = append(b, `,"duration_ms":`...)
 	b = strconv.AppendInt(b, end.Sub(r.Start).Milliseconds(), 10)
-	b = append(b, "}\n"...)
-	lg.w.Write(b)
-	if cap(b) <= 64<<10 {
-		*bp = b
-		bufPool.Put(bp)
-	}
+	return append(b, "}\n"...)
 }
 
 func (lg *Logger) logText(r *Record, end time.Time) {

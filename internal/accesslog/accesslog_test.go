@@ -116,3 +116,44 @@ func TestLogDNS(t *testing.T) {
 		}
 	}
 }
+
+// writes records each Write call.
+type writes struct{ calls [][]byte }
+
+func (w *writes) Write(p []byte) (int, error) {
+	w.calls = append(w.calls, bytes.Clone(p))
+	return len(p), nil
+}
+
+// TestLogBatch checks a batch is whole lines, in order, in one write for
+// JSON, and one line per write for text (slog writes each record itself).
+func TestLogBatch(t *testing.T) {
+	rs := []*Record{
+		{Start: time.Now(), Listener: "a", Reason: "one"},
+		{Start: time.Now(), Listener: "b", Reason: "two\nlines"},
+		{Start: time.Now(), Listener: "c", Reason: "three"},
+	}
+	for _, tc := range []struct {
+		format string
+		writes int
+	}{{"json", 1}, {"text", 3}} {
+		var w writes
+		New(&w, tc.format).LogBatch(rs)
+		if len(w.calls) != tc.writes {
+			t.Errorf("%s: %d writes, want %d", tc.format, len(w.calls), tc.writes)
+		}
+		all := bytes.Join(w.calls, nil)
+		lines := strings.Split(strings.TrimSuffix(string(all), "\n"), "\n")
+		if len(lines) != len(rs) {
+			t.Fatalf("%s: %d lines, want %d: %q", tc.format, len(lines), len(rs), all)
+		}
+		for i, l := range lines {
+			if !strings.Contains(l, "listener="+rs[i].Listener) && !strings.Contains(l, `"listener":"`+rs[i].Listener+`"`) {
+				t.Errorf("%s: line %d is %q, want listener %s", tc.format, i, l, rs[i].Listener)
+			}
+			if tc.format == "json" && !json.Valid([]byte(l)) {
+				t.Errorf("line %d is not JSON: %q", i, l)
+			}
+		}
+	}
+}

@@ -226,13 +226,33 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 const relayLogQueue = 4096
 
 // writeRelayLogs writes the lines relayed queues, until Serve closes the
-// queue.
+// queue. Lines that piled up while it wrote go out together, in one write.
 func (g *Gateway) writeRelayLogs() {
 	defer close(g.logDone)
+	batch := make([]*accesslog.Record, 0, logBatch)
 	for rec := range g.relayLog {
-		g.access.Log(rec)
+		// Take what else is queued already, never waiting for more: one
+		// write(2) for the lot.
+		batch = append(batch[:0], rec)
+	more:
+		for len(batch) < logBatch {
+			select {
+			case r, ok := <-g.relayLog:
+				if !ok {
+					break more
+				}
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		g.access.LogBatch(batch)
+		clear(batch)
 	}
 }
+
+// logBatch bounds how many queued lines go out in one write.
+const logBatch = 64
 
 // relayed ends a connection the relay loop has closed: its metrics, its
 // source count, its place among the live connections, and its log line,
