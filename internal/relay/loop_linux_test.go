@@ -1,7 +1,11 @@
 package relay
 
 import (
+	"bytes"
+	"crypto/rand"
+	"io"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -40,5 +44,62 @@ func TestStaleEventDropped(t *testing.T) {
 	l.handle([]unix.EpollEvent{current})
 	if !c.upstream.writable || c.connected != nil {
 		t.Fatal("the socket's own event was not applied")
+	}
+}
+
+// TestStalledReader relays a download to a client that reads nothing for
+// a while, so that its socket fills and the upstream is muted, then reads
+// it all. With closeEarly the server has sent everything and closed by
+// then: the EOF that arrived while muted must still come after every
+// byte. Without, the server waits for the client to have every byte before
+// it closes, so the relay must have listened to the upstream again.
+func TestStalledReader(t *testing.T) {
+	for _, closeEarly := range []bool{true, false} {
+		t.Run(map[bool]string{true: "server-closed", false: "server-open"}[closeEarly], func(t *testing.T) {
+			w := newWorld(t, loopEngine, time.Minute)
+			down := make([]byte, 32<<20)
+			rand.Read(down)
+			before := mutes.Load()
+			received := make(chan struct{})
+			sent := make(chan error, 1)
+			go func() {
+				_, err := w.server.Write(down)
+				if !closeEarly {
+					<-received
+				}
+				if err == nil {
+					err = w.server.Close()
+				}
+				sent <- err
+			}()
+			// Wait until the relay has stopped listening to the upstream:
+			// the client's socket and the pipe are full.
+			for deadline := time.Now().Add(20 * time.Second); mutes.Load() == before; {
+				if time.Now().After(deadline) {
+					t.Fatal("the upstream was never muted while the client read nothing")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			w.client.SetReadDeadline(time.Now().Add(30 * time.Second))
+			got := make([]byte, len(down))
+			n, err := io.ReadFull(w.client, got)
+			if err != nil {
+				t.Fatalf("after %d of %d bytes: %v", n, len(down), err)
+			}
+			if !bytes.Equal(got, down) {
+				t.Fatal("client got different bytes")
+			}
+			close(received)
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+			if n, err := w.client.Read(got[:1]); n != 0 || err != io.EOF {
+				t.Fatalf("after the bytes: %d, %v; want EOF", n, err)
+			}
+			w.client.CloseWrite()
+			if r := w.result(t); r.Down != int64(len(down)) || r.DownErr != nil {
+				t.Errorf("Relay = %+v, want %d bytes down and a clean EOF", r, len(down))
+			}
+		})
 	}
 }
