@@ -69,9 +69,12 @@ func (lg *Logger) Log(r *Record) {
 	putBuf(bp, b)
 }
 
-// LogBatch writes rs, one line each, with a single write(2) for all of
-// them in JSON: a writer that drains a queue of lines calls it with what
-// has piled up, and pays one system call instead of one per connection.
+// LogBatch writes rs, one line each, with as few write(2) calls as whole
+// lines allow: a writer that drains a queue of lines calls it with what
+// has piled up, and pays one system call per several connections instead
+// of one each. A write holds at most pipeBuf bytes (or one longer line), so
+// that on a pipe shared with other writers (egressd's own stderr under
+// 2>&1, a log shipper's fan-in) no other bytes can land inside a line.
 func (lg *Logger) LogBatch(rs []*Record) {
 	if lg.text != nil || len(rs) == 1 {
 		for _, r := range rs {
@@ -83,11 +86,20 @@ func (lg *Logger) LogBatch(rs []*Record) {
 	bp := bufPool.Get().(*[]byte)
 	b := (*bp)[:0]
 	for _, r := range rs {
+		n := len(b)
 		b = appendJSON(b, r, end)
+		if len(b) > pipeBuf && n > 0 {
+			lg.w.Write(b[:n])
+			b = append(b[:0], b[n:]...)
+		}
 	}
 	lg.w.Write(b)
 	putBuf(bp, b)
 }
+
+// pipeBuf is PIPE_BUF on Linux: a write to a pipe of at most this many
+// bytes is never interleaved with other writers' bytes.
+const pipeBuf = 4096
 
 func putBuf(bp *[]byte, b []byte) {
 	if cap(b) <= 64<<10 {

@@ -136,11 +136,22 @@ func TestLogBatch(t *testing.T) {
 	for _, tc := range []struct {
 		format string
 		writes int
-	}{{"json", 1}, {"text", 3}} {
+	}{{"json", 1}, {"text", 3}, {"json-long", 3}} {
+		if tc.format == "json-long" {
+			// Past 4096 bytes the batch is cut between lines, so no
+			// other writer of a shared pipe can land inside one.
+			rs[1].Reason = strings.Repeat("x", 4000)
+			tc.format = "json"
+		}
 		var w writes
 		New(&w, tc.format).LogBatch(rs)
 		if len(w.calls) != tc.writes {
 			t.Errorf("%s: %d writes, want %d", tc.format, len(w.calls), tc.writes)
+		}
+		for i, c := range w.calls {
+			if !bytes.HasSuffix(c, []byte("\n")) || (len(c) > 4096 && bytes.Count(c, []byte("\n")) > 1) {
+				t.Errorf("%s: write %d (%d bytes) is not whole lines within 4096 bytes", tc.format, i, len(c))
+			}
 		}
 		all := bytes.Join(w.calls, nil)
 		lines := strings.Split(strings.TrimSuffix(string(all), "\n"), "\n")
