@@ -8,16 +8,22 @@ import (
 
 // The loop's system calls are made raw, without telling the scheduler
 // that the goroutine enters a system call. Every one of them is on a
-// non-blocking socket, pipe or epoll fd, so none waits; but on loopback a
-// splice, connect or close runs the peer's TCP receive path inline and can
-// take tens of microseconds. Made the usual way, such a call outlives a
-// sysmon tick (20 µs): sysmon takes the P away from the loop's thread and
-// wakes another thread to run it, and when the call returns the loop's
+// non-blocking socket, pipe or epoll fd, so none waits for a peer; but on
+// loopback a splice or close runs the peer's TCP receive path inline and
+// can take tens of microseconds. Made the usual way, such a call outlives
+// a sysmon tick (20 µs): sysmon takes the P away from the loop's thread
+// and wakes another thread to run it, and when the call returns the loop's
 // thread must sleep and hand its goroutine over. With one P (a proxy
 // pinned to one CPU) that was a pair of context switches per long call;
 // perf showed futex waits, sysmon wake-ups and finish_task_switch at the
 // top of a TLS transfer's profile. A raw call keeps the P; the cost is
-// that a stop-the-world waits for the call to return, tens of µs at most.
+// that a stop-the-world waits for the call to return. A close can also
+// sleep briefly on the epoll set's lock while another thread registers a
+// socket with the same loop.
+//
+// connect is not among them: it runs on the dialling goroutine, and with
+// the ephemeral ports nearly used up the kernel's port search can take
+// milliseconds, during which a raw call would stall the whole process.
 //
 // None of these may be used on a blocking fd.
 
@@ -61,9 +67,9 @@ func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	return int(r), errnoErr(e)
 }
 
-// connectNB starts a non-blocking connect: on loopback the whole handshake
-// runs inside this call.
+// connectNB starts a non-blocking connect. It is an ordinary system call
+// (see above); it only takes the raw address sockaddr builds.
 func connectNB(fd int, sa *unix.RawSockaddrAny, n uint32) error {
-	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(n))
+	_, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(n))
 	return errnoErr(e)
 }
