@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"time"
 	"unsafe"
 
@@ -137,6 +138,8 @@ func sockaddr(ap netip.AddrPort) (family int, raw unix.RawSockaddrAny, n uint32)
 	if z := a.Zone(); z != "" {
 		if ifi, err := net.InterfaceByName(z); err == nil {
 			sa.Scope_id = uint32(ifi.Index)
+		} else if i, err := strconv.ParseUint(z, 10, 32); err == nil {
+			sa.Scope_id = uint32(i) // a numeric zone, as in fe80::1%2
 		}
 	}
 	return unix.AF_INET6, raw, unix.SizeofSockaddrInet6

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"crypto/rand"
 	"io"
+	"net"
+	"net/netip"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -101,5 +104,31 @@ func TestStalledReader(t *testing.T) {
 				t.Errorf("Relay = %+v, want %d bytes down and a clean EOF", r, len(down))
 			}
 		})
+	}
+}
+
+// TestSockaddrZone checks an IPv6 zone becomes connect's scope id, named
+// or numeric.
+func TestSockaddrZone(t *testing.T) {
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Skip("no lo interface")
+	}
+	for _, tc := range []struct {
+		addr string
+		want uint32
+	}{
+		{"[fe80::1%lo]:443", uint32(lo.Index)},
+		{"[fe80::1%7]:443", 7},
+		{"[fe80::1]:443", 0},
+	} {
+		family, raw, n := sockaddr(netip.MustParseAddrPort(tc.addr))
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&raw))
+		if family != unix.AF_INET6 || n != unix.SizeofSockaddrInet6 || sa.Scope_id != tc.want {
+			t.Errorf("%s: family %d, length %d, scope %d; want AF_INET6, %d, %d", tc.addr, family, n, sa.Scope_id, unix.SizeofSockaddrInet6, tc.want)
+		}
+		if b := (*[2]byte)(unsafe.Pointer(&sa.Port)); b[0] != 443>>8 || b[1] != 443&0xff {
+			t.Errorf("%s: port bytes %v, want 443 in network order", tc.addr, *b)
+		}
 	}
 }
