@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,7 +33,7 @@ func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Dur
 	fail := func(err error) error {
 		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(dst), Err: err}
 	}
-	family, sa, salen := sockaddr(dst)
+	family, sa := sockaddr(dst)
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fail(os.NewSyscallError("socket", err))
@@ -62,7 +61,7 @@ func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Dur
 	c.up = dir{src: &c.client, dst: &c.upstream}
 	c.down = dir{src: &c.upstream, dst: &c.client}
 	wait := c.connected
-	err = connectNB(fd, &sa, salen)
+	err = unix.Connect(fd, sa)
 	if err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
 		unix.Close(fd)
 		return nil, fail(os.NewSyscallError("connect", err))
@@ -120,35 +119,20 @@ func established(fd int) bool {
 	return err == nil && n == 1 && pfd[0].Revents&(unix.POLLOUT|unix.POLLERR|unix.POLLHUP) == unix.POLLOUT
 }
 
-// sockaddr is ap as connect(2) takes it: the family, the raw address and
-// its length.
-func sockaddr(ap netip.AddrPort) (family int, raw unix.RawSockaddrAny, n uint32) {
+func sockaddr(ap netip.AddrPort) (int, unix.Sockaddr) {
 	a := ap.Addr()
 	if a.Is4() || a.Is4In6() {
-		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&raw))
-		sa.Family = unix.AF_INET
-		putPort(&sa.Port, ap.Port())
-		sa.Addr = a.Unmap().As4()
-		return unix.AF_INET, raw, unix.SizeofSockaddrInet4
+		return unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
 	}
-	sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&raw))
-	sa.Family = unix.AF_INET6
-	putPort(&sa.Port, ap.Port())
-	sa.Addr = a.As16()
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
 	if z := a.Zone(); z != "" {
 		if ifi, err := net.InterfaceByName(z); err == nil {
-			sa.Scope_id = uint32(ifi.Index)
+			sa.ZoneId = uint32(ifi.Index)
 		} else if i, err := strconv.ParseUint(z, 10, 32); err == nil {
-			sa.Scope_id = uint32(i) // a numeric zone, as in fe80::1%2
+			sa.ZoneId = uint32(i) // a numeric zone, as in fe80::1%2
 		}
 	}
-	return unix.AF_INET6, raw, unix.SizeofSockaddrInet6
-}
-
-// putPort stores port in network byte order.
-func putPort(dst *uint16, port uint16) {
-	b := (*[2]byte)(unsafe.Pointer(dst))
-	b[0], b[1] = byte(port>>8), byte(port)
+	return unix.AF_INET6, sa
 }
 
 // UpstreamLocal is the dialled upstream socket's own address (a SOCKS5

@@ -6,7 +6,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The loop's system calls are made raw, without telling the scheduler
+// The relay's calls on its non-blocking fds (the loop's, Attach's first
+// write, Close's shutdowns) are made raw, without telling the scheduler
 // that the goroutine enters a system call. Every one of them is on a
 // non-blocking socket, pipe or epoll fd, so none waits for a peer; but on
 // loopback a splice or close runs the peer's TCP receive path inline and
@@ -21,9 +22,9 @@ import (
 // sleep briefly on the epoll set's lock while another thread registers a
 // socket with the same loop.
 //
-// connect is not among them: it runs on the dialling goroutine, and with
-// the ephemeral ports nearly used up the kernel's port search can take
-// milliseconds, during which a raw call would stall the whole process.
+// connect is not among them (Dial uses unix.Connect): with the ephemeral
+// ports nearly used up the kernel's port search can take milliseconds,
+// during which a raw call would stall the whole process.
 //
 // None of these may be used on a blocking fd.
 
@@ -65,11 +66,4 @@ func shutdownNB(fd, how int) error {
 func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
 	return int(r), errnoErr(e)
-}
-
-// connectNB starts a non-blocking connect. It is an ordinary system call
-// (see above); it only takes the raw address sockaddr builds.
-func connectNB(fd int, sa *unix.RawSockaddrAny, n uint32) error {
-	_, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(n))
-	return errnoErr(e)
 }

@@ -411,8 +411,8 @@ func TestDialFailures(t *testing.T) {
 	}
 }
 
-// TestDialFamilies dials IPv4, IPv6 and an IPv4-mapped IPv6 address: Dial
-// builds connect's raw socket address itself, port in network order.
+// TestDialFamilies dials IPv4, IPv6 and an IPv4-mapped IPv6 address (which
+// must connect as IPv4) and checks the server sees the dialled socket.
 func TestDialFamilies(t *testing.T) {
 	for _, tc := range []struct{ listen, dial string }{
 		{"127.0.0.1:0", "127.0.0.1"},
