@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,6 +28,10 @@ const nsPrefix = "egde2e-"
 // netns is one named network namespace (ip netns add).
 type netns struct {
 	name string
+	// ownPorts: dial gives every connection a local port of its own (see
+	// dial). Set for the client namespace of a topology, whose
+	// connections are redirected.
+	ownPorts bool
 }
 
 // ip runs `ip -n NS ARGS...` and fails the test on error.
@@ -100,9 +106,46 @@ func (n *netns) listen(t testing.TB, addr string) *net.TCPListener {
 
 // dial connects from inside the namespace, from laddr if it is not empty.
 func (n *netns) dial(laddr, raddr string) (*net.TCPConn, error) {
+	if !n.ownPorts {
+		return n.dialFrom(laddr, raddr)
+	}
+	host := ""
+	if laddr != "" {
+		h, port, err := net.SplitHostPort(laddr)
+		if err != nil {
+			return nil, err
+		}
+		if port != "0" {
+			return n.dialFrom(laddr, raddr)
+		}
+		host = h
+	}
+	// A port of its own for every connection of the run. With the kernel
+	// choosing, a client reuses a port towards another destination, but
+	// REDIRECT sends both to the same listener: when the earlier
+	// connection's conntrack entry is still there, NAT rewrites the new
+	// one's source port, and egressd logs a src the client never had
+	// (a server-first test once failed on 10.99.1.2:4563 that way).
+	for range 64 {
+		p := nextClientPort.Add(1)%(clientPortEnd-clientPortStart) + clientPortStart
+		c, err := n.dialFrom(net.JoinHostPort(host, strconv.Itoa(int(p))), raddr)
+		if !errors.Is(err, unix.EADDRINUSE) {
+			return c, err
+		}
+	}
+	return nil, fmt.Errorf("dial %s: no free client port", raddr)
+}
+
+// Client ports come from below the kernel's ephemeral range (32768 up), so
+// no kernel-chosen port of the namespaces' own servers can take one.
+const clientPortStart, clientPortEnd = 20000, 32000
+
+var nextClientPort atomic.Int32
+
+func (n *netns) dialFrom(laddr, raddr string) (*net.TCPConn, error) {
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if laddr != "" {
-		a, err := net.ResolveTCPAddr(tcpNetwork(laddr), laddr)
+		a, err := net.ResolveTCPAddr(tcpNetwork(raddr), laddr)
 		if err != nil {
 			return nil, err
 		}
@@ -252,6 +295,7 @@ func newTopology(t testing.TB) *topology {
 	rand.Read(b)
 	run := hex.EncodeToString(b)
 	top := &topology{cli: newNetns(t, run, "cli"), gw: newNetns(t, run, "gw"), srv: newNetns(t, run, "srv")}
+	top.cli.ownPorts = true
 
 	// The veths are made inside the namespaces: their names never meet
 	// those of a concurrent run in the root namespace.
