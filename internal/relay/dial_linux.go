@@ -73,14 +73,12 @@ func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Dur
 		unix.Close(fd)
 		return nil, fail(rerr)
 	}
-	if err == nil {
-		return c, nil // connected at once
-	}
-	if established(fd) {
-		// On loopback and other local paths the handshake has run
-		// inside connect: one poll(2) instead of parking until the
-		// loop reports it. (The loop still notes the readiness, and
-		// closes connected for nobody.)
+	if err == nil || established(fd) {
+		// Connected at once, or, on loopback and other local paths, the
+		// handshake has run inside connect: one poll(2) instead of
+		// parking until the loop reports it. (The loop still notes the
+		// readiness, and closes connected for nobody.)
+		c.upstream.markWritable(l)
 		return c, nil
 	}
 	timer := time.NewTimer(timeout)

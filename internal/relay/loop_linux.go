@@ -218,6 +218,12 @@ func (l *loop) add(c *Conn) error {
 	// Under mu: the loop looks each event's socket up under mu, so it
 	// cannot act on (and maybe close) this connection before all is in.
 	l.mu.Lock()
+	// The client socket is established and nothing is queued on it: the
+	// first bytes for it go out without waiting for its EPOLLOUT, which
+	// may come later in the same batch of events. (Taken for unwritable,
+	// the direction would mute its source and unmute it at that event:
+	// two epoll_ctl calls per connection.)
+	c.client.writable = true
 	err := l.register(&c.client)
 	if err == nil {
 		c.relaying = true
@@ -250,6 +256,14 @@ func (l *loop) register(s *side) error {
 		return os.NewSyscallError("epoll_ctl", err)
 	}
 	return nil
+}
+
+// markWritable notes that s's connect is known to have finished, so that
+// the first write does not wait for the loop to report it.
+func (s *side) markWritable(l *loop) {
+	l.mu.Lock()
+	s.writable = true
+	l.mu.Unlock()
 }
 
 // mute takes EPOLLIN out of s's interest (on) or puts it back. A direction

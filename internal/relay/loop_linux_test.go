@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/internal/testnet"
 	"golang.org/x/sys/unix"
 )
 
@@ -126,5 +127,61 @@ func TestSockaddrZone(t *testing.T) {
 		if family != unix.AF_INET6 || !ok || sa6.ZoneId != tc.want || sa6.Port != 443 {
 			t.Errorf("%s: family %d, %+v; want AF_INET6, zone %d, port 443", tc.addr, family, sa, tc.want)
 		}
+	}
+}
+
+// TestFirstBytesNeedNoMute hands the loop the upstream's first bytes (a
+// server that speaks at once) before it has handled the new client
+// socket's first EPOLLOUT, as happens when both events arrive in one
+// batch. The bytes must go straight to the client: taking the client for
+// unwritable would mute the upstream and unmute it one event later, two
+// epoll_ctl calls per connection for nothing.
+func TestFirstBytesNeedNoMute(t *testing.T) {
+	l, err := newLoop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.file.Close()
+	client, cIn := testnet.Pair(t)
+	server, uOut := testnet.Pair(t)
+	defer client.Close()
+	defer server.Close()
+	c := &Conn{l: l, done: func(Result) {}}
+	c.client.c, c.upstream.c = c, c
+	c.up = dir{src: &c.client, dst: &c.upstream}
+	c.down = dir{src: &c.upstream, dst: &c.client}
+	if err := c.upstream.detach(uOut); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.client.detach(cIn); err != nil {
+		t.Fatal(err)
+	}
+	defer c.closeSockets()
+	l.mu.Lock()
+	err = l.register(&c.upstream)
+	l.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.upstream.markWritable(l) // as Dial does once connected
+	if _, err := server.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	pfd := []unix.PollFd{{Fd: int32(c.upstream.fd), Events: unix.POLLIN}}
+	if n, err := unix.Poll(pfd, 5000); n != 1 || err != nil {
+		t.Fatalf("the server's bytes did not arrive: %d, %v", n, err)
+	}
+	if err := l.add(c); err != nil {
+		t.Fatal(err)
+	}
+	before := mutes.Load()
+	l.handle([]unix.EpollEvent{{Events: unix.EPOLLIN | unix.EPOLLOUT, Fd: int32(c.upstream.fd), Pad: c.upstream.gen}})
+	if mutes.Load() != before || c.upstream.muted {
+		t.Error("the upstream was muted before the client's first EPOLLOUT was handled")
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "hello" {
+		t.Fatalf("client read %q, %v", got, err)
 	}
 }
