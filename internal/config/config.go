@@ -92,7 +92,14 @@ type Listener struct {
 	// replaces the peer's for rules and the log. A connection without a
 	// valid header is reset.
 	ProxyProtocol bool
-	Line          int // where the listener is defined
+	// ProxyProtocolFrom, when not empty, lists the balancers whose PROXY
+	// headers are believed: a connection from any other peer is reset
+	// before a byte is read, so that a client that can reach the listener
+	// directly cannot name itself any source it likes. Empty: every peer
+	// is believed (the listener must then be reachable only through the
+	// balancer).
+	ProxyProtocolFrom []netip.Prefix
+	Line              int // where the listener is defined
 }
 
 // Timeouts bound each phase of a connection.

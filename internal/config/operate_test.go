@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +12,7 @@ import (
 
 func TestOperateSections(t *testing.T) {
 	const yaml = `listeners:
-  - {name: lb, mode: sni, address: 127.0.0.1:3128, proxy_protocol: true}
+  - {name: lb, mode: sni, address: 127.0.0.1:3128, proxy_protocol: true, proxy_protocol_from: ["10.0.0.0/8", "2001:db8::1"]}
   - {name: plain, mode: sni, address: 127.0.0.1:3129}
 admin:
   address: 127.0.0.1:9090
@@ -26,8 +27,8 @@ shutdown_grace: 2m
 	if err != nil {
 		t.Fatalf("Parse = %v", err)
 	}
-	got := []any{c.Listeners[0].ProxyProtocol, c.Listeners[1].ProxyProtocol, c.Admin, c.Limits, c.ShutdownGrace}
-	want := []any{true, false, Admin{Address: addrPort("127.0.0.1:9090"), PProf: true, Line: 5},
+	got := []any{c.Listeners[0].ProxyProtocol, c.Listeners[0].ProxyProtocolFrom, c.Listeners[1].ProxyProtocol, c.Admin, c.Limits, c.ShutdownGrace}
+	want := []any{true, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::1/128")}, false, Admin{Address: addrPort("127.0.0.1:9090"), PProf: true, Line: 5},
 		Limits{MaxConnections: 100000, MaxConnectionsPerSource: 2000, MaxPendingHandshakes: 10000}, 2 * time.Minute}
 	if diff := cmp.Diff(want, got, cmpOpts...); diff != "" {
 		t.Errorf("Parse mismatch (-want +got):\n%s", diff)
@@ -40,6 +41,10 @@ func TestOperateErrors(t *testing.T) {
 		name, yaml string
 		want       []string
 	}{
+		{"proxy_protocol_from without proxy_protocol", "listeners:\n  - {name: a, mode: sni, address: 127.0.0.1:9090, proxy_protocol_from: [10.0.0.0/8]}\n",
+			[]string{"bad.yaml:2: listeners[0].proxy_protocol_from: applies only with proxy_protocol: true"}},
+		{"proxy_protocol_from bad CIDR", "listeners:\n  - name: a\n    mode: sni\n    address: 127.0.0.1:9090\n    proxy_protocol: true\n    proxy_protocol_from: [10.0.0.1/8, lb.example]\n",
+			[]string{"bad.yaml:6: listeners[0].proxy_protocol_from[0]: 10.0.0.1/8 has host bits set", `bad.yaml:6: listeners[0].proxy_protocol_from[1]: invalid CIDR "lb.example"`}},
 		{"admin bad address", one + "admin: {address: localhost:9090}\n",
 			[]string{`bad.yaml:2: admin.address: invalid address "localhost:9090"`}},
 		{"admin without address", one + "admin: {pprof: true}\n",

@@ -106,7 +106,7 @@ func (d *decoder) listeners(n *yaml.Node) []Listener {
 
 func (d *decoder) listener(n *yaml.Node, path string, seen seenListeners) Listener {
 	l := Listener{Line: n.Line}
-	f, ok := d.mapping(n, path, "name", "mode", "address", "sni_destination", "upstream_port", "tproxy", "tunnel_sni", "proxy_protocol")
+	f, ok := d.mapping(n, path, "name", "mode", "address", "sni_destination", "upstream_port", "tproxy", "tunnel_sni", "proxy_protocol", "proxy_protocol_from")
 	if !ok {
 		return l
 	}
@@ -152,6 +152,11 @@ func (d *decoder) listener(n *yaml.Node, path string, seen seenListeners) Listen
 	}
 	if v, ok := f["proxy_protocol"]; ok {
 		l.ProxyProtocol, _ = d.boolean(v, field(path, "proxy_protocol"))
+	}
+	if v, ok := f["proxy_protocol_from"]; ok {
+		if l.ProxyProtocolFrom = d.prefixes(v, field(path, "proxy_protocol_from")); !l.ProxyProtocol {
+			d.errorf(v, "%s: applies only with proxy_protocol: true", field(path, "proxy_protocol_from"))
+		}
 	}
 	if l.Mode == ModeSNI {
 		l.UpstreamPort = 443

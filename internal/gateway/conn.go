@@ -68,6 +68,13 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	}()
 
 	peekStart := rec.Start
+	if lc.ProxyProtocol && len(lc.ProxyProtocolFrom) > 0 && !trusted(lc.ProxyProtocolFrom, rec.Src.Addr()) {
+		rec.Protocol = peek.Unknown
+		rec.Action, rec.Enforced = "deny", true
+		rec.Reason = fmt.Sprintf("PROXY protocol: peer %s is not in proxy_protocol_from", rec.Src.Addr())
+		refuse.Reset(c)
+		return
+	}
 	if lc.ProxyProtocol {
 		src, ok, err := proxyheader.Read(c, rec.Start.Add(cfg.Timeouts.ClientHello))
 		// The client's own silence is timed from after the balancer's
@@ -219,6 +226,18 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	peek.Release(&p)
 	g.handOff(c, rc)
 	return true
+}
+
+// trusted reports whether a balancer at a may speak PROXY protocol: an
+// IPv4 peer of a dual-stack listener comes as ::ffff:a.b.c.d.
+func trusted(from []netip.Prefix, a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range from {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // relayLogQueue is how many relayed connections' lines may wait for a slow

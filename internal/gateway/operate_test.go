@@ -327,6 +327,49 @@ func TestProxyProtocol(t *testing.T) {
 	})
 }
 
+// TestProxyProtocolFrom checks that with proxy_protocol_from only the
+// listed balancers' headers are believed: a peer outside the list is reset
+// before its header is read, whatever source the header names, and logged
+// under its own address.
+func TestProxyProtocolFrom(t *testing.T) {
+	for _, tt := range []struct {
+		name, from string
+		wantOK     bool
+	}{
+		{"listed peer", `["192.0.2.0/24", "127.0.0.0/8"]`, true},
+		{"unlisted peer", `["192.0.2.0/24"]`, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorldListener(t, baseRecords, basePolicy, 0, "proxy_protocol: true\n    proxy_protocol_from: "+tt.from)
+			raw, err := net.Dial("tcp", w.addr.String())
+			switch {
+			case err == nil:
+				defer raw.Close()
+				raw.Write(v2Header(t, "198.51.100.9:40000", w.addr.String()))
+				c := tls.Client(raw, &tls.Config{ServerName: "good.test", InsecureSkipVerify: true})
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				err = c.Handshake()
+				c.Close()
+			case !isReset(err):
+				t.Fatal(err)
+			}
+			// An unlisted peer is reset at once, sometimes before its
+			// connect has returned.
+			if (err == nil) != tt.wantOK {
+				t.Errorf("connect and handshake = %v, want success %v", err, tt.wantOK)
+			}
+			if tt.wantOK {
+				e := w.waitLog(func(e entry) bool { return e["src"] == "198.51.100.9:40000" })
+				w.want(e, map[string]any{"action": "allow", "rule": "good"})
+				return
+			}
+			e := w.waitLog(func(e entry) bool { return strings.HasPrefix(fmt.Sprint(e["src"]), "127.0.0.1:") })
+			w.want(e, map[string]any{"action": "deny", "enforced": true,
+				"reason": "PROXY protocol: peer 127.0.0.1 is not in proxy_protocol_from"})
+		})
+	}
+}
+
 // reload replaces the world's config with its listener (plus listenerYAML)
 // and policyYAML.
 func reload(t *testing.T, w *world, policyYAML, listenerYAML string) {
