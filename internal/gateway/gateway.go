@@ -49,14 +49,14 @@ type Gateway struct {
 	listeners []*boundListener
 	conns     map[io.Closer]struct{} // live connections: sockets in set-up, relays
 	closedAll bool                   // the drain closed every live connection
-	wg        sync.WaitGroup         // accept loops and workers
-	jobs      chan job               // to idle workers
+	wg        sync.WaitGroup         // accept loops, workers and their reaper
+	workers   workers
 	// relayLog takes the log lines of relays the loop has ended to
 	// writeRelayLogs, so that a slow log writer never stalls a relay loop
 	// (and every connection on it); Serve starts and ends it.
 	relayLog chan *accesslog.Record
 	logDone  chan struct{}
-	stopping chan struct{} // closed when accepting has stopped: idle workers exit
+	stopping chan struct{} // closed when accepting has stopped
 
 	metrics  *metrics.Metrics
 	active   atomic.Int64 // connections accepted and not yet closed
@@ -92,7 +92,7 @@ func (bl *boundListener) config() *config.Listener { return bl.cfg.Load() }
 // one line per connection.
 func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 	g := &Gateway{log: log, access: access, conns: make(map[io.Closer]struct{}),
-		jobs: make(chan job), stopping: make(chan struct{}), abort: make(chan struct{}),
+		stopping: make(chan struct{}), abort: make(chan struct{}),
 		relayLog: make(chan *accesslog.Record, relayLogQueue), logDone: make(chan struct{})}
 	g.state.Store(st)
 	gauges := metrics.Gauges{
@@ -208,6 +208,8 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 		close(g.relayLog)
 		<-g.logDone
 	}()
+	g.wg.Add(1)
+	go g.reapWorkers()
 	g.mu.Lock()
 	g.serveCtx = ctx
 	for _, bl := range g.listeners {
@@ -227,6 +229,7 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 		grace = g.state.Load().Config.ShutdownGrace
 	}
 	close(g.stopping)
+	g.workers.stop()
 	if g.dns != nil {
 		// DNS answers are short: no grace beyond a few seconds for those
 		// in flight. Connections keep their names (the memory stays).
@@ -307,41 +310,6 @@ func (g *Gateway) acceptLoop(ctx context.Context, bl *boundListener) {
 type job struct {
 	bl *boundListener
 	c  *net.TCPConn
-}
-
-// workerIdle is how long a goroutine that finished a connection waits for
-// the next one before it exits.
-const workerIdle = 10 * time.Second
-
-// dispatch hands j to an idle worker or starts a new one. Reusing
-// goroutines keeps their already-grown stacks: a fresh goroutine per
-// connection paid for growing its stack (copystack) on every connection.
-func (g *Gateway) dispatch(ctx context.Context, j job) {
-	select {
-	case g.jobs <- j:
-	default:
-		g.wg.Add(1)
-		go g.worker(ctx, j)
-	}
-}
-
-// worker serves connections until it has been idle for workerIdle or the
-// gateway stops.
-func (g *Gateway) worker(ctx context.Context, j job) {
-	defer g.wg.Done()
-	idle := time.NewTimer(workerIdle)
-	defer idle.Stop()
-	for {
-		g.serveConn(ctx, j.bl, j.c)
-		idle.Reset(workerIdle)
-		select {
-		case j = <-g.jobs:
-		case <-idle.C:
-			return
-		case <-g.stopping:
-			return
-		}
-	}
 }
 
 func (g *Gateway) track(c io.Closer, add bool) {
