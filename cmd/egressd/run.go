@@ -97,8 +97,12 @@ connections run for shutdown_grace) and exits 0; a second one closes at once.`)
 		log.Info("admin endpoint", "address", srv.Addr().String(), "pprof", cfg.Admin.PProf)
 	}
 	for _, l := range cfg.Listeners {
-		log.Info("listening", "listener", l.Name, "mode", l.Mode, "address", g.Addrs()[l.Name].String(),
-			"proxy_protocol", l.ProxyProtocol, "enforce", cfg.Policy.Enforce, "rules", pol.Len())
+		attrs := []any{"listener", l.Name, "mode", l.Mode, "address", g.Addrs()[l.Name].String(),
+			"proxy_protocol", l.ProxyProtocol}
+		if len(l.ProxyProtocolFrom) > 0 {
+			attrs = append(attrs, "proxy_protocol_from", l.ProxyProtocolFrom)
+		}
+		log.Info("listening", append(attrs, "enforce", cfg.Policy.Enforce, "rules", pol.Len())...)
 	}
 	if cfg.DNS.Enabled() {
 		log.Info("dns forwarder listening", "address", g.DNSAddr().String(), "upstreams", len(cfg.DNS.Upstreams),
