@@ -16,8 +16,6 @@ type Dialer struct {
 	Mark uint32
 }
 
-// Dial connects to addr, an address that was already checked: it is never
-// re-resolved here.
 // NetDialer is a net.Dialer for egressd's other upstream sockets (DNS
 // queries, UDP and the TCP retries of truncated answers): with mark set
 // they carry SO_MARK like the proxied connections, so that the
@@ -26,6 +24,8 @@ func NetDialer(timeout time.Duration, mark uint32) *net.Dialer {
 	return &net.Dialer{Timeout: timeout, Control: markControl(mark), KeepAlive: -1}
 }
 
+// Dial connects to addr, an address that was already checked: it is never
+// re-resolved here.
 func (d *Dialer) Dial(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
 	// KeepAlive off, as on the client side: the idle timeout ends dead
 	// connections without four setsockopt(2) calls per dial.

@@ -4,14 +4,17 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // dnsServer serves fixed answers on UDP and TCP loopback and counts queries.
@@ -188,5 +191,46 @@ func TestDialMarkAndRefused(t *testing.T) {
 	_, err = d.Dial(context.Background(), addr)
 	if err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("Dial to a closed port = %v, want connection refused", err)
+	}
+}
+
+// TestMarkOnSockets checks that both dialers put SO_MARK on the sockets
+// they open: the proxied connections' (Dialer) and the DNS queries' over
+// UDP (NetDialer), which interception rules tell from clients' by it.
+// Setting a mark needs CAP_NET_ADMIN: CI runs as root.
+func TestMarkOnSockets(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must run as root: SO_MARK needs CAP_NET_ADMIN")
+		}
+		t.Skip("SO_MARK needs CAP_NET_ADMIN")
+	}
+	const mark = 0x2a
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	tc, err := (&Dialer{Timeout: time.Second, Mark: mark}).Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	uc, err := NetDialer(time.Second, mark).Dial("udp", "127.0.0.1:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	for name, c := range map[string]syscall.Conn{"tcp": tc, "udp": uc.(*net.UDPConn)} {
+		raw, err := c.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got int
+		var gerr error
+		raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
+		if gerr != nil || got != mark {
+			t.Errorf("%s socket: SO_MARK = %#x, %v; want %#x", name, got, gerr, mark)
+		}
 	}
 }
