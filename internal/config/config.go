@@ -155,6 +155,10 @@ type DNS struct {
 	// MaxEntries caps the name memory (default 100000); the oldest entry
 	// is dropped first.
 	MaxEntries int
+	// MaxEntriesPerClient caps one client's share of the name memory
+	// (default a quarter of MaxEntries): past it the client's own oldest
+	// entry is dropped, so that one client cannot push out the others'.
+	MaxEntriesPerClient int
 	// Timeout bounds one query to one upstream (default 2s).
 	Timeout time.Duration
 	// RateLimit is the queries per second one client address may send

@@ -176,10 +176,10 @@ func TestAccepted(t *testing.T) {
 			func(c *Config) any { return c.Policy.Rules[1].Destinations }, []netip.Prefix{prefix("10.0.0.0/8")}},
 		{"bare addresses in rules", one + "policy: {rules: [{name: a, action: allow, sources: [192.0.2.1, \"2001:db8::1\"]}]}\n",
 			func(c *Config) any { return c.Policy.Rules[0].Sources }, []netip.Prefix{prefix("192.0.2.1/32"), prefix("2001:db8::1/128")}},
-		{"dns section", one + "dns:\n  address: 127.0.0.1:5353\n  upstreams: [127.0.0.1, \"[::1]:53\"]\n  filter: true\n  strip_ech: true\n  max_entries: 50\n",
+		{"dns section", one + "dns:\n  address: 127.0.0.1:5353\n  upstreams: [127.0.0.1, \"[::1]:53\"]\n  filter: true\n  strip_ech: true\n  max_entries: 50\n  max_entries_per_client: 10\n",
 			func(c *Config) any { return c.DNS }, DNS{Address: addrPort("127.0.0.1:5353"),
 				Upstreams: []netip.AddrPort{addrPort("127.0.0.1:53"), addrPort("[::1]:53")}, Remember: 10 * time.Minute,
-				Filter: true, StripECH: true, MaxEntries: 50, Timeout: 2 * time.Second, RateLimit: 200, Line: 3}},
+				Filter: true, StripECH: true, MaxEntries: 50, MaxEntriesPerClient: 10, Timeout: 2 * time.Second, RateLimit: 200, Line: 3}},
 		{"no dns section", one, func(c *Config) any { return c.DNS.Enabled() }, false},
 		{"rule protocols", one + "policy: {rules: [{name: git, action: allow, fqdn: [git.example.test], protocols: [ssh, server-first]}]}\n",
 			func(c *Config) any { return c.Policy.Rules[0].Protocols }, []string{"ssh", "server-first"}},
@@ -216,7 +216,7 @@ func TestLoadDNS(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := DNS{Address: addrPort("10.0.0.1:53"), Upstreams: []netip.AddrPort{addrPort("127.0.0.1:53"), addrPort("[::1]:5353")},
-		Remember: 10 * time.Minute, Filter: true, StripECH: true, MaxEntries: 1000, Timeout: 1500 * time.Millisecond, RateLimit: 100, Line: 6,
+		Remember: 10 * time.Minute, Filter: true, StripECH: true, MaxEntries: 1000, MaxEntriesPerClient: 250, Timeout: 1500 * time.Millisecond, RateLimit: 100, Line: 6,
 		Clients: []netip.Prefix{prefix("10.0.0.0/8"), prefix("fd00::/8")}}
 	if diff := cmp.Diff(want, c.DNS, cmpOpts...); diff != "" {
 		t.Errorf("DNS mismatch (-want +got):\n%s", diff)

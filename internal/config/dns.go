@@ -23,7 +23,7 @@ func (d *decoder) dns(n *yaml.Node, c *DNS) {
 	*c = DNS{Remember: defaultRemember, MaxEntries: defaultMaxEntries, Timeout: defaultDNSTimeout,
 		RateLimit: defaultRateLimit, Line: n.Line}
 	f, ok := d.mapping(n, "dns", "address", "upstreams", "remember", "filter", "strip_ech",
-		"max_entries", "timeout", "rate_limit", "clients")
+		"max_entries", "max_entries_per_client", "timeout", "rate_limit", "clients")
 	if !ok {
 		return
 	}
@@ -80,6 +80,17 @@ func (d *decoder) dns(n *yaml.Node, c *DNS) {
 		if i, ok := d.positiveInt(v, "dns.max_entries", maxMaxEntries); ok {
 			c.MaxEntries = i
 		}
+	}
+	if v, ok := f["max_entries_per_client"]; ok {
+		if i, ok := d.positiveInt(v, "dns.max_entries_per_client", maxMaxEntries); ok {
+			if i > c.MaxEntries {
+				d.errorf(v, "dns.max_entries_per_client: %d is more than max_entries (%d)", i, c.MaxEntries)
+			}
+			c.MaxEntriesPerClient = i
+		}
+	}
+	if c.MaxEntriesPerClient == 0 {
+		c.MaxEntriesPerClient = max(1, c.MaxEntries/4)
 	}
 	if v, ok := f["clients"]; ok {
 		c.Clients = d.prefixes(v, "dns.clients")

@@ -292,6 +292,16 @@ dns:
   address: 127.0.0.1:5353
   upstreams: ["127.0.0.1:5353"]
 `, []string{`bad.yaml:4: dns.upstreams[0]: 127.0.0.1:5353 is dns.address itself`}},
+	{"dns share over the cap", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
+dns:
+  address: 127.0.0.1:5353
+  upstreams: [127.0.0.1]
+  max_entries_per_client: 2000
+  max_entries: 1000
+`, []string{`bad.yaml:5: dns.max_entries_per_client: 2000 is more than max_entries (1000)`}},
+	{"dns share not positive", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
+dns: {address: 127.0.0.1:5353, upstreams: [127.0.0.1], max_entries_per_client: 0}
+`, []string{`bad.yaml:2: dns.max_entries_per_client: want an integer from 1 to 10000000, got 0`}},
 	{"dns without upstreams", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
 dns: {address: 127.0.0.1:5353}
 `, []string{`bad.yaml:2: dns: missing key "upstreams"`}},

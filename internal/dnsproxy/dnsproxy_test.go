@@ -147,7 +147,7 @@ func startProxyEnforce(t *testing.T, cfg Config, enforce bool, rules ...policy.R
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 2 * time.Second
 	}
-	p := &proxy{names: namecache.New(0)}
+	p := &proxy{names: namecache.New(0, 0)}
 	p.Server = New(cfg, p.names, func() (*policy.Policy, bool) { return pol, enforce }, slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(p, "json"))
 	if err := p.Start(); err != nil {
 		t.Fatal(err)

@@ -111,7 +111,7 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 	}
 	g.names = &upstream.Cache{Resolver: r}
 	if d := st.Config.DNS; d.Enabled() {
-		g.memory = namecache.New(d.MaxEntries)
+		g.memory = namecache.New(d.MaxEntries, d.MaxEntriesPerClient)
 		g.dns = dnsproxy.New(dnsproxy.Config{
 			Address: d.Address, Upstreams: d.Upstreams, Remember: d.Remember, Timeout: d.Timeout, Mark: st.Config.Mark,
 			Filter: d.Filter, StripECH: d.StripECH, RateLimit: d.RateLimit, Clients: d.Clients,

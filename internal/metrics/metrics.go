@@ -83,7 +83,7 @@ type DNSCounts struct {
 var (
 	dnsQueriesDesc   = prometheus.NewDesc("egressd_dns_queries_total", "DNS queries handled by egressd's forwarder, by result.", []string{"result"}, nil)
 	dnsEntriesDesc   = prometheus.NewDesc("egressd_dns_memory_entries", "Name memories (client, address -> name) the DNS forwarder holds.", nil, nil)
-	dnsEvictionsDesc = prometheus.NewDesc("egressd_dns_memory_evictions_total", "Name memories dropped because max_entries was reached.", nil, nil)
+	dnsEvictionsDesc = prometheus.NewDesc("egressd_dns_memory_evictions_total", "Name memories dropped because max_entries, or a client's max_entries_per_client, was reached.", nil, nil)
 )
 
 // dnsCollector reads the forwarder's own counters at scrape time, so that

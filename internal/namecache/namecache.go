@@ -8,8 +8,10 @@
 // look-ups never lend a name to another client's connection to a shared IP
 // (the widening Cilium's DNS proxy had, cilium/cilium#31803).
 //
-// The cache is bounded: at most Max entries, the least recently recorded
-// evicted first. It does no network I/O.
+// The cache is bounded: at most max entries, the least recently recorded
+// evicted first, and at most perClient of them for any one client, so that
+// one client resolving names as fast as it may cannot push every other
+// client's memories out. It does no network I/O.
 package namecache
 
 import (
@@ -46,26 +48,33 @@ type entry struct {
 	expires  time.Time
 	recorded time.Time
 	elem     *list.Element // in Cache.order
+	srcElem  *list.Element // in Cache.bySrc[pair.src]
 }
 
 // Cache is the per-client IP → name memory. It is safe for concurrent use.
 type Cache struct {
-	max int
-	now func() time.Time
+	max, perClient int
+	now            func() time.Time
 
 	mu    sync.Mutex
 	pairs map[pair][]*entry
-	order *list.List // of *entry, least recently recorded first
+	order *list.List                // of *entry, least recently recorded first
+	bySrc map[netip.Addr]*list.List // each client's entries, in the same order
 	stats Stats
 }
 
-// New returns an empty cache holding at most max entries (DefaultMax when
-// max <= 0).
-func New(max int) *Cache {
-	if max <= 0 {
-		max = DefaultMax
+// New returns an empty cache holding at most total entries (DefaultMax when
+// total <= 0), at most perClient of them for one client (a quarter of
+// total when perClient <= 0; never more than total).
+func New(total, perClient int) *Cache {
+	if total <= 0 {
+		total = DefaultMax
 	}
-	return &Cache{max: max, now: time.Now, pairs: make(map[pair][]*entry), order: list.New()}
+	if perClient <= 0 {
+		perClient = max(1, total/4)
+	}
+	return &Cache{max: total, perClient: min(perClient, total), now: time.Now,
+		pairs: make(map[pair][]*entry), order: list.New(), bySrc: make(map[netip.Addr]*list.List)}
 }
 
 // key normalises addresses the way sockets may report them: an IPv4 client
@@ -124,6 +133,7 @@ func (c *Cache) record(k pair, name string, echID int, ttl time.Duration) {
 		if e.name == name && e.echID == echID {
 			e.expires, e.recorded = now.Add(ttl), now
 			c.order.MoveToBack(e.elem)
+			c.bySrc[k.src].MoveToBack(e.srcElem)
 			return
 		}
 	}
@@ -133,7 +143,18 @@ func (c *Cache) record(k pair, name string, echID int, ttl time.Duration) {
 	}
 	e := &entry{pair: k, name: name, echID: echID, expires: now.Add(ttl), recorded: now}
 	e.elem = c.order.PushBack(e)
+	mine := c.bySrc[k.src]
+	if mine == nil {
+		mine = list.New()
+		c.bySrc[k.src] = mine
+	}
+	e.srcElem = mine.PushBack(e)
 	c.pairs[k] = append(c.pairs[k], e)
+	if mine.Len() > c.perClient {
+		// Past its share, a client pays with its own oldest memory.
+		c.remove(mine.Front().Value.(*entry))
+		c.stats.Evictions++
+	}
 	for c.order.Len() > c.max {
 		c.remove(c.order.Front().Value.(*entry))
 		c.stats.Evictions++
@@ -163,6 +184,12 @@ func oldest(es []*entry) *entry {
 // remove drops e from the order list and from its pair. Callers hold mu.
 func (c *Cache) remove(e *entry) {
 	c.order.Remove(e.elem)
+	if mine := c.bySrc[e.pair.src]; mine != nil {
+		mine.Remove(e.srcElem)
+		if mine.Len() == 0 {
+			delete(c.bySrc, e.pair.src)
+		}
+	}
 	es := c.pairs[e.pair]
 	for i, x := range es {
 		if x == e {

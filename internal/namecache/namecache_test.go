@@ -22,7 +22,7 @@ func (c *clock) now() time.Time { return c.t }
 
 func newTestCache(max int) (*Cache, *clock) {
 	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	c := New(max)
+	c := New(max, 0)
 	c.now = clk.now
 	return c, clk
 }
@@ -88,19 +88,61 @@ func TestExpiry(t *testing.T) {
 
 func TestCapEvictsOldest(t *testing.T) {
 	c, clk := newTestCache(3)
+	client := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}) }
 	for i := range 5 {
 		clk.t = clk.t.Add(time.Second)
-		c.Record(cliA, fmt.Sprintf("n%d.test", i), netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), time.Hour)
+		c.Record(client(i), fmt.Sprintf("n%d.test", i), netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), time.Hour)
 	}
 	s := c.Stats()
 	if s.Entries != 3 || s.Evictions != 2 {
 		t.Errorf("Stats() = %+v, want 3 entries, 2 evictions", s)
 	}
 	for i := range 5 {
-		_, ok := c.Lookup(cliA, netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}))
+		_, ok := c.Lookup(client(i), netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}))
 		if want := i >= 2; ok != want {
 			t.Errorf("Lookup(n%d) found = %v, want %v (the two oldest are evicted)", i, ok, want)
 		}
+	}
+}
+
+// TestOneClientCannotFlushOthers records far more names from one client
+// than its share: it loses its own oldest memories, never another
+// client's, however recently that client resolved.
+func TestOneClientCannotFlushOthers(t *testing.T) {
+	for _, tt := range []struct {
+		name           string
+		total, share   int
+		wantShareOfA   int
+		wantEvictedOfA int
+	}{
+		{"default share, a quarter", 8, 0, 2, 18},
+		{"configured share", 8, 5, 5, 15},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+			c := New(tt.total, tt.share)
+			c.now = clk.now
+			c.Record(cliB, "b1.test", ip1, time.Hour)
+			c.Record(cliB, "b2.test", ip2, time.Hour)
+			for i := range 20 {
+				clk.t = clk.t.Add(time.Second)
+				c.Record(cliA, fmt.Sprintf("a%d.test", i), netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), time.Hour)
+			}
+			for _, dst := range []netip.Addr{ip1, ip2} {
+				if _, ok := c.Lookup(cliB, dst); !ok {
+					t.Errorf("client B lost its name for %s to client A's flood", dst)
+				}
+			}
+			for i := range 20 {
+				_, ok := c.Lookup(cliA, netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}))
+				if want := i >= 20-tt.wantShareOfA; ok != want {
+					t.Errorf("client A's a%d found = %v, want %v (A keeps its newest %d)", i, ok, want, tt.wantShareOfA)
+				}
+			}
+			if s := c.Stats(); s.Entries != 2+tt.wantShareOfA || s.Evictions != uint64(tt.wantEvictedOfA) {
+				t.Errorf("Stats() = %+v, want %d entries, %d evictions", s, 2+tt.wantShareOfA, tt.wantEvictedOfA)
+			}
+		})
 	}
 }
 
@@ -161,7 +203,7 @@ func TestECHConfigured(t *testing.T) {
 // reports the heap held per entry.
 func BenchmarkRecordFull(b *testing.B) {
 	const max = 100_000
-	c := New(max)
+	c := New(max, max) // one client, allowed to fill it
 	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, byte(i >> 16), byte(i >> 8), byte(i)}) }
 	var before, after runtime.MemStats
 	runtime.GC()
