@@ -143,6 +143,13 @@ func startProxyEnforce(t *testing.T, cfg Config, enforce bool, rules ...policy.R
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startProxyPolicy(t, cfg, pol, enforce)
+}
+
+// startProxyPolicy starts a forwarder that asks pol, set before it serves
+// (a policy swapped in afterwards would race with the serving goroutines).
+func startProxyPolicy(t *testing.T, cfg Config, pol *policy.Policy, enforce bool) *proxy {
+	t.Helper()
 	cfg.Address = netip.MustParseAddrPort("127.0.0.1:0")
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 2 * time.Second

@@ -119,8 +119,7 @@ func TestFilterRefusesInvalidNamesBlockList(t *testing.T) {
 	if ok, _ := pol.MayAllow(client, "x.evil.test", netip.Addr{}); ok {
 		t.Fatal("control: x.evil.test may be allowed")
 	}
-	p := startProxy(t, Config{Upstreams: []netip.AddrPort{up.addr}, Filter: true})
-	p.Server.policy = func() (*policy.Policy, bool) { return pol, true }
+	p := startProxyPolicy(t, Config{Upstreams: []netip.AddrPort{up.addr}, Filter: true}, pol, true)
 	if r := ask(t, "udp", p.Addr(), "x!.evil.test.", dns.TypeA); r.Rcode != dns.RcodeRefused {
 		t.Errorf("x!.evil.test under default allow + deny *.evil.test: rcode %s, answers %v; want REFUSED", dns.RcodeToString[r.Rcode], r.Answer)
 	}
