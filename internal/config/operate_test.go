@@ -12,7 +12,7 @@ import (
 
 func TestOperateSections(t *testing.T) {
 	const yaml = `listeners:
-  - {name: lb, mode: sni, address: 127.0.0.1:3128, proxy_protocol: true, proxy_protocol_from: ["10.0.0.0/8", "2001:db8::1"]}
+  - {name: lb, mode: sni, address: 127.0.0.1:3128, proxy_protocol: true, proxy_protocol_from: ["10.0.0.0/8", "2001:db8::1", "::ffff:192.0.2.0/120"]}
   - {name: plain, mode: sni, address: 127.0.0.1:3129}
 admin:
   address: 127.0.0.1:9090
@@ -28,7 +28,7 @@ shutdown_grace: 2m
 		t.Fatalf("Parse = %v", err)
 	}
 	got := []any{c.Listeners[0].ProxyProtocol, c.Listeners[0].ProxyProtocolFrom, c.Listeners[1].ProxyProtocol, c.Admin, c.Limits, c.ShutdownGrace}
-	want := []any{true, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::1/128")}, false, Admin{Address: addrPort("127.0.0.1:9090"), PProf: true, Line: 5},
+	want := []any{true, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::1/128"), netip.MustParsePrefix("192.0.2.0/24")}, false, Admin{Address: addrPort("127.0.0.1:9090"), PProf: true, Line: 5},
 		Limits{MaxConnections: 100000, MaxConnectionsPerSource: 2000, MaxPendingHandshakes: 10000}, 2 * time.Minute}
 	if diff := cmp.Diff(want, got, cmpOpts...); diff != "" {
 		t.Errorf("Parse mismatch (-want +got):\n%s", diff)

@@ -154,7 +154,15 @@ func (d *decoder) listener(n *yaml.Node, path string, seen seenListeners) Listen
 		l.ProxyProtocol, _ = d.boolean(v, field(path, "proxy_protocol"))
 	}
 	if v, ok := f["proxy_protocol_from"]; ok {
-		if l.ProxyProtocolFrom = d.prefixes(v, field(path, "proxy_protocol_from")); !l.ProxyProtocol {
+		for _, p := range d.prefixes(v, field(path, "proxy_protocol_from")) {
+			// A peer is matched unmapped (::ffff:10.0.0.1 is 10.0.0.1),
+			// so an IPv4-mapped CIDR is kept as the IPv4 one it means.
+			if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+				p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+			}
+			l.ProxyProtocolFrom = append(l.ProxyProtocolFrom, p)
+		}
+		if !l.ProxyProtocol {
 			d.errorf(v, "%s: applies only with proxy_protocol: true", field(path, "proxy_protocol_from"))
 		}
 	}

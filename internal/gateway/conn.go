@@ -229,9 +229,10 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 }
 
 // trusted reports whether a balancer at a may speak PROXY protocol: an
-// IPv4 peer of a dual-stack listener comes as ::ffff:a.b.c.d.
+// IPv4 peer of a dual-stack listener comes as ::ffff:a.b.c.d, and a
+// link-local one with its zone, which no prefix contains.
 func trusted(from []netip.Prefix, a netip.Addr) bool {
-	a = a.Unmap()
+	a = a.Unmap().WithZone("")
 	for _, p := range from {
 		if p.Contains(a) {
 			return true

@@ -152,8 +152,13 @@ func (c *Cache) record(k pair, name string, echID int, ttl time.Duration) {
 	c.pairs[k] = append(c.pairs[k], e)
 	if mine.Len() > c.perClient {
 		// Past its share, a client pays with its own oldest memory.
-		c.remove(mine.Front().Value.(*entry))
-		c.stats.Evictions++
+		f := mine.Front().Value.(*entry)
+		if now.Before(f.expires) {
+			c.stats.Evictions++
+		} else {
+			c.stats.Expired++
+		}
+		c.remove(f)
 	}
 	for c.order.Len() > c.max {
 		c.remove(c.order.Front().Value.(*entry))

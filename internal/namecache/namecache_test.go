@@ -226,3 +226,18 @@ func BenchmarkRecordFull(b *testing.B) {
 	}
 	b.ReportMetric(perEntry, "heapB/entry")
 }
+
+// TestShareDropsExpiredAsExpired checks that an entry a client's share
+// pushes out, if its time was already up, counts as expired, not evicted.
+func TestShareDropsExpiredAsExpired(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	c := New(8, 2)
+	c.now = clk.now
+	c.Record(cliA, "old.test", ip1, time.Second)
+	clk.t = clk.t.Add(2 * time.Second)
+	c.Record(cliA, "a.test", ip2, time.Hour)
+	c.Record(cliA, "b.test", netip.MustParseAddr("198.51.100.30"), time.Hour)
+	if s := c.Stats(); s.Entries != 2 || s.Expired != 1 || s.Evictions != 0 {
+		t.Errorf("Stats() = %+v, want 2 entries, 1 expired, 0 evictions", s)
+	}
+}
