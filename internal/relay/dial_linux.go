@@ -78,7 +78,7 @@ func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Dur
 		// handshake has run inside connect: one poll(2) instead of
 		// parking until the loop reports it. (The loop still notes the
 		// readiness, and closes connected for nobody.)
-		c.upstream.markWritable(l)
+		c.upstream.markWritable()
 		return c, nil
 	}
 	timer := time.NewTimer(timeout)

@@ -260,10 +260,10 @@ func (l *loop) register(s *side) error {
 
 // markWritable notes that s's connect is known to have finished, so that
 // the first write does not wait for the loop to report it.
-func (s *side) markWritable(l *loop) {
-	l.mu.Lock()
+func (s *side) markWritable() {
+	s.c.l.mu.Lock()
 	s.writable = true
-	l.mu.Unlock()
+	s.c.l.mu.Unlock()
 }
 
 // mute takes EPOLLIN out of s's interest (on) or puts it back. A direction

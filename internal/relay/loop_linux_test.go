@@ -163,7 +163,7 @@ func TestFirstBytesNeedNoMute(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.upstream.markWritable(l) // as Dial does once connected
+	c.upstream.markWritable() // as Dial does once connected
 	if _, err := server.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
