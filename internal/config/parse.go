@@ -154,15 +154,7 @@ func (d *decoder) listener(n *yaml.Node, path string, seen seenListeners) Listen
 		l.ProxyProtocol, _ = d.boolean(v, field(path, "proxy_protocol"))
 	}
 	if v, ok := f["proxy_protocol_from"]; ok {
-		for _, p := range d.prefixes(v, field(path, "proxy_protocol_from")) {
-			// A peer is matched unmapped (::ffff:10.0.0.1 is 10.0.0.1),
-			// so an IPv4-mapped CIDR is kept as the IPv4 one it means.
-			if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
-				p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
-			}
-			l.ProxyProtocolFrom = append(l.ProxyProtocolFrom, p)
-		}
-		if !l.ProxyProtocol {
+		if l.ProxyProtocolFrom = d.prefixes(v, field(path, "proxy_protocol_from")); !l.ProxyProtocol {
 			d.errorf(v, "%s: applies only with proxy_protocol: true", field(path, "proxy_protocol_from"))
 		}
 	}
@@ -352,6 +344,8 @@ func (d *decoder) patterns(n *yaml.Node, path string) []string {
 }
 
 // prefixes reads CIDRs; a bare address stands for itself (/32 or /128).
+// They come back canonical (policy.CanonicalPrefix), as every matcher of
+// peers by CIDR (rules, proxy_protocol_from, dns.clients) compares them.
 // A CIDR with host bits set ("10.1.2.3/24") is refused: it is usually a
 // typo for the address alone or for the network, and guessing would be
 // wrong half the time.
@@ -369,7 +363,7 @@ func (d *decoder) prefixes(n *yaml.Node, path string) []netip.Prefix {
 				d.errorf(it, "%s: invalid CIDR %q; want e.g. 10.0.0.0/8, 2001:db8::/32 or an address", p, s)
 				continue
 			}
-			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			out = append(out, policy.CanonicalPrefix(netip.PrefixFrom(a, a.BitLen())))
 			continue
 		}
 		switch pfx, err := netip.ParsePrefix(s); {
@@ -379,7 +373,7 @@ func (d *decoder) prefixes(n *yaml.Node, path string) []netip.Prefix {
 			d.errorf(it, "%s: %s has host bits set; write %s for the network or %s for the address",
 				p, s, pfx.Masked(), netip.PrefixFrom(pfx.Addr(), pfx.Addr().BitLen()))
 		default:
-			out = append(out, pfx)
+			out = append(out, policy.CanonicalPrefix(pfx))
 		}
 	}
 	return out

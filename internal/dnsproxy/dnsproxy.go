@@ -428,12 +428,7 @@ func (s *Server) isClient(src netip.Addr) bool {
 	if s.cfg.Clients == nil {
 		return policy.Restricted(src)
 	}
-	for _, p := range s.cfg.Clients {
-		if p.Contains(src) {
-			return true
-		}
-	}
-	return false
+	return policy.InPrefixes(s.cfg.Clients, src)
 }
 
 // udpSize is how large a UDP answer the client accepts (RFC 6891 §6.2.5):

@@ -68,7 +68,7 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	}()
 
 	peekStart := rec.Start
-	if lc.ProxyProtocol && len(lc.ProxyProtocolFrom) > 0 && !trusted(lc.ProxyProtocolFrom, rec.Src.Addr()) {
+	if lc.ProxyProtocol && len(lc.ProxyProtocolFrom) > 0 && !policy.InPrefixes(lc.ProxyProtocolFrom, rec.Src.Addr()) {
 		rec.Protocol = peek.Unknown
 		rec.Action, rec.Enforced = "deny", true
 		rec.Reason = fmt.Sprintf("PROXY protocol: peer %s is not in proxy_protocol_from", rec.Src.Addr())
@@ -226,19 +226,6 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	peek.Release(&p)
 	g.handOff(c, rc)
 	return true
-}
-
-// trusted reports whether a balancer at a may speak PROXY protocol: an
-// IPv4 peer of a dual-stack listener comes as ::ffff:a.b.c.d, and a
-// link-local one with its zone, which no prefix contains.
-func trusted(from []netip.Prefix, a netip.Addr) bool {
-	a = a.Unmap().WithZone("")
-	for _, p := range from {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
 }
 
 // relayLogQueue is how many relayed connections' lines may wait for a slow

@@ -566,23 +566,3 @@ func TestAbortEndsDrain(t *testing.T) {
 		t.Fatal("Serve still draining after Abort (grace is 1h)")
 	}
 }
-
-// TestTrustedPeer checks how a balancer's address is matched against
-// proxy_protocol_from: unmapped, and without its link-local zone.
-func TestTrustedPeer(t *testing.T) {
-	from := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("fe80::/10")}
-	for _, tt := range []struct {
-		peer string
-		want bool
-	}{
-		{"10.0.0.7", true},
-		{"::ffff:10.0.0.7", true}, // an IPv4 peer of a dual-stack listener
-		{"fe80::1%eth0", true},    // a link-local peer comes with its zone
-		{"10.0.1.7", false},
-		{"2001:db8::1", false},
-	} {
-		if got := trusted(from, netip.MustParseAddr(tt.peer)); got != tt.want {
-			t.Errorf("trusted(%s) = %v, want %v", tt.peer, got, tt.want)
-		}
-	}
-}

@@ -146,6 +146,16 @@ func appendOnce(ids []int32, i int) []int32 {
 	return append(ids, int32(i))
 }
 
+// CanonicalPrefix is p as addresses are compared with it: an IPv4-mapped
+// prefix (::ffff:10.0.0.0/104) as the IPv4 one it means (10.0.0.0/8),
+// since every address is unmapped before the comparison; masked.
+func CanonicalPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked()
+}
+
 // canonical returns a masked copy of prefixes, IPv4-mapped ones as IPv4,
 // so that the caller's slice is never shared with decisions.
 func canonical(prefixes []netip.Prefix) ([]netip.Prefix, error) {
@@ -159,10 +169,7 @@ func canonical(prefixes []netip.Prefix) ([]netip.Prefix, error) {
 			bad = append(bad, p.String())
 			continue
 		}
-		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
-			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
-		}
-		out[i] = p.Masked()
+		out[i] = CanonicalPrefix(p)
 	}
 	if bad != nil {
 		return nil, fmt.Errorf("invalid prefix %s", strings.Join(bad, ", "))

@@ -85,6 +85,14 @@ func contains(prefixes []netip.Prefix, a netip.Addr) bool {
 	return false
 }
 
+// InPrefixes reports whether a, as a socket may report it (IPv4-mapped, or
+// with a zone), is in one of prefixes, which must be canonical
+// (CanonicalPrefix): the check of listener and forwarder settings that
+// name peers by CIDR, done as the policy does its own.
+func InPrefixes(prefixes []netip.Prefix, a netip.Addr) bool {
+	return contains(prefixes, plain(a))
+}
+
 // inPorts reports whether port is in one of ranges; port 0 (unknown) is in none.
 func inPorts(ranges []PortRange, port uint16) bool {
 	for _, r := range ranges {

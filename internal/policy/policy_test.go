@@ -225,3 +225,24 @@ func TestDecideDoesNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+// TestInPrefixes checks how a peer's address, as a socket reports it, is
+// matched against a setting's CIDRs (proxy_protocol_from, dns.clients):
+// unmapped, and without its link-local zone.
+func TestInPrefixes(t *testing.T) {
+	from := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("fe80::/10")}
+	for _, tt := range []struct {
+		peer string
+		want bool
+	}{
+		{"10.0.0.7", true},
+		{"::ffff:10.0.0.7", true}, // an IPv4 peer of a dual-stack listener
+		{"fe80::1%eth0", true},    // a link-local peer comes with its zone
+		{"10.0.1.7", false},
+		{"2001:db8::1", false},
+	} {
+		if got := InPrefixes(from, netip.MustParseAddr(tt.peer)); got != tt.want {
+			t.Errorf("InPrefixes(%s) = %v, want %v", tt.peer, got, tt.want)
+		}
+	}
+}
