@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ func TestRedirect(t *testing.T) {
 	t.Run("ssh", func(t *testing.T) { testSSH(t, w, "transparent") })
 	t.Run("server-first", func(t *testing.T) { testServerFirst(t, w) })
 	t.Run("ipv6", func(t *testing.T) { testRedirectIPv6(t, w) })
+	t.Run("multipath client", func(t *testing.T) { testMultipathClient(t, w) })
 	t.Run("upstream mark", func(t *testing.T) {
 		// Every connection egressd opened, here and above, carries its
 		// SO_MARK.
@@ -38,6 +40,40 @@ func TestRedirect(t *testing.T) {
 		if marked == 0 || unmarked != 0 {
 			t.Errorf("SYNs from gw to srv: %d with mark 0x100, %d without; want some with and none without", marked, unmarked)
 		}
+	})
+}
+
+// testMultipathClient: a client that offers Multipath TCP is redirected
+// like any other. An MPTCP listening socket would accept it as MPTCP, and
+// an MPTCP socket has no SO_ORIGINAL_DST: egressd would lose where the
+// client was going. Its listeners are plain TCP, so the client falls back.
+func testMultipathClient(t *testing.T, w *world) {
+	from, ev := w.log.mark(), w.tls.mark()
+	var c net.Conn
+	err := w.cli.do(func() (err error) {
+		d := net.Dialer{Timeout: 10 * time.Second}
+		d.SetMultipathTCP(true)
+		c, err = d.Dial("tcp4", srvAddr+":443")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	src := c.LocalAddr().String()
+	// Asked before greet closes c: Go takes a closed socket for MPTCP.
+	if mp, err := c.(*net.TCPConn).MultipathTCP(); err != nil || mp {
+		t.Errorf("the client's connection is Multipath TCP (err %v); want a fallback to TCP", err)
+	}
+	_, greeting, err := greet(c, w.tlsConfig("allowed.test"))
+	if wantGreet := "hello sni=allowed.test local=" + srvAddr + ":443"; err != nil || !strings.HasPrefix(greeting, wantGreet) {
+		t.Errorf("MPTCP client: handshake %v, greeting %q, want %q", err, greeting, wantGreet)
+	} else if got := w.tls.next(t, ev); got.Err != nil {
+		t.Errorf("server: %v", got.Err)
+	}
+	w.log.expect(t, from, "MPTCP client", bySrc(src), want{
+		listener: "transparent", dst: srvAddr + ":443", fqdn: "allowed.test", fqdnSource: "sni", protocol: []string{"tls"},
+		rule: rule("allowed"), action: "allow", bytes: 1,
 	})
 }
 

@@ -1,0 +1,44 @@
+package gateway
+
+import (
+	"bytes"
+	"crypto/tls"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// TestMultipathClient sends a client that asks for Multipath TCP through
+// the sni listener. Go's net package makes listeners MPTCP by default, and
+// an MPTCP socket supports neither splice(2) nor SO_ORIGINAL_DST: egressd's
+// listeners must stay plain TCP, so that such a client falls back to TCP
+// and is relayed like any other.
+func TestMultipathClient(t *testing.T) {
+	w := newWorld(t, baseRecords, basePolicy)
+	var d net.Dialer
+	d.SetMultipathTCP(true)
+	raw, err := d.Dial("tcp", w.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	c := tls.Client(raw, &tls.Config{ServerName: "good.test", InsecureSkipVerify: true})
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := c.Handshake(); err != nil {
+		t.Fatalf("handshake through egressd: %v", err)
+	}
+	msg := bytes.Repeat([]byte("multipath"), 50_000)
+	go c.Write(msg)
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo through egressd: %v", err)
+	}
+	if tc, ok := raw.(*net.TCPConn); ok {
+		if mp, err := tc.MultipathTCP(); err != nil || mp {
+			t.Errorf("the client's connection to egressd is Multipath TCP (err %v); want a fallback to TCP", err)
+		}
+	}
+	c.Close()
+	w.want(w.waitLog(bySrcPort(raw)), map[string]any{"action": "allow", "rule": "good", "fqdn": "good.test"})
+}
