@@ -25,7 +25,7 @@ func TestRedirect(t *testing.T) {
 	t.Run("ssh", func(t *testing.T) { testSSH(t, w, "transparent") })
 	t.Run("server-first", func(t *testing.T) { testServerFirst(t, w) })
 	t.Run("ipv6", func(t *testing.T) { testRedirectIPv6(t, w) })
-	t.Run("multipath client", func(t *testing.T) { testMultipathClient(t, w) })
+	t.Run("multipath client", func(t *testing.T) { testMultipathClient(t, w, "transparent") })
 	t.Run("upstream mark", func(t *testing.T) {
 		// Every connection egressd opened, here and above, carries its
 		// SO_MARK.
@@ -43,11 +43,12 @@ func TestRedirect(t *testing.T) {
 	})
 }
 
-// testMultipathClient: a client that offers Multipath TCP is redirected
+// testMultipathClient: a client that offers Multipath TCP is intercepted
 // like any other. An MPTCP listening socket would accept it as MPTCP, and
-// an MPTCP socket has no SO_ORIGINAL_DST: egressd would lose where the
-// client was going. Its listeners are plain TCP, so the client falls back.
-func testMultipathClient(t *testing.T, w *world) {
+// an MPTCP socket has no SO_ORIGINAL_DST: egressd would lose where a
+// REDIRECTed client was going. Its listeners are plain TCP, so the client
+// falls back.
+func testMultipathClient(t *testing.T, w *world, listener string) {
 	from, ev := w.log.mark(), w.tls.mark()
 	var c net.Conn
 	err := w.cli.do(func() (err error) {
@@ -72,7 +73,7 @@ func testMultipathClient(t *testing.T, w *world) {
 		t.Errorf("server: %v", got.Err)
 	}
 	w.log.expect(t, from, "MPTCP client", bySrc(src), want{
-		listener: "transparent", dst: srvAddr + ":443", fqdn: "allowed.test", fqdnSource: "sni", protocol: []string{"tls"},
+		listener: listener, dst: srvAddr + ":443", fqdn: "allowed.test", fqdnSource: "sni", protocol: []string{"tls"},
 		rule: rule("allowed"), action: "allow", bytes: 1,
 	})
 }

@@ -15,6 +15,7 @@ func TestTProxy(t *testing.T) {
 	t.Run("openssl denied", func(t *testing.T) { testOpenSSLDenied(t, w, "tproxy") })
 	t.Run("ssh", func(t *testing.T) { testSSH(t, w, "tproxy") })
 	t.Run("resolve", func(t *testing.T) { testResolve(t, w) })
+	t.Run("multipath client", func(t *testing.T) { testMultipathClient(t, w, "tproxy") })
 }
 
 // testResolve: under sni_destination: resolve, a client that sends
