@@ -39,6 +39,17 @@ func dialTLS(w *world, sni string) (*tls.Conn, net.Conn, error) {
 	return c, raw, c.Handshake()
 }
 
+// echo sends msg through c to the echo server and checks that it comes
+// back whole.
+func echo(t *testing.T, c io.ReadWriter, msg []byte) {
+	t.Helper()
+	go c.Write(msg)
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo through egressd: %v", err)
+	}
+}
+
 // TestSNIAllowedRelays runs a real crypto/tls client (post-quantum hello,
 // larger than one packet) through the sni listener and echoes data.
 func TestSNIAllowedRelays(t *testing.T) {
@@ -51,11 +62,7 @@ func TestSNIAllowedRelays(t *testing.T) {
 		t.Errorf("server saw SNI %q", got)
 	}
 	msg := bytes.Repeat([]byte("egressd"), 10_000)
-	go c.Write(msg)
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
-		t.Fatalf("echo through egressd: %v", err)
-	}
+	echo(t, c, msg)
 	c.Close()
 	e := w.waitLog(bySrcPort(raw))
 	w.want(e, map[string]any{

@@ -3,7 +3,6 @@ package gateway
 import (
 	"bytes"
 	"crypto/tls"
-	"io"
 	"net"
 	"testing"
 	"time"
@@ -28,12 +27,7 @@ func TestMultipathClient(t *testing.T) {
 	if err := c.Handshake(); err != nil {
 		t.Fatalf("handshake through egressd: %v", err)
 	}
-	msg := bytes.Repeat([]byte("multipath"), 50_000)
-	go c.Write(msg)
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
-		t.Fatalf("echo through egressd: %v", err)
-	}
+	echo(t, c, bytes.Repeat([]byte("multipath"), 50_000))
 	if tc, ok := raw.(*net.TCPConn); ok {
 		if mp, err := tc.MultipathTCP(); err != nil || mp {
 			t.Errorf("the client's connection to egressd is Multipath TCP (err %v); want a fallback to TCP", err)
