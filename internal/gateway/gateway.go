@@ -165,7 +165,7 @@ func (g *Gateway) DNSAddr() netip.AddrPort {
 func (g *Gateway) Bind(ctx context.Context) error {
 	st := g.state.Load()
 	for _, lc := range st.Config.Listeners {
-		ln, err := listener.Listen(ctx, lc.Address, listener.Options{TProxy: lc.TProxy})
+		ln, err := listener.Listen(ctx, lc.Address, listenOptions(lc))
 		if err != nil {
 			g.closeListeners()
 			return errors.Join(errors.New("listener "+lc.Name), err)
@@ -182,6 +182,13 @@ func (g *Gateway) Bind(ctx context.Context) error {
 	}
 	g.bound.Store(true)
 	return nil
+}
+
+// listenOptions shapes a listener's socket. Only transparent listeners
+// see server-first protocols, so every other mode defers accepts until the
+// client's first bytes.
+func listenOptions(lc config.Listener) listener.Options {
+	return listener.Options{TProxy: lc.TProxy, DeferAccept: lc.Mode != config.ModeTransparent}
 }
 
 // Addrs returns the bound address of each listener, by name; tests that

@@ -167,7 +167,7 @@ func (g *Gateway) Reload(st *State) (restart []string, err error) {
 	for _, lc := range cfg.Listeners {
 		bl := matchListener(current, used, lc)
 		if bl == nil {
-			ln, err := listener.Listen(context.Background(), lc.Address, listener.Options{TProxy: lc.TProxy})
+			ln, err := listener.Listen(context.Background(), lc.Address, listenOptions(lc))
 			if err != nil {
 				for _, f := range fresh {
 					f.ln.Close()
@@ -190,6 +190,13 @@ func (g *Gateway) Reload(st *State) (restart []string, err error) {
 	g.mu.Lock()
 	next := make([]*boundListener, 0, len(keep)+len(fresh))
 	for _, u := range keep {
+		// A mode change turns deferred accepts on or off (listenOptions);
+		// done here, once nothing can fail the reload any more.
+		if want := listenOptions(u.lc).DeferAccept; want != listenOptions(*u.bl.config()).DeferAccept {
+			if err := listener.SetDeferAccept(u.bl.ln, want); err != nil {
+				restart = append(restart, fmt.Sprintf("listener %s: mode changed to %s, but %v; restart to apply it", u.lc.Name, u.lc.Mode, err))
+			}
+		}
 		u.bl.cfg.Store(&u.lc)
 		next = append(next, u.bl)
 	}

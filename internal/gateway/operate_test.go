@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +24,7 @@ import (
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/admin"
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/testnet"
 )
 
@@ -565,4 +567,49 @@ func TestAbortEndsDrain(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve still draining after Abort (grace is 1h)")
 	}
+}
+
+// TestDeferAccept: sni and explicit listeners defer accepts until the
+// client's first bytes; a transparent listener must not (a server-first
+// client, SSH or SMTP, sends nothing and would wait), and a reload that
+// changes a listener's mode turns deferral on or off on the socket it
+// keeps.
+func TestDeferAccept(t *testing.T) {
+	const sni, transparent = "sni, upstream_port: 443", "transparent"
+	conf := func(a, c string) string {
+		return fmt.Sprintf(`listeners:
+  - {name: a, mode: %s, address: 127.0.0.1:0}
+  - {name: b, mode: explicit, address: 127.0.0.1:0}
+  - {name: c, mode: %s, address: 127.0.0.1:0}
+policy: {default: deny}
+`, a, c)
+	}
+	s := serveConfig(t, conf(sni, transparent), time.Second)
+	check := func(when string, want map[string]bool) {
+		t.Helper()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, bl := range s.listeners {
+			name := bl.config().Name
+			on, err := listener.DeferAccept(bl.ln)
+			if err != nil || on != want[name] {
+				t.Errorf("%s: listener %s (%s): TCP_DEFER_ACCEPT on = %v (err %v), want %v", when, name, bl.config().Mode, on, err, want[name])
+			}
+		}
+	}
+	check("bound", map[string]bool{"a": true, "b": true, "c": false})
+	before := s.Addrs()
+
+	cfg, err := config.Parse("test.yaml", []byte(conf(transparent, sni)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, _ := cfg.Compile()
+	if restart, err := s.Reload(&State{Config: cfg, Policy: pol}); err != nil || len(restart) != 0 {
+		t.Fatalf("Reload: restart %q, err %v", restart, err)
+	}
+	if after := s.Addrs(); !maps.Equal(after, before) {
+		t.Fatalf("Addrs() changed by the reload: %v, was %v", after, before)
+	}
+	check("after the modes swapped", map[string]bool{"a": false, "b": true, "c": true})
 }

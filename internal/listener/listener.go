@@ -19,6 +19,13 @@ type Options struct {
 	// TProxy sets IP_TRANSPARENT (and IPV6_TRANSPARENT) so the socket can
 	// accept connections addressed to other hosts (needs CAP_NET_ADMIN).
 	TProxy bool
+	// DeferAccept sets TCP_DEFER_ACCEPT: the kernel hands a connection
+	// over only once the client has sent bytes, or after about a second
+	// of silence. For protocols where the client speaks first (TLS, HTTP
+	// CONNECT, SOCKS5) that saves each connection a read that would find
+	// nothing and a wake-up. Never for a listener that may see
+	// server-first protocols (SSH, SMTP): they would wait that second.
+	DeferAccept bool
 }
 
 // Listen binds a TCP listener at addr.

@@ -15,6 +15,11 @@ func control(opt Options) func(network, address string, c syscall.RawConn) error
 	return func(network, address string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
+			if opt.DeferAccept {
+				if serr = setDeferAccept(int(fd), true); serr != nil {
+					return
+				}
+			}
 			if !opt.TProxy {
 				return
 			}
@@ -32,6 +37,54 @@ func control(opt Options) func(network, address string, c syscall.RawConn) error
 		}
 		return serr
 	}
+}
+
+// deferSeconds is TCP_DEFER_ACCEPT's value: the kernel turns it into one
+// retransmission of the SYN-ACK, after which a silent client's connection
+// is accepted anyway (and then meets the first_bytes timeout).
+const deferSeconds = 1
+
+func setDeferAccept(fd int, on bool) error {
+	v := 0
+	if on {
+		v = deferSeconds
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, v); err != nil {
+		return fmt.Errorf("set TCP_DEFER_ACCEPT: %w", err)
+	}
+	return nil
+}
+
+// SetDeferAccept turns TCP_DEFER_ACCEPT on or off on a listening socket
+// (see Options.DeferAccept); a reload that changes a listener's mode uses
+// it. Connections already waiting in the kernel are not affected.
+func SetDeferAccept(ln *net.TCPListener, on bool) error {
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = setDeferAccept(int(fd), on) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+// DeferAccept reports whether TCP_DEFER_ACCEPT is on for a listening
+// socket.
+func DeferAccept(ln *net.TCPListener) (bool, error) {
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return false, err
+	}
+	var v int
+	var gerr error
+	if err := raw.Control(func(fd uintptr) {
+		v, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT)
+	}); err != nil {
+		return false, err
+	}
+	return v > 0, gerr
 }
 
 // OriginalDst returns where the client meant to connect. redirected is true
