@@ -136,7 +136,8 @@ func (s *sourceCounts) release(a netip.Addr) {
 // first, so that a failure leaves everything as it was:
 //
 //   - a listener whose address (and tproxy setting) is unchanged keeps its
-//     socket and takes the new name, mode and options;
+//     socket and takes the new name, mode and options (a mode change turns
+//     deferred accepts on or off on that socket);
 //   - a new address is bound before any old socket is closed;
 //   - a listener that is gone stops accepting (its connections continue).
 //
@@ -191,10 +192,16 @@ func (g *Gateway) Reload(st *State) (restart []string, err error) {
 	next := make([]*boundListener, 0, len(keep)+len(fresh))
 	for _, u := range keep {
 		// A mode change turns deferred accepts on or off (listenOptions);
-		// done here, once nothing can fail the reload any more.
-		if want := listenOptions(u.lc).DeferAccept; want != listenOptions(*u.bl.config()).DeferAccept {
-			if err := listener.SetDeferAccept(u.bl.ln, want); err != nil {
-				restart = append(restart, fmt.Sprintf("listener %s: mode changed to %s, but %v; restart to apply it", u.lc.Name, u.lc.Mode, err))
+		// done here, once nothing can fail the reload any more, and
+		// against what the socket has, so that a failed switch is tried
+		// (and reported) again at the next reload.
+		want := listenOptions(u.lc).DeferAccept
+		if has, err := listener.DeferAccept(u.bl.ln); err != nil || has != want {
+			if err == nil {
+				err = listener.SetDeferAccept(u.bl.ln, want)
+			}
+			if err != nil {
+				restart = append(restart, fmt.Sprintf("listener %s: mode %s wants TCP_DEFER_ACCEPT %v, but %v; restart to apply it", u.lc.Name, u.lc.Mode, want, err))
 			}
 		}
 		u.bl.cfg.Store(&u.lc)

@@ -57,7 +57,9 @@ func setDeferAccept(fd int, on bool) error {
 
 // SetDeferAccept turns TCP_DEFER_ACCEPT on or off on a listening socket
 // (see Options.DeferAccept); a reload that changes a listener's mode uses
-// it. Connections already waiting in the kernel are not affected.
+// it. Connections already in the accept queue stay there; handshakes
+// still waiting for data follow the new setting from their next SYN-ACK
+// retransmission.
 func SetDeferAccept(ln *net.TCPListener, on bool) error {
 	raw, err := ln.SyscallConn()
 	if err != nil {
