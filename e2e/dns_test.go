@@ -308,12 +308,17 @@ func rdataHex(t *testing.T, text string) string {
 // over /etc/resolv.conf.
 func useResolver(t *testing.T, ns *netns, server string) {
 	t.Helper()
+	useResolvConf(t, ns, "nameserver "+server+"\noptions timeout:2 attempts:2\n")
+}
+
+// useResolvConf gives processes run in ns a resolv.conf of their own.
+func useResolvConf(t *testing.T, ns *netns, conf string) {
+	t.Helper()
 	dir := filepath.Join("/etc/netns", ns.name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	conf := "nameserver " + server + "\noptions timeout:2 attempts:2\n"
 	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}

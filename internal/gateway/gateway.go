@@ -105,7 +105,7 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 	}
 	g.metrics = metrics.New(gauges)
 	g.metrics.Loaded(st.Config.Hash)
-	var r upstream.Resolver = upstream.System{}
+	var r upstream.Resolver = upstream.System{Mark: st.Config.Mark}
 	if st.Config.Resolver.IsValid() {
 		r = &upstream.DNS{Server: st.Config.Resolver, Timeout: 3 * time.Second, Mark: st.Config.Mark}
 	}

@@ -14,7 +14,14 @@ import (
 // is NXDOMAIN. The server stops when the test ends.
 func DNS(tb testing.TB, records map[string][]string) string {
 	tb.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	return DNSAt(tb, "127.0.0.1:0", records)
+}
+
+// DNSAt is DNS on a given address (a system resolver's nameserver must be
+// on port 53), in the network namespace of the calling thread.
+func DNSAt(tb testing.TB, addr string, records map[string][]string) string {
+	tb.Helper()
+	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		tb.Fatal(err)
 	}

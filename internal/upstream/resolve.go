@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -130,14 +131,35 @@ func RecordAddr(rr dns.RR) (a netip.Addr, ok bool) {
 
 // System uses the operating system's resolver (and so /etc/hosts), which
 // reports no TTLs: answers are reused for SystemTTL.
-type System struct{}
+//
+// It is always Go's own resolver (which reads resolv.conf and /etc/hosts
+// itself), never the C library's: only Go's sockets can be marked, and
+// only Go's finds a name asked for with its trailing dot in /etc/hosts
+// (see Resolve).
+type System struct {
+	// Mark is put on the query sockets (SO_MARK), as on every other socket
+	// egressd opens, so that redirect rules pass egressd's own DNS over TCP
+	// by.
+	Mark uint32
+}
 
 // SystemTTL is how long the system resolver's answers are cached.
 const SystemTTL = 30 * time.Second
 
-// Resolve looks name up with net.DefaultResolver.
-func (System) Resolve(ctx context.Context, name string) (Lookup, error) {
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", name)
+// Resolve looks name up. A name of two labels or more is asked for as an
+// absolute one (a trailing dot): a relative name would first go through
+// resolv.conf's search domains whenever it has fewer dots than ndots (5 in
+// Kubernetes pods), so "github.com" could be answered as, say,
+// "github.com.default.svc.cluster.local", a name that whoever may create a
+// Service there controls. A single label ("localhost") has no meaning of
+// its own outside the search list and /etc/hosts, where Go's resolver
+// only finds it without the dot, so it stays as it is. /etc/hosts is
+// consulted first either way.
+func (s System) Resolve(ctx context.Context, name string) (Lookup, error) {
+	if strings.Contains(strings.TrimSuffix(name, "."), ".") {
+		name = dns.Fqdn(name)
+	}
+	addrs, err := s.resolver().LookupNetIP(ctx, "ip", name)
 	if err != nil {
 		return Lookup{}, fmt.Errorf("resolve %s: %w", name, err)
 	}
@@ -153,6 +175,10 @@ func (System) Resolve(ctx context.Context, name string) (Lookup, error) {
 		return l, fmt.Errorf("resolve %s: %w", name, ErrNoAddress)
 	}
 	return l, nil
+}
+
+func (s System) resolver() *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: NetDialer(0, s.Mark).DialContext}
 }
 
 // Cache keeps answers for their TTL (bounded by MinTTL and MaxTTL) and

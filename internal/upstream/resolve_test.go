@@ -194,9 +194,10 @@ func TestDialMarkAndRefused(t *testing.T) {
 	}
 }
 
-// TestMarkOnSockets checks that both dialers put SO_MARK on the sockets
-// they open: the proxied connections' (Dialer) and the DNS queries' over
-// UDP (NetDialer), which interception rules tell from clients' by it.
+// TestMarkOnSockets checks that the dialers put SO_MARK on the sockets
+// they open: the proxied connections' (Dialer), the DNS queries' over UDP
+// (NetDialer) and the system resolver's, which interception rules tell
+// from clients' by it.
 // Setting a mark needs CAP_NET_ADMIN: CI runs as root.
 func TestMarkOnSockets(t *testing.T) {
 	const mark = 0x2a
@@ -228,7 +229,24 @@ func TestMarkOnSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer uc.Close()
-	for name, c := range map[string]syscall.Conn{"tcp": tc, "udp": uc.(*net.UDPConn)} {
+	// The system resolver's queries go through a Go resolver whose dials
+	// are marked too (over TCP as over UDP).
+	sys := System{Mark: mark}.resolver()
+	if sys.Dial == nil || !sys.PreferGo {
+		t.Fatal("System uses a resolver without its own dial, or the C library's")
+	}
+	su, err := sys.Dial(context.Background(), "udp", "127.0.0.1:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer su.Close()
+	st, err := sys.Dial(context.Background(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for name, c := range map[string]syscall.Conn{"tcp": tc, "udp": uc.(*net.UDPConn),
+		"system resolver udp": su.(*net.UDPConn), "system resolver tcp": st.(*net.TCPConn)} {
 		raw, err := c.SyscallConn()
 		if err != nil {
 			t.Fatal(err)
@@ -238,6 +256,21 @@ func TestMarkOnSockets(t *testing.T) {
 		raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
 		if gerr != nil || got != mark {
 			t.Errorf("%s socket: SO_MARK = %#x, %v; want %#x", name, got, gerr, mark)
+		}
+	}
+}
+
+// TestSystemFindsLocalhost guards the single-label case of System.Resolve:
+// "localhost." (with the dot) is not in /etc/hosts for Go's resolver or
+// the C library's, so a single label must be asked for as it is.
+func TestSystemFindsLocalhost(t *testing.T) {
+	l, err := System{}.Resolve(context.Background(), "localhost")
+	if err != nil {
+		t.Fatalf("localhost: %v", err)
+	}
+	for _, a := range l.Addrs {
+		if !a.IsLoopback() {
+			t.Errorf("localhost resolved to %v, want loopback addresses only", l.Addrs)
 		}
 	}
 }
