@@ -20,6 +20,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/egressd/egressd/internal/listener"
 )
 
 // Options say what the endpoint serves.
@@ -41,12 +43,18 @@ type Server struct {
 
 // Listen binds the endpoint; Serve then answers on it.
 func Listen(ctx context.Context, o Options) (*Server, error) {
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", o.Address.String())
+	// Bound as the gateway's listeners are (listener.Listen): of the
+	// address's own family only, plain TCP.
+	ln, err := listener.Listen(ctx, o.Address, listener.Options{})
 	if err != nil {
 		return nil, err
 	}
-	return &Server{ln: ln, srv: &http.Server{Handler: Handler(o), ReadHeaderTimeout: 10 * time.Second}, log: o.Log}, nil
+	// No WriteTimeout: /debug/pprof/profile writes for as many seconds as
+	// it is asked to. An idle keep-alive connection is closed after
+	// IdleTimeout instead of holding an fd for ever.
+	srv := &http.Server{Handler: Handler(o), ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+	return &Server{ln: ln, srv: srv, log: o.Log}, nil
 }
 
 // Addr is the bound address (tests bind port 0).

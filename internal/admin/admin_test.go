@@ -4,8 +4,10 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 	"testing"
 
@@ -64,5 +66,30 @@ func TestEndpoints(t *testing.T) {
 				t.Errorf("pprof %v: GET %s = %d %q, want %d %q", pp, tt.path, code, body, tt.code, tt.body)
 			}
 		}
+	}
+}
+
+// TestIPv4AddressIsIPv4Only: an admin endpoint on 0.0.0.0 must not answer
+// over IPv6 (Go's default would bind [::] with IPV6_V6ONLY off).
+func TestIPv4AddressIsIPv4Only(t *testing.T) {
+	m := metrics.New(metrics.Gauges{})
+	s, err := Listen(context.Background(), Options{
+		Address: netip.MustParseAddrPort("0.0.0.0:0"), Registry: m.Registry,
+		Ready: func() (bool, string) { return true, "ready" }, Log: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve()
+	defer s.Shutdown(context.Background())
+	port := strconv.Itoa(int(s.Addr().Port()))
+	if c, err := net.Dial("tcp", net.JoinHostPort("::1", port)); err == nil {
+		c.Close()
+		t.Errorf("the admin endpoint on 0.0.0.0 answers on [::1]")
+	}
+	if resp, err := http.Get("http://" + net.JoinHostPort("127.0.0.1", port) + "/healthz"); err != nil {
+		t.Errorf("over IPv4: %v", err)
+	} else {
+		resp.Body.Close()
 	}
 }

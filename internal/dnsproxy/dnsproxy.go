@@ -33,6 +33,7 @@ import (
 
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/fqdn"
+	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/namecache"
 	"github.com/egressd/egressd/internal/policy"
 	updial "github.com/egressd/egressd/internal/upstream"
@@ -194,14 +195,16 @@ func (l clientsOnlyListener) Accept() (net.Conn, error) {
 // listen binds UDP and TCP on the same address. With port 0 the TCP port
 // must be the one the kernel picked for UDP, which some other TCP socket
 // may hold: then it tries again with a fresh port, a few times.
+// Both are of addr's family only (listener.Network), and the TCP socket is
+// plain TCP, as the gateway's listeners are.
 func listen(addr netip.AddrPort) (net.PacketConn, net.Listener, error) {
 	var lc net.ListenConfig
 	for attempt := 0; ; attempt++ {
-		pc, err := lc.ListenPacket(context.Background(), "udp", addr.String())
+		pc, err := lc.ListenPacket(context.Background(), listener.Network("udp", addr), addr.String())
 		if err != nil {
 			return nil, nil, fmt.Errorf("dns: listen udp %s: %w", addr, err)
 		}
-		ln, err := lc.Listen(context.Background(), "tcp", pc.LocalAddr().String())
+		ln, err := listener.Listen(context.Background(), listener.AddrPort(pc.LocalAddr()), listener.Options{})
 		if err == nil {
 			return pc, ln, nil
 		}

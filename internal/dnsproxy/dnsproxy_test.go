@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -472,5 +474,34 @@ func TestClients(t *testing.T) {
 				t.Errorf("NotClient = %d, want answered %v", s.NotClient, tc.answered)
 			}
 		})
+	}
+}
+
+// TestListenOwnFamilyOnly: the forwarder on 0.0.0.0 answers IPv4 only, on
+// UDP and TCP (Go's default would bind [::] with IPV6_V6ONLY off).
+func TestListenOwnFamilyOnly(t *testing.T) {
+	pc, ln, err := listen(netip.MustParseAddrPort("0.0.0.0:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	defer ln.Close()
+	port := netip.MustParseAddrPort(pc.LocalAddr().String()).Port()
+	v6 := netip.AddrPortFrom(netip.IPv6Loopback(), port).String()
+	if c, err := net.Dial("tcp", v6); err == nil {
+		c.Close()
+		t.Errorf("the DNS forwarder's TCP socket on 0.0.0.0 answers on %s", v6)
+	}
+	// UDP: a datagram to a port nobody has on ::1 draws a port-unreachable,
+	// which a connected socket reports on its next read.
+	c, err := net.Dial("udp", v6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("x"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("a datagram to %s: read %v, want connection refused (nobody bound there)", v6, err)
 	}
 }

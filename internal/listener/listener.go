@@ -40,15 +40,22 @@ func Listen(ctx context.Context, addr netip.AddrPort, opt Options) (*net.TCPList
 	// of egressd's CPU per connection under load, even for clients that
 	// fall back to TCP). A client that offers MPTCP gets plain TCP.
 	lc.SetMultipathTCP(false)
-	network := "tcp4"
-	if addr.Addr().Is6() && !addr.Addr().Is4In6() {
-		network = "tcp6"
-	}
-	ln, err := lc.Listen(ctx, network, addr.String())
+	ln, err := lc.Listen(ctx, Network("tcp", addr), addr.String())
 	if err != nil {
 		return nil, err
 	}
 	return ln.(*net.TCPListener), nil
+}
+
+// Network is "tcp4" or "tcp6" (for proto "tcp"; "udp4" or "udp6" for
+// "udp") as addr's family asks. Never plain "tcp": Go would bind 0.0.0.0
+// as [::] with IPV6_V6ONLY off, and a socket meant for IPv4 would answer
+// IPv6 too, past a firewall written for IPv4 only.
+func Network(proto string, addr netip.AddrPort) string {
+	if addr.Addr().Is6() && !addr.Addr().Is4In6() {
+		return proto + "6"
+	}
+	return proto + "4"
 }
 
 // AddrPort returns a net.Addr as netip.AddrPort with IPv4-mapped addresses

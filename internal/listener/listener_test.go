@@ -1,0 +1,38 @@
+package listener
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestOwnFamilyOnly: a listener on 0.0.0.0 answers IPv4 only and one on
+// [::] IPv6 only. Go's plain "tcp" would bind 0.0.0.0 as a dual-stack [::],
+// reachable over IPv6 past a firewall written for IPv4.
+func TestOwnFamilyOnly(t *testing.T) {
+	for _, tc := range []struct {
+		bind, reach, miss string
+	}{
+		{"0.0.0.0:0", "127.0.0.1", "::1"},
+		{"[::]:0", "::1", "127.0.0.1"},
+	} {
+		ln, err := Listen(context.Background(), netip.MustParseAddrPort(tc.bind), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := strconv.Itoa(int(AddrPort(ln.Addr()).Port()))
+		if c, err := net.DialTimeout("tcp", net.JoinHostPort(tc.reach, port), 5*time.Second); err != nil {
+			t.Errorf("listener on %s: dial %s: %v", tc.bind, tc.reach, err)
+		} else {
+			c.Close()
+		}
+		if c, err := net.DialTimeout("tcp", net.JoinHostPort(tc.miss, port), 5*time.Second); err == nil {
+			c.Close()
+			t.Errorf("listener on %s answers on %s too", tc.bind, tc.miss)
+		}
+		ln.Close()
+	}
+}
