@@ -131,9 +131,14 @@ func (s *Server) Start() error {
 	}
 	h := dns.HandlerFunc(s.serveDNS)
 	invalid := func(m []byte, err error) { s.invalid(err) }
-	pc = clientsOnlyPacket{pc, s}
 	ln = clientsOnlyListener{ln, s}
-	s.udp = &dns.Server{PacketConn: pc, Handler: h, MsgInvalidFunc: invalid, MsgAcceptFunc: s.accept}
+	// The UDP socket goes to the library as the *net.UDPConn it is: only
+	// then does the library read each datagram's destination address and
+	// answer from it, which a forwarder bound to a wildcard address on a
+	// host with several addresses needs (a reply from another address is
+	// dropped by the client). Strangers are filtered by the reader.
+	s.udp = &dns.Server{PacketConn: pc, Handler: h, MsgInvalidFunc: invalid, MsgAcceptFunc: s.accept,
+		DecorateReader: func(r dns.Reader) dns.Reader { return clientsOnlyReader{r, s} }}
 	s.tcp = &dns.Server{Listener: ln, Handler: h, MsgInvalidFunc: invalid, MsgAcceptFunc: s.accept,
 		ReadTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }}
 	for _, srv := range []*dns.Server{s.udp, s.tcp} {
@@ -149,25 +154,25 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// clientsOnlyPacket drops datagrams from sources the forwarder does not
-// answer before the DNS library sees them: the library answers a
+// clientsOnlyReader drops datagrams from sources the forwarder does not
+// answer before the DNS library parses them: the library answers a
 // malformed query (FORMERR) or an UPDATE (NOTIMP) itself, to anyone, and
 // a forwarder on a public address must not answer strangers at all.
-type clientsOnlyPacket struct {
-	net.PacketConn
+type clientsOnlyReader struct {
+	dns.Reader
 	s *Server
 }
 
-func (c clientsOnlyPacket) ReadFrom(p []byte) (int, net.Addr, error) {
+func (r clientsOnlyReader) ReadUDP(conn *net.UDPConn, timeout time.Duration) ([]byte, *dns.SessionUDP, error) {
 	for {
-		n, a, err := c.PacketConn.ReadFrom(p)
+		m, sess, err := r.Reader.ReadUDP(conn, timeout)
 		if err != nil {
-			return n, a, err
+			return m, sess, err
 		}
-		if ua, ok := a.(*net.UDPAddr); ok && c.s.isClient(ua.AddrPort().Addr().Unmap()) {
-			return n, a, nil
+		if ua, ok := sess.RemoteAddr().(*net.UDPAddr); ok && r.s.isClient(ua.AddrPort().Addr().Unmap()) {
+			return m, sess, nil
 		}
-		c.s.notClient.Add(1)
+		r.s.notClient.Add(1)
 	}
 }
 

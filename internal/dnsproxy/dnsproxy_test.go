@@ -152,7 +152,9 @@ func startProxyEnforce(t *testing.T, cfg Config, enforce bool, rules ...policy.R
 // (a policy swapped in afterwards would race with the serving goroutines).
 func startProxyPolicy(t *testing.T, cfg Config, pol *policy.Policy, enforce bool) *proxy {
 	t.Helper()
-	cfg.Address = netip.MustParseAddrPort("127.0.0.1:0")
+	if !cfg.Address.IsValid() {
+		cfg.Address = netip.MustParseAddrPort("127.0.0.1:0")
+	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 2 * time.Second
 	}
@@ -503,5 +505,19 @@ func TestListenOwnFamilyOnly(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("a datagram to %s: read %v, want connection refused (nobody bound there)", v6, err)
+	}
+}
+
+// TestWildcardAnswersFromQueriedAddress: a forwarder bound to 0.0.0.0
+// answers each query from the address it was sent to. Asked on 127.0.0.2,
+// an answer from 127.0.0.1 would be dropped by the client's connected
+// socket, as a client on a host with several addresses would drop it.
+func TestWildcardAnswersFromQueriedAddress(t *testing.T) {
+	up := startUpstream(t, false, "git.example.test. 60 IN A 198.51.100.10")
+	p := startProxy(t, Config{Address: netip.MustParseAddrPort("0.0.0.0:0"), Upstreams: []netip.AddrPort{up.addr}})
+	to := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), p.Addr().Port())
+	r := ask(t, "udp", to, "git.example.test.", dns.TypeA) // fails the test if no answer comes from to
+	if len(r.Answer) != 1 {
+		t.Errorf("answer from %s: %v", to, r.Answer)
 	}
 }
