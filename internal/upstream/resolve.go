@@ -99,6 +99,12 @@ func (r *DNS) query(ctx context.Context, name string, qt uint16) (Lookup, error)
 	if err != nil {
 		return Lookup{}, fmt.Errorf("resolve %s: %w", name, err)
 	}
+	// The library matched the ID only. A reply must also be a response to
+	// this very question: the answers decide where a connection goes.
+	if q := m.Question[0]; !in.Response || len(in.Question) != 1 || !strings.EqualFold(in.Question[0].Name, q.Name) ||
+		in.Question[0].Qtype != q.Qtype || in.Question[0].Qclass != q.Qclass {
+		return Lookup{}, fmt.Errorf("resolve %s: the server's reply is not an answer to the question asked", name)
+	}
 	if in.Rcode != dns.RcodeSuccess {
 		return Lookup{}, fmt.Errorf("resolve %s: %s", name, dns.RcodeToString[in.Rcode])
 	}

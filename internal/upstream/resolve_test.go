@@ -83,6 +83,12 @@ func TestDNSResolve(t *testing.T) {
 			m.Answer = append(m.Answer, rr(t, "big.test. 300 IN A 198.51.100.9"))
 		case q.Name == "nx.test.":
 			m.Rcode = dns.RcodeNameError
+		case q.Name == "swap.test.": // the right ID, another question
+			m.Question[0].Name = "other.test."
+			m.Answer = append(m.Answer, rr(t, "other.test. 60 IN A 198.51.100.66"))
+		case q.Name == "query.test.": // the right ID, not a response
+			m.Response = false
+			m.Answer = append(m.Answer, rr(t, "query.test. 60 IN A 198.51.100.67"))
 		}
 	})
 	r := &DNS{Server: srv.addr, Timeout: 2 * time.Second}
@@ -97,6 +103,8 @@ func TestDNSResolve(t *testing.T) {
 		{"big.test", []string{"198.51.100.9"}, 300 * time.Second, ""},
 		{"nx.test", nil, 0, "NXDOMAIN"},
 		{"empty.test", nil, 0, "no address"},
+		{"swap.test", nil, 0, "not an answer to the question asked"},
+		{"query.test", nil, 0, "not an answer to the question asked"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
