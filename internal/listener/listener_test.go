@@ -20,6 +20,9 @@ func TestOwnFamilyOnly(t *testing.T) {
 		{"[::]:0", "::1", "127.0.0.1"},
 	} {
 		ln, err := Listen(context.Background(), netip.MustParseAddrPort(tc.bind), Options{})
+		if err != nil && tc.bind == "[::]:0" {
+			t.Skipf("no IPv6 here: %v", err)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

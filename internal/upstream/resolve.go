@@ -99,14 +99,15 @@ func (r *DNS) query(ctx context.Context, name string, qt uint16) (Lookup, error)
 	if err != nil {
 		return Lookup{}, fmt.Errorf("resolve %s: %w", name, err)
 	}
-	// The library matched the ID only. A reply must also be a response to
-	// this very question: the answers decide where a connection goes.
+	if in.Rcode != dns.RcodeSuccess {
+		return Lookup{}, fmt.Errorf("resolve %s: %s", name, dns.RcodeToString[in.Rcode])
+	}
+	// The library matched the ID only. A failure above needs no more
+	// checking (nothing of it is used); a success must also be a response
+	// to this very question: the answers decide where a connection goes.
 	if q := m.Question[0]; !in.Response || len(in.Question) != 1 || !strings.EqualFold(in.Question[0].Name, q.Name) ||
 		in.Question[0].Qtype != q.Qtype || in.Question[0].Qclass != q.Qclass {
 		return Lookup{}, fmt.Errorf("resolve %s: the server's reply is not an answer to the question asked", name)
-	}
-	if in.Rcode != dns.RcodeSuccess {
-		return Lookup{}, fmt.Errorf("resolve %s: %s", name, dns.RcodeToString[in.Rcode])
 	}
 	var l Lookup
 	for _, rr := range in.Answer {
@@ -159,13 +160,10 @@ const SystemTTL = 30 * time.Second
 // "github.com.default.svc.cluster.local", a name that whoever may create a
 // Service there controls. A single label ("localhost") has no meaning of
 // its own outside the search list and /etc/hosts, where Go's resolver
-// only finds it without the dot, so it stays as it is. /etc/hosts is
-// consulted first either way.
+// only finds it without the dot, so it stays as it is. /etc/hosts and DNS
+// are asked in nsswitch.conf's order (files first by default).
 func (s System) Resolve(ctx context.Context, name string) (Lookup, error) {
-	if strings.Contains(strings.TrimSuffix(name, "."), ".") {
-		name = dns.Fqdn(name)
-	}
-	addrs, err := s.resolver().LookupNetIP(ctx, "ip", name)
+	addrs, err := s.resolver().LookupNetIP(ctx, "ip", queryName(name))
 	if err != nil {
 		return Lookup{}, fmt.Errorf("resolve %s: %w", name, err)
 	}
@@ -181,6 +179,15 @@ func (s System) Resolve(ctx context.Context, name string) (Lookup, error) {
 		return l, fmt.Errorf("resolve %s: %w", name, ErrNoAddress)
 	}
 	return l, nil
+}
+
+// queryName is the name System asks for: absolute when it has two labels
+// or more (see Resolve).
+func queryName(name string) string {
+	if strings.Contains(strings.TrimSuffix(name, "."), ".") {
+		return dns.Fqdn(name)
+	}
+	return name
 }
 
 func (s System) resolver() *net.Resolver {

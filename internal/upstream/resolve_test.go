@@ -268,9 +268,26 @@ func TestMarkOnSockets(t *testing.T) {
 	}
 }
 
-// TestSystemFindsLocalhost guards the single-label case of System.Resolve:
-// "localhost." (with the dot) is not in /etc/hosts for Go's resolver or
-// the C library's, so a single label must be asked for as it is.
+// TestQueryName: names of two labels or more are asked as absolute names,
+// never through resolv.conf's search list; a single label as it is,
+// because "localhost." (with the dot) is not in /etc/hosts for Go's
+// resolver or the C library's.
+func TestQueryName(t *testing.T) {
+	for in, want := range map[string]string{
+		"github.com":       "github.com.",
+		"a.b.example.":     "a.b.example.",
+		"xn--bcher-kva.ch": "xn--bcher-kva.ch.",
+		"localhost":        "localhost",
+		"localhost.":       "localhost.",
+		"intranet":         "intranet",
+	} {
+		if got := queryName(in); got != want {
+			t.Errorf("queryName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestSystemFindsLocalhost: System finds /etc/hosts' localhost.
 func TestSystemFindsLocalhost(t *testing.T) {
 	l, err := System{}.Resolve(context.Background(), "localhost")
 	if err != nil {
