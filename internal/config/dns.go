@@ -6,12 +6,14 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/egressd/egressd/internal/namecache"
 )
 
 // Defaults of the dns section.
 const (
 	defaultRemember   = 10 * time.Minute
-	defaultMaxEntries = 100_000
+	defaultMaxEntries = namecache.DefaultMax
 	defaultDNSTimeout = 2 * time.Second
 	defaultRateLimit  = 200
 	maxMaxEntries     = 10_000_000
@@ -90,7 +92,7 @@ func (d *decoder) dns(n *yaml.Node, c *DNS) {
 		}
 	}
 	if c.MaxEntriesPerClient == 0 {
-		c.MaxEntriesPerClient = max(1, c.MaxEntries/4)
+		c.MaxEntriesPerClient = namecache.DefaultPerClient(c.MaxEntries)
 	}
 	if v, ok := f["clients"]; ok {
 		c.Clients = d.prefixes(v, "dns.clients")

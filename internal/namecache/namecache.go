@@ -24,6 +24,10 @@ import (
 // DefaultMax is the entry cap when New is given 0.
 const DefaultMax = 100_000
 
+// DefaultPerClient is one client's share of total entries when none is
+// given: a quarter, so that no single client can fill the cache.
+func DefaultPerClient(total int) int { return max(1, total/4) }
+
 // maxNamesPerPair bounds how many names one client may have for one IP
 // (shared hosting, CDNs); beyond it the oldest is dropped first.
 const maxNamesPerPair = 16
@@ -71,7 +75,7 @@ func New(total, perClient int) *Cache {
 		total = DefaultMax
 	}
 	if perClient <= 0 {
-		perClient = max(1, total/4)
+		perClient = DefaultPerClient(total)
 	}
 	return &Cache{max: total, perClient: min(perClient, total), now: time.Now,
 		pairs: make(map[pair][]*entry), order: list.New(), bySrc: make(map[netip.Addr]*list.List)}
