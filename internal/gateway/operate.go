@@ -191,18 +191,11 @@ func (g *Gateway) Reload(st *State) (restart []string, err error) {
 	g.mu.Lock()
 	next := make([]*boundListener, 0, len(keep)+len(fresh))
 	for _, u := range keep {
-		// A mode change turns deferred accepts on or off (listenOptions);
-		// done here, once nothing can fail the reload any more, and
-		// against what the socket has, so that a failed switch is tried
-		// (and reported) again at the next reload.
-		want := listenOptions(u.lc).DeferAccept
-		if has, err := listener.DeferAccept(u.bl.ln); err != nil || has != want {
-			if err == nil {
-				err = listener.SetDeferAccept(u.bl.ln, want)
-			}
-			if err != nil {
-				restart = append(restart, fmt.Sprintf("listener %s: mode %s wants TCP_DEFER_ACCEPT %v, but %v; restart to apply it", u.lc.Name, u.lc.Mode, want, err))
-			}
+		// The mode decides deferred accepts (listenOptions). Set on every
+		// reload, once nothing can fail it any more: one setsockopt, and a
+		// switch that failed is tried (and reported) again next time.
+		if want := listenOptions(u.lc).DeferAccept; listener.SetDeferAccept(u.bl.ln, want) != nil {
+			restart = append(restart, fmt.Sprintf("listener %s: mode %s wants TCP_DEFER_ACCEPT %v, which could not be set; restart to apply it", u.lc.Name, u.lc.Mode, want))
 		}
 		u.bl.cfg.Store(&u.lc)
 		next = append(next, u.bl)

@@ -61,32 +61,31 @@ func setDeferAccept(fd int, on bool) error {
 // still waiting for data follow the new setting from their next SYN-ACK
 // retransmission.
 func SetDeferAccept(ln *net.TCPListener, on bool) error {
-	raw, err := ln.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) { serr = setDeferAccept(int(fd), on) }); err != nil {
-		return err
-	}
-	return serr
+	return withFD(ln, func(fd int) error { return setDeferAccept(fd, on) })
 }
 
 // DeferAccept reports whether TCP_DEFER_ACCEPT is on for a listening
 // socket.
-func DeferAccept(ln *net.TCPListener) (bool, error) {
+func DeferAccept(ln *net.TCPListener) (on bool, err error) {
+	err = withFD(ln, func(fd int) error {
+		v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT)
+		on = v > 0
+		return err
+	})
+	return on, err
+}
+
+// withFD runs f on ln's socket.
+func withFD(ln *net.TCPListener, f func(fd int) error) error {
 	raw, err := ln.SyscallConn()
 	if err != nil {
-		return false, err
+		return err
 	}
-	var v int
-	var gerr error
-	if err := raw.Control(func(fd uintptr) {
-		v, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT)
-	}); err != nil {
-		return false, err
+	var ferr error
+	if err := raw.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
+		return err
 	}
-	return v > 0, gerr
+	return ferr
 }
 
 // OriginalDst returns where the client meant to connect. redirected is true
