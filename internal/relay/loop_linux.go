@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -22,11 +23,19 @@ import (
 // one of a few loops, each one goroutine waiting on its own epoll set, so
 // that an idle connection costs its two sockets and a small struct.
 //
-// Each loop's epoll fd is itself registered with the Go runtime's poller (an
-// epoll fd is readable while it has ready items), so a loop parks like any
-// goroutine waiting on a socket and never holds an OS thread or a P in a
-// blocking epoll_wait. The sockets are registered edge-triggered, once, for
-// both directions: no epoll_ctl while bytes move.
+// A loop waits in one of two ways. While events keep coming it is busy: it
+// blocks in epoll_wait on its set itself, made raw, holding its P (pick
+// gives every loop a P of its own). After a quiet spell it parks: its set
+// joins a second epoll set that is registered with the Go runtime's poller
+// (an epoll fd is readable while it has ready items), and the loop waits
+// like any goroutine on a socket, holding no P and no thread. Parked only,
+// as the loop first was, each wake-up cost the runtime's epoll_wait, the
+// loop's own and a pass through the scheduler, and every connection's
+// first non-raw system call woke the runtime's sysmon out of its sleep
+// into a 20 µs polling loop; busy only, an idle gateway would hold a P
+// for ever, and sysmon would signal it every 10 ms. The sockets are
+// registered edge-triggered, once, for both directions: no epoll_ctl
+// while bytes move.
 
 // Conn is a connection relayed by the event loop.
 type Conn struct {
@@ -153,7 +162,13 @@ var (
 
 func pick() *loop {
 	loopsOnce.Do(func() {
-		for range runtime.GOMAXPROCS(0) {
+		n := runtime.GOMAXPROCS(0)
+		// A busy loop holds a P while it waits in the kernel (see
+		// busy): each loop gets one more, so the rest of the process
+		// keeps the Ps it had. (Setting GOMAXPROCS ends the runtime's
+		// own updates of it when a container's CPU limit changes.)
+		runtime.GOMAXPROCS(2 * n)
+		for range n {
 			l, err := newLoop()
 			if err != nil {
 				loopsErr = err
@@ -171,9 +186,19 @@ func pick() *loop {
 
 type loop struct {
 	epfd int
-	file *os.File // epfd, registered with the runtime's poller
+	efd  int // eventfd in the set: planSweep's wake-up
+	// pfd is a second epoll set, registered with the runtime's poller,
+	// that holds epfd only while the loop is parked (see run).
+	pfd  int
+	file *os.File // pfd's
 	raw  syscall.RawConn
-	now  int64 // time of the batch of events being handled
+	// parked is true while the loop waits in the runtime's poller; tests
+	// read it to see that a quiet loop gave its P back.
+	parked atomic.Bool
+	now    int64 // time of the batch of events being handled
+	// readied: the batch made a goroutine runnable (a dial's waiter, the
+	// log writer) on this loop's P, which the loop holds while it waits.
+	readied bool
 
 	mu    sync.Mutex
 	table []*side // by fd
@@ -184,8 +209,9 @@ type loop struct {
 	gen   int32
 	conns []*Conn
 	// sweepAt is when the loop next looks for idle connections (unix
-	// nanoseconds; 0: none planned). Under sweepMu, so that the deadline
-	// set on the epoll fd is always the one sweepAt says.
+	// nanoseconds; 0: none planned). Under sweepMu, so that a loop
+	// about to wait never misses an earlier sweep planned meanwhile: the
+	// planner also rings efd.
 	sweepMu sync.Mutex
 	sweepAt int64
 }
@@ -195,17 +221,45 @@ func newLoop() (*loop, error) {
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
 	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(efd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, &ev); err != nil {
+		unix.Close(efd)
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	pfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		unix.Close(efd)
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	if err := unix.SetNonblock(pfd, true); err != nil {
+		unix.Close(pfd)
+		unix.Close(efd)
 		unix.Close(epfd)
 		return nil, err
 	}
-	f := os.NewFile(uintptr(epfd), "relay-epoll")
+	f := os.NewFile(uintptr(pfd), "relay-epoll")
 	raw, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
+		unix.Close(efd)
+		unix.Close(epfd)
 		return nil, err
 	}
-	return &loop{epfd: epfd, file: f, raw: raw}, nil
+	return &loop{epfd: epfd, efd: efd, pfd: pfd, file: f, raw: raw}, nil
+}
+
+// close releases the loop's fds; only tests make loops that end.
+func (l *loop) close() {
+	unix.Close(l.efd)
+	l.file.Close()
+	unix.Close(l.epfd)
 }
 
 const sockEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
@@ -302,7 +356,9 @@ func (l *loop) planSweep(at int64) {
 	l.sweepMu.Lock()
 	if l.sweepAt == 0 || at < l.sweepAt {
 		l.sweepAt = at
-		l.file.SetReadDeadline(time.Unix(0, at))
+		var one [8]byte
+		binary.NativeEndian.PutUint64(one[:], 1)
+		writeNB(l.efd, one[:]) // the loop recomputes its wait
 	}
 	l.sweepMu.Unlock()
 }
@@ -327,39 +383,114 @@ func (l *loop) forget(c *Conn) {
 
 func (l *loop) run() {
 	events := make([]unix.EpollEvent, 256)
-	poll := func(fd uintptr) bool {
-		for {
-			n, err := epollPoll(int(fd), events)
-			if err == unix.EINTR {
-				continue
-			}
-			if n <= 0 {
-				return false // nothing ready: park until the epoll fd is
-			}
-			l.handle(events[:n])
-			if n < len(events) {
-				// Drained: anything that turns ready from now on makes
-				// the epoll fd readable again.
-				return false
-			}
+	woke := false
+	wait := func(uintptr) bool {
+		n, err := epollPoll(l.epfd, events)
+		if err != nil || n <= 0 {
+			return false // nothing ready: park until pfd is
 		}
+		l.handle(events[:n])
+		woke = true
+		return true
 	}
 	for {
-		err := l.raw.Read(poll)
+		// Quiet: parked in the runtime's poller, holding no P. epfd joins
+		// the set the runtime watches only now: in it while the loop is
+		// busy, each event would wake the runtime's poller too.
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.epfd)}
+		if err := unix.EpollCtl(l.pfd, unix.EPOLL_CTL_ADD, l.epfd, &ev); err != nil {
+			return // never, with both sets open
+		}
+		l.sweepMu.Lock()
+		at := l.sweepAt
+		l.sweepMu.Unlock()
+		if at != 0 {
+			l.file.SetReadDeadline(time.Unix(0, at))
+		} else {
+			l.file.SetReadDeadline(time.Time{})
+		}
+		woke = false
+		l.parked.Store(true)
+		err := l.raw.Read(wait)
+		l.parked.Store(false)
+		unix.EpollCtl(l.pfd, unix.EPOLL_CTL_DEL, l.epfd, nil)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
+			l.sweep()
+		} else if err != nil && !woke {
+			return // the epoll fd was closed: never, in a running process
+		}
+		l.busy(events)
+	}
+}
+
+// busy waits in epoll_wait itself, made raw, while events keep coming.
+// Through the runtime's poller every wake-up cost a second epoll_wait and
+// a pass through the scheduler; waiting raw holds the loop's P in the
+// kernel instead (pick gave each loop a P of its own), and a stop of the
+// world reaches the loop by the signal that ends the wait with EINTR.
+// After quietSpell without an event the loop parks again, so that an
+// idle gateway holds no P and the runtime's sysmon can sleep.
+func (l *loop) busy(events []unix.EpollEvent) {
+	for {
+		if l.readied {
+			// Let what the last batch woke run on this P before the
+			// loop takes it into the kernel again.
+			l.readied = false
+			runtime.Gosched()
+		}
+		msec, sweeping := l.waitMillis()
+		n, err := epollWaitRaw(l.epfd, events, msec)
+		if err != nil && err != unix.EINTR {
+			return
+		}
+		if n > 0 {
+			l.handle(events[:n])
+		}
+		l.sweepMu.Lock()
+		at := l.sweepAt
+		l.sweepMu.Unlock()
+		if at != 0 && time.Now().UnixNano() >= at {
 			l.sweep()
 			continue
 		}
-		if err != nil {
-			return // the epoll fd was closed: never, in a running process
+		if n == 0 && err == nil && !sweeping {
+			return // a quiet spell
 		}
 	}
+}
+
+// quietSpell is how long a busy loop waits for events in the kernel
+// before it parks in the runtime's poller.
+const quietSpell = 5 // ms
+
+// waitMillis is how long a busy loop may wait for events: a quiet spell,
+// or less when a sweep is due sooner (sweeping: the wait ends for it).
+func (l *loop) waitMillis() (msec int, sweeping bool) {
+	l.sweepMu.Lock()
+	at := l.sweepAt
+	l.sweepMu.Unlock()
+	if at == 0 {
+		return quietSpell, false
+	}
+	d := (at - time.Now().UnixNano() + int64(time.Millisecond) - 1) / int64(time.Millisecond)
+	if d < 0 {
+		d = 0
+	}
+	if d >= quietSpell {
+		return quietSpell, false
+	}
+	return int(d), true
 }
 
 func (l *loop) handle(events []unix.EpollEvent) {
 	l.now = time.Now().UnixNano()
 	for i := range events {
 		ev := &events[i]
+		if int(ev.Fd) == l.efd {
+			var b [8]byte
+			unix.Read(l.efd, b[:])
+			continue
+		}
 		relaying := false
 		l.mu.Lock()
 		var s *side
@@ -378,6 +509,7 @@ func (l *loop) handle(events []unix.EpollEvent) {
 				if s.c.connected != nil {
 					s.c.connectErr = ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
 					close(s.c.connected) // the dial's connect has finished
+					l.readied = true
 					s.c.connected = nil
 				}
 			}
@@ -617,6 +749,7 @@ func (c *Conn) finish(upErr, downErr error, linger *side) {
 		}
 		d.p = nil
 	}
+	c.l.readied = true
 	c.done(Result{
 		Up: c.up.n, Down: c.down.n,
 		UpErr: c.up.err, DownErr: c.down.err,

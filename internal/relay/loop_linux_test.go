@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func TestStaleEventDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.file.Close()
+	defer l.close()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -141,7 +142,7 @@ func TestFirstBytesNeedNoMute(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.file.Close()
+	defer l.close()
 	client, cIn := testnet.Pair(t)
 	server, uOut := testnet.Pair(t)
 	defer client.Close()
@@ -183,5 +184,44 @@ func TestFirstBytesNeedNoMute(t *testing.T) {
 	got := make([]byte, 5)
 	if _, err := io.ReadFull(client, got); err != nil || string(got) != "hello" {
 		t.Fatalf("client read %q, %v", got, err)
+	}
+}
+
+// TestLoopParksWhenQuiet relays across the loop's two ways of waiting: a
+// loop that has seen no event for a while must park in the runtime's
+// poller (holding no P, so that an idle gateway costs nothing), and the
+// next bytes must wake it. A collection is run while the loop is busy,
+// waiting in the kernel holding its P: the stop of the world must reach
+// it (a hang here fails the test by its timeout).
+func TestLoopParksWhenQuiet(t *testing.T) {
+	w := newWorld(t, loopEngine, time.Minute)
+	l := w.rc.l
+	echo := func(msg string) {
+		t.Helper()
+		if _, err := w.client.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, len(msg))
+		if _, err := io.ReadFull(w.server, b); err != nil || string(b) != msg {
+			t.Fatalf("server read %q, %v; want %q", b, err, msg)
+		}
+		if _, err := w.server.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(w.client, b); err != nil || string(b) != msg {
+			t.Fatalf("client read %q, %v; want %q", b, err, msg)
+		}
+	}
+	for i := range 3 {
+		echo("busy")
+		runtime.GC()
+		deadline := time.Now().Add(10 * time.Second)
+		for !l.parked.Load() {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the loop never parked after its traffic stopped", i)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		echo("woken from parked")
 	}
 }
