@@ -33,7 +33,8 @@ import (
 // loop's own and a pass through the scheduler, and every connection's
 // first non-raw system call woke the runtime's sysmon out of its sleep
 // into a 20 µs polling loop; busy only, an idle gateway would hold a P
-// for ever, and sysmon would signal it every 10 ms. The sockets are
+// for ever. (While a loop is busy, sysmon signals it every 10 ms to
+// preempt it; the wait ends with EINTR and resumes.) The sockets are
 // registered edge-triggered, once, for both directions: no epoll_ctl
 // while bytes move.
 
@@ -150,9 +151,9 @@ func (s *side) closeFD() {
 	}
 }
 
-// loops are started on first use, one per P: a connection's events are
-// handled by one goroutine, so with several loops the connections spread
-// over the CPUs the runtime may use.
+// loops are started on first use, one for each P the process had: a
+// connection's events are handled by one goroutine, so with several loops
+// the connections spread over the CPUs the runtime may use.
 var (
 	loopsOnce sync.Once
 	loops     []*loop
@@ -187,8 +188,10 @@ func pick() *loop {
 type loop struct {
 	epfd int
 	efd  int // eventfd in the set: planSweep's wake-up
-	// pfd is a second epoll set, registered with the runtime's poller,
-	// that holds epfd only while the loop is parked (see run).
+	// pfd is a second epoll set, registered with the runtime's poller.
+	// It holds epfd from the start, listening only while the loop is
+	// parked (see run): switched with EPOLL_CTL_MOD, since an ADD of one
+	// epoll fd to another makes the kernel walk every socket in it.
 	pfd  int
 	file *os.File // pfd's
 	raw  syscall.RawConn
@@ -198,6 +201,10 @@ type loop struct {
 	now    int64 // time of the batch of events being handled
 	// readied: the batch made a goroutine runnable (a dial's waiter, the
 	// log writer) on this loop's P, which the loop holds while it waits.
+	// One woken unseen (a waiter on a mutex the loop released) is taken
+	// by another P, which the wake-up starts when one is idle, or else
+	// runs when sysmon preempts the loop (10 ms). Yielding every
+	// millisecond as well was tried: each yield wakes another thread.
 	readied bool
 
 	mu    sync.Mutex
@@ -209,9 +216,9 @@ type loop struct {
 	gen   int32
 	conns []*Conn
 	// sweepAt is when the loop next looks for idle connections (unix
-	// nanoseconds; 0: none planned). Under sweepMu, so that a loop
-	// about to wait never misses an earlier sweep planned meanwhile: the
-	// planner also rings efd.
+	// nanoseconds; 0: none planned), under sweepMu. Another goroutine
+	// that plans an earlier sweep rings efd, so that a loop already
+	// waiting with a later timeout or deadline recomputes it.
 	sweepMu sync.Mutex
 	sweepAt int64
 }
@@ -237,6 +244,13 @@ func newLoop() (*loop, error) {
 		unix.Close(efd)
 		unix.Close(epfd)
 		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	pev := unix.EpollEvent{Fd: int32(epfd)} // no events: busy
+	if err := unix.EpollCtl(pfd, unix.EPOLL_CTL_ADD, epfd, &pev); err != nil {
+		unix.Close(pfd)
+		unix.Close(efd)
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
 	if err := unix.SetNonblock(pfd, true); err != nil {
 		unix.Close(pfd)
@@ -383,23 +397,26 @@ func (l *loop) forget(c *Conn) {
 
 func (l *loop) run() {
 	events := make([]unix.EpollEvent, 256)
-	woke := false
 	wait := func(uintptr) bool {
 		n, err := epollPoll(l.epfd, events)
 		if err != nil || n <= 0 {
 			return false // nothing ready: park until pfd is
 		}
 		l.handle(events[:n])
-		woke = true
 		return true
 	}
 	for {
-		// Quiet: parked in the runtime's poller, holding no P. epfd joins
-		// the set the runtime watches only now: in it while the loop is
-		// busy, each event would wake the runtime's poller too.
-		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.epfd)}
-		if err := unix.EpollCtl(l.pfd, unix.EPOLL_CTL_ADD, l.epfd, &ev); err != nil {
-			return // never, with both sets open
+		// Quiet: parked in the runtime's poller, holding no P. epfd
+		// listens in the set the runtime watches only now: listening
+		// while the loop is busy, each event would wake the runtime's
+		// poller too.
+		if err := l.listen(unix.EPOLLIN); err != nil {
+			// Cannot park (never seen: the sets are the loop's own).
+			// Stay busy, which needs no registration, and try again.
+			if l.busy(events) != nil {
+				return // epfd failed: never, in a running process
+			}
+			continue
 		}
 		l.sweepMu.Lock()
 		at := l.sweepAt
@@ -409,39 +426,50 @@ func (l *loop) run() {
 		} else {
 			l.file.SetReadDeadline(time.Time{})
 		}
-		woke = false
 		l.parked.Store(true)
 		err := l.raw.Read(wait)
 		l.parked.Store(false)
-		unix.EpollCtl(l.pfd, unix.EPOLL_CTL_DEL, l.epfd, nil)
+		l.listen(0)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			l.sweep()
-		} else if err != nil && !woke {
-			return // the epoll fd was closed: never, in a running process
+			continue // a timer, not traffic: park again
 		}
-		l.busy(events)
+		if err != nil {
+			return // pfd was closed: never, in a running process
+		}
+		if l.busy(events) != nil {
+			return // epfd failed: never, in a running process
+		}
 	}
+}
+
+// listen sets what epfd's entry in pfd listens for: EPOLLIN while the loop
+// is parked, nothing while it is busy.
+func (l *loop) listen(events uint32) error {
+	ev := unix.EpollEvent{Events: events, Fd: int32(l.epfd)}
+	return unix.EpollCtl(l.pfd, unix.EPOLL_CTL_MOD, l.epfd, &ev)
 }
 
 // busy waits in epoll_wait itself, made raw, while events keep coming.
 // Through the runtime's poller every wake-up cost a second epoll_wait and
 // a pass through the scheduler; waiting raw holds the loop's P in the
 // kernel instead (pick gave each loop a P of its own), and a stop of the
-// world reaches the loop by the signal that ends the wait with EINTR.
-// After quietSpell without an event the loop parks again, so that an
-// idle gateway holds no P and the runtime's sysmon can sleep.
-func (l *loop) busy(events []unix.EpollEvent) {
+// world reaches the loop by the signal that ends the wait with EINTR (see
+// epollWaitRaw). After quietSpell without an event busy returns and the
+// loop parks again, so that an idle gateway holds no P and the runtime's
+// sysmon can sleep. It returns an error only if epfd fails.
+func (l *loop) busy(events []unix.EpollEvent) error {
 	for {
 		if l.readied {
-			// Let what the last batch woke run on this P before the
-			// loop takes it into the kernel again.
+			// Let what the batch woke run on this P before the loop
+			// takes it into the kernel again.
 			l.readied = false
 			runtime.Gosched()
 		}
 		msec, sweeping := l.waitMillis()
 		n, err := epollWaitRaw(l.epfd, events, msec)
 		if err != nil && err != unix.EINTR {
-			return
+			return err
 		}
 		if n > 0 {
 			l.handle(events[:n])
@@ -454,7 +482,7 @@ func (l *loop) busy(events []unix.EpollEvent) {
 			continue
 		}
 		if n == 0 && err == nil && !sweeping {
-			return // a quiet spell
+			return nil // a quiet spell
 		}
 	}
 }
@@ -488,7 +516,7 @@ func (l *loop) handle(events []unix.EpollEvent) {
 		ev := &events[i]
 		if int(ev.Fd) == l.efd {
 			var b [8]byte
-			unix.Read(l.efd, b[:])
+			readNB(l.efd, b[:])
 			continue
 		}
 		relaying := false
@@ -553,13 +581,16 @@ func (l *loop) sweep() {
 		c.idleHit = true
 		c.finish(ErrIdle, ErrIdle, nil)
 	}
-	if next == 0 {
-		// No connection with an idle timeout: look again in a minute
-		// (the deadline that fired must be replaced, or it fires again
-		// at once). A connection added meanwhile plans an earlier one.
-		next = now + int64(time.Minute)
+	// The next sweep, unless a connection added meanwhile planned an
+	// earlier one; none if no connection has an idle timeout. Not
+	// through planSweep: the loop is not waiting, so nothing to ring.
+	if next != 0 {
+		l.sweepMu.Lock()
+		if l.sweepAt == 0 || next < l.sweepAt {
+			l.sweepAt = next
+		}
+		l.sweepMu.Unlock()
 	}
-	l.planSweep(next)
 }
 
 // pump moves what both directions can move now.
@@ -687,6 +718,12 @@ func (c *Conn) out(d *dir) bool {
 // runs, or the close of both when it has ended too (that close is the FIN;
 // a shutdown(2) first would be a wasted call).
 func (c *Conn) ended(d *dir) {
+	if c.aborted.Load() {
+		// The EOF may be Close's own shutdown, seen by a pump that
+		// was already running: not the peer's.
+		c.finish(net.ErrClosed, net.ErrClosed, nil)
+		return
+	}
 	d.done = true
 	if d.p != nil {
 		putPipe(d.p)

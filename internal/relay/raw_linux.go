@@ -26,7 +26,11 @@ import (
 // ports nearly used up the kernel's port search can take milliseconds,
 // during which a raw call would stall the whole process.
 //
-// None of these may be used on a blocking fd.
+// None of these may be used on a blocking fd. The one call here that
+// waits on purpose is epollWaitRaw, a busy loop's wait for events (at most
+// quietSpell, see loop.busy): a stop of the world reaches it by the
+// preemption signal, which ends the wait with EINTR, or, with
+// GODEBUG=asyncpreemptoff=1, waits for it, at most that long.
 
 func errnoErr(e unix.Errno) error {
 	if e == 0 {
@@ -71,5 +75,11 @@ func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 // epollWaitRaw is unix.EpollWait, made raw: it blocks holding the P.
 func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, error) {
 	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	return int(r), errnoErr(e)
+}
+
+// readNB is unix.Read on a non-blocking fd, made raw.
+func readNB(fd int, b []byte) (int, error) {
+	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 	return int(r), errnoErr(e)
 }
