@@ -225,3 +225,50 @@ func TestLoopParksWhenQuiet(t *testing.T) {
 		echo("woken from parked")
 	}
 }
+
+// TestLoopThatCannotParkStaysBusy gives a loop a parking set that refuses
+// it (an fd that is not an epoll set): the loop must keep relaying,
+// waiting in the kernel, instead of ending and stranding its
+// connections, and its idle sweep must still close a quiet connection.
+func TestLoopThatCannotParkStaysBusy(t *testing.T) {
+	pick() // the loops exist, so the swap below is not undone by their start
+	l, err := newLoop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	realPfd := l.pfd
+	l.pfd = l.efd // EPOLL_CTL_MOD on an eventfd fails with EINVAL
+	if l.listen(unix.EPOLLIN) == nil {
+		t.Fatal("listen on a non-epoll fd succeeded; the test would prove nothing")
+	}
+	saved := append([]*loop(nil), loops...)
+	for i := range loops {
+		loops[i] = l
+	}
+	t.Cleanup(func() {
+		copy(loops, saved)
+		l.pfd = realPfd
+		l.close() // busy's wait fails on the closed set and run returns
+	})
+	go l.run()
+
+	w := newWorld(t, loopEngine, 300*time.Millisecond)
+	for i := range 3 {
+		msg := []byte("still relayed")
+		if _, err := w.client.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, len(msg))
+		w.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(w.server, b); err != nil {
+			t.Fatalf("round %d: the loop did not relay: %v", i, err)
+		}
+		time.Sleep(20 * time.Millisecond) // several quiet spells: each tries to park
+		if l.parked.Load() {
+			t.Fatal("the loop parked on a set it could not listen in")
+		}
+	}
+	if r := w.result(t); !r.Idle {
+		t.Errorf("Relay = %+v, want the idle sweep to close it", r)
+	}
+}
