@@ -418,10 +418,7 @@ func (l *loop) run() {
 			}
 			continue
 		}
-		l.sweepMu.Lock()
-		at := l.sweepAt
-		l.sweepMu.Unlock()
-		if at != 0 {
+		if at := l.nextSweep(); at != 0 {
 			l.file.SetReadDeadline(time.Unix(0, at))
 		} else {
 			l.file.SetReadDeadline(time.Time{})
@@ -466,7 +463,8 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 			l.readied = false
 			runtime.Gosched()
 		}
-		msec, sweeping := l.waitMillis()
+		at := l.nextSweep()
+		msec, sweeping := waitMillis(at)
 		n, err := epollWaitRaw(l.epfd, events, msec)
 		if err != nil && err != unix.EINTR {
 			return err
@@ -474,10 +472,9 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 		if n > 0 {
 			l.handle(events[:n])
 		}
-		l.sweepMu.Lock()
-		at := l.sweepAt
-		l.sweepMu.Unlock()
-		if at != 0 && time.Now().UnixNano() >= at {
+		// A sweep further off than a quiet spell cannot be due yet; one
+		// planned earlier meanwhile rang efd, so the next wait sees it.
+		if sweeping && time.Now().UnixNano() >= at {
 			l.sweep()
 			continue
 		}
@@ -491,12 +488,17 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 // before it parks in the runtime's poller.
 const quietSpell = 5 // ms
 
-// waitMillis is how long a busy loop may wait for events: a quiet spell,
-// or less when a sweep is due sooner (sweeping: the wait ends for it).
-func (l *loop) waitMillis() (msec int, sweeping bool) {
+// nextSweep is sweepAt, read under its lock.
+func (l *loop) nextSweep() int64 {
 	l.sweepMu.Lock()
-	at := l.sweepAt
-	l.sweepMu.Unlock()
+	defer l.sweepMu.Unlock()
+	return l.sweepAt
+}
+
+// waitMillis is how long a busy loop may wait for events: a quiet spell,
+// or less when the sweep planned at at is due sooner (sweeping: the wait
+// ends for it).
+func waitMillis(at int64) (msec int, sweeping bool) {
 	if at == 0 {
 		return quietSpell, false
 	}
