@@ -30,6 +30,12 @@ import (
 type verdict struct {
 	policy.Decision
 	dst netip.AddrPort
+	// answers are the name's DNS answers when dst is the first of them:
+	// where dialVerdict goes if dst cannot be reached, each decided as in
+	// was, by pol.
+	answers []netip.Addr
+	in      policy.Input
+	pol     *policy.Policy
 }
 
 // handle is one connection's life up to its relay. It always writes one
@@ -189,10 +195,10 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	if v.dst.IsValid() {
 		rec.Dst = v.dst
 	}
-	rec.Rule, rec.Reason = v.Rule, v.Reason
 	if rec.ECH {
-		rec.Reason += "; ECH: decided on the outer server name, the provider's public name"
+		v.Reason += "; ECH: decided on the outer server name, the provider's public name"
 	}
+	rec.Rule, rec.Reason = v.Rule, v.Reason
 	rec.Action = v.Action.String()
 	if v.Action == policy.Deny && (cfg.Policy.Enforce || v.Hard || !v.dst.IsValid()) {
 		rec.Enforced = true
@@ -203,8 +209,11 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	// The upstream socket is made and connected by the relay loop itself,
 	// and the client joins it there: neither passes through net.Dialer.
 	dialStart := time.Now()
-	rc, err := relay.Dial(ctx, v.dst, cfg.Mark, cfg.Timeouts.Connect, len(p.Data) > 0)
+	rc, err := dialVerdict(ctx, &v, cfg.Timeouts.Connect, func(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (*relay.Conn, error) {
+		return relay.Dial(ctx, dst, cfg.Mark, timeout, len(p.Data) > 0)
+	})
 	g.metrics.Dial(time.Since(dialStart))
+	rec.Dst, rec.Reason = v.dst, v.Reason
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		if p.Protocol == peek.TLS {
@@ -282,7 +291,8 @@ func (g *Gateway) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Resul
 }
 
 // decideSNI routes on the name: resolve it, then decide with the first
-// answer as the destination, every answer checked (policy.DecideDial).
+// answer as the destination, every answer checked (policy.DecideDial); the
+// others are where the dial goes if the first fails (dialVerdict).
 func (g *Gateway) decideSNI(ctx context.Context, st *State, lc *config.Listener, in policy.Input) verdict {
 	in.Port = lc.UpstreamPort
 	if in.FQDN == "" {
@@ -301,6 +311,9 @@ func (g *Gateway) resolved(ctx context.Context, st *State, in policy.Input, port
 	return verdict{
 		Decision: st.Policy.DecideDial(in, lk.Addrs...),
 		dst:      netip.AddrPortFrom(lk.Addrs[0], port),
+		answers:  lk.Addrs,
+		in:       in,
+		pol:      st.Policy,
 	}
 }
 

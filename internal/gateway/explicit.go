@@ -170,17 +170,23 @@ func (x *explicitConn) refused(v verdict, rec *accesslog.Record) bool {
 	return false
 }
 
-// dial connects to the checked address.
-func (x *explicitConn) dial(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
-	d := upstream.Dialer{Timeout: x.st.Config.Timeouts.Connect, Mark: x.st.Config.Mark}
-	return d.Dial(ctx, dst)
+// dial connects to the checked address, or, failing that, to the name's
+// next answers (dialVerdict).
+func (x *explicitConn) dial(ctx context.Context, v *verdict) (*net.TCPConn, error) {
+	return dialVerdict(ctx, v, x.st.Config.Timeouts.Connect, func(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (*net.TCPConn, error) {
+		d := upstream.Dialer{Timeout: timeout, Mark: x.st.Config.Mark}
+		return d.Dial(ctx, dst)
+	})
 }
 
 // dialTunnel connects a tunnel's upstream through the relay loop, as the
-// sni mode does. No bytes are known to follow (the client may wait for the
-// server, as SSH does), so the handshake's last ACK is not held back.
-func (x *explicitConn) dialTunnel(ctx context.Context, dst netip.AddrPort) (*relay.Conn, error) {
-	return relay.Dial(ctx, dst, x.st.Config.Mark, x.st.Config.Timeouts.Connect, false)
+// sni mode does, falling back as dial does. No bytes are known to follow
+// (the client may wait for the server, as SSH does), so the handshake's
+// last ACK is not held back.
+func (x *explicitConn) dialTunnel(ctx context.Context, v *verdict) (*relay.Conn, error) {
+	return dialVerdict(ctx, v, x.st.Config.Timeouts.Connect, func(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (*relay.Conn, error) {
+		return relay.Dial(ctx, dst, x.st.Config.Mark, timeout, false)
+	})
 }
 
 // dialFailure maps a failed dial to what each protocol says about it.

@@ -115,7 +115,8 @@ func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Reco
 		refuse.HTTPForbidden(x.c, v.Rule)
 		return
 	}
-	up, err := x.dialTunnel(ctx, v.dst)
+	up, err := x.dialTunnel(ctx, &v)
+	rec.Dst, rec.Reason = v.dst, v.Reason
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		code, _ := dialFailure(err)
@@ -172,7 +173,8 @@ func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Rec
 	req.Close = true // one upstream connection per request: each is decided alone
 	req.RequestURI = ""
 
-	up, err := x.dial(ctx, v.dst)
+	up, err := x.dial(ctx, &v)
+	rec.Dst, rec.Reason = v.dst, v.Reason
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		code, _ := dialFailure(err)

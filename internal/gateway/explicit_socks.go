@@ -98,7 +98,8 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 		refuse.Answer(x.c, reply(socks5.ReplyNotAllowed))
 		return
 	}
-	up, err := x.dialTunnel(ctx, v.dst)
+	up, err := x.dialTunnel(ctx, &v)
+	rec.Dst, rec.Reason = v.dst, v.Reason
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		_, code := dialFailure(err)

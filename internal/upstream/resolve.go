@@ -43,8 +43,8 @@ type DNS struct {
 
 // Resolve asks for A and AAAA in parallel. The answers come back in a
 // fixed order, the A records first, each family in the server's order:
-// the gateway dials the first answer, and which address that is must not
-// depend on which query happened to return first.
+// the gateway dials the answers in this order, and which address comes
+// first must not depend on which query happened to return first.
 func (r *DNS) Resolve(ctx context.Context, name string) (Lookup, error) {
 	qtypes := [2]uint16{dns.TypeA, dns.TypeAAAA}
 	var (
