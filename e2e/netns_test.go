@@ -278,6 +278,7 @@ const (
 	srvAddr      = "198.51.100.10"
 	attackerAddr = "198.51.100.20" // a public address that allowed.test does not resolve to
 	labAddr      = "10.99.2.10"    // a restricted address only lab-ssh opens
+	silentAddr   = "198.51.100.30" // a public address that drops every packet
 	gwCliIf      = "to-cli"        // gw's interface towards cli
 
 	// IPv6. fd00::/8 (cli's side) is restricted in egressd's policy;

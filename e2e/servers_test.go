@@ -302,6 +302,9 @@ var dnsRecords = map[string][]string{
 	"x.ads.test.":           {srvAddr},
 	"private.allowed.test.": {labAddr},
 	"mixed.allowed.test.":   {srvAddr, labAddr},
+	// silentAddr drops every packet (TestSNIListener): egressd's dial must
+	// time out there and go on to the second answer.
+	"silent.allowed.test.": {silentAddr, srvAddr},
 }
 
 // dnsRecords6 are the AAAA records of an ipv6 world. The resolving

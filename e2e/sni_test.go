@@ -22,6 +22,25 @@ func TestSNIListener(t *testing.T) {
 		})
 	})
 
+	// A name whose first answer never answers: the dial times out there
+	// within its share of the connect timeout, and the second answer
+	// serves the client.
+	t.Run("silent first answer", func(t *testing.T) {
+		w.srv.ip(t, "addr", "add", silentAddr+"/24", "dev", "eth0")
+		requireTools(t, "iptables")
+		w.srv.exec(t, "iptables", "-A", "INPUT", "-d", silentAddr, "-j", "DROP")
+		from := w.log.mark()
+		out, err := sClient(t, w, "", "-connect", sniListenAddr, "-servername", "silent.allowed.test")
+		if wantOut := "hello sni=silent.allowed.test local=" + srvAddr + ":443"; !strings.Contains(out, wantOut) {
+			t.Errorf("openssl s_client -servername silent.allowed.test: output lacks %q (exit %v):\n%s", wantOut, err, out)
+		}
+		w.log.expect(t, from, "silent first answer", byListener("sni"), want{
+			listener: "sni", dst: srvAddr + ":443", fqdn: "silent.allowed.test", fqdnSource: "sni", protocol: []string{"tls"},
+			rule: rule("allowed"), action: "allow", bytes: 1,
+			reasonHas: silentAddr + ":443 failed (i/o timeout), trying the next answer " + srvAddr + ":443",
+		})
+	})
+
 	// A name on the allow list that resolves (even in part) to a restricted
 	// address must not open it.
 	for _, name := range []string{"private.allowed.test", "mixed.allowed.test"} {
