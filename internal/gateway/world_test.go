@@ -90,6 +90,17 @@ timeouts: %s
 	return w
 }
 
+// noServerConn fails the test if the echo server has seen a connection
+// (one the gateway must not have let through, for why).
+func (w *world) noServerConn(why string) {
+	w.t.Helper()
+	select {
+	case sni := <-w.serverCh:
+		w.t.Errorf("server saw a connection (SNI %q) %s", sni, why)
+	default:
+	}
+}
+
 // startEcho runs a TLS server that echoes what it reads.
 func (w *world) startEcho() netip.AddrPort {
 	cert := selfSigned(w.t)
