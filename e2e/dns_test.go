@@ -62,6 +62,12 @@ func TestDNS(t *testing.T) {
 	startSSHD(t, top.srv, srvAddr+":22")
 	startDnsmasq(t, top.gw)
 	_, log := startEgressdConfig(t, top.gw, dnsConfig, 2)
+	// egressd's DNS queries (its resolver's and its forwarder's, both to
+	// dnsmasq) must carry its mark like its other upstream sockets, so
+	// that policy routing and "exempt by mark" rules see them too. Only
+	// those from 127.0.0.1 count: the test's own dig to dnsmasq comes from
+	// 127.0.0.2.
+	top.gw.countMarked(t, "-o", "lo", "-s", "127.0.0.1", "-p", "udp", "--dport", dnsmasqPort)
 	// Every TCP connection from cli goes to the transparent listener,
 	// except DNS over TCP to egressd itself.
 	top.gw.exec(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", gwCliIf, "-p", "tcp", "-d", gwCliAddr, "-j", "RETURN")
@@ -158,7 +164,8 @@ func TestDNS(t *testing.T) {
 		}
 	})
 	t.Run("https record loses ech", func(t *testing.T) {
-		direct, err := top.gw.command(context.Background(), "dig", "@127.0.0.1", "-p", dnsmasqPort, "svc.example.test", "HTTPS", "+short").CombinedOutput()
+		// From 127.0.0.2: not counted with egressd's queries (see countMarked above).
+		direct, err := top.gw.command(context.Background(), "dig", "-b", "127.0.0.2", "@127.0.0.1", "-p", dnsmasqPort, "svc.example.test", "HTTPS", "+short").CombinedOutput()
 		if err != nil || !strings.Contains(string(direct), "ech=") {
 			t.Fatalf("dnsmasq itself: want an HTTPS record with ech, got %v:\n%s", err, direct)
 		}
@@ -243,6 +250,14 @@ func TestDNS(t *testing.T) {
 		log.expect(t, from, "spoofed SNI", byListener("transparent"), want{
 			dst: attackerAddr + ":443", fqdn: "allowed.test", fqdnSource: "sni", action: "deny", reasonHas: "does not resolve",
 		})
+	})
+	// The subtests above made egressd query dnsmasq as a forwarder (dig,
+	// getent) and as a resolver (the spoofed SNI's verification).
+	t.Run("queries carry the mark", func(t *testing.T) {
+		marked, unmarked := top.gw.markedCounts(t)
+		if marked == 0 || unmarked != 0 {
+			t.Errorf("UDP packets from gw to dnsmasq (port %s): %d with mark 0x100, %d without; want some, all marked", dnsmasqPort, marked, unmarked)
+		}
 	})
 }
 

@@ -404,18 +404,32 @@ func (n *netns) nft(t testing.TB, ruleset string) {
 // with egressd's mark (0x100) and those without; see upstreamSYNs.
 func (top *topology) countUpstreamSYNs(t testing.TB) {
 	t.Helper()
-	requireTools(t, "iptables")
-	for _, not := range [][]string{nil, {"!"}} {
-		args := []string{"-t", "mangle", "-A", "OUTPUT", "-o", "to-srv", "-p", "tcp", "--syn", "-m", "mark"}
-		args = append(append(args, not...), "--mark", "0x100")
-		top.gw.exec(t, "iptables", args...)
-	}
+	top.gw.countMarked(t, "-o", "to-srv", "-p", "tcp", "--syn")
 }
 
 // upstreamSYNs reads the counters of countUpstreamSYNs.
 func (top *topology) upstreamSYNs(t testing.TB) (marked, unmarked int) {
 	t.Helper()
-	out, err := top.gw.command(context.Background(), "iptables", "-t", "mangle", "-L", "OUTPUT", "-v", "-x", "-n").CombinedOutput()
+	return top.gw.markedCounts(t)
+}
+
+// countMarked makes n count the packets it sends that match match (iptables
+// arguments), those with egressd's mark (0x100) and those without; see
+// markedCounts. One such pair per namespace.
+func (n *netns) countMarked(t testing.TB, match ...string) {
+	t.Helper()
+	requireTools(t, "iptables")
+	for _, not := range [][]string{nil, {"!"}} {
+		args := append([]string{"-t", "mangle", "-A", "OUTPUT"}, match...)
+		args = append(append(append(args, "-m", "mark"), not...), "--mark", "0x100")
+		n.exec(t, "iptables", args...)
+	}
+}
+
+// markedCounts reads the counters of countMarked.
+func (n *netns) markedCounts(t testing.TB) (marked, unmarked int) {
+	t.Helper()
+	out, err := n.command(context.Background(), "iptables", "-t", "mangle", "-L", "OUTPUT", "-v", "-x", "-n").CombinedOutput()
 	if err != nil {
 		t.Fatalf("iptables -L: %v\n%s", err, out)
 	}
@@ -425,15 +439,15 @@ func (top *topology) upstreamSYNs(t testing.TB) (marked, unmarked int) {
 		if len(f) == 0 || !strings.Contains(line, "mark match") {
 			continue
 		}
-		n, err := strconv.Atoi(f[0])
+		c, err := strconv.Atoi(f[0])
 		if err != nil {
 			t.Fatalf("iptables -L: cannot read %q", line)
 		}
 		found++
 		if strings.Contains(line, "mark match !") {
-			unmarked = n
+			unmarked = c
 		} else {
-			marked = n
+			marked = c
 		}
 	}
 	if found != 2 {
