@@ -26,8 +26,8 @@ func TestSNIListener(t *testing.T) {
 	// within its share of the connect timeout, and the second answer
 	// serves the client.
 	t.Run("silent first answer", func(t *testing.T) {
-		w.srv.ip(t, "addr", "add", silentAddr+"/24", "dev", "eth0")
 		requireTools(t, "iptables")
+		w.srv.ip(t, "addr", "add", silentAddr+"/24", "dev", "eth0")
 		w.srv.exec(t, "iptables", "-A", "INPUT", "-d", silentAddr, "-j", "DROP")
 		from := w.log.mark()
 		out, err := sClient(t, w, "", "-connect", sniListenAddr, "-servername", "silent.allowed.test")

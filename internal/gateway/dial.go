@@ -12,6 +12,11 @@ import (
 // tries before it gives up.
 const maxDialAttempts = 3
 
+// minDialShare is the least time an attempt gets while the connect timeout
+// allows it (as Go's net.Dialer does): a lost SYN is sent again after 1 s,
+// so an address is not given up before its second SYN had a chance.
+const minDialShare = 2 * time.Second
+
 // dialVerdict connects to v.dst with dial. When that fails and v.dst is the
 // first of a name's DNS answers, it tries the next answers in their DNS
 // order (IPv4 before IPv6), as a client resolving the name itself would:
@@ -20,49 +25,59 @@ const maxDialAttempts = 3
 // decides alike are tried (the same action by the same rule; a rule's
 // destinations may tell the addresses apart), at most maxDialAttempts
 // addresses in all, within the one connect timeout: each attempt gets an
-// equal share of what is left, so a refused address leaves its share to
-// the next one.
+// equal share of what is left (at least minDialShare, if that much is
+// left), so a refused address leaves its share to the next one.
 //
-// v.dst becomes the address connected to, and v.Reason says which ones
-// failed before it. On failure the error is the last attempt's, and
-// v.Reason names the earlier ones.
+// v.dst becomes the address connected to, and v.Reason names each address
+// that failed before it. On failure the error is the first attempt's, the
+// preferred address's, as with Go's own dialer; v.Reason names the others'.
 func dialVerdict[T any](ctx context.Context, v *verdict, timeout time.Duration, dial func(context.Context, netip.AddrPort, time.Duration) (T, error)) (T, error) {
-	if len(v.answers) < 2 {
+	var buf [maxDialAttempts]netip.AddrPort
+	addrs := v.candidates(buf[:0])
+	if len(addrs) < 2 {
 		return dial(ctx, v.dst, timeout) // no other address: the whole timeout
 	}
 	deadline := time.Now().Add(timeout)
-	left := min(len(v.answers), maxDialAttempts) // attempts still planned, this one included
-	next := 1                                    // v.answers[0] is v.dst
-	for {
-		share := time.Until(deadline) / time.Duration(left)
-		c, err := dial(ctx, v.dst, share)
+	var first error
+	for i, a := range addrs {
+		left := time.Until(deadline)
+		share := max(left/time.Duration(len(addrs)-i), min(minDialShare, left))
+		if share <= 0 {
+			break // 0 would mean no timeout at all to a dialer
+		}
+		if i > 0 {
+			v.Reason += fmt.Sprintf(", trying the next answer %s", a)
+		}
+		v.dst = a
+		c, err := dial(ctx, a, share)
 		if err == nil || ctx.Err() != nil {
 			return c, err
 		}
-		left--
-		alt, ok := v.nextAnswer(&next)
-		if !ok || left == 0 || time.Until(deadline) <= 0 {
-			return c, err
+		if first == nil {
+			first = err
 		}
-		v.Reason += fmt.Sprintf("; %s failed (%s), trying the next answer %s", v.dst, dialCause(err), alt)
-		v.dst = alt
+		v.Reason += fmt.Sprintf("; %s failed (%s)", a, dialCause(err))
 	}
+	var zero T
+	return zero, first
 }
 
-// nextAnswer is the next of v's answers from *i on that the policy decides
-// as it decided v.dst.
-func (v *verdict) nextAnswer(i *int) (netip.AddrPort, bool) {
-	for ; *i < len(v.answers); *i++ {
+// candidates appends to buf v.dst and, when it is the first of a name's
+// answers, the next ones the policy decides as it decided v.dst, up to
+// maxDialAttempts addresses in all.
+func (v *verdict) candidates(buf []netip.AddrPort) []netip.AddrPort {
+	buf = append(buf, v.dst)
+	for _, a := range v.answers[min(1, len(v.answers)):] {
+		if len(buf) == maxDialAttempts {
+			break
+		}
 		in := v.in
-		in.Dst = v.answers[*i]
-		d := v.pol.Decide(in)
-		if d.Action == v.Action && d.Rule == v.Rule {
-			a := v.answers[*i]
-			*i++
-			return netip.AddrPortFrom(a, v.dst.Port()), true
+		in.Dst = a
+		if d := v.pol.Decide(in); d.Action == v.Action && d.Rule == v.Rule {
+			buf = append(buf, netip.AddrPortFrom(a, v.dst.Port()))
 		}
 	}
-	return netip.AddrPort{}, false
+	return buf
 }
 
 // dialCause is the innermost error of a failed dial, without the

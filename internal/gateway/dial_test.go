@@ -4,12 +4,12 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,12 +18,14 @@ import (
 	"github.com/egressd/egressd/internal/testnet"
 )
 
-// fallbackPolicy is basePolicy with a rule that tells two loopback answers
-// of one name apart: 127.0.0.1 is denied for fenced.good.test.
+// fallbackPolicy is basePolicy with rules that tell two loopback answers of
+// one name apart: 127.0.0.1 is denied for fenced.good.test, and allowed by
+// another rule than 127.0.0.2 for split.good.test.
 const fallbackPolicy = `policy:
   default: deny
   rules:
     - {name: fence, action: deny, fqdn: ["fenced.good.test"], destinations: ["127.0.0.1/32"]}
+    - {name: other, action: allow, fqdn: ["split.good.test"], destinations: ["127.0.0.1/32"]}
     - {name: good, action: allow, fqdn: ["good.test", "*.good.test"], destinations: ["127.0.0.0/8"]}
 `
 
@@ -32,6 +34,7 @@ const fallbackPolicy = `policy:
 var fallbackRecords = records{
 	"two.good.test":    {"127.0.0.2", "127.0.0.1"},
 	"fenced.good.test": {"127.0.0.2", "127.0.0.1"},
+	"split.good.test":  {"127.0.0.2", "127.0.0.1"},
 	"dead.good.test":   {"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.1"},
 }
 
@@ -67,6 +70,8 @@ func TestDialFallbackKeepsPolicy(t *testing.T) {
 	}{
 		// 127.0.0.1 listens, but rule fence denies it for this name.
 		{"fenced.good.test", []string{"127.0.0.2"}, "127.0.0.1"},
+		// 127.0.0.1 is allowed too, but by rule other: not alike.
+		{"split.good.test", []string{"127.0.0.2"}, "127.0.0.1"},
 		// Three refused answers, then 127.0.0.1, which listens: past the cap.
 		{"dead.good.test", []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}, "127.0.0.1"},
 	} {
@@ -95,8 +100,8 @@ func TestDialFallbackKeepsPolicy(t *testing.T) {
 	w.noServerConn("it must not")
 }
 
-// TestExplicitFallsBackToNextAnswer: an explicit proxy's CONNECT tunnel
-// and its plain-HTTP forwarding go to the next answer too.
+// TestExplicitFallsBackToNextAnswer: an explicit proxy's CONNECT and SOCKS5
+// tunnels and its plain-HTTP forwarding go to the next answer too.
 func TestExplicitFallsBackToNextAnswer(t *testing.T) {
 	w := &world{t: t, serverCh: make(chan string, 64)}
 	w.echo = w.startEcho()
@@ -143,73 +148,105 @@ timeouts: %s
 	if r, _ := e["reason"].(string); !strings.Contains(r, fmt.Sprintf("127.0.0.2:%d failed", plain.Port())) {
 		t.Errorf("forward log reason = %q, want it to name the refused first answer", r)
 	}
+
+	// SOCKS5 with the name (Go's client lets the proxy resolve it).
+	res, err = client(t, "socks5://"+proxy.String()).Get(fmt.Sprintf("http://two.good.test:%d/s", plain.Port()))
+	if err != nil {
+		t.Fatalf("GET through SOCKS5: %v", err)
+	}
+	body, _ = io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || !strings.Contains(string(body), "path=/s") {
+		t.Fatalf("GET through SOCKS5 = %d %q, want the server's 200", res.StatusCode, body)
+	}
+	e = w.waitLog(func(e entry) bool { return e["dst"] == plain.String() && e["fqdn_source"] == "socks" })
+	if r, _ := e["reason"].(string); !strings.Contains(r, fmt.Sprintf("127.0.0.2:%d failed", plain.Port())) {
+		t.Errorf("SOCKS5 log reason = %q, want it to name the refused first answer", r)
+	}
 }
 
 // TestDialVerdictBudget: the attempts share one connect timeout, a failed
-// attempt leaves its share to the next, and a cancelled context ends the
-// fallback. The dial function is a stand-in here: what is tested is the
-// budget, not a socket (the tests above dial real ones).
+// attempt leaves its share to the next, only answers the policy decides
+// alike count, and a cancelled context ends the fallback. The dial function
+// is a stand-in here: what is tested is the budget, not a socket (the tests
+// above dial real ones).
 func TestDialVerdictBudget(t *testing.T) {
-	pol, err := policy.Compile([]policy.Rule{{Name: "all", Action: policy.Allow, FQDN: []string{"x.test"}}}, policy.Deny)
+	a := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}) }
+	// 192.0.2.2 is denied for x.test: the policy tells it apart from the others.
+	pol, err := policy.Compile([]policy.Rule{
+		{Name: "fence", Action: policy.Deny, FQDN: []string{"x.test"}, Destinations: []netip.Prefix{netip.PrefixFrom(a(2), 32)}},
+		{Name: "all", Action: policy.Allow, FQDN: []string{"x.test"}},
+	}, policy.Deny)
 	if err != nil {
 		t.Fatal(err)
 	}
-	answers := []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3"), netip.MustParseAddr("192.0.2.4")}
-	newVerdict := func() verdict {
+	newVerdict := func(answers ...netip.Addr) verdict {
 		in := policy.Input{FQDN: "x.test", Port: 443, Dst: answers[0]}
 		return verdict{Decision: pol.Decide(in), dst: netip.AddrPortFrom(answers[0], 443), answers: answers, in: in, pol: pol}
 	}
-	// An hour: no pause of a loaded machine between two attempts comes
-	// near the margins compared below.
-	const timeout = time.Hour
-	refused := errors.New("refused")
+	// attempts dials v with a stand-in that fails every address with its
+	// own error, and returns the shares and addresses it was given.
+	attempts := func(ctx context.Context, v *verdict, timeout time.Duration) (shares []time.Duration, dialled []netip.Addr, err error) {
+		_, err = dialVerdict(ctx, v, timeout, func(_ context.Context, dst netip.AddrPort, d time.Duration) (int, error) {
+			shares, dialled = append(shares, d), append(dialled, dst.Addr())
+			return 0, fmt.Errorf("refused %s", dst)
+		})
+		return shares, dialled, err
+	}
 
 	t.Run("shares", func(t *testing.T) {
-		v := newVerdict()
-		var got []time.Duration
-		var dialled []netip.AddrPort
-		_, err := dialVerdict(context.Background(), &v, timeout, func(_ context.Context, dst netip.AddrPort, d time.Duration) (int, error) {
-			got, dialled = append(got, d), append(dialled, dst)
-			return 0, refused
-		})
-		if err != refused || len(got) != maxDialAttempts {
-			t.Fatalf("err %v after %d attempts, want the last error after %d", err, len(got), maxDialAttempts)
+		// An hour: no pause of a loaded machine between two attempts comes
+		// near the margins compared here.
+		const timeout = time.Hour
+		v := newVerdict(a(1), a(2), a(3), a(4), a(5))
+		got, dialled, err := attempts(context.Background(), &v, timeout)
+		if want := []netip.Addr{a(1), a(3), a(4)}; !slices.Equal(dialled, want) {
+			t.Errorf("dialled %v, want %v: the denied 192.0.2.2 skipped, %d in all", dialled, want, maxDialAttempts)
 		}
-		if got[0] > timeout/3 || got[1] <= got[0] || got[2] <= got[1] || got[2] > timeout {
+		if err == nil || err.Error() != "refused 192.0.2.1:443" {
+			t.Errorf("err = %v, want the first address's", err)
+		}
+		if len(got) != 3 || got[0] > timeout/3 || got[1] <= got[0] || got[2] <= got[1] || got[2] > timeout {
 			t.Errorf("shares %v: want the first at most a third, each next one larger (it inherits the failed one's), none over the timeout", got)
 		}
-		for i, a := range dialled {
-			if a.Addr() != answers[i] || a.Port() != 443 {
-				t.Errorf("attempt %d dialled %v, want %v:443", i, a, answers[i])
-			}
-		}
-		if v.dst != dialled[len(dialled)-1] {
+		if v.dst.Addr() != a(4) {
 			t.Errorf("v.dst = %v, want the last address tried", v.dst)
 		}
 	})
+	t.Run("floor", func(t *testing.T) {
+		// A third of 5 s is under minDialShare: the first attempt gets 2 s.
+		v := newVerdict(a(1), a(3), a(4))
+		got, _, _ := attempts(context.Background(), &v, 5*time.Second)
+		if len(got) == 0 || got[0] != minDialShare {
+			t.Errorf("shares %v, want the first to be %v", got, minDialShare)
+		}
+	})
+	t.Run("no alternative alike", func(t *testing.T) {
+		// The second answer is denied: the first gets the whole timeout.
+		v := newVerdict(a(1), a(2))
+		got, _, _ := attempts(context.Background(), &v, time.Hour)
+		if len(got) != 1 || got[0] != time.Hour {
+			t.Errorf("shares %v, want one attempt with the whole timeout", got)
+		}
+	})
+	t.Run("one answer", func(t *testing.T) {
+		v := newVerdict(a(1))
+		got, _, _ := attempts(context.Background(), &v, time.Hour)
+		if len(got) != 1 || got[0] != time.Hour {
+			t.Errorf("shares %v, want one attempt with the whole timeout", got)
+		}
+	})
 	t.Run("cancelled", func(t *testing.T) {
-		v := newVerdict()
+		v := newVerdict(a(1), a(3), a(4))
 		ctx, cancel := context.WithCancel(context.Background())
 		n := 0
-		dialVerdict(ctx, &v, timeout, func(context.Context, netip.AddrPort, time.Duration) (int, error) {
+		dialVerdict(ctx, &v, time.Hour, func(context.Context, netip.AddrPort, time.Duration) (int, error) {
 			n++
 			cancel()
 			return 0, context.Canceled
 		})
 		if n != 1 {
 			t.Errorf("%d attempts after the context was cancelled in the first, want 1", n)
-		}
-	})
-	t.Run("one answer", func(t *testing.T) {
-		v := newVerdict()
-		v.answers = v.answers[:1]
-		var got []time.Duration
-		dialVerdict(context.Background(), &v, timeout, func(_ context.Context, _ netip.AddrPort, d time.Duration) (int, error) {
-			got = append(got, d)
-			return 0, refused
-		})
-		if len(got) != 1 || got[0] != timeout {
-			t.Errorf("shares %v, want one attempt with the whole timeout", got)
 		}
 	})
 }
