@@ -365,16 +365,26 @@ var mutes atomic.Int64
 // idle/sweepsPerIdle after its timeout.
 const sweepsPerIdle = 8
 
-// planSweep makes sure the loop wakes by at (unix nanoseconds).
+// planSweep makes sure the loop wakes by at (unix nanoseconds), from
+// another goroutine: a loop already waiting is rung to recompute its wait.
 func (l *loop) planSweep(at int64) {
-	l.sweepMu.Lock()
-	if l.sweepAt == 0 || at < l.sweepAt {
-		l.sweepAt = at
+	if l.sweepBy(at) {
 		var one [8]byte
 		binary.NativeEndian.PutUint64(one[:], 1)
-		writeNB(l.efd, one[:]) // the loop recomputes its wait
+		writeNB(l.efd, one[:])
 	}
-	l.sweepMu.Unlock()
+}
+
+// sweepBy moves the next sweep to at if none is planned sooner, and
+// reports whether it did.
+func (l *loop) sweepBy(at int64) bool {
+	l.sweepMu.Lock()
+	defer l.sweepMu.Unlock()
+	if l.sweepAt != 0 && at >= l.sweepAt {
+		return false
+	}
+	l.sweepAt = at
+	return true
 }
 
 // forget removes c from the loop's tables.
@@ -398,7 +408,7 @@ func (l *loop) forget(c *Conn) {
 func (l *loop) run() {
 	events := make([]unix.EpollEvent, 256)
 	wait := func(uintptr) bool {
-		n, err := epollPoll(l.epfd, events)
+		n, err := epollWaitRaw(l.epfd, events, 0)
 		if err != nil || n <= 0 {
 			return false // nothing ready: park until pfd is
 		}
@@ -587,11 +597,7 @@ func (l *loop) sweep() {
 	// earlier one; none if no connection has an idle timeout. Not
 	// through planSweep: the loop is not waiting, so nothing to ring.
 	if next != 0 {
-		l.sweepMu.Lock()
-		if l.sweepAt == 0 || next < l.sweepAt {
-			l.sweepAt = next
-		}
-		l.sweepMu.Unlock()
+		l.sweepBy(next)
 	}
 }
 

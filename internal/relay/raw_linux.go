@@ -66,13 +66,8 @@ func shutdownNB(fd, how int) error {
 	return errnoErr(e)
 }
 
-// epollPoll is unix.EpollWait with a timeout of 0, made raw.
-func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-	return int(r), errnoErr(e)
-}
-
-// epollWaitRaw is unix.EpollWait, made raw: it blocks holding the P.
+// epollWaitRaw is unix.EpollWait, made raw: with msec > 0 it blocks
+// holding the P; with 0 it only polls.
 func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, error) {
 	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
 	return int(r), errnoErr(e)
