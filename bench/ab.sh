@@ -20,8 +20,9 @@
 #   PEERS     comma-separated: haproxy,nginx (the default), or none
 #   BIN       egressd binaries, each run with its own sni listener
 # env: LOADGEN (a built loadgen), else it is built from BENCH/loadgen
-#      (BENCH defaults to ../shared/bench); BYTES; the tools: taskset,
-#      haproxy, nginx (with its stream module), python3.
+#      (BENCH defaults to ../shared/bench); BYTES; KEEP=1 keeps the work
+#      directory (configs, logs). Needs taskset, haproxy, nginx (with its
+#      stream module), python3.
 set -euo pipefail
 
 ROUNDS=4 PEERS=haproxy,nginx
@@ -29,11 +30,11 @@ while getopts n:p: o; do
   case $o in
     n) ROUNDS=$OPTARG ;;
     p) PEERS=$OPTARG ;;
-    *) sed -n '2,25p' "$0"; exit 2 ;;
+    *) sed -n '2,26p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-[[ $# -ge 2 ]] || { sed -n '2,25p' "$0"; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,26p' "$0"; exit 2; }
 SCENARIO=$1; shift
 [[ $PEERS == none ]] && PEERS=""
 
