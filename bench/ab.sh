@@ -30,11 +30,11 @@ while getopts n:p: o; do
   case $o in
     n) ROUNDS=$OPTARG ;;
     p) PEERS=$OPTARG ;;
-    *) sed -n '2,26p' "$0"; exit 2 ;;
+    *) sed -n '2,25p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-[[ $# -ge 2 ]] || { sed -n '2,26p' "$0"; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,25p' "$0"; exit 2; }
 SCENARIO=$1; shift
 [[ $PEERS == none ]] && PEERS=""
 
