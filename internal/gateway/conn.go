@@ -36,6 +36,8 @@ type verdict struct {
 	answers []netip.Addr
 	in      policy.Input
 	pol     *policy.Policy
+	// byName: the name was denied without being resolved (no dst).
+	byName bool
 }
 
 // handle is one connection's life up to its relay. It always writes one
@@ -302,7 +304,15 @@ func (g *Gateway) decideSNI(ctx context.Context, st *State, lc *config.Listener,
 }
 
 // resolved decides a connection whose destination is the name's DNS answer.
+// The name is decided first: one the policy denies whatever its address is
+// refused without being resolved (byName), so that it never leaves egressd
+// as a DNS query. Report-only mode resolves every name, denied ones too:
+// it lets them through, and a dial needs the address.
 func (g *Gateway) resolved(ctx context.Context, st *State, in policy.Input, port uint16) verdict {
+	if d, resolve := st.Policy.DecideName(in); !resolve && st.Config.Policy.Enforce {
+		d.Reason += "; not resolved: denied by name"
+		return verdict{Decision: d, byName: true}
+	}
 	lk, err := g.names.Resolve(ctx, in.FQDN)
 	if err != nil {
 		return noRoute(st.Policy.Decide(in), err.Error())

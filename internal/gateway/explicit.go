@@ -139,7 +139,7 @@ func (x *explicitConn) decide(ctx context.Context, t target, user string, rec *a
 	in := policy.Input{Src: x.src.Addr(), FQDN: t.name, Port: t.port, User: user}
 	if t.name != "" {
 		v = x.g.resolved(ctx, x.st, in, t.port)
-		if !v.dst.IsValid() {
+		if !v.dst.IsValid() && !v.byName {
 			d := x.st.Policy.Decide(in)
 			unresolved = d.Action == policy.Allow || d.Index < 0
 		}

@@ -3,7 +3,9 @@ package testnet
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -21,6 +23,29 @@ func DNS(tb testing.TB, records map[string][]string) string {
 // on port 53), in the network namespace of the calling thread.
 func DNSAt(tb testing.TB, addr string, records map[string][]string) string {
 	tb.Helper()
+	return serveDNS(tb, addr, records, nil)
+}
+
+// DNSAsked is DNS that also reports, through asked, every name it has been
+// asked for so far (without the trailing dot), in order: tests of what
+// egressd must never resolve.
+func DNSAsked(tb testing.TB, records map[string][]string) (addr string, asked func() []string) {
+	tb.Helper()
+	var mu sync.Mutex
+	var names []string
+	addr = serveDNS(tb, "127.0.0.1:0", records, func(name string) {
+		mu.Lock()
+		names = append(names, name)
+		mu.Unlock()
+	})
+	return addr, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(names)
+	}
+}
+
+func serveDNS(tb testing.TB, addr string, records map[string][]string, onQuery func(string)) string {
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		tb.Fatal(err)
@@ -30,6 +55,9 @@ func DNSAt(tb testing.TB, addr string, records map[string][]string) string {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		name := strings.TrimSuffix(q.Question[0].Name, ".")
+		if onQuery != nil {
+			onQuery(name)
+		}
 		ans, ok := records[name]
 		if !ok {
 			m.Rcode = dns.RcodeNameError
