@@ -68,6 +68,11 @@ type Gauges struct {
 	// DNS, when not nil, reports the DNS forwarder's counters; it is nil
 	// when no forwarder runs, and then no DNS metric is exposed.
 	DNS func() DNSCounts
+	// AuthChecks, when not nil, reports the proxy password checks by
+	// result: ok, wrong (both hashed), backoff (refused unchecked, the
+	// source backs off after repeated failures) and busy (refused
+	// unchecked, no check slot free).
+	AuthChecks func() map[string]uint64
 }
 
 // DNSCounts are the DNS forwarder's counters as a scrape reads them.
@@ -85,6 +90,24 @@ var (
 	dnsEntriesDesc   = prometheus.NewDesc("egressd_dns_memory_entries", "Name memories (client, address -> name) the DNS forwarder holds.", nil, nil)
 	dnsEvictionsDesc = prometheus.NewDesc("egressd_dns_memory_evictions_total", "Name memories dropped because max_entries, or a client's max_entries_per_client, was reached.", nil, nil)
 )
+
+var authChecksDesc = prometheus.NewDesc("egressd_auth_checks_total",
+	"Proxy password checks, by result: ok and wrong were hashed; backoff (the source failed too often) and busy (no check slot free) were refused unchecked.",
+	[]string{"result"}, nil)
+
+// authCollector reads the password guard's counters at scrape time. Every
+// result is exposed, zero included, so that a rate over backoff or busy
+// exists before the first attack.
+type authCollector func() map[string]uint64
+
+func (authCollector) Describe(ch chan<- *prometheus.Desc) { ch <- authChecksDesc }
+
+func (f authCollector) Collect(ch chan<- prometheus.Metric) {
+	c := f()
+	for _, result := range []string{"ok", "wrong", "backoff", "busy"} {
+		ch <- prometheus.MustNewConstMetric(authChecksDesc, prometheus.CounterValue, float64(c[result]), result)
+	}
+}
 
 // dnsCollector reads the forwarder's own counters at scrape time, so that
 // answering a query costs nothing extra.
@@ -156,6 +179,9 @@ func New(g Gauges) *Metrics {
 
 	if g.DNS != nil {
 		f(dnsCollector(g.DNS))
+	}
+	if g.AuthChecks != nil {
+		f(authCollector(g.AuthChecks))
 	}
 	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "egressd_reloads_total",

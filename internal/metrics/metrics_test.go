@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -43,5 +44,21 @@ func TestReloadAndInfo(t *testing.T) {
 		if tc.got != tc.want {
 			t.Errorf("%s = %v, want %v", tc.name, tc.got, tc.want)
 		}
+	}
+}
+
+// Every auth result is exposed, zero included.
+func TestAuthChecks(t *testing.T) {
+	m := New(Gauges{AuthChecks: func() map[string]uint64 { return map[string]uint64{"wrong": 7, "backoff": 3} }})
+	want := `
+# HELP egressd_auth_checks_total Proxy password checks, by result: ok and wrong were hashed; backoff (the source failed too often) and busy (no check slot free) were refused unchecked.
+# TYPE egressd_auth_checks_total counter
+egressd_auth_checks_total{result="backoff"} 3
+egressd_auth_checks_total{result="busy"} 0
+egressd_auth_checks_total{result="ok"} 0
+egressd_auth_checks_total{result="wrong"} 7
+`
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "egressd_auth_checks_total"); err != nil {
+		t.Error(err)
 	}
 }
