@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -23,10 +22,10 @@ type Record struct {
 	Src        netip.AddrPort
 	Dst        netip.AddrPort // where egressd connected, or would have
 	FQDN       string
-	FQDNSource string // "sni", "host", "connect", "socks", "dns" (the client's own look-up through egressd) or "none"
-	Protocol   string // tls, http, ssh, unknown, server-first
-	ALPN       []string
-	ECH        bool // real ECH only, not GREASE (see gateway)
+	FQDNSource string   // "sni", "host", "connect", "socks", "dns" (the client's own look-up through egressd) or "none"
+	Protocol   string   // tls, http, ssh, unknown, server-first
+	ALPN       []string // offered, in the client's order; logged as a JSON array, [] for none
+	ECH        bool     // real ECH only, not GREASE (see gateway)
 	Rule       string
 	Action     string // allow | deny
 	Enforced   bool
@@ -127,7 +126,7 @@ func appendJSON(b []byte, r *Record, end time.Time) []byte {
 	b = append(b, `,"protocol":`...)
 	b = appendString(b, r.Protocol)
 	b = append(b, `,"alpn":`...)
-	b = appendString(b, strings.Join(r.ALPN, ","))
+	b = appendStrings(b, r.ALPN)
 	b = append(b, `,"ech":`...)
 	b = strconv.AppendBool(b, r.ECH)
 	b = append(b, `,"rule":`...)
@@ -156,7 +155,7 @@ func (lg *Logger) logText(r *Record, end time.Time) {
 		slog.String("fqdn", r.FQDN),
 		slog.String("fqdn_source", r.FQDNSource),
 		slog.String("protocol", r.Protocol),
-		slog.String("alpn", strings.Join(r.ALPN, ",")),
+		slog.String("alpn", string(appendStrings(nil, r.ALPN))),
 		slog.Bool("ech", r.ECH),
 		slog.String("rule", r.Rule),
 		slog.String("action", r.Action),
@@ -182,10 +181,25 @@ func appendAddr(b []byte, a netip.AddrPort) []byte {
 	return a.AppendTo(b) // digits, dots, colons, brackets: nothing to escape
 }
 
+// appendStrings appends ss as a JSON array of strings, [] for none. ALPN
+// ids are opaque bytes (RFC 7301 §3.1): one may hold a comma, so a joined
+// string could not tell the offer "a,b" from "a" and "b"; an array can.
+func appendStrings(b []byte, ss []string) []byte {
+	b = append(b, '[')
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, s)
+	}
+	return append(b, ']')
+}
+
 // appendString appends s as a JSON string (RFC 8259 §7). Client-supplied
 // text (ALPN names, names inside reasons) can hold any byte: control
-// characters are escaped and invalid UTF-8 becomes U+FFFD, so every line
-// stays valid JSON.
+// characters are escaped and each byte of invalid UTF-8 becomes U+FFFD, as
+// encoding/json writes it (a JSON string holds text, not bytes), so every
+// line stays valid JSON.
 func appendString(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')

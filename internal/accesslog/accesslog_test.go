@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -34,7 +35,7 @@ func TestLogHasEveryKey(t *testing.T) {
 	want := map[string]any{
 		"level": "INFO", "msg": "conn", "listener": "sni", "user": "ci-runner", "src": "10.0.0.1:4000",
 		"dst": "[2001:db8::1]:443", "fqdn": "a.test", "fqdn_source": "sni", "protocol": "tls",
-		"alpn": "h2,http/1.1", "ech": false, "rule": "r", "action": "allow", "enforced": true,
+		"alpn": []any{"h2", "http/1.1"}, "ech": false, "rule": "r", "action": "allow", "enforced": true,
 		"reason": "matched", "bytes_up": 10.0, "bytes_down": 20.0,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -74,12 +75,71 @@ func TestLogEscapes(t *testing.T) {
 			t.Fatalf("line for %q is not JSON: %v: %q", s, err, buf.String())
 		}
 		want := strings.ToValidUTF8(s, "\uFFFD")
-		if got["reason"] != want || got["alpn"] != want {
+		if got["reason"] != want || !cmp.Equal(got["alpn"], []any{want}) {
 			t.Errorf("reason/alpn = %q/%q, want %q", got["reason"], got["alpn"], want)
 		}
 		if bytes.Count(buf.Bytes(), []byte("\n")) != 1 {
 			t.Errorf("log for %q is not one line: %q", s, buf.String())
 		}
+	}
+}
+
+// TestALPNRoundTrips checks the alpn key is a JSON array that decodes to
+// the offered list itself: an id may hold a comma, a quote or a control
+// byte (RFC 7301 ids are opaque bytes), and a joined string could not tell
+// "a,b" from "a" and "b". None offered is [], not null and not absent.
+func TestALPNRoundTrips(t *testing.T) {
+	for _, alpn := range [][]string{
+		nil,
+		{},
+		{"h2"},
+		{"h2", "http/1.1"},
+		{"a,b", "c"},
+		{`q"uote`, "back\\slash", "ctl\x00\x1f\x7f", "\n"},
+		{"\u2028", "bücher", strings.Repeat("x", 255)},
+		{"", ","},
+	} {
+		var buf bytes.Buffer
+		New(&buf, "json").Log(&Record{Start: time.Now(), ALPN: alpn})
+		var got struct{ ALPN []string }
+		if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+			t.Fatalf("line for %q is not JSON: %v: %q", alpn, err, buf.String())
+		}
+		want := alpn
+		if want == nil {
+			want = []string{}
+		}
+		if got.ALPN == nil || !slices.Equal(got.ALPN, want) {
+			t.Errorf("alpn %q decodes to %#v from %s", alpn, got.ALPN, buf.Bytes())
+		}
+	}
+}
+
+// TestALPNInvalidUTF8 checks an id that is not UTF-8 decodes as
+// encoding/json's own encoding of it does: each bad byte U+FFFD.
+func TestALPNInvalidUTF8(t *testing.T) {
+	alpn := []string{"\xff\xfe", "ok\xc3", "\x8a\x8a"} // the last: a GREASE id (RFC 8701)
+	var buf bytes.Buffer
+	New(&buf, "json").Log(&Record{Start: time.Now(), ALPN: alpn})
+	var got struct{ ALPN []string }
+	if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+		t.Fatalf("not JSON: %v: %q", err, buf.String())
+	}
+	std, _ := json.Marshal(alpn)
+	var want []string
+	json.Unmarshal(std, &want)
+	if !slices.Equal(got.ALPN, want) {
+		t.Errorf("alpn %q decodes to %q, encoding/json's to %q", alpn, got.ALPN, want)
+	}
+}
+
+// TestLogTextALPN checks the text format writes the same array, quoted, so
+// that a comma or space inside an id cannot split it either.
+func TestLogTextALPN(t *testing.T) {
+	var buf bytes.Buffer
+	New(&buf, "text").Log(&Record{Start: time.Now(), ALPN: []string{"a,b", "c d"}})
+	if want := `alpn="[\"a,b\",\"c d\"]"`; !strings.Contains(buf.String(), want) {
+		t.Errorf("text line %q, want it to contain %s", buf.String(), want)
 	}
 }
 

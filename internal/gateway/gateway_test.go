@@ -68,7 +68,7 @@ func TestSNIAllowedRelays(t *testing.T) {
 	w.want(e, map[string]any{
 		"listener": "sni", "action": "allow", "rule": "good", "fqdn": "api.good.test",
 		"fqdn_source": "sni", "protocol": "tls", "enforced": true, "dst": w.echo.String(),
-		"alpn": "", "ech": false,
+		"alpn": []any{}, "ech": false,
 	})
 	if e["bytes_up"].(float64) < float64(len(msg)) || e["bytes_down"].(float64) < float64(len(msg)) {
 		t.Errorf("log bytes up/down = %v/%v, want >= %d", e["bytes_up"], e["bytes_down"], len(msg))
