@@ -35,21 +35,26 @@ delete) op=-D ;;
 *) echo "usage: $0 add|delete (MODE=redirect|tproxy IFACE= PORT= MARK=)" >&2; exit 2 ;;
 esac
 
-loopback=127.0.0.0/8
 ipfam=-4
-if [ "$IPTABLES" = ip6tables ]; then loopback=::1/128; ipfam=-6; fi
+if [ "$IPTABLES" = ip6tables ]; then ipfam=-6; fi
+
+# A connection addressed to this host itself (egressd's DNS forwarder, its
+# admin endpoint, sshd, on any of the host's addresses, loopback included)
+# is not egress: each chain returns it before intercepting.
+local_dst="-p tcp -m addrtype --dst-type LOCAL -j RETURN"
 
 case $MODE in
 redirect)
   # Traffic forwarded for other hosts (containers, VMs, a routed subnet).
   if [ -n "$IFACE" ]; then
+    $IPTABLES -t nat $op PREROUTING -i "$IFACE" $local_dst
     $IPTABLES -t nat $op PREROUTING -i "$IFACE" -p tcp -j REDIRECT --to-ports "$PORT"
   fi
   # This host's own processes: egressd's own connections carry MARK and
   # must not loop back into it.
   if [ "$LOCAL" = 1 ]; then
     $IPTABLES -t nat $op OUTPUT -p tcp -m mark --mark "$MARK" -j RETURN
-    $IPTABLES -t nat $op OUTPUT -p tcp -d "$loopback" -j RETURN
+    $IPTABLES -t nat $op OUTPUT $local_dst
     $IPTABLES -t nat $op OUTPUT -p tcp -j REDIRECT --to-ports "$PORT"
   fi
   ;;
@@ -57,6 +62,7 @@ tproxy)
   if [ -z "$IFACE" ]; then echo "$0: tproxy needs IFACE" >&2; exit 2; fi
   any=0.0.0.0
   if [ $ipfam = -6 ]; then any=::; fi
+  $IPTABLES -t mangle $op PREROUTING -i "$IFACE" $local_dst
   $IPTABLES -t mangle $op PREROUTING -i "$IFACE" -p tcp -j TPROXY --on-port "$PORT" --on-ip "$any" --tproxy-mark "$TPROXY_MARK/$TPROXY_MARK"
   if [ "$action" = add ]; then
     ip $ipfam rule add fwmark "$TPROXY_MARK/$TPROXY_MARK" lookup "$TABLE"

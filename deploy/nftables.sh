@@ -36,6 +36,9 @@ delete)
 *) echo "usage: $0 add|delete (MODE=redirect|tproxy IFACE= PORT= MARK=)" >&2; exit 2 ;;
 esac
 
+# A connection addressed to this host itself (egressd's DNS forwarder, its
+# admin endpoint, sshd, on any of the host's addresses, loopback included)
+# is not egress: each chain returns it before intercepting.
 forwarded=""
 local_rules=""
 case $MODE in
@@ -43,6 +46,7 @@ redirect)
   if [ -n "$IFACE" ]; then
     forwarded="chain prerouting_nat {
     type nat hook prerouting priority dstnat;
+    iifname \"$IFACE\" fib daddr type local return
     iifname \"$IFACE\" meta l4proto tcp redirect to :$PORT
   }"
   fi
@@ -50,8 +54,7 @@ redirect)
     local_rules="chain output_nat {
     type nat hook output priority -100;
     meta mark $MARK return
-    ip daddr 127.0.0.0/8 return
-    ip6 daddr ::1 return
+    fib daddr type local return
     meta l4proto tcp redirect to :$PORT
   }"
   fi
@@ -60,6 +63,7 @@ tproxy)
   if [ -z "$IFACE" ]; then echo "$0: tproxy needs IFACE" >&2; exit 2; fi
   forwarded="chain prerouting_tproxy {
     type filter hook prerouting priority mangle;
+    iifname \"$IFACE\" fib daddr type local return
     iifname \"$IFACE\" meta l4proto tcp tproxy to :$PORT meta mark set $TPROXY_MARK accept
   }"
   ip -4 rule add fwmark "$TPROXY_MARK/$TPROXY_MARK" lookup "$TABLE"
