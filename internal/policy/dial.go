@@ -32,9 +32,9 @@ func (p *Policy) DecideDial(in Input, answers ...netip.Addr) Decision {
 		if d.Action == Allow {
 			d.Action = Deny
 			if resolved {
-				d.Reason = fmt.Sprintf("%s resolves to restricted address %s, not covered by rule %q destinations", in.FQDN, a, d.Rule)
+				d.Reason = fmt.Sprintf("%s resolves to restricted address %s, not covered by rule %q destinations", in.FQDN, describe(a), d.Rule)
 			} else {
-				d.Reason = fmt.Sprintf("destination %s is restricted, not covered by rule %q destinations", a, d.Rule)
+				d.Reason = fmt.Sprintf("destination %s is restricted, not covered by rule %q destinations", describe(a), d.Rule)
 			}
 		}
 		return d
