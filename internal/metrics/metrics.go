@@ -28,6 +28,17 @@ const (
 	LimitPendingHandshakes    = "max_pending_handshakes"
 )
 
+// Destination refusal reasons, as the reason label of
+// egressd_destination_refusals_total says them.
+const (
+	// RefusedOwnListener: the destination is an address and port egressd
+	// itself listens on (a listener, the admin endpoint, the DNS forwarder).
+	RefusedOwnListener = "own_listener"
+	// RefusedLocalAddress: the destination is an address of this host that
+	// the deciding rule's destinations do not name.
+	RefusedLocalAddress = "local_address"
+)
+
 // Metrics holds egressd's metrics and the registry that exposes them.
 type Metrics struct {
 	Registry *prometheus.Registry
@@ -48,6 +59,7 @@ type Metrics struct {
 	hash       string // the hash configInfo shows
 	limits     map[string]prometheus.Counter
 	acceptErrs prometheus.Counter
+	refusals   map[string]prometheus.Counter
 }
 
 // connLabels is one combination of the connection counter's labels.
@@ -133,7 +145,8 @@ func (f dnsCollector) Collect(ch chan<- prometheus.Metric) {
 func New(g Gauges) *Metrics {
 	reg := prometheus.NewRegistry()
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
-	m := &Metrics{Registry: reg, connsByLV: map[connLabels]prometheus.Counter{}, limits: map[string]prometheus.Counter{}}
+	m := &Metrics{Registry: reg, connsByLV: map[connLabels]prometheus.Counter{}, limits: map[string]prometheus.Counter{},
+		refusals: map[string]prometheus.Counter{}}
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -213,6 +226,14 @@ func New(g Gauges) *Metrics {
 		Help: "Failed accepts (EMFILE, ENFILE, ...), each followed by a back-off.",
 	})
 	f(m.acceptErrs)
+	ref := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "egressd_destination_refusals_total",
+		Help: "Connections refused because egressd would have dialled itself, by reason: own_listener (a listener, the admin endpoint or the DNS forwarder) or local_address (an address of this host the deciding rule's destinations do not name).",
+	}, []string{"reason"})
+	for _, r := range []string{RefusedOwnListener, RefusedLocalAddress} {
+		m.refusals[r] = ref.WithLabelValues(r)
+	}
+	f(ref)
 	return m
 }
 
@@ -270,6 +291,10 @@ func (m *Metrics) Loaded(hash string) {
 
 // Rejected counts a connection reset by the named limit.
 func (m *Metrics) Rejected(limit string) { m.limits[limit].Inc() }
+
+// DestinationRefused counts a connection refused for the named reason
+// (RefusedOwnListener, RefusedLocalAddress).
+func (m *Metrics) DestinationRefused(reason string) { m.refusals[reason].Inc() }
 
 // AcceptError counts a failed accept.
 func (m *Metrics) AcceptError() { m.acceptErrs.Inc() }

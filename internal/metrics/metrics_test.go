@@ -62,3 +62,19 @@ egressd_auth_checks_total{result="wrong"} 7
 		t.Error(err)
 	}
 }
+
+// Both refusal reasons are exposed from the start, zero included.
+func TestDestinationRefusals(t *testing.T) {
+	m := New(Gauges{})
+	m.DestinationRefused(RefusedOwnListener)
+	m.DestinationRefused(RefusedOwnListener)
+	want := `
+# HELP egressd_destination_refusals_total Connections refused because egressd would have dialled itself, by reason: own_listener (a listener, the admin endpoint or the DNS forwarder) or local_address (an address of this host the deciding rule's destinations do not name).
+# TYPE egressd_destination_refusals_total counter
+egressd_destination_refusals_total{reason="local_address"} 0
+egressd_destination_refusals_total{reason="own_listener"} 2
+`
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "egressd_destination_refusals_total"); err != nil {
+		t.Error(err)
+	}
+}
