@@ -179,12 +179,12 @@ func TestCacheSharesAndExpires(t *testing.T) {
 
 func TestCacheBounded(t *testing.T) {
 	f := &fakeResolver{ttl: time.Hour}
-	c := &Cache{Resolver: f, MaxItems: 10}
+	c := &Cache{Resolver: f, MaxBytes: 10 * (entryOverhead + 100 + addrSize)}
 	for i := range 100 {
 		c.Resolve(context.Background(), strings.Repeat("x", i+1)+".test")
 	}
-	if n := len(c.entries); n > 10 {
-		t.Errorf("cache holds %d entries, want <= 10", n)
+	if s := c.Stats(); s.Bytes > c.MaxBytes || s.Entries > 10 || s.Entries != len(c.entries) {
+		t.Errorf("Stats() = %+v, want at most %d bytes in at most 10 entries", s, c.MaxBytes)
 	}
 }
 
