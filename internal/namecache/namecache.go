@@ -8,14 +8,20 @@
 // look-ups never lend a name to another client's connection to a shared IP
 // (the widening Cilium's DNS proxy had, cilium/cilium#31803).
 //
-// The cache is bounded: at most max entries, the least recently recorded
-// evicted first, and at most perClient of them for any one client, so that
-// one client resolving names as fast as it may cannot push every other
-// client's memories out. It does no network I/O.
+// The cache is bounded, and fair to the clients that share it: at most max
+// entries, at most perClient of them (a quarter by default) for any one
+// client, at most 16 names per (client, IP). When a new entry takes the
+// cache past max, the entry that goes is the oldest of the recording client
+// if it holds more than its fair share, ceil((max+1) / A) with A the
+// clients holding entries, and otherwise the oldest of the client holding
+// the most. The guarantee: a client holding floor(max / A) entries or fewer
+// never loses one to make room for anyone, so each client keeps at least its
+// floor(max / A) most recent names (or all it has, if fewer) whatever the
+// other clients do; only their TTLs and its own look-ups take them. Every
+// operation is O(1) (16 names per pair at most). It does no network I/O.
 package namecache
 
 import (
-	"container/list"
 	"net/netip"
 	"sync"
 	"time"
@@ -35,6 +41,7 @@ const maxNamesPerPair = 16
 // Stats are the cache's counters since New.
 type Stats struct {
 	Entries   int    // live entries (some may have expired and not been swept yet)
+	Clients   int    // source addresses holding entries
 	Recorded  uint64 // Record calls that stored or refreshed an entry
 	Evictions uint64 // entries dropped because the cap was reached
 	Expired   uint64 // entries dropped because their time was up
@@ -51,20 +58,38 @@ type entry struct {
 	echID    int // ECH config_id for RecordECH entries, -1 for names
 	expires  time.Time
 	recorded time.Time
-	elem     *list.Element // in Cache.order
-	srcElem  *list.Element // in Cache.bySrc[pair.src]
+	client   *client
+	// Links in the Cache's recording order and in the client's, older
+	// toward the front.
+	prev, next   *entry
+	cprev, cnext *entry
 }
+
+// client is one source address's memory: its entries, least recently
+// recorded first, and its place among the clients holding as many.
+type client struct {
+	src            netip.Addr
+	n              int
+	oldest, newest *entry
+	prev, next     *client // in Cache.byCount[n]
+}
+
+// clients is a FIFO of the clients that hold one number of entries.
+type clients struct{ head, tail *client }
 
 // Cache is the per-client IP → name memory. It is safe for concurrent use.
 type Cache struct {
 	max, perClient int
 	now            func() time.Time
 
-	mu    sync.Mutex
-	pairs map[pair][]*entry
-	order *list.List                // of *entry, least recently recorded first
-	bySrc map[netip.Addr]*list.List // each client's entries, in the same order
-	stats Stats
+	mu             sync.Mutex
+	pairs          map[pair][]*entry
+	oldest, newest *entry // every entry, least recently recorded first
+	n              int    // entries
+	clients        map[netip.Addr]*client
+	byCount        []clients // byCount[k]: the clients holding k entries, in the order they came to k
+	most           int       // the most entries a client holds
+	stats          Stats
 }
 
 // New returns an empty cache holding at most total entries (DefaultMax when
@@ -78,7 +103,7 @@ func New(total, perClient int) *Cache {
 		perClient = DefaultPerClient(total)
 	}
 	return &Cache{max: total, perClient: min(perClient, total), now: time.Now,
-		pairs: make(map[pair][]*entry), order: list.New(), bySrc: make(map[netip.Addr]*list.List)}
+		pairs: make(map[pair][]*entry), clients: make(map[netip.Addr]*client)}
 }
 
 // key normalises addresses the way sockets may report them: an IPv4 client
@@ -136,48 +161,60 @@ func (c *Cache) record(k pair, name string, echID int, ttl time.Duration) {
 	for _, e := range es {
 		if e.name == name && e.echID == echID {
 			e.expires, e.recorded = now.Add(ttl), now
-			c.order.MoveToBack(e.elem)
-			c.bySrc[k.src].MoveToBack(e.srcElem)
+			c.unlink(e)
+			c.link(e)
 			return
 		}
 	}
 	if len(es) >= maxNamesPerPair {
-		c.remove(oldest(es))
-		c.stats.Evictions++
+		c.drop(oldest(es), now)
 	}
-	e := &entry{pair: k, name: name, echID: echID, expires: now.Add(ttl), recorded: now}
-	e.elem = c.order.PushBack(e)
-	mine := c.bySrc[k.src]
-	if mine == nil {
-		mine = list.New()
-		c.bySrc[k.src] = mine
+	cl := c.clients[k.src]
+	if cl == nil {
+		cl = &client{src: k.src}
+		c.clients[k.src] = cl
 	}
-	e.srcElem = mine.PushBack(e)
+	e := &entry{pair: k, name: name, echID: echID, expires: now.Add(ttl), recorded: now, client: cl}
+	c.link(e)
 	c.pairs[k] = append(c.pairs[k], e)
-	if mine.Len() > c.perClient {
-		// Past its share, a client pays with its own oldest memory.
-		f := mine.Front().Value.(*entry)
-		if now.Before(f.expires) {
-			c.stats.Evictions++
-		} else {
-			c.stats.Expired++
-		}
-		c.remove(f)
-	}
-	for c.order.Len() > c.max {
-		c.remove(c.order.Front().Value.(*entry))
-		c.stats.Evictions++
-	}
 	// Sweep a few expired entries from the old end, so that memory follows
 	// the live set and not only the cap.
-	for i := 0; i < 4 && c.order.Len() > 0; i++ {
-		f := c.order.Front().Value.(*entry)
-		if now.Before(f.expires) {
-			break
-		}
-		c.remove(f)
+	for i := 0; i < 4 && c.oldest != nil && !now.Before(c.oldest.expires); i++ {
+		c.drop(c.oldest, now)
+	}
+	if cl.n > c.perClient {
+		// Past its share, a client pays with its own oldest memory.
+		c.drop(cl.oldest, now)
+	}
+	if c.n > c.max {
+		c.drop(c.victim(cl).oldest, now)
+	}
+}
+
+// victim is the client that gives up its oldest entry when cl's new one
+// takes the memory past max: cl itself if it holds more than its fair
+// share, ceil((max+1) / A) with A the clients holding entries, and
+// otherwise the client holding the most (of those, the first to hold that
+// many). Either holds more than floor(max / A) entries, since the max+1
+// entries cannot all sit with clients holding that many or fewer: so a
+// client at or under floor(max / A) never loses one to make room. Callers
+// hold mu.
+func (c *Cache) victim(cl *client) *client {
+	a := len(c.clients)
+	if fair := (c.n + a - 1) / a; cl.n > fair {
+		return cl
+	}
+	return c.byCount[c.most].head
+}
+
+// drop removes e, counting it as expired or evicted. Callers hold mu.
+func (c *Cache) drop(e *entry, now time.Time) {
+	if now.Before(e.expires) {
+		c.stats.Evictions++
+	} else {
 		c.stats.Expired++
 	}
+	c.remove(e)
 }
 
 func oldest(es []*entry) *entry {
@@ -190,14 +227,11 @@ func oldest(es []*entry) *entry {
 	return o
 }
 
-// remove drops e from the order list and from its pair. Callers hold mu.
+// remove drops e from the orders and from its pair. Callers hold mu.
 func (c *Cache) remove(e *entry) {
-	c.order.Remove(e.elem)
-	if mine := c.bySrc[e.pair.src]; mine != nil {
-		mine.Remove(e.srcElem)
-		if mine.Len() == 0 {
-			delete(c.bySrc, e.pair.src)
-		}
+	c.unlink(e)
+	if e.client.n == 0 {
+		delete(c.clients, e.client.src)
 	}
 	es := c.pairs[e.pair]
 	for i, x := range es {
@@ -210,6 +244,93 @@ func (c *Cache) remove(e *entry) {
 		delete(c.pairs, e.pair)
 	} else {
 		c.pairs[e.pair] = es
+	}
+}
+
+// link makes e the newest entry, of the cache and of its client, and
+// counts it. Callers hold mu.
+func (c *Cache) link(e *entry) {
+	e.prev, e.next = c.newest, nil
+	if c.newest != nil {
+		c.newest.next = e
+	} else {
+		c.oldest = e
+	}
+	c.newest = e
+	cl := e.client
+	e.cprev, e.cnext = cl.newest, nil
+	if cl.newest != nil {
+		cl.newest.cnext = e
+	} else {
+		cl.oldest = e
+	}
+	cl.newest = e
+	c.n++
+	c.recount(cl, +1)
+}
+
+// unlink takes e out of both orders and uncounts it. Callers hold mu.
+func (c *Cache) unlink(e *entry) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		c.oldest = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		c.newest = e.prev
+	}
+	cl := e.client
+	if e.cprev != nil {
+		e.cprev.cnext = e.cnext
+	} else {
+		cl.oldest = e.cnext
+	}
+	if e.cnext != nil {
+		e.cnext.cprev = e.cprev
+	} else {
+		cl.newest = e.cprev
+	}
+	e.prev, e.next, e.cprev, e.cnext = nil, nil, nil, nil
+	c.n--
+	c.recount(cl, -1)
+}
+
+// recount moves cl from the clients holding cl.n entries to those holding
+// cl.n+d, d being +1 or -1, and keeps most up to date. Callers hold mu.
+func (c *Cache) recount(cl *client, d int) {
+	if cl.n > 0 {
+		b := &c.byCount[cl.n]
+		if cl.prev != nil {
+			cl.prev.next = cl.next
+		} else {
+			b.head = cl.next
+		}
+		if cl.next != nil {
+			cl.next.prev = cl.prev
+		} else {
+			b.tail = cl.prev
+		}
+	}
+	cl.n += d
+	cl.prev, cl.next = nil, nil
+	if cl.n > 0 {
+		for len(c.byCount) <= cl.n {
+			c.byCount = append(c.byCount, clients{})
+		}
+		b := &c.byCount[cl.n]
+		cl.prev = b.tail
+		if b.tail != nil {
+			b.tail.next = cl
+		} else {
+			b.head = cl
+		}
+		b.tail = cl
+	}
+	c.most = max(c.most, cl.n)
+	for c.most > 0 && c.byCount[c.most].head == nil {
+		c.most--
 	}
 }
 
@@ -277,6 +398,7 @@ func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.stats
-	s.Entries = c.order.Len()
+	s.Entries = c.n
+	s.Clients = len(c.clients)
 	return s
 }
