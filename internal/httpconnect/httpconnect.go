@@ -15,6 +15,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -131,7 +132,20 @@ type Request struct {
 // HTTP/1.1 server would refuse is refused here (obs-fold, whitespace before
 // a colon, control characters), since an ambiguity between egressd and the
 // server behind it is how requests are smuggled.
-func Parse(head []byte) (Request, error) {
+func Parse(head []byte) (Request, error) { return parse(head, 0) }
+
+// ParseOrigin parses a request head sent to an origin server rather than to
+// a proxy, as a client intercepted by a transparent listener, routed by an
+// sni listener, or speaking inside a CONNECT or SOCKS5 tunnel sends it:
+// origin-form ("/path") or asterisk-form ("*") with the target in the Host
+// header, or absolute-form ("http://host/path"), whose authority must then
+// agree with Host. A Host without a port gets port. A request without Host
+// (HTTP/1.0) has no target: Name and Addr are both zero. CONNECT is
+// refused: it means nothing to an origin server.
+func ParseOrigin(head []byte, port uint16) (Request, error) { return parse(head, port) }
+
+// parse is Parse with origin == 0, ParseOrigin otherwise.
+func parse(head []byte, origin uint16) (Request, error) {
 	var q Request
 	lines := strings.Split(strings.TrimRight(string(head), "\r\n"), "\n")
 	reqLine := strings.TrimSuffix(lines[0], "\r")
@@ -150,7 +164,7 @@ func Parse(head []byte) (Request, error) {
 	}
 	q.Method, q.Proto = method, proto
 	var connHeader []string
-	hosts := 0
+	hosts, hostValue := 0, ""
 	for _, l := range lines[1:] {
 		l = strings.TrimSuffix(l, "\r")
 		if l == "" {
@@ -174,6 +188,7 @@ func Parse(head []byte) (Request, error) {
 			connHeader = append(connHeader, value)
 		case "Host":
 			hosts++
+			hostValue = value
 		}
 	}
 	if hosts > 1 {
@@ -191,6 +206,9 @@ func Parse(head []byte) (Request, error) {
 				}
 			}
 		}
+	}
+	if origin != 0 {
+		return originTarget(q, target, hostValue, origin)
 	}
 	if method == http.MethodConnect {
 		q.Connect = true
@@ -221,6 +239,53 @@ func Parse(head []byte) (Request, error) {
 	}
 	q.Port = port
 	if q.Name, q.Addr, err = fqdn.ParseHost(host); err != nil {
+		return q, fmt.Errorf("%w: %w", ErrTarget, err)
+	}
+	return q, nil
+}
+
+// originTarget fills q's target for ParseOrigin from the request target
+// and the Host header.
+func originTarget(q Request, target, host string, port uint16) (Request, error) {
+	switch {
+	case q.Method == http.MethodConnect:
+		return q, ErrMalformed
+	case target == "*" || strings.HasPrefix(target, "/"):
+	default:
+		rest, ok := cutPrefixFold(target, "http://")
+		if !ok {
+			return q, ErrMalformed
+		}
+		auth, _, _ := strings.Cut(rest, "/")
+		if i := strings.IndexAny(auth, "?#"); i >= 0 {
+			auth = auth[:i]
+		}
+		// RFC 9112 §3.2.2: the URI's authority wins over Host. Two
+		// authorities that differ are two claims: one for egressd, one
+		// for the server.
+		if !strings.EqualFold(auth, host) {
+			return q, fmt.Errorf("%w: request target %q and Host %q differ", ErrTarget, auth, host)
+		}
+	}
+	if host == "" {
+		return q, nil
+	}
+	if strings.Contains(host, "@") {
+		return q, ErrTarget
+	}
+	q.Authority = host
+	if !hasPort(host) {
+		q.Authority = net.JoinHostPort(strings.Trim(host, "[]"), strconv.Itoa(int(port)))
+		if strings.HasPrefix(host, "[") != strings.Contains(host, ":") {
+			return q, fmt.Errorf("%w: an IPv6 address must be in brackets", ErrTarget)
+		}
+	}
+	h, p, err := splitHostPort(q.Authority)
+	if err != nil {
+		return q, err
+	}
+	q.Port = p
+	if q.Name, q.Addr, err = fqdn.ParseHost(h); err != nil {
 		return q, fmt.Errorf("%w: %w", ErrTarget, err)
 	}
 	return q, nil
