@@ -63,6 +63,11 @@ type Config struct {
 	// Clients are the sources answered; nil means those policy.Restricted
 	// calls restricted (private, loopback, link-local, CGNAT).
 	Clients []netip.Prefix
+	// MaxTCPConns bounds the TCP connections open at once, all clients
+	// together, and MaxTCPConnsPerSource those of one client address
+	// (defaults DefaultMaxTCPConns and DefaultMaxTCPConnsPerSource). A
+	// connection over either is reset as soon as it is accepted.
+	MaxTCPConns, MaxTCPConnsPerSource int
 }
 
 // Stats are the forwarder's counters since New.
@@ -92,6 +97,8 @@ type Server struct {
 	// perSource counts each client address's queries in flight.
 	perSourceMu sync.Mutex
 	perSource   map[netip.Addr]int
+	// tcpLimit counts the open TCP connections (max_tcp_connections).
+	tcpLimit *tcpLimit
 
 	udp, tcp *dns.Server
 	wg       sync.WaitGroup
@@ -102,6 +109,7 @@ type Server struct {
 	tcpRetries, echStripped, recorded atomic.Uint64
 	lastInvalidLog atomic.Int64 // Unix second of the last malformed line
 	lastStrayLog   atomic.Int64 // Unix second of the last not-a-client line
+	lastTCPLog     atomic.Int64 // Unix second of the last TCP-limit line
 }
 
 // New returns a forwarder that records into names and, with cfg.Filter,
@@ -118,7 +126,8 @@ func New(cfg Config, names *namecache.Cache, pol func() (*policy.Policy, bool), 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{cfg: cfg, names: names, policy: pol, log: log, qlog: qlog,
-		limit: newLimiter(cfg.RateLimit), slots: make(chan struct{}, maxInFlight), perSource: map[netip.Addr]int{}, ctx: ctx, cancel: cancel}
+		limit: newLimiter(cfg.RateLimit), slots: make(chan struct{}, maxInFlight), perSource: map[netip.Addr]int{},
+		tcpLimit: newTCPLimit(cfg.MaxTCPConns, cfg.MaxTCPConnsPerSource), ctx: ctx, cancel: cancel}
 }
 
 // Start binds UDP and TCP on cfg.Address (the same port for both; with
@@ -131,7 +140,8 @@ func (s *Server) Start() error {
 	}
 	h := dns.HandlerFunc(s.serveDNS)
 	invalid := func(m []byte, err error) { s.invalid(err) }
-	ln = clientsOnlyListener{ln, s}
+	// Strangers are closed first, uncounted; then the TCP caps.
+	ln = limitListener{clientsOnlyListener{ln, s}, s}
 	// The UDP socket goes to the library as the *net.UDPConn it is: only
 	// then does the library read each datagram's destination address and
 	// answer from it, which a forwarder bound to a wildcard address on a
@@ -140,7 +150,7 @@ func (s *Server) Start() error {
 	s.udp = &dns.Server{PacketConn: pc, Handler: h, MsgInvalidFunc: invalid, MsgAcceptFunc: s.accept,
 		DecorateReader: func(r dns.Reader) dns.Reader { return clientsOnlyReader{r, s} }}
 	s.tcp = &dns.Server{Listener: ln, Handler: h, MsgInvalidFunc: invalid, MsgAcceptFunc: s.accept,
-		ReadTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }}
+		ReadTimeout: tcpFirstQuery, IdleTimeout: func() time.Duration { return tcpIdle }}
 	for _, srv := range []*dns.Server{s.udp, s.tcp} {
 		started := make(chan struct{})
 		srv.NotifyStartedFunc = func() { close(started) }
