@@ -17,8 +17,9 @@
 // the most. The guarantee: a client holding floor(max / A) entries or fewer
 // never loses one to make room for anyone, so each client keeps at least its
 // floor(max / A) most recent names (or all it has, if fewer) whatever the
-// other clients do; only their TTLs and its own look-ups take them. Every
-// operation is O(1) (16 names per pair at most). It does no network I/O.
+// other clients do; only TTLs and the client's own newer names push them
+// out. Every operation is O(1) (16 names per pair at most). It does no
+// network I/O.
 package namecache
 
 import (
