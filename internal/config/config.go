@@ -170,7 +170,13 @@ type DNS struct {
 	// so that a forwarder bound to a public address is not an open
 	// resolver. Queries from elsewhere are dropped.
 	Clients []netip.Prefix
-	Line    int // where the section is, 0 when absent
+	// MaxTCPConns bounds the forwarder's TCP connections open at once
+	// (default 512), MaxTCPConnsPerSource those of one client address
+	// (default 16): a client that opens connections and sends nothing
+	// would otherwise hold a descriptor each. Over either, a new
+	// connection is reset as soon as it is accepted.
+	MaxTCPConns, MaxTCPConnsPerSource int
+	Line                              int // where the section is, 0 when absent
 }
 
 // Enabled reports whether a dns section configured the forwarder.

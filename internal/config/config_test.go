@@ -97,6 +97,7 @@ func TestLoad(t *testing.T) {
 			path := filepath.Join("testdata", tt.file)
 			tt.want.Path = path
 			tt.want.ShutdownGrace = 30 * time.Second
+			tt.want.Limits = DeriveLimits(noFile()) // no limits section
 			got, err := Load(path)
 			if err != nil {
 				t.Fatalf("Load(%q) = %v", path, err)
@@ -135,6 +136,7 @@ func TestDefault(t *testing.T) {
 		Policy:   Policy{Enforce: false, Default: policy.Deny},
 
 		Admin:         Admin{Address: addrPort("127.0.0.1:9090"), Line: 46},
+		Limits:        DeriveLimits(noFile()),
 		ShutdownGrace: 30 * time.Second,
 	}
 	got := Default()
@@ -179,7 +181,8 @@ func TestAccepted(t *testing.T) {
 		{"dns section", one + "dns:\n  address: 127.0.0.1:5353\n  upstreams: [127.0.0.1, \"[::1]:53\"]\n  filter: true\n  strip_ech: true\n  max_entries: 50\n  max_entries_per_client: 10\n",
 			func(c *Config) any { return c.DNS }, DNS{Address: addrPort("127.0.0.1:5353"),
 				Upstreams: []netip.AddrPort{addrPort("127.0.0.1:53"), addrPort("[::1]:53")}, Remember: 10 * time.Minute,
-				Filter: true, StripECH: true, MaxEntries: 50, MaxEntriesPerClient: 10, Timeout: 2 * time.Second, RateLimit: 200, Line: 3}},
+				Filter: true, StripECH: true, MaxEntries: 50, MaxEntriesPerClient: 10, Timeout: 2 * time.Second, RateLimit: 200,
+				MaxTCPConns: 512, MaxTCPConnsPerSource: 16, Line: 3}},
 		{"no dns section", one, func(c *Config) any { return c.DNS.Enabled() }, false},
 		{"rule protocols", one + "policy: {rules: [{name: git, action: allow, fqdn: [git.example.test], protocols: [ssh, server-first]}]}\n",
 			func(c *Config) any { return c.Policy.Rules[0].Protocols }, []string{"ssh", "server-first"}},
@@ -217,6 +220,7 @@ func TestLoadDNS(t *testing.T) {
 	}
 	want := DNS{Address: addrPort("10.0.0.1:53"), Upstreams: []netip.AddrPort{addrPort("127.0.0.1:53"), addrPort("[::1]:5353")},
 		Remember: 10 * time.Minute, Filter: true, StripECH: true, MaxEntries: 1000, MaxEntriesPerClient: 250, Timeout: 1500 * time.Millisecond, RateLimit: 100, Line: 6,
+		MaxTCPConns: 100, MaxTCPConnsPerSource: 4,
 		Clients: []netip.Prefix{prefix("10.0.0.0/8"), prefix("fd00::/8")}}
 	if diff := cmp.Diff(want, c.DNS, cmpOpts...); diff != "" {
 		t.Errorf("DNS mismatch (-want +got):\n%s", diff)

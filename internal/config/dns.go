@@ -16,16 +16,23 @@ const (
 	defaultMaxEntries = namecache.DefaultMax
 	defaultDNSTimeout = 2 * time.Second
 	defaultRateLimit  = 200
-	maxMaxEntries     = 10_000_000
+	// A DNS client needs one TCP connection at a time (RFC 7766 lets it
+	// pipeline queries on it); 16 leaves room for a NAT or a burst of
+	// truncated answers. 512 in all is about what a forwarder serving a
+	// few hundred clients ever sees over TCP.
+	defaultTCPConns          = 512
+	defaultTCPConnsPerSource = 16
+	maxMaxEntries            = 10_000_000
 )
 
 // dns reads the dns section. Address and upstreams are required: a
 // forwarder without either is a mistake, not something to guess.
 func (d *decoder) dns(n *yaml.Node, c *DNS) {
 	*c = DNS{Remember: defaultRemember, MaxEntries: defaultMaxEntries, Timeout: defaultDNSTimeout,
-		RateLimit: defaultRateLimit, Line: n.Line}
+		RateLimit: defaultRateLimit, MaxTCPConns: defaultTCPConns, MaxTCPConnsPerSource: defaultTCPConnsPerSource, Line: n.Line}
 	f, ok := d.mapping(n, "dns", "address", "upstreams", "remember", "filter", "strip_ech",
-		"max_entries", "max_entries_per_client", "timeout", "rate_limit", "clients")
+		"max_entries", "max_entries_per_client", "timeout", "rate_limit", "clients",
+		"max_tcp_connections", "max_tcp_connections_per_source")
 	if !ok {
 		return
 	}
@@ -96,6 +103,19 @@ func (d *decoder) dns(n *yaml.Node, c *DNS) {
 	}
 	if v, ok := f["clients"]; ok {
 		c.Clients = d.prefixes(v, "dns.clients")
+	}
+	if v, ok := f["max_tcp_connections"]; ok {
+		if i, ok := d.positiveInt(v, "dns.max_tcp_connections", 1_000_000); ok {
+			c.MaxTCPConns = i
+		}
+	}
+	if v, ok := f["max_tcp_connections_per_source"]; ok {
+		if i, ok := d.positiveInt(v, "dns.max_tcp_connections_per_source", 1_000_000); ok {
+			if i > c.MaxTCPConns {
+				d.errorf(v, "dns.max_tcp_connections_per_source: %d is more than max_tcp_connections (%d)", i, c.MaxTCPConns)
+			}
+			c.MaxTCPConnsPerSource = i
+		}
 	}
 	if v, ok := f["rate_limit"]; ok {
 		if i, ok := d.positiveInt(v, "dns.rate_limit", 1_000_000); ok {

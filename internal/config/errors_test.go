@@ -302,6 +302,16 @@ dns:
 	{"dns share not positive", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
 dns: {address: 127.0.0.1:5353, upstreams: [127.0.0.1], max_entries_per_client: 0}
 `, []string{`bad.yaml:2: dns.max_entries_per_client: want an integer from 1 to 10000000, got 0`}},
+	{"dns tcp caps", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
+dns:
+  address: 127.0.0.1:5353
+  upstreams: [127.0.0.1]
+  max_tcp_connections_per_source: 20
+  max_tcp_connections: 10
+`, []string{`bad.yaml:5: dns.max_tcp_connections_per_source: 20 is more than max_tcp_connections (10)`}},
+	{"dns tcp cap not positive", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
+dns: {address: 127.0.0.1:5353, upstreams: [127.0.0.1], max_tcp_connections: 0}
+`, []string{`bad.yaml:2: dns.max_tcp_connections: want an integer from 1 to 1000000, got 0`}},
 	{"dns without upstreams", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
 dns: {address: 127.0.0.1:5353}
 `, []string{`bad.yaml:2: dns: missing key "upstreams"`}},

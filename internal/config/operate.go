@@ -2,8 +2,10 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"strconv"
+	"syscall"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -26,7 +28,9 @@ type Admin struct {
 
 // Limits bound what one gateway accepts; 0 means no limit. A connection
 // over a limit is reset at once rather than queued: under overload a fast
-// refusal lets a client (or its load balancer) try another instance.
+// refusal lets a client (or its load balancer) try another instance. A key
+// the config leaves out is derived from the open-files limit
+// (DeriveLimits); writing 0 is the way to say "no limit".
 type Limits struct {
 	// MaxConnections bounds connections open at once, all listeners
 	// together.
@@ -37,6 +41,41 @@ type Limits struct {
 	// MaxPendingHandshakes bounds connections still being peeked (no
 	// decision yet): the ones a slowloris client would pile up.
 	MaxPendingHandshakes int
+	// NoFile is the open-files limit the keys left out were derived from;
+	// 0 when the config gave every key (or the limit could not be read,
+	// and the keys left out mean no limit).
+	NoFile uint64
+}
+
+// noFile returns the open-files soft limit (RLIMIT_NOFILE), 0 when it
+// cannot be read. egressd run raises it to the hard limit before loading
+// the config. A variable, so that tests can give any limit.
+var noFile = func() uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	return lim.Cur
+}
+
+// DeriveLimits returns the limits for a process allowed noFile open files,
+// the way HAProxy derives maxconn from ulimit -n: a relayed connection
+// holds two descriptors (client and server), and a reserve is kept for
+// everything else (listeners, the DNS forwarder and resolver, the admin
+// endpoint, log files): a tenth of the limit, at least 256 (at most half).
+// Past max_connections egressd refuses at once instead of failing accepts
+// and dials with EMFILE. One source may hold a quarter of them, and a
+// quarter may be pending handshakes, so that neither one client nor a
+// crowd of silent ones takes every place. noFile 0 (unknown) gives no
+// limits.
+func DeriveLimits(noFile uint64) Limits {
+	if noFile == 0 {
+		return Limits{}
+	}
+	reserve := min(max(256, noFile/10), noFile/2)
+	conns := min(max(1, (noFile-reserve)/2), math.MaxInt32)
+	return Limits{MaxConnections: int(conns), MaxConnectionsPerSource: int(max(1, conns/4)),
+		MaxPendingHandshakes: int(max(1, conns/4)), NoFile: noFile}
 }
 
 func (d *decoder) admin(n *yaml.Node, a *Admin) {
@@ -62,18 +101,27 @@ func (d *decoder) admin(n *yaml.Node, a *Admin) {
 	}
 }
 
+// limits reads the limits section (n is nil when there is none) and
+// derives each key it leaves out from the open-files limit.
 func (d *decoder) limits(n *yaml.Node, l *Limits) {
-	f, _ := d.mapping(n, "limits", "max_connections", "max_connections_per_source", "max_pending_handshakes")
+	var f map[string]*yaml.Node
+	if n != nil && !isNull(n) {
+		f, _ = d.mapping(n, "limits", "max_connections", "max_connections_per_source", "max_pending_handshakes")
+	}
+	def := DeriveLimits(noFile())
 	for _, e := range []struct {
-		key string
-		dst *int
+		key      string
+		dst      *int
+		fallback int
 	}{
-		{"max_connections", &l.MaxConnections},
-		{"max_connections_per_source", &l.MaxConnectionsPerSource},
-		{"max_pending_handshakes", &l.MaxPendingHandshakes},
+		{"max_connections", &l.MaxConnections, def.MaxConnections},
+		{"max_connections_per_source", &l.MaxConnectionsPerSource, def.MaxConnectionsPerSource},
+		{"max_pending_handshakes", &l.MaxPendingHandshakes, def.MaxPendingHandshakes},
 	} {
 		if v, ok := f[e.key]; ok {
 			*e.dst, _ = d.count(v, field("limits", e.key))
+		} else {
+			*e.dst, l.NoFile = e.fallback, def.NoFile
 		}
 	}
 }
@@ -112,6 +160,10 @@ func (l Limits) String() string {
 		}
 		return strconv.Itoa(v)
 	}
-	return fmt.Sprintf("max_connections=%s max_connections_per_source=%s max_pending_handshakes=%s",
+	s := fmt.Sprintf("max_connections=%s max_connections_per_source=%s max_pending_handshakes=%s",
 		f(l.MaxConnections), f(l.MaxConnectionsPerSource), f(l.MaxPendingHandshakes))
+	if l.NoFile > 0 {
+		s += fmt.Sprintf(" (keys not in the config derived from the open-files limit %d)", l.NoFile)
+	}
+	return s
 }

@@ -55,9 +55,8 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 		d.admin(v, &c.Admin)
 		d.checkAdmin(v, c)
 	}
-	if v, ok := f["limits"]; ok && !isNull(v) {
-		d.limits(v, &c.Limits)
-	}
+	// Always: keys left out are derived from the open-files limit.
+	d.limits(f["limits"], &c.Limits)
 	if v, ok := f["shutdown_grace"]; ok {
 		if dur, ok := d.duration(v, "shutdown_grace"); ok {
 			c.ShutdownGrace = dur
