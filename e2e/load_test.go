@@ -27,6 +27,9 @@ const loadConfig = `listeners:
 resolver: 127.0.0.1:5353
 timeouts: {first_bytes: 300ms, client_hello: 5s, connect: 5s, idle: 15m}
 log: {format: json}
+# No limits: the test measures what each connection costs up to the fd
+# limit (left out, the limits would be derived from it and refuse first).
+limits: {max_connections: 0, max_connections_per_source: 0, max_pending_handshakes: 0}
 policy:
   default: deny
   rules:
