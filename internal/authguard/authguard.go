@@ -60,9 +60,13 @@ func (r Result) String() string {
 	return "busy"
 }
 
-// Defaults of Config's zero fields.
+// Defaults of Config's zero fields. A check waits up to a second for a
+// slot: about 15 comparisons at cost 10 per slot, room for a burst of
+// legitimate logins, while a flood of them is refused rather than queued.
+// Five failures a minute allow for typos; the back-offs (10 s doubling to
+// 5 min) leave a brute force about one guess per five minutes per source.
 const (
-	DefaultSlotWait   = 500 * time.Millisecond
+	DefaultSlotWait   = time.Second
 	DefaultFailures   = 5
 	DefaultWindow     = time.Minute
 	DefaultBackoff    = 10 * time.Second
