@@ -152,8 +152,9 @@ type DNS struct {
 	// StripECH removes the ech SvcParam from HTTPS and SVCB answers, so
 	// that clients send their real server name in the clear.
 	StripECH bool
-	// MaxEntries caps the name memory (default 100000); the oldest entry
-	// is dropped first.
+	// MaxEntries caps the name memory (default 100000); when it is full,
+	// the oldest entry of the client holding the most goes (namecache
+	// states what each client is guaranteed to keep).
 	MaxEntries int
 	// MaxEntriesPerClient caps one client's share of the name memory
 	// (default a quarter of MaxEntries): past it the client's own oldest
