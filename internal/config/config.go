@@ -153,8 +153,8 @@ type DNS struct {
 	// that clients send their real server name in the clear.
 	StripECH bool
 	// MaxEntries caps the name memory (default 100000); when it is full,
-	// the oldest entry of the client holding the most goes (namecache
-	// states what each client is guaranteed to keep).
+	// a client over its fair share loses its oldest entry (namecache
+	// states the rule and what each client is guaranteed to keep).
 	MaxEntries int
 	// MaxEntriesPerClient caps one client's share of the name memory
 	// (default a quarter of MaxEntries): past it the client's own oldest
