@@ -58,7 +58,9 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	// The connection counts as pending (admit counted it) until its first
 	// bytes are classified. An explicit listener takes over both that count
 	// (held until its proxy request is read) and the logging (a line per
-	// tunnel or request) once the connection is handed to it.
+	// tunnel or request) once the connection is handed to it; so do the
+	// HTTP request loop (a line per request) and the wait for a
+	// server-first client's late bytes (explicit below: someone else logs).
 	peeking, explicit, srcHeld := true, false, false
 	defer func() {
 		if peeking {
@@ -121,7 +123,7 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		var redirected bool
 		orig, redirected, _ = listener.OriginalDst(c)
 		rec.Dst = orig
-		if !redirected && !lc.TProxy || g.isSelf(orig, bl) {
+		if !redirected && !lc.TProxy || g.isSelf(orig) {
 			rec.Protocol = peek.Unknown
 			rec.Action, rec.Reason = "deny", "not intercepted: the destination is egressd itself"
 			refuse.Reset(c)
@@ -143,69 +145,43 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 		refuse.Reset(c)
 		return
 	}
-	rawName := ""
-	switch {
-	case p.Protocol == peek.TLS:
-		rec.ALPN = p.Hello.ALPN.Strings() // copies: the log outlives the peek buffer
-		if p.Hello.HasSNI {
-			rawName, rec.FQDNSource = string(p.Hello.ServerName), "sni"
-		}
-	case p.Protocol == peek.HTTP && p.Host != "":
-		rawName, rec.FQDNSource = p.Host, "host"
+	if p.Protocol == peek.HTTP {
+		// Every request of a plain HTTP connection is decided on its own,
+		// a line each: the first request's Host proves nothing about the
+		// second's.
+		explicit = true // serveRequests logs: a line per request
+		g.serveRequests(ctx, st, lc, c, rec, p.Data, orig)
+		return false
 	}
-	name, ok := fqdn.Normalize(rawName)
-	if ok {
-		rec.FQDN = name
-	} else {
-		rec.FQDNSource = "none"
-	}
-	// An encrypted_client_hello extension alone proves nothing: Chrome
-	// sends a GREASE one on every connection, indistinguishable on the wire
-	// (RFC 9849 §6.2). It is real ECH when the outer SNI is the public name
-	// of a config this client was handed through egressd's DNS, with that
-	// config_id. Either way the decision is on the outer SNI, the only name
-	// visible.
-	if p.Protocol == peek.TLS && p.Hello.ECHOuter && rec.FQDN != "" && g.memory != nil {
-		rec.ECH = g.memory.ECHConfigured(rec.Src.Addr(), rec.FQDN, p.Hello.ECHConfigID)
-	}
-	// No name on the wire (SSH, server-first, a TLS hello without SNI):
-	// the name this client itself most recently resolved to this address
-	// through egressd's DNS, never another client's. A client that did
-	// send a name, only not a valid one (an IP literal Host, an SNI with a
-	// port or odd bytes), gets none: the server reads what it sent, not
-	// the name egressd would decide on.
-	if rec.FQDN == "" && rawName == "" && orig.IsValid() && g.memory != nil {
-		if n, ok := g.memory.Lookup(rec.Src.Addr(), orig.Addr()); ok {
-			rec.FQDN, rec.FQDNSource = n, "dns"
-		}
-	}
-
-	in := policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: p.Protocol}
-	var v verdict
-	switch {
-	case lc.Mode == config.ModeSNI:
-		v = g.decideSNI(ctx, st, lc, in)
-	case rec.FQDNSource == "dns":
-		// The name was looked up from this very destination: there is
-		// nothing to verify, and nothing else to dial, whatever
-		// sni_destination says.
-		in.Dst, in.Port = orig.Addr(), orig.Port()
-		v = verdict{Decision: st.Policy.DecideDial(in), dst: orig}
-	default:
-		v = g.decideTransparent(ctx, st, lc, in, orig)
-	}
-	if v.dst.IsValid() {
-		rec.Dst = v.dst
-	}
-	if rec.ECH {
-		v.Reason += "; ECH: decided on the outer server name, the provider's public name"
-	}
-	rec.Rule, rec.Reason = v.Rule, v.Reason
-	rec.Action = v.Action.String()
-	if v.Action == policy.Deny && (cfg.Policy.Enforce || v.Hard || !v.dst.IsValid()) {
-		rec.Enforced = true
+	v := g.judge(ctx, st, lc, &rec, &p, orig)
+	if g.refusing(st, v, &rec) {
 		g.refuse(c, p, v.Rule)
 		return
+	}
+	if p.Protocol == peek.ServerFirst {
+		// The decision is provisional: the client's first bytes, when
+		// they come, are identified and decided like early ones.
+		up, err := dialNet(ctx, st, &v)
+		rec.Dst, rec.Reason = v.dst, v.Reason
+		if err != nil {
+			rec.Reason = v.Reason + "; upstream failed: " + err.Error()
+			refuse.Reset(c)
+			return
+		}
+		dialled := v.dst
+		relaying = g.late(st, c, up, &rec, func(q *peek.Result) bool {
+			v := g.judge(ctx, st, lc, &rec, q, orig)
+			if !sameDst(v, dialled) {
+				rec.Action, rec.Enforced = "deny", true
+				rec.Reason = fmt.Sprintf("%s names %s, to be dialled at %s, but this connection is open to %s", q.Protocol, rec.FQDN, v.dst, dialled)
+				v.Action = policy.Deny
+			}
+			rec.Dst = dialled
+			return g.refusing(st, v, &rec)
+		}, func(first []byte) {
+			g.serveRequests(ctx, st, lc, c, rec, first, orig)
+		}, srcHeld)
+		return relaying
 	}
 
 	// The upstream socket is made and connected by the relay loop itself,
@@ -237,6 +213,92 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	peek.Release(&p)
 	g.handOff(c, rc)
 	return true
+}
+
+// judge identifies the name a client's first bytes carry (or, with none,
+// the name this client resolved to orig through egressd's DNS) into rec,
+// and decides the connection as the listener's mode says. It fills rec's
+// name, rule, action and reason; the caller enforces.
+func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec *accesslog.Record, p *peek.Result, orig netip.AddrPort) verdict {
+	rec.Protocol = p.Protocol
+	rec.FQDN, rec.FQDNSource, rec.ECH = "", "none", false
+	rawName := ""
+	switch {
+	case p.Protocol == peek.TLS:
+		rec.ALPN = p.Hello.ALPN.Strings() // copies: the log outlives the peek buffer
+		if p.Hello.HasSNI {
+			rawName, rec.FQDNSource = string(p.Hello.ServerName), "sni"
+		}
+	case p.Protocol == peek.HTTP && p.Host != "":
+		rawName, rec.FQDNSource = p.Host, "host"
+	}
+	name, ok := fqdn.Normalize(rawName)
+	if ok {
+		rec.FQDN = name
+	} else {
+		rec.FQDNSource = "none"
+	}
+	rec.ECH = g.realECH(rec.Src.Addr(), rec.FQDN, p)
+	// No name on the wire (SSH, server-first, a TLS hello without SNI):
+	// the name this client itself most recently resolved to this address
+	// through egressd's DNS, never another client's. A client that did
+	// send a name, only not a valid one (an IP literal Host, an SNI with a
+	// port or odd bytes), gets none: the server reads what it sent, not
+	// the name egressd would decide on.
+	if rec.FQDN == "" && rawName == "" && orig.IsValid() && g.memory != nil {
+		if n, ok := g.memory.Lookup(rec.Src.Addr(), orig.Addr()); ok {
+			rec.FQDN, rec.FQDNSource = n, "dns"
+		}
+	}
+	v := g.decideName(ctx, st, lc, policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: p.Protocol}, rec.FQDNSource, orig)
+	if v.dst.IsValid() {
+		rec.Dst = v.dst
+	}
+	if rec.ECH {
+		v.Reason += "; ECH: decided on the outer server name, the provider's public name"
+	}
+	rec.Rule, rec.Reason = v.Rule, v.Reason
+	rec.Action = v.Action.String()
+	return v
+}
+
+// decideName decides a connection to name (in.FQDN, learnt from source)
+// as the listener's mode says.
+func (g *Gateway) decideName(ctx context.Context, st *State, lc *config.Listener, in policy.Input, source string, orig netip.AddrPort) verdict {
+	switch {
+	case lc.Mode == config.ModeSNI:
+		return g.decideSNI(ctx, st, lc, in)
+	case source == "dns":
+		// The name was looked up from this very destination: there is
+		// nothing to verify, and nothing else to dial, whatever
+		// sni_destination says.
+		in.Dst, in.Port = orig.Addr(), orig.Port()
+		return verdict{Decision: g.decideDial(st, in), dst: orig}
+	}
+	return g.decideTransparent(ctx, st, lc, in, orig)
+}
+
+// realECH reports whether p offers real ECH rather than GREASE. An
+// encrypted_client_hello extension alone proves nothing: Chrome sends a
+// GREASE one on every connection, indistinguishable on the wire (RFC 9849
+// §6.2). It is real ECH when the outer SNI (name) is the public name of a
+// config this client was handed through egressd's DNS, with that
+// config_id. Either way the decision is on the outer SNI, the only name
+// visible. Every listener asks this one function.
+func (g *Gateway) realECH(src netip.Addr, name string, p *peek.Result) bool {
+	return p.Protocol == peek.TLS && p.Hello.ECHOuter && name != "" && g.memory != nil &&
+		g.memory.ECHConfigured(src, name, p.Hello.ECHConfigID)
+}
+
+// refusing reports whether v keeps the client out, marking rec enforced:
+// a deny, unless report-only mode waives it (never for destination
+// safety, never without an address).
+func (g *Gateway) refusing(st *State, v verdict, rec *accesslog.Record) bool {
+	if v.Action == policy.Deny && (st.Config.Policy.Enforce || v.Hard || !v.dst.IsValid()) {
+		rec.Enforced = true
+		return true
+	}
+	return false
 }
 
 // relayLogQueue is how many relayed connections' lines may wait for a slow
@@ -278,7 +340,7 @@ const logBatch = 64
 // does no more than that and no I/O.
 func (g *Gateway) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Result, srcHeld bool) {
 	rec.BytesUp += res.Up
-	rec.BytesDown = res.Down
+	rec.BytesDown += res.Down
 	if end := endReason(res); end != "" {
 		rec.Reason += "; " + end
 	}
@@ -319,7 +381,7 @@ func (g *Gateway) resolved(ctx context.Context, st *State, in policy.Input, port
 	}
 	in.Dst = lk.Addrs[0]
 	return verdict{
-		Decision: st.Policy.DecideDial(in, lk.Addrs...),
+		Decision: g.decideDial(st, in, lk.Addrs...),
 		dst:      netip.AddrPortFrom(lk.Addrs[0], port),
 		answers:  lk.Addrs,
 		in:       in,
@@ -346,7 +408,7 @@ func (g *Gateway) decideTransparent(ctx context.Context, st *State, lc *config.L
 		return g.resolved(ctx, st, in, orig.Port())
 	}
 	in.Dst = orig.Addr()
-	v := verdict{Decision: st.Policy.DecideDial(in), dst: orig}
+	v := verdict{Decision: g.decideDial(st, in), dst: orig}
 	if v.Action != policy.Allow || lc.SNIDestination != config.Verify || !v.ByFQDN {
 		return v
 	}
@@ -381,34 +443,6 @@ func (g *Gateway) refuse(c net.Conn, p peek.Result, rule string) {
 	}
 }
 
-// isSelf reports whether dst is this listener's own address: a connection
-// that was not intercepted, or one that would loop back into egressd.
-func (g *Gateway) isSelf(dst netip.AddrPort, bl *boundListener) bool {
-	la := listener.AddrPort(bl.ln.Addr())
-	if dst.Port() != la.Port() {
-		return false
-	}
-	if dst.Addr() == la.Addr() || dst.Addr().IsLoopback() {
-		return true
-	}
-	return g.isLocal(dst.Addr())
-}
-
-func (g *Gateway) isLocal(a netip.Addr) bool {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return false
-	}
-	for _, ia := range addrs {
-		if pn, ok := ia.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(pn.IP); ok && ip.Unmap() == a {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 func peekReason(p peek.Result) string {
 	switch {
 	case p.Protocol == peek.ServerFirst && errors.Is(p.Err, io.EOF):
@@ -419,14 +453,38 @@ func peekReason(p peek.Result) string {
 	return p.Err.Error()
 }
 
+// endReason words how a relayed connection ended for its log line, naming
+// the side that ended it, as the relay tells (r.End, r.By): the direction
+// an error surfaced in does not say whose it was, since a client's reset
+// fails the write of the upstream's bytes to it too. An ordinary close by
+// both adds nothing.
 func endReason(r relay.Result) string {
-	switch {
-	case r.Idle:
+	switch r.End {
+	case relay.Idle:
 		return "closed: idle timeout"
-	case r.UpErr != nil && !errors.Is(r.UpErr, net.ErrClosed):
-		return "client side ended: " + r.UpErr.Error()
-	case r.DownErr != nil && !errors.Is(r.DownErr, net.ErrClosed):
-		return "upstream side ended: " + r.DownErr.Error()
+	case relay.Drained:
+		return "closed by egressd: drain over"
+	case relay.Reset:
+		return r.By.String() + " reset the connection"
+	case relay.Failed:
+		err := r.UpErr
+		if err == nil || errors.Is(err, net.ErrClosed) {
+			err = r.DownErr
+		}
+		if r.By == relay.Local {
+			return "relay failed: " + fmt.Sprint(err)
+		}
+		return r.By.String() + " connection failed: " + fmt.Sprint(err)
+	case relay.Closed:
+		if r.UpErr == nil && r.DownErr == nil {
+			return ""
+		}
+		// Its socket reset what the other side still sent after its close.
+		other := relay.Upstream
+		if r.By == relay.Upstream {
+			other = relay.Client
+		}
+		return r.By.String() + " closed the connection before the " + other.String() + " had sent all"
 	}
 	return ""
 }

@@ -145,7 +145,7 @@ func (x *explicitConn) decide(ctx context.Context, t target, user string, rec *a
 		}
 	} else {
 		in.Dst = t.addr
-		v = verdict{Decision: x.st.Policy.DecideDial(in), dst: netip.AddrPortFrom(t.addr, t.port)}
+		v = verdict{Decision: x.g.decideDial(x.st, in), dst: netip.AddrPortFrom(t.addr, t.port)}
 	}
 	rec.FQDN = t.name
 	rec.Dst = v.dst
@@ -179,16 +179,6 @@ func (x *explicitConn) dial(ctx context.Context, v *verdict) (*net.TCPConn, erro
 	})
 }
 
-// dialTunnel connects a tunnel's upstream through the relay loop, as the
-// sni mode does, falling back as dial does. No bytes are known to follow
-// (the client may wait for the server, as SSH does), so the handshake's
-// last ACK is not held back.
-func (x *explicitConn) dialTunnel(ctx context.Context, v *verdict) (*relay.Conn, error) {
-	return dialVerdict(ctx, v, x.st.Config.Timeouts.Connect, func(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (*relay.Conn, error) {
-		return relay.Dial(ctx, dst, x.st.Config.Mark, timeout, false)
-	})
-}
-
 // dialFailure maps a failed dial to what each protocol says about it.
 func dialFailure(err error) (httpStatus int, socksReply byte) {
 	var ne net.Error
@@ -205,12 +195,15 @@ func dialFailure(err error) (httpStatus int, socksReply byte) {
 	return 502, socks5.ReplyGeneralFailure
 }
 
-// tunnel carries an established CONNECT or SOCKS5 tunnel: it peeks at the
-// client's first bytes inside it (unless tunnel_sni is ignore), checks the
-// name they carry against the one the client asked for, then forwards
-// what was read and relays. It returns true when the tunnel was handed to
-// the relay loop, which then writes rec.
-func (x *explicitConn) tunnel(t target, v verdict, up *relay.Conn, rec *accesslog.Record) (relaying bool) {
+// tunnel carries an established CONNECT or SOCKS5 tunnel to t, decided v,
+// whose upstream up is connected: it peeks at the client's first bytes
+// inside it (unless tunnel_sni is ignore), checks the name they carry
+// against the one the client asked for, then forwards what was read and
+// relays. Plain HTTP inside is served request by request
+// (tunnelRequests); a client that says nothing at first is watched until
+// it does (late). It returns true when the tunnel was handed to the relay
+// loop, which then writes rec.
+func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.TCPConn, rec *accesslog.Record) (relaying bool) {
 	cfg := x.st.Config
 	var data []byte
 	var p peek.Result
@@ -225,29 +218,31 @@ func (x *explicitConn) tunnel(t target, v verdict, up *relay.Conn, rec *accesslo
 			Complete:   now.Add(cfg.Timeouts.ClientHello),
 		})
 		rec.Protocol = p.Protocol
-		if p.Protocol == peek.TLS {
-			rec.ECH, rec.ALPN = p.Hello.ECH, p.Hello.ALPN.Strings() // copies: the log outlives p
-		}
-		problem := ""
 		switch {
-		case p.Err != nil:
-			problem = "inside the tunnel: " + peekReason(p)
-		default:
-			problem = mismatch(t, p)
+		case p.Protocol == peek.ServerFirst && p.Err != nil:
+			// Allowed, then closed before a byte: browsers preconnect
+			// and drop tunnels they did not need. Nothing was refused.
+			rec.Reason += "; " + peekReason(p)
+			up.Close()
+			x.c.Close()
+			return false
+		case p.Protocol == peek.ServerFirst:
+			x.releaseReaderIfEmpty()
+			return x.g.late(x.st, x.c, up, rec, func(q *peek.Result) bool {
+				return x.checkTunnel(t, v, q, rec)
+			}, func(first []byte) {
+				x.tunnelRequests(ctx, t, v, rec, first)
+			}, x.srcHeld)
+		case p.Protocol == peek.HTTP && p.Err == nil:
+			up.Close()
+			rec.Action = ""
+			x.tunnelRequests(ctx, t, v, rec, p.Data)
+			return false
 		}
-		if problem != "" {
-			if x.lc.TunnelSNI == config.TunnelMatch {
-				rec.Action = "deny"
-				rec.Reason = problem + " (tunnel_sni: match)"
-				if cfg.Policy.Enforce || p.Err != nil {
-					rec.Enforced = true
-					up.Abandon()
-					x.g.refuse(x.c, p, v.Rule)
-					return
-				}
-			} else {
-				rec.Reason += "; " + problem + " (tunnel_sni: log)"
-			}
+		if x.checkTunnel(t, v, &p, rec) {
+			up.Close()
+			x.g.refuse(x.c, p, v.Rule)
+			return false
 		}
 		data = p.Data
 	}
@@ -255,9 +250,12 @@ func (x *explicitConn) tunnel(t target, v verdict, up *relay.Conn, rec *accesslo
 		rest, _ := x.br.Peek(n)
 		data = append(data, rest...)
 	}
-	err := up.Attach(x.c, data, cfg.Timeouts.Idle, func(res relay.Result) {
-		x.g.relayed(up, rec, res, x.srcHeld)
-	})
+	rc, err := relay.Adopt(up)
+	if err == nil {
+		err = rc.Attach(x.c, data, cfg.Timeouts.Idle, func(res relay.Result) {
+			x.g.relayed(rc, rec, res, x.srcHeld)
+		})
+	}
 	if err != nil {
 		rec.Reason += "; relay failed: " + err.Error()
 		refuse.Reset(x.c)
@@ -266,8 +264,52 @@ func (x *explicitConn) tunnel(t target, v verdict, up *relay.Conn, rec *accesslo
 	rec.BytesUp = int64(len(data))
 	peek.Release(&p)
 	x.releaseReader()
-	x.g.handOff(x.c, up)
+	x.g.handOff(x.c, rc)
 	return true
+}
+
+// checkTunnel checks the first bytes p inside a tunnel to t against t
+// (tunnel_sni), noting what it found in rec, and reports whether the
+// tunnel is refused.
+func (x *explicitConn) checkTunnel(t target, v verdict, p *peek.Result, rec *accesslog.Record) (refused bool) {
+	rec.Protocol = p.Protocol
+	if p.Protocol == peek.TLS {
+		rec.ALPN = p.Hello.ALPN.Strings() // copies: the log outlives p
+		if p.Hello.HasSNI {
+			name, _ := fqdn.Normalize(string(p.Hello.ServerName))
+			rec.ECH = x.g.realECH(x.src.Addr(), name, p)
+		}
+	}
+	problem := ""
+	switch {
+	case p.Err != nil:
+		problem = "inside the tunnel: " + peekReason(*p)
+	default:
+		problem = mismatch(t, *p)
+	}
+	if problem == "" {
+		return false
+	}
+	if x.lc.TunnelSNI == config.TunnelMatch {
+		rec.Action = "deny"
+		rec.Reason = problem + " (tunnel_sni: match)"
+		if x.st.Config.Policy.Enforce || p.Err != nil {
+			rec.Enforced = true
+			return true
+		}
+		return false
+	}
+	rec.Reason += "; " + problem + " (tunnel_sni: log)"
+	return false
+}
+
+// releaseReaderIfEmpty gives the handshake reader back when it holds no
+// client bytes: a tunnel waiting for a silent client holds no 32 KiB
+// buffer. (A client that is silent has sent nothing behind its request.)
+func (x *explicitConn) releaseReaderIfEmpty() {
+	if x.br != nil && x.br.Buffered() == 0 {
+		x.releaseReader()
+	}
 }
 
 // mismatch says how the name inside the tunnel (TLS SNI or HTTP Host)

@@ -22,8 +22,40 @@ import (
 // answered, and the next request on the kept-alive connection is decided
 // afresh. One access-log line per CONNECT and per forwarded request.
 func (x *explicitConn) serveHTTP(ctx context.Context) (relaying bool) {
-	lim := httpconnect.DefaultLimits
 	var auth authCache
+	return x.requestLoop(ctx, httpconnect.Parse, func(ctx context.Context, q httpconnect.Request, head []byte, rec *accesslog.Record) (keep, relaying bool) {
+		if len(x.st.Config.Users) > 0 {
+			user, why := auth.check(q.ProxyAuthorization, x.authenticate)
+			if why != "" {
+				rec.Action, rec.Reason, rec.Enforced = "deny", "http proxy: "+why, true
+				rec.FQDN = q.Name
+				refuse.Answer(x.c, httpconnect.ProxyAuthRequired())
+				x.g.logConn(rec)
+				return false, false
+			}
+			rec.User = user
+		}
+		t := target{name: q.Name, addr: q.Addr, port: q.Port}
+		if q.Connect {
+			x.br.Discard(len(head))
+			return false, x.connect(ctx, t, *rec)
+		}
+		keep = x.forward(ctx, t, q, rec)
+		x.g.logConn(rec)
+		return keep, false
+	})
+}
+
+// requestLoop reads the request heads of a kept-alive HTTP connection one
+// after another, parses each with parse and hands it to serve, which
+// decides, answers and logs it. A head that cannot be read or parsed is
+// answered (400, 408, 414, 431) and logged here. Between requests the
+// connection may idle for timeouts.idle; a started head must be whole
+// within client_hello. It returns true when serve handed the connection to
+// the relay loop.
+func (x *explicitConn) requestLoop(ctx context.Context, parse func([]byte) (httpconnect.Request, error),
+	serve func(ctx context.Context, q httpconnect.Request, head []byte, rec *accesslog.Record) (keep, relaying bool)) (relaying bool) {
+	lim := httpconnect.DefaultLimits
 	for n := 0; ; n++ {
 		rec := x.record()
 		rec.Protocol = "http"
@@ -34,45 +66,28 @@ func (x *explicitConn) serveHTTP(ctx context.Context) (relaying bool) {
 				// A kept-alive connection that ends (or idles out)
 				// between requests: nothing to log.
 				x.c.Close()
-				return
+				return false
 			}
 			x.httpFail(&rec, err)
-			return
+			return false
 		}
-		q, err := httpconnect.Parse(head)
+		q, err := parse(head)
 		if err != nil {
-			rec.Action, rec.Reason, rec.Enforced = "deny", "http proxy: "+err.Error(), true
+			rec.Action, rec.Reason, rec.Enforced = "deny", "http: "+err.Error(), true
 			refuse.Answer(x.c, httpconnect.Response(httpconnect.StatusFor(err), "egressd: "+err.Error()+"\n"))
 			x.g.logConn(&rec)
-			return
+			return false
 		}
-		if len(x.st.Config.Users) > 0 {
-			user, why := auth.check(x.st, q.ProxyAuthorization)
-			if why != "" {
-				rec.Action, rec.Reason, rec.Enforced = "deny", "http proxy: "+why, true
-				rec.FQDN = q.Name
-				refuse.Answer(x.c, httpconnect.ProxyAuthRequired())
-				x.g.logConn(&rec)
-				return
-			}
-			rec.User = user
-		}
-		t := target{name: q.Name, addr: q.Addr, port: q.Port}
-		if q.Connect {
-			x.br.Discard(len(head))
-			return x.connect(ctx, t, rec)
-		}
-		keep := x.forward(ctx, t, &rec)
-		x.g.logConn(&rec)
-		if !keep {
-			return
+		keep, relaying := serve(ctx, q, head, &rec)
+		if relaying || !keep {
+			return relaying
 		}
 		// The next request: wait up to idle for it to start, then
 		// client_hello for it to be complete.
 		x.c.SetReadDeadline(time.Now().Add(x.st.Config.Timeouts.Idle))
 		if _, err := x.br.Peek(1); err != nil {
 			x.c.Close()
-			return
+			return false
 		}
 		x.c.SetReadDeadline(time.Now().Add(x.st.Config.Timeouts.ClientHello))
 	}
@@ -115,7 +130,7 @@ func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Reco
 		refuse.HTTPForbidden(x.c, v.Rule)
 		return
 	}
-	up, err := x.dialTunnel(ctx, &v)
+	up, err := x.dial(ctx, &v)
 	rec.Dst, rec.Reason = v.dst, v.Reason
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
@@ -125,18 +140,17 @@ func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Reco
 	}
 	if _, err := x.c.Write(httpconnect.Established); err != nil {
 		rec.Reason = v.Reason + "; client write failed: " + err.Error()
-		up.Abandon()
+		up.Close()
 		x.c.Close()
 		return
 	}
-	return x.tunnel(t, v, up, &rec)
+	return x.tunnel(ctx, t, v, up, &rec)
 }
 
-// forward decides one absolute-URI request and, if allowed, sends it to
-// the server on a connection of its own and copies the response back. It
-// reports whether the client connection stays open for another request.
-func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Record) bool {
-	cfg := x.st.Config
+// forward decides one absolute-URI request and, if allowed, sends it on
+// (send). It reports whether the client connection stays open for another
+// request.
+func (x *explicitConn) forward(ctx context.Context, t target, q httpconnect.Request, rec *accesslog.Record) bool {
 	if t.name != "" {
 		rec.FQDNSource = "host"
 	}
@@ -149,10 +163,26 @@ func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Rec
 		refuse.HTTPForbidden(x.c, v.Rule)
 		return false
 	}
+	return x.send(ctx, v, q, rec)
+}
+
+// send forwards one decided request (q, whose head is next in x.br) to
+// v's address on a connection of its own, and copies the response back.
+// It reports whether the client connection stays open for another request.
+func (x *explicitConn) send(ctx context.Context, v verdict, q httpconnect.Request, rec *accesslog.Record) bool {
+	cfg := x.st.Config
 	req, err := http.ReadRequest(x.br)
 	if err != nil {
 		rec.Reason = v.Reason + "; malformed request: " + err.Error()
 		refuse.Answer(x.c, httpconnect.Response(http.StatusBadRequest, "egressd: malformed request\n"))
+		return false
+	}
+	if !sameTarget(req.Host, q) {
+		// Two parsers read one head: egressd decided on one target, and
+		// must never send the server another.
+		rec.Action, rec.Enforced = "deny", true
+		rec.Reason = fmt.Sprintf("%s; request target %q read two ways (decided on %q)", v.Reason, req.Host, q.Authority)
+		refuse.Answer(x.c, httpconnect.Response(http.StatusBadRequest, "egressd: ambiguous request target\n"))
 		return false
 	}
 	// The body, if any, streams from the client: no byte either way for
@@ -172,6 +202,11 @@ func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Rec
 	}
 	req.Close = true // one upstream connection per request: each is decided alone
 	req.RequestURI = ""
+	if _, ok := req.Header["User-Agent"]; !ok {
+		// Request.Write would invent "Go-http-client/1.1"; an empty
+		// value makes it write none, as the client sent none.
+		req.Header["User-Agent"] = []string{""}
+	}
 
 	up, err := x.dial(ctx, &v)
 	rec.Dst, rec.Reason = v.dst, v.Reason
@@ -196,7 +231,8 @@ func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Rec
 		return false
 	}
 	rec.BytesUp = upW.n
-	upR := bufio.NewReader(upI)
+	cw := &countWriter{w: idleConn{x.c, cfg.Timeouts.Idle}}
+	upR := bufio.NewReader(&aheadReader{r: upI, written: &cw.n, window: maxResponseAhead})
 	resp, err := http.ReadResponse(upR, req)
 	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 		resp, err = http.ReadResponse(upR, req) // the body was sent already: drop interim answers
@@ -216,7 +252,6 @@ func (x *explicitConn) forward(ctx context.Context, t target, rec *accesslog.Rec
 	// does: the client can only learn its end from our close.
 	unframed := resp.ContentLength < 0 && !slices.Contains(resp.TransferEncoding, "chunked")
 	resp.Close = clientClose || unframed || resp.StatusCode == http.StatusSwitchingProtocols
-	cw := &countWriter{w: idleConn{x.c, cfg.Timeouts.Idle}}
 	err = resp.Write(cw)
 	x.c.SetWriteDeadline(time.Time{})
 	rec.BytesDown = cw.n
@@ -241,8 +276,9 @@ type authCache struct {
 	value, user string
 }
 
-// check returns the user the credential authenticates, or why not.
-func (a *authCache) check(st *State, value string) (user, why string) {
+// check returns the user the credential authenticates, or why not;
+// authenticate checks a user's password (explicitConn.authenticate).
+func (a *authCache) check(value string, authenticate func(user, pass string) (why string)) (user, why string) {
 	if value == "" {
 		return "", "proxy authentication required"
 	}
@@ -253,11 +289,43 @@ func (a *authCache) check(st *State, value string) (user, why string) {
 	if !ok {
 		return "", "proxy authentication: want Basic credentials"
 	}
-	if u == "" || !st.Config.Authenticate(u, p) {
-		return "", fmt.Sprintf("proxy authentication failed for user %q", u)
+	if why := authenticate(u, p); why != "" {
+		return "", "proxy " + why
 	}
 	a.value, a.user = value, u
 	return u, ""
+}
+
+// maxResponseAhead bounds how far the reading of a forwarded response may
+// run ahead of what has been written to the client: the whole response
+// head, interim (1xx) responses, a chunk-size line, trailers. net/http
+// reads a header block whole into memory however long it is, so a server
+// that never ends its head would otherwise grow egressd without bound.
+const maxResponseAhead = 64 << 10
+
+// errResponseAhead is the error of a response read past maxResponseAhead.
+var errResponseAhead = errors.New("response head, interim responses or trailers larger than 64 KiB")
+
+// aheadReader reads a response for a client, at most window bytes ahead of
+// what has been written to the client (*written).
+type aheadReader struct {
+	r       io.Reader
+	read    int64
+	written *int64
+	window  int64
+}
+
+func (a *aheadReader) Read(p []byte) (int, error) {
+	room := *a.written + a.window - a.read
+	if room <= 0 {
+		return 0, errResponseAhead
+	}
+	if int64(len(p)) > room {
+		p = p[:room]
+	}
+	n, err := a.r.Read(p)
+	a.read += int64(n)
+	return n, err
 }
 
 // countWriter counts what it writes; it is only used where bytes are

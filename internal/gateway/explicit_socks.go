@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/egressd/egressd/internal/fqdn"
+	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/refuse"
 	"github.com/egressd/egressd/internal/socks5"
 )
@@ -52,8 +53,8 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 			fail("authentication: "+handshakeError(err, "no credentials"), nil)
 			return
 		}
-		if user == "" || !x.st.Config.Authenticate(user, pass) {
-			fail(fmt.Sprintf("authentication failed for user %q", user), []byte{1, 1})
+		if why := x.authenticate(user, pass); why != "" {
+			fail(why, []byte{1, 1})
 			return
 		}
 		socks5.WriteAuthStatus(x.c, true)
@@ -98,7 +99,7 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 		refuse.Answer(x.c, reply(socks5.ReplyNotAllowed))
 		return
 	}
-	up, err := x.dialTunnel(ctx, &v)
+	up, err := x.dial(ctx, &v)
 	rec.Dst, rec.Reason = v.dst, v.Reason
 	if err != nil {
 		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
@@ -108,15 +109,15 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 	}
 	var ok [22]byte
 	b := ok[:0]
-	if err := socks5.WriteReply(sliceWriter{&b}, socks5.ReplySucceeded, up.UpstreamLocal()); err == nil {
+	if err := socks5.WriteReply(sliceWriter{&b}, socks5.ReplySucceeded, listener.AddrPort(up.LocalAddr())); err == nil {
 		if _, err := x.c.Write(b); err != nil {
 			rec.Reason = v.Reason + "; client write failed: " + err.Error()
-			up.Abandon()
+			up.Close()
 			x.c.Close()
 			return
 		}
 	}
-	return x.tunnel(t, v, up, &rec)
+	return x.tunnel(ctx, t, v, up, &rec)
 }
 
 func reply(code byte) []byte {

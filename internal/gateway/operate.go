@@ -79,8 +79,13 @@ func (g *Gateway) reject(c *net.TCPConn, limit string, max int) {
 	}
 }
 
-// logConn writes a connection's access-log line and counts it.
+// logConn writes a connection's access-log line and counts it. A record
+// without an action was handed over to a request loop, whose lines (one
+// per request) stand for it.
 func (g *Gateway) logConn(rec *accesslog.Record) {
+	if rec.Action == "" {
+		return
+	}
 	g.access.Log(rec)
 	g.metrics.Conn(rec.Listener, rec.Action, rec.Rule, rec.Protocol, rec.FQDNSource, rec.BytesUp, rec.BytesDown, time.Since(rec.Start))
 }

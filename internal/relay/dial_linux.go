@@ -187,3 +187,38 @@ func (c *Conn) Attach(client *net.TCPConn, first []byte, idle time.Duration, don
 	}
 	return nil
 }
+
+// Adopt makes upstream, a connection already established through the Go
+// runtime (net.Dialer), the upstream half of a Conn, as Dial would have
+// made it: Attach then adds the client, and Start relays. The gateway
+// dials this way when it must talk to the server before relaying, as
+// while it waits for a server-first client's late first bytes. upstream
+// is closed (the Conn holds a duplicate of its socket) whatever happens.
+func Adopt(upstream *net.TCPConn) (*Conn, error) {
+	l := pick()
+	if l == nil {
+		upstream.Close()
+		return nil, loopsErr
+	}
+	c := &Conn{l: l}
+	c.client.c, c.upstream.c = c, c
+	c.client.fd = -1
+	if ap, ok := upstream.RemoteAddr().(*net.TCPAddr); ok {
+		c.upstream.peer = ap.AddrPort()
+	}
+	c.up = dir{src: &c.client, dst: &c.upstream}
+	c.down = dir{src: &c.upstream, dst: &c.client}
+	if err := c.upstream.detach(upstream); err != nil {
+		c.upstream.closeFD()
+		return nil, fmt.Errorf("taking over the upstream socket: %w", err)
+	}
+	l.mu.Lock()
+	err := l.register(&c.upstream)
+	c.upstream.writable = err == nil
+	l.mu.Unlock()
+	if err != nil {
+		c.upstream.closeFD()
+		return nil, err
+	}
+	return c, nil
+}

@@ -54,3 +54,6 @@ func (c *Conn) UpstreamLocal() netip.AddrPort {
 
 // Abandon closes a dialled upstream that will not be relayed.
 func (c *Conn) Abandon() { c.upstream.Close() }
+
+// Adopt makes an established upstream the upstream half of a Conn.
+func Adopt(upstream *net.TCPConn) (*Conn, error) { return &Conn{upstream: upstream}, nil }

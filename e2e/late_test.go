@@ -1,0 +1,118 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// lateRules go before the standard ones: port 443 of srv is reachable by
+// address for a client that says nothing (a server-first decision), and
+// plain HTTP to allowed.test on port 80.
+const lateRules = `  rules:
+    - {name: cdn-ip, action: allow, destinations: ["198.51.100.10/32"], ports: [443], protocols: [server-first]}
+    - {name: web, action: allow, fqdn: ["allowed.test"], ports: [80]}
+`
+
+// TestLateIdentification: a transparent client that waits out first_bytes
+// is decided as server-first, provisionally. Its first bytes, when they
+// come, are identified and decided as if they had come early: a
+// ClientHello naming a denied name is refused with access_denied and
+// never reaches the server, however late it comes; an allowed one is
+// relayed. And every HTTP request on a kept-alive connection is decided:
+// a second request naming a denied Host gets a 403.
+func TestLateIdentification(t *testing.T) {
+	top := newTopology(t)
+	cert, roots := serverCert(t)
+	srv := startTLSServer(t, top.srv, cert, "0.0.0.0:443")
+	startEchoHTTP(t, top.srv, srvAddr+":80")
+	startDNS(t, top.gw, resolverAddr, dnsRecords)
+	cfg := strings.Replace(fmt.Sprintf(configTemplate, "5s"), "  rules:\n", lateRules, 1)
+	_, log := startEgressdConfig(t, top.gw, cfg, listenerCount)
+	top.redirect(t)
+
+	late := func(t *testing.T, name string) (net.Conn, string, error) {
+		c, err := top.cli.dial("", srvAddr+":443")
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(700 * time.Millisecond) // first_bytes is 300ms
+		_, greeting, err := greet(c, &tls.Config{ServerName: name, RootCAs: roots})
+		return c, greeting, err
+	}
+	t.Run("denied name refused", func(t *testing.T) {
+		from, ev := log.mark(), srv.mark()
+		c, _, err := late(t, "x.ads.test")
+		if err == nil || !strings.Contains(err.Error(), "access denied") {
+			t.Fatalf("late hello for a denied name: %v, want an access_denied alert", err)
+		}
+		if got := srv.next(t, ev); got.HelloLen != 0 || got.SNI != "" {
+			t.Errorf("the server saw the refused hello: %+v", got)
+		}
+		log.expect(t, from, "late denied hello", bySrc(c.LocalAddr().String()), want{
+			listener: "transparent", fqdn: "x.ads.test", fqdnSource: "sni", protocol: []string{"tls"},
+			rule: rule("ads"), action: "deny", reasonHas: "late first bytes",
+		})
+	})
+	t.Run("allowed name relayed", func(t *testing.T) {
+		from := log.mark()
+		c, greeting, err := late(t, "allowed.test")
+		if err != nil || !strings.HasPrefix(greeting, "hello sni=allowed.test") {
+			t.Fatalf("late hello for an allowed name: %v, greeting %q", err, greeting)
+		}
+		log.expect(t, from, "late allowed hello", bySrc(c.LocalAddr().String()), want{
+			listener: "transparent", fqdn: "allowed.test", fqdnSource: "sni", protocol: []string{"tls"},
+			rule: rule("allowed"), action: "allow", reasonHas: "late first bytes",
+		})
+	})
+	t.Run("every http request", func(t *testing.T) {
+		from := log.mark()
+		c, err := top.cli.dial("", srvAddr+":80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		br := bufio.NewReader(c)
+		io.WriteString(c, "GET /one HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("first request: %v %v", resp, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(body), "host=allowed.test path=/one") {
+			t.Errorf("first response body %q", body)
+		}
+		io.WriteString(c, "GET /two HTTP/1.1\r\nHost: x.ads.test\r\n\r\n")
+		resp, err = http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 403 {
+			t.Fatalf("second request, denied host: %v %v, want 403", resp, err)
+		}
+		src := c.LocalAddr().String()
+		log.expect(t, from, "first request", func(l accessLine) bool { return l.Src == src && l.Action == "allow" }, want{
+			listener: "transparent", fqdn: "allowed.test", fqdnSource: "host", protocol: []string{"http"}, rule: rule("web"),
+		})
+		log.expect(t, from, "second request", func(l accessLine) bool { return l.Src == src && l.Action == "deny" }, want{
+			listener: "transparent", fqdn: "x.ads.test", fqdnSource: "host", protocol: []string{"http"}, rule: rule("ads"),
+		})
+	})
+}
+
+// startEchoHTTP serves plain HTTP on addr in ns, answering each request
+// with its Host and path.
+func startEchoHTTP(t testing.TB, ns *netns, addr string) {
+	t.Helper()
+	ln := ns.listen(t, addr)
+	s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "host=%s path=%s", r.Host, r.URL.Path)
+	})}
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
+}

@@ -1,0 +1,262 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/peek"
+	"github.com/egressd/egressd/internal/refuse"
+	"github.com/egressd/egressd/internal/relay"
+	"github.com/egressd/egressd/internal/upstream"
+)
+
+// A client that says nothing within first_bytes is decided as server-first
+// (SMTP, MySQL: the server speaks, the client answers), on what egressd
+// knows without its bytes. That decision is provisional. While the
+// client stays silent, the server's bytes are copied to it; the client's
+// first bytes, whenever they come, are identified and, if they carry a
+// name (a TLS ClientHello, an HTTP request), decided as if they had come
+// early, before any of them reaches the server. A client could otherwise
+// wait out first_bytes and then send an SNI the policy denies to a
+// CDN-shared address it was allowed to reach by IP.
+//
+// The wait copies in user space with a small buffer (a server-first
+// greeting is a few hundred bytes); once the client's bytes are decided,
+// both sockets go to the relay loop like any other connection.
+
+// lateCheck decides a server-first connection's late first bytes p when
+// they carry a name. It fills rec and reports whether the connection is
+// refused; the caller then tells the client no in p's protocol.
+type lateCheck func(p *peek.Result) (refused bool)
+
+// dialNet dials v through net.Dialer, falling back over the name's answers
+// as every dial does: the connection stays in the Go runtime while egressd
+// still has to read and write it itself.
+func dialNet(ctx context.Context, st *State, v *verdict) (*net.TCPConn, error) {
+	return dialVerdict(ctx, v, st.Config.Timeouts.Connect, func(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (*net.TCPConn, error) {
+		d := upstream.Dialer{Timeout: timeout, Mark: st.Config.Mark}
+		return d.Dial(ctx, dst)
+	})
+}
+
+// late carries an allowed server-first connection, with up already
+// connected to the server, until the client's first bytes are decided;
+// then it hands both to the relay loop. check decides bytes that carry a
+// name; requests serves a client whose late bytes are HTTP (each request
+// decided on its own) and logs it. It returns true when the connection was
+// handed to the relay loop, which then logs rec; otherwise the caller logs
+// it (unless requests took over: then rec.Action is "").
+func (g *Gateway) late(st *State, c, up *net.TCPConn, rec *accesslog.Record, check lateCheck, requests func(first []byte), srcHeld bool) (relaying bool) {
+	cfg := st.Config
+	g.track(up, true) // a drain closes it, and so wakes the wait
+	a := newAwait(c, up, cfg.Timeouts.Idle)
+	waitStart := time.Now()
+	err := a.clientSpeaks()
+	var p peek.Result
+	if err == nil {
+		now := time.Now()
+		p = peek.Peek(c, peek.Deadlines{FirstBytes: now.Add(cfg.Timeouts.FirstBytes), Complete: now.Add(cfg.Timeouts.ClientHello)})
+	}
+	defer peek.Release(&p)
+	a.stop()
+	g.track(up, false)
+	rec.BytesDown = a.n
+	after := time.Since(waitStart).Round(time.Millisecond)
+	switch {
+	case err != nil || p.Protocol == peek.ServerFirst:
+		// The connection ended before the client said anything.
+		if err == nil {
+			err = p.Err
+		}
+		rec.Reason += "; " + a.ended(err)
+		up.Close()
+		c.Close()
+		return false
+	case p.Err != nil:
+		rec.Protocol = p.Protocol
+		rec.Action, rec.Enforced = "deny", true
+		rec.Reason = fmt.Sprintf("late first bytes after %v: %s (was: %s)", after, peekReason(p), rec.Reason)
+		up.Close()
+		refuse.Reset(c)
+		return false
+	case p.Protocol == peek.HTTP:
+		// The server has seen no byte of the client's: its connection is
+		// dropped, and each request goes out on a connection of its own.
+		up.Close()
+		rec.Reason += fmt.Sprintf("; late first bytes after %v are HTTP: each request is decided and logged on its own", after)
+		g.logConn(rec)
+		rec.Action = ""
+		requests(p.Data)
+		return false
+	case p.Protocol == peek.TLS:
+		was := rec.Reason
+		if check(&p) {
+			rec.Reason = fmt.Sprintf("late first bytes after %v: %s (provisional server-first decision was: %s)", after, rec.Reason, was)
+			up.Close()
+			g.refuse(c, p, rec.Rule)
+			return false
+		}
+		rec.Reason = fmt.Sprintf("late first bytes after %v: %s", after, rec.Reason)
+	default:
+		// SSH, or the client's answer in its own protocol (SMTP's EHLO,
+		// MySQL's handshake response): no name to decide again.
+		rec.Reason += fmt.Sprintf("; client spoke after %v (%s)", after, p.Protocol)
+	}
+	rc, err := relay.Adopt(up)
+	if err == nil {
+		err = rc.Attach(c, p.Data, cfg.Timeouts.Idle, func(res relay.Result) {
+			g.relayed(rc, rec, res, srcHeld)
+		})
+	}
+	if err != nil {
+		rec.Reason += "; relay failed: " + err.Error()
+		refuse.Reset(c)
+		return false
+	}
+	rec.BytesUp = int64(len(p.Data))
+	peek.Release(&p)
+	g.handOff(c, rc)
+	return true
+}
+
+// await copies a server's bytes to a silent client until the client
+// speaks (or either ends), keeping the time of the last byte moved for
+// the idle timeout.
+type await struct {
+	c, up *net.TCPConn
+	idle  time.Duration
+	last  atomic.Int64 // unix nanoseconds of the last byte moved
+	n     int64        // bytes copied to the client; read after stop
+	err   error        // how the copy ended, if not by stop; read after stop
+	eof   bool         // the server closed its side
+	done  chan struct{}
+}
+
+func newAwait(c, up *net.TCPConn, idle time.Duration) *await {
+	a := &await{c: c, up: up, idle: idle, done: make(chan struct{})}
+	a.last.Store(time.Now().UnixNano())
+	go a.copyDown()
+	return a
+}
+
+// copyDown is the server -> client half while the client is silent.
+func (a *await) copyDown() {
+	defer close(a.done)
+	buf := make([]byte, 4096)
+	for {
+		n, err := a.up.Read(buf)
+		if n > 0 {
+			a.last.Store(time.Now().UnixNano())
+			a.c.SetWriteDeadline(time.Now().Add(a.idle))
+			w, werr := a.c.Write(buf[:n])
+			a.n += int64(w)
+			if werr != nil {
+				a.err = fmt.Errorf("client side ended: %w", werr)
+				a.c.SetReadDeadline(time.Unix(1, 0)) // wake the wait
+				return
+			}
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF):
+			// Passed on as a half-close: the client may still answer.
+			a.eof = true
+			a.c.CloseWrite()
+			return
+		case isTimeoutErr(err):
+			return // stop
+		default:
+			a.err = fmt.Errorf("upstream side ended: %w", err)
+			a.c.SetReadDeadline(time.Unix(1, 0))
+			return
+		}
+	}
+}
+
+// stop ends the copy; what it had read is written to the client first.
+func (a *await) stop() {
+	a.up.SetReadDeadline(time.Unix(1, 0))
+	<-a.done
+	a.up.SetReadDeadline(time.Time{})
+	a.c.SetWriteDeadline(time.Time{})
+	a.c.SetReadDeadline(time.Time{})
+}
+
+// clientSpeaks waits until the client has bytes to read (nil), has closed
+// or reset, the copy failed, or nothing moved either way for idle.
+func (a *await) clientSpeaks() error {
+	for {
+		err := waitReadable(a.c, time.Unix(0, a.last.Load()).Add(a.idle))
+		if err == nil || !isTimeoutErr(err) {
+			return err
+		}
+		select {
+		case <-a.done:
+			if a.err != nil {
+				return a.err
+			}
+		default:
+		}
+		if time.Since(time.Unix(0, a.last.Load())) >= a.idle {
+			return relay.ErrIdle
+		}
+	}
+}
+
+// ended words how a wait ended without the client's bytes.
+func (a *await) ended(err error) string {
+	switch {
+	case errors.Is(err, relay.ErrIdle):
+		return "closed: idle timeout"
+	case errors.Is(err, io.EOF):
+		return "client closed before sending anything"
+	case a.err != nil && errors.Is(err, a.err):
+		return err.Error()
+	}
+	return "client side ended: " + err.Error()
+}
+
+// waitReadable waits until c has bytes to read, without reading them
+// (MSG_PEEK), or until deadline. It returns io.EOF when the client has
+// closed with nothing to read.
+func waitReadable(c *net.TCPConn, deadline time.Time) error {
+	c.SetReadDeadline(deadline)
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var perr error
+	err = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, e := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case e == unix.EAGAIN || e == unix.EINTR:
+			return false
+		case e != nil:
+			perr = e
+		case n == 0:
+			perr = io.EOF
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return perr
+}
+
+// sameDst reports whether a late decision's destination is the address
+// the connection is open to.
+func sameDst(v verdict, dialled netip.AddrPort) bool {
+	return !v.dst.IsValid() || v.dst == dialled || slices.Contains(v.answers, dialled.Addr()) && v.dst.Port() == dialled.Port()
+}

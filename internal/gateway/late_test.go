@@ -1,0 +1,208 @@
+package gateway
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/internal/testnet"
+)
+
+// TestLateFirstBytesInTunnel: a client that waits out first_bytes inside a
+// CONNECT tunnel, then sends a ClientHello, is decided as if it had sent it
+// at once: an SNI other than the tunnel's target is refused (tunnel_sni:
+// match) before the server sees it, and the target's own name is relayed.
+func TestLateFirstBytesInTunnel(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	target := fmt.Sprintf("good.test:%d", w.echo.Port())
+
+	t.Run("other name refused", func(t *testing.T) {
+		c, br := rawProxy(t, w.proxy)
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+		if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %d", resp.StatusCode)
+		}
+		time.Sleep(400 * time.Millisecond) // first_bytes is 200ms
+		tc := tls.Client(&bufferedConn{c, br}, &tls.Config{ServerName: "x.ads.test", InsecureSkipVerify: true})
+		err := tc.Handshake()
+		if err == nil || !strings.Contains(err.Error(), "access denied") {
+			t.Fatalf("late hello for x.ads.test: %v, want an access_denied alert", err)
+		}
+		w.noServerConn("for a late hello naming another host")
+		e := w.waitLog(matching(map[string]any{"fqdn": "good.test", "action": "deny", "protocol": "tls"}))
+		if r := e["reason"].(string); !strings.Contains(r, "late first bytes") || !strings.Contains(r, "x.ads.test") {
+			t.Errorf("reason %q does not name the late identification", r)
+		}
+	})
+	t.Run("target name relayed", func(t *testing.T) {
+		c, br := rawProxy(t, w.proxy)
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+		if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %d", resp.StatusCode)
+		}
+		time.Sleep(400 * time.Millisecond)
+		tc := tls.Client(&bufferedConn{c, br}, &tls.Config{ServerName: "good.test", InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("late hello for the target: %v", err)
+		}
+		tc.Write([]byte("ping"))
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(tc, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("echo through the tunnel: %q %v", buf, err)
+		}
+		tc.Close()
+		e := w.waitLog(matching(map[string]any{"fqdn": "good.test", "action": "allow", "protocol": "tls", "fqdn_source": "connect"}))
+		if r := e["reason"].(string); !strings.Contains(r, "late first bytes") {
+			t.Errorf("reason %q does not name the late identification", r)
+		}
+	})
+}
+
+// TestTunnelPreconnect: a tunnel that was allowed and then closed by the
+// client before any byte (a browser's unused preconnect) is an allow with
+// zero bytes, not a deny.
+func TestTunnelPreconnect(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	target := fmt.Sprintf("good.test:%d", w.echo.Port())
+	c, br := rawProxy(t, w.proxy)
+	src := c.LocalAddr().String()
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %d", resp.StatusCode)
+	}
+	c.Close()
+	e := w.waitLog(func(e entry) bool { return e["src"] == src })
+	w.want(e, map[string]any{"action": "allow", "rule": "good", "bytes_up": 0})
+}
+
+// TestHTTPEveryRequestInTunnel: inside a CONNECT tunnel, every plain HTTP
+// request on the kept-alive connection is decided: the first, naming the
+// tunnel's target, is answered; a second naming another host gets a 403
+// and never reaches the server.
+func TestHTTPEveryRequestInTunnel(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	target := fmt.Sprintf("good.test:%d", w.plain.Port())
+	c, br := rawProxy(t, w.proxy)
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %d", resp.StatusCode)
+	}
+	fmt.Fprintf(c, "GET /one HTTP/1.1\r\nHost: %s\r\n\r\n", target)
+	resp, body := readResponse(t, br, "GET")
+	if resp.StatusCode != 200 || !strings.Contains(body, "path=/one") {
+		t.Fatalf("first request: %d %q", resp.StatusCode, body)
+	}
+	fmt.Fprintf(c, "GET /two HTTP/1.1\r\nHost: other.test:%d\r\n\r\n", w.plain.Port())
+	resp, body = readResponse(t, br, "GET")
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("second request naming another host: %d %q, want 403", resp.StatusCode, body)
+	}
+	w.waitLog(matching(map[string]any{"action": "allow", "protocol": "http", "fqdn": "good.test", "fqdn_source": "connect"}))
+	e := w.waitLog(matching(map[string]any{"action": "deny", "protocol": "http", "fqdn": "good.test"}))
+	if r := e["reason"].(string); !strings.Contains(r, "other.test") {
+		t.Errorf("deny reason %q does not name the other host", r)
+	}
+}
+
+// TestForwardInventsNoHeaders: a plain-HTTP request without User-Agent
+// reaches the server without one (net/http would add its own).
+func TestForwardInventsNoHeaders(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	got := make(chan string, 1)
+	srv := startRawHTTP(t, func(head string) string {
+		got <- head
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	c, br := rawProxy(t, w.proxy)
+	fmt.Fprintf(c, "GET http://good.test:%d/ua HTTP/1.1\r\nHost: good.test:%d\r\nX-Keep: 1\r\n\r\n", srv.Port(), srv.Port())
+	if resp, body := readResponse(t, br, "GET"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("GET: %d %q", resp.StatusCode, body)
+	}
+	head := <-got
+	if strings.Contains(strings.ToLower(head), "user-agent") {
+		t.Errorf("the server got a User-Agent the client never sent:\n%s", head)
+	}
+	if !strings.Contains(head, "X-Keep: 1") {
+		t.Errorf("an end-to-end header was lost:\n%s", head)
+	}
+}
+
+// bufferedConn reads through br (which may hold bytes already read) and
+// writes to the connection.
+type bufferedConn struct {
+	netConn
+	br *bufio.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.br.Read(p) }
+
+type netConn = net.Conn
+
+// startRawHTTP runs a server that reads one request head, hands it to
+// answer and writes what answer returns, then closes.
+func startRawHTTP(t *testing.T, answer func(head string) string) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testnet.Serve(t, ln, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		var head strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			head.WriteString(line)
+			if err != nil || line == "\r\n" {
+				break
+			}
+		}
+		io.WriteString(c, answer(head.String()))
+	})
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// TestForwardResponseHeadBounded: a server whose response head never ends
+// cannot grow egressd: the forwarder stops reading 64 KiB ahead of what
+// reached the client and answers 502.
+func TestForwardResponseHeadBounded(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan int64, 1)
+	testnet.Serve(t, ln, func(c net.Conn) {
+		bufio.NewReader(c).ReadString('\n')
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Endless: ")
+		chunk := []byte(strings.Repeat("a", 64<<10))
+		var n int64
+		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		for n < 1<<30 {
+			m, err := c.Write(chunk)
+			n += int64(m)
+			if err != nil {
+				break
+			}
+		}
+		sent <- n
+	})
+	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
+	c, br := rawProxy(t, w.proxy)
+	fmt.Fprintf(c, "GET http://good.test:%d/ HTTP/1.1\r\nHost: good.test:%d\r\n\r\n", port, port)
+	resp, _ := readResponse(t, br, "GET")
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("endless response head: %d, want 502", resp.StatusCode)
+	}
+	// What the server got out before egressd closed is its socket
+	// buffers' worth and the 64 KiB window, not the gigabyte it tried.
+	if n := <-sent; n > 32<<20 {
+		t.Errorf("the server wrote %d bytes of one header before egressd stopped reading", n)
+	}
+}
