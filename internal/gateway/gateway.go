@@ -59,6 +59,7 @@ type Gateway struct {
 	stopping chan struct{} // closed when accepting has stopped
 
 	metrics  *metrics.Metrics
+	self     ownAddrs     // what it never dials: its host's addresses (self.go)
 	active   atomic.Int64 // connections accepted and not yet closed
 	pending  atomic.Int64 // connections accepted and not yet past peek
 	sources  sourceCounts // open connections per source, when limited
