@@ -87,6 +87,18 @@ func (g *Gateway) handleExplicit(ctx context.Context, st *State, lc *config.List
 	if first[0] == socks5.Version {
 		return x.serveSOCKS(ctx)
 	}
+	if first[0] == 0x16 {
+		// A TLS handshake record: the client was given an https:// proxy
+		// URL. This listener speaks plain HTTP and SOCKS5, so it says so
+		// at once instead of waiting out client_hello for a request line.
+		rec := x.record()
+		rec.Protocol = peek.TLS
+		rec.Action, rec.Enforced = "deny", true
+		rec.Reason = "explicit proxy: the client speaks TLS (an https:// proxy URL?); this listener speaks plain HTTP and SOCKS5: use http://"
+		g.logConn(&rec)
+		refuse.TLSAlert(c, 0x0301, refuse.AlertProtocolVersion)
+		return false
+	}
 	return x.serveHTTP(ctx)
 }
 

@@ -206,3 +206,26 @@ func TestForwardResponseHeadBounded(t *testing.T) {
 		t.Errorf("the server wrote %d bytes of one header before egressd stopped reading", n)
 	}
 }
+
+// TestExplicitListenerRefusesTLS: a client that speaks TLS to the explicit
+// listener (an https:// proxy URL) is refused at once with a TLS alert and
+// a log line that says why, not after the client_hello timeout.
+func TestExplicitListenerRefusesTLS(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	c, err := net.Dial("tcp", w.proxy.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	src := c.LocalAddr().String()
+	tc := tls.Client(c, &tls.Config{ServerName: "proxy.test", InsecureSkipVerify: true})
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err == nil || !strings.Contains(err.Error(), "protocol version") {
+		t.Fatalf("TLS to the explicit listener: %v, want a protocol_version alert", err)
+	}
+	e := w.waitLog(func(e entry) bool { return e["src"] == src })
+	w.want(e, map[string]any{"action": "deny", "protocol": "tls"})
+	if r := e["reason"].(string); !strings.Contains(r, "speaks TLS") {
+		t.Errorf("reason %q does not say the client speaks TLS", r)
+	}
+}

@@ -13,6 +13,10 @@ import (
 const (
 	AlertAccessDenied  = 49
 	AlertInternalError = 80
+	// AlertProtocolVersion (70) answers a client that speaks TLS where
+	// egressd speaks plain text (an https:// proxy URL for an explicit
+	// listener): nothing this listener can negotiate.
+	AlertProtocolVersion = 70
 )
 
 // lingerWait bounds how long a refused connection is kept open after the
