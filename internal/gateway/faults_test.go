@@ -160,7 +160,7 @@ func TestFaults(t *testing.T) {
 					c.SetLinger(0)
 				})
 			},
-			wantData: "partial", wantErr: isReset, reason: "connection reset",
+			wantData: "partial", wantErr: isReset, reason: "upstream reset the connection",
 		},
 		{
 			name: "upstream stalls",
@@ -194,7 +194,7 @@ func TestFaults(t *testing.T) {
 					serverSaw <- errString(err)
 				})
 			},
-			reset: true, wantData: "data", reason: "client side ended", server: "connection reset by peer",
+			reset: true, wantData: "data", reason: "client reset the connection", server: "connection reset by peer",
 		},
 	}
 	for _, tc := range cases {

@@ -48,7 +48,7 @@ type Conn struct {
 	idx              int   // position in l.conns
 	done             func(Result)
 	aborted          atomic.Bool
-	idleHit          bool
+	closer           *side // the side whose EOF came first
 
 	// Under l.mu: relaying turns true when Start registers the client;
 	// until then the loop only notes readiness, and closes
@@ -95,7 +95,7 @@ type dir struct {
 // is called with the error on both directions.
 func (c *Conn) Start() {
 	if err := c.l.add(c); err != nil {
-		c.done(Result{UpErr: err, DownErr: err})
+		c.done(Result{UpErr: err, DownErr: err, End: Failed, By: Local})
 	}
 }
 
@@ -590,8 +590,7 @@ func (l *loop) sweep() {
 	}
 	l.mu.Unlock()
 	for _, c := range expired {
-		c.idleHit = true
-		c.finish(ErrIdle, ErrIdle, nil)
+		c.finish(ErrIdle, ErrIdle, nil, Idle, Local)
 	}
 	// The next sweep, unless a connection added meanwhile planned an
 	// earlier one; none if no connection has an idle timeout. Not
@@ -604,7 +603,7 @@ func (l *loop) sweep() {
 // pump moves what both directions can move now.
 func (c *Conn) pump() {
 	if c.aborted.Load() {
-		c.finish(net.ErrClosed, net.ErrClosed, nil)
+		c.finish(net.ErrClosed, net.ErrClosed, nil, Drained, Local)
 		return
 	}
 	for _, d := range [2]*dir{&c.up, &c.down} {
@@ -626,7 +625,7 @@ func (c *Conn) move(d *dir) {
 		}
 		if d.src.muted {
 			if err := c.l.mute(d.src, false); err != nil {
-				c.fail(d, err, nil)
+				c.fail(d, nil, err, nil)
 				return
 			}
 		}
@@ -640,7 +639,7 @@ func (c *Conn) move(d *dir) {
 		if d.p == nil {
 			p, err := getPipe()
 			if err != nil {
-				c.fail(d, d.src.opError("read", err), nil)
+				c.fail(d, nil, d.src.opError("read", err), nil)
 				return
 			}
 			d.p = p
@@ -669,7 +668,7 @@ func (c *Conn) move(d *dir) {
 		if err == unix.ECONNRESET {
 			linger = d.dst // pass the reset on as a reset
 		}
-		c.fail(d, d.src.opError("read", err), linger)
+		c.fail(d, d.src, d.src.opError("read", err), linger)
 		return
 	}
 }
@@ -683,7 +682,7 @@ func (c *Conn) writeFailed(d *dir, err error) {
 	if err == unix.ECONNRESET {
 		linger = d.src
 	}
-	c.fail(d, d.dst.opError("write", err), linger)
+	c.fail(d, d.dst, d.dst.opError("write", err), linger)
 }
 
 // out writes what d holds for its destination, head bytes first, then the
@@ -729,10 +728,13 @@ func (c *Conn) ended(d *dir) {
 	if c.aborted.Load() {
 		// The EOF may be Close's own shutdown, seen by a pump that
 		// was already running: not the peer's.
-		c.finish(net.ErrClosed, net.ErrClosed, nil)
+		c.finish(net.ErrClosed, net.ErrClosed, nil, Drained, Local)
 		return
 	}
 	d.done = true
+	if c.closer == nil {
+		c.closer = d.src
+	}
 	if d.p != nil {
 		putPipe(d.p)
 		d.p = nil
@@ -742,28 +744,60 @@ func (c *Conn) ended(d *dir) {
 		other = &c.down
 	}
 	if other.done {
-		c.finish(nil, nil, nil)
+		c.finish(nil, nil, nil, Closed, c.sideOf(c.closer))
 		return
 	}
 	if err := shutdownNB(d.dst.fd, unix.SHUT_WR); err != nil {
-		c.finish(nil, nil, nil)
+		end, by := c.blame(d.dst, err)
+		c.finish(nil, nil, nil, end, by)
 	}
 }
 
-// fail ends the connection on d's error.
-func (c *Conn) fail(d *dir, err error, linger *side) {
+// fail ends the connection on d's error, an error on by's socket (nil:
+// egressd's own, such as no pipe).
+func (c *Conn) fail(d *dir, by *side, err error, linger *side) {
 	up, down := net.ErrClosed, net.ErrClosed
 	if d == &c.up {
 		up = err
 	} else {
 		down = err
 	}
-	c.finish(up, down, linger)
+	end, who := c.blame(by, err)
+	c.finish(up, down, linger, end, who)
+}
+
+// blame says how err, an error on s's socket (nil: egressd's own), ended
+// the connection, and whose doing it was. The direction an error surfaced
+// in does not say: a client's reset fails the write of the upstream's
+// bytes to it as much as the read of its own.
+func (c *Conn) blame(s *side, err error) (End, Side) {
+	switch {
+	case s == nil:
+		return Failed, Local
+	case isReset(err) && s == c.closer:
+		// Its socket answered bytes that came after its close: still a
+		// close (see Closed).
+		return Closed, c.sideOf(s)
+	case isReset(err):
+		return Reset, c.sideOf(s)
+	}
+	return Failed, c.sideOf(s)
+}
+
+func (c *Conn) sideOf(s *side) Side {
+	switch s {
+	case &c.client:
+		return Client
+	case &c.upstream:
+		return Upstream
+	}
+	return Local
 }
 
 // finish closes both sockets and reports. upErr and downErr are the
-// errors of directions that had not ended yet.
-func (c *Conn) finish(upErr, downErr error, linger *side) {
+// errors of directions that had not ended yet; end and by are how the
+// connection ended.
+func (c *Conn) finish(upErr, downErr error, linger *side, end End, by Side) {
 	if c.closed {
 		return
 	}
@@ -771,6 +805,7 @@ func (c *Conn) finish(upErr, downErr error, linger *side) {
 		// Close shut the sockets down; whatever this pump saw of that
 		// (EPIPE, an early EOF) is the drain, not the peers.
 		upErr, downErr = net.ErrClosed, net.ErrClosed
+		end, by = Drained, Local
 	}
 	if !c.up.done {
 		c.up.err = upErr
@@ -798,7 +833,7 @@ func (c *Conn) finish(upErr, downErr error, linger *side) {
 	c.done(Result{
 		Up: c.up.n, Down: c.down.n,
 		UpErr: c.up.err, DownErr: c.down.err,
-		Idle: c.idleHit,
+		End: end, By: by,
 	})
 }
 

@@ -266,7 +266,7 @@ func TestLoopThatCannotParkStaysBusy(t *testing.T) {
 			t.Fatal("the loop parked on a set it could not listen in")
 		}
 	}
-	if r := w.result(t); !r.Idle {
+	if r := w.result(t); r.End != Idle {
 		t.Errorf("Relay = %+v, want the idle sweep to close it", r)
 	}
 }

@@ -18,21 +18,90 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// Result is what one relayed connection moved and how each direction ended.
+// Result is what one relayed connection moved and how it ended.
 type Result struct {
 	Up   int64 // client -> upstream
 	Down int64 // upstream -> client
 	// UpErr and DownErr are nil when the direction ended with a clean EOF
-	// from its source.
+	// from its source. They say where an error surfaced, not whose doing
+	// it was: a client's reset fails the write of the upstream's bytes to
+	// it, in the upstream->client direction. End and By say whose.
 	UpErr, DownErr error
-	// Idle is true when the connection was closed for being idle.
-	Idle bool
+	// End is how the connection ended, and By the side that ended it.
+	End End
+	By  Side
+}
+
+// Side is one party to a relayed connection.
+type Side uint8
+
+const (
+	Local    Side = iota // egressd itself: its idle timeout, its Close, its own failure
+	Client               // the accepted socket
+	Upstream             // the dialled socket
+)
+
+// String returns "egressd", "client" or "upstream", as the access log
+// words them.
+func (s Side) String() string {
+	switch s {
+	case Client:
+		return "client"
+	case Upstream:
+		return "upstream"
+	}
+	return "egressd"
+}
+
+// End is how a relayed connection ended.
+type End uint8
+
+const (
+	// Closed: By closed first (its EOF came first) and the other side
+	// followed. UpErr or DownErr is not nil when By then reset the bytes
+	// that still came for it: a socket closed with data arriving answers
+	// with a reset (RFC 1122 §4.2.2.13), and that is still a close.
+	Closed End = iota
+	// Reset: By reset the connection, read as ECONNRESET or as a write's
+	// EPIPE after one.
+	Reset
+	// Failed: another error on By's socket (a retransmission timeout, an
+	// ICMP unreachable), or egressd's own (By Local: no pipe, no epoll).
+	Failed
+	// Idle: no byte moved either way for the idle timeout (By Local).
+	Idle
+	// Drained: Close ended it, as the gateway's drain does (By Local).
+	Drained
+)
+
+// String names e as tests and logs print it.
+func (e End) String() string {
+	switch e {
+	case Closed:
+		return "closed"
+	case Reset:
+		return "reset"
+	case Failed:
+		return "failed"
+	case Idle:
+		return "idle"
+	case Drained:
+		return "drained"
+	}
+	return "end(" + strconv.Itoa(int(e)) + ")"
+}
+
+// isReset reports whether err, from a socket, is the peer's reset: read as
+// ECONNRESET, or on a write as EPIPE once the reset was seen.
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // ErrIdle ends a direction when neither direction moved a byte for the
@@ -53,15 +122,19 @@ func Relay(client, upstream net.Conn, idle time.Duration) Result {
 	wg.Add(1)
 	go s.copyUp(&wg, &up)
 	var down direction
-	s.run(&down, upstream, client)
+	s.run(&down, upstream, client, Upstream, Client)
 	wg.Wait()
 	client.Close()
 	upstream.Close()
-	return Result{
+	r := Result{
 		Up: up.n, Down: down.n,
 		UpErr: up.err, DownErr: down.err,
-		Idle: s.idleHit.Load(),
+		End: Closed, By: Side(s.closer.Load()),
 	}
+	if s.aborted.Load() {
+		r.End, r.By = s.end, s.by
+	}
+	return r
 }
 
 // session is the state both directions of one connection share.
@@ -70,8 +143,12 @@ type session struct {
 	idle             time.Duration
 	last             atomic.Int64 // unix nanoseconds of the last byte moved
 	aborted          atomic.Bool
-	idleHit          atomic.Bool
-	eofs             atomic.Int32 // directions that ended with a clean EOF
+	eofs             atomic.Int32  // directions that ended with a clean EOF
+	closer           atomic.Uint32 // the Side whose EOF came first
+	// end and by are how the connection ended, set by the abort that
+	// ended it.
+	end End
+	by  Side
 }
 
 // direction is what one copy loop reports.
@@ -84,13 +161,23 @@ type direction struct {
 // goroutine dumps.
 func (s *session) copyUp(wg *sync.WaitGroup, d *direction) {
 	defer wg.Done()
-	s.run(d, s.client, s.upstream)
+	s.run(d, s.client, s.upstream, Client, Upstream)
 }
 
-func (s *session) run(d *direction, src, dst net.Conn) {
-	d.n, d.err = s.copy(src, dst)
+// run copies src (side from) to dst (side to), then passes on how the
+// direction ended.
+func (s *session) run(d *direction, src, dst net.Conn, from, to Side) {
+	var atDst bool
+	d.n, atDst, d.err = s.copy(src, dst)
+	at := from
+	if atDst {
+		at = to
+	}
 	if d.err == nil {
-		if s.eofs.Add(1) == 2 {
+		switch s.eofs.Add(1) {
+		case 1:
+			s.closer.Store(uint32(from))
+		case 2:
 			// Both sides have said all: Relay closes both now, and that
 			// close is the FIN; a shutdown(2) first would be a wasted call.
 			return
@@ -102,22 +189,48 @@ func (s *session) run(d *direction, src, dst net.Conn) {
 			}
 		}
 	}
-	s.abort(d.err, dst)
+	s.abort(d.err, at)
 }
 
-// abort ends the whole connection. A reset read from one side is passed on
-// to the other as a reset (SO_LINGER 0) so the peer learns the truth.
-func (s *session) abort(err error, dst net.Conn) {
+// abort ends the whole connection on err, an error on side at's socket
+// (nil: a half-close that could not be passed on). A reset from one side
+// is passed on to the other as a reset (SO_LINGER 0) so the peer learns
+// the truth. The first abort says how the connection ended; the others
+// only see the sockets it closed.
+func (s *session) abort(err error, at Side) {
 	if !s.aborted.CompareAndSwap(false, true) {
 		return
 	}
+	s.end, s.by = s.ending(err, at)
 	if errors.Is(err, syscall.ECONNRESET) {
-		if l, ok := dst.(interface{ SetLinger(int) error }); ok {
+		other := s.client
+		if at == Client {
+			other = s.upstream
+		}
+		if l, ok := other.(interface{ SetLinger(int) error }); ok {
 			l.SetLinger(0)
 		}
 	}
 	s.client.Close()
 	s.upstream.Close()
+}
+
+// ending says how err, on side at's socket, ended the connection.
+func (s *session) ending(err error, at Side) (End, Side) {
+	closer := Side(s.closer.Load())
+	switch {
+	case err == nil:
+		return Closed, closer
+	case errors.Is(err, ErrIdle):
+		return Idle, Local
+	case errors.Is(err, net.ErrClosed):
+		return Drained, Local // Close, from another goroutine
+	case isReset(err) && at == closer:
+		return Closed, at // its socket's answer to bytes sent after its close
+	case isReset(err):
+		return Reset, at
+	}
+	return Failed, at
 }
 
 func (s *session) touch() { s.last.Store(time.Now().UnixNano()) }
@@ -153,7 +266,6 @@ func (s *session) expired(src, dst net.Conn) bool {
 		s.arm(src, dst, until)
 		return false
 	}
-	s.idleHit.Store(true)
 	return true
 }
 
@@ -169,8 +281,9 @@ func (s *session) start(src, dst net.Conn) {
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
-// copy moves src -> dst through a pooled buffer.
-func (s *session) copy(src, dst net.Conn) (int64, error) {
+// copy moves src -> dst through a pooled buffer. atDst reports that err
+// came from a write to dst, not a read from src.
+func (s *session) copy(src, dst net.Conn) (n int64, atDst bool, err error) {
 	s.start(src, dst)
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
@@ -183,19 +296,19 @@ func (s *session) copy(src, dst net.Conn) (int64, error) {
 			w, werr := writeFull(s, src, dst, buf[:n])
 			total += int64(w)
 			if werr != nil {
-				return total, werr
+				return total, true, werr
 			}
 		}
 		if rerr == nil {
 			continue
 		}
 		if rerr == io.EOF {
-			return total, nil
+			return total, false, nil
 		}
 		if rerr = s.wait(rerr, src, dst); rerr == nil {
 			continue
 		}
-		return total, rerr
+		return total, false, rerr
 	}
 }
 

@@ -139,7 +139,7 @@ func TestRelayBothWaysWithHalfClose(t *testing.T) {
 				if r.Up != int64(len(up)) || r.Down != int64(len(down)) {
 					t.Errorf("Relay counted up=%d down=%d, want %d %d", r.Up, r.Down, len(up), len(down))
 				}
-				if r.UpErr != nil || r.DownErr != nil || r.Idle {
+				if r.UpErr != nil || r.DownErr != nil || r.End != Closed {
 					t.Errorf("Relay = %+v, want clean EOFs", r)
 				}
 			})
@@ -166,8 +166,8 @@ func TestRelayIdle(t *testing.T) {
 			time.Sleep(idle / 3)
 		}
 		r := w.result(t)
-		if !r.Idle {
-			t.Errorf("Relay = %+v, want Idle", r)
+		if r.End != Idle || r.By != Local {
+			t.Errorf("Relay = %+v, want Idle by egressd", r)
 		}
 		if _, err := w.client.Read(make([]byte, 1)); err == nil {
 			t.Error("client connection still open after idle timeout")
@@ -289,8 +289,8 @@ func TestLoopClose(t *testing.T) {
 	}
 	w.rc.Close()
 	r := w.result(t)
-	if !errors.Is(r.UpErr, net.ErrClosed) || !errors.Is(r.DownErr, net.ErrClosed) || r.Up != 2 {
-		t.Errorf("after Close: %+v, want 2 bytes up and net.ErrClosed both ways", r)
+	if !errors.Is(r.UpErr, net.ErrClosed) || !errors.Is(r.DownErr, net.ErrClosed) || r.Up != 2 || r.End != Drained || r.By != Local {
+		t.Errorf("after Close: %+v, want 2 bytes up, net.ErrClosed both ways, Drained by egressd", r)
 	}
 	for _, c := range []*net.TCPConn{w.client, w.server} {
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
