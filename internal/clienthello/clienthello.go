@@ -24,7 +24,7 @@ type Status int
 const (
 	NeedMore Status = iota // a valid prefix of a ClientHello; read more bytes
 	Complete               // a whole ClientHello handshake message is present
-	NotTLS                 // the first byte is not a TLS handshake record: try HTTP, SSH, unknown
+	NotTLS                 // the bytes do not start like TLS records: try HTTP, SSH, unknown
 	Invalid                // looks like TLS but is malformed, or too big for MaxHelloLen
 )
 

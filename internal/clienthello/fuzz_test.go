@@ -12,8 +12,9 @@ import (
 )
 
 // FuzzParse checks agreement with crypto/tls: whenever a crypto/tls server
-// accepts the bytes as a ClientHello, Reassemble and Parse must accept them
-// too, with the same server name and ALPN protocols. It also checks that nothing panics, that a
+// accepts the bytes as a ClientHello, warning alerts before it included,
+// Reassemble and Parse must accept them too, with the same server name and
+// ALPN protocols. It also checks that nothing panics, that a
 // message never exceeds MaxHelloLen, and that used marks a prefix that is
 // itself complete.
 //
@@ -36,6 +37,9 @@ func FuzzParse(f *testing.F) {
 	small := hello(exts(sni("a.example"), alpn("h2"), versions(0x0304), ext{extECH, nil}))
 	f.Add(rec(22, 0x0301, small))
 	f.Add(cat(rec(22, 0x0301, small[:3]), rec(22, 0x0303, small[3:])))
+	warn := rec(21, 0x0303, []byte{1, 112}) // warning unrecognized_name, which crypto/tls skips
+	f.Add(cat(warn, rec(22, 0x0301, small)))
+	f.Add(cat(warn, warn, rec(20, 0x0303, []byte{1}), rec(22, 0x0301, small[:3]), rec(22, 0x0303, small[3:])))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var info Info
 		msg, used, st := Reassemble(raw, make([]byte, 0, MaxHelloLen))
@@ -104,16 +108,27 @@ func tlsServerName(raw []byte) (name string, protos []string, accepted bool) {
 
 // stricterThanTLS reports inputs where Reassemble refuses, on purpose, what
 // crypto/tls lets through: a record version with major other than 3 (it checks
-// only that the first is below 0x1000), a non-handshake record among the
-// hello's (it skips warning alerts), or more than MaxHelloLen bytes. It looks
-// at every record, so it excuses a little more than it needs to.
+// only that the version is below 0x1000), a non-handshake record among the
+// hello's (it skips warning alerts), more than MaxLeadingRecords records before
+// the hello (it skips up to 16 warning alerts), or more than MaxHelloLen bytes.
+// It looks at every record, so it excuses a little more than it needs to.
 func stricterThanTLS(raw []byte) bool {
 	if len(raw) > MaxHelloLen {
 		return true
 	}
+	leading, inHello := 0, false
 	for off := 0; off+recordHeaderLen <= len(raw); {
-		if raw[off] != recordTypeHandshake || raw[off+1] != 3 {
+		switch {
+		case raw[off+1] != 3:
 			return true
+		case raw[off] == recordTypeHandshake:
+			inHello = true
+		case inHello:
+			return true
+		default:
+			if leading++; leading > MaxLeadingRecords {
+				return true
+			}
 		}
 		off += recordHeaderLen + (int(raw[off+3])<<8 | int(raw[off+4]))
 	}

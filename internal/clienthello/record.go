@@ -1,43 +1,70 @@
 package clienthello
 
 const (
-	recordHeaderLen     = 5  // type, legacy_record_version, length (RFC 8446 §5.1)
-	recordTypeHandshake = 22 // ContentType handshake (RFC 8446 §5.1)
-	handshakeHeaderLen  = 4  // msg_type, uint24 length (RFC 8446 §4)
-	typeClientHello     = 1  // HandshakeType client_hello (RFC 8446 §4)
+	recordHeaderLen           = 5  // type, legacy_record_version, length (RFC 8446 §5.1)
+	recordTypeChangeCipher    = 20 // ContentType change_cipher_spec (RFC 8446 §5)
+	recordTypeAlert           = 21 // ContentType alert
+	recordTypeHandshake       = 22 // ContentType handshake
+	recordTypeApplicationData = 23 // ContentType application_data
+	handshakeHeaderLen        = 4  // msg_type, uint24 length (RFC 8446 §4)
+	typeClientHello           = 1  // HandshakeType client_hello (RFC 8446 §4)
 )
+
+// MaxLeadingRecords is how many change_cipher_spec and alert records may come
+// before the hello. Some TLS stacks drop such records before the first
+// handshake message (crypto/tls drops warning alerts, up to 16 useless
+// records); no client needs more than a few, and a bound keeps the walk short.
+const MaxLeadingRecords = 4
 
 // Reassemble examines raw, the bytes read from the client so far (TLS records
 // from the first byte), and says whether they hold a whole ClientHello.
 //
 // When st is Complete, msg is the handshake message (type 1, uint24 length,
-// body): a subslice of raw when the message sits in the first record, else
+// body): a subslice of raw when the message sits in its first record, else
 // appended to scratch[:0]. Pass a scratch with capacity MaxHelloLen and no call
-// allocates. used is the length of the records that carry the hello; the bytes
-// after them (early data, garbage) are not part of it. Complete is reported
-// only once the record holding the hello's last byte is whole, as crypto/tls
-// reads whole records.
+// allocates. used is the length of the records that carry the hello, and of
+// the records skipped before it; the bytes after them (early data, garbage)
+// are not part of it. Complete is reported only once the record holding the
+// hello's last byte is whole, as crypto/tls reads whole records.
 //
 // Reassemble keeps no state: each call walks raw from the start, in time linear
 // in len(raw), which MaxHelloLen bounds.
 //
-// Classification, and where it is stricter than crypto/tls on purpose:
-//   - a first byte other than 22 (handshake) is NotTLS. That includes an
-//     SSLv2-compatible hello (high bit set, RFC 5246 Appendix E.2), which
-//     carries no extensions and so no server name, and a leading alert record;
+// TLS is recognised by its record layer, not by a first byte of 22: a client
+// may send change_cipher_spec or alert records before its hello, and a server
+// that drops them reads the hello after them, so Reassemble must too, or a
+// gateway would not see the name the server acts on. Classification, and
+// where it is stricter than crypto/tls on purpose:
+//   - raw is NotTLS unless it starts like a record: content type 22, or 20, 21
+//     or 23 with legacy_record_version major 3, or a change_cipher_spec or
+//     alert record of the right length in any version below 0x1000, which
+//     crypto/tls's record layer reads before the hello (the version is then
+//     Invalid, below).
+//     An SSLv2-compatible hello (high bit set, RFC 5246 Appendix E.2), which
+//     carries no extensions and so no server name, is NotTLS;
+//   - up to MaxLeadingRecords change_cipher_spec records (one byte, 1) and
+//     alert records (two bytes) are skipped before the first handshake record;
+//     any other leading record, more of them, or a record version with major
+//     other than 3 is Invalid. crypto/tls takes any record version below
+//     0x1000 before the hello and up to 16 warning alerts; we call both
+//     Invalid;
 //   - every record carrying the hello must be a non-empty handshake record
 //     (RFC 8446 §5.1) with legacy_record_version major 3; any minor is
-//     accepted. crypto/tls skips warning alerts among the hello's records and
-//     takes any record version below 0x1000; we call both Invalid;
+//     accepted. crypto/tls skips warning alerts among the hello's records; we
+//     call that Invalid;
 //   - a handshake message type other than client_hello is Invalid;
 //   - a message longer than MaxHelloLen, or records that would end past
 //     MaxHelloLen bytes of raw, are Invalid as soon as a header says so. That
 //     cap is below the 2^14-byte record limit of RFC 8446 §5.1, which it
 //     therefore also enforces.
 func Reassemble(raw, scratch []byte) (msg []byte, used int, st Status) {
+	start, st := skipLeading(raw)
+	if st != Complete {
+		return nil, 0, st
+	}
 	var hdr [handshakeHeaderLen]byte // the message header, which records may split too
 	seen := 0                        // handshake bytes in the records walked so far
-	for off := 0; ; {
+	for off := start; ; {
 		frag, st := record(raw, off)
 		if st != Complete {
 			return nil, 0, st
@@ -58,8 +85,77 @@ func Reassemble(raw, scratch []byte) (msg []byte, used int, st Status) {
 			return nil, 0, Invalid
 		}
 		if seen >= total {
-			return gather(raw, scratch, total), off, Complete
+			return gather(raw[start:], scratch, total), off, Complete
 		}
+	}
+}
+
+// recordStart says whether raw starts like a TLS record: NotTLS, NeedMore
+// while its first bytes do not tell, else Complete. It judges by the fewest
+// bytes it can, so that other protocols are told apart at once.
+func recordStart(raw []byte) Status {
+	switch {
+	case len(raw) == 0:
+		return NeedMore
+	case raw[0] == recordTypeHandshake:
+		return Complete
+	case raw[0] < recordTypeChangeCipher || raw[0] > recordTypeApplicationData:
+		return NotTLS
+	case len(raw) < 2:
+		return NeedMore
+	case raw[1] == 3:
+		return Complete
+	case raw[0] == recordTypeApplicationData || raw[1] >= 0x10:
+		return NotTLS
+	case len(raw) < recordHeaderLen:
+		return NeedMore
+	case raw[3] == 0 && int(raw[4]) == skippedLen(raw[0]):
+		return Complete
+	}
+	return NotTLS
+}
+
+// skippedLen is the length of the change_cipher_spec or alert record that
+// may come before a hello: the single byte 1 (RFC 5246 §7.1, RFC 8446 §5);
+// AlertLevel and AlertDescription (RFC 8446 §6).
+func skippedLen(typ byte) int {
+	if typ == recordTypeChangeCipher {
+		return 1
+	}
+	return 2
+}
+
+// skipLeading returns the offset of the first handshake record in raw, past
+// the change_cipher_spec and alert records before it, with Complete; or
+// NeedMore, NotTLS or Invalid.
+func skipLeading(raw []byte) (off int, st Status) {
+	if st := recordStart(raw); st != Complete {
+		return 0, st
+	}
+	for n := 0; ; n++ {
+		h := raw[off:]
+		switch {
+		case len(h) == 0:
+			return 0, NeedMore
+		case h[0] == recordTypeHandshake:
+			return off, Complete
+		case n == MaxLeadingRecords, h[0] != recordTypeChangeCipher && h[0] != recordTypeAlert:
+			return 0, Invalid
+		case len(h) >= 2 && h[1] != 3:
+			return 0, Invalid
+		case len(h) < recordHeaderLen:
+			return 0, NeedMore
+		}
+		want := skippedLen(h[0])
+		switch {
+		case int(h[3])<<8|int(h[4]) != want:
+			return 0, Invalid
+		case len(h) < recordHeaderLen+want:
+			return 0, NeedMore
+		case h[0] == recordTypeChangeCipher && h[recordHeaderLen] != 1:
+			return 0, Invalid
+		}
+		off += recordHeaderLen + want
 	}
 }
 
@@ -69,8 +165,6 @@ func Reassemble(raw, scratch []byte) (msg []byte, used int, st Status) {
 func record(raw []byte, off int) (frag []byte, st Status) {
 	h := raw[off:]
 	switch {
-	case len(h) >= 1 && h[0] != recordTypeHandshake && off == 0:
-		return nil, NotTLS
 	case len(h) >= 1 && h[0] != recordTypeHandshake:
 		return nil, Invalid
 	case len(h) >= 2 && h[1] != 3:
@@ -107,14 +201,21 @@ func gather(raw, scratch []byte, total int) []byte {
 	return msg
 }
 
-// RecordVersion returns the legacy_record_version of the first record in raw,
-// or 0 when raw does not start with the header of a handshake record. The
-// gateway answers a refused hello with an alert in a record of this version;
-// it may be any value with major 3, or anything at all when raw is Invalid, so
-// the caller picks a fallback for what it will not echo.
+// RecordVersion returns the legacy_record_version of the record that starts
+// the hello, past any change_cipher_spec and alert records before it; while
+// that record's header is not there, or when raw is Invalid before it, that of
+// the first record. It is 0 when raw does not start with the header of a
+// record (fewer than 3 bytes, a first byte other than 20 to 23). The gateway
+// answers a refused hello with an alert in a record of this version; it may
+// be any value with major 3, or anything at all when raw is Invalid, so the
+// caller picks a fallback for what it will not echo.
 func RecordVersion(raw []byte) uint16 {
-	if len(raw) < 3 || raw[0] != recordTypeHandshake {
+	if len(raw) < 3 || raw[0] < recordTypeChangeCipher || raw[0] > recordTypeApplicationData {
 		return 0
 	}
-	return uint16(raw[1])<<8 | uint16(raw[2])
+	at := 0
+	if off, st := skipLeading(raw); st == Complete && len(raw) >= off+3 {
+		at = off
+	}
+	return uint16(raw[at+1])<<8 | uint16(raw[at+2])
 }

@@ -75,6 +75,8 @@ func TestReassembleByteByByte(t *testing.T) {
 func TestReassembleStatus(t *testing.T) {
 	msg := hello(exts(sni("example.com")))
 	v := uint16(0x0301)
+	warn := rec(21, 0x0303, []byte{1, 112}) // warning unrecognized_name
+	ccs := rec(20, 0x0303, []byte{1})
 	tests := []struct {
 		name     string
 		raw      []byte
@@ -93,11 +95,24 @@ func TestReassembleStatus(t *testing.T) {
 		{"garbage after", cat(rec(22, v, msg), []byte("GET / garbage")), Complete, len(msg) + 5},
 		{"early data after", cat(rec(22, v, msg), rec(23, 0x0303, []byte("early"))), Complete, len(msg) + 5},
 		{"more handshake in the record", rec(22, v, cat(msg, []byte{11, 0, 0})), Complete, len(msg) + 8},
+		{"warning alert first", cat(warn, rec(22, v, msg)), Complete, len(msg) + 12},
+		{"change_cipher_spec first", cat(ccs, rec(22, v, msg)), Complete, len(msg) + 11},
+		{"four leading records, hello in two", cat(ccs, warn, warn, ccs, rec(22, v, msg[:9]), rec(22, v, msg[9:])),
+			Complete, len(msg) + 36},
+		{"alert first, nothing after", warn, NeedMore, 0},
+		{"alert first, partial", warn[:6], NeedMore, 0},
+		{"change_cipher_spec type byte only", []byte{20}, NeedMore, 0},
+		{"alert in version 0.x, partial", []byte{21, 0, 0, 0}, NeedMore, 0},
 
 		{"http", []byte("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"), NotTLS, 0},
 		{"ssh", []byte("SSH-2.0-OpenSSH_9.6\r\n"), NotTLS, 0},
 		{"sslv2 hello", []byte{0x80, 0x2e, 0x01, 0x03, 0x01, 0x00, 0x15}, NotTLS, 0},
-		{"alert first", rec(21, v, []byte{2, 40}), NotTLS, 0},
+		{"alert type byte, then text", []byte{21, 'A'}, NotTLS, 0},
+		{"application data type byte, then text", []byte{23, 'A', 'B'}, NotTLS, 0},
+		{"alert in version 0x1000", rec(21, 0x1000, []byte{1, 0}), NotTLS, 0},
+		{"3-byte alert in version 0.0", rec(21, 0x0000, []byte{1, 0, 0}), NotTLS, 0},
+		{"2-byte change_cipher_spec in version 0.0", rec(20, 0x0000, []byte{1, 0}), NotTLS, 0},
+		{"application data in version 0.0", rec(23, 0x0000, []byte{1, 0}), NotTLS, 0},
 		{"http first byte only", []byte("G"), NotTLS, 0},
 
 		{"record version 0x0200", rec(22, 0x0200, msg), Invalid, 0},
@@ -113,6 +128,18 @@ func TestReassembleStatus(t *testing.T) {
 		{"change_cipher_spec inside", cat(rec(22, v, msg[:9]), rec(20, v, []byte{1}), rec(22, v, msg[9:])), Invalid, 0},
 		{"warning alert inside", cat(rec(22, v, msg[:9]), rec(21, v, []byte{1, 0}), rec(22, v, msg[9:])), Invalid, 0},
 		{"bad version inside", cat(rec(22, v, msg[:9]), rec(22, 0x0200, msg[9:])), Invalid, 0},
+		{"five leading records", cat(ccs, warn, warn, ccs, warn, rec(22, v, msg)), Invalid, 0},
+		{"application data first", cat(rec(23, v, []byte("early")), rec(22, v, msg)), Invalid, 0},
+		{"application data after an alert", cat(warn, rec(23, v, []byte("early")), rec(22, v, msg)), Invalid, 0},
+		{"application data header after an alert", cat(warn, []byte{23}), Invalid, 0},
+		{"alert in version 0.0", cat(rec(21, 0x0000, []byte{1, 0}), rec(22, v, msg)), Invalid, 0},
+		{"change_cipher_spec in version 1.3", cat(rec(20, 0x0103, []byte{1}), rec(22, v, msg)), Invalid, 0},
+		{"second alert in version 2.0", cat(warn, rec(21, 0x0200, []byte{1, 0}), rec(22, v, msg)), Invalid, 0},
+		{"3-byte alert", cat(rec(21, v, []byte{1, 0, 0}), rec(22, v, msg)), Invalid, 0},
+		{"empty alert", cat(rec(21, v, nil), rec(22, v, msg)), Invalid, 0},
+		{"change_cipher_spec of 2", cat(rec(20, v, []byte{2}), rec(22, v, msg)), Invalid, 0},
+		{"2-byte change_cipher_spec", cat(rec(20, v, []byte{1, 1}), rec(22, v, msg)), Invalid, 0},
+		{"server hello after an alert", cat(warn, rec(22, v, []byte{2, 0, 0, 1, 0})), Invalid, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -153,6 +180,10 @@ func TestRecordVersion(t *testing.T) {
 		{[]byte{22, 3, 1}, 0x0301},
 		{[]byte{22, 3, 3, 0, 1, 1}, 0x0303},
 		{[]byte("GET / HTTP/1.1"), 0},
+		{[]byte{21, 3, 3}, 0x0303},
+		{cat(rec(21, 0x0303, []byte{1, 0}), []byte{22, 3}), 0x0303},
+		{cat(rec(21, 0x0303, []byte{1, 0}), rec(20, 0x0302, []byte{1}), []byte{22, 3, 1}), 0x0301},
+		{cat(rec(23, 0x0302, []byte("early")), []byte{22, 3, 1}), 0x0302},
 	}
 	for _, tt := range tests {
 		if got := RecordVersion(tt.raw); got != tt.want {
