@@ -5,23 +5,231 @@ import (
 	"bytes"
 	"net"
 	"net/http"
+	"net/textproto"
 	"strings"
 )
 
+// peekText tells an HTTP/1.x request from an SSH banner and anything else.
+// It reads on while the bytes can still become a request line, and not a
+// byte longer: an SSH banner or a Redis command is told apart as soon as
+// its first line ends. A prefix that is still open at the deadline is a
+// started request that timed out (ErrHTTPTimeout), not unknown: a client
+// that trickled "GET / HTTP/1.1\r\nHost: deni" must not be decided by its
+// address alone.
+func peekText(c net.Conn, buf []byte) Result {
+	for {
+		st, start, lf := requestLine(buf)
+		switch {
+		case st == lineHTTP && lf >= maxRequestLine:
+			return Result{Protocol: HTTP, Data: buf, Err: ErrHTTPLineTooLong}
+		case st == lineHTTP:
+			return peekHTTP(c, buf, start, lf)
+		case st == lineBad:
+			return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
+		case st == lineNot && bytes.HasPrefix(buf, []byte("SSH-")): // RFC 4253 §4.2
+			return Result{Protocol: SSH, Data: buf}
+		case st == lineNot:
+			return Result{Protocol: Unknown, Data: buf}
+		case len(buf) >= maxRequestLine:
+			return Result{Protocol: HTTP, Data: buf, Err: ErrHTTPLineTooLong}
+		}
+		var err error
+		if buf, err = readMore(c, buf); err != nil {
+			return httpError(buf, err)
+		}
+	}
+}
+
+// peekHTTP reads the rest of a request head whose line is buf[start:lf+1]
+// and takes its Host.
+func peekHTTP(c net.Conn, buf []byte, start, lf int) Result {
+	for {
+		if end := headEnd(buf, lf); end >= 0 {
+			host, ok := httpHost(buf[start:end])
+			r := Result{Protocol: HTTP, Data: buf, Host: host}
+			if !ok {
+				r.Err = ErrBadHTTP
+			}
+			return r
+		}
+		if len(buf) >= maxHTTPHead {
+			return Result{Protocol: HTTP, Data: buf, Err: ErrHTTPTooLarge}
+		}
+		var err error
+		if buf, err = readMore(c, buf); err != nil {
+			return httpError(buf, err)
+		}
+	}
+}
+
+func httpError(buf []byte, err error) Result {
+	if isTimeout(err) {
+		err = ErrHTTPTimeout
+	}
+	return Result{Protocol: HTTP, Data: buf, Err: err}
+}
+
+// lineState is what the bytes read so far say about a request line.
+type lineState int
+
+const (
+	linePrefix lineState = iota // can still become a request line: read more
+	lineHTTP                    // a whole request line
+	lineNot                     // cannot become one
+	lineBad                     // not HTTP/1.x, but a request some server acts on
+)
+
+// requestLine says whether buf starts with an HTTP/1.x request line,
+//
+//	method SP request-target SP HTTP-version CRLF   (RFC 9112 §3)
+//
+// with any token as the method (RFC 9110 §9.1), read as leniently as the
+// servers behind the gateway read it, since what one of them takes for a
+// request must be decided on its Host: empty lines before it are skipped
+// (RFC 9112 §2.2), a bare LF ends it, runs of SP, HTAB, VT, FF and bare CR
+// separate its parts (RFC 9112 §3), and the target is anything up to the
+// last separator. What is left out is what no server reads as HTTP/1.x: a
+// method that is not a token, a control byte in the line, a line that does
+// not end in HTTP/DIGIT.DIGIT (HTTP/0.9 carries no Host), except an HTTP/0.9
+// line with an absolute-form target, which is lineBad: nginx still serves
+// it, from the virtual host that the target names. A malformed line that
+// passes is refused later by httpHost; that errs on the safe side.
+//
+// start is where the method begins; for lineHTTP, lf is the index of the
+// line's LF.
+func requestLine(buf []byte) (st lineState, start, lf int) {
+	i := 0
+	for i < len(buf) && (buf[i] == '\r' || buf[i] == '\n') {
+		i++
+	}
+	start = i
+	for i < len(buf) && isTchar(buf[i]) {
+		i++
+	}
+	switch {
+	case i == len(buf):
+		return linePrefix, start, -1
+	case i == start || !isSep(buf[i]):
+		return lineNot, start, -1
+	}
+	rest := buf[i:] // the separator after the method, the target, the version
+	n := bytes.IndexByte(rest, '\n')
+	if n >= 0 {
+		rest = rest[:n]
+	}
+	for _, b := range rest {
+		if (b < ' ' || b == 0x7f) && !isSep(b) {
+			return lineNot, start, -1
+		}
+	}
+	if n < 0 {
+		return linePrefix, start, -1
+	}
+	for len(rest) > 0 && isSep(rest[len(rest)-1]) {
+		rest = rest[:len(rest)-1]
+	}
+	const vlen = len("HTTP/1.1")
+	if len(rest) < vlen+2 || !isVersion(rest[len(rest)-vlen:]) || !isSep(rest[len(rest)-vlen-1]) {
+		if target := bytes.TrimLeft(rest, " \t\v\f\r"); isAbsolute(target) {
+			return lineBad, start, -1
+		}
+		return lineNot, start, -1
+	}
+	for _, b := range rest[:len(rest)-vlen] {
+		if !isSep(b) {
+			return lineHTTP, start, i + n // a target
+		}
+	}
+	return lineNot, start, -1
+}
+
+// isTchar reports whether b may appear in a token (RFC 9110 §5.6.2).
+func isTchar(b byte) bool {
+	switch {
+	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
+}
+
+// isSep reports whether b is whitespace a lenient server splits a request
+// line on (RFC 9112 §3): SP, HTAB, VT, FF, or CR.
+func isSep(b byte) bool {
+	return b == ' ' || b == '\t' || b == '\v' || b == '\f' || b == '\r'
+}
+
+// isVersion reports whether v is HTTP-version (RFC 9112 §2.3).
+func isVersion(v []byte) bool {
+	return len(v) == 8 && string(v[:5]) == "HTTP/" && isDigit(v[5]) && v[6] == '.' && isDigit(v[7])
+}
+
+func isDigit(b byte) bool { return '0' <= b && b <= '9' }
+
+// isAbsolute reports whether target is one word that starts like an
+// absolute URI: scheme "://" (RFC 3986 §3).
+func isAbsolute(target []byte) bool {
+	scheme, _, ok := bytes.Cut(target, []byte("://"))
+	if !ok || len(scheme) == 0 || bytes.ContainsFunc(target, func(r rune) bool { return r < 0x80 && isSep(byte(r)) }) {
+		return false
+	}
+	for i, b := range scheme {
+		alpha := 'a' <= b|0x20 && b|0x20 <= 'z'
+		if !alpha && (i == 0 || !isDigit(b) && b != '+' && b != '-' && b != '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// headEnd returns the end of the request head in buf, past the empty line
+// that closes it (CRLF, or a bare LF as net/http also reads), or -1. lf is
+// the index of the request line's LF.
+func headEnd(buf []byte, lf int) int {
+	for i := lf; ; {
+		rest := buf[i+1:]
+		switch {
+		case len(rest) >= 1 && rest[0] == '\n':
+			return i + 2
+		case len(rest) >= 2 && rest[0] == '\r' && rest[1] == '\n':
+			return i + 3
+		}
+		j := bytes.IndexByte(rest, '\n')
+		if j < 0 {
+			return -1
+		}
+		i += 1 + j
+	}
+}
+
 // httpHost parses a complete request head and returns the destination host
 // it names, without port: the authority of an absolute-form target, else
-// the Host header. ok is false for a head net/http cannot parse.
+// the Host header. ok is false for a head net/http cannot parse, and for
+// one that names two hosts, since servers differ on which one they serve:
+// two Host lines (RFC 9112 §3.2 makes it a 400), or an absolute-form target
+// whose host is not the Host header's (RFC 9112 §3.2.2 says to ignore the
+// header; not every server does).
 func httpHost(head []byte) (host string, ok bool) {
 	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
 	if err != nil {
-		return "", false
+		return "", false // two Host lines included
 	}
-	h := req.Host // net/http prefers the absolute URI's host over the header
-	if h == "" {
-		return "", true // HTTP/1.0 without Host: no name
+	if req.URL.Host != "" {
+		// ReadRequest has dropped the Host header; read it again.
+		tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(head)))
+		tp.ReadLine()
+		hdr, _ := tp.ReadMIMEHeader()
+		if h := hdr.Get("Host"); h != "" && !strings.EqualFold(hostOnly(h), hostOnly(req.Host)) {
+			return "", false
+		}
 	}
+	return hostOnly(req.Host), true // "" for HTTP/1.0 without Host: no name
+}
+
+// hostOnly returns the host of a Host value or authority, without port or
+// IPv6 brackets.
+func hostOnly(h string) string {
 	if hh, _, err := net.SplitHostPort(h); err == nil {
 		h = hh
 	}
-	return strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"), true
+	return strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
 }

@@ -3,10 +3,19 @@
 // and TLS records), an HTTP request, an SSH banner, something unknown, or
 // nothing at all — a server-first protocol whose client waits to be spoken
 // to. The bytes read are kept so the gateway can forward them verbatim.
+//
+// Every answer is a decision the gateway acts on, so the classes are
+// defined by what the servers behind it would accept, not by what common
+// clients send: TLS by its record layer, whatever record comes first (a
+// change_cipher_spec or alert before the hello is skipped, see
+// clienthello.Reassemble); HTTP by the shape of its request line, whatever
+// the method. Bytes that can still become either are read on until the
+// deadline, and then refused as a started hello or request, never let
+// through as unknown with the name unseen; bytes that cannot are unknown at
+// once.
 package peek
 
 import (
-	"bytes"
 	"errors"
 	"net"
 	"os"
@@ -30,8 +39,12 @@ const (
 // request head as much.
 const MaxBytes = clienthello.MaxHelloLen
 
-// maxHTTPHead bounds an HTTP request head.
-const maxHTTPHead = 16 << 10
+// maxHTTPHead bounds an HTTP request head; maxRequestLine its first line,
+// as internal/httpconnect does.
+const (
+	maxHTTPHead    = 16 << 10
+	maxRequestLine = 8 << 10
+)
 
 // Result is what the first bytes said.
 type Result struct {
@@ -56,12 +69,13 @@ type Result struct {
 
 // Errors a Result can carry.
 var (
-	ErrMalformedHello = errors.New("malformed TLS ClientHello")
-	ErrHelloTimeout   = errors.New("client_hello timeout: ClientHello incomplete")
-	ErrHelloTooLarge  = errors.New("ClientHello larger than 16 KiB")
-	ErrHTTPTimeout    = errors.New("client_hello timeout: HTTP request head incomplete")
-	ErrHTTPTooLarge   = errors.New("HTTP request head larger than 16 KiB")
-	ErrBadHTTP        = errors.New("malformed HTTP request head")
+	ErrMalformedHello  = errors.New("malformed TLS ClientHello")
+	ErrHelloTimeout    = errors.New("client_hello timeout: ClientHello incomplete")
+	ErrHelloTooLarge   = errors.New("ClientHello larger than 16 KiB")
+	ErrHTTPTimeout     = errors.New("client_hello timeout: HTTP request head incomplete")
+	ErrHTTPTooLarge    = errors.New("HTTP request head larger than 16 KiB")
+	ErrHTTPLineTooLong = errors.New("HTTP request line longer than 8 KiB")
+	ErrBadHTTP         = errors.New("malformed HTTP request head")
 )
 
 // Deadlines for one connection, absolute.
@@ -89,14 +103,10 @@ func Peek(c net.Conn, dl Deadlines) Result {
 		return r
 	}
 	c.SetReadDeadline(dl.Complete)
-	switch {
-	case buf[0] == 0x16:
+	if buf[0] >= 20 && buf[0] <= 23 { // a TLS record's content type (RFC 8446 §5.1)
 		return peekTLS(c, buf)
-	case looksHTTP(buf):
-		return peekHTTP(c, buf)
-	default:
-		return peekBanner(c, buf)
 	}
+	return peekText(c, buf)
 }
 
 // Release returns r's buffers to their pools; r.Data and the views in
@@ -144,79 +154,30 @@ func peekTLS(c net.Conn, buf []byte) Result {
 			r.Hello.RecordVersion = clienthello.RecordVersion(buf)
 			r.Protocol, r.Data, r.HelloOK = TLS, buf, true
 			return r
-		case clienthello.Invalid, clienthello.NotTLS:
-			return Result{Protocol: TLS, Data: buf, Err: ErrMalformedHello}
+		case clienthello.NotTLS: // a first byte of 20 to 23 that is not: nothing we know
+			return Result{Protocol: Unknown, Data: buf}
+		case clienthello.Invalid:
+			return tlsError(buf, ErrMalformedHello)
 		}
 		if len(buf) >= clienthello.MaxHelloLen {
-			return Result{Protocol: TLS, Data: buf, Err: ErrHelloTooLarge}
+			return tlsError(buf, ErrHelloTooLarge)
 		}
 		var err error
 		if buf, err = readMore(c, buf); err != nil {
 			if isTimeout(err) {
 				err = ErrHelloTimeout
 			}
-			return Result{Protocol: TLS, Data: buf, Err: err}
+			return tlsError(buf, err)
 		}
 	}
 }
 
-var methods = [...]string{"GET ", "POST ", "PUT ", "HEAD ", "DELETE ", "OPTIONS ", "PATCH ", "TRACE ", "CONNECT "}
-
-// looksHTTP reports whether buf starts like an HTTP/1.x request line, or is
-// a prefix of one.
-func looksHTTP(buf []byte) bool {
-	for _, m := range methods {
-		n := min(len(buf), len(m))
-		if string(buf[:n]) == m[:n] {
-			return true
-		}
-	}
-	return false
-}
-
-func peekHTTP(c net.Conn, buf []byte) Result {
-	for {
-		if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
-			host, ok := httpHost(buf[:i+4])
-			r := Result{Protocol: HTTP, Data: buf, Host: host}
-			if !ok {
-				r.Err = ErrBadHTTP
-			}
-			return r
-		}
-		if len(buf) >= maxHTTPHead {
-			return Result{Protocol: HTTP, Data: buf, Err: ErrHTTPTooLarge}
-		}
-		var err error
-		if buf, err = readMore(c, buf); err != nil {
-			if len(buf) > 0 && !looksHTTP(buf) {
-				return Result{Protocol: Unknown, Data: buf}
-			}
-			if isTimeout(err) {
-				err = ErrHTTPTimeout
-			}
-			return Result{Protocol: HTTP, Data: buf, Err: err}
-		}
-		if !looksHTTP(buf) {
-			return Result{Protocol: Unknown, Data: buf}
-		}
-	}
-}
-
-// peekBanner tells an SSH identification string (RFC 4253 §4.2) from
-// anything else; it waits only while the bytes could still become "SSH-".
-func peekBanner(c net.Conn, buf []byte) Result {
-	const ssh = "SSH-"
-	for len(buf) < len(ssh) && string(buf) == ssh[:len(buf)] {
-		var err error
-		if buf, err = readMore(c, buf); err != nil {
-			break
-		}
-	}
-	if bytes.HasPrefix(buf, []byte(ssh)) {
-		return Result{Protocol: SSH, Data: buf}
-	}
-	return Result{Protocol: Unknown, Data: buf}
+// tlsError is a TLS stream the gateway refuses, with the record version to
+// answer in should it send an alert.
+func tlsError(buf []byte, err error) Result {
+	r := Result{Protocol: TLS, Data: buf, Err: err}
+	r.Hello.RecordVersion = clienthello.RecordVersion(buf)
+	return r
 }
 
 // readMore appends one read's worth of bytes to buf, growing it up to

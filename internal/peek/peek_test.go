@@ -12,7 +12,7 @@ import (
 	"github.com/egressd/egressd/internal/testnet"
 )
 
-func fixture(t *testing.T, name string) []byte {
+func fixture(t testing.TB, name string) []byte {
 	t.Helper()
 	h, err := os.ReadFile("../clienthello/testdata/" + name)
 	if err != nil {
@@ -68,12 +68,13 @@ func TestPeek(t *testing.T) {
 		{"tls 1-byte records", reframe(hello, 1), 97, TLS, "example.com", "", nil},
 		{"tls 7-byte records", reframe(hello, 7), 0, TLS, "example.com", "", nil},
 		{"http", []byte("GET /x HTTP/1.1\r\nHost: Example.COM:8080\r\n\r\n"), 3, HTTP, "", "Example.COM", nil},
-		{"http absolute", []byte("GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n"), 0, HTTP, "", "a.test", nil},
+		{"http absolute", []byte("GET http://a.test/ HTTP/1.1\r\nHost: A.TEST:80\r\n\r\n"), 0, HTTP, "", "a.test", nil},
 		{"http v6 host", []byte("GET / HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n\r\n"), 0, HTTP, "", "2001:db8::1", nil},
 		{"http bad", []byte("GET / HTTP/1.1\r\nHost a\r\n\r\n"), 0, HTTP, "", "", ErrBadHTTP},
 		{"ssh", []byte("SSH-2.0-OpenSSH_9.2\r\n"), 1, SSH, "", "", nil},
 		{"unknown", []byte("\x00\x01\x02garbage"), 0, Unknown, "", "", nil},
-		{"almost http", []byte("GETX / HTTP/1.1\r\n\r\n"), 0, Unknown, "", "", nil},
+		{"any method", []byte("GETX / HTTP/1.1\r\nHost: a.test\r\n\r\n"), 0, HTTP, "", "a.test", nil},
+		{"almost http", []byte("GET\x00/ HTTP/1.1\r\n\r\n"), 0, Unknown, "", "", nil},
 		{"malformed tls", []byte{0x16, 0x03, 0x01, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00}, 0, TLS, "", "", ErrMalformedHello},
 	}
 	for _, tc := range tests {
