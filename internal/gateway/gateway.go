@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/authguard"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/dnsproxy"
 	"github.com/egressd/egressd/internal/listener"
@@ -44,6 +45,10 @@ type Gateway struct {
 	// (dns), by client; both nil when the config has no dns section.
 	memory *namecache.Cache
 	dns    *dnsproxy.Server
+	// auth bounds proxy password checks (bcrypt): at most a few at once,
+	// none for a source that keeps failing. One for the gateway's life,
+	// so that a reload does not forgive a source that is backing off.
+	auth *authguard.Guard
 
 	mu        sync.Mutex
 	listeners []*boundListener
@@ -101,6 +106,8 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 		Pending:  func() float64 { return float64(g.pending.Load()) },
 		LogQueue: func() float64 { return float64(len(g.relayLog)) },
 	}
+	g.auth = authguard.New(authguard.Config{Log: log})
+	gauges.AuthChecks = g.authCounts
 	if st.Config.DNS.Enabled() {
 		gauges.DNS = g.dnsCounts
 	}
@@ -116,6 +123,7 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
 		g.dns = dnsproxy.New(dnsproxy.Config{
 			Address: d.Address, Upstreams: d.Upstreams, Remember: d.Remember, Timeout: d.Timeout, Mark: st.Config.Mark,
 			Filter: d.Filter, StripECH: d.StripECH, RateLimit: d.RateLimit, Clients: d.Clients,
+			MaxTCPConns: d.MaxTCPConns, MaxTCPConnsPerSource: d.MaxTCPConnsPerSource,
 		}, g.memory, func() (*policy.Policy, bool) {
 			st := g.state.Load()
 			return st.Policy, st.Config.Policy.Enforce
