@@ -317,7 +317,9 @@ func TestAcceptBacksOff(t *testing.T) {
 		adminAdr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		sinkPort: startSink(t),
 		dns:      startDNS(t, "a.test"),
-		extra:    "timeouts: {client_hello: 3s}",
+		// No limits: derived from ulimit -n 40 they would refuse the
+		// connections before accept runs out of descriptors.
+		extra: "timeouts: {client_hello: 3s}\nlimits: {max_connections: 0, max_connections_per_source: 0, max_pending_handshakes: 0}",
 	}
 	writeReplace(t, w.path, w.config(allowA))
 	// dash and bash both set the soft and the hard limit with ulimit -n.
