@@ -52,13 +52,15 @@ func TestSilentTCPFlood(t *testing.T) {
 	}
 	wg.Wait()
 	close(held)
+	var all []net.Conn
 	for cs := range held {
-		defer func() {
-			for _, c := range cs {
-				c.Close()
-			}
-		}()
+		all = append(all, cs...)
 	}
+	defer func() {
+		for _, c := range all {
+			c.Close()
+		}
+	}()
 
 	// Every connection accepted: those past the caps were closed at once.
 	want := uint64(len(attackers) * (conns - perSource))
