@@ -60,8 +60,8 @@ type Config struct {
 	Filter    bool
 	StripECH  bool
 	RateLimit int // queries per second per source
-	// Clients are the sources answered; nil means those policy.Restricted
-	// calls restricted (private, loopback, link-local, CGNAT).
+	// Clients are the sources answered; nil means those policy.Local
+	// calls local (private, loopback, link-local, CGNAT).
 	Clients []netip.Prefix
 	// MaxTCPConns bounds the TCP connections open at once, all clients
 	// together, and MaxTCPConnsPerSource those of one client address
@@ -444,7 +444,7 @@ func (s *Server) releaseSource(src netip.Addr) {
 // isClient reports whether the forwarder answers src.
 func (s *Server) isClient(src netip.Addr) bool {
 	if s.cfg.Clients == nil {
-		return policy.Restricted(src)
+		return policy.Local(src)
 	}
 	return policy.InPrefixes(s.cfg.Clients, src)
 }

@@ -143,3 +143,13 @@ func (d Decision) Permits(addr netip.Addr) bool {
 	}
 	return !Restricted(addr) || contains(d.Destinations, plain(addr))
 }
+
+// Local reports whether addr, as a socket reports a peer, is itself in one
+// of the restricted ranges: private, loopback, link-local, CGNAT. It does
+// not look through embedded IPv4 addresses as Restricted does. It answers
+// "is this peer on our side?" (the DNS forwarder's default clients), where
+// looking through would let an internet host that picked a Teredo or 6to4
+// address embedding a private IPv4 address pass for a local one.
+func Local(addr netip.Addr) bool {
+	return addr.IsValid() && contains(restricted, plain(addr))
+}

@@ -41,3 +41,17 @@ func TestDecideName(t *testing.T) {
 		})
 	}
 }
+
+// TestLocal: the forwarder's default clients are the local ranges as the
+// socket reports the peer; an address that only embeds a private IPv4
+// address (Teredo, 6to4: the embedding is the client's choice) is not one.
+func TestLocal(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"10.1.2.3": true, "::ffff:192.168.1.1": true, "fe80::1%eth0": true, "127.0.0.1": true,
+		"198.51.100.1": false, "2001:0:c000:0201::": false, "2002:0a00:0001::1": false, "64:ff9b::a00:1": false,
+	} {
+		if got := Local(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("Local(%s) = %v, want %v", addr, got, want)
+		}
+	}
+}
