@@ -54,9 +54,11 @@ policy:
 	if resp == nil || resp.StatusCode != 200 {
 		t.Fatalf("CONNECT through a PROXY header: %v", resp)
 	}
-	io.WriteString(c, "ping")
-	buf := make([]byte, 4)
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+	// A line end: a bare token ("ping") could still be the start of an
+	// HTTP request line, which peek waits client_hello to see finished.
+	io.WriteString(c, "ping\n")
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping\n" {
 		t.Errorf("tunnel echo: %q %v", buf, err)
 	}
 	// The same source again while the first is open: over
