@@ -53,7 +53,9 @@ type Result struct {
 	Data []byte
 	// Hello is the parsed ClientHello when Protocol is TLS and HelloOK. Its
 	// byte slices view Data, or the reassembly buffer for a hello split over
-	// records, so like Data they must not be used after Release.
+	// records, so like Data they must not be used after Release. When
+	// Protocol is TLS without HelloOK, only Hello.RecordVersion is set: the
+	// version to refuse in with an alert.
 	Hello   clienthello.Info
 	HelloOK bool
 	// Host is the HTTP Host (port stripped) when Protocol is HTTP.
