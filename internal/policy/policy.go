@@ -124,3 +124,15 @@ type Decision struct {
 	// safety, as opposed to policy. Set by DecideDial.
 	Hard bool
 }
+
+// Enforced reports whether egressd acts on d, rather than only logging it:
+// with enforce (policy.enforce) every decision binds. Report-only mode
+// (enforce false) waives a deny of policy, but not a Hard one, since
+// destination safety binds in report-only mode too, and not one without a
+// destination (haveDst false: no name resolved, no address given), since
+// letting it through would leave nowhere to dial. The gateway's refusals,
+// the access log's enforced and `egressd explain` all ask this one
+// function, so they cannot drift apart.
+func (d Decision) Enforced(enforce, haveDst bool) bool {
+	return enforce || d.Action == Deny && (d.Hard || !haveDst)
+}
