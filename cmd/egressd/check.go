@@ -105,7 +105,7 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	name, _ := fqdn.Normalize(*sni)
 	d := pol.DecideDial(policy.Input{Src: srcIP.Unmap(), Dst: dstAP.Addr().Unmap(), Port: dstAP.Port(), FQDN: name, User: *user, Protocol: *proto})
-	e := explanation{Action: d.Action.String(), Rule: d.Rule, Reason: d.Reason, Enforced: cfg.Policy.Enforce || d.Hard}
+	e := explanation{Action: d.Action.String(), Rule: d.Rule, Reason: d.Reason, Enforced: d.Enforced(cfg.Policy.Enforce, true)}
 	if *asJSON {
 		b, _ := json.Marshal(e)
 		fmt.Fprintln(stdout, string(b))

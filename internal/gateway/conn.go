@@ -294,7 +294,7 @@ func (g *Gateway) realECH(src netip.Addr, name string, p *peek.Result) bool {
 // a deny, unless report-only mode waives it (never for destination
 // safety, never without an address).
 func (g *Gateway) refusing(st *State, v verdict, rec *accesslog.Record) bool {
-	if v.Action == policy.Deny && (st.Config.Policy.Enforce || v.Hard || !v.dst.IsValid()) {
+	if v.Action == policy.Deny && v.Enforced(st.Config.Policy.Enforce, v.dst.IsValid()) {
 		rec.Enforced = true
 		return true
 	}

@@ -175,7 +175,7 @@ func (x *explicitConn) decide(ctx context.Context, t target, user string, rec *a
 // report-only mode waives it (never for destination safety, never without
 // an address).
 func (x *explicitConn) refused(v verdict, rec *accesslog.Record) bool {
-	if v.Action == policy.Deny && (x.st.Config.Policy.Enforce || v.Hard || !v.dst.IsValid()) {
+	if v.Action == policy.Deny && v.Enforced(x.st.Config.Policy.Enforce, v.dst.IsValid()) {
 		rec.Enforced = true
 		return true
 	}
