@@ -142,6 +142,9 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	rec.Protocol = p.Protocol
 	if p.Err != nil {
 		rec.Action, rec.Reason = "deny", peekReason(p)
+		if p.Protocol == peek.ServerFirst && closedEarly(p.Err) {
+			rec.Action = actionNone
+		}
 		refuse.Reset(c)
 		return
 	}

@@ -80,6 +80,9 @@ func (g *Gateway) handleExplicit(ctx context.Context, st *State, lc *config.List
 		rec := x.record()
 		rec.Protocol = peek.ServerFirst
 		rec.Action, rec.Reason = "deny", "explicit proxy: "+handshakeError(err, "client sent nothing")
+		if closedEarly(err) {
+			rec.Action = actionNone
+		}
 		g.logConn(&rec)
 		refuse.Reset(c)
 		return false
@@ -360,6 +363,18 @@ type bufConn struct {
 }
 
 func (b bufConn) Read(p []byte) (int, error) { return b.br.Read(p) }
+
+// actionNone is the action logged for a client that ended before it named
+// a destination: nothing was decided, so nothing was allowed or denied.
+// Browsers open proxy connections ahead of need and drop the ones they did
+// not use; counting them as denies would drown the real ones.
+const actionNone = "none"
+
+// closedEarly reports whether err is the client's own clean close (an EOF,
+// at a message boundary or inside one), not a reset or a timeout.
+func closedEarly(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
 
 // handshakeError words a failed handshake read for the log.
 func handshakeError(err error, silent string) string {

@@ -106,6 +106,9 @@ func (x *explicitConn) httpFail(rec *accesslog.Record, err error) {
 		refuse.Answer(x.c, httpconnect.Response(http.StatusRequestTimeout, "egressd: request head incomplete\n"))
 	default:
 		rec.Reason = "http proxy: " + handshakeError(err, "no request")
+		if closedEarly(err) {
+			rec.Action = actionNone
+		}
 		refuse.Reset(x.c)
 	}
 }

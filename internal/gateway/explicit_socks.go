@@ -23,8 +23,12 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 			x.g.logConn(&rec)
 		}
 	}()
+	var err error // the handshake read's error, for fail
 	fail := func(reason string, reply []byte) {
 		rec.Action, rec.Reason, rec.Enforced = "deny", "socks5: "+reason, true
+		if closedEarly(err) {
+			rec.Action = actionNone
+		}
 		if reply == nil {
 			refuse.Reset(x.c)
 			return
@@ -32,7 +36,8 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 		refuse.Answer(x.c, reply)
 	}
 
-	methods, err := socks5.ReadGreeting(x.br)
+	var methods []byte
+	methods, err = socks5.ReadGreeting(x.br)
 	if err != nil {
 		fail("greeting: "+handshakeError(err, "no greeting"), nil)
 		return
@@ -48,7 +53,8 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 	}
 	socks5.WriteMethod(x.c, want)
 	if want == socks5.MethodUserPass {
-		user, pass, err := socks5.ReadUserPass(x.br)
+		var user, pass string
+		user, pass, err = socks5.ReadUserPass(x.br)
 		if err != nil {
 			fail("authentication: "+handshakeError(err, "no credentials"), nil)
 			return
@@ -61,7 +67,8 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 		rec.User = user
 	}
 
-	q, err := socks5.ReadRequest(x.br)
+	var q socks5.Request
+	q, err = socks5.ReadRequest(x.br)
 	x.handshakeDone()
 	switch {
 	case errors.Is(err, socks5.ErrAddrType):

@@ -229,3 +229,42 @@ func TestExplicitListenerRefusesTLS(t *testing.T) {
 		t.Errorf("reason %q does not say the client speaks TLS", r)
 	}
 }
+
+// TestClosedBeforeNamingIsNoDeny: a client that opens a connection and
+// closes it before naming any destination (a browser's spare proxy
+// connection, an idle keep-alive opener) decided nothing: its line says
+// action "none", not a deny, on every kind of listener.
+func TestClosedBeforeNamingIsNoDeny(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	sni := newWorld(t, records{}, "policy: {default: deny}")
+	cases := []struct {
+		name string
+		addr netip.AddrPort
+		send string
+		logs *world
+	}{
+		{"explicit, nothing sent", w.proxy, "", w.world},
+		{"socks5, greeting only", w.proxy, "\x05\x01\x00", w.world},
+		{"socks5, half a request", w.proxy, "\x05\x01\x00\x05\x01", w.world},
+		{"http proxy, half a head", w.proxy, "CONNECT good.te", w.world},
+		{"sni, nothing sent", sni.addr, "", sni},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", tc.addr.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := c.LocalAddr().String()
+			io.WriteString(c, tc.send)
+			time.Sleep(20 * time.Millisecond)
+			c.(*net.TCPConn).CloseWrite()
+			io.Copy(io.Discard, c)
+			c.Close()
+			e := tc.logs.waitLog(func(e entry) bool { return e["src"] == src })
+			if e["action"] != "none" {
+				t.Errorf("line %v: action %v, want none", e, e["action"])
+			}
+		})
+	}
+}
