@@ -144,9 +144,10 @@ func TestChromium(t *testing.T) {
 
 // chromiumLines checks what every line of one Chromium run has in common,
 // listener and ech, that each line of names has the way's fqdn_source and
-// that each other line is a default deny: Chromium calling home
-// (update.googleapis.com, accounts.google.com, clients2.google.com) or
-// abandoning a SOCKS5 handshake before it named a target. It returns the
+// that each other line is a default deny (Chromium calling home:
+// update.googleapis.com, accounts.google.com, clients2.google.com) or
+// action none (a SOCKS5 handshake abandoned before it named a target: no
+// decision, and never a deny). It returns the
 // lines of names, and fails the test if one of names has none.
 func chromiumLines(t *testing.T, lines []accessLine, way chromiumWay, names ...string) []accessLine {
 	t.Helper()
@@ -161,6 +162,12 @@ func chromiumLines(t *testing.T, lines []accessLine, way chromiumWay, names ...s
 			want{listener: way.listener, fqdnSource: way.fqdnSource}.check(t, l)
 			own = append(own, l)
 			seen[l.FQDN] = true
+			continue
+		}
+		if l.Action == "none" {
+			if l.FQDN != "" {
+				t.Errorf("action none with a name: %s", l.raw)
+			}
 			continue
 		}
 		want{listener: way.listener, rule: rule(""), action: "deny"}.check(t, l)
