@@ -1,0 +1,383 @@
+package relay
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The pump: each Conn moves its bytes when its loop reports its sockets
+// ready, with splice(2) through a pooled pipe, and ends itself.
+
+// Conn is a connection relayed by the event loop.
+type Conn struct {
+	l                *loop
+	client, upstream side
+	up, down         dir // client->upstream, upstream->client
+	idle             int64
+	last             int64 // loop time of the last byte moved
+	idx              int   // position in l.conns
+	done             func(Result)
+	aborted          atomic.Bool
+	closer           *side // the side whose EOF came first
+
+	// Under l.mu: relaying turns true when Start registers the client;
+	// until then the loop only notes readiness, and closes
+	// connected (if set) once a dialled upstream's connect has finished.
+	relaying  bool
+	connected chan struct{}
+	// connectErr is set with connected's close when the event that ended
+	// the connect carried an error or hang-up: only then does Dial ask
+	// the socket for the error (a getsockopt less per connection).
+	connectErr bool
+
+	mu     sync.Mutex // guards closed against Close from other goroutines
+	closed bool
+}
+
+// side is one socket of a Conn, with the readiness the loop last saw.
+type side struct {
+	c                  *Conn
+	fd                 int
+	laddr, raddr       net.Addr       // for errors; a dialled socket's are made when one needs them
+	peer               netip.AddrPort // a dialled socket's destination
+	readable, writable bool
+	gen                int32 // registration number, carried in the epoll event
+	// muted: EPOLLIN is out of the socket's interest while the bytes it
+	// gave cannot be written on (see mute).
+	muted bool
+}
+
+// dir is one direction: bytes from src, through a pooled pipe held only
+// while they move, to dst.
+type dir struct {
+	src, dst *side
+	head     []byte // bytes to write to dst before any spliced ones (not counted in n)
+	p        *pipe
+	pending  int // bytes in p not yet written to dst
+	n        int64
+	eof      bool // src said EOF; passed on once the pipe is empty
+	done     bool
+	err      error
+}
+
+// Start relays an attached Conn on the loop its upstream was dialled on.
+// Should the client socket not register, both sockets are closed and done
+// is called with the error on both directions.
+func (c *Conn) Start() {
+	if err := c.l.add(c); err != nil {
+		c.done(Result{UpErr: err, DownErr: err, End: Failed, By: Local})
+	}
+}
+
+// closeSockets closes both sockets, under mu so that a concurrent Close
+// never shuts down an fd number that has been reused.
+func (c *Conn) closeSockets() {
+	c.mu.Lock()
+	c.closed = true
+	c.client.closeFD()
+	c.upstream.closeFD()
+	c.mu.Unlock()
+}
+
+// Close ends the relay from any goroutine: both sockets are shut down, and
+// the loop closes them and calls done with net.ErrClosed for each direction
+// still running.
+func (c *Conn) Close() error {
+	c.aborted.Store(true)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		// The shutdown wakes the loop with EOF/HUP on both sockets.
+		shutdownNB(c.client.fd, unix.SHUT_RDWR)
+		shutdownNB(c.upstream.fd, unix.SHUT_RDWR)
+	}
+	return nil
+}
+
+// detach takes the socket out of the Go runtime's poller: a duplicate of
+// its fd stays with the loop, and the net.Conn (and its registration) is
+// closed. The socket itself lives on in the duplicate.
+func (s *side) detach(nc *net.TCPConn) error {
+	s.fd = -1
+	s.laddr, s.raddr = nc.LocalAddr(), nc.RemoteAddr()
+	defer nc.Close()
+	rc, err := nc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		s.fd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return err
+	}
+	return derr
+}
+
+func (s *side) closeFD() {
+	if s.fd >= 0 {
+		closeNB(s.fd)
+		s.fd = -1
+	}
+}
+
+// pump moves what both directions can move now.
+func (c *Conn) pump() {
+	if c.aborted.Load() {
+		c.finish(net.ErrClosed, net.ErrClosed, nil, Drained, Local)
+		return
+	}
+	for _, d := range [2]*dir{&c.up, &c.down} {
+		if c.closed {
+			return
+		}
+		c.move(d)
+	}
+}
+
+// move runs one direction until it would block, ends or fails.
+func (c *Conn) move(d *dir) {
+	for !d.done {
+		if !c.out(d) {
+			if !c.closed && !d.dst.writable && !d.src.muted {
+				c.l.mute(d.src, true) // best effort: unmuted, it only wakes more
+			}
+			return
+		}
+		if d.src.muted {
+			if err := c.l.mute(d.src, false); err != nil {
+				c.fail(d, nil, err, nil)
+				return
+			}
+		}
+		if d.eof {
+			c.ended(d)
+			return
+		}
+		if !d.src.readable {
+			return
+		}
+		if d.p == nil {
+			p, err := getPipe()
+			if err != nil {
+				c.fail(d, nil, d.src.opError("read", err), nil)
+				return
+			}
+			d.p = p
+		}
+		n, err := spliceNB(d.src.fd, d.p.w, pipeSize)
+		switch err {
+		case nil:
+			if n == 0 {
+				d.eof = true
+				continue
+			}
+			d.pending = int(n)
+			c.last = c.l.now
+			continue
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			// Nothing to read: the pipe is empty, give it back before the
+			// connection waits.
+			d.src.readable = false
+			putPipe(d.p)
+			d.p = nil
+			return
+		}
+		var linger *side
+		if err == unix.ECONNRESET {
+			linger = d.dst // pass the reset on as a reset
+		}
+		c.fail(d, d.src, d.src.opError("read", err), linger)
+		return
+	}
+}
+
+// writeFailed ends the connection on a failed write to d's destination. A
+// destination that reset is passed back to the source as a reset, as a
+// reset read is passed forward: a client reading to EOF must not take a
+// cut stream for a whole one.
+func (c *Conn) writeFailed(d *dir, err error) {
+	var linger *side
+	if err == unix.ECONNRESET {
+		linger = d.src
+	}
+	c.fail(d, d.dst, d.dst.opError("write", err), linger)
+}
+
+// out writes what d holds for its destination, head bytes first, then the
+// pipe's. It reports false when the destination is full or the write
+// failed (and the connection ended).
+func (c *Conn) out(d *dir) bool {
+	for len(d.head) > 0 || d.pending > 0 {
+		if !d.dst.writable {
+			return false
+		}
+		var err error
+		if len(d.head) > 0 {
+			var n int
+			if n, err = writeNB(d.dst.fd, d.head); err == nil {
+				d.head = d.head[n:]
+			}
+		} else {
+			var n int
+			if n, err = spliceNB(d.p.r, d.dst.fd, d.pending); err == nil {
+				d.pending -= n
+				d.n += int64(n)
+			}
+		}
+		switch err {
+		case nil:
+			c.last = c.l.now
+		case unix.EINTR:
+		case unix.EAGAIN:
+			d.dst.writable = false
+			return false
+		default:
+			c.writeFailed(d, err)
+			return false
+		}
+	}
+	return true
+}
+
+// ended passes a clean EOF on: a half-close while the other direction
+// runs, or the close of both when it has ended too (that close is the FIN;
+// a shutdown(2) first would be a wasted call).
+func (c *Conn) ended(d *dir) {
+	if c.aborted.Load() {
+		// The EOF may be Close's own shutdown, seen by a pump that
+		// was already running: not the peer's.
+		c.finish(net.ErrClosed, net.ErrClosed, nil, Drained, Local)
+		return
+	}
+	d.done = true
+	if c.closer == nil {
+		c.closer = d.src
+	}
+	if d.p != nil {
+		putPipe(d.p)
+		d.p = nil
+	}
+	other := &c.up
+	if d == &c.up {
+		other = &c.down
+	}
+	if other.done {
+		c.finish(nil, nil, nil, Closed, c.sideOf(c.closer))
+		return
+	}
+	if err := shutdownNB(d.dst.fd, unix.SHUT_WR); err != nil {
+		end, by := c.blame(d.dst, err)
+		c.finish(nil, nil, nil, end, by)
+	}
+}
+
+// fail ends the connection on d's error, an error on by's socket (nil:
+// egressd's own, such as no pipe).
+func (c *Conn) fail(d *dir, by *side, err error, linger *side) {
+	up, down := net.ErrClosed, net.ErrClosed
+	if d == &c.up {
+		up = err
+	} else {
+		down = err
+	}
+	end, who := c.blame(by, err)
+	c.finish(up, down, linger, end, who)
+}
+
+// blame says how err, an error on s's socket (nil: egressd's own), ended
+// the connection, and whose doing it was. The direction an error surfaced
+// in does not say: a client's reset fails the write of the upstream's
+// bytes to it as much as the read of its own.
+func (c *Conn) blame(s *side, err error) (End, Side) {
+	switch {
+	case s == nil:
+		return Failed, Local
+	case isReset(err) && s == c.closer:
+		// Its socket answered bytes that came after its close: still a
+		// close (see Closed).
+		return Closed, c.sideOf(s)
+	case isReset(err):
+		return Reset, c.sideOf(s)
+	}
+	return Failed, c.sideOf(s)
+}
+
+func (c *Conn) sideOf(s *side) Side {
+	switch s {
+	case &c.client:
+		return Client
+	case &c.upstream:
+		return Upstream
+	}
+	return Local
+}
+
+// finish closes both sockets and reports. upErr and downErr are the
+// errors of directions that had not ended yet; end and by are how the
+// connection ended.
+func (c *Conn) finish(upErr, downErr error, linger *side, end End, by Side) {
+	if c.closed {
+		return
+	}
+	if c.aborted.Load() {
+		// Close shut the sockets down; whatever this pump saw of that
+		// (EPIPE, an early EOF) is the drain, not the peers.
+		upErr, downErr = net.ErrClosed, net.ErrClosed
+		end, by = Drained, Local
+	}
+	if !c.up.done {
+		c.up.err = upErr
+	}
+	if !c.down.done {
+		c.down.err = downErr
+	}
+	if linger != nil {
+		unix.SetsockoptLinger(linger.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	c.l.forget(c)
+	c.closeSockets()
+	for _, d := range [2]*dir{&c.up, &c.down} {
+		if d.p == nil {
+			continue
+		}
+		if d.pending == 0 {
+			putPipe(d.p)
+		} else {
+			d.p.close() // bytes stuck in it: never hand them to another connection
+		}
+		d.p = nil
+	}
+	c.l.readied = true
+	c.done(Result{
+		Up: c.up.n, Down: c.down.n,
+		UpErr: c.up.err, DownErr: c.down.err,
+		End: end, By: by,
+	})
+}
+
+func (s *side) opError(op string, err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		err = errno
+	}
+	if s.laddr == nil && s.fd >= 0 {
+		// A dialled socket's own address is read only when an error
+		// needs it, not on every dial.
+		if ap := localAddr(s.fd); ap.IsValid() {
+			s.laddr = net.TCPAddrFromAddrPort(ap)
+		}
+	}
+	if s.raddr == nil && s.peer.IsValid() {
+		s.raddr = net.TCPAddrFromAddrPort(s.peer)
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: s.laddr, Addr: s.raddr, Err: err}
+}
