@@ -66,17 +66,15 @@ func TestEndNamesTheSide(t *testing.T) {
 		}, Closed, Client, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			forEngines(t, func(t *testing.T, e engine) {
-				w := newWorld(t, e, time.Minute)
-				tc.run(t, w)
-				r := w.result(t)
-				if r.End != tc.end || r.By != tc.by {
-					t.Errorf("Result ended %v by %v, want %v by %v (%+v)", r.End, r.By, tc.end, tc.by, r)
-				}
-				if errs := r.UpErr != nil || r.DownErr != nil; errs != tc.errs {
-					t.Errorf("Result errors %v, %v; want errors %v", r.UpErr, r.DownErr, tc.errs)
-				}
-			})
+			w := newWorld(t, time.Minute)
+			tc.run(t, w)
+			r := w.result(t)
+			if r.End != tc.end || r.By != tc.by {
+				t.Errorf("Result ended %v by %v, want %v by %v (%+v)", r.End, r.By, tc.end, tc.by, r)
+			}
+			if errs := r.UpErr != nil || r.DownErr != nil; errs != tc.errs {
+				t.Errorf("Result errors %v, %v; want errors %v", r.UpErr, r.DownErr, tc.errs)
+			}
 		})
 	}
 }

@@ -60,7 +60,7 @@ func TestStaleEventDropped(t *testing.T) {
 func TestStalledReader(t *testing.T) {
 	for _, closeEarly := range []bool{true, false} {
 		t.Run(map[bool]string{true: "server-closed", false: "server-open"}[closeEarly], func(t *testing.T) {
-			w := newWorld(t, loopEngine, time.Minute)
+			w := newWorld(t, time.Minute)
 			down := make([]byte, 32<<20)
 			rand.Read(down)
 			before := mutes.Load()
@@ -102,7 +102,7 @@ func TestStalledReader(t *testing.T) {
 			}
 			w.client.CloseWrite()
 			if r := w.result(t); r.Down != int64(len(down)) || r.DownErr != nil {
-				t.Errorf("Relay = %+v, want %d bytes down and a clean EOF", r, len(down))
+				t.Errorf("Result = %+v, want %d bytes down and a clean EOF", r, len(down))
 			}
 		})
 	}
@@ -194,7 +194,7 @@ func TestFirstBytesNeedNoMute(t *testing.T) {
 // waiting in the kernel holding its P: the stop of the world must reach
 // it (a hang here fails the test by its timeout).
 func TestLoopParksWhenQuiet(t *testing.T) {
-	w := newWorld(t, loopEngine, time.Minute)
+	w := newWorld(t, time.Minute)
 	l := w.rc.l
 	echo := func(msg string) {
 		t.Helper()
@@ -250,7 +250,7 @@ func TestLoopThatCannotParkStaysBusy(t *testing.T) {
 	})
 	go l.run()
 
-	w := newWorld(t, loopEngine, 300*time.Millisecond)
+	w := newWorld(t, 300*time.Millisecond)
 	for i := range 3 {
 		msg := []byte("still relayed")
 		if _, err := w.client.Write(msg); err != nil {
@@ -267,6 +267,6 @@ func TestLoopThatCannotParkStaysBusy(t *testing.T) {
 		}
 	}
 	if r := w.result(t); r.End != Idle {
-		t.Errorf("Relay = %+v, want the idle sweep to close it", r)
+		t.Errorf("Result = %+v, want the idle sweep to close it", r)
 	}
 }

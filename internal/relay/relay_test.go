@@ -16,62 +16,33 @@ import (
 	"github.com/egressd/egressd/internal/testnet"
 )
 
-// world is client <-> [cIn | relay | uOut] <-> server.
+// world is client <-> [cIn | relay | uOut] <-> server: the gateway's side
+// of client relayed by the event loop (Dial, Attach, Start) to a server it
+// dialled.
 type world struct {
 	client, server *net.TCPConn
 	done           chan Result
-	rc             *Conn // the loop's handle, nil for Relay
+	rc             *Conn
 }
 
-// engine is one way of relaying the gateway's side of client to a server
-// it connects: the event loop (Dial, Attach, Start), or the copying path
-// Relay (its connections here are TCP sockets wrapped to hide their type).
-// Each relay test runs on both. start returns the server's end, and the
-// loop's handle (nil for Relay).
-type engine struct {
-	name  string
-	start func(t testing.TB, client *net.TCPConn, idle time.Duration, done chan<- Result) (*Conn, *net.TCPConn)
-}
-
-var engines = []engine{
-	{"copy", func(t testing.TB, c *net.TCPConn, idle time.Duration, done chan<- Result) (*Conn, *net.TCPConn) {
-		u, server := testnet.Pair(t)
-		go func() { done <- Relay(hidden{c}, hidden{u}, idle) }()
-		return nil, server
-	}},
-	{"loop", func(t testing.TB, c *net.TCPConn, idle time.Duration, done chan<- Result) (*Conn, *net.TCPConn) {
-		ln := testnet.Listen(t)
-		rc, err := Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		server, err := ln.AcceptTCP()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rc.Attach(c, nil, idle, func(r Result) { done <- r }); err != nil {
-			t.Fatal(err)
-		}
-		rc.Start()
-		return rc, server
-	}},
-}
-
-var loopEngine = engines[1]
-
-// hidden is a TCP socket that is not a *net.TCPConn to a type switch.
-type hidden struct{ *net.TCPConn }
-
-func forEngines(t *testing.T, f func(t *testing.T, e engine)) {
-	for _, e := range engines {
-		t.Run(e.name, func(t *testing.T) { f(t, e) })
-	}
-}
-
-func newWorld(t testing.TB, e engine, idle time.Duration) *world {
+func newWorld(t testing.TB, idle time.Duration) *world {
 	client, cIn := testnet.Pair(t)
 	w := &world{client: client, done: make(chan Result, 1)}
-	w.rc, w.server = e.start(t, cIn, idle, w.done)
+	ln := testnet.Listen(t)
+	defer ln.Close()
+	rc, err := Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.server, err = ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Attach(cIn, nil, idle, func(r Result) { w.done <- r }); err != nil {
+		t.Fatal(err)
+	}
+	rc.Start()
+	w.rc = rc
 	t.Cleanup(func() { client.Close(); w.server.Close() })
 	return w
 }
@@ -90,122 +61,116 @@ func (w *world) result(t *testing.T) Result {
 // TestRelayBothWaysWithHalfClose sends data each way, half-closes each
 // side in turn and checks both streams arrive whole and counted.
 func TestRelayBothWaysWithHalfClose(t *testing.T) {
-	forEngines(t, func(t *testing.T, e engine) {
-		for _, size := range []int{0, 1, 70_000, 3 << 20} {
-			t.Run("", func(t *testing.T) {
-				w := newWorld(t, e, time.Minute)
-				up := make([]byte, size)
-				down := make([]byte, size/2+3)
-				rand.Read(up)
-				rand.Read(down)
+	for _, size := range []int{0, 1, 70_000, 3 << 20} {
+		t.Run("", func(t *testing.T) {
+			w := newWorld(t, time.Minute)
+			up := make([]byte, size)
+			down := make([]byte, size/2+3)
+			rand.Read(up)
+			rand.Read(down)
 
-				errc := make(chan error, 2)
-				var gotAtServer, gotAtClient []byte
-				go func() {
-					// The server reads the whole upload (until the client's
-					// half-close arrives as EOF), then answers and closes.
-					b, err := io.ReadAll(w.server)
-					gotAtServer = b
-					if err == nil {
-						_, err = w.server.Write(down)
-					}
-					if err == nil {
-						err = w.server.CloseWrite()
-					}
-					errc <- err
-				}()
-				go func() {
-					_, err := w.client.Write(up)
-					if err == nil {
-						err = w.client.CloseWrite() // half-close: the answer must still come back
-					}
-					if err == nil {
-						gotAtClient, err = io.ReadAll(w.client)
-					}
-					errc <- err
-				}()
-				for range 2 {
-					if err := <-errc; err != nil {
-						t.Fatal(err)
-					}
+			errc := make(chan error, 2)
+			var gotAtServer, gotAtClient []byte
+			go func() {
+				// The server reads the whole upload (until the client's
+				// half-close arrives as EOF), then answers and closes.
+				b, err := io.ReadAll(w.server)
+				gotAtServer = b
+				if err == nil {
+					_, err = w.server.Write(down)
 				}
-				if sha256.Sum256(gotAtServer) != sha256.Sum256(up) {
-					t.Errorf("server got %d bytes, want %d identical", len(gotAtServer), len(up))
+				if err == nil {
+					err = w.server.CloseWrite()
 				}
-				if !bytes.Equal(gotAtClient, down) {
-					t.Errorf("client got %d bytes, want %d identical", len(gotAtClient), len(down))
+				errc <- err
+			}()
+			go func() {
+				_, err := w.client.Write(up)
+				if err == nil {
+					err = w.client.CloseWrite() // half-close: the answer must still come back
 				}
-				r := w.result(t)
-				if r.Up != int64(len(up)) || r.Down != int64(len(down)) {
-					t.Errorf("Relay counted up=%d down=%d, want %d %d", r.Up, r.Down, len(up), len(down))
+				if err == nil {
+					gotAtClient, err = io.ReadAll(w.client)
 				}
-				if r.UpErr != nil || r.DownErr != nil || r.End != Closed {
-					t.Errorf("Relay = %+v, want clean EOFs", r)
+				errc <- err
+			}()
+			for range 2 {
+				if err := <-errc; err != nil {
+					t.Fatal(err)
 				}
-			})
-		}
-	})
+			}
+			if sha256.Sum256(gotAtServer) != sha256.Sum256(up) {
+				t.Errorf("server got %d bytes, want %d identical", len(gotAtServer), len(up))
+			}
+			if !bytes.Equal(gotAtClient, down) {
+				t.Errorf("client got %d bytes, want %d identical", len(gotAtClient), len(down))
+			}
+			r := w.result(t)
+			if r.Up != int64(len(up)) || r.Down != int64(len(down)) {
+				t.Errorf("relay counted up=%d down=%d, want %d %d", r.Up, r.Down, len(up), len(down))
+			}
+			if r.UpErr != nil || r.DownErr != nil || r.End != Closed {
+				t.Errorf("Result = %+v, want clean EOFs", r)
+			}
+		})
+	}
 }
 
 // TestRelayIdle checks that a connection where nothing moves is closed and
 // reported idle, while the relay keeps one that moves bytes alive.
 func TestRelayIdle(t *testing.T) {
-	forEngines(t, func(t *testing.T, e engine) {
-		const idle = 300 * time.Millisecond
-		w := newWorld(t, e, idle)
-		// Keep bytes moving for longer than the idle timeout, one way only:
-		// activity in either direction keeps the connection.
-		for range 6 {
-			if _, err := w.client.Write([]byte("x")); err != nil {
-				t.Fatal(err)
-			}
-			var b [1]byte
-			if _, err := io.ReadFull(w.server, b[:]); err != nil {
-				t.Fatalf("relay closed an active connection: %v", err)
-			}
-			time.Sleep(idle / 3)
+	const idle = 300 * time.Millisecond
+	w := newWorld(t, idle)
+	// Keep bytes moving for longer than the idle timeout, one way only:
+	// activity in either direction keeps the connection.
+	for range 6 {
+		if _, err := w.client.Write([]byte("x")); err != nil {
+			t.Fatal(err)
 		}
-		r := w.result(t)
-		if r.End != Idle || r.By != Local {
-			t.Errorf("Relay = %+v, want Idle by egressd", r)
+		var b [1]byte
+		if _, err := io.ReadFull(w.server, b[:]); err != nil {
+			t.Fatalf("relay closed an active connection: %v", err)
 		}
-		if _, err := w.client.Read(make([]byte, 1)); err == nil {
-			t.Error("client connection still open after idle timeout")
-		}
-	})
+		time.Sleep(idle / 3)
+	}
+	r := w.result(t)
+	if r.End != Idle || r.By != Local {
+		t.Errorf("Result = %+v, want Idle by egressd", r)
+	}
+	if _, err := w.client.Read(make([]byte, 1)); err == nil {
+		t.Error("client connection still open after idle timeout")
+	}
 }
 
 // TestRelayResetPassedOn checks that a client reset reaches the server as a
 // reset, not as a clean EOF.
 func TestRelayResetPassedOn(t *testing.T) {
-	forEngines(t, func(t *testing.T, e engine) {
-		w := newWorld(t, e, time.Minute)
-		if _, err := w.client.Write([]byte("hello")); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 5)
-		if _, err := io.ReadFull(w.server, buf); err != nil {
-			t.Fatal(err)
-		}
-		w.client.SetLinger(0)
-		w.client.Close()
-		r := w.result(t)
-		if !errors.Is(r.UpErr, syscall.ECONNRESET) {
-			t.Errorf("UpErr = %v, want ECONNRESET", r.UpErr)
-		}
-		w.server.SetReadDeadline(time.Now().Add(10 * time.Second))
-		_, err := w.server.Read(buf)
-		if !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("server read after client reset = %v, want ECONNRESET", err)
-		}
-	})
+	w := newWorld(t, time.Minute)
+	if _, err := w.client.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(w.server, buf); err != nil {
+		t.Fatal(err)
+	}
+	w.client.SetLinger(0)
+	w.client.Close()
+	r := w.result(t)
+	if !errors.Is(r.UpErr, syscall.ECONNRESET) {
+		t.Errorf("UpErr = %v, want ECONNRESET", r.UpErr)
+	}
+	w.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := w.server.Read(buf)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("server read after client reset = %v, want ECONNRESET", err)
+	}
 }
 
 // TestIdleConnectionHoldsNoPipe checks the property the splice design is
 // for: once a burst is relayed and the connection goes quiet, its pipes are
-// back in the pool (the loop engine: the copying path uses no pipe).
+// back in the pool.
 func TestIdleConnectionHoldsNoPipe(t *testing.T) {
-	w := newWorld(t, loopEngine, time.Minute)
+	w := newWorld(t, time.Minute)
 	before := IdlePipes()
 	msg := bytes.Repeat([]byte("y"), 100_000)
 	go w.client.Write(msg)
@@ -230,39 +195,9 @@ func TestIdleConnectionHoldsNoPipe(t *testing.T) {
 	w.result(t)
 }
 
-// TestRelayPortable runs the non-splice path over net.Pipe.
-func TestRelayPortable(t *testing.T) {
-	c1, c2 := net.Pipe()
-	u1, u2 := net.Pipe()
-	done := make(chan Result, 1)
-	go func() { done <- Relay(c2, u1, time.Minute) }()
-	go func() {
-		c1.Write([]byte("ping"))
-	}()
-	buf := make([]byte, 4)
-	if _, err := io.ReadFull(u2, buf); err != nil || string(buf) != "ping" {
-		t.Fatalf("got %q, %v", buf, err)
-	}
-	go u2.Write([]byte("pong"))
-	if _, err := io.ReadFull(c1, buf); err != nil || string(buf) != "pong" {
-		t.Fatalf("got %q, %v", buf, err)
-	}
-	c1.Close()
-	r := <-done
-	if r.Up != 4 || r.Down != 4 {
-		t.Errorf("Relay counted %d/%d, want 4/4", r.Up, r.Down)
-	}
-}
-
 // BenchmarkRelay measures relay throughput over loopback with splice.
 func BenchmarkRelay(b *testing.B) {
-	for _, e := range engines {
-		b.Run(e.name, func(b *testing.B) { benchmarkRelay(b, e) })
-	}
-}
-
-func benchmarkRelay(b *testing.B, e engine) {
-	w := newWorld(b, e, time.Minute)
+	w := newWorld(b, time.Minute)
 	buf := make([]byte, 256<<10)
 	b.SetBytes(int64(len(buf)))
 	go func() {
@@ -280,7 +215,7 @@ func benchmarkRelay(b *testing.B, e engine) {
 // goroutine: both peers see their connection end, done reports
 // net.ErrClosed, and the sockets are gone.
 func TestLoopClose(t *testing.T) {
-	w := newWorld(t, loopEngine, time.Minute)
+	w := newWorld(t, time.Minute)
 	if _, err := w.client.Write([]byte("hi")); err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +242,7 @@ func TestLoopManyConnections(t *testing.T) {
 	const n = 200
 	errc := make(chan error, n)
 	for i := range n {
-		w := newWorld(t, loopEngine, time.Minute)
+		w := newWorld(t, time.Minute)
 		go func() {
 			msg := bytes.Repeat([]byte{byte(i)}, 1000+i*97)
 			go func() {
