@@ -21,7 +21,7 @@ import (
 )
 
 // The evasion tests feed the sni listener the ClientHellos a client that
-// wants past a deny rule would try, and check each is decided as the README
+// wants past a deny rule would try, and check each is decided as docs/policy.md
 // documents: on the first hello, on the normalised name, and never in a way
 // that lets a denied name reach a server.
 

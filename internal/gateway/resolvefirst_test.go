@@ -18,7 +18,7 @@ import (
 // name a destination that egressd resolves itself (SNI on an sni listener,
 // CONNECT, SOCKS5, a plain-HTTP proxy request): no name leaves the gateway,
 // not even as a look-up an attacker's name server would log. Allowed names
-// are still resolved; in report-only mode every name is (see README).
+// are still resolved; in report-only mode every name is (see docs/policy.md).
 func TestDeniedNamesNeverResolved(t *testing.T) {
 	for _, enforce := range []bool{true, false} {
 		t.Run(fmt.Sprintf("enforce=%v", enforce), func(t *testing.T) {
