@@ -14,11 +14,8 @@ import (
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/fqdn"
-	"github.com/egressd/egressd/internal/listener"
-	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/peek"
 	"github.com/egressd/egressd/internal/policy"
-	"github.com/egressd/egressd/internal/proxyheader"
 	"github.com/egressd/egressd/internal/refuse"
 	"github.com/egressd/egressd/internal/relay"
 )
@@ -40,182 +37,119 @@ type verdict struct {
 	byName bool
 }
 
-// handle is one connection's life up to its relay. It always writes one
-// access-log line, whatever happens: itself, or, when it returns true (the
-// connection was handed to the relay loop), from relayed when the relay
-// ends.
+// handle is one connection's life up to its relay, in its steps: the
+// prelude every listener shares (PROXY header, source slot), the explicit
+// listener's proxy protocols or else the original destination and the
+// first bytes, the decision, and the dial and hand-over to the relay loop.
+// Every connection ends in one line: session.finish writes it when handle
+// returns false, session.relayed when the relay loop ends a connection
+// handed to it (handle returns true).
 func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn) (relaying bool) {
-	st := g.state.Load()
-	cfg := st.Config
-	lc := bl.config()
-	rec := accesslog.Record{
-		Start:      time.Now(),
-		Listener:   lc.Name,
-		Src:        listener.AddrPort(c.RemoteAddr()),
-		FQDNSource: "none",
-		Enforced:   cfg.Policy.Enforce,
-	}
-	// The connection counts as pending (admit counted it) until its first
-	// bytes are classified. An explicit listener takes over both that count
-	// (held until its proxy request is read) and the logging (a line per
-	// tunnel or request) once the connection is handed to it; so do the
-	// HTTP request loop (a line per request) and the wait for a
-	// server-first client's late bytes (explicit below: someone else logs).
-	peeking, explicit, srcHeld := true, false, false
+	s := g.newSession(bl, c)
 	defer func() {
-		if peeking {
-			g.pending.Add(-1)
-		}
-		if relaying {
-			return // relayed ends it
-		}
-		if srcHeld {
-			g.sources.release(rec.Src.Addr())
-		}
-		if !explicit {
-			g.logConn(&rec)
+		if !relaying {
+			s.finish()
 		}
 	}()
-
-	peekStart := rec.Start
-	if lc.ProxyProtocol && len(lc.ProxyProtocolFrom) > 0 && !policy.InPrefixes(lc.ProxyProtocolFrom, rec.Src.Addr()) {
-		rec.Protocol = peek.Unknown
-		rec.Action, rec.Enforced = "deny", true
-		rec.Reason = fmt.Sprintf("PROXY protocol: peer %s is not in proxy_protocol_from", rec.Src.Addr())
-		refuse.Reset(c)
-		return
+	if !s.prelude() {
+		return false
 	}
-	if lc.ProxyProtocol {
-		src, ok, err := proxyheader.Read(c, rec.Start.Add(cfg.Timeouts.ClientHello))
-		// The client's own silence is timed from after the balancer's
-		// header.
-		peekStart = time.Now()
-		if err != nil {
-			rec.Protocol = peek.Unknown
-			rec.Action, rec.Reason = "deny", "PROXY protocol expected: "+err.Error()
-			rec.Enforced = true
-			refuse.Reset(c)
-			return
-		}
-		if ok {
-			rec.Src = src
-		}
+	if s.lc.Mode == config.ModeExplicit {
+		s.logged = true // a line per tunnel and per forwarded request
+		return s.serveExplicit(ctx)
 	}
-	if max := cfg.Limits.MaxConnectionsPerSource; max > 0 {
-		if !g.sources.acquire(rec.Src.Addr(), max) {
-			g.metrics.Rejected(metrics.LimitConnectionsPerSource)
-			rec.Protocol = peek.Unknown
-			rec.Action, rec.Enforced = "deny", true
-			rec.Reason = fmt.Sprintf("limit max_connections_per_source (%d) reached for %s", max, rec.Src.Addr())
-			refuse.Reset(c)
-			return
-		}
-		srcHeld = true
+	orig, ok := s.original()
+	if !ok {
+		return false
 	}
-
-	if lc.Mode == config.ModeExplicit {
-		peeking, explicit = false, true
-		return g.handleExplicit(ctx, st, lc, c, rec.Src, peekStart, srcHeld)
-	}
-
-	var orig netip.AddrPort
-	if lc.Mode == config.ModeTransparent {
-		var redirected bool
-		orig, redirected, _ = listener.OriginalDst(c)
-		rec.Dst = orig
-		if !redirected && !lc.TProxy || g.isSelf(orig) {
-			rec.Protocol = peek.Unknown
-			rec.Action, rec.Reason = "deny", "not intercepted: the destination is egressd itself"
-			refuse.Reset(c)
-			return
-		}
-	}
-
-	p := peek.Peek(c, peek.Deadlines{
-		FirstBytes: peekStart.Add(cfg.Timeouts.FirstBytes),
-		Complete:   peekStart.Add(cfg.Timeouts.ClientHello),
-	})
+	p := s.peek()
 	defer peek.Release(&p)
-	peeking = false
-	g.pending.Add(-1)
-	g.metrics.PeekWait(time.Since(rec.Start))
-	rec.Protocol = p.Protocol
-	if p.Err != nil {
-		rec.Action, rec.Reason = "deny", peekReason(p)
+	switch {
+	case p.Err != nil:
+		s.rec.Action, s.rec.Reason = policy.Deny.String(), peekReason(p)
 		if p.Protocol == peek.ServerFirst && closedEarly(p.Err) {
-			rec.Action = actionNone
+			s.rec.Action = actionNone
 		}
 		refuse.Reset(c)
-		return
-	}
-	if p.Protocol == peek.HTTP {
+		return false
+	case p.Protocol == peek.HTTP:
 		// Every request of a plain HTTP connection is decided on its own,
 		// a line each: the first request's Host proves nothing about the
 		// second's.
-		explicit = true // serveRequests logs: a line per request
-		g.serveRequests(ctx, st, lc, c, rec, p.Data, orig)
+		s.logged = true
+		s.serveRequests(ctx, p.Data, orig)
 		return false
 	}
-	v := g.judge(ctx, st, lc, &rec, &p, orig)
-	if g.refusing(st, v, &rec) {
+	v := g.judge(ctx, s.st, s.lc, &s.rec, &p, orig)
+	switch {
+	case g.refusing(s.st, v, &s.rec):
 		g.refuse(c, p, v.Rule)
-		return
+		return false
+	case p.Protocol == peek.ServerFirst:
+		return s.provisional(ctx, v, orig)
 	}
-	if p.Protocol == peek.ServerFirst {
-		// The decision is provisional: the client's first bytes, when
-		// they come, are identified and decided like early ones.
-		up, err := dialNet(ctx, st, &v)
-		rec.Dst, rec.Reason = v.dst, v.Reason
-		if err != nil {
-			rec.Reason = v.Reason + "; upstream failed: " + err.Error()
-			refuse.Reset(c)
-			return
-		}
-		dialled := v.dst
-		relaying = g.late(st, c, up, &rec, func(q *peek.Result) bool {
-			v := g.judge(ctx, st, lc, &rec, q, orig)
-			if !sameDst(v, dialled) {
-				rec.Action, rec.Enforced = "deny", true
-				rec.Reason = fmt.Sprintf("%s names %s, to be dialled at %s, but this connection is open to %s", q.Protocol, rec.FQDN, v.dst, dialled)
-				v.Action = policy.Deny
-			}
-			rec.Dst = dialled
-			return g.refusing(st, v, &rec)
-		}, func(first []byte) {
-			g.serveRequests(ctx, st, lc, c, rec, first, orig)
-		}, srcHeld)
-		return relaying
-	}
+	return s.relay(ctx, v, &p)
+}
 
-	// The upstream socket is made and connected by the relay loop itself,
-	// and the client joins it there: neither passes through net.Dialer.
+// relay dials v's address and hands the connection, with the first bytes
+// p read, to the relay loop. The upstream socket is made and connected by
+// the relay loop itself, and the client joins it there: neither passes
+// through net.Dialer.
+func (s *session) relay(ctx context.Context, v verdict, p *peek.Result) (relaying bool) {
+	cfg := s.st.Config
 	dialStart := time.Now()
 	rc, err := dialVerdict(ctx, &v, cfg.Timeouts.Connect, func(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (*relay.Conn, error) {
 		return relay.Dial(ctx, dst, cfg.Mark, timeout, len(p.Data) > 0)
 	})
-	g.metrics.Dial(time.Since(dialStart))
-	rec.Dst, rec.Reason = v.dst, v.Reason
+	s.g.metrics.Dial(time.Since(dialStart))
+	s.rec.Dst, s.rec.Reason = v.dst, v.Reason
 	if err != nil {
-		rec.Reason = v.Reason + "; upstream failed: " + err.Error()
+		s.rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		if p.Protocol == peek.TLS {
-			refuse.TLSAlert(c, p.Hello.RecordVersion, refuse.AlertInternalError)
+			refuse.TLSAlert(s.c, p.Hello.RecordVersion, refuse.AlertInternalError)
 		} else {
-			refuse.Reset(c)
+			refuse.Reset(s.c)
 		}
-		return
+		return false
 	}
-	err = rc.Attach(c, p.Data, cfg.Timeouts.Idle, func(res relay.Result) {
-		g.relayed(rc, &rec, res, srcHeld)
+	err = rc.Attach(s.c, p.Data, cfg.Timeouts.Idle, func(res relay.Result) {
+		s.relayed(rc, &s.rec, res)
 	})
 	if err != nil {
-		rec.Reason = v.Reason + "; relay failed: " + err.Error()
-		refuse.Reset(c)
-		return
+		s.rec.Reason = v.Reason + "; relay failed: " + err.Error()
+		refuse.Reset(s.c)
+		return false
 	}
-	rec.BytesUp = int64(len(p.Data))
-	peek.Release(&p)
-	g.handOff(c, rc)
+	s.rec.BytesUp = int64(len(p.Data))
+	peek.Release(p)
+	s.g.handOff(s.c, rc)
 	return true
+}
+
+// provisional carries a connection allowed as server-first: the client's
+// first bytes, when they come, are identified and decided like early ones
+// (late).
+func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPort) (relaying bool) {
+	up, err := dialNet(ctx, s.st, &v)
+	s.rec.Dst, s.rec.Reason = v.dst, v.Reason
+	if err != nil {
+		s.rec.Reason = v.Reason + "; upstream failed: " + err.Error()
+		refuse.Reset(s.c)
+		return false
+	}
+	dialled, rec := v.dst, &s.rec
+	return s.late(up, rec, func(q *peek.Result) bool {
+		v := s.g.judge(ctx, s.st, s.lc, rec, q, orig)
+		if !sameDst(v, dialled) {
+			rec.Action, rec.Enforced = policy.Deny.String(), true
+			rec.Reason = fmt.Sprintf("%s names %s, to be dialled at %s, but this connection is open to %s", q.Protocol, rec.FQDN, v.dst, dialled)
+			v.Action = policy.Deny
+		}
+		rec.Dst = dialled
+		return s.g.refusing(s.st, v, rec)
+	}, func(first []byte) {
+		s.serveRequests(ctx, first, orig)
+	})
 }
 
 // judge identifies the name a client's first bytes carry (or, with none,
@@ -336,26 +270,6 @@ func (g *Gateway) writeRelayLogs() {
 
 // logBatch bounds how many queued lines go out in one write.
 const logBatch = 64
-
-// relayed ends a connection the relay loop has closed: its metrics, its
-// source count, its place among the live connections, and its log line,
-// which it queues for writeRelayLogs. It runs on the loop's goroutine, so it
-// does no more than that and no I/O.
-func (g *Gateway) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Result, srcHeld bool) {
-	rec.BytesUp += res.Up
-	rec.BytesDown += res.Down
-	if end := endReason(res); end != "" {
-		rec.Reason += "; " + end
-	}
-	g.metrics.Conn(rec.Listener, rec.Action, rec.Rule, rec.Protocol, rec.FQDNSource, rec.BytesUp, rec.BytesDown, time.Since(rec.Start))
-	g.relayLog <- rec
-	if srcHeld {
-		g.sources.release(rec.Src.Addr())
-	}
-	g.track(rc, false)
-	g.active.Add(-1)
-	g.wg.Done()
-}
 
 // decideSNI routes on the name: resolve it, then decide with the first
 // answer as the destination, every answer checked (policy.DecideDial); the

@@ -41,34 +41,24 @@ import (
 // head (httpconnect.DefaultLimits.Head).
 var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, httpconnect.DefaultLimits.Head) }}
 
-// explicitConn is one client connection of an explicit listener.
+// explicitConn is one client connection of an explicit listener (or a
+// plain HTTP connection served request by request): its session and the
+// reader its proxy handshake and request heads are read through.
 type explicitConn struct {
-	g     *Gateway
-	st    *State
-	lc    *config.Listener
-	c     *net.TCPConn
-	br    *bufio.Reader
-	src   netip.AddrPort
-	start time.Time
-	// pending: the connection still counts as a pending handshake.
-	pending bool
-	// srcHeld: the connection counts against max_connections_per_source;
-	// a tunnel handed to the relay loop releases that when it ends.
-	srcHeld bool
+	*session
+	br *bufio.Reader
 }
 
-// handleExplicit serves one client of an explicit listener after handle has
-// done what every listener does first (PROXY header, per-source limit).
-// src is the client (from the PROXY header, if any), start when its
-// handshake time began. The connection arrives counted as a pending
-// handshake (max_pending_handshakes); handleExplicit ends that count once
-// the proxy request is read, or when it returns. It returns true when a
-// tunnel was handed to the relay loop, which then ends the connection.
-func (g *Gateway) handleExplicit(ctx context.Context, st *State, lc *config.Listener, c *net.TCPConn,
-	src netip.AddrPort, start time.Time, srcHeld bool) (relaying bool) {
+// serveExplicit serves one client of an explicit listener after the
+// prelude every listener shares. The connection counts as a pending
+// handshake (max_pending_handshakes) until its proxy request is read. It
+// returns true when a tunnel was handed to the relay loop, which then ends
+// the connection.
+func (s *session) serveExplicit(ctx context.Context) (relaying bool) {
+	g, st, c := s.g, s.st, s.c
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(c)
-	x := &explicitConn{g: g, st: st, lc: lc, c: c, br: br, src: src, start: start, pending: true, srcHeld: srcHeld}
+	x := &explicitConn{session: s, br: br}
 	defer x.releaseReader()
 	defer x.handshakeDone()
 
@@ -112,27 +102,6 @@ func (x *explicitConn) releaseReader() {
 		x.br.Reset(nil)
 		readerPool.Put(x.br)
 		x.br = nil
-	}
-}
-
-// handshakeDone ends the connection's pending time (max_pending_handshakes)
-// once its proxy request has been read, or failed to be; at the latest
-// when handleExplicit returns.
-func (x *explicitConn) handshakeDone() {
-	if x.pending {
-		x.pending = false
-		x.g.pending.Add(-1)
-	}
-}
-
-// record starts an access-log record for this client.
-func (x *explicitConn) record() accesslog.Record {
-	return accesslog.Record{
-		Start:      time.Now(),
-		Listener:   x.lc.Name,
-		Src:        x.src,
-		FQDNSource: "none",
-		Enforced:   x.st.Config.Policy.Enforce,
 	}
 }
 
@@ -243,11 +212,11 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 			return false
 		case p.Protocol == peek.ServerFirst:
 			x.releaseReaderIfEmpty()
-			return x.g.late(x.st, x.c, up, rec, func(q *peek.Result) bool {
+			return x.late(up, rec, func(q *peek.Result) bool {
 				return x.checkTunnel(t, v, q, rec)
 			}, func(first []byte) {
 				x.tunnelRequests(ctx, t, v, rec, first)
-			}, x.srcHeld)
+			})
 		case p.Protocol == peek.HTTP && p.Err == nil:
 			up.Close()
 			rec.Action = ""
@@ -268,7 +237,7 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 	rc, err := relay.Adopt(up)
 	if err == nil {
 		err = rc.Attach(x.c, data, cfg.Timeouts.Idle, func(res relay.Result) {
-			x.g.relayed(rc, rec, res, x.srcHeld)
+			x.relayed(rc, rec, res)
 		})
 	}
 	if err != nil {

@@ -56,8 +56,8 @@ func dialNet(ctx context.Context, st *State, v *verdict) (*net.TCPConn, error) {
 // decided on its own) and logs it. It returns true when the connection was
 // handed to the relay loop, which then logs rec; otherwise the caller logs
 // it (unless requests took over: then rec.Action is "").
-func (g *Gateway) late(st *State, c, up *net.TCPConn, rec *accesslog.Record, check lateCheck, requests func(first []byte), srcHeld bool) (relaying bool) {
-	cfg := st.Config
+func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, requests func(first []byte)) (relaying bool) {
+	g, c, cfg := s.g, s.c, s.st.Config
 	g.track(up, true) // a drain closes it, and so wakes the wait
 	a := newAwait(c, up, cfg.Timeouts.Idle)
 	waitStart := time.Now()
@@ -115,7 +115,7 @@ func (g *Gateway) late(st *State, c, up *net.TCPConn, rec *accesslog.Record, che
 	rc, err := relay.Adopt(up)
 	if err == nil {
 		err = rc.Attach(c, p.Data, cfg.Timeouts.Idle, func(res relay.Result) {
-			g.relayed(rc, rec, res, srcHeld)
+			s.relayed(rc, rec, res)
 		})
 	}
 	if err != nil {

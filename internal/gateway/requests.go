@@ -34,11 +34,11 @@ import (
 // request is decided as an early first request would have been: its Host
 // (or, with none, the name this client resolved to orig through egressd's
 // DNS) and the listener's sni_destination. Every line is logged here.
-func (g *Gateway) serveRequests(ctx context.Context, st *State, lc *config.Listener, c *net.TCPConn, base accesslog.Record,
-	first []byte, orig netip.AddrPort) {
+func (s *session) serveRequests(ctx context.Context, first []byte, orig netip.AddrPort) {
+	g, st, lc, c := s.g, s.st, s.lc, s.c
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(io.MultiReader(bytes.NewReader(first), c))
-	x := &explicitConn{g: g, st: st, lc: lc, c: c, br: br, src: base.Src, start: base.Start}
+	x := &explicitConn{session: s, br: br}
 	defer x.releaseReader()
 	port := orig.Port()
 	if lc.Mode == config.ModeSNI {

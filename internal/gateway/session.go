@@ -1,0 +1,181 @@
+package gateway
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/listener"
+	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/peek"
+	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/proxyheader"
+	"github.com/egressd/egressd/internal/refuse"
+	"github.com/egressd/egressd/internal/relay"
+)
+
+// session is one accepted connection from its accept to its last log line.
+// It owns the connection's bookkeeping: its record, its place among the
+// pending handshakes (max_pending_handshakes), its slot among its source's
+// connections (max_connections_per_source), and whether its line is still
+// to be written. Every path ends in one of two places: finish, when the
+// connection ends during set-up (refused, failed, served request by
+// request), or relayed, when the relay loop ends it.
+type session struct {
+	g  *Gateway
+	st *State // the config and policy the connection is decided with, start to end
+	lc *config.Listener
+	c  *net.TCPConn
+	// rec is the connection's line. An explicit client's tunnels and
+	// requests, and the requests of a plain HTTP connection, each have a
+	// line of their own (logged then says this one is not written).
+	rec   accesslog.Record
+	src   netip.AddrPort // the client, from the PROXY header if there is one
+	start time.Time      // when the client's own time began: after a PROXY header
+	// pending: the connection counts as a pending handshake (admit counted
+	// it) until its first bytes, or its proxy request, have been read.
+	pending bool
+	// srcHeld: the connection counts against max_connections_per_source.
+	srcHeld bool
+	logged  bool
+}
+
+func (g *Gateway) newSession(bl *boundListener, c *net.TCPConn) *session {
+	st := g.state.Load()
+	s := &session{g: g, st: st, lc: bl.config(), c: c, pending: true, start: time.Now()}
+	s.src = listener.AddrPort(c.RemoteAddr())
+	s.rec = s.record()
+	return s
+}
+
+// record starts an access-log line for this client.
+func (s *session) record() accesslog.Record {
+	return accesslog.Record{
+		Start:      time.Now(),
+		Listener:   s.lc.Name,
+		Src:        s.src,
+		FQDNSource: "none",
+		Enforced:   s.st.Config.Policy.Enforce,
+	}
+}
+
+// handshakeDone ends the connection's pending time once its first bytes
+// (or its proxy request) have been read, or failed to be.
+func (s *session) handshakeDone() {
+	if s.pending {
+		s.pending = false
+		s.g.pending.Add(-1)
+	}
+}
+
+// finish ends a connection that did not reach the relay loop: its pending
+// time, its source slot, and its line unless that was written elsewhere.
+func (s *session) finish() {
+	s.handshakeDone()
+	if s.srcHeld {
+		s.srcHeld = false
+		s.g.sources.release(s.src.Addr())
+	}
+	if !s.logged {
+		s.g.logConn(&s.rec)
+	}
+}
+
+// relayed ends a connection the relay loop has closed: rec (the session's
+// own line, or an explicit client's tunnel's) is counted and queued for
+// writeRelayLogs, the source slot released, the relay forgotten. It runs on
+// the loop's goroutine, so it does no more than that and no I/O.
+func (s *session) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Result) {
+	g := s.g
+	rec.BytesUp += res.Up
+	rec.BytesDown += res.Down
+	if end := endReason(res); end != "" {
+		rec.Reason += "; " + end
+	}
+	g.metrics.Conn(rec.Listener, rec.Action, rec.Rule, rec.Protocol, rec.FQDNSource, rec.BytesUp, rec.BytesDown, time.Since(rec.Start))
+	g.relayLog <- rec
+	if s.srcHeld {
+		g.sources.release(s.src.Addr())
+	}
+	g.track(rc, false)
+	g.active.Add(-1)
+	g.wg.Done()
+}
+
+// turnAway refuses the connection before anything it sent is looked at (a
+// PROXY header from the wrong peer, a limit, a connection not
+// intercepted): a deny that binds in report-only mode too, and a reset.
+func (s *session) turnAway(reason string) {
+	if s.rec.Protocol == "" {
+		s.rec.Protocol = peek.Unknown
+	}
+	s.rec.Action, s.rec.Enforced, s.rec.Reason = policy.Deny.String(), true, reason
+	refuse.Reset(s.c)
+}
+
+// prelude does what every listener does before the client's own bytes: the
+// PROXY protocol header, if the listener expects one (which gives the
+// client's address), and the client's slot among its source's connections.
+// It reports false when the connection was turned away.
+func (s *session) prelude() bool {
+	cfg := s.st.Config
+	if s.lc.ProxyProtocol {
+		if len(s.lc.ProxyProtocolFrom) > 0 && !policy.InPrefixes(s.lc.ProxyProtocolFrom, s.src.Addr()) {
+			s.turnAway(fmt.Sprintf("PROXY protocol: peer %s is not in proxy_protocol_from", s.src.Addr()))
+			return false
+		}
+		src, ok, err := proxyheader.Read(s.c, s.rec.Start.Add(cfg.Timeouts.ClientHello))
+		// The client's own silence is timed from after the balancer's
+		// header.
+		s.start = time.Now()
+		if err != nil {
+			s.turnAway("PROXY protocol expected: " + err.Error())
+			return false
+		}
+		if ok {
+			s.src, s.rec.Src = src, src
+		}
+	}
+	if max := cfg.Limits.MaxConnectionsPerSource; max > 0 {
+		if !s.g.sources.acquire(s.src.Addr(), max) {
+			s.g.metrics.Rejected(metrics.LimitConnectionsPerSource)
+			s.turnAway(fmt.Sprintf("limit max_connections_per_source (%d) reached for %s", max, s.src.Addr()))
+			return false
+		}
+		s.srcHeld = true
+	}
+	return true
+}
+
+// original reads a transparent listener's original destination; false
+// when the connection was turned away (not intercepted, or addressed to
+// egressd itself). Other listeners have none.
+func (s *session) original() (netip.AddrPort, bool) {
+	if s.lc.Mode != config.ModeTransparent {
+		return netip.AddrPort{}, true
+	}
+	orig, redirected, _ := listener.OriginalDst(s.c)
+	s.rec.Dst = orig
+	if !redirected && !s.lc.TProxy || s.g.isSelf(orig) {
+		s.turnAway("not intercepted: the destination is egressd itself")
+		return orig, false
+	}
+	return orig, true
+}
+
+// peek reads the client's first bytes under the listener's deadlines; the
+// caller releases the result.
+func (s *session) peek() peek.Result {
+	cfg := s.st.Config
+	p := peek.Peek(s.c, peek.Deadlines{
+		FirstBytes: s.start.Add(cfg.Timeouts.FirstBytes),
+		Complete:   s.start.Add(cfg.Timeouts.ClientHello),
+	})
+	s.handshakeDone()
+	s.g.metrics.PeekWait(time.Since(s.rec.Start))
+	s.rec.Protocol = p.Protocol
+	return p
+}
