@@ -13,7 +13,8 @@ import (
 )
 
 // Dial connects a new socket to dst and returns it as the upstream half of
-// a Conn; Attach then adds the client, and Start relays.
+// a Conn on one of the loops; Attach then adds the client, and Start
+// relays.
 //
 // The socket never passes through the runtime's poller: it is made
 // non-blocking, registered with a loop at once, and its connect completes
@@ -25,10 +26,10 @@ import (
 // mark, when not 0, is set as SO_MARK (needs CAP_NET_ADMIN). dataFollows
 // says the caller has bytes to send at once (Attach's first). The error of
 // a failed dial is a *net.OpError, as net.Dialer's.
-func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Duration, dataFollows bool) (*Conn, error) {
-	l := pick()
-	if l == nil {
-		return nil, loopsErr
+func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Duration, dataFollows bool) (*Conn, error) {
+	l, err := ls.pick()
+	if err != nil {
+		return nil, err
 	}
 	fail := func(err error) error {
 		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(dst), Err: err}
@@ -194,11 +195,11 @@ func (c *Conn) Attach(client *net.TCPConn, first []byte, idle time.Duration, don
 // dials this way when it must talk to the server before relaying, as
 // while it waits for a server-first client's late first bytes. upstream
 // is closed (the Conn holds a duplicate of its socket) whatever happens.
-func Adopt(upstream *net.TCPConn) (*Conn, error) {
-	l := pick()
-	if l == nil {
+func (ls *Loops) Adopt(upstream *net.TCPConn) (*Conn, error) {
+	l, err := ls.pick()
+	if err != nil {
 		upstream.Close()
-		return nil, loopsErr
+		return nil, err
 	}
 	c := &Conn{l: l}
 	c.client.c, c.upstream.c = c, c
@@ -213,7 +214,7 @@ func Adopt(upstream *net.TCPConn) (*Conn, error) {
 		return nil, fmt.Errorf("taking over the upstream socket: %w", err)
 	}
 	l.mu.Lock()
-	err := l.register(&c.upstream)
+	err = l.register(&c.upstream)
 	c.upstream.writable = err == nil
 	l.mu.Unlock()
 	if err != nil {
@@ -222,3 +223,17 @@ func Adopt(upstream *net.TCPConn) (*Conn, error) {
 	}
 	return c, nil
 }
+
+// defaultLoops are the loops of Dial and Adopt, the package-level
+// functions: made on first use, never closed.
+var defaultLoops = NewLoops(0)
+
+// Dial is Loops.Dial on a set of loops shared by the process. It remains
+// only until the gateway's connection code dials through the gateway's own
+// Loops; new code takes a Loops from its owner.
+func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Duration, dataFollows bool) (*Conn, error) {
+	return defaultLoops.Dial(ctx, dst, mark, timeout, dataFollows)
+}
+
+// Adopt is Loops.Adopt on the set Dial uses, and remains as long.
+func Adopt(upstream *net.TCPConn) (*Conn, error) { return defaultLoops.Adopt(upstream) }

@@ -66,7 +66,7 @@ func TestEndNamesTheSide(t *testing.T) {
 		}, Closed, Client, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t, time.Minute)
+			w := newWorld(t, loopsFor(t), time.Minute)
 			tc.run(t, w)
 			r := w.result(t)
 			if r.End != tc.end || r.By != tc.by {

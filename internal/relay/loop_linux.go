@@ -3,8 +3,10 @@ package relay
 import (
 	"encoding/binary"
 	"errors"
+	"net"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -22,11 +24,12 @@ import (
 // that an idle connection costs its two sockets and a small struct.
 //
 // A loop waits in one of two ways. While events keep coming it is busy: it
-// blocks in epoll_wait on its set itself, made raw, holding its P (pick
-// gives every loop a P of its own). After a quiet spell it parks: its set
-// joins a second epoll set that is registered with the Go runtime's poller
-// (an epoll fd is readable while it has ready items), and the loop waits
-// like any goroutine on a socket, holding no P and no thread. Parked only,
+// blocks in epoll_wait on its set itself, made raw, holding its P (the
+// process gives every loop a P of its own, see Loops). After a quiet spell
+// it parks: its set joins a second epoll set that is registered with the
+// Go runtime's poller (an epoll fd is readable while it has ready items),
+// and the loop waits like any goroutine on a socket, holding no P and no
+// thread. Parked only,
 // as the loop first was, each wake-up cost the runtime's epoll_wait, the
 // loop's own and a pass through the scheduler, and every connection's
 // first non-raw system call woke the runtime's sysmon out of its sleep
@@ -36,38 +39,81 @@ import (
 // registered edge-triggered, once, for both directions: no epoll_ctl
 // while bytes move.
 
-// loops are started on first use, one for each P the process had: a
-// connection's events are handled by one goroutine, so with several loops
-// the connections spread over the CPUs the runtime may use.
-var (
-	loopsOnce sync.Once
-	loops     []*loop
-	loopsErr  error
-	nextLoop  atomic.Uint32
-)
+// Loops is a set of event loops. Dial and Adopt put each new connection on
+// the next loop in turn: a connection's events are handled by one
+// goroutine, so with several loops the connections spread over the CPUs
+// the runtime may use. The loops start on first use. Whoever makes a set
+// owns it, and closes it when it dials no more.
+//
+// A busy loop holds a P while it waits in the kernel (see busy), so each
+// loop wants a P of its own beyond those the rest of the process needs:
+// egressd's run sets GOMAXPROCS to twice the CPUs it may use and makes a
+// loop for each.
+type Loops struct {
+	n      int
+	start  sync.Once
+	loops  []*loop
+	err    error // why no loop started
+	next   atomic.Uint32
+	closed atomic.Bool
+	wg     sync.WaitGroup // the loops' goroutines
+}
 
-func pick() *loop {
-	loopsOnce.Do(func() {
-		n := runtime.GOMAXPROCS(0)
-		// A busy loop holds a P while it waits in the kernel (see
-		// busy): each loop gets one more, so the rest of the process
-		// keeps the Ps it had. (Setting GOMAXPROCS ends the runtime's
-		// own updates of it when a container's CPU limit changes.)
-		runtime.GOMAXPROCS(2 * n)
-		for range n {
-			l, err := newLoop()
-			if err != nil {
-				loopsErr = err
-				return
-			}
-			loops = append(loops, l)
-			go l.run()
-		}
-	})
-	if len(loops) == 0 {
+// NewLoops returns a set of n loops, started on first use. n <= 0 means
+// one for every two Ps the process has then (GOMAXPROCS), at least one:
+// as many as run makes.
+func NewLoops(n int) *Loops { return &Loops{n: n} }
+
+// Close stops the loops and waits for their goroutines. Connections still
+// relayed on them end as Conn.Close ends them (done reports
+// net.ErrClosed); Dial and Adopt fail with net.ErrClosed from then on. The
+// owner calls it once nothing dials on the set any more, as the gateway
+// does when Serve ends; a second Close does nothing.
+func (ls *Loops) Close() error {
+	if !ls.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	return loops[int(nextLoop.Add(1))%len(loops)]
+	ls.start.Do(func() {}) // a set never used starts no loop now
+	for _, l := range ls.loops {
+		l.stop()
+	}
+	ls.wg.Wait()
+	return nil
+}
+
+// pick starts the loops if they are not yet, and returns the next one.
+func (ls *Loops) pick() (*loop, error) {
+	ls.start.Do(ls.startLoops)
+	if ls.closed.Load() {
+		return nil, net.ErrClosed
+	}
+	if len(ls.loops) == 0 {
+		return nil, ls.err
+	}
+	return ls.loops[int(ls.next.Add(1))%len(ls.loops)], nil
+}
+
+func (ls *Loops) startLoops() {
+	n := ls.n
+	if n <= 0 {
+		n = max(1, runtime.GOMAXPROCS(0)/2)
+	}
+	for range n {
+		l, err := newLoop()
+		if err != nil {
+			ls.err = err
+			return
+		}
+		ls.loops = append(ls.loops, l)
+		ls.wg.Add(1)
+		go ls.runLoop(l)
+	}
+}
+
+// runLoop is a loop's goroutine; named, it reads well in stack dumps.
+func (ls *Loops) runLoop(l *loop) {
+	defer ls.wg.Done()
+	l.run()
 }
 
 type loop struct {
@@ -83,7 +129,9 @@ type loop struct {
 	// parked is true while the loop waits in the runtime's poller; tests
 	// read it to see that a quiet loop gave its P back.
 	parked atomic.Bool
-	now    int64 // time of the batch of events being handled
+	// stopping is set by stop: run ends the loop at its next wake-up.
+	stopping atomic.Bool
+	now      int64 // time of the batch of events being handled
 	// readied: the batch made a goroutine runnable (a dial's waiter, the
 	// log writer) on this loop's P, which the loop holds while it waits.
 	// One woken unseen (a waiter on a mutex the loop released) is taken
@@ -93,6 +141,7 @@ type loop struct {
 	readied bool
 
 	mu    sync.Mutex
+	shut  bool    // the loop has ended: nothing registers any more
 	table []*side // by fd
 	// gen numbers registrations: an event carries its socket's number,
 	// so a stale event of a closed socket whose fd was since reused (by
@@ -154,7 +203,27 @@ func newLoop() (*loop, error) {
 	return &loop{epfd: epfd, efd: efd, pfd: pfd, file: f, raw: raw}, nil
 }
 
-// close releases the loop's fds; only tests make loops that end.
+// stop asks the loop to end, from another goroutine.
+func (l *loop) stop() {
+	l.stopping.Store(true)
+	l.ring()
+}
+
+// end ends the connections still on the loop, as Conn.Close would, and
+// releases the loop's fds; run calls it once stopped.
+func (l *loop) end() {
+	l.mu.Lock()
+	l.shut = true
+	conns := slices.Clone(l.conns)
+	l.mu.Unlock()
+	for _, c := range conns {
+		c.aborted.Store(true)
+		c.finish(net.ErrClosed, net.ErrClosed, nil, Drained, Local)
+	}
+	l.close()
+}
+
+// close releases the loop's fds.
 func (l *loop) close() {
 	unix.Close(l.efd)
 	l.file.Close()
@@ -197,6 +266,9 @@ func (l *loop) add(c *Conn) error {
 
 // register puts s in the table and the epoll set; l.mu is held.
 func (l *loop) register(s *side) error {
+	if l.shut {
+		return net.ErrClosed
+	}
 	for s.fd >= len(l.table) {
 		l.table = append(l.table, make([]*side, len(l.table)+64)...)
 	}
@@ -254,10 +326,15 @@ const sweepsPerIdle = 8
 // another goroutine: a loop already waiting is rung to recompute its wait.
 func (l *loop) planSweep(at int64) {
 	if l.sweepBy(at) {
-		var one [8]byte
-		binary.NativeEndian.PutUint64(one[:], 1)
-		writeNB(l.efd, one[:])
+		l.ring()
 	}
+}
+
+// ring wakes the loop, busy or parked, through efd.
+func (l *loop) ring() {
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	writeNB(l.efd, one[:])
 }
 
 // sweepBy moves the next sweep to at if none is planned sooner, and
@@ -300,7 +377,7 @@ func (l *loop) run() {
 		l.handle(events[:n])
 		return true
 	}
-	for {
+	for !l.stopping.Load() {
 		// Quiet: parked in the runtime's poller, holding no P. epfd
 		// listens in the set the runtime watches only now: listening
 		// while the loop is busy, each event would wake the runtime's
@@ -333,6 +410,7 @@ func (l *loop) run() {
 			return // epfd failed: never, in a running process
 		}
 	}
+	l.end()
 }
 
 // listen sets what epfd's entry in pfd listens for: EPOLLIN while the loop
@@ -345,13 +423,14 @@ func (l *loop) listen(events uint32) error {
 // busy waits in epoll_wait itself, made raw, while events keep coming.
 // Through the runtime's poller every wake-up cost a second epoll_wait and
 // a pass through the scheduler; waiting raw holds the loop's P in the
-// kernel instead (pick gave each loop a P of its own), and a stop of the
-// world reaches the loop by the signal that ends the wait with EINTR (see
-// epollWaitRaw). After quietSpell without an event busy returns and the
+// kernel instead (each loop has a P of its own, see Loops), and a stop of
+// the world reaches the loop by the signal that ends the wait with EINTR
+// (see epollWaitRaw). After quietSpell without an event busy returns and the
 // loop parks again, so that an idle gateway holds no P and the runtime's
-// sysmon can sleep. It returns an error only if epfd fails.
+// sysmon can sleep; or once the loop is stopping. It returns an error
+// only if epfd fails.
 func (l *loop) busy(events []unix.EpollEvent) error {
-	for {
+	for !l.stopping.Load() {
 		if l.readied {
 			// Let what the batch woke run on this P before the loop
 			// takes it into the kernel again.
@@ -377,6 +456,7 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 			return nil // a quiet spell
 		}
 	}
+	return nil
 }
 
 // quietSpell is how long a busy loop waits for events in the kernel

@@ -60,7 +60,7 @@ func TestStaleEventDropped(t *testing.T) {
 func TestStalledReader(t *testing.T) {
 	for _, closeEarly := range []bool{true, false} {
 		t.Run(map[bool]string{true: "server-closed", false: "server-open"}[closeEarly], func(t *testing.T) {
-			w := newWorld(t, time.Minute)
+			w := newWorld(t, loopsFor(t), time.Minute)
 			down := make([]byte, 32<<20)
 			rand.Read(down)
 			before := mutes.Load()
@@ -194,7 +194,7 @@ func TestFirstBytesNeedNoMute(t *testing.T) {
 // waiting in the kernel holding its P: the stop of the world must reach
 // it (a hang here fails the test by its timeout).
 func TestLoopParksWhenQuiet(t *testing.T) {
-	w := newWorld(t, time.Minute)
+	w := newWorld(t, loopsFor(t), time.Minute)
 	l := w.rc.l
 	echo := func(msg string) {
 		t.Helper()
@@ -231,7 +231,6 @@ func TestLoopParksWhenQuiet(t *testing.T) {
 // waiting in the kernel, instead of ending and stranding its
 // connections, and its idle sweep must still close a quiet connection.
 func TestLoopThatCannotParkStaysBusy(t *testing.T) {
-	pick() // the loops exist, so the swap below is not undone by their start
 	l, err := newLoop()
 	if err != nil {
 		t.Fatal(err)
@@ -240,17 +239,14 @@ func TestLoopThatCannotParkStaysBusy(t *testing.T) {
 	if l.listen(unix.EPOLLIN) == nil {
 		t.Fatal("listen on a non-epoll fd succeeded; the test would prove nothing")
 	}
-	saved := append([]*loop(nil), loops...)
-	for i := range loops {
-		loops[i] = l
-	}
-	t.Cleanup(func() {
-		copy(loops, saved)
-		l.close() // busy's wait fails on the closed set and run returns
+	ls := &Loops{loops: []*loop{l}}
+	ls.start.Do(func() {
+		ls.wg.Add(1)
+		go ls.runLoop(l)
 	})
-	go l.run()
+	t.Cleanup(func() { ls.Close() })
 
-	w := newWorld(t, 300*time.Millisecond)
+	w := newWorld(t, ls, 300*time.Millisecond)
 	for i := range 3 {
 		msg := []byte("still relayed")
 		if _, err := w.client.Write(msg); err != nil {

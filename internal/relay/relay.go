@@ -2,15 +2,16 @@
 // until both sides are done, passing half-closes on and ending connections
 // that stay idle.
 //
-// An event loop (Dial, Attach, Start) dials the upstream and moves bytes
-// with splice(2) through a pipe that is taken from a shared pool only
-// while bytes are moving, and given back as soon as the source has nothing
-// more to read. An idle proxied connection so holds exactly its two
-// sockets: no pipe, no buffer, no goroutine. (io.Copy between two TCPConns
-// splices too, but holds a pipe per direction for the connection's whole
-// life: four extra fds and their kernel memory per idle connection, and a
-// goroutine stack per direction.) Like the rest of egressd it runs on
-// Linux only: epoll, splice(2) and eventfd have no portable stand-in.
+// A set of event loops (Loops: Dial or Adopt, then Attach and Start) holds
+// both sockets and moves bytes with splice(2) through a pipe that is taken
+// from a shared pool only while bytes are moving, and given back as soon
+// as the source has nothing more to read. An idle proxied connection so
+// holds exactly its two sockets: no pipe, no buffer, no goroutine. (io.Copy
+// between two TCPConns splices too, but holds a pipe per direction for the
+// connection's whole life: four extra fds and their kernel memory per idle
+// connection, and a goroutine stack per direction.) Like the rest of
+// egressd it runs on Linux only: epoll, splice(2) and eventfd have no
+// portable stand-in.
 package relay
 
 import (

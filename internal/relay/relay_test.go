@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -25,12 +27,27 @@ type world struct {
 	rc             *Conn
 }
 
-func newWorld(t testing.TB, idle time.Duration) *world {
+// TestMain gives each loop a P of its own beyond the Ps the tests use, as
+// egressd's run does (see Loops).
+func TestMain(m *testing.M) {
+	runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0))
+	os.Exit(m.Run())
+}
+
+// loopsFor returns a set of loops that is closed when the test ends.
+func loopsFor(tb testing.TB) *Loops {
+	ls := NewLoops(0)
+	tb.Cleanup(func() { ls.Close() })
+	return ls
+}
+
+// newWorld relays a new world's connection on one of ls.
+func newWorld(t testing.TB, ls *Loops, idle time.Duration) *world {
 	client, cIn := testnet.Pair(t)
 	w := &world{client: client, done: make(chan Result, 1)}
 	ln := testnet.Listen(t)
 	defer ln.Close()
-	rc, err := Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, false)
+	rc, err := ls.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +80,7 @@ func (w *world) result(t *testing.T) Result {
 func TestRelayBothWaysWithHalfClose(t *testing.T) {
 	for _, size := range []int{0, 1, 70_000, 3 << 20} {
 		t.Run("", func(t *testing.T) {
-			w := newWorld(t, time.Minute)
+			w := newWorld(t, loopsFor(t), time.Minute)
 			up := make([]byte, size)
 			down := make([]byte, size/2+3)
 			rand.Read(up)
@@ -120,7 +137,7 @@ func TestRelayBothWaysWithHalfClose(t *testing.T) {
 // reported idle, while the relay keeps one that moves bytes alive.
 func TestRelayIdle(t *testing.T) {
 	const idle = 300 * time.Millisecond
-	w := newWorld(t, idle)
+	w := newWorld(t, loopsFor(t), idle)
 	// Keep bytes moving for longer than the idle timeout, one way only:
 	// activity in either direction keeps the connection.
 	for range 6 {
@@ -145,7 +162,7 @@ func TestRelayIdle(t *testing.T) {
 // TestRelayResetPassedOn checks that a client reset reaches the server as a
 // reset, not as a clean EOF.
 func TestRelayResetPassedOn(t *testing.T) {
-	w := newWorld(t, time.Minute)
+	w := newWorld(t, loopsFor(t), time.Minute)
 	if _, err := w.client.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +187,7 @@ func TestRelayResetPassedOn(t *testing.T) {
 // for: once a burst is relayed and the connection goes quiet, its pipes are
 // back in the pool.
 func TestIdleConnectionHoldsNoPipe(t *testing.T) {
-	w := newWorld(t, time.Minute)
+	w := newWorld(t, loopsFor(t), time.Minute)
 	before := IdlePipes()
 	msg := bytes.Repeat([]byte("y"), 100_000)
 	go w.client.Write(msg)
@@ -197,7 +214,7 @@ func TestIdleConnectionHoldsNoPipe(t *testing.T) {
 
 // BenchmarkRelay measures relay throughput over loopback with splice.
 func BenchmarkRelay(b *testing.B) {
-	w := newWorld(b, time.Minute)
+	w := newWorld(b, loopsFor(b), time.Minute)
 	buf := make([]byte, 256<<10)
 	b.SetBytes(int64(len(buf)))
 	go func() {
@@ -215,7 +232,7 @@ func BenchmarkRelay(b *testing.B) {
 // goroutine: both peers see their connection end, done reports
 // net.ErrClosed, and the sockets are gone.
 func TestLoopClose(t *testing.T) {
-	w := newWorld(t, time.Minute)
+	w := newWorld(t, loopsFor(t), time.Minute)
 	if _, err := w.client.Write([]byte("hi")); err != nil {
 		t.Fatal(err)
 	}
@@ -236,13 +253,49 @@ func TestLoopClose(t *testing.T) {
 	w.rc.Close() // a second Close, after the end, is harmless
 }
 
+// TestLoopsClose checks that closing a set of loops ends the relays still
+// on it, as Conn.Close does, stops its goroutines, and refuses new dials;
+// a set never used starts nothing.
+func TestLoopsClose(t *testing.T) {
+	before := runtime.NumGoroutine()
+	ls := NewLoops(2)
+	w := newWorld(t, ls, time.Minute)
+	if err := ls.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := w.result(t)
+	if !errors.Is(r.UpErr, net.ErrClosed) || !errors.Is(r.DownErr, net.ErrClosed) || r.End != Drained || r.By != Local {
+		t.Errorf("relay on a closed set: %+v, want net.ErrClosed both ways, Drained by egressd", r)
+	}
+	w.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := w.client.Read(make([]byte, 1)); err == nil {
+		t.Errorf("client read %d bytes after the loops closed, want the connection ended", n)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("%d goroutines after Close, %d before the loops", n, before)
+	}
+	ln := testnet.Listen(t)
+	defer ln.Close()
+	if _, err := ls.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, time.Second, false); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Dial after Close: %v, want net.ErrClosed", err)
+	}
+	ls.Close() // a second Close is harmless
+
+	unused := NewLoops(1)
+	unused.Close()
+	if unused.loops != nil {
+		t.Error("Close of a set never used started its loops")
+	}
+}
+
 // TestLoopManyConnections relays many connections at once through the
 // loops, each with its own bytes, and checks nothing is crossed or lost.
 func TestLoopManyConnections(t *testing.T) {
 	const n = 200
 	errc := make(chan error, n)
+	ls := loopsFor(t)
 	for i := range n {
-		w := newWorld(t, time.Minute)
+		w := newWorld(t, ls, time.Minute)
 		go func() {
 			msg := bytes.Repeat([]byte{byte(i)}, 1000+i*97)
 			go func() {
@@ -297,7 +350,7 @@ func TestDialAttach(t *testing.T) {
 		c.Write([]byte("pong"))
 		got <- b
 	}()
-	rc, err := Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, true)
+	rc, err := loopsFor(t).Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +382,8 @@ func TestDialFailures(t *testing.T) {
 	ln := testnet.Listen(t)
 	addr := netip.MustParseAddrPort(ln.Addr().String())
 	ln.Close() // nothing listens there now
-	_, err := Dial(context.Background(), addr, 0, 5*time.Second, true)
+	ls := loopsFor(t)
+	_, err := ls.Dial(context.Background(), addr, 0, 5*time.Second, true)
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("dial to a closed port: %v, want connection refused", err)
 	}
@@ -341,7 +395,7 @@ func TestDialFailures(t *testing.T) {
 	cancel()
 	// 192.0.2.1 (TEST-NET-1) is never answered here: the connect stays in
 	// progress until the context, already cancelled, ends it.
-	if _, err := Dial(ctx, netip.MustParseAddrPort("192.0.2.1:9"), 0, time.Minute, false); err == nil {
+	if _, err := ls.Dial(ctx, netip.MustParseAddrPort("192.0.2.1:9"), 0, time.Minute, false); err == nil {
 		t.Error("dial with a cancelled context succeeded")
 	}
 }
@@ -372,7 +426,7 @@ func TestDialFamilies(t *testing.T) {
 				c.Close()
 			}()
 			dst := netip.AddrPortFrom(netip.MustParseAddr(tc.dial), uint16(port))
-			rc, err := Dial(context.Background(), dst, 0, 5*time.Second, false)
+			rc, err := loopsFor(t).Dial(context.Background(), dst, 0, 5*time.Second, false)
 			if err != nil {
 				t.Fatal(err)
 			}
