@@ -13,6 +13,30 @@ import (
 	"unicode/utf8"
 )
 
+// Action is what egressd did with a connection, as the log and the
+// metrics word it.
+type Action string
+
+const (
+	Allow Action = "allow"
+	Deny  Action = "deny"
+	// None: the client ended before it named a destination, so nothing
+	// was decided (a browser's spare proxy connection).
+	None Action = "none"
+)
+
+// NameSource is where a connection's FQDN came from.
+type NameSource string
+
+const (
+	FromNone    NameSource = "none"    // no name
+	FromSNI     NameSource = "sni"     // the TLS ClientHello's server name
+	FromHost    NameSource = "host"    // the HTTP Host
+	FromConnect NameSource = "connect" // an HTTP CONNECT target
+	FromSOCKS   NameSource = "socks"   // a SOCKS5 request's domain name
+	FromDNS     NameSource = "dns"     // the name this client resolved to the destination through egressd
+)
+
 // Record is everything egressd knows about one connection when it closes.
 type Record struct {
 	Start    time.Time
@@ -22,12 +46,12 @@ type Record struct {
 	Src        netip.AddrPort
 	Dst        netip.AddrPort // where egressd connected, or would have
 	FQDN       string
-	FQDNSource string   // "sni", "host", "connect", "socks", "dns" (the client's own look-up through egressd) or "none"
+	FQDNSource NameSource
 	Protocol   string   // tls, http, ssh, unknown, server-first
 	ALPN       []string // offered, in the client's order; logged as a JSON array, [] for none
 	ECH        bool     // real ECH only, not GREASE (see gateway)
 	Rule       string
-	Action     string // allow | deny
+	Action     Action
 	Enforced   bool
 	Reason     string
 	BytesUp    int64
@@ -122,7 +146,7 @@ func appendJSON(b []byte, r *Record, end time.Time) []byte {
 	b = append(b, `","fqdn":`...)
 	b = appendString(b, r.FQDN)
 	b = append(b, `,"fqdn_source":`...)
-	b = appendString(b, r.FQDNSource)
+	b = appendString(b, string(r.FQDNSource))
 	b = append(b, `,"protocol":`...)
 	b = appendString(b, r.Protocol)
 	b = append(b, `,"alpn":`...)
@@ -132,7 +156,7 @@ func appendJSON(b []byte, r *Record, end time.Time) []byte {
 	b = append(b, `,"rule":`...)
 	b = appendString(b, r.Rule)
 	b = append(b, `,"action":`...)
-	b = appendString(b, r.Action)
+	b = appendString(b, string(r.Action))
 	b = append(b, `,"enforced":`...)
 	b = strconv.AppendBool(b, r.Enforced)
 	b = append(b, `,"reason":`...)
@@ -153,12 +177,12 @@ func (lg *Logger) logText(r *Record, end time.Time) {
 		slog.String("src", addrString(r.Src)),
 		slog.String("dst", addrString(r.Dst)),
 		slog.String("fqdn", r.FQDN),
-		slog.String("fqdn_source", r.FQDNSource),
+		slog.String("fqdn_source", string(r.FQDNSource)),
 		slog.String("protocol", r.Protocol),
 		slog.String("alpn", string(appendStrings(nil, r.ALPN))),
 		slog.Bool("ech", r.ECH),
 		slog.String("rule", r.Rule),
-		slog.String("action", r.Action),
+		slog.String("action", string(r.Action)),
 		slog.Bool("enforced", r.Enforced),
 		slog.String("reason", r.Reason),
 		slog.Int64("bytes_up", r.BytesUp),

@@ -66,9 +66,9 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	defer peek.Release(&p)
 	switch {
 	case p.Err != nil:
-		s.rec.Action, s.rec.Reason = policy.Deny.String(), peekReason(p)
+		s.rec.Action, s.rec.Reason = accesslog.Deny, peekReason(p)
 		if p.Protocol == peek.ServerFirst && closedEarly(p.Err) {
-			s.rec.Action = actionNone
+			s.rec.Action = accesslog.None
 		}
 		refuse.Reset(c)
 		return false
@@ -141,7 +141,7 @@ func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPor
 	return s.late(up, rec, func(q *peek.Result) bool {
 		v := s.g.judge(ctx, s.st, s.lc, rec, q, orig)
 		if !sameDst(v, dialled) {
-			rec.Action, rec.Enforced = policy.Deny.String(), true
+			rec.Action, rec.Enforced = accesslog.Deny, true
 			rec.Reason = fmt.Sprintf("%s names %s, to be dialled at %s, but this connection is open to %s", q.Protocol, rec.FQDN, v.dst, dialled)
 			v.Action = policy.Deny
 		}
@@ -158,22 +158,22 @@ func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPor
 // name, rule, action and reason; the caller enforces.
 func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec *accesslog.Record, p *peek.Result, orig netip.AddrPort) verdict {
 	rec.Protocol = p.Protocol
-	rec.FQDN, rec.FQDNSource, rec.ECH = "", "none", false
+	rec.FQDN, rec.FQDNSource, rec.ECH = "", accesslog.FromNone, false
 	rawName := ""
 	switch {
 	case p.Protocol == peek.TLS:
 		rec.ALPN = p.Hello.ALPN.Strings() // copies: the log outlives the peek buffer
 		if p.Hello.HasSNI {
-			rawName, rec.FQDNSource = string(p.Hello.ServerName), "sni"
+			rawName, rec.FQDNSource = string(p.Hello.ServerName), accesslog.FromSNI
 		}
 	case p.Protocol == peek.HTTP && p.Host != "":
-		rawName, rec.FQDNSource = p.Host, "host"
+		rawName, rec.FQDNSource = p.Host, accesslog.FromHost
 	}
 	name, ok := fqdn.Normalize(rawName)
 	if ok {
 		rec.FQDN = name
 	} else {
-		rec.FQDNSource = "none"
+		rec.FQDNSource = accesslog.FromNone
 	}
 	rec.ECH = g.realECH(rec.Src.Addr(), rec.FQDN, p)
 	// No name on the wire (SSH, server-first, a TLS hello without SNI):
@@ -184,7 +184,7 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 	// the name egressd would decide on.
 	if rec.FQDN == "" && rawName == "" && orig.IsValid() && g.memory != nil {
 		if n, ok := g.memory.Lookup(rec.Src.Addr(), orig.Addr()); ok {
-			rec.FQDN, rec.FQDNSource = n, "dns"
+			rec.FQDN, rec.FQDNSource = n, accesslog.FromDNS
 		}
 	}
 	v := g.decideName(ctx, st, lc, policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: p.Protocol}, rec.FQDNSource, orig)
@@ -195,17 +195,17 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 		v.Reason += "; ECH: decided on the outer server name, the provider's public name"
 	}
 	rec.Rule, rec.Reason = v.Rule, v.Reason
-	rec.Action = v.Action.String()
+	rec.Action = logAction(v.Action)
 	return v
 }
 
 // decideName decides a connection to name (in.FQDN, learnt from source)
 // as the listener's mode says.
-func (g *Gateway) decideName(ctx context.Context, st *State, lc *config.Listener, in policy.Input, source string, orig netip.AddrPort) verdict {
+func (g *Gateway) decideName(ctx context.Context, st *State, lc *config.Listener, in policy.Input, source accesslog.NameSource, orig netip.AddrPort) verdict {
 	switch {
 	case lc.Mode == config.ModeSNI:
 		return g.decideSNI(ctx, st, lc, in)
-	case source == "dns":
+	case source == accesslog.FromDNS:
 		// The name was looked up from this very destination: there is
 		// nothing to verify, and nothing else to dial, whatever
 		// sni_destination says.

@@ -69,9 +69,9 @@ func (s *session) serveExplicit(ctx context.Context) (relaying bool) {
 	if err != nil {
 		rec := x.record()
 		rec.Protocol = peek.ServerFirst
-		rec.Action, rec.Reason = "deny", "explicit proxy: "+handshakeError(err, "client sent nothing")
+		rec.Action, rec.Reason = accesslog.Deny, "explicit proxy: "+handshakeError(err, "client sent nothing")
 		if closedEarly(err) {
-			rec.Action = actionNone
+			rec.Action = accesslog.None
 		}
 		g.logConn(&rec)
 		refuse.Reset(c)
@@ -86,7 +86,7 @@ func (s *session) serveExplicit(ctx context.Context) (relaying bool) {
 		// at once instead of waiting out client_hello for a request line.
 		rec := x.record()
 		rec.Protocol = peek.TLS
-		rec.Action, rec.Enforced = "deny", true
+		rec.Action, rec.Enforced = accesslog.Deny, true
 		rec.Reason = "explicit proxy: the client speaks TLS (an https:// proxy URL?); this listener speaks plain HTTP and SOCKS5: use http://"
 		g.logConn(&rec)
 		refuse.TLSAlert(c, 0x0301, refuse.AlertProtocolVersion)
@@ -136,7 +136,7 @@ func (x *explicitConn) decide(ctx context.Context, t target, user string, rec *a
 	if !v.dst.IsValid() && t.addr.IsValid() {
 		rec.Dst = netip.AddrPortFrom(t.addr, t.port)
 	}
-	rec.Rule, rec.Reason, rec.Action = v.Rule, v.Reason, v.Action.String()
+	rec.Rule, rec.Reason, rec.Action = v.Rule, v.Reason, logAction(v.Action)
 	if unresolved {
 		rec.Enforced = true
 	}
@@ -275,7 +275,7 @@ func (x *explicitConn) checkTunnel(t target, v verdict, p *peek.Result, rec *acc
 		return false
 	}
 	if x.lc.TunnelSNI == config.TunnelMatch {
-		rec.Action = "deny"
+		rec.Action = accesslog.Deny
 		rec.Reason = problem + " (tunnel_sni: match)"
 		if x.st.Config.Policy.Enforce || p.Err != nil {
 			rec.Enforced = true
@@ -333,14 +333,11 @@ type bufConn struct {
 
 func (b bufConn) Read(p []byte) (int, error) { return b.br.Read(p) }
 
-// actionNone is the action logged for a client that ended before it named
-// a destination: nothing was decided, so nothing was allowed or denied.
-// Browsers open proxy connections ahead of need and drop the ones they did
-// not use; counting them as denies would drown the real ones.
-const actionNone = "none"
-
 // closedEarly reports whether err is the client's own clean close (an EOF,
-// at a message boundary or inside one), not a reset or a timeout.
+// at a message boundary or inside one), not a reset or a timeout. Such a
+// client that has named no destination is logged with action none:
+// browsers open proxy connections ahead of need and drop the ones they did
+// not use, and counting them as denies would drown the real ones.
 func closedEarly(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }

@@ -27,7 +27,7 @@ func (x *explicitConn) serveHTTP(ctx context.Context) (relaying bool) {
 		if len(x.st.Config.Users) > 0 {
 			user, why := auth.check(q.ProxyAuthorization, x.authenticate)
 			if why != "" {
-				rec.Action, rec.Reason, rec.Enforced = "deny", "http proxy: "+why, true
+				rec.Action, rec.Reason, rec.Enforced = accesslog.Deny, "http proxy: "+why, true
 				rec.FQDN = q.Name
 				refuse.Answer(x.c, httpconnect.ProxyAuthRequired())
 				x.g.logConn(rec)
@@ -73,7 +73,7 @@ func (x *explicitConn) requestLoop(ctx context.Context, parse func([]byte) (http
 		}
 		q, err := parse(head)
 		if err != nil {
-			rec.Action, rec.Reason, rec.Enforced = "deny", "http: "+err.Error(), true
+			rec.Action, rec.Reason, rec.Enforced = accesslog.Deny, "http: "+err.Error(), true
 			refuse.Answer(x.c, httpconnect.Response(httpconnect.StatusFor(err), "egressd: "+err.Error()+"\n"))
 			x.g.logConn(&rec)
 			return false
@@ -95,7 +95,7 @@ func (x *explicitConn) requestLoop(ctx context.Context, parse func([]byte) (http
 
 // httpFail answers a request head that could not be read.
 func (x *explicitConn) httpFail(rec *accesslog.Record, err error) {
-	rec.Action, rec.Enforced = "deny", true
+	rec.Action, rec.Enforced = accesslog.Deny, true
 	defer x.g.logConn(rec)
 	switch {
 	case errors.Is(err, httpconnect.ErrRequestLineTooLong), errors.Is(err, httpconnect.ErrHeadTooLarge):
@@ -107,7 +107,7 @@ func (x *explicitConn) httpFail(rec *accesslog.Record, err error) {
 	default:
 		rec.Reason = "http proxy: " + handshakeError(err, "no request")
 		if closedEarly(err) {
-			rec.Action = actionNone
+			rec.Action = accesslog.None
 		}
 		refuse.Reset(x.c)
 	}
@@ -122,7 +122,7 @@ func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Reco
 		}
 	}()
 	if t.name != "" {
-		rec.FQDNSource = "connect"
+		rec.FQDNSource = accesslog.FromConnect
 	}
 	v, unresolved := x.decide(ctx, t, rec.User, &rec)
 	switch {
@@ -155,7 +155,7 @@ func (x *explicitConn) connect(ctx context.Context, t target, rec accesslog.Reco
 // request.
 func (x *explicitConn) forward(ctx context.Context, t target, q httpconnect.Request, rec *accesslog.Record) bool {
 	if t.name != "" {
-		rec.FQDNSource = "host"
+		rec.FQDNSource = accesslog.FromHost
 	}
 	v, unresolved := x.decide(ctx, t, rec.User, rec)
 	switch {
@@ -183,7 +183,7 @@ func (x *explicitConn) send(ctx context.Context, v verdict, q httpconnect.Reques
 	if !sameTarget(req.Host, q) {
 		// Two parsers read one head: egressd decided on one target, and
 		// must never send the server another.
-		rec.Action, rec.Enforced = "deny", true
+		rec.Action, rec.Enforced = accesslog.Deny, true
 		rec.Reason = fmt.Sprintf("%s; request target %q read two ways (decided on %q)", v.Reason, req.Host, q.Authority)
 		refuse.Answer(x.c, httpconnect.Response(http.StatusBadRequest, "egressd: ambiguous request target\n"))
 		return false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/egressd/egressd/internal/accesslog"
 	"net/netip"
 	"slices"
 
@@ -25,9 +26,9 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 	}()
 	var err error // the handshake read's error, for fail
 	fail := func(reason string, reply []byte) {
-		rec.Action, rec.Reason, rec.Enforced = "deny", "socks5: "+reason, true
+		rec.Action, rec.Reason, rec.Enforced = accesslog.Deny, "socks5: "+reason, true
 		if closedEarly(err) {
-			rec.Action = actionNone
+			rec.Action = accesslog.None
 		}
 		if reply == nil {
 			refuse.Reset(x.c)
@@ -93,7 +94,7 @@ func (x *explicitConn) serveSOCKS(ctx context.Context) (relaying bool) {
 			return
 		}
 		if t.name != "" {
-			rec.FQDNSource = "socks"
+			rec.FQDNSource = accesslog.FromSOCKS
 		}
 	}
 

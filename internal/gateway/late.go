@@ -84,7 +84,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 		return false
 	case p.Err != nil:
 		rec.Protocol = p.Protocol
-		rec.Action, rec.Enforced = "deny", true
+		rec.Action, rec.Enforced = accesslog.Deny, true
 		rec.Reason = fmt.Sprintf("late first bytes after %v: %s (was: %s)", after, peekReason(p), rec.Reason)
 		up.Close()
 		refuse.Reset(c)

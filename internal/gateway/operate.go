@@ -87,7 +87,7 @@ func (g *Gateway) logConn(rec *accesslog.Record) {
 		return
 	}
 	g.access.Log(rec)
-	g.metrics.Conn(rec.Listener, rec.Action, rec.Rule, rec.Protocol, rec.FQDNSource, rec.BytesUp, rec.BytesDown, time.Since(rec.Start))
+	g.metrics.Conn(rec)
 }
 
 // sourceCounts counts open connections per source address for

@@ -47,7 +47,7 @@ func BenchmarkOperateOverhead(b *testing.B) {
 					g.pending.Add(-1)
 					g.metrics.PeekWait(time.Millisecond)
 					g.metrics.Dial(time.Millisecond)
-					g.metrics.Conn("a", "allow", "github", "tls", "sni", 1000, 5000, time.Second)
+					g.metrics.Conn(&accesslog.Record{Start: time.Now(), Listener: "a", Action: accesslog.Allow, Rule: "github", Protocol: "tls", FQDNSource: accesslog.FromSNI, BytesUp: 1000, BytesDown: 5000})
 					if lim.MaxConnectionsPerSource > 0 {
 						g.sources.release(src)
 					}

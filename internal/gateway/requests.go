@@ -80,10 +80,10 @@ func (x *explicitConn) tunnelRequests(ctx context.Context, t target, v verdict, 
 		func(ctx context.Context, q httpconnect.Request, _ []byte, rec *accesslog.Record) (keep, relaying bool) {
 			defer x.g.logConn(rec)
 			rec.User, rec.FQDN, rec.FQDNSource, rec.Dst = base.User, base.FQDN, base.FQDNSource, v.dst
-			rec.Rule, rec.Action, rec.Reason, rec.Enforced = v.Rule, v.Action.String(), v.Reason, base.Enforced
+			rec.Rule, rec.Action, rec.Reason, rec.Enforced = v.Rule, logAction(v.Action), v.Reason, base.Enforced
 			if problem := mismatch(t, peek.Result{Protocol: peek.HTTP, Host: hostOf(q)}); problem != "" {
 				if x.lc.TunnelSNI == config.TunnelMatch && (x.st.Config.Policy.Enforce || rec.Enforced) {
-					rec.Action, rec.Enforced = "deny", true
+					rec.Action, rec.Enforced = accesslog.Deny, true
 					rec.Reason = problem + " (tunnel_sni: match)"
 					refuse.HTTPForbidden(x.c, v.Rule)
 					return false, false

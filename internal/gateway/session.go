@@ -57,7 +57,7 @@ func (s *session) record() accesslog.Record {
 		Start:      time.Now(),
 		Listener:   s.lc.Name,
 		Src:        s.src,
-		FQDNSource: "none",
+		FQDNSource: accesslog.FromNone,
 		Enforced:   s.st.Config.Policy.Enforce,
 	}
 }
@@ -95,7 +95,7 @@ func (s *session) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Resul
 	if end := endReason(res); end != "" {
 		rec.Reason += "; " + end
 	}
-	g.metrics.Conn(rec.Listener, rec.Action, rec.Rule, rec.Protocol, rec.FQDNSource, rec.BytesUp, rec.BytesDown, time.Since(rec.Start))
+	g.metrics.Conn(rec)
 	g.relayLog <- rec
 	if s.srcHeld {
 		g.sources.release(s.src.Addr())
@@ -112,7 +112,7 @@ func (s *session) turnAway(reason string) {
 	if s.rec.Protocol == "" {
 		s.rec.Protocol = peek.Unknown
 	}
-	s.rec.Action, s.rec.Enforced, s.rec.Reason = policy.Deny.String(), true, reason
+	s.rec.Action, s.rec.Enforced, s.rec.Reason = accesslog.Deny, true, reason
 	refuse.Reset(s.c)
 }
 
@@ -178,4 +178,12 @@ func (s *session) peek() peek.Result {
 	s.g.metrics.PeekWait(time.Since(s.rec.Start))
 	s.rec.Protocol = p.Protocol
 	return p
+}
+
+// logAction is the access log's word for a policy action.
+func logAction(a policy.Action) accesslog.Action {
+	if a == policy.Allow {
+		return accesslog.Allow
+	}
+	return accesslog.Deny
 }

@@ -14,6 +14,7 @@
 package metrics
 
 import (
+	"github.com/egressd/egressd/internal/accesslog"
 	"sync"
 	"time"
 
@@ -237,26 +238,28 @@ func New(g Gauges) *Metrics {
 	return m
 }
 
-// Conn counts one closed connection with its bytes and lifetime.
-func (m *Metrics) Conn(listener, action, rule, protocol, fqdnSource string, up, down int64, lifetime time.Duration) {
-	k := connLabels{listener, action, rule, protocol, fqdnSource}
+// Conn counts one ended connection (or tunnel, or forwarded request) from
+// its access-log record: by listener, action, rule, protocol and name
+// source, its bytes, and its lifetime.
+func (m *Metrics) Conn(rec *accesslog.Record) {
+	k := connLabels{rec.Listener, string(rec.Action), rec.Rule, rec.Protocol, string(rec.FQDNSource)}
 	m.connsMu.RLock()
 	c, ok := m.connsByLV[k]
 	m.connsMu.RUnlock()
 	if !ok {
-		c = m.conns.WithLabelValues(listener, action, rule, protocol, fqdnSource)
+		c = m.conns.WithLabelValues(k.listener, k.action, k.rule, k.protocol, k.fqdnSource)
 		m.connsMu.Lock()
 		m.connsByLV[k] = c
 		m.connsMu.Unlock()
 	}
 	c.Inc()
-	if up > 0 {
-		m.bytesUp.Add(float64(up))
+	if rec.BytesUp > 0 {
+		m.bytesUp.Add(float64(rec.BytesUp))
 	}
-	if down > 0 {
-		m.bytesDown.Add(float64(down))
+	if rec.BytesDown > 0 {
+		m.bytesDown.Add(float64(rec.BytesDown))
 	}
-	m.lifetime.Observe(lifetime.Seconds())
+	m.lifetime.Observe(time.Since(rec.Start).Seconds())
 }
 
 // PeekWait records how long classifying the first bytes took.

@@ -6,15 +6,18 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/egressd/egressd/internal/accesslog"
 )
 
 // TestConnNoAllocs: counting a connection with labels already seen must not
 // allocate; it runs once per connection.
 func TestConnNoAllocs(t *testing.T) {
 	m := New(Gauges{})
-	m.Conn("l", "allow", "r", "tls", "sni", 1, 2, time.Second)
+	rec := &accesslog.Record{Start: time.Now(), Listener: "l", Action: accesslog.Allow, Rule: "r", Protocol: "tls", FQDNSource: accesslog.FromSNI, BytesUp: 1, BytesDown: 2}
+	m.Conn(rec)
 	allocs := testing.AllocsPerRun(1000, func() {
-		m.Conn("l", "allow", "r", "tls", "sni", 1, 2, time.Second)
+		m.Conn(rec)
 		m.PeekWait(time.Millisecond)
 		m.Dial(time.Millisecond)
 	})
