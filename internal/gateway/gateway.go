@@ -49,6 +49,9 @@ type Gateway struct {
 	// none for a source that keeps failing. One for the gateway's life,
 	// so that a reload does not forgive a source that is backing off.
 	auth *authguard.Guard
+	// loops relay the connections; the gateway owns them (WithLoops) and
+	// Serve closes them once every relay has ended.
+	loops *relay.Loops
 
 	mu        sync.Mutex
 	listeners []*boundListener
@@ -94,12 +97,26 @@ func newBound(lc config.Listener, ln *net.TCPListener) *boundListener {
 // config returns the listener's current config; callers must not modify it.
 func (bl *boundListener) config() *config.Listener { return bl.cfg.Load() }
 
+// Option configures a Gateway in New.
+type Option func(*Gateway)
+
+// WithLoops hands the gateway the relay loops its connections run on;
+// Serve closes them. Without it the gateway makes its own
+// (relay.NewLoops(0)).
+func WithLoops(ls *relay.Loops) Option { return func(g *Gateway) { g.loops = ls } }
+
 // New returns a Gateway for st. log receives operational messages, access
 // one line per connection.
-func New(st *State, log *slog.Logger, access *accesslog.Logger) *Gateway {
+func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) *Gateway {
 	g := &Gateway{log: log, access: access, conns: make(map[io.Closer]struct{}),
 		stopping: make(chan struct{}), abort: make(chan struct{}),
 		relayLog: make(chan *accesslog.Record, relayLogQueue), logDone: make(chan struct{})}
+	for _, o := range opts {
+		o(g)
+	}
+	if g.loops == nil {
+		g.loops = relay.NewLoops(0)
+	}
 	g.state.Store(st)
 	gauges := metrics.Gauges{
 		Active:   func() float64 { return float64(g.active.Load()) },
@@ -220,9 +237,11 @@ func (g *Gateway) Addrs() map[string]netip.AddrPort {
 func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	go g.writeRelayLogs()
 	defer func() {
-		// Every relay has ended (Serve waited for them): its line is queued.
+		// Every relay has ended (Serve waited for them): its line is
+		// queued, and the loops have nothing left to relay.
 		close(g.relayLog)
 		<-g.logDone
+		g.loops.Close()
 	}()
 	g.wg.Add(1)
 	go g.reapWorkers()

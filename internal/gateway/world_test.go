@@ -15,6 +15,8 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +25,14 @@ import (
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/testnet"
 )
+
+// TestMain gives the process a P for each relay loop beyond those the
+// tests use, as egressd's run does (see relay.Loops): a gateway made
+// without WithLoops relays on one loop for every two Ps.
+func TestMain(m *testing.M) {
+	runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0))
+	os.Exit(m.Run())
+}
 
 // world is a small loopback network for in-process gateway tests: a TLS
 // echo server, a DNS server with fixed records, and a gateway whose sni
