@@ -37,6 +37,7 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
+	relayProcs() // the in-process gateways' relay loops get their Ps, as in run
 	os.Exit(m.Run())
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/egressd/egressd/internal/admin"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/gateway"
+	"github.com/egressd/egressd/internal/relay"
 )
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
@@ -38,6 +39,7 @@ connections run for shutdown_grace) and exits 0; a second one closes at once.`)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	raiseNoFile(log)
+	loops := relay.NewLoops(relayProcs())
 
 	var cfg *config.Config
 	if *path == "" {
@@ -62,7 +64,8 @@ connections run for shutdown_grace) and exits 0; a second one closes at once.`)
 	}
 	defer out.Close()
 
-	g := gateway.New(&gateway.State{Config: cfg, Policy: pol}, log, accesslog.New(out, cfg.Log.Format))
+	g := gateway.New(&gateway.State{Config: cfg, Policy: pol}, log, accesslog.New(out, cfg.Log.Format),
+		gateway.WithLoops(loops))
 	// Both signals are caught from the start, so that a second one during
 	// the drain is never lost: the first drains, the second closes live
 	// connections at once.

@@ -2,9 +2,25 @@ package main
 
 import (
 	"log/slog"
+	"runtime"
 
 	"golang.org/x/sys/unix"
 )
+
+// The settings here are the process's own, made by run before the gateway
+// starts; no package below main changes them.
+
+// relayProcs gives the process a P for each relay loop beyond the Ps it
+// has, and returns how many loops to make: one for each P it had. A busy
+// relay loop holds its P while it waits in the kernel (see relay.Loops), so
+// with a P each the rest of the process keeps the Ps it had. Setting
+// GOMAXPROCS ends the runtime's own updates of it when a container's CPU
+// limit changes.
+func relayProcs() int {
+	n := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(2 * n)
+	return n
+}
 
 // raiseNoFile raises the soft limit on open files to the hard limit: every
 // connection costs two descriptors, and a soft limit of 1024 would cap
