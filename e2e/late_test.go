@@ -72,6 +72,76 @@ func TestLateIdentification(t *testing.T) {
 			rule: rule("allowed"), action: "allow", reasonHas: "late first bytes",
 		})
 	})
+	t.Run("openssl after a pause", func(t *testing.T) {
+		// openssl connects and sends its hello at once: a relay in cli
+		// holds the hello back until the intercepted connection has been
+		// silent past first_bytes.
+		requireTools(t, "openssl")
+		ln := top.cli.listen(t, "127.0.0.1:0")
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			up, err := top.cli.dial("", srvAddr+":443")
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			time.Sleep(700 * time.Millisecond)
+			go io.Copy(up, c)
+			io.Copy(c, up)
+		}()
+		from := log.mark()
+		out, err := clientCommand(t, top.cli, "", "openssl", "s_client", "-brief", "-connect", ln.Addr().String(), "-servername", "x.ads.test")
+		if err == nil || !strings.Contains(out, "alert access denied") {
+			t.Errorf("openssl s_client after a pause: exit %v, want an access denied alert:\n%s", err, out)
+		}
+		log.expect(t, from, "openssl late", func(l accessLine) bool { return l.FQDN == "x.ads.test" }, want{
+			listener: "transparent", fqdnSource: "sni", protocol: []string{"tls"}, rule: rule("ads"), action: "deny", reasonHas: "late first bytes",
+		})
+	})
+	t.Run("leading ChangeCipherSpec", func(t *testing.T) {
+		// Raw records: a ChangeCipherSpec, then a real hello for a denied
+		// name, sent at once. TLS is recognised by its record layer.
+		from, accepts := log.mark(), srv.accepts.Load()
+		c, err := top.cli.dial("", srvAddr+":443")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		defer func() {
+			if n := srv.accepts.Load() - accepts; n != 0 {
+				t.Errorf("the server accepted %d connections for a denied hello, want 0", n)
+			}
+		}()
+		msg := append([]byte{0x14, 0x03, 0x03, 0x00, 0x01, 0x01}, clientHelloRecord(t, "x.ads.test")...)
+		c.Write(msg)
+		var alert [7]byte
+		if _, err := io.ReadFull(c, alert[:]); err != nil || alert[0] != 0x15 || alert[6] != 49 {
+			t.Errorf("after a leading ChangeCipherSpec: % x %v, want an access_denied alert record", alert, err)
+		}
+		c.Close()
+		log.expect(t, from, "leading CCS", bySrc(c.LocalAddr().String()), want{
+			listener: "transparent", fqdn: "x.ads.test", protocol: []string{"tls"}, rule: rule("ads"), action: "deny",
+		})
+	})
+	t.Run("curl keep-alive", func(t *testing.T) {
+		requireTools(t, "curl")
+		from := log.mark()
+		u := "http://" + srvAddr + "/"
+		out, err := clientCommand(t, top.cli, "", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n",
+			"-H", "Host: allowed.test", u+"one", "--next", "-s", "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n",
+			"-H", "Host: x.ads.test", u+"two")
+		if err != nil || out != "200 1\n403 0\n" {
+			t.Errorf("curl, two requests on one connection: %q %v; want 200 on a new connection, then 403 on the same", out, err)
+		}
+		log.expect(t, from, "curl second request", func(l accessLine) bool { return l.FQDN == "x.ads.test" }, want{
+			listener: "transparent", fqdnSource: "host", protocol: []string{"http"}, rule: rule("ads"), action: "deny",
+		})
+	})
 	t.Run("every http request", func(t *testing.T) {
 		from := log.mark()
 		c, err := top.cli.dial("", srvAddr+":80")
@@ -115,4 +185,24 @@ func startEchoHTTP(t testing.TB, ns *netns, addr string) {
 	})}
 	go s.Serve(ln)
 	t.Cleanup(func() { s.Shutdown(context.Background()) })
+}
+
+// clientHelloRecord is the first record of a real crypto/tls client's
+// hello for name.
+func clientHelloRecord(t *testing.T, name string) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go tls.Client(a, &tls.Config{ServerName: name, InsecureSkipVerify: true}).Handshake()
+	var hdr [5]byte
+	if _, err := io.ReadFull(b, hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
+	copy(rec, hdr[:])
+	if _, err := io.ReadFull(b, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	return rec
 }
