@@ -142,6 +142,23 @@ func TestLateIdentification(t *testing.T) {
 			listener: "transparent", fqdnSource: "host", protocol: []string{"http"}, rule: rule("ads"), action: "deny",
 		})
 	})
+	t.Run("any method", func(t *testing.T) {
+		// HTTP is recognised by its request line's shape, not a list of
+		// methods: a WebDAV method (or a made-up one) naming a denied
+		// Host is refused like a GET.
+		requireTools(t, "curl")
+		for _, method := range []string{"PROPFIND", "FOO"} {
+			from := log.mark()
+			out, err := clientCommand(t, top.cli, "", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
+				"-H", "Host: x.ads.test", "http://"+srvAddr+"/")
+			if err != nil || out != "403" {
+				t.Errorf("curl -X %s to a denied Host: %q %v, want 403", method, out, err)
+			}
+			log.expect(t, from, method, func(l accessLine) bool { return l.FQDN == "x.ads.test" }, want{
+				listener: "transparent", fqdnSource: "host", protocol: []string{"http"}, rule: rule("ads"), action: "deny",
+			})
+		}
+	})
 	t.Run("every http request", func(t *testing.T) {
 		from := log.mark()
 		c, err := top.cli.dial("", srvAddr+":80")
