@@ -16,8 +16,8 @@ import (
 // egressd must never dial itself. An allowed name that resolves to one of
 // its own listening addresses loops: each connection egressd makes is
 // accepted by egressd, decided alike and dialled again, until file
-// descriptors run out (issue #18 item 2: one client connection became
-// ~20,000). And an address of egressd's own host reaches services that
+// descriptors run out (a single client connection can become thousands).
+// And an address of egressd's own host reaches services that
 // listen there for the host's own use, like the restricted ranges do. So
 // every dial is decided through decideDial, which refuses both, as a deny:
 // the log line says why, and no socket is made.
