@@ -42,14 +42,21 @@ func loadHex(t testing.TB, name string) []byte {
 // share unless curves says otherwise.
 func quicHello(t testing.TB, serverName string, curves ...tls.CurveID) []byte {
 	t.Helper()
+	// Any well-formed transport parameters: initial_max_data = 1 MiB.
+	return quicHelloParams(t, serverName, []byte{0x04, 0x04, 0x80, 0x10, 0x00, 0x00}, curves...)
+}
+
+// quicHelloParams is quicHello with the given transport parameters (RFC
+// 9000 §18), for a hello that a real server will accept.
+func quicHelloParams(t testing.TB, serverName string, params []byte, curves ...tls.CurveID) []byte {
+	t.Helper()
 	conn := tls.QUICClient(&tls.QUICConfig{TLSConfig: &tls.Config{
 		ServerName:       serverName,
 		NextProtos:       []string{"h3"},
 		MinVersion:       tls.VersionTLS13,
 		CurvePreferences: curves,
 	}})
-	// Any well-formed transport parameters: initial_max_data = 1 MiB.
-	conn.SetTransportParameters([]byte{0x04, 0x04, 0x80, 0x10, 0x00, 0x00})
+	conn.SetTransportParameters(params)
 	if err := conn.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
