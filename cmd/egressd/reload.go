@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -25,13 +23,13 @@ type reloader struct {
 	log     *slog.Logger
 	stopped chan struct{} // closed when the gateway has stopped
 
-	// seen is the SHA-256 of the file as the last reload read it, loaded
-	// or refused: the directory also sees events for other files (a log
-	// file kept next to the config), and a broken file must not be
+	// seen is the config.Hash of the file as the last reload read it,
+	// loaded or refused: the directory also sees events for other files (a
+	// log file kept next to the config), and a broken file must not be
 	// refused, logged and counted again for each of them. mu serialises
 	// reloads from SIGHUP and from the file watch.
 	mu   sync.Mutex
-	seen [sha256.Size]byte
+	seen string
 }
 
 // debounce is how long the config directory must be quiet before a change
@@ -137,15 +135,14 @@ func (r *reloader) reload(why string, force bool) {
 		r.log.Error("reload failed; the running config stays", "trigger", why, "err", err)
 		return
 	}
-	sum := sha256.Sum256(data)
-	unchanged := sum == r.seen
-	if r.seen == ([sha256.Size]byte{}) { // nothing read yet: compare with what runs
-		unchanged = fmt.Sprintf("%x", sum)[:16] == r.g.State().Config.Hash
+	hash := config.Hash(data)
+	if r.seen == "" { // nothing read yet: compare with what runs
+		r.seen = r.g.State().Config.Hash
 	}
-	if unchanged && !force {
+	if hash == r.seen && !force {
 		return
 	}
-	r.seen = sum
+	r.seen = hash
 	cfg, err := config.Parse(r.path, data)
 	// Each failure is counted before it is logged: whoever reads the log
 	// line and then the metric sees the count.

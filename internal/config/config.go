@@ -14,6 +14,7 @@ package config
 import (
 	"crypto/sha256"
 	_ "embed"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"os"
@@ -187,8 +188,9 @@ func (d DNS) Enabled() bool { return d.Address.IsValid() }
 type Config struct {
 	Path      string // the file it was read from, for messages
 	Listeners []Listener
-	// Resolver is the DNS server egressd asks; the zero value means the
-	// system's resolver. Written "host" alone, the port is 53.
+	// Resolver is the DNS server egressd asks, each query for at most
+	// DefaultResolverTimeout; the zero value means the system's resolver.
+	// Written "host" alone, the port is 53.
 	Resolver netip.AddrPort
 	// Mark is the SO_MARK put on egressd's upstream sockets so that the
 	// redirect rules can exempt them; 0 means none.
@@ -206,11 +208,14 @@ type Config struct {
 	// ShutdownGrace is how long live connections may run after
 	// SIGTERM/SIGINT before they are closed.
 	ShutdownGrace time.Duration
-	// Hash identifies the file's contents (the first 16 hex digits of its
-	// SHA-256), so that an operator can tell which version each instance
-	// runs.
+	// Hash identifies the file's contents (see Hash), so that an operator
+	// can tell which version each instance runs.
 	Hash string
 }
+
+// DefaultResolverTimeout bounds one query to Resolver. No key sets it; it
+// lives here with the other defaults.
+const DefaultResolverTimeout = 3 * time.Second
 
 // Load reads and parses the config file at path.
 func Load(path string) (*Config, error) {
@@ -233,7 +238,7 @@ func Parse(name string, data []byte) (*Config, error) {
 		Policy:   Policy{Enforce: true, Default: policy.Deny},
 
 		ShutdownGrace: 30 * time.Second,
-		Hash:          fmt.Sprintf("%x", sha256.Sum256(data))[:16],
+		Hash:          Hash(data),
 	}
 	if root := d.document(data); root != nil {
 		d.config(root, c)
@@ -242,6 +247,13 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, d.sorted()
 	}
 	return c, nil
+}
+
+// Hash identifies a config file's contents: the first 16 hex digits of
+// their SHA-256.
+func Hash(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:8])
 }
 
 //go:embed default.yaml

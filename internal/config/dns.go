@@ -6,30 +6,35 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
-
-	"github.com/egressd/egressd/internal/namecache"
 )
 
-// Defaults of the dns section.
+// Defaults of the dns section: what each key means when it is left out.
+// They are egressd's only copy: the packages that take these values
+// (dnsproxy, namecache) read a zero as the default here.
 const (
-	defaultRemember   = 10 * time.Minute
-	defaultMaxEntries = namecache.DefaultMax
-	defaultDNSTimeout = 2 * time.Second
-	defaultRateLimit  = 200
+	DefaultRemember   = 10 * time.Minute
+	DefaultMaxEntries = 100_000
+	DefaultDNSTimeout = 2 * time.Second
+	DefaultRateLimit  = 200
 	// A DNS client needs one TCP connection at a time (RFC 7766 lets it
 	// pipeline queries on it); 16 leaves room for a NAT or a burst of
 	// truncated answers. 512 in all is about what a forwarder serving a
 	// few hundred clients ever sees over TCP.
-	defaultTCPConns          = 512
-	defaultTCPConnsPerSource = 16
-	maxMaxEntries            = 10_000_000
+	DefaultMaxTCPConns          = 512
+	DefaultMaxTCPConnsPerSource = 16
+	maxMaxEntries               = 10_000_000
 )
+
+// DefaultMaxEntriesPerClient is max_entries_per_client when it is left
+// out: a quarter of max_entries, so that no single client can fill the
+// name memory.
+func DefaultMaxEntriesPerClient(maxEntries int) int { return max(1, maxEntries/4) }
 
 // dns reads the dns section. Address and upstreams are required: a
 // forwarder without either is a mistake, not something to guess.
 func (d *decoder) dns(n *yaml.Node, c *DNS) {
-	*c = DNS{Remember: defaultRemember, MaxEntries: defaultMaxEntries, Timeout: defaultDNSTimeout,
-		RateLimit: defaultRateLimit, MaxTCPConns: defaultTCPConns, MaxTCPConnsPerSource: defaultTCPConnsPerSource, Line: n.Line}
+	*c = DNS{Remember: DefaultRemember, MaxEntries: DefaultMaxEntries, Timeout: DefaultDNSTimeout,
+		RateLimit: DefaultRateLimit, MaxTCPConns: DefaultMaxTCPConns, MaxTCPConnsPerSource: DefaultMaxTCPConnsPerSource, Line: n.Line}
 	f, ok := d.mapping(n, "dns", "address", "upstreams", "remember", "filter", "strip_ech",
 		"max_entries", "max_entries_per_client", "timeout", "rate_limit", "clients",
 		"max_tcp_connections", "max_tcp_connections_per_source")
@@ -99,7 +104,7 @@ func (d *decoder) dns(n *yaml.Node, c *DNS) {
 		}
 	}
 	if c.MaxEntriesPerClient == 0 {
-		c.MaxEntriesPerClient = namecache.DefaultPerClient(c.MaxEntries)
+		c.MaxEntriesPerClient = DefaultMaxEntriesPerClient(c.MaxEntries)
 	}
 	if v, ok := f["clients"]; ok {
 		c.Clients = d.prefixes(v, "dns.clients")

@@ -32,6 +32,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/fqdn"
 	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/namecache"
@@ -49,7 +50,9 @@ const maxInFlight = 1024
 // slot from the others.
 const maxInFlightPerSource = 64
 
-// Config is what the forwarder needs from the dns section.
+// Config is what the forwarder needs from the dns section (config.DNS).
+// A zero Timeout, RateLimit, MaxTCPConns or MaxTCPConnsPerSource means the
+// config's default for it (config.DefaultDNSTimeout and the others).
 type Config struct {
 	// Mark is SO_MARK on the upstream query sockets (see config mark).
 	Mark      uint32
@@ -64,8 +67,7 @@ type Config struct {
 	// calls local (private, loopback, link-local, CGNAT).
 	Clients []netip.Prefix
 	// MaxTCPConns bounds the TCP connections open at once, all clients
-	// together, and MaxTCPConnsPerSource those of one client address
-	// (defaults DefaultMaxTCPConns and DefaultMaxTCPConnsPerSource). A
+	// together, and MaxTCPConnsPerSource those of one client address. A
 	// connection over either is reset as soon as it is accepted.
 	MaxTCPConns, MaxTCPConnsPerSource int
 }
@@ -119,10 +121,10 @@ type Server struct {
 // receives the query lines, log operational messages.
 func New(cfg Config, names *namecache.Cache, pol func() (*policy.Policy, bool), log *slog.Logger, qlog *accesslog.Logger) *Server {
 	if cfg.RateLimit <= 0 {
-		cfg.RateLimit = 200
+		cfg.RateLimit = config.DefaultRateLimit
 	}
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = 2 * time.Second
+		cfg.Timeout = config.DefaultDNSTimeout
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{cfg: cfg, names: names, policy: pol, log: log, qlog: qlog,

@@ -5,16 +5,14 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/egressd/egressd/internal/config"
 )
 
 // DNS over TCP holds a socket (and a goroutine) per connection for as long
 // as the client keeps it open, so a client that opens connections and
 // sends nothing could hold thousands of descriptors. These bound it.
 const (
-	// DefaultMaxTCPConns and DefaultMaxTCPConnsPerSource are the caps
-	// when Config leaves them 0 (the config's defaults are the same).
-	DefaultMaxTCPConns          = 512
-	DefaultMaxTCPConnsPerSource = 16
 	// tcpFirstQuery is how long a new connection may take to send its
 	// first whole query, and tcpIdle how long it may stay silent between
 	// queries; then it is closed (RFC 7766 §6.2.3 lets a server close
@@ -34,10 +32,10 @@ type tcpLimit struct {
 
 func newTCPLimit(max, perSource int) *tcpLimit {
 	if max <= 0 {
-		max = DefaultMaxTCPConns
+		max = config.DefaultMaxTCPConns
 	}
 	if perSource <= 0 {
-		perSource = DefaultMaxTCPConnsPerSource
+		perSource = config.DefaultMaxTCPConnsPerSource
 	}
 	return &tcpLimit{max: max, perSource: perSource, bySrc: make(map[netip.Addr]int)}
 }

@@ -132,7 +132,7 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) 
 	g.metrics.Loaded(st.Config.Hash)
 	var r upstream.Resolver = upstream.System{Mark: st.Config.Mark}
 	if st.Config.Resolver.IsValid() {
-		r = &upstream.DNS{Server: st.Config.Resolver, Timeout: 3 * time.Second, Mark: st.Config.Mark}
+		r = &upstream.DNS{Server: st.Config.Resolver, Mark: st.Config.Mark}
 	}
 	g.names = &upstream.Cache{Resolver: r}
 	if d := st.Config.DNS; d.Enabled() {

@@ -27,7 +27,7 @@ func TestFloodKeepsQuietClient(t *testing.T) {
 	quiet := netip.MustParseAddr("10.1.0.1")
 	for _, hostile := range []int{4, 100} {
 		t.Run(fmt.Sprintf("%d sources", hostile), func(t *testing.T) {
-			c, _ := newTestCache(0) // DefaultMax, DefaultPerClient
+			c, _ := newTestCache(0) // the config's defaults
 			var before, after runtime.MemStats
 			runtime.GC()
 			runtime.ReadMemStats(&before)

@@ -26,14 +26,13 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/egressd/egressd/internal/config"
 )
 
-// DefaultMax is the entry cap when New is given 0.
-const DefaultMax = 100_000
-
-// DefaultPerClient is one client's share of total entries when none is
-// given: a quarter, so that no single client can fill the cache.
-func DefaultPerClient(total int) int { return max(1, total/4) }
+// DefaultMax is the entry cap when New is given 0: the config's default
+// max_entries.
+const DefaultMax = config.DefaultMaxEntries
 
 // maxNamesPerPair bounds how many names one client may have for one IP
 // (shared hosting, CDNs); beyond it the oldest is dropped first.
@@ -93,15 +92,16 @@ type Cache struct {
 	stats          Stats
 }
 
-// New returns an empty cache holding at most total entries (DefaultMax when
-// total <= 0), at most perClient of them for one client (a quarter of
-// total when perClient <= 0; never more than total).
+// New returns an empty cache holding at most total entries, at most
+// perClient of them for one client (never more than total). A zero (or
+// negative) value means the config's default: DefaultMax, and
+// config.DefaultMaxEntriesPerClient of total.
 func New(total, perClient int) *Cache {
 	if total <= 0 {
 		total = DefaultMax
 	}
 	if perClient <= 0 {
-		perClient = DefaultPerClient(total)
+		perClient = config.DefaultMaxEntriesPerClient(total)
 	}
 	return &Cache{max: total, perClient: min(perClient, total), now: time.Now,
 		pairs: make(map[pair][]*entry), clients: make(map[netip.Addr]*client)}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/internal/config"
 )
 
 // Lookup is one name's answers and how long they may be reused.
@@ -37,8 +39,8 @@ var ErrNoAddress = errors.New("no address")
 // answer section is taken and the smallest TTL kept.
 type DNS struct {
 	Server  netip.AddrPort
-	Timeout time.Duration
-	Mark    uint32 // SO_MARK on the query sockets; 0: none
+	Timeout time.Duration // per query; 0: config.DefaultResolverTimeout
+	Mark    uint32        // SO_MARK on the query sockets; 0: none
 }
 
 // Resolve asks for A and AAAA in parallel. The answers come back in a
@@ -86,7 +88,7 @@ func (r *DNS) query(ctx context.Context, name string, qt uint16) (Lookup, error)
 	m.SetEdns0(1232, false)
 	timeout := r.Timeout
 	if timeout <= 0 {
-		timeout = 3 * time.Second
+		timeout = config.DefaultResolverTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
