@@ -35,6 +35,10 @@ type verdict struct {
 	pol     *policy.Policy
 	// byName: the name was denied without being resolved (no dst).
 	byName bool
+	// unreachable: the policy allowed the name, but egressd has no
+	// address for it (it did not resolve): refused as a server that is
+	// down, not as a deny.
+	unreachable bool
 }
 
 // handle is one connection's life up to its relay, in its steps: the
@@ -83,6 +87,10 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	v := g.judge(ctx, s.st, s.lc, &s.rec, &p, orig)
 	switch {
 	case g.refusing(s.st, v, &s.rec):
+		if v.unreachable && p.Protocol == peek.TLS {
+			refuse.TLSAlert(c, p.Hello.RecordVersion, refuse.AlertInternalError)
+			return false
+		}
 		g.refuse(c, p, v.Rule)
 		return false
 	case p.Protocol == peek.ServerFirst:
@@ -307,14 +315,18 @@ func (g *Gateway) resolved(ctx context.Context, st *State, in policy.Input, port
 }
 
 // noRoute is the verdict when egressd has no address to dial: a deny,
-// whatever the policy said, with the reason saying why.
+// whatever the policy said, with the reason leading with why. When the
+// policy allowed the name, unreachable says so: the client is then told
+// the server cannot be reached (as when it is down), not that policy
+// denied it.
 func noRoute(d policy.Decision, why string) verdict {
-	if d.Action == policy.Allow {
-		d.Action, d.Reason = policy.Deny, why
+	allowed := d.Action == policy.Allow
+	if allowed {
+		d.Action, d.Reason = policy.Deny, why+" (the policy allows it: "+d.Reason+")"
 	} else {
 		d.Reason = why + "; " + d.Reason
 	}
-	return verdict{Decision: d}
+	return verdict{Decision: d, unreachable: allowed}
 }
 
 // decideTransparent decides on the original destination and the name the

@@ -28,7 +28,12 @@ func (x *explicitConn) serveHTTP(ctx context.Context) (relaying bool) {
 			user, why := auth.check(q.ProxyAuthorization, x.authenticate)
 			if why != "" {
 				rec.Action, rec.Reason, rec.Enforced = accesslog.Deny, "http proxy: "+why, true
-				rec.FQDN = q.Name
+				if rec.FQDN = q.Name; q.Name != "" {
+					rec.FQDNSource = accesslog.FromHost
+					if q.Connect {
+						rec.FQDNSource = accesslog.FromConnect
+					}
+				}
 				refuse.Answer(x.c, httpconnect.ProxyAuthRequired())
 				x.g.logConn(rec)
 				return false, false

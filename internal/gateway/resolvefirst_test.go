@@ -119,3 +119,30 @@ policy:
 		})
 	}
 }
+
+// TestUnresolvableAllowedName: an allowed name that does not resolve is
+// refused as a server that cannot be reached (TLS internal_error), not as
+// a policy deny, and the reason leads with the resolver's answer — what a
+// new user on a machine without outside DNS sees first.
+func TestUnresolvableAllowedName(t *testing.T) {
+	w := newWorld(t, records{}, `policy:
+  default: deny
+  rules:
+    - {name: any, action: allow, fqdn: ["*"]}
+`)
+	c, err := net.Dial("tcp", w.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	src := c.LocalAddr().String()
+	tc := tls.Client(c, &tls.Config{ServerName: "nowhere.test", InsecureSkipVerify: true})
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := tc.Handshake(); err == nil || !strings.Contains(err.Error(), "internal error") {
+		t.Errorf("handshake for a name that does not resolve: %v, want an internal_error alert", err)
+	}
+	e := w.waitLog(func(e entry) bool { return e["src"] == src })
+	if r, _ := e["reason"].(string); !strings.HasPrefix(r, "resolve nowhere.test") {
+		t.Errorf("reason %q does not lead with the resolver's answer", r)
+	}
+}
