@@ -19,7 +19,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "config `FILE` to validate (required)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: egressd check --config FILE\n\nExits 0 if the config is valid; otherwise prints every problem as FILE:LINE: message and exits 1.")
+		fmt.Fprintln(stderr, "Usage: egressd check --config FILE\n\nExits 0 if the config is valid; otherwise prints every problem as FILE:LINE: message and exits 1.\nA password_env variable that is not set where check runs (CI checks configs without\ntheir secrets) is a warning, FILE:LINE: warning: message; egressd run refuses it.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -29,13 +29,16 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	cfg, err := config.Load(*path)
+	cfg, warnings, err := config.Check(*path)
 	if err == nil {
 		_, err = cfg.Compile()
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(stderr, w)
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d listeners, %d rules)\n", *path, len(cfg.Listeners), len(cfg.Policy.Rules))
 	return 0

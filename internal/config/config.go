@@ -230,7 +230,25 @@ func Load(path string) (*Config, error) {
 // messages and stored as Path. When anything is wrong, the error is an
 // Errors listing every problem found.
 func Parse(name string, data []byte) (*Config, error) {
-	d := &decoder{file: name, userLines: map[string]int{}}
+	c, _, err := parse(name, data, false)
+	return c, err
+}
+
+// Check is Load for a file checked where its secrets are not, as CI checks
+// a config: a password_env variable that is not set or empty here is a
+// warning, returned with the config, not an error. When there are errors,
+// the warnings are among them, in line order. The config is for reading:
+// a user whose variable was missing has no password.
+func Check(path string) (*Config, Errors, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read config: %w", err)
+	}
+	return parse(path, data, true)
+}
+
+func parse(name string, data []byte, secretsElsewhere bool) (*Config, Errors, error) {
+	d := &decoder{file: name, userLines: map[string]int{}, secretsElsewhere: secretsElsewhere}
 	c := &Config{
 		Path:     name,
 		Timeouts: Timeouts{FirstBytes: 300 * time.Millisecond, ClientHello: 5 * time.Second, Connect: 5 * time.Second, Idle: 15 * time.Minute},
@@ -243,10 +261,10 @@ func Parse(name string, data []byte) (*Config, error) {
 	if root := d.document(data); root != nil {
 		d.config(root, c)
 	}
-	if len(d.errs) > 0 {
-		return nil, d.sorted()
+	if d.failed() {
+		return nil, nil, d.sorted()
 	}
-	return c, nil
+	return c, d.sorted(), nil
 }
 
 // Hash identifies a config file's contents: the first 16 hex digits of

@@ -24,10 +24,23 @@ type decoder struct {
 	// userLines holds the users section's names and lines; rules that name
 	// users are checked against it.
 	userLines map[string]int
+	// secretsElsewhere: the file is checked where its secrets are not
+	// (Check), so a password_env variable that is not set is a warning.
+	secretsElsewhere bool
 }
 
 func (d *decoder) errorf(n *yaml.Node, format string, args ...any) {
 	d.errs = append(d.errs, Error{File: d.file, Line: n.Line, Msg: fmt.Sprintf(format, args...)})
+}
+
+// warnf records a warning: a problem that Check reports and lets pass.
+func (d *decoder) warnf(n *yaml.Node, format string, args ...any) {
+	d.errs = append(d.errs, Error{File: d.file, Line: n.Line, Msg: fmt.Sprintf(format, args...), Warning: true})
+}
+
+// failed reports whether any problem recorded is more than a warning.
+func (d *decoder) failed() bool {
+	return slices.ContainsFunc(d.errs, func(e Error) bool { return !e.Warning })
 }
 
 // sorted returns the errors in line order (the walk visits sections in a

@@ -11,14 +11,22 @@ type Error struct {
 	File string
 	Line int // 1-based; 0 when the YAML library gave no position
 	Msg  string
+	// Warning marks a problem of the environment the file is read in, not
+	// of the file, that Check lets pass (see Check).
+	Warning bool
 }
 
-// Error returns "FILE:LINE: message", or "FILE: message" without a line.
+// Error returns "FILE:LINE: message", or "FILE: message" without a line;
+// a warning's message starts with "warning: ".
 func (e Error) Error() string {
-	if e.Line <= 0 {
-		return e.File + ": " + e.Msg
+	msg := e.Msg
+	if e.Warning {
+		msg = "warning: " + msg
 	}
-	return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	if e.Line <= 0 {
+		return e.File + ": " + msg
+	}
+	return fmt.Sprintf("%s:%d: %s", e.File, e.Line, msg)
 }
 
 // Errors is every problem found in one config file, in line order. Parse

@@ -2,6 +2,9 @@ package config
 
 import (
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -93,5 +96,45 @@ policy:
 		if !strings.Contains(got[i], want[i]) {
 			t.Errorf("error %d = %q, want it to contain %q", i, got[i], want[i])
 		}
+	}
+}
+
+// TestCheckSecretsElsewhere: Check, for a file checked where its secrets
+// are not (CI), takes a password_env variable that is not set for a
+// warning, and the config it returns gives that user no password; Parse,
+// for a file about to run, takes it for an error. With other errors, the
+// warning is listed among them in line order.
+func TestCheckSecretsElsewhere(t *testing.T) {
+	const file = `listeners:
+  - {name: proxy, mode: explicit, address: 127.0.0.1:3128}
+users:
+  - {name: bot, password_env: EGRESSD_TEST_UNSET_XYZ}
+`
+	path := filepath.Join(t.TempDir(), "ci.yaml")
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, warnings, err := Check(path)
+	if err != nil {
+		t.Fatalf("Check = %v, want only a warning", err)
+	}
+	want := path + `:4: warning: users[0].password_env: environment variable EGRESSD_TEST_UNSET_XYZ is not set or empty here; egressd run needs it`
+	if len(warnings) != 1 || warnings[0].Error() != want {
+		t.Errorf("Check warnings = %q, want [%q]", warnings, want)
+	}
+	if c.Authenticate("bot", "") {
+		t.Error(`a user whose variable is missing authenticates with ""`)
+	}
+	if _, err := Parse("ci.yaml", []byte(file)); err == nil || !strings.Contains(err.Error(), "ci.yaml:4: users[0].password_env: environment variable EGRESSD_TEST_UNSET_XYZ is not set or empty") {
+		t.Errorf("Parse = %v, want the missing variable as an error", err)
+	}
+
+	if err := os.WriteFile(path, []byte(file+"policy: {default: maybe}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, warnings, err = Check(path)
+	got := strings.Split(fmt.Sprint(err), "\n")
+	if c != nil || warnings != nil || len(got) != 2 || got[0] != want || !strings.HasPrefix(got[1], path+":5: policy.default:") {
+		t.Errorf("Check of a broken file = %v, %q, %v; want no config and the warning, then the error", c, warnings, err)
 	}
 }

@@ -21,7 +21,10 @@ type User struct {
 	// comparing digests of equal length lets subtle.ConstantTimeCompare
 	// take the same time whatever the password's length.
 	envSum [32]byte
-	Line   int
+	// noPassword: Env was not set where the config was checked (Check);
+	// no password is the user's.
+	noPassword bool
+	Line       int
 }
 
 // Check reports whether password is the user's. bcrypt compares in
@@ -29,6 +32,9 @@ type User struct {
 func (u *User) Check(password string) bool {
 	if u.Hash != nil {
 		return bcrypt.CompareHashAndPassword(u.Hash, []byte(password)) == nil
+	}
+	if u.noPassword {
+		return false
 	}
 	sum := sha256.Sum256([]byte(password))
 	return subtle.ConstantTimeCompare(sum[:], u.envSum[:]) == 1
@@ -101,7 +107,12 @@ func (d *decoder) users(n *yaml.Node) []User {
 			if s, ok := d.str(ev, field(path, "password_env")); ok {
 				u.Env = s
 				pw, set := os.LookupEnv(s)
-				if !set || pw == "" {
+				switch {
+				case set && pw != "":
+				case d.secretsElsewhere:
+					d.warnf(ev, "%s: environment variable %s is not set or empty here; egressd run needs it", field(path, "password_env"), s)
+					u.noPassword = true
+				default:
 					d.errorf(ev, "%s: environment variable %s is not set or empty", field(path, "password_env"), s)
 				}
 				u.envSum = sha256.Sum256([]byte(pw))

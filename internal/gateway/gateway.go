@@ -6,6 +6,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -194,7 +195,7 @@ func (g *Gateway) Bind(ctx context.Context) error {
 		ln, err := listener.Listen(ctx, lc.Address, listenOptions(lc))
 		if err != nil {
 			g.closeListeners()
-			return errors.Join(errors.New("listener "+lc.Name), err)
+			return fmt.Errorf("listener %s: %w", lc.Name, err) // err names the address
 		}
 		g.mu.Lock()
 		g.listeners = append(g.listeners, newBound(lc, ln))
