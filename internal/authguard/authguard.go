@@ -35,6 +35,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/egressd/egressd/internal/limit"
 )
 
 // Result is how a check ended.
@@ -103,8 +105,8 @@ type Guard struct {
 	sources map[netip.Addr]*list.Element // of *source
 	lru     list.List                    // front: seen most recently
 
-	counts  [4]atomic.Uint64 // by Result
-	lastLog atomic.Int64     // UnixNano of the last back-off line
+	counts     [4]atomic.Uint64  // by Result
+	backoffLog limit.EverySecond // the back-off line, once a second at most
 }
 
 // source is what the guard remembers of one address (or IPv6 /64).
@@ -298,8 +300,7 @@ func (g *Guard) failed(key netip.Addr, now time.Time) {
 	if !log {
 		return
 	}
-	t := now.UnixNano()
-	if last := g.lastLog.Load(); t-last >= int64(time.Second) && g.lastLog.CompareAndSwap(last, t) {
+	if g.backoffLog.Allow(now) {
 		g.cfg.Log.Warn("proxy authentication: source backing off after repeated failures; its attempts are refused unchecked until then",
 			"src", key.String(), "failures", fails, "backoff", level)
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/fqdn"
+	"github.com/egressd/egressd/internal/limit"
 	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/namecache"
 	"github.com/egressd/egressd/internal/policy"
@@ -96,9 +97,8 @@ type Server struct {
 	qlog   *accesslog.Logger
 	limit  *limiter
 	slots  chan struct{}
-	// perSource counts each client address's queries in flight.
-	perSourceMu sync.Mutex
-	perSource   map[netip.Addr]int
+	// inFlight counts each client address's queries in flight.
+	inFlight limit.PerSource
 	// tcpLimit counts the open TCP connections (max_tcp_connections).
 	tcpLimit *tcpLimit
 
@@ -109,9 +109,8 @@ type Server struct {
 
 	forwarded, refused, wouldRefuse, failed, notClient, rateLimited, overloaded, malformed,
 	tcpRetries, echStripped, recorded atomic.Uint64
-	lastInvalidLog atomic.Int64 // Unix second of the last malformed line
-	lastStrayLog   atomic.Int64 // Unix second of the last not-a-client line
-	lastTCPLog     atomic.Int64 // Unix second of the last TCP-limit line
+	// Each kind of line written for a flood, at most once a second.
+	invalidLog, strayLog, tcpLog limit.EverySecond
 }
 
 // New returns a forwarder that records into names and, with cfg.Filter,
@@ -128,7 +127,7 @@ func New(cfg Config, names *namecache.Cache, pol func() (*policy.Policy, bool), 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{cfg: cfg, names: names, policy: pol, log: log, qlog: qlog,
-		limit: newLimiter(cfg.RateLimit), slots: make(chan struct{}, maxInFlight), perSource: map[netip.Addr]int{},
+		limit: newLimiter(cfg.RateLimit), slots: make(chan struct{}, maxInFlight),
 		tcpLimit: newTCPLimit(cfg.MaxTCPConns, cfg.MaxTCPConnsPerSource), ctx: ctx, cancel: cancel}
 }
 
@@ -278,8 +277,7 @@ func (s *Server) accept(h dns.Header) dns.MsgAcceptAction {
 // must not become a stream of log lines.
 func (s *Server) invalid(err error) {
 	n := s.malformed.Add(1)
-	now := time.Now().Unix()
-	if last := s.lastInvalidLog.Load(); last != now && s.lastInvalidLog.CompareAndSwap(last, now) {
+	if s.invalidLog.Allow(time.Now()) {
 		s.qlog.LogDNS(&accesslog.DNSRecord{Result: "malformed",
 			Reason: fmt.Sprintf("unparseable message: %v (%d malformed so far; one line per second at most)", err, n)})
 	}
@@ -305,8 +303,7 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		// Not answered at all: an open resolver is an amplifier, and a
 		// REFUSED is still a reflection.
 		n := s.notClient.Add(1)
-		now := time.Now().Unix()
-		if last := s.lastStrayLog.Load(); last != now && s.lastStrayLog.CompareAndSwap(last, now) {
+		if s.strayLog.Allow(time.Now()) {
 			rec.Result = "dropped"
 			rec.Reason = fmt.Sprintf("%s is not in dns.clients (%d such queries so far; one line per second at most)", src, n)
 			s.qlog.LogDNS(&rec)
@@ -326,12 +323,12 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	select {
 	case s.slots <- struct{}{}:
 		defer func() { <-s.slots }()
-		if !s.acquireSource(src) {
+		if !s.inFlight.Acquire(src, maxInFlightPerSource) {
 			s.overloaded.Add(1)
 			w.Close()
 			return
 		}
-		defer s.releaseSource(src)
+		defer s.inFlight.Release(src)
 	default:
 		s.overloaded.Add(1)
 		w.Close()
@@ -421,26 +418,6 @@ func answerTTL(m *dns.Msg) time.Duration {
 		}
 	}
 	return time.Duration(ttl) * time.Second
-}
-
-// acquireSource counts one more query in flight from src, unless src has
-// maxInFlightPerSource already.
-func (s *Server) acquireSource(src netip.Addr) bool {
-	s.perSourceMu.Lock()
-	defer s.perSourceMu.Unlock()
-	if s.perSource[src] >= maxInFlightPerSource {
-		return false
-	}
-	s.perSource[src]++
-	return true
-}
-
-func (s *Server) releaseSource(src netip.Addr) {
-	s.perSourceMu.Lock()
-	defer s.perSourceMu.Unlock()
-	if s.perSource[src]--; s.perSource[src] <= 0 {
-		delete(s.perSource, src)
-	}
 }
 
 // isClient reports whether the forwarder answers src.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/limit"
 )
 
 // DNS over TCP holds a socket (and a goroutine) per connection for as long
@@ -27,7 +28,7 @@ type tcpLimit struct {
 
 	mu    sync.Mutex
 	total int
-	bySrc map[netip.Addr]int
+	bySrc limit.PerSource
 }
 
 func newTCPLimit(max, perSource int) *tcpLimit {
@@ -37,18 +38,17 @@ func newTCPLimit(max, perSource int) *tcpLimit {
 	if perSource <= 0 {
 		perSource = config.DefaultMaxTCPConnsPerSource
 	}
-	return &tcpLimit{max: max, perSource: perSource, bySrc: make(map[netip.Addr]int)}
+	return &tcpLimit{max: max, perSource: perSource}
 }
 
 // acquire counts one more connection from src, unless a cap is reached.
 func (l *tcpLimit) acquire(src netip.Addr) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.total >= l.max || l.bySrc[src] >= l.perSource {
+	if l.total >= l.max || !l.bySrc.Acquire(src, l.perSource) {
 		return false
 	}
 	l.total++
-	l.bySrc[src]++
 	return true
 }
 
@@ -56,19 +56,17 @@ func (l *tcpLimit) release(src netip.Addr) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
-	if l.bySrc[src]--; l.bySrc[src] <= 0 {
-		delete(l.bySrc, src)
-	}
+	l.bySrc.Release(src)
 }
 
 // open returns the connections open from src, or in all for the zero Addr.
 func (l *tcpLimit) open(src netip.Addr) int {
+	if src.IsValid() {
+		return l.bySrc.Open(src)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !src.IsValid() {
-		return l.total
-	}
-	return l.bySrc[src]
+	return l.total
 }
 
 // limitListener hands the DNS library only connections within the caps;
@@ -119,8 +117,7 @@ func (c *limitedConn) Close() error {
 // logOverTCP logs a TCP connection closed over the caps, at most once a
 // second: a flood must not become a flood of log lines.
 func (s *Server) logOverTCP(src netip.Addr) {
-	now := time.Now().Unix()
-	if last := s.lastTCPLog.Load(); last != now && s.lastTCPLog.CompareAndSwap(last, now) {
+	if s.tcpLog.Allow(time.Now()) {
 		s.log.Warn("dns: TCP connection limit reached: closing new connections at once",
 			"max_tcp_connections", s.tcpLimit.max, "max_tcp_connections_per_source", s.tcpLimit.perSource,
 			"example_src", src.String())

@@ -1,0 +1,83 @@
+// Package limit holds the two counters egressd's caps are made of: what
+// each source address holds open (connections, queries in flight), and a
+// gate that lets a warning about a cap through at most once a second, so
+// that a flood does not become a flood of log lines.
+package limit
+
+import (
+	"hash/maphash"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// PerSource counts what each source address holds open. It is sharded by
+// address so that sources rarely wait on one another's lock. The zero
+// value is ready; it is safe for concurrent use.
+type PerSource struct {
+	once   sync.Once
+	seed   maphash.Seed
+	shards [64]shard
+}
+
+type shard struct {
+	mu sync.Mutex
+	m  map[netip.Addr]int32
+}
+
+func (s *PerSource) shard(a netip.Addr) *shard {
+	s.once.Do(func() { s.seed = maphash.MakeSeed() })
+	b := a.As16()
+	return &s.shards[maphash.Bytes(s.seed, b[:])%uint64(len(s.shards))]
+}
+
+// Acquire counts one more for a unless a holds max already, and reports
+// whether it did.
+func (s *PerSource) Acquire(a netip.Addr, max int) bool {
+	sh := s.shard(a)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.m == nil {
+		sh.m = make(map[netip.Addr]int32)
+	}
+	if int(sh.m[a]) >= max {
+		return false
+	}
+	sh.m[a]++
+	return true
+}
+
+// Release gives back one that Acquire counted for a.
+func (s *PerSource) Release(a netip.Addr) {
+	sh := s.shard(a)
+	sh.mu.Lock()
+	if sh.m[a] <= 1 {
+		delete(sh.m, a)
+	} else {
+		sh.m[a]--
+	}
+	sh.mu.Unlock()
+}
+
+// Open returns how many a holds.
+func (s *PerSource) Open(a netip.Addr) int {
+	sh := s.shard(a)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return int(sh.m[a])
+}
+
+// EverySecond lets an event through when none has passed in the second
+// before it: a warning logged through it is written at most once a
+// second. The zero value is ready; it is safe for concurrent use.
+type EverySecond struct {
+	last atomic.Int64 // UnixNano of the last event let through
+}
+
+// Allow reports whether an event at now may pass, and if so records it.
+func (e *EverySecond) Allow(now time.Time) bool {
+	t := now.UnixNano()
+	last := e.last.Load()
+	return t-last >= int64(time.Second) && e.last.CompareAndSwap(last, t)
+}
