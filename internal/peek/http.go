@@ -63,7 +63,7 @@ func peekHTTP(c net.Conn, buf []byte, start, lf int) Result {
 }
 
 func httpError(buf []byte, err error) Result {
-	if isTimeout(err) {
+	if TimedOut(err) {
 		err = ErrHTTPTimeout
 	}
 	return Result{Protocol: HTTP, Data: buf, Err: err}

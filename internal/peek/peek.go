@@ -99,7 +99,7 @@ func Peek(c net.Conn, dl Deadlines) Result {
 	buf, err := readMore(c, buf)
 	if len(buf) == 0 {
 		r := Result{Protocol: ServerFirst, Data: buf}
-		if err != nil && !isTimeout(err) {
+		if err != nil && !TimedOut(err) {
 			r.Err = err // EOF or reset before a byte: the caller logs it
 		}
 		return r
@@ -166,7 +166,7 @@ func peekTLS(c net.Conn, buf []byte) Result {
 		}
 		var err error
 		if buf, err = readMore(c, buf); err != nil {
-			if isTimeout(err) {
+			if TimedOut(err) {
 				err = ErrHelloTimeout
 			}
 			return tlsError(buf, err)
@@ -205,4 +205,7 @@ func readMore(c net.Conn, buf []byte) ([]byte, error) {
 	return buf, err
 }
 
-func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+// TimedOut reports whether err, from a read, is its deadline passing: the
+// client said nothing in time. It is the one test of a read deadline for
+// the packages that read the client with one (peek, the gateway).
+func TimedOut(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
