@@ -52,6 +52,11 @@ const handshakeHeaderLen = 4
 // path. Crypto stream bytes past the hello, which only a client answering a
 // HelloRetryRequest sends, are ignored.
 //
+// It only reads. The gateway that relays an allowed flow must still keep
+// out of the relay any Initial packet of another Destination Connection ID
+// from the same address (a second connection, which may name another
+// server), and decide it with an Assembler of its own.
+//
 // The zero Assembler is ready to use. An Assembler is not safe for
 // concurrent use; it keeps about 2 KiB plus the hello.
 type Assembler struct {
@@ -75,7 +80,7 @@ func (a *Assembler) Status() Status { return a.st }
 
 // Hello returns the ClientHello handshake message, with its 4-byte header,
 // as [clienthello.Parse] takes it, once the status is Complete; nil before.
-// It is the Assembler's buffer, valid until the Assembler is reused.
+// It is the Assembler's buffer: copy what must outlive the Assembler.
 func (a *Assembler) Hello() []byte {
 	if a.st != Complete {
 		return nil
@@ -169,6 +174,9 @@ func (a *Assembler) AddPacket(p *Packet) (Status, error) {
 // holds no frame, or a frame an Initial may not hold, is a protocol
 // violation (RFC 9000 §12.4).
 func (a *Assembler) addFrames(payload []byte) (Status, error) {
+	if a.st != NeedMore {
+		return a.st, nil
+	}
 	if len(payload) == 0 {
 		return a.fail(fmt.Errorf("initial packet without frames: %w", errViolation))
 	}
