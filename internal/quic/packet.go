@@ -101,7 +101,7 @@ func (p *Packet) Versions() iter.Seq[Version] {
 // RFC 9287 lets a client clear it even in an Initial packet.
 //
 // On a malformed packet ParseDatagram returns the packets before it with
-// the error: a receiver may use them (RFC 9000 §12.2).
+// the error: each coalesced packet stands on its own (RFC 9000 §12.2).
 func ParseDatagram(d []byte, pkts []Packet) ([]Packet, error) {
 	if len(d) == 0 {
 		return pkts, errors.New("empty datagram")

@@ -7,10 +7,10 @@ import (
 )
 
 const (
-	sampleLen   = 16 // header protection sample (RFC 9001 §5.4.2)
-	maxPNLen    = 4  // a packet number is 1 to 4 bytes on the wire (RFC 9000 §17.1)
-	reservedLH  = 0x0c
-	pnLenBitsLH = 0x03
+	sampleLen    = 16   // header protection sample (RFC 9001 §5.4.2)
+	maxPNLen     = 4    // a packet number is 1 to 4 bytes on the wire (RFC 9000 §17.1)
+	reservedBits = 0x0c // of a long header's first byte, once unprotected (RFC 9000 §17.2)
+	pnLenBits    = 0x03 // the packet number length minus one
 )
 
 // errViolation marks what RFC 9000 calls a PROTOCOL_VIOLATION in a packet
@@ -55,7 +55,7 @@ func (k *Keys) Open(dst []byte, p *Packet, largest int64) (out []byte, pn uint64
 
 	k.hp.Encrypt(mask, raw[sampleAt:sampleAt+sampleLen])
 	pkt[0] ^= mask[0] & 0x0f // long header: the low four bits (RFC 9001 §5.4.1)
-	pnLen := int(pkt[0]&pnLenBitsLH) + 1
+	pnLen := int(pkt[0]&pnLenBits) + 1
 	var truncated uint64
 	for i := range pnLen {
 		pkt[p.pnOffset+i] ^= mask[1+i]
@@ -65,19 +65,25 @@ func (k *Keys) Open(dst []byte, p *Packet, largest int64) (out []byte, pn uint64
 
 	hdr := pkt[:p.pnOffset+pnLen]
 	ciphertext := pkt[len(hdr):]
-	copy(nonce, k.iv[:])
-	for i := range 8 {
-		nonce[ivLen-1-i] ^= byte(pn >> (8 * i)) // RFC 9001 §5.3: iv XOR the packet number, left-padded
-	}
+	k.nonce(nonce, pn)
 	plain, err := k.aead.Open(ciphertext[:0], nonce, ciphertext, hdr)
 	if err != nil {
 		return dst, 0, fmt.Errorf("open: initial packet %d: %w", pn, err)
 	}
-	if pkt[0]&reservedLH != 0 {
+	if pkt[0]&reservedBits != 0 {
 		return dst, 0, fmt.Errorf("open: initial packet %d: reserved bits set: %w", pn, errViolation)
 	}
 	n := copy(out[start:], plain)
 	return out[:start+n], pn, nil
+}
+
+// nonce writes the AEAD nonce of packet number pn: the IV XOR the packet
+// number, left-padded with zeros (RFC 9001 §5.3).
+func (k *Keys) nonce(nonce []byte, pn uint64) {
+	copy(nonce, k.iv[:])
+	for i := range 8 {
+		nonce[ivLen-1-i] ^= byte(pn >> (8 * i))
+	}
 }
 
 // decodePN recovers a full packet number from its truncated pnLen-byte
@@ -126,10 +132,7 @@ func (k *Keys) appendInitial(dst []byte, v Version, dcid, scid, token []byte, pn
 		out = append(out, byte(pn>>(8*i)))
 	}
 	var nonce [ivLen]byte
-	copy(nonce[:], k.iv[:])
-	for i := range 8 {
-		nonce[ivLen-1-i] ^= byte(pn >> (8 * i))
-	}
+	k.nonce(nonce[:], pn)
 	out = k.aead.Seal(out, nonce[:], payload, out[start:])
 
 	pkt := out[start:]
