@@ -2,16 +2,11 @@ package main
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -21,8 +16,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/miekg/dns"
 
 	"github.com/egressd/egressd/internal/testnet"
 )
@@ -163,36 +156,17 @@ func freePort(t *testing.T) int {
 
 // startDNS answers A queries for names with 127.0.0.1, NXDOMAIN otherwise.
 func startDNS(t *testing.T, names ...string) string {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	records := make(map[string][]string, len(names))
+	for _, n := range names {
+		records[n] = []string{"127.0.0.1"}
 	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(rw dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		m.Rcode = dns.RcodeNameError
-		for _, n := range names {
-			if strings.EqualFold(q.Question[0].Name, n+".") {
-				m.Rcode = dns.RcodeSuccess
-				if q.Question[0].Qtype == dns.TypeA {
-					m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(127, 0, 0, 1)})
-				}
-			}
-		}
-		rw.WriteMsg(m)
-	})}
-	go srv.ActivateAndServe()
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String()
+	return testnet.DNS(t, records)
 }
 
 // startSink runs a TLS server that reads a connection to its end, then
 // answers the SHA-256 of what it read, in hex, and closes.
 func startSink(t *testing.T) int {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{testnet.Cert(t)}})
 	if err != nil {
 		t.Fatal(err)
 	}

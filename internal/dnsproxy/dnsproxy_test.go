@@ -21,6 +21,7 @@ import (
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/namecache"
 	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // upstream is a real DNS server on 127.0.0.1:0 answering from a zone of
@@ -81,25 +82,7 @@ func startUpstream(t *testing.T, truncateUDP bool, zone ...string) *upstream {
 		}
 		w.WriteMsg(m)
 	})
-	pc, ln, err := listen(netip.MustParseAddrPort("127.0.0.1:0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.addr = netip.MustParseAddrPort(pc.LocalAddr().String())
-	servers := []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}}
-	var wg sync.WaitGroup
-	for _, s := range servers {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		wg.Go(func() { s.ActivateAndServe() })
-		<-started
-	}
-	t.Cleanup(func() {
-		for _, s := range servers {
-			s.Shutdown()
-		}
-		wg.Wait()
-	})
+	u.addr = testnet.ServeDNS(t, h)
 	return u
 }
 

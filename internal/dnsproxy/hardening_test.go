@@ -11,6 +11,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // A query name that fqdn.Normalize rejects (a '!' in a label, or any byte
@@ -93,7 +94,7 @@ func TestAnswerMustMatchQuestion(t *testing.T) {
 		m.Answer = append(m.Answer, rr)
 		w.WriteMsg(m)
 	})
-	upAddr := udpUpstream(t, h)
+	upAddr := testnet.ServeDNS(t, h)
 	p := startProxy(t, Config{Upstreams: []netip.AddrPort{upAddr}})
 	m := new(dns.Msg)
 	m.SetQuestion("git.example.test.", dns.TypeA)
@@ -214,19 +215,3 @@ func readerOf(pc net.PacketConn) io.Reader {
 type readerFunc func([]byte) (int, error)
 
 func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
-
-// udpUpstream serves h over UDP on loopback until the test ends.
-func udpUpstream(t *testing.T, h dns.Handler) netip.AddrPort {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: h}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go srv.ActivateAndServe()
-	<-started
-	t.Cleanup(func() { srv.Shutdown() })
-	return netip.MustParseAddrPort(pc.LocalAddr().String())
-}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // dns.timeout above 2 s is honoured: an upstream answering after 3 s with
@@ -19,7 +21,7 @@ func TestUpstreamTimeoutHonoured(t *testing.T) {
 		m.Answer = append(m.Answer, rr)
 		w.WriteMsg(m)
 	})
-	upAddr := udpUpstream(t, h)
+	upAddr := testnet.ServeDNS(t, h)
 	p := startProxy(t, Config{Upstreams: []netip.AddrPort{upAddr}, Timeout: 5 * time.Second})
 	m := new(dns.Msg)
 	m.SetQuestion("slowish.example.test.", dns.TypeA)

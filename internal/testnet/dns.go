@@ -11,8 +11,8 @@ import (
 	"github.com/miekg/dns"
 )
 
-// DNS serves fixed A and AAAA records over UDP on 127.0.0.1 and returns its
-// address. Names are given without the trailing dot; a name not in records
+// DNS serves fixed A and AAAA records over UDP and TCP on 127.0.0.1 and
+// returns its address. Names are given without the trailing dot; a name not in records
 // is NXDOMAIN. The server stops when the test ends.
 func DNS(tb testing.TB, records map[string][]string) string {
 	tb.Helper()
@@ -46,12 +46,8 @@ func DNSAsked(tb testing.TB, records map[string][]string) (addr string, asked fu
 }
 
 func serveDNS(tb testing.TB, addr string, records map[string][]string, onQuery func(string)) string {
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	mux := dns.NewServeMux()
-	mux.HandleFunc(".", func(rw dns.ResponseWriter, q *dns.Msg) {
+	tb.Helper()
+	h := dns.HandlerFunc(func(rw dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		name := strings.TrimSuffix(q.Question[0].Name, ".")
@@ -76,8 +72,51 @@ func serveDNS(tb testing.TB, addr string, records map[string][]string, onQuery f
 		}
 		rw.WriteMsg(m)
 	})
-	srv := &dns.Server{PacketConn: pc, Handler: mux}
-	go srv.ActivateAndServe()
-	tb.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String()
+	return ServeDNSAt(tb, addr, h).String()
+}
+
+// ServeDNS serves h over UDP and TCP on one free port of 127.0.0.1 until
+// the test ends, and returns the address. It is the tests' one DNS server:
+// DNS gives it fixed records, other tests a handler of their own
+// (truncated answers, slow or lying upstreams).
+func ServeDNS(tb testing.TB, h dns.Handler) netip.AddrPort {
+	tb.Helper()
+	return ServeDNSAt(tb, "127.0.0.1:0", h)
+}
+
+// ServeDNSAt is ServeDNS on a given address, in the network namespace of
+// the calling thread.
+func ServeDNSAt(tb testing.TB, addr string, h dns.Handler) netip.AddrPort {
+	tb.Helper()
+	// TCP takes the port the kernel picked for UDP, which an outgoing TCP
+	// connection may hold on a busy machine: then another port is tried.
+	var pc net.PacketConn
+	var ln net.Listener
+	for attempt := 0; ln == nil; attempt++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			tb.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
+			pc.Close()
+			if attempt == 8 || !strings.HasSuffix(addr, ":0") {
+				tb.Fatal(err)
+			}
+		}
+	}
+	servers := []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}}
+	var wg sync.WaitGroup
+	for _, s := range servers {
+		started := make(chan struct{})
+		s.NotifyStartedFunc = func() { close(started) }
+		wg.Go(func() { s.ActivateAndServe() })
+		<-started
+	}
+	tb.Cleanup(func() {
+		for _, s := range servers {
+			s.Shutdown()
+		}
+		wg.Wait()
+	})
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
 }

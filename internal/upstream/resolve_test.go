@@ -15,6 +15,8 @@ import (
 
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // dnsServer serves fixed answers on UDP and TCP loopback and counts queries.
@@ -25,36 +27,15 @@ type dnsServer struct {
 
 func startDNS(t *testing.T, handler func(q dns.Question, m *dns.Msg, tcp bool)) *dnsServer {
 	t.Helper()
-	// TCP must get the port the kernel picked for UDP, which an outgoing
-	// TCP connection on a busy machine may hold: then try a fresh one.
-	var pc net.PacketConn
-	var ln net.Listener
-	for attempt := 0; ln == nil; attempt++ {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
-			pc.Close()
-			if attempt == 8 {
-				t.Fatal(err)
-			}
-		}
-	}
-	s := &dnsServer{addr: netip.MustParseAddrPort(pc.LocalAddr().String())}
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+	s := &dnsServer{}
+	s.addr = testnet.ServeDNS(t, dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		s.queries.Add(1)
 		m := new(dns.Msg)
 		m.SetReply(q)
 		_, tcp := w.RemoteAddr().(*net.TCPAddr)
 		handler(q.Question[0], m, tcp)
 		w.WriteMsg(m)
-	})
-	u := &dns.Server{PacketConn: pc, Handler: h}
-	tc := &dns.Server{Listener: ln, Handler: h}
-	go u.ActivateAndServe()
-	go tc.ActivateAndServe()
-	t.Cleanup(func() { u.Shutdown(); tc.Shutdown() })
+	}))
 	return s
 }
 
