@@ -82,13 +82,18 @@ func (x *explicitConn) tunnelRequests(ctx context.Context, t target, v verdict, 
 			rec.User, rec.FQDN, rec.FQDNSource, rec.Dst = base.User, base.FQDN, base.FQDNSource, v.dst
 			rec.Rule, rec.Action, rec.Reason, rec.Enforced = v.Rule, logAction(v.Action), v.Reason, base.Enforced
 			if problem := mismatch(t, peek.Result{Protocol: peek.HTTP, Host: hostOf(q)}); problem != "" {
-				if x.lc.TunnelSNI == config.TunnelMatch && (x.st.Config.Policy.Enforce || rec.Enforced) {
-					rec.Action, rec.Enforced = accesslog.Deny, true
+				if x.lc.TunnelSNI != config.TunnelMatch {
+					rec.Reason += "; " + problem + " (tunnel_sni: log)"
+				} else {
+					// As for the tunnel's first bytes: a deny, which
+					// report-only mode logs and lets through.
+					rec.Action, rec.Enforced = accesslog.Deny, x.st.Config.Policy.Enforce
 					rec.Reason = problem + " (tunnel_sni: match)"
-					refuse.HTTPForbidden(x.c, v.Rule)
-					return false, false
+					if rec.Enforced {
+						refuse.HTTPForbidden(x.c, v.Rule)
+						return false, false
+					}
 				}
-				rec.Reason += "; " + problem + " (tunnel_sni: " + string(x.lc.TunnelSNI) + ")"
 			}
 			return x.send(ctx, v, q, rec), false
 		})
