@@ -12,8 +12,8 @@ import (
 // TestDerivedLimits: with no limits section and ulimit -n 40, egressd
 // derives its limits from the open-files limit, prints them at start, and
 // a crowd of stalled handshakes is refused by max_pending_handshakes
-// instead of running egressd out of descriptors (before, with no limits
-// by default, accept failed with EMFILE: TestAcceptBacksOff).
+// instead of running egressd out of descriptors (without limits, accept
+// fails with EMFILE: TestAcceptBacksOff).
 func TestDerivedLimits(t *testing.T) {
 	w := &opWorld{
 		path:     filepath.Join(t.TempDir(), "egressd.yaml"),

@@ -18,7 +18,7 @@ const (
 //
 // Its byte-slice fields are views of the message Parse read, not copies:
 // the gateway parses every connection's hello, and copying names out of it
-// cost an allocation per name (issue #7). They are valid only as long as
+// would cost an allocation per name. They are valid only as long as
 // that message is, which for the gateway means until peek.Release; whatever
 // must outlive it (the access-log record) is copied first.
 type Info struct {

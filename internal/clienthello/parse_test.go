@@ -77,7 +77,7 @@ func TestParse(t *testing.T) {
 	}
 }
 
-// TestParseAllocs checks issue #7: Parse allocates nothing, since Info
+// TestParseAllocs checks that Parse allocates nothing, since Info
 // views the message, whether or not the hello carries a server name, ALPN
 // or supported_versions. Only a hello with more than 32 extensions would.
 func TestParseAllocs(t *testing.T) {

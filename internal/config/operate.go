@@ -58,16 +58,15 @@ var noFile = func() uint64 {
 	return lim.Cur
 }
 
-// DeriveLimits returns the limits for a process allowed noFile open files,
-// the way HAProxy derives maxconn from ulimit -n: a relayed connection
-// holds two descriptors (client and server), and a reserve is kept for
-// everything else (listeners, the DNS forwarder and resolver, the admin
-// endpoint, log files): a tenth of the limit, at least 256 (at most half).
-// Past max_connections egressd refuses at once instead of failing accepts
-// and dials with EMFILE. One source may hold a quarter of them, and a
-// quarter may be pending handshakes, so that neither one client nor a
-// crowd of silent ones takes every place. noFile 0 (unknown) gives no
-// limits.
+// DeriveLimits returns the limits for a process allowed noFile open files
+// (ulimit -n). A relayed connection holds two descriptors (client and
+// server), and a reserve is kept for everything else (listeners, the DNS
+// forwarder and resolver, the admin endpoint, log files): a tenth of the
+// limit, at least 256 (at most half). Past max_connections egressd refuses
+// at once instead of failing accepts and dials with EMFILE. One source may
+// hold a quarter of them, and a quarter may be pending handshakes, so that
+// neither one client nor a crowd of silent ones takes every place. noFile 0
+// (unknown) gives no limits.
 func DeriveLimits(noFile uint64) Limits {
 	if noFile == 0 {
 		return Limits{}

@@ -13,13 +13,13 @@ const workerIdle = 10 * time.Second
 
 // workers are the idle goroutines that run connections' set-up. Reusing
 // goroutines keeps their already-grown stacks: a fresh goroutine per
-// connection paid for growing its stack (copystack) on every connection.
+// connection would pay for growing its stack (copystack) every time.
 //
 // Each idle worker waits on a channel of its own, on a stack. A worker
 // waiting in a select on one shared channel, a stop channel and its own
-// idle timer cost a timer reset and a three-way select per connection,
-// about 2 % of the CPU under a new-connection load; a plain receive costs
-// neither, and one reaper ends the workers idle too long.
+// idle timer would cost a timer reset and a three-way select per
+// connection; a plain receive costs neither, and one reaper ends the
+// workers idle too long.
 type workers struct {
 	mu      sync.Mutex
 	idle    []*worker // the longest idle at the bottom

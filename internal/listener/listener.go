@@ -36,9 +36,9 @@ func Listen(ctx context.Context, addr netip.AddrPort, opt Options) (*net.TCPList
 	lc := net.ListenConfig{Control: control(opt), KeepAlive: -1}
 	// Plain TCP, not Go's default Multipath TCP: an MPTCP socket does not
 	// answer SO_ORIGINAL_DST, so a REDIRECTed client's destination would
-	// be lost, and every accept would go through the MPTCP layer (0.76 %
-	// of egressd's CPU per connection under load, even for clients that
-	// fall back to TCP). A client that offers MPTCP gets plain TCP.
+	// be lost, and every accept would go through the MPTCP layer, even for
+	// clients that fall back to TCP. A client that offers MPTCP gets plain
+	// TCP.
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(ctx, Network("tcp", addr), addr.String())
 	if err != nil {

@@ -14,13 +14,13 @@ func hostIP(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{100, byte(64 + i>>16&63), byte(i >> 8), byte(i)})
 }
 
-// TestFloodKeepsQuietClient is the attack of issue #18: with the default
-// sizes, hostile sources each resolve 25,001 unique names, round-robin. A
-// quiet client's 50 earlier names all survive, the memory never holds more
-// than max_entries, and the heap it takes stays under maxHeapPerEntry a
-// slot: about 300 bytes when the memory first fills (BenchmarkRecordFull),
-// up to 612 once millions of entries have churned through it, because the
-// pairs map keeps the tables it grew to.
+// TestFloodKeepsQuietClient: with the default sizes, hostile sources each
+// resolve 25,001 unique names, round-robin. A quiet client's 50 earlier
+// names all survive, the memory never holds more than max_entries, and the
+// heap it takes stays under maxHeapPerEntry a slot: about 300 bytes when
+// the memory first fills (BenchmarkRecordFull), up to 612 once millions of
+// entries have churned through it, because the pairs map keeps the tables
+// it grew to.
 func TestFloodKeepsQuietClient(t *testing.T) {
 	const perHostile, quietNames = 25_001, 50
 	const maxHeapPerEntry = 640 // bytes

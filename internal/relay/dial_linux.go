@@ -45,13 +45,13 @@ func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, time
 			return nil, fail(fmt.Errorf("set SO_MARK %#x (needs CAP_NET_ADMIN): %w", mark, err))
 		}
 	}
-	// As net.Dialer does, and HAProxy: relayed writes go out as they come.
+	// As net.Dialer does: relayed writes go out as they come.
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	if dataFollows {
 		// The handshake's last ACK waits for the first bytes and goes
-		// out with them: one segment less for both ends to process, as
-		// HAProxy does. Never when the server speaks first: its accept
-		// would wait for the delayed-ACK timer.
+		// out with them: one segment less for both ends to process.
+		// Never when the server speaks first: its accept would wait for
+		// the delayed-ACK timer.
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK, 0)
 	}
 

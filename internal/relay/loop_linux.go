@@ -18,10 +18,10 @@ import (
 // The event loop relays connections that own no goroutine.
 //
 // A goroutine per direction, parked in the runtime's poller while the
-// connection is idle, cost about 16 KiB of stack per idle connection
-// (HAProxy spends 3.5). Dial, Attach and Start instead hand both sockets to
-// one of a few loops, each one goroutine waiting on its own epoll set, so
-// that an idle connection costs its two sockets and a small struct.
+// connection is idle, costs its stack: about 16 KiB per idle connection.
+// Dial, Attach and Start instead hand both sockets to one of a few loops,
+// each one goroutine waiting on its own epoll set, so that an idle
+// connection costs its two sockets and a small struct.
 //
 // A loop waits in one of two ways. While events keep coming it is busy: it
 // blocks in epoll_wait on its set itself, made raw, holding its P (the
@@ -29,15 +29,14 @@ import (
 // it parks: its set joins a second epoll set that is registered with the
 // Go runtime's poller (an epoll fd is readable while it has ready items),
 // and the loop waits like any goroutine on a socket, holding no P and no
-// thread. Parked only,
-// as the loop first was, each wake-up cost the runtime's epoll_wait, the
-// loop's own and a pass through the scheduler, and every connection's
-// first non-raw system call woke the runtime's sysmon out of its sleep
-// into a 20 µs polling loop; busy only, an idle gateway would hold a P
-// for ever. (While a loop is busy, sysmon signals it every 10 ms to
-// preempt it; the wait ends with EINTR and resumes.) The sockets are
-// registered edge-triggered, once, for both directions: no epoll_ctl
-// while bytes move.
+// thread. Were it only ever parked, each wake-up would cost the runtime's
+// epoll_wait, the loop's own and a pass through the scheduler, and every
+// connection's first non-raw system call would wake the runtime's sysmon
+// out of its sleep into a 20 µs polling loop; were it only ever busy, an
+// idle gateway would hold a P for ever. (While a loop is busy, sysmon
+// signals it every 10 ms to preempt it; the wait ends with EINTR and
+// resumes.) The sockets are registered edge-triggered, once, for both
+// directions: no epoll_ctl while bytes move.
 
 // Loops is a set of event loops. Dial and Adopt put each new connection on
 // the next loop in turn: a connection's events are handled by one
@@ -136,8 +135,8 @@ type loop struct {
 	// log writer) on this loop's P, which the loop holds while it waits.
 	// One woken unseen (a waiter on a mutex the loop released) is taken
 	// by another P, which the wake-up starts when one is idle, or else
-	// runs when sysmon preempts the loop (10 ms). Yielding every
-	// millisecond as well was tried: each yield wakes another thread.
+	// runs when sysmon preempts the loop (10 ms). The loop does not
+	// also yield every millisecond: each yield wakes another thread.
 	readied bool
 
 	mu    sync.Mutex
@@ -293,11 +292,11 @@ func (s *side) markWritable() {
 
 // mute takes EPOLLIN out of s's interest (on) or puts it back. A direction
 // whose destination is full stops reading, but an edge-triggered socket
-// still woke the loop for every segment that arrived meanwhile: in a TLS
-// transfer to a client slower than its server, egressd woke about ten
-// times as often as HAProxy for the same bytes, and moved them in smaller
-// pieces. Muted, the socket wakes the loop again only once the destination
-// drains and reading resumes. Putting EPOLLIN back reports any data
+// would still wake the loop for every segment that arrives meanwhile: to a
+// client slower than its server, the loop would wake many times for each
+// time it can move bytes, and move them in small pieces. Muted, the socket
+// wakes the loop again only once the destination drains and reading
+// resumes. Putting EPOLLIN back reports any data
 // already waiting, as a new edge.
 func (l *loop) mute(s *side, on bool) error {
 	ev := unix.EpollEvent{Events: sockEvents, Fd: int32(s.fd), Pad: s.gen}

@@ -14,10 +14,9 @@ import (
 // can take tens of microseconds. Made the usual way, such a call outlives
 // a sysmon tick (20 µs): sysmon takes the P away from the loop's thread
 // and wakes another thread to run it, and when the call returns the loop's
-// thread must sleep and hand its goroutine over. With one P (a proxy
-// pinned to one CPU) that was a pair of context switches per long call;
-// perf showed futex waits, sysmon wake-ups and finish_task_switch at the
-// top of a TLS transfer's profile. A raw call keeps the P; the cost is
+// thread must sleep and hand its goroutine over: with one P (a proxy
+// pinned to one CPU), a pair of context switches per long call, in futex
+// waits and sysmon wake-ups. A raw call keeps the P; the cost is
 // that a stop-the-world waits for the call to return. A close can also
 // sleep briefly on the epoll set's lock while another thread registers a
 // socket with the same loop.

@@ -52,11 +52,11 @@ func (c *countOne) Resolve(ctx context.Context, name string) (Lookup, error) {
 	return Lookup{Addrs: []netip.Addr{netip.AddrFrom4([4]byte{198, 51, 100, 1})}, TTL: time.Hour}, nil
 }
 
-// TestCacheFloodBounded is the attack of issue #18: a client that owns a
-// wildcard zone has the gateway resolve 200,000 unique names. The cache
-// stays within its byte budget (and so within the entry count that budget
-// allows), the heap it holds stays within the budget too, and a name that
-// other clients use between the floods is never asked for again.
+// TestCacheFloodBounded: a client that owns a wildcard zone has the gateway
+// resolve 200,000 unique names. The cache stays within its byte budget (and
+// so within the entry count that budget allows), the heap it holds stays
+// within the budget too, and a name that other clients use between the
+// floods is never asked for again.
 func TestCacheFloodBounded(t *testing.T) {
 	const floods, perFlood = 10, 20_000
 	const hot = "hot.example.test"
