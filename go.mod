@@ -1,3 +1,4 @@
+// egressd runs on Linux only (epoll, splice(2), SO_ORIGINAL_DST, TPROXY).
 module github.com/egressd/egressd
 
 go 1.26.8

@@ -1,6 +1,7 @@
 // Command egressd is an egress gateway: it learns the destination name of
 // every outbound TCP connection (TLS SNI, HTTP Host) without decrypting,
 // decides with an ordered FQDN / CIDR / port policy, and relays or refuses.
+// It runs on Linux only.
 //
 //	egressd run [--config FILE]
 //	egressd check --config FILE
