@@ -64,8 +64,9 @@ type Rule struct {
 
 // ProtocolNames are the protocols a rule may list, as the gateway logs them:
 // a TLS ClientHello, an HTTP request, an SSH banner, a client that sent
-// nothing within first_bytes, anything else.
-var ProtocolNames = []string{"tls", "http", "ssh", "server-first", "unknown"}
+// nothing within first_bytes, anything else, and a QUIC flow (UDP) whose
+// Initial packets carried a ClientHello.
+var ProtocolNames = []string{"tls", "http", "ssh", "server-first", "unknown", "quic"}
 
 // protocolBit maps a protocol name to its bit in a compiled rule's set; 0
 // for a name that is not one of ProtocolNames. A switch, not a map, keeps
@@ -82,6 +83,8 @@ func protocolBit(name string) uint8 {
 		return 1 << 3
 	case "unknown":
 		return 1 << 4
+	case "quic":
+		return 1 << 5
 	}
 	return 0
 }
