@@ -71,6 +71,20 @@ const (
 	Trust SNIDestination = "trust"
 )
 
+// QUICDeny says how a transparent listener's UDP side refuses a QUIC flow
+// the policy denies.
+type QUICDeny string
+
+const (
+	// QUICClose answers each Initial packet of the flow with a server
+	// Initial packet carrying a CONNECTION_CLOSE with the TLS alert
+	// access_denied: the client fails at once, saying why.
+	QUICClose QUICDeny = "close"
+	// QUICDrop drops the flow's packets silently: the client times out
+	// (or falls back to TCP, where egressd refuses in TLS).
+	QUICDrop QUICDeny = "drop"
+)
+
 // Listener is one address egressd accepts connections on.
 type Listener struct {
 	Name    string
@@ -85,6 +99,14 @@ type Listener struct {
 	// TProxy sets IP_TRANSPARENT on the listening socket, for iptables
 	// TPROXY rather than REDIRECT; transparent listeners only.
 	TProxy bool
+	// UDP also serves QUIC on the listener's address: UDP datagrams that
+	// TPROXY delivers there are decided by the name in their Initial
+	// packets and relayed flow by flow (internal/quicproxy). Transparent
+	// listeners with TProxy only.
+	UDP bool
+	// QUICDeny is how the UDP side refuses a denied flow (default
+	// QUICClose); "" without UDP.
+	QUICDeny QUICDeny
 	// TunnelSNI applies to explicit listeners only (default TunnelMatch);
 	// it is "" for others.
 	TunnelSNI TunnelSNI
@@ -153,6 +175,10 @@ type DNS struct {
 	// StripECH removes the ech SvcParam from HTTPS and SVCB answers, so
 	// that clients send their real server name in the clear.
 	StripECH bool
+	// StripH3 removes "h3" and its drafts ("h3-29", ...) from the alpn
+	// SvcParam of HTTPS and SVCB answers, so that clients do not start
+	// with HTTP/3 (QUIC) where a site keeps QUIC off.
+	StripH3 bool
 	// MaxEntries caps the name memory (default 100000); when it is full,
 	// a client over its fair share loses its oldest entry (namecache
 	// states the rule and what each client is guaranteed to keep).

@@ -35,7 +35,7 @@ func DefaultMaxEntriesPerClient(maxEntries int) int { return max(1, maxEntries/4
 func (d *decoder) dns(n *yaml.Node, c *DNS) {
 	*c = DNS{Remember: DefaultRemember, MaxEntries: DefaultMaxEntries, Timeout: DefaultDNSTimeout,
 		RateLimit: DefaultRateLimit, MaxTCPConns: DefaultMaxTCPConns, MaxTCPConnsPerSource: DefaultMaxTCPConnsPerSource, Line: n.Line}
-	f, ok := d.mapping(n, "dns", "address", "upstreams", "remember", "filter", "strip_ech",
+	f, ok := d.mapping(n, "dns", "address", "upstreams", "remember", "filter", "strip_ech", "strip_h3",
 		"max_entries", "max_entries_per_client", "timeout", "rate_limit", "clients",
 		"max_tcp_connections", "max_tcp_connections_per_source")
 	if !ok {
@@ -89,6 +89,9 @@ func (d *decoder) dns(n *yaml.Node, c *DNS) {
 	}
 	if v, ok := f["strip_ech"]; ok {
 		c.StripECH, _ = d.boolean(v, "dns.strip_ech")
+	}
+	if v, ok := f["strip_h3"]; ok {
+		c.StripH3, _ = d.boolean(v, "dns.strip_h3")
 	}
 	if v, ok := f["max_entries"]; ok {
 		if i, ok := d.positiveInt(v, "dns.max_entries", maxMaxEntries); ok {

@@ -105,7 +105,7 @@ func (d *decoder) listeners(n *yaml.Node) []Listener {
 
 func (d *decoder) listener(n *yaml.Node, path string, seen seenListeners) Listener {
 	l := Listener{Line: n.Line}
-	f, ok := d.mapping(n, path, "name", "mode", "address", "sni_destination", "upstream_port", "tproxy", "tunnel_sni", "proxy_protocol", "proxy_protocol_from")
+	f, ok := d.mapping(n, path, "name", "mode", "address", "sni_destination", "upstream_port", "tproxy", "tunnel_sni", "proxy_protocol", "proxy_protocol_from", "udp", "quic_deny")
 	if !ok {
 		return l
 	}
@@ -149,8 +149,30 @@ func (d *decoder) listener(n *yaml.Node, path string, seen seenListeners) Listen
 	if v, ok := only("tproxy", ModeTransparent); ok {
 		l.TProxy, _ = d.boolean(v, field(path, "tproxy"))
 	}
+	if v, ok := only("udp", ModeTransparent); ok {
+		l.UDP, _ = d.boolean(v, field(path, "udp"))
+		if l.UDP && !l.TProxy {
+			// A REDIRECTed datagram's original destination is lost: only
+			// TPROXY delivers UDP with its destination intact.
+			d.errorf(v, "%s: needs tproxy: true (UDP is intercepted with TPROXY only)", field(path, "udp"))
+		}
+	}
+	if l.UDP {
+		l.QUICDeny = QUICClose
+	}
+	if v, ok := f["quic_deny"]; ok {
+		if s, ok := d.oneOf(v, field(path, "quic_deny"), "quic_deny", string(QUICClose), string(QUICDrop)); ok {
+			l.QUICDeny = QUICDeny(s)
+		}
+		if !l.UDP {
+			d.errorf(v, "%s: applies only with udp: true", field(path, "quic_deny"))
+		}
+	}
 	if v, ok := f["proxy_protocol"]; ok {
 		l.ProxyProtocol, _ = d.boolean(v, field(path, "proxy_protocol"))
+		if l.ProxyProtocol && l.UDP {
+			d.errorf(v, "%s: a UDP listener (udp: true) cannot read PROXY protocol headers", field(path, "proxy_protocol"))
+		}
 	}
 	if v, ok := f["proxy_protocol_from"]; ok {
 		if l.ProxyProtocolFrom = d.prefixes(v, field(path, "proxy_protocol_from")); !l.ProxyProtocol {
