@@ -37,6 +37,10 @@ const (
 	FromDNS     NameSource = "dns"     // the name this client resolved to the destination through egressd
 )
 
+// ProtocolQUIC is the protocol of a QUIC flow on a listener's UDP side:
+// its lines also carry packets_up and packets_down.
+const ProtocolQUIC = "quic"
+
 // Record is everything egressd knows about one connection when it closes.
 type Record struct {
 	Start    time.Time
@@ -56,6 +60,9 @@ type Record struct {
 	Reason     string
 	BytesUp    int64
 	BytesDown  int64
+	// PacketsUp and PacketsDown count the datagrams relayed each way; they
+	// are logged for QUIC flows (ProtocolQUIC) only.
+	PacketsUp, PacketsDown int64
 }
 
 // Logger writes Records, one line each; a line is never split over two
@@ -165,13 +172,19 @@ func appendJSON(b []byte, r *Record, end time.Time) []byte {
 	b = strconv.AppendInt(b, r.BytesUp, 10)
 	b = append(b, `,"bytes_down":`...)
 	b = strconv.AppendInt(b, r.BytesDown, 10)
+	if r.Protocol == ProtocolQUIC {
+		b = append(b, `,"packets_up":`...)
+		b = strconv.AppendInt(b, r.PacketsUp, 10)
+		b = append(b, `,"packets_down":`...)
+		b = strconv.AppendInt(b, r.PacketsDown, 10)
+	}
 	b = append(b, `,"duration_ms":`...)
 	b = strconv.AppendInt(b, end.Sub(r.Start).Milliseconds(), 10)
 	return append(b, "}\n"...)
 }
 
 func (lg *Logger) logText(r *Record, end time.Time) {
-	lg.text.LogAttrs(context.Background(), slog.LevelInfo, "conn",
+	attrs := []slog.Attr{
 		slog.String("listener", r.Listener),
 		slog.String("user", r.User),
 		slog.String("src", addrString(r.Src)),
@@ -187,8 +200,12 @@ func (lg *Logger) logText(r *Record, end time.Time) {
 		slog.String("reason", r.Reason),
 		slog.Int64("bytes_up", r.BytesUp),
 		slog.Int64("bytes_down", r.BytesDown),
-		slog.Int64("duration_ms", end.Sub(r.Start).Milliseconds()),
-	)
+	}
+	if r.Protocol == ProtocolQUIC {
+		attrs = append(attrs, slog.Int64("packets_up", r.PacketsUp), slog.Int64("packets_down", r.PacketsDown))
+	}
+	attrs = append(attrs, slog.Int64("duration_ms", end.Sub(r.Start).Milliseconds()))
+	lg.text.LogAttrs(context.Background(), slog.LevelInfo, "conn", attrs...)
 }
 
 func addrString(a netip.AddrPort) string {
