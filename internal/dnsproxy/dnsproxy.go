@@ -63,6 +63,9 @@ type Config struct {
 	Timeout   time.Duration // per upstream attempt
 	Filter    bool
 	StripECH  bool
+	// StripH3 removes h3 from the alpn of HTTPS and SVCB answers (see
+	// StripH3).
+	StripH3   bool
 	RateLimit int // queries per second per source
 	// Clients are the sources answered; nil means those policy.Local
 	// calls local (private, loopback, link-local, CGNAT).
@@ -85,6 +88,7 @@ type Stats struct {
 	Malformed   uint64 // unparseable or refused by the DNS library's checks
 	TCPRetries  uint64 // truncated UDP answers asked again over TCP
 	ECHStripped uint64 // ech parameters removed
+	H3Stripped  uint64 // h3 ALPN ids removed
 	Recorded    uint64 // name -> address memories written
 }
 
@@ -108,7 +112,7 @@ type Server struct {
 	cancel   context.CancelFunc
 
 	forwarded, refused, wouldRefuse, failed, notClient, rateLimited, overloaded, malformed,
-	tcpRetries, echStripped, recorded atomic.Uint64
+	tcpRetries, echStripped, h3Stripped, recorded atomic.Uint64
 	// Each kind of line written for a flood, at most once a second.
 	invalidLog, strayLog, tcpLog limit.EverySecond
 }
@@ -254,7 +258,8 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Forwarded: s.forwarded.Load(), Refused: s.refused.Load(), WouldRefuse: s.wouldRefuse.Load(), Failed: s.failed.Load(),
 		RateLimited: s.rateLimited.Load(), NotClient: s.notClient.Load(), Overloaded: s.overloaded.Load(), Malformed: s.malformed.Load(),
-		TCPRetries: s.tcpRetries.Load(), ECHStripped: s.echStripped.Load(), Recorded: s.recorded.Load(),
+		TCPRetries: s.tcpRetries.Load(), ECHStripped: s.echStripped.Load(), H3Stripped: s.h3Stripped.Load(),
+		Recorded: s.recorded.Load(),
 	}
 }
 
@@ -382,6 +387,9 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		if s.refuse(w, r, &rec, enforce, fmt.Sprintf("no allow rule could match %q for %s at any of its %d addresses", name, src, len(addrs))) {
 			return
 		}
+	}
+	if s.cfg.StripH3 {
+		s.h3Stripped.Add(uint64(StripH3(resp)))
 	}
 	if s.cfg.StripECH {
 		s.echStripped.Add(uint64(StripECH(resp)))
