@@ -107,7 +107,7 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result) (relayin
 	cfg := s.st.Config
 	dialStart := time.Now()
 	rc, err := dialVerdict(ctx, &v, cfg.Timeouts.Connect, func(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (*relay.Conn, error) {
-		return relay.Dial(ctx, dst, cfg.Mark, timeout, len(p.Data) > 0)
+		return s.g.loops.Dial(ctx, dst, cfg.Mark, timeout, len(p.Data) > 0)
 	})
 	s.g.metrics.Dial(time.Since(dialStart))
 	s.rec.Dst, s.rec.Reason = v.dst, v.Reason

@@ -234,7 +234,7 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 		rest, _ := x.br.Peek(n)
 		data = append(data, rest...)
 	}
-	rc, err := relay.Adopt(up)
+	rc, err := x.g.loops.Adopt(up)
 	if err == nil {
 		err = rc.Attach(x.c, data, cfg.Timeouts.Idle, func(res relay.Result) {
 			x.relayed(rc, rec, res)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/egressd/egressd/internal/peek"
 	"io"
 	"net"
 	"net/http"
@@ -67,7 +68,7 @@ func (x *explicitConn) requestLoop(ctx context.Context, parse func([]byte) (http
 		head, err := httpconnect.ReadHead(x.br, lim)
 		x.handshakeDone()
 		if err != nil {
-			if n > 0 && x.br.Buffered() == 0 && (errors.Is(err, io.EOF) || isTimeoutErr(err)) {
+			if n > 0 && x.br.Buffered() == 0 && (errors.Is(err, io.EOF) || peek.TimedOut(err)) {
 				// A kept-alive connection that ends (or idles out)
 				// between requests: nothing to log.
 				x.c.Close()
@@ -106,7 +107,7 @@ func (x *explicitConn) httpFail(rec *accesslog.Record, err error) {
 	case errors.Is(err, httpconnect.ErrRequestLineTooLong), errors.Is(err, httpconnect.ErrHeadTooLarge):
 		rec.Reason = "http proxy: " + err.Error()
 		refuse.Answer(x.c, httpconnect.Response(httpconnect.StatusFor(err), "egressd: "+err.Error()+"\n"))
-	case isTimeoutErr(err):
+	case peek.TimedOut(err):
 		rec.Reason = "http proxy: handshake timeout (client_hello): request head incomplete"
 		refuse.Answer(x.c, httpconnect.Response(http.StatusRequestTimeout, "egressd: request head incomplete\n"))
 	default:
@@ -248,7 +249,7 @@ func (x *explicitConn) send(ctx context.Context, v verdict, q httpconnect.Reques
 	if err != nil {
 		rec.Reason = v.Reason + "; reading the response failed: " + err.Error()
 		code := http.StatusBadGateway
-		if isTimeoutErr(err) {
+		if peek.TimedOut(err) {
 			code = http.StatusGatewayTimeout
 		}
 		refuse.Answer(x.c, httpconnect.Response(code, "egressd: no valid response from the server\n"))
@@ -365,9 +366,4 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-func isTimeoutErr(err error) bool {
-	var te interface{ Timeout() bool }
-	return errors.As(err, &te) && te.Timeout()
 }

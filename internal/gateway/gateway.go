@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/egressd/egressd/internal/limit"
 	"io"
 	"log/slog"
 	"net"
@@ -68,17 +69,17 @@ type Gateway struct {
 	stopping chan struct{} // closed when accepting has stopped
 
 	metrics  *metrics.Metrics
-	self     ownAddrs     // what it never dials: its host's addresses (self.go)
-	active   atomic.Int64 // connections accepted and not yet closed
-	pending  atomic.Int64 // connections accepted and not yet past peek
-	sources  sourceCounts // open connections per source, when limited
-	bound    atomic.Bool  // Bind succeeded
-	draining atomic.Bool  // Serve's context is done
+	self     ownAddrs        // what it never dials: its host's addresses (self.go)
+	active   atomic.Int64    // connections accepted and not yet closed
+	pending  atomic.Int64    // connections accepted and not yet past peek
+	sources  limit.PerSource // open connections per source, when limited
+	bound    atomic.Bool     // Bind succeeded
+	draining atomic.Bool     // Serve's context is done
 	serveCtx context.Context
 	reloadMu sync.Mutex    // one Reload at a time
 	abort    chan struct{} // closed by Abort: end the drain now
 	abortOne sync.Once
-	limitLog atomic.Int64 // when a limit rejection was last logged (UnixNano)
+	limitLog limit.EverySecond // a limit rejection is logged at most once a second
 }
 
 // boundListener is one listening socket. Its config is replaced on reload

@@ -112,7 +112,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 		// MySQL's handshake response): no name to decide again.
 		rec.Reason += fmt.Sprintf("; client spoke after %v (%s)", after, p.Protocol)
 	}
-	rc, err := relay.Adopt(up)
+	rc, err := g.loops.Adopt(up)
 	if err == nil {
 		err = rc.Attach(c, p.Data, cfg.Timeouts.Idle, func(res relay.Result) {
 			s.relayed(rc, rec, res)
@@ -173,7 +173,7 @@ func (a *await) copyDown() {
 			a.eof = true
 			a.c.CloseWrite()
 			return
-		case isTimeoutErr(err):
+		case peek.TimedOut(err):
 			return // stop
 		default:
 			a.err = fmt.Errorf("upstream side ended: %w", err)
@@ -197,7 +197,7 @@ func (a *await) stop() {
 func (a *await) clientSpeaks() error {
 	for {
 		err := waitReadable(a.c, time.Unix(0, a.last.Load()).Add(a.idle))
-		if err == nil || !isTimeoutErr(err) {
+		if err == nil || !peek.TimedOut(err) {
 			return err
 		}
 		select {

@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"net"
-	"net/netip"
 	"reflect"
-	"sync"
 	"time"
 
 	"github.com/egressd/egressd/internal/accesslog"
@@ -73,8 +70,7 @@ func (g *Gateway) reject(c *net.TCPConn, limit string, max int) {
 	src := c.RemoteAddr()
 	g.metrics.Rejected(limit) // counted before the client can see the reset
 	refuse.Reset(c)
-	now := time.Now().UnixNano()
-	if last := g.limitLog.Load(); now-last > int64(time.Second) && g.limitLog.CompareAndSwap(last, now) {
+	if g.limitLog.Allow(time.Now()) {
 		g.log.Warn("limit reached: resetting new connections", "limit", limit, "max", max, "example_src", src.String())
 	}
 }
@@ -90,51 +86,6 @@ func (g *Gateway) logConn(rec *accesslog.Record) {
 	g.metrics.Conn(rec)
 }
 
-// sourceCounts counts open connections per source address for
-// max_connections_per_source. It is sharded by address so that
-// connections from different sources rarely wait on one lock.
-type sourceCounts struct {
-	once   sync.Once
-	seed   maphash.Seed
-	shards [64]sourceShard
-}
-
-type sourceShard struct {
-	mu sync.Mutex
-	m  map[netip.Addr]int32
-}
-
-func (s *sourceCounts) shard(a netip.Addr) *sourceShard {
-	s.once.Do(func() { s.seed = maphash.MakeSeed() })
-	b := a.As16()
-	return &s.shards[maphash.Bytes(s.seed, b[:])%uint64(len(s.shards))]
-}
-
-// acquire counts one more connection from a unless it has max already.
-func (s *sourceCounts) acquire(a netip.Addr, max int) bool {
-	sh := s.shard(a)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if sh.m == nil {
-		sh.m = make(map[netip.Addr]int32)
-	}
-	if int(sh.m[a]) >= max {
-		return false
-	}
-	sh.m[a]++
-	return true
-}
-
-func (s *sourceCounts) release(a netip.Addr) {
-	sh := s.shard(a)
-	sh.mu.Lock()
-	if sh.m[a] <= 1 {
-		delete(sh.m, a)
-	} else {
-		sh.m[a]--
-	}
-	sh.mu.Unlock()
-}
 
 // Reload makes st the state of every new connection; connections already
 // running keep the state they started with. Listener changes are applied

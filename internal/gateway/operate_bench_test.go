@@ -40,7 +40,7 @@ func BenchmarkOperateOverhead(b *testing.B) {
 					}
 					lim := &g.state.Load().Config.Limits
 					if lim.MaxConnectionsPerSource > 0 {
-						if !g.sources.acquire(src, lim.MaxConnectionsPerSource) {
+						if !g.sources.Acquire(src, lim.MaxConnectionsPerSource) {
 							b.Fatal("acquire refused")
 						}
 					}
@@ -49,7 +49,7 @@ func BenchmarkOperateOverhead(b *testing.B) {
 					g.metrics.Dial(time.Millisecond)
 					g.metrics.Conn(&accesslog.Record{Start: time.Now(), Listener: "a", Action: accesslog.Allow, Rule: "github", Protocol: "tls", FQDNSource: accesslog.FromSNI, BytesUp: 1000, BytesDown: 5000})
 					if lim.MaxConnectionsPerSource > 0 {
-						g.sources.release(src)
+						g.sources.Release(src)
 					}
 					g.active.Add(-1)
 				}

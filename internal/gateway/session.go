@@ -77,7 +77,7 @@ func (s *session) finish() {
 	s.handshakeDone()
 	if s.srcHeld {
 		s.srcHeld = false
-		s.g.sources.release(s.src.Addr())
+		s.g.sources.Release(s.src.Addr())
 	}
 	if !s.logged {
 		s.g.logConn(&s.rec)
@@ -98,7 +98,7 @@ func (s *session) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Resul
 	g.metrics.Conn(rec)
 	g.relayLog <- rec
 	if s.srcHeld {
-		g.sources.release(s.src.Addr())
+		g.sources.Release(s.src.Addr())
 	}
 	g.track(rc, false)
 	g.active.Add(-1)
@@ -140,7 +140,7 @@ func (s *session) prelude() bool {
 		}
 	}
 	if max := cfg.Limits.MaxConnectionsPerSource; max > 0 {
-		if !s.g.sources.acquire(s.src.Addr(), max) {
+		if !s.g.sources.Acquire(s.src.Addr(), max) {
 			s.g.metrics.Rejected(metrics.LimitConnectionsPerSource)
 			s.turnAway(fmt.Sprintf("limit max_connections_per_source (%d) reached for %s", max, s.src.Addr()))
 			return false

@@ -223,17 +223,3 @@ func (ls *Loops) Adopt(upstream *net.TCPConn) (*Conn, error) {
 	}
 	return c, nil
 }
-
-// defaultLoops are the loops of Dial and Adopt, the package-level
-// functions: made on first use, never closed.
-var defaultLoops = NewLoops(0)
-
-// Dial is Loops.Dial on a set of loops shared by the process. It remains
-// only until the gateway's connection code dials through the gateway's own
-// Loops; new code takes a Loops from its owner.
-func Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Duration, dataFollows bool) (*Conn, error) {
-	return defaultLoops.Dial(ctx, dst, mark, timeout, dataFollows)
-}
-
-// Adopt is Loops.Adopt on the set Dial uses, and remains as long.
-func Adopt(upstream *net.TCPConn) (*Conn, error) { return defaultLoops.Adopt(upstream) }
