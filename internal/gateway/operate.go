@@ -86,7 +86,6 @@ func (g *Gateway) logConn(rec *accesslog.Record) {
 	g.metrics.Conn(rec)
 }
 
-
 // Reload makes st the state of every new connection; connections already
 // running keep the state they started with. Listener changes are applied
 // first, so that a failure leaves everything as it was:
