@@ -190,8 +190,8 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 	// send a name, only not a valid one (an IP literal Host, an SNI with a
 	// port or odd bytes), gets none: the server reads what it sent, not
 	// the name egressd would decide on.
-	if rec.FQDN == "" && rawName == "" && orig.IsValid() && g.memory != nil {
-		if n, ok := g.memory.Lookup(rec.Src.Addr(), orig.Addr()); ok {
+	if rec.FQDN == "" && rawName == "" && orig.IsValid() && g.clientNames != nil {
+		if n, ok := g.clientNames.Lookup(rec.Src.Addr(), orig.Addr()); ok {
 			rec.FQDN, rec.FQDNSource = n, accesslog.FromDNS
 		}
 	}
@@ -231,8 +231,8 @@ func (g *Gateway) decideName(ctx context.Context, st *State, lc *config.Listener
 // config_id. Either way the decision is on the outer SNI, the only name
 // visible. Every listener asks this one function.
 func (g *Gateway) realECH(src netip.Addr, name string, p *peek.Result) bool {
-	return p.Protocol == peek.TLS && p.Hello.ECHOuter && name != "" && g.memory != nil &&
-		g.memory.ECHConfigured(src, name, p.Hello.ECHConfigID)
+	return p.Protocol == peek.TLS && p.Hello.ECHOuter && name != "" && g.clientNames != nil &&
+		g.clientNames.ECHConfigured(src, name, p.Hello.ECHConfigID)
 }
 
 // refusing reports whether v keeps the client out, marking rec enforced:
@@ -300,7 +300,7 @@ func (g *Gateway) resolved(ctx context.Context, st *State, in policy.Input, port
 		d.Reason += "; not resolved: denied by name"
 		return verdict{Decision: d, byName: true}
 	}
-	lk, err := g.names.Resolve(ctx, in.FQDN)
+	lk, err := g.lookups.Resolve(ctx, in.FQDN)
 	if err != nil {
 		return noRoute(st.Policy.Decide(in), err.Error())
 	}
@@ -344,11 +344,11 @@ func (g *Gateway) decideTransparent(ctx context.Context, st *State, lc *config.L
 	// The name is what allowed this connection: it must be the name of the
 	// address the client is really going to. What this client resolved
 	// through egressd's own DNS answers that first, without a fresh look-up.
-	if g.memory != nil && g.memory.Resolved(in.Src, in.FQDN, orig.Addr()) {
+	if g.clientNames != nil && g.clientNames.Resolved(in.Src, in.FQDN, orig.Addr()) {
 		v.Reason += "; name verified: this client resolved it to " + orig.Addr().String() + " through egressd"
 		return v
 	}
-	lk, err := g.names.Resolve(ctx, in.FQDN)
+	lk, err := g.lookups.Resolve(ctx, in.FQDN)
 	switch {
 	case err != nil:
 		v.Action = policy.Deny

@@ -47,7 +47,7 @@ policy:
   rules:
     - {name: cover, action: allow, fqdn: [cover.example.test], destinations: [127.0.0.1/32]}
 `)
-	w.gw.memory.RecordECH(netip.MustParseAddr("127.0.0.1"), "cover.example.test", 7, time.Minute)
+	w.gw.clientNames.RecordECH(netip.MustParseAddr("127.0.0.1"), "cover.example.test", 7, time.Minute)
 	for _, tc := range []struct {
 		name string
 		src  string

@@ -41,12 +41,15 @@ type Gateway struct {
 	log    *slog.Logger
 	access *accesslog.Logger
 	state  atomic.Pointer[State]
-	names  *upstream.Cache
+	// lookups caches egressd's own DNS look-ups: names it resolves to dial
+	// (sni listeners, resolve, proxy requests) or to verify an SNI.
+	lookups *upstream.Cache
 
-	// memory is what clients resolved through egressd's DNS forwarder
-	// (dns), by client; both nil when the config has no dns section.
-	memory *namecache.Cache
-	dns    *dnsproxy.Server
+	// clientNames is what each client resolved through egressd's DNS
+	// forwarder (dns), by client; both nil when the config has no dns
+	// section.
+	clientNames *namecache.Cache
+	dns         *dnsproxy.Server
 	// auth bounds proxy password checks (bcrypt): at most a few at once,
 	// none for a source that keeps failing. One for the gateway's life,
 	// so that a reload does not forgive a source that is backing off.
@@ -136,14 +139,14 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) 
 	if st.Config.Resolver.IsValid() {
 		r = &upstream.DNS{Server: st.Config.Resolver, Mark: st.Config.Mark}
 	}
-	g.names = &upstream.Cache{Resolver: r}
+	g.lookups = &upstream.Cache{Resolver: r}
 	if d := st.Config.DNS; d.Enabled() {
-		g.memory = namecache.New(d.MaxEntries, d.MaxEntriesPerClient)
+		g.clientNames = namecache.New(d.MaxEntries, d.MaxEntriesPerClient)
 		g.dns = dnsproxy.New(dnsproxy.Config{
 			Address: d.Address, Upstreams: d.Upstreams, Remember: d.Remember, Timeout: d.Timeout, Mark: st.Config.Mark,
 			Filter: d.Filter, StripECH: d.StripECH, RateLimit: d.RateLimit, Clients: d.Clients,
 			MaxTCPConns: d.MaxTCPConns, MaxTCPConnsPerSource: d.MaxTCPConnsPerSource,
-		}, g.memory, func() (*policy.Policy, bool) {
+		}, g.clientNames, func() (*policy.Policy, bool) {
 			st := g.state.Load()
 			return st.Policy, st.Config.Policy.Enforce
 		}, log, access)
@@ -163,7 +166,7 @@ func (g *Gateway) Stats() Stats {
 	if g.dns == nil {
 		return Stats{}
 	}
-	return Stats{DNS: g.dns.Stats(), Names: g.memory.Stats()}
+	return Stats{DNS: g.dns.Stats(), Names: g.clientNames.Stats()}
 }
 
 // dnsCounts is Stats in the shape the metrics expose.

@@ -120,7 +120,7 @@ func (s *soakWorld) nameFlood(ctx context.Context) string {
 	if got.count("sni relayed")+got.count("CONNECT flood 200")+got.count("CONNECT nx 200") > 0 {
 		s.t.Errorf("name flood: answers %v; a flood name was relayed", got)
 	}
-	st := s.gw.names.Stats()
+	st := s.gw.lookups.Stats()
 	return fmt.Sprintf("%d connections, answered %v; resolver cache now %d entries, %.1f MiB, %d live entries evicted; good.test looked up %d times (A and AAAA, TTL 60 s) in %v",
 		n, got, st.Entries, float64(st.Bytes)/(1<<20), st.Evictions, s.goodAsked.Load()-asked, time.Since(start).Round(time.Second))
 }
@@ -188,7 +188,7 @@ func (s *soakWorld) dnsFlood(ctx context.Context) string {
 	wg.Wait()
 	lost := 0
 	for _, name := range quiet {
-		if got, ok := s.gw.memory.Lookup(quietSrc, floodAddr(name)); !ok || got != name {
+		if got, ok := s.gw.clientNames.Lookup(quietSrc, floodAddr(name)); !ok || got != name {
 			lost++
 		}
 	}

@@ -513,7 +513,7 @@ func (m *soakMonitor) run(ctx context.Context, g *Gateway, attackFrom time.Time)
 		m.rss[ph] = max(m.rss[ph], rss)
 		m.fds[ph] = max(m.fds[ph], countFDs())
 		m.goroutines = max(m.goroutines, runtime.NumGoroutine())
-		m.cacheBytes = max(m.cacheBytes, g.names.Stats().Bytes)
+		m.cacheBytes = max(m.cacheBytes, g.lookups.Stats().Bytes)
 		m.names = max(m.names, g.Stats().Names.Entries)
 		select {
 		case <-ctx.Done():
