@@ -19,7 +19,7 @@ import (
 const benchNoMatch = "a.b.c.d.nothing.example.org"
 
 // BenchmarkPolicySize shows how the cost of a whole connection grows with
-// the policy (issue #7): the same connection as BenchmarkConnection, on a
+// the policy: the same connection as BenchmarkConnection, on a
 // real loopback socket, but an HTTP request whose Host names benchNoMatch,
 // against gateways compiled from 10, 1,000 and 100,000 fqdn patterns.
 // Each connection is accepted, peeked, resolved, decided (default deny),

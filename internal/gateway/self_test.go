@@ -43,7 +43,7 @@ func logLines(w *world) int {
 	return strings.Count(w.logText(), "\n")
 }
 
-// TestSelfDialLoop is issue #18 item 2: an allowed name that resolves to
+// TestSelfDialLoop: an allowed name that resolves to
 // egressd's own listener (an sni listener whose upstream_port is its own
 // port, the name allowed with destinations 127.0.0.0/8) must be refused
 // once, as a deny, not dialled: before the fix every dial was accepted by

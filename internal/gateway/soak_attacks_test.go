@@ -23,7 +23,7 @@ import (
 	"github.com/egressd/egressd/internal/authguard"
 )
 
-// The review's attacks (issue #18) as TestSoak runs them: all at once,
+// The outside review's attacks as TestSoak runs them: all at once,
 // against the one gateway the good clients use. Each runs at a bounded
 // rate for at most a bounded count, stops when the attack phase ends,
 // checks the bound its fix set, and returns its figures for the report.

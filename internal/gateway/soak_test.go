@@ -63,7 +63,7 @@ var (
 )
 
 // TestSoak runs good clients through one gateway for -soak (10 minutes),
-// first alone, then while every attack of the review (issue #18) runs at
+// first alone, then while every attack of the outside review runs at
 // once (soak_attacks_test.go), and reports what the good clients saw and
 // what the process cost. It fails if a good client fails or loses a byte,
 // if the process passes soakMaxRSS or soakMaxFDs, or if an attack passes
