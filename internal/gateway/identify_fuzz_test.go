@@ -40,44 +40,32 @@ type fuzzWorld struct {
 	sni, proxy netip.AddrPort
 	server     netip.AddrPort
 	mu         sync.Mutex
-	got        map[string][]byte // by the gateway's local address as the server saw it
 	all        bytes.Buffer
 	hellos     map[string][]byte
 }
 
 func newFuzzWorld(t *testing.T) *fuzzWorld {
-	fw := &fuzzWorld{got: map[string][]byte{}, hellos: map[string][]byte{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
+	fw := &fuzzWorld{hellos: map[string][]byte{}}
+	// The world outlives this first input's t: the fuzz engine's worker
+	// ends with the process.
+	forever := &noCleanup{t}
+	ln := testnet.Listen(forever)
+	testnet.Serve(forever, ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		buf := make([]byte, 4096)
 		for {
-			c, err := ln.Accept()
+			n, err := c.Read(buf)
+			fw.mu.Lock()
+			fw.all.Write(buf[:n])
+			fw.mu.Unlock()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				buf := make([]byte, 4096)
-				for {
-					n, err := c.Read(buf)
-					fw.mu.Lock()
-					fw.all.Write(buf[:n])
-					fw.mu.Unlock()
-					if err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	fw.server = netip.MustParseAddrPort(ln.Addr().String())
 	dnsAddr := testnet.DNS(t, records{"good.test": {"127.0.0.1"}, "x.ads.test": {"127.0.0.1"}, "other.test": {"127.0.0.1"}})
-	// The gateway outlives this first input's t: it is stopped with the
-	// process, as the fuzz engine's workers are.
-	s := serveConfigTo(&noCleanup{t}, fmt.Sprintf(`listeners:
+	s := serveConfigTo(forever, fmt.Sprintf(`listeners:
   - {name: sni, mode: sni, address: 127.0.0.1:0, upstream_port: %d}
   - {name: proxy, mode: explicit, address: 127.0.0.1:0}
 resolver: %s
