@@ -1,6 +1,7 @@
 // Package clienthello reads the server name, ALPN protocols and offered
 // versions out of the first bytes a TLS client sends, without decrypting
-// anything and without doing any I/O.
+// anything and without doing any I/O, and computes the client's JA4
+// fingerprint from them.
 //
 // It exists because the gateway decides on the destination's name before it
 // dials: it peeks at the client's first bytes, and only the ClientHello says

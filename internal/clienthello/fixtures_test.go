@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,6 +36,7 @@ type fixture struct {
 	record func(t *testing.T) []byte // the client's first flight
 	minLen int                       // the hello is at least this long
 	want   infoView
+	ja4    string // what JA4 computes for it
 }
 
 var fixtures = []fixture{{
@@ -45,6 +47,7 @@ var fixtures = []fixture{{
 	want: infoView{ServerName: "example.com", HasSNI: true, ALPN: []string{"h2", "http/1.1"},
 		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS13, tls.VersionTLS12}},
+	ja4: "t13d1312h2_f57a46bbacb6_ab7e3b40a677",
 }, {
 	name:   "go-tls12",
 	note:   "crypto/tls client, MaxVersion TLS 1.2, ServerName api.example.net",
@@ -52,12 +55,14 @@ var fixtures = []fixture{{
 	want: infoView{ServerName: "api.example.net", HasSNI: true,
 		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS12}},
+	ja4: "t12d101000_a8cf61a50a39_a92c7c6a82fe",
 }, {
 	name:   "go-nosni",
 	note:   "crypto/tls client, no ServerName, InsecureSkipVerify",
 	record: goHello(&tls.Config{InsecureSkipVerify: true}),
 	want: infoView{LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS13, tls.VersionTLS12}},
+	ja4: "t13i131000_f57a46bbacb6_ab7e3b40a677",
 }, {
 	name:   "go-idn",
 	note:   "crypto/tls client, ServerName xn--bcher-kva.example (bücher.example in punycode)",
@@ -65,6 +70,7 @@ var fixtures = []fixture{{
 	want: infoView{ServerName: "xn--bcher-kva.example", HasSNI: true,
 		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS13, tls.VersionTLS12}},
+	ja4: "t13d131100_f57a46bbacb6_ab7e3b40a677",
 }, {
 	name:   "go-ech",
 	note:   "crypto/tls client with an ECH config for public.example, ServerName secret.example",
@@ -72,6 +78,7 @@ var fixtures = []fixture{{
 	want: infoView{ServerName: "public.example", HasSNI: true, ECH: true, ECHOuter: true, ECHConfigID: 7,
 		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS13}},
+	ja4: "t13d030900_55b375c5d22e_75ab3bfddadf",
 }, {
 	name:   "openssl",
 	note:   "openssl s_client -servername openssl.example -alpn h2,http/1.1",
@@ -79,6 +86,27 @@ var fixtures = []fixture{{
 	want: infoView{ServerName: "openssl.example", HasSNI: true, ALPN: []string{"h2", "http/1.1"},
 		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
 		Versions: []uint16{tls.VersionTLS13, tls.VersionTLS12, tls.VersionTLS11, tls.VersionTLS10}},
+	ja4: "t13d3111h2_e8f1e7e78f70_1f22a2ca17c4",
+}, {
+	name:   "curl",
+	note:   "curl https://curl.example/ (Debian's, OpenSSL)",
+	record: curlHello,
+	want: infoView{ServerName: "curl.example", HasSNI: true, ALPN: []string{"h2", "http/1.1"},
+		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
+		Versions: []uint16{tls.VersionTLS13, tls.VersionTLS12, tls.VersionTLS11, tls.VersionTLS10}},
+	ja4: "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6",
+}, {
+	name:   "chromium",
+	note:   "chromium --headless https://chromium.example/ (Debian's), fresh profile",
+	record: chromiumHello,
+	// Chromium sends GREASE: a random value first in supported_versions
+	// and a GREASE ECH extension with a random config_id, so recording it
+	// again changes those two here (and nothing in its JA4).
+	want: infoView{ServerName: "chromium.example", HasSNI: true, ALPN: []string{"h2", "http/1.1"},
+		LegacyVersion: tls.VersionTLS12, RecordVersion: tls.VersionTLS10,
+		Versions: []uint16{0x5a5a, tls.VersionTLS13, tls.VersionTLS12},
+		ECH:      true, ECHOuter: true, ECHConfigID: 63},
+	ja4: "t13d1517h2_8daaf6152771_cb7bf5808d99",
 }}
 
 func TestFixtures(t *testing.T) {
@@ -98,6 +126,9 @@ func TestFixtures(t *testing.T) {
 			}
 			if diff := cmp.Diff(fx.want, view(info)); diff != "" {
 				t.Errorf("Examine(%s) info mismatch (-want +got):\n%s", fx.name, diff)
+			}
+			if got := JA4(&info); got != fx.ja4 {
+				t.Errorf("JA4(%s) = %s, want %s", fx.name, got, fx.ja4)
 			}
 		})
 	}
@@ -206,24 +237,59 @@ func goECHHello(t *testing.T) []byte {
 // opensslHello records the first record that openssl s_client sends to a
 // local listener. OpenSSL sends its hello in one record.
 func opensslHello(args ...string) func(t *testing.T) []byte {
+	return commandHello("openssl", func(addr string) []string {
+		return append([]string{"s_client", "-connect", addr}, args...)
+	})
+}
+
+// curlHello records curl fetching https://curl.example/ from a local
+// listener.
+func curlHello(t *testing.T) []byte {
+	return commandHello("curl", func(addr string) []string {
+		_, port, _ := net.SplitHostPort(addr)
+		return []string{"-sk", "--max-time", "10", "--resolve", "curl.example:" + port + ":127.0.0.1",
+			"https://curl.example:" + port + "/"}
+	})(t)
+}
+
+// chromiumHello records headless Chromium loading https://chromium.example/
+// from a local listener, in a fresh profile.
+func chromiumHello(t *testing.T) []byte {
+	profile := t.TempDir()
+	return commandHello("chromium", func(addr string) []string {
+		_, port, _ := net.SplitHostPort(addr)
+		return []string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+			"--disable-background-networking", "--disable-component-update", "--disable-sync",
+			"--user-data-dir=" + profile, "--host-resolver-rules=MAP chromium.example 127.0.0.1",
+			"--dump-dom", "https://chromium.example:" + port + "/"}
+	})(t)
+}
+
+// commandHello records the first TLS record that the program sends to a
+// local listener when run with args(the listener's address). The clients
+// recorded this way send their hello in one record. The program runs in a
+// process group of its own, ended whole afterwards: a browser has children.
+func commandHello(program string, args func(addr string) []string) func(t *testing.T) []byte {
 	return func(t *testing.T) []byte {
-		if _, err := exec.LookPath("openssl"); err != nil {
-			t.Skip("openssl not on PATH; keeping the recorded fixture")
+		if _, err := exec.LookPath(program); err != nil {
+			t.Skipf("%s not on PATH; keeping the recorded fixture", program)
 		}
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, "openssl",
-			append([]string{"s_client", "-connect", ln.Addr().String()}, args...)...)
+		cmd := exec.CommandContext(ctx, program, args(ln.Addr().String())...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		defer cmd.Wait()
-		ln.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
+		defer cancel()
+		ln.(*net.TCPListener).SetDeadline(time.Now().Add(20 * time.Second))
 		conn, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)

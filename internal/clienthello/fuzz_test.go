@@ -2,21 +2,26 @@ package clienthello
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
 // FuzzParse checks agreement with crypto/tls: whenever a crypto/tls server
 // accepts the bytes as a ClientHello, warning alerts before it included,
 // Reassemble and Parse must accept them too, with the same server name and
-// ALPN protocols. It also checks that nothing panics, that a
-// message never exceeds MaxHelloLen, and that used marks a prefix that is
-// itself complete.
+// ALPN protocols, and JA4 must fingerprint them as a plain JA4 written
+// over crypto/tls's ClientHelloInfo does. It also checks that nothing
+// panics, that a message never exceeds MaxHelloLen, that used marks a
+// prefix that is itself complete, and that every parsed hello has a JA4
+// that CheckJA4 accepts.
 //
 // Real hellos are 1.5 KiB, and the fuzzer spends up to a minute minimizing
 // each new input of that size; cap that when fuzzing for a short time:
@@ -47,18 +52,26 @@ func FuzzParse(f *testing.F) {
 			checkComplete(t, raw, msg, used)
 		}
 		ok := st == Complete && Parse(msg, &info)
-		name, protos, accepted := tlsServerName(raw)
-		if !accepted || stricterThanTLS(raw) {
+		if ok {
+			if fp := JA4(&info); CheckJA4(fp) != nil {
+				t.Fatalf("JA4 = %q: %v", fp, CheckJA4(fp))
+			}
+		}
+		hi := tlsHello(raw)
+		if hi == nil || stricterThanTLS(raw) {
 			return
 		}
 		if !ok {
-			t.Fatalf("crypto/tls accepts hello with server name %q; Reassemble = %v, Parse ok = %v", name, st, ok)
+			t.Fatalf("crypto/tls accepts hello with server name %q; Reassemble = %v, Parse ok = %v", hi.ServerName, st, ok)
 		}
-		if string(info.ServerName) != name {
-			t.Fatalf("ServerName = %q, crypto/tls says %q", info.ServerName, name)
+		if string(info.ServerName) != hi.ServerName {
+			t.Fatalf("ServerName = %q, crypto/tls says %q", info.ServerName, hi.ServerName)
 		}
-		if got := info.ALPN.Strings(); !slices.Equal(got, protos) {
-			t.Fatalf("ALPN = %q, crypto/tls says %q", got, protos)
+		if got := info.ALPN.Strings(); !slices.Equal(got, hi.SupportedProtos) {
+			t.Fatalf("ALPN = %q, crypto/tls says %q", got, hi.SupportedProtos)
+		}
+		if got, want := comparableJA4(JA4(&info), hi), comparableJA4(tlsJA4(hi), hi); got != want {
+			t.Fatalf("JA4 = %s, over crypto/tls's ClientHelloInfo %s", got, want)
 		}
 	})
 }
@@ -83,10 +96,14 @@ func TestTLSServerName(t *testing.T) {
 	for _, fx := range fixtures {
 		raw := loadFixture(t, fx.name)
 		for _, in := range [][]byte{raw, reframe(t, raw, fixedSize(1))} {
-			name, _, accepted := tlsServerName(in)
-			if !accepted || name != fx.want.ServerName || stricterThanTLS(in) {
-				t.Errorf("tlsServerName(%s, %d bytes) = %q, %v; stricter = %v; want %q, true; false",
-					fx.name, len(in), name, accepted, stricterThanTLS(in), fx.want.ServerName)
+			hi := tlsHello(in)
+			if hi == nil || hi.ServerName != fx.want.ServerName || stricterThanTLS(in) {
+				t.Errorf("tlsHello(%s, %d bytes) = %+v; stricter = %v; want server name %q; false",
+					fx.name, len(in), hi, stricterThanTLS(in), fx.want.ServerName)
+				continue
+			}
+			if got := tlsJA4(hi); got != fx.ja4 {
+				t.Errorf("tlsJA4(%s) = %s, want %s", fx.name, got, fx.ja4)
 			}
 		}
 	}
@@ -94,16 +111,99 @@ func TestTLSServerName(t *testing.T) {
 
 var errStop = errors.New("stop after the hello")
 
-// tlsServerName runs a crypto/tls server on raw and reports the server name
-// and ALPN protocols of the hello if it got as far as GetConfigForClient,
-// which is called once the hello has been read and parsed.
-func tlsServerName(raw []byte) (name string, protos []string, accepted bool) {
+// tlsHello runs a crypto/tls server on raw and returns what it read of the
+// hello if it got as far as GetConfigForClient, which is called once the
+// hello has been read and parsed; nil if not.
+func tlsHello(raw []byte) *tls.ClientHelloInfo {
+	var got *tls.ClientHelloInfo
 	cfg := &tls.Config{GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		name, protos, accepted = hello.ServerName, hello.SupportedProtos, true
+		got = hello
 		return nil, errStop
 	}}
 	tls.Server(&pipeConn{in: raw}, cfg).Handshake()
-	return name, protos, accepted
+	return got
+}
+
+// tlsJA4 is the JA4 definition written plainly over crypto/tls's reading
+// of a hello: the second implementation FuzzParse compares JA4 with. Only
+// the version may differ (see comparableJA4).
+func tlsJA4(hi *tls.ClientHelloInfo) string {
+	hash := func(s string) string {
+		if s == "" {
+			return "000000000000"
+		}
+		sum := sha256.Sum256([]byte(s))
+		return hex.EncodeToString(sum[:6])
+	}
+	var sigs []uint16
+	for _, s := range hi.SignatureSchemes {
+		sigs = append(sigs, uint16(s))
+	}
+	suites, exts := hexNotGREASE(hi.CipherSuites), hexNotGREASE(hi.Extensions)
+	vers := map[uint16]string{0x0002: "s2", 0x0300: "s3", 0x0301: "10", 0x0302: "11", 0x0303: "12", 0x0304: "13"}[slices.Max(append(notGREASE(hi.SupportedVersions), 0))]
+	if vers == "" {
+		vers = "00"
+	}
+	sni := "i"
+	if slices.Contains(exts, "0000") {
+		sni = "d"
+	}
+	alpn := "00"
+	if len(hi.SupportedProtos) > 0 {
+		p := hi.SupportedProtos[0]
+		if first, last := rune(p[0]), rune(p[len(p)-1]); isAlnum(first) && isAlnum(last) {
+			alpn = string(first) + string(last)
+		} else {
+			h := hex.EncodeToString([]byte(p))
+			alpn = h[:1] + h[len(h)-1:]
+		}
+	}
+	var hashed []string
+	for _, e := range exts {
+		if e != "0000" && e != "0010" {
+			hashed = append(hashed, e)
+		}
+	}
+	slices.Sort(suites)
+	slices.Sort(hashed)
+	c := strings.Join(hashed, ",")
+	if s := hexNotGREASE(sigs); len(s) > 0 {
+		c += "_" + strings.Join(s, ",")
+	}
+	return fmt.Sprintf("t%s%s%02d%02d%s_%s_%s", vers, sni, min(len(suites), 99), min(len(exts), 99), alpn,
+		hash(strings.Join(suites, ",")), hash(c))
+}
+
+// comparableJA4 hides the version of a hello without a supported_versions
+// value but GREASE: crypto/tls reports its legacy version only as the
+// versions it would accept up to it.
+func comparableJA4(fp string, hi *tls.ClientHelloInfo) string {
+	if len(fp) < 3 || slices.Contains(hi.Extensions, extSupportedVersions) && len(notGREASE(hi.SupportedVersions)) > 0 {
+		return fp
+	}
+	return fp[:1] + "??" + fp[3:]
+}
+
+func notGREASE(vs []uint16) []uint16 {
+	var out []uint16
+	for _, v := range vs {
+		if v&0x0f0f != 0x0a0a || v>>8 != v&0xff {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func hexNotGREASE(vs []uint16) []string {
+	var out []string
+	for _, v := range notGREASE(vs) {
+		out = append(out, fmt.Sprintf("%04x", v))
+	}
+	return out
+}
+
+func isAlnum(r rune) bool {
+	return '0' <= r && r <= '9' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z'
 }
 
 // stricterThanTLS reports inputs where Reassemble refuses, on purpose, what

@@ -8,10 +8,11 @@ import (
 
 // Extension types that Parse reads (IANA TLS ExtensionType registry).
 const (
-	extServerName        = 0      // RFC 6066 §3
-	extALPN              = 16     // RFC 7301 §3.1
-	extSupportedVersions = 43     // RFC 8446 §4.2.1
-	extECH               = 0xfe0d // draft-ietf-tls-esni §5, encrypted_client_hello
+	extServerName          = 0      // RFC 6066 §3
+	extSignatureAlgorithms = 13     // RFC 8446 §4.2.3
+	extALPN                = 16     // RFC 7301 §3.1
+	extSupportedVersions   = 43     // RFC 8446 §4.2.1
+	extECH                 = 0xfe0d // draft-ietf-tls-esni §5, encrypted_client_hello
 )
 
 // Info is what the gateway learns from a ClientHello.
@@ -42,6 +43,16 @@ type Info struct {
 	// Versions is the supported_versions list (RFC 8446 §4.2.1), GREASE
 	// values included; nil when absent.
 	Versions VersionList
+	// CipherSuites is the cipher_suites list as sent, GREASE values
+	// included.
+	CipherSuites Uint16List
+	// Extensions is the extensions block in the client's order, nil when
+	// the hello has none: its types are what a fingerprint ([JA4]) counts.
+	Extensions ExtensionList
+	// SignatureAlgorithms is the signature_algorithms list (RFC 8446
+	// §4.2.3) in the client's order, GREASE values included; nil when
+	// absent.
+	SignatureAlgorithms Uint16List
 	// ECH says the encrypted_client_hello extension is present: ServerName
 	// is then the outer, public name, not the one the client wants.
 	ECH bool
@@ -89,12 +100,14 @@ func parseHello(s cryptobyte.String, info *Info) bool {
 		!body.ReadUint8LengthPrefixed(&skipped) { // legacy_compression_methods
 		return false
 	}
+	info.CipherSuites = Uint16List(suites)
 	if body.Empty() {
 		return true // RFC 5246 §7.4.1.2: the extensions block may be absent
 	}
 	if !body.ReadUint16LengthPrefixed(&exts) || !body.Empty() {
 		return false
 	}
+	info.Extensions = ExtensionList(exts)
 	return parseExtensions(exts, info)
 }
 
@@ -118,6 +131,8 @@ func parseExtensions(exts cryptobyte.String, info *Info) bool {
 			info.ALPN, ok = parseALPN(data)
 		case extSupportedVersions:
 			info.Versions, ok = parseVersions(data)
+		case extSignatureAlgorithms:
+			info.SignatureAlgorithms, ok = parseSignatureAlgorithms(data)
 		case extECH:
 			// Its content is for the server to open; only the type and the
 			// config_id are read, and a body too short for them is not an
@@ -189,6 +204,17 @@ func parseVersions(data cryptobyte.String) (VersionList, bool) {
 	return VersionList(list), true
 }
 
+// parseSignatureAlgorithms reads SignatureSchemeList (RFC 8446 §4.2.3):
+// SignatureScheme supported_signature_algorithms<2..2^16-2>, checked as
+// crypto/tls checks it.
+func parseSignatureAlgorithms(data cryptobyte.String) (Uint16List, bool) {
+	var list cryptobyte.String
+	if !data.ReadUint16LengthPrefixed(&list) || list.Empty() || len(list)%2 != 0 || !data.Empty() {
+		return nil, false
+	}
+	return Uint16List(list), true
+}
+
 // ProtocolList is an ALPN protocol_name_list as sent, without its length
 // prefix: each name is a length byte and that many bytes. Parse checked
 // it, so its methods do not; other values are not meant to be built.
@@ -226,16 +252,43 @@ func (l ProtocolList) Strings() []string {
 }
 
 // VersionList is a supported_versions list as sent, without its length
-// prefix: big-endian uint16 values. Parse checked that its length is even.
-type VersionList []byte
+// prefix.
+type VersionList = Uint16List
 
-// All yields the versions in the client's order.
-func (l VersionList) All() iter.Seq[uint16] {
+// Uint16List is a list of big-endian uint16 values as sent (versions,
+// cipher suites, signature schemes), without its length prefix. Parse
+// checked that its length is even.
+type Uint16List []byte
+
+// All yields the values in the client's order.
+func (l Uint16List) All() iter.Seq[uint16] {
 	return func(yield func(uint16) bool) {
 		for i := 0; i+1 < len(l); i += 2 {
 			if !yield(uint16(l[i])<<8 | uint16(l[i+1])) {
 				return
 			}
+		}
+	}
+}
+
+// Len returns the number of values.
+func (l Uint16List) Len() int { return len(l) / 2 }
+
+// ExtensionList is a ClientHello's extensions block as sent, without its
+// length prefix: each extension a type, a length and that many bytes.
+// Parse checked it; Types stops at bytes that do not frame an extension
+// rather than panic, but other values are not meant to be built.
+type ExtensionList []byte
+
+// Types yields the extension types in the client's order.
+func (l ExtensionList) Types() iter.Seq[uint16] {
+	return func(yield func(uint16) bool) {
+		for rest := l; len(rest) >= 4; {
+			n := 4 + (int(rest[2])<<8 | int(rest[3]))
+			if n > len(rest) || !yield(uint16(rest[0])<<8|uint16(rest[1])) {
+				return
+			}
+			rest = rest[n:]
 		}
 	}
 }

@@ -63,6 +63,9 @@ func TestParse(t *testing.T) {
 		{"empty alpn name", hello(exts(alpn("h2", ""))), false, infoView{}},
 		{"empty supported_versions", hello(exts(versions())), false, infoView{}},
 		{"odd supported_versions", hello(exts(ext{extSupportedVersions, []byte{3, 3, 4, 3}})), false, infoView{}},
+		{"empty signature_algorithms", hello(exts(sigAlgs())), false, infoView{}},
+		{"odd signature_algorithms", hello(exts(ext{extSignatureAlgorithms, []byte{0, 3, 4, 3, 1}})), false, infoView{}},
+		{"signature_algorithms trailing bytes", hello(exts(ext{extSignatureAlgorithms, []byte{0, 2, 4, 3, 0}})), false, infoView{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

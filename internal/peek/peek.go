@@ -117,6 +117,7 @@ func Peek(c net.Conn, dl Deadlines) Result {
 // nothing.
 func Release(r *Result) {
 	r.Hello.ServerName, r.Hello.ALPN, r.Hello.Versions = nil, nil, nil
+	r.Hello.CipherSuites, r.Hello.Extensions, r.Hello.SignatureAlgorithms = nil, nil, nil
 	if r.scratch != nil {
 		scratchPool.Put(r.scratch)
 		r.scratch = nil
