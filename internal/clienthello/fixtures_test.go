@@ -127,7 +127,7 @@ func TestFixtures(t *testing.T) {
 			if diff := cmp.Diff(fx.want, view(info)); diff != "" {
 				t.Errorf("Examine(%s) info mismatch (-want +got):\n%s", fx.name, diff)
 			}
-			if got := JA4(&info); got != fx.ja4 {
+			if got := JA4(&info, TCP); got != fx.ja4 {
 				t.Errorf("JA4(%s) = %s, want %s", fx.name, got, fx.ja4)
 			}
 		})

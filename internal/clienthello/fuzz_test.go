@@ -53,7 +53,7 @@ func FuzzParse(f *testing.F) {
 		}
 		ok := st == Complete && Parse(msg, &info)
 		if ok {
-			if fp := JA4(&info); CheckJA4(fp) != nil {
+			if fp := JA4(&info, TCP); CheckJA4(fp) != nil {
 				t.Fatalf("JA4 = %q: %v", fp, CheckJA4(fp))
 			}
 		}
@@ -70,7 +70,7 @@ func FuzzParse(f *testing.F) {
 		if got := info.ALPN.Strings(); !slices.Equal(got, hi.SupportedProtos) {
 			t.Fatalf("ALPN = %q, crypto/tls says %q", got, hi.SupportedProtos)
 		}
-		if got, want := comparableJA4(JA4(&info), hi), comparableJA4(tlsJA4(hi), hi); got != want {
+		if got, want := comparableJA4(JA4(&info, TCP), hi), comparableJA4(tlsJA4(hi), hi); got != want {
 			t.Fatalf("JA4 = %s, over crypto/tls's ClientHelloInfo %s", got, want)
 		}
 	})

@@ -8,7 +8,7 @@ import (
 )
 
 // JA4 returns the fingerprint of a hello that Parse accepted and that came
-// over TCP; it costs one allocation, the string.
+// over the transport t; it costs one allocation, the string.
 //
 // JA4 fingerprints a client by its ClientHello as FoxIO's JA4
 // specification defines it (github.com/FoxIO-LLC/ja4, technical_details/
@@ -18,7 +18,7 @@ import (
 //
 //	t13d1516h2_8daaf6152771_e5627efa2ab1
 //
-// a: "t" (TCP); the TLS version, the highest in supported_versions, else
+// a: the transport ("t" TCP, "q" QUIC); the TLS version, the highest in supported_versions, else
 // the legacy version ("13", "12", "11", "10", "s3", "s2", "00" for any
 // other); "d" when the server_name extension is present, "i" when not; the
 // numbers of cipher suites and of extensions, two digits each, at most 99;
@@ -37,10 +37,18 @@ import (
 // connection to the next. A list that is empty hashes to "000000000000".
 // Extensions are sorted, so clients that shuffle them (Chrome) keep one
 // fingerprint.
-func JA4(info *Info) string {
+func JA4(info *Info, t Transport) string {
 	var buf [JA4Len]byte
-	return string(AppendJA4(buf[:0], info))
+	return string(AppendJA4(buf[:0], info, t))
 }
+
+// Transport is how a hello travelled, the first character of its JA4.
+type Transport byte
+
+const (
+	TCP  Transport = 't'
+	QUIC Transport = 'q' // in QUIC Initial packets (RFC 9001 §4.1.3)
+)
 
 // JA4Len is the length of every JA4 fingerprint.
 const JA4Len = 36
@@ -48,7 +56,7 @@ const JA4Len = 36
 // AppendJA4 appends the JA4 fingerprint of info (see [JA4]) to b. It
 // allocates nothing for hellos of up to 64 cipher suites, extensions and
 // signature algorithms each, which every real client stays within.
-func AppendJA4(b []byte, info *Info) []byte {
+func AppendJA4(b []byte, info *Info, t Transport) []byte {
 	var suiteBuf, extBuf, sigBuf [64]uint16
 	suites := appendNotGREASE(suiteBuf[:0], info.CipherSuites)
 	sigs := appendNotGREASE(sigBuf[:0], info.SignatureAlgorithms)
@@ -66,7 +74,7 @@ func AppendJA4(b []byte, info *Info) []byte {
 			exts = append(exts, typ)
 		}
 	}
-	b = append(b, 't')
+	b = append(b, byte(t))
 	b = append(b, versionCode(info)...)
 	if sni {
 		b = append(b, 'd')

@@ -107,13 +107,26 @@ func TestJA4(t *testing.T) {
 			if !Parse(tt.msg, &info) {
 				t.Fatalf("Parse(%x) failed", tt.msg)
 			}
-			if got := JA4(&info); got != tt.want {
+			if got := JA4(&info, TCP); got != tt.want {
 				t.Errorf("JA4 = %s, want %s", got, tt.want)
 			}
 			if err := CheckJA4(tt.want); err != nil {
 				t.Errorf("CheckJA4(%s) = %v, want nil", tt.want, err)
 			}
 		})
+	}
+}
+
+// TestJA4QUIC checks that the transport is the first character and nothing
+// else: the same hello in QUIC Initial packets.
+func TestJA4QUIC(t *testing.T) {
+	var info Info
+	msg := suiteHello(0x0303, docSuites, docExts(sni("example.com"), alpn("h2"))...)
+	if !Parse(msg, &info) {
+		t.Fatalf("Parse(%x) failed", msg)
+	}
+	if got, want := JA4(&info, QUIC), "q"+docJA4[1:]; got != want {
+		t.Errorf("JA4(QUIC) = %s, want %s", got, want)
 	}
 }
 
@@ -192,10 +205,10 @@ func TestJA4Allocs(t *testing.T) {
 				t.Fatalf("%s is not a hello", fx.name)
 			}
 			buf := make([]byte, 0, JA4Len)
-			if n := testing.AllocsPerRun(10, func() { AppendJA4(buf[:0], &info) }); n != 0 {
+			if n := testing.AllocsPerRun(10, func() { AppendJA4(buf[:0], &info, TCP) }); n != 0 {
 				t.Errorf("AppendJA4(%s) allocates %v times per run, want 0", fx.name, n)
 			}
-			if n := testing.AllocsPerRun(10, func() { _ = JA4(&info) }); n != 1 {
+			if n := testing.AllocsPerRun(10, func() { _ = JA4(&info, TCP) }); n != 1 {
 				t.Errorf("JA4(%s) allocates %v times per run, want 1", fx.name, n)
 			}
 		})
@@ -219,7 +232,7 @@ func BenchmarkJA4(b *testing.B) {
 	b.Run("JA4", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			_ = JA4(&info)
+			_ = JA4(&info, TCP)
 		}
 	})
 }
