@@ -54,6 +54,7 @@ type Record struct {
 	Protocol   string   // tls, http, ssh, unknown, server-first
 	ALPN       []string // offered, in the client's order; logged as a JSON array, [] for none
 	ECH        bool     // real ECH only, not GREASE (see gateway)
+	JA4        string   // the client's TLS fingerprint (clienthello.JA4), "" without a ClientHello
 	Rule       string
 	Action     Action
 	Enforced   bool
@@ -160,6 +161,8 @@ func appendJSON(b []byte, r *Record, end time.Time) []byte {
 	b = appendStrings(b, r.ALPN)
 	b = append(b, `,"ech":`...)
 	b = strconv.AppendBool(b, r.ECH)
+	b = append(b, `,"ja4":`...)
+	b = appendString(b, r.JA4)
 	b = append(b, `,"rule":`...)
 	b = appendString(b, r.Rule)
 	b = append(b, `,"action":`...)
@@ -194,6 +197,7 @@ func (lg *Logger) logText(r *Record, end time.Time) {
 		slog.String("protocol", r.Protocol),
 		slog.String("alpn", string(appendStrings(nil, r.ALPN))),
 		slog.Bool("ech", r.ECH),
+		slog.String("ja4", r.JA4),
 		slog.String("rule", r.Rule),
 		slog.String("action", string(r.Action)),
 		slog.Bool("enforced", r.Enforced),

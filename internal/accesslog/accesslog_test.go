@@ -18,6 +18,7 @@ func TestLogHasEveryKey(t *testing.T) {
 		Start: time.Now().Add(-1500 * time.Millisecond), Listener: "sni", User: "ci-runner",
 		Src: netip.MustParseAddrPort("10.0.0.1:4000"), Dst: netip.MustParseAddrPort("[2001:db8::1]:443"),
 		FQDN: "a.test", FQDNSource: "sni", Protocol: "tls", ALPN: []string{"h2", "http/1.1"},
+		JA4:  "t13d1516h2_8daaf6152771_e5627efa2ab1",
 		Rule: "r", Action: "allow", Enforced: true, Reason: "matched", BytesUp: 10, BytesDown: 20,
 	})
 	var got map[string]any
@@ -35,7 +36,8 @@ func TestLogHasEveryKey(t *testing.T) {
 	want := map[string]any{
 		"level": "INFO", "msg": "conn", "listener": "sni", "user": "ci-runner", "src": "10.0.0.1:4000",
 		"dst": "[2001:db8::1]:443", "fqdn": "a.test", "fqdn_source": "sni", "protocol": "tls",
-		"alpn": []any{"h2", "http/1.1"}, "ech": false, "rule": "r", "action": "allow", "enforced": true,
+		"alpn": []any{"h2", "http/1.1"}, "ech": false, "ja4": "t13d1516h2_8daaf6152771_e5627efa2ab1",
+		"rule": "r", "action": "allow", "enforced": true,
 		"reason": "matched", "bytes_up": 10.0, "bytes_down": 20.0,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
