@@ -40,7 +40,8 @@ func linearDecide(t *testing.T, rules []Rule, in Input) int {
 		if (len(src) == 0 || contains(src, in.Src)) &&
 			(len(dst) == 0 || contains(dst, in.Dst)) &&
 			(len(r.Ports) == 0 || inPorts(r.Ports, in.Port)) &&
-			(len(r.Protocols) == 0 || slices.Contains(r.Protocols, in.Protocol)) {
+			(len(r.Protocols) == 0 || slices.Contains(r.Protocols, in.Protocol)) &&
+			(len(r.JA4) == 0 || in.JA4 != "" && slices.Contains(r.JA4, in.JA4)) {
 			return i
 		}
 	}
@@ -58,6 +59,7 @@ func TestDecideAgreesWithLinearScan(t *testing.T) {
 		}
 		return s
 	}
+	fingerprints := []string{goJA4, chromeJA4}
 	addrs := []netip.Addr{{}, addr("10.0.0.1"), addr("10.1.0.1"), addr("::ffff:10.0.0.1"), addr("2001:db8::1"), addr("192.0.2.1")}
 	prefixes := []netip.Prefix{prefix("10.0.0.0/16"), prefix("10.0.0.0/8"), prefix("2001:db8::/32"), prefix("0.0.0.0/0")}
 	pick := func() []netip.Prefix {
@@ -87,6 +89,9 @@ func TestDecideAgreesWithLinearScan(t *testing.T) {
 			if rng.IntN(3) == 0 {
 				r.Protocols = []string{ProtocolNames[rng.IntN(len(ProtocolNames))]}
 			}
+			if rng.IntN(4) == 0 {
+				r.JA4 = []string{fingerprints[rng.IntN(len(fingerprints))]}
+			}
 			rules[i] = r
 		}
 		p, err := Compile(rules, Deny)
@@ -100,6 +105,9 @@ func TestDecideAgreesWithLinearScan(t *testing.T) {
 			}
 			if rng.IntN(5) > 0 {
 				in.FQDN = name()
+			}
+			if k := rng.IntN(len(fingerprints) + 1); k < len(fingerprints) {
+				in.JA4 = fingerprints[k]
 			}
 			if got, want := p.Decide(in).Index, linearDecide(t, rules, in); got != want {
 				t.Fatalf("round %d: Decide(%+v) = rule %d, want %d; rules %+v", round, in, got, want, rules)

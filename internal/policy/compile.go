@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/egressd/egressd/internal/clienthello"
 	"github.com/egressd/egressd/internal/fqdn"
 )
 
@@ -35,7 +36,8 @@ type rule struct {
 	destinations []netip.Prefix
 	ports        []PortRange
 	users        []string
-	protocols    uint8 // protocolBit set; 0: any protocol
+	protocols    uint8    // protocolBit set; 0: any protocol
+	ja4          []string // fingerprints; nil: any client
 	decision     Decision
 }
 
@@ -88,7 +90,12 @@ func Compile(rules []Rule, def Action) (*Policy, error) {
 				fail("empty user name")
 			}
 		}
-		c := rule{ports: slices.Clone(r.Ports), users: slices.Clone(r.Users)}
+		for _, fp := range r.JA4 {
+			if err := clienthello.CheckJA4(fp); err != nil {
+				fail("%v", err)
+			}
+		}
+		c := rule{ports: slices.Clone(r.Ports), users: slices.Clone(r.Users), ja4: slices.Clone(r.JA4)}
 		for _, name := range r.Protocols {
 			b := protocolBit(name)
 			if b == 0 {

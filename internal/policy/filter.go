@@ -6,13 +6,15 @@ import (
 )
 
 // MayAllow answers the DNS filter's question: could a connection from src
-// to name be allowed, whatever its port and protocol? dst is the address
-// the name resolved to, or the zero Addr before the answer is known.
+// to name be allowed, whatever its port, protocol and client fingerprint?
+// dst is the address the name resolved to, or the zero Addr before the
+// answer is known.
 //
-// The rules are walked in order as Decide walks them, but a port or a
-// protocol is unknown, so a rule that lists them only "may" match: an allow
-// rule that may match answers yes, and a deny rule blocks the rest only if
-// it certainly matches (no ports, no protocols). Rules with users are
+// The rules are walked in order as Decide walks them, but a port, a
+// protocol or a fingerprint is unknown, so a rule that lists them only
+// "may" match: an allow rule that may match answers yes, and a deny rule
+// blocks the rest only if it certainly matches (no ports, no protocols, no
+// ja4). Rules with users are
 // skipped: a client's own lookups serve connections without a user. With dst unknown, a rule
 // with destinations cannot be judged; if such an allow rule could match,
 // ok is false and byAddress true: the answer's addresses will tell (call
@@ -47,7 +49,7 @@ func (p *Policy) MayAllow(src netip.Addr, name string, dst netip.Addr) (ok, byAd
 		if r.decision.Action == Allow {
 			return true, false
 		}
-		if len(r.ports) == 0 && r.protocols == 0 {
+		if len(r.ports) == 0 && r.protocols == 0 && len(r.ja4) == 0 {
 			return false, false // a deny that certainly matches: nothing after it can allow
 		}
 	}
@@ -58,12 +60,12 @@ func (p *Policy) MayAllow(src netip.Addr, name string, dst netip.Addr) (ok, byAd
 }
 
 // DeniedByName reports whether a deny rule naming name decides any
-// connection from src to name (whatever its address, port and protocol)
-// before an allow rule could. The DNS filter asks it for every name a
-// CNAME chain leads to, so that an allowed alias cannot launder a denied
-// name (CNAME cloaking). Only rules with fqdn count as naming it: a
-// catch-all deny must not refuse every CDN name an allowed alias points
-// to.
+// connection from src to name (whatever its address, port, protocol and
+// client fingerprint) before an allow rule could. The DNS filter asks it
+// for every name a CNAME chain leads to, so that an allowed alias cannot
+// launder a denied name (CNAME cloaking). Only rules with fqdn count as
+// naming it: a catch-all deny must not refuse every CDN name an allowed
+// alias points to.
 func (p *Policy) DeniedByName(src netip.Addr, name string) bool {
 	s := plain(src)
 	for _, i := range p.candidates(name) {
@@ -75,7 +77,7 @@ func (p *Policy) DeniedByName(src netip.Addr, name string) bool {
 			return false // this allow may decide first
 		}
 		_, unnamed := slices.BinarySearch(p.unnamed, i)
-		if !unnamed && len(r.destinations) == 0 && len(r.ports) == 0 && r.protocols == 0 {
+		if !unnamed && len(r.destinations) == 0 && len(r.ports) == 0 && r.protocols == 0 && len(r.ja4) == 0 {
 			return true
 		}
 	}

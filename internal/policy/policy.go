@@ -60,6 +60,13 @@ type Rule struct {
 	// (see ProtocolNames); a rule with Protocols never matches a connection
 	// whose protocol is not known.
 	Protocols []string
+	// JA4 are client fingerprints (clienthello.JA4), compared exactly: a
+	// rule with JA4 matches only TLS connections whose ClientHello was
+	// fingerprinted as one of them, so that a name can be allowed only to
+	// the client builds expected to use it. It never matches a connection
+	// without a fingerprint: not TLS, or decided before the hello (a
+	// CONNECT or SOCKS5 request is decided on the request).
+	JA4 []string
 }
 
 // ProtocolNames are the protocols a rule may list, as the gateway logs them:
@@ -106,6 +113,9 @@ type Input struct {
 	// Protocol is the connection's protocol, one of ProtocolNames, "" when
 	// not known; a rule with Protocols then does not match.
 	Protocol string
+	// JA4 is the client's TLS fingerprint, "" when there is none; a rule
+	// with JA4 then does not match.
+	JA4 string
 }
 
 // Decision is the outcome of Decide. It is precomputed per rule at Compile

@@ -24,7 +24,7 @@ func (p *Policy) DecideName(in Input) (d Decision, resolve bool) {
 	if limit < 0 {
 		limit = len(p.rules)
 	}
-	c := conn{src: plain(in.Src), port: in.Port, user: in.User, proto: protocolBit(in.Protocol)}
+	c := conn{src: plain(in.Src), port: in.Port, user: in.User, proto: protocolBit(in.Protocol), ja4: in.JA4}
 	for _, i := range p.candidates(in.FQDN) {
 		if int(i) >= limit {
 			break
@@ -37,8 +37,9 @@ func (p *Policy) DecideName(in Input) (d Decision, resolve bool) {
 		// must match for the rule to be in play.
 		if (len(r.sources) == 0 || contains(r.sources, c.src)) &&
 			(len(r.ports) == 0 || inPorts(r.ports, c.port)) &&
-			(len(r.users) == 0 || hasUser(r.users, c.user)) &&
-			(r.protocols == 0 || r.protocols&c.proto != 0) {
+			(len(r.users) == 0 || listed(r.users, c.user)) &&
+			(r.protocols == 0 || r.protocols&c.proto != 0) &&
+			(len(r.ja4) == 0 || listed(r.ja4, c.ja4)) {
 			return d, true
 		}
 	}
