@@ -186,6 +186,8 @@ func TestAccepted(t *testing.T) {
 		{"no dns section", one, func(c *Config) any { return c.DNS.Enabled() }, false},
 		{"rule protocols", one + "policy: {rules: [{name: git, action: allow, fqdn: [git.example.test], protocols: [ssh, server-first]}]}\n",
 			func(c *Config) any { return c.Policy.Rules[0].Protocols }, []string{"ssh", "server-first"}},
+		{"rule ja4", one + "policy: {rules: [{name: ci, action: allow, fqdn: [api.example.test], protocols: [tls], ja4: [t13d1312h2_f57a46bbacb6_ab7e3b40a677, t13d3112h2_e8f1e7e78f70_b26ce05bbdd6]}]}\n",
+			func(c *Config) any { return c.Policy.Rules[0].JA4 }, []string{"t13d1312h2_f57a46bbacb6_ab7e3b40a677", "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6"}},
 		{"same port, different hosts", "listeners:\n  - {name: a, mode: sni, address: 127.0.0.1:1}\n  - {name: b, mode: sni, address: 127.0.0.2:1}\n",
 			func(c *Config) any { return len(c.Listeners) }, 2},
 	}

@@ -324,6 +324,28 @@ policy:
 		`bad.yaml:4: policy.rules[0].protocols[1]: unknown protocol "smtp"; want tls or http or ssh or server-first or unknown`,
 		`bad.yaml:5: policy.rules[1].protocols: empty list`,
 	}},
+	{"bad ja4", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
+users: [{name: ci, password_hash: "$2a$04$8Zq9wWmVmZ6e0Z7xH0kq2eY1n1tHqQ9E0m2xk0wq0kHk1fV5sJQ8e"}]
+policy:
+  rules:
+    - name: r
+      action: allow
+      ja4:
+        - t13d1312h2_f57a46bbacb6_ab7e3b40a677
+        - T13d1312h2_f57a46bbacb6_ab7e3b40a677
+        - t13d1312h2_f57a46bbacb6
+        - 42
+    - {name: s, action: allow, ja4: []}
+    - {name: t, action: allow, protocols: [ssh], ja4: [t13d1312h2_f57a46bbacb6_ab7e3b40a677]}
+    - {name: u, action: allow, users: [ci], ja4: [t13d1312h2_f57a46bbacb6_ab7e3b40a677]}
+`, []string{
+		`bad.yaml:9: policy.rules[0].ja4[1]: JA4 "T13d1312h2_f57a46bbacb6_ab7e3b40a677": protocol "T" is not t (TCP), q (QUIC) or d (DTLS)`,
+		`bad.yaml:10: policy.rules[0].ja4[2]: "t13d1312h2_f57a46bbacb6" is not a JA4 fingerprint; want 36 characters like t13d1516h2_8daaf6152771_e5627efa2ab1`,
+		`bad.yaml:11: policy.rules[0].ja4[3]: want a string, got`,
+		`bad.yaml:12: policy.rules[1].ja4: empty list`,
+		`bad.yaml:13: policy.rules[2].ja4: only TLS connections have a fingerprint, and protocols does not list tls`,
+		`bad.yaml:14: policy.rules[3].ja4: a rule with users never matches a fingerprint`,
+	}},
 	{"rule not a mapping", `listeners: [{name: a, mode: sni, address: 127.0.0.1:1}]
 policy:
   rules:

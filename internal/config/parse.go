@@ -2,11 +2,13 @@ package config
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/egressd/egressd/internal/clienthello"
 	"github.com/egressd/egressd/internal/fqdn"
 	"github.com/egressd/egressd/internal/policy"
 )
@@ -296,7 +298,7 @@ func (d *decoder) action(n *yaml.Node, path string) (policy.Action, bool) {
 // and action) matches every connection: that is how a catch-all is written.
 func (d *decoder) rule(n *yaml.Node, path string, names map[string]int) policy.Rule {
 	var r policy.Rule
-	f, ok := d.mapping(n, path, "name", "action", "fqdn", "destinations", "sources", "ports", "users", "protocols")
+	f, ok := d.mapping(n, path, "name", "action", "fqdn", "destinations", "sources", "ports", "users", "protocols", "ja4")
 	if !ok {
 		return r
 	}
@@ -343,7 +345,36 @@ func (d *decoder) rule(n *yaml.Node, path string, names map[string]int) policy.R
 			}
 		}
 	}
+	if v, ok := f["ja4"]; ok {
+		r.JA4 = d.fingerprints(v, field(path, "ja4"), r)
+	}
 	return r
+}
+
+// fingerprints reads a rule's JA4 fingerprints, checked here (for the line
+// number) and compared exactly by the policy. A fingerprint is learnt
+// from a TLS ClientHello that comes before the decision, so a rule that
+// can match no such connection is refused rather than left never to match.
+func (d *decoder) fingerprints(n *yaml.Node, path string, r policy.Rule) []string {
+	var out []string
+	for i, it := range d.matchList(n, path, "JA4 fingerprints") {
+		s, ok := d.str(it, item(path, i))
+		if !ok {
+			continue
+		}
+		if err := clienthello.CheckJA4(s); err != nil {
+			d.errorf(it, "%s: %v", item(path, i), err)
+			continue
+		}
+		out = append(out, s)
+	}
+	switch {
+	case len(r.Users) > 0:
+		d.errorf(n, "%s: a rule with users never matches a fingerprint: proxy requests are decided before their ClientHello", path)
+	case len(r.Protocols) > 0 && !slices.Contains(r.Protocols, "tls"):
+		d.errorf(n, "%s: only TLS connections have a fingerprint, and protocols does not list tls", path)
+	}
+	return out
 }
 
 // patterns reads fqdn patterns, checked here (for the line number) and
