@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/clienthello"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/fqdn"
 	"github.com/egressd/egressd/internal/peek"
@@ -167,6 +168,7 @@ func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPor
 func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec *accesslog.Record, p *peek.Result, orig netip.AddrPort) verdict {
 	rec.Protocol = p.Protocol
 	rec.FQDN, rec.FQDNSource, rec.ECH = "", accesslog.FromNone, false
+	rec.JA4 = fingerprint(p)
 	rawName := ""
 	switch {
 	case p.Protocol == peek.TLS:
@@ -195,7 +197,7 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 			rec.FQDN, rec.FQDNSource = n, accesslog.FromDNS
 		}
 	}
-	v := g.decideName(ctx, st, lc, policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: p.Protocol}, rec.FQDNSource, orig)
+	v := g.decideName(ctx, st, lc, policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: p.Protocol, JA4: rec.JA4}, rec.FQDNSource, orig)
 	if v.dst.IsValid() {
 		rec.Dst = v.dst
 	}
@@ -205,6 +207,14 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 	rec.Rule, rec.Reason = v.Rule, v.Reason
 	rec.Action = logAction(v.Action)
 	return v
+}
+
+// fingerprint is the client's JA4, "" without a parsed ClientHello.
+func fingerprint(p *peek.Result) string {
+	if p.Protocol != peek.TLS || !p.HelloOK {
+		return ""
+	}
+	return clienthello.JA4(&p.Hello, clienthello.TCP)
 }
 
 // decideName decides a connection to name (in.FQDN, learnt from source)
