@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/egressd/egressd/internal/clienthello"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/fqdn"
 	"github.com/egressd/egressd/internal/policy"
@@ -61,9 +62,10 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	sni := fs.String("sni", "", "server `NAME` the client sends (SNI or Host); none means a connection without a name")
 	user := fs.String("user", "", "authenticated proxy `USER` (explicit listeners); none means an unauthenticated connection")
 	proto := fs.String("protocol", "", "the connection's `PROTOCOL`: tls, http, ssh, server-first or unknown (default tls with --sni, server-first without)")
+	ja4 := fs.String("ja4", "", "the client's JA4 `FINGERPRINT`, as the access log shows it (TLS only); none means a connection without one")
 	asJSON := fs.Bool("json", false, `print {"action","rule","reason","enforced"} as JSON`)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--protocol PROTOCOL] [--user USER] [--json]\n\nPrints the decision the running gateway would make for such a connection, with no network I/O.\nFor a connection that carries no name (SSH, server-first), --sni stands for the name the client\nresolved through egressd's DNS.\nA transparent listener in sni_destination: verify mode would also check that NAME resolves to IP;\nexplain cannot (it does no DNS) and says so.")
+		fmt.Fprintln(stderr, "Usage: egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--protocol PROTOCOL] [--ja4 FINGERPRINT] [--user USER] [--json]\n\nPrints the decision the running gateway would make for such a connection, with no network I/O.\nFor a connection that carries no name (SSH, server-first), --sni stands for the name the client\nresolved through egressd's DNS.\nA transparent listener in sni_destination: verify mode would also check that NAME resolves to IP;\nexplain cannot (it does no DNS) and says so.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -84,13 +86,23 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch {
-	case *proto == "" && *sni != "":
+	case *proto == "" && (*sni != "" || *ja4 != ""):
 		*proto = "tls"
 	case *proto == "":
 		*proto = "server-first"
 	case !slices.Contains(policy.ProtocolNames, *proto):
 		fmt.Fprintf(stderr, "egressd explain: --protocol: unknown %q; want one of %s\n", *proto, strings.Join(policy.ProtocolNames, ", "))
 		return 2
+	}
+	if *ja4 != "" {
+		if err := clienthello.CheckJA4(*ja4); err != nil {
+			fmt.Fprintf(stderr, "egressd explain: --ja4: %v\n", err)
+			return 2
+		}
+		if *proto != "tls" {
+			fmt.Fprintf(stderr, "egressd explain: --ja4: only TLS connections have a fingerprint, not %s\n", *proto)
+			return 2
+		}
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
@@ -107,7 +119,7 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	name, _ := fqdn.Normalize(*sni)
-	d := pol.DecideDial(policy.Input{Src: srcIP.Unmap(), Dst: dstAP.Addr().Unmap(), Port: dstAP.Port(), FQDN: name, User: *user, Protocol: *proto})
+	d := pol.DecideDial(policy.Input{Src: srcIP.Unmap(), Dst: dstAP.Addr().Unmap(), Port: dstAP.Port(), FQDN: name, User: *user, Protocol: *proto, JA4: *ja4})
 	e := explanation{Action: d.Action.String(), Rule: d.Rule, Reason: d.Reason, Enforced: d.Enforced(cfg.Policy.Enforce, true)}
 	if *asJSON {
 		b, _ := json.Marshal(e)
