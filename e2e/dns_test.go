@@ -353,6 +353,7 @@ dns:
   address: ` + gwCliAddr + `:5353
   upstreams: ["127.0.0.1:` + dnsmasqPort + `"]
   strip_ech: false
+  filter: false # the client asks for svc.example.test, which no rule names
 policy:
   default: deny
   rules:

@@ -170,7 +170,7 @@ type DNS struct {
 	// (default 10m): clients keep using an address after its TTL.
 	Remember time.Duration
 	// Filter refuses (REFUSED) queries for names no allow rule could match
-	// for the querying client.
+	// for the querying client. On unless the config says filter: false.
 	Filter bool
 	// StripECH removes the ech SvcParam from HTTPS and SVCB answers, so
 	// that clients send their real server name in the clear.

@@ -33,7 +33,10 @@ func DefaultMaxEntriesPerClient(maxEntries int) int { return max(1, maxEntries/4
 // dns reads the dns section. Address and upstreams are required: a
 // forwarder without either is a mistake, not something to guess.
 func (d *decoder) dns(n *yaml.Node, c *DNS) {
-	*c = DNS{Remember: DefaultRemember, MaxEntries: DefaultMaxEntries, Timeout: DefaultDNSTimeout,
+	// The filter is on unless turned off: without it any client could send
+	// data out as look-ups of names no rule allows (DNS exfiltration),
+	// and no name should leave egressd unless the policy could allow it.
+	*c = DNS{Remember: DefaultRemember, MaxEntries: DefaultMaxEntries, Timeout: DefaultDNSTimeout, Filter: true,
 		RateLimit: DefaultRateLimit, MaxTCPConns: DefaultMaxTCPConns, MaxTCPConnsPerSource: DefaultMaxTCPConnsPerSource, Line: n.Line}
 	f, ok := d.mapping(n, "dns", "address", "upstreams", "remember", "filter", "strip_ech", "strip_h3",
 		"max_entries", "max_entries_per_client", "timeout", "rate_limit", "clients",

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/egressd/egressd/internal/socks5"
 	"github.com/egressd/egressd/internal/testnet"
 )
@@ -144,5 +146,38 @@ func TestUnresolvableAllowedName(t *testing.T) {
 	e := w.waitLog(func(e entry) bool { return e["src"] == src })
 	if r, _ := e["reason"].(string); !strings.HasPrefix(r, "resolve nowhere.test") {
 		t.Errorf("reason %q does not lead with the resolver's answer", r)
+	}
+}
+
+// TestFilterOnByDefault: a dns section that says nothing of filter refuses
+// a query for a name no allow rule could match, and that name never
+// reaches the upstream: the forwarder is no way out for a denied name.
+func TestFilterOnByDefault(t *testing.T) {
+	upstream, asked := testnet.DNSAsked(t, records{"good.test": {"198.51.100.7"}})
+	s := serveConfig(t, fmt.Sprintf(`listeners:
+  - {name: sni, mode: sni, address: 127.0.0.1:0, upstream_port: 443}
+dns: {address: 127.0.0.1:0, upstreams: [%q]}
+policy:
+  default: deny
+  rules:
+    - {name: good, action: allow, fqdn: ["good.test"]}
+`, upstream), time.Second)
+	ask := func(name string) int {
+		m := new(dns.Msg)
+		m.SetQuestion(name+".", dns.TypeA)
+		r, err := dns.Exchange(m, s.DNSAddr().String())
+		if err != nil {
+			t.Fatalf("query %s: %v", name, err)
+		}
+		return r.Rcode
+	}
+	if rc := ask("secret.attacker.test"); rc != dns.RcodeRefused {
+		t.Errorf("query for a denied name: rcode %s, want REFUSED", dns.RcodeToString[rc])
+	}
+	if rc := ask("good.test"); rc != dns.RcodeSuccess {
+		t.Errorf("query for an allowed name: rcode %s, want NOERROR", dns.RcodeToString[rc])
+	}
+	if got := asked(); slices.Contains(got, "secret.attacker.test") {
+		t.Errorf("the denied name reached the upstream: %q", got)
 	}
 }
