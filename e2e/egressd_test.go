@@ -122,6 +122,7 @@ type accessLine struct {
 	Protocol   string          `json:"protocol"`
 	ALPN       json.RawMessage `json:"alpn"`
 	ECH        bool            `json:"ech"`
+	JA4        string          `json:"ja4"`
 	Rule       string          `json:"rule"`
 	Action     string          `json:"action"`
 	Enforced   bool            `json:"enforced"`
