@@ -24,6 +24,7 @@ import (
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/namecache"
 	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/recent"
 	"github.com/egressd/egressd/internal/relay"
 	"github.com/egressd/egressd/internal/upstream"
 )
@@ -57,6 +58,9 @@ type Gateway struct {
 	// loops relay the connections; the gateway owns them (WithLoops) and
 	// Serve closes them once every relay has ended.
 	loops *relay.Loops
+	// recent remembers the latest decisions for the admin page
+	// (WithRecent); nil remembers nothing.
+	recent *recent.Recorder
 
 	mu        sync.Mutex
 	listeners []*boundListener
@@ -109,6 +113,10 @@ type Option func(*Gateway)
 // Serve closes them. Without it the gateway makes its own
 // (relay.NewLoops(0)).
 func WithLoops(ls *relay.Loops) Option { return func(g *Gateway) { g.loops = ls } }
+
+// WithRecent hands the gateway a recorder that every connection's log line
+// is also given to, for the admin page.
+func WithRecent(r *recent.Recorder) Option { return func(g *Gateway) { g.recent = r } }
 
 // New returns a Gateway for st. log receives operational messages, access
 // one line per connection.

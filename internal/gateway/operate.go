@@ -84,6 +84,7 @@ func (g *Gateway) logConn(rec *accesslog.Record) {
 	}
 	g.access.Log(rec)
 	g.metrics.Conn(rec)
+	g.recent.Add(rec)
 }
 
 // Reload makes st the state of every new connection; connections already

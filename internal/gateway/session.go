@@ -96,6 +96,7 @@ func (s *session) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Resul
 		rec.Reason += "; " + end
 	}
 	g.metrics.Conn(rec)
+	g.recent.Add(rec)
 	g.relayLog <- rec
 	if s.srcHeld {
 		g.sources.Release(s.src.Addr())
