@@ -60,6 +60,12 @@ const handshakeHeaderLen = 4
 // The zero Assembler is ready to use. An Assembler is not safe for
 // concurrent use; it keeps about 2 KiB plus the hello.
 type Assembler struct {
+	// Retried accepts a first Destination Connection ID of any length, as
+	// a client's Initial packets carry after a Retry: the server chose it,
+	// and RFC 9000 §7.2 holds only the client's own choice to 8 bytes or
+	// more. Set it before the first packet.
+	Retried bool
+
 	st      Status
 	version Version
 	dcid    []byte // the client's Destination Connection ID: the keys come from it
@@ -144,7 +150,7 @@ func (a *Assembler) AddPacket(p *Packet) (Status, error) {
 	}
 	keys := a.keys
 	if keys == nil {
-		if len(p.DCID) < minClientDCIDLen {
+		if len(p.DCID) < minClientDCIDLen && !a.Retried {
 			return a.st, fmt.Errorf("client's destination connection ID of %d bytes, under %d", len(p.DCID), minClientDCIDLen)
 		}
 		var err error
