@@ -108,3 +108,18 @@ func OriginalDstUDP(oob []byte) (dst netip.AddrPort, ok bool) {
 	}
 	return netip.AddrPort{}, false
 }
+
+// SendUDPFrom sends b to remote from local, on a socket made for the one
+// datagram (SO_REUSEADDR and, with transparent, IP_TRANSPARENT, as for
+// DialUDPFrom). The socket is not connected, so TPROXY delivers none of
+// the client's datagrams to it in the meantime.
+func SendUDPFrom(local, remote netip.AddrPort, b []byte, transparent bool) error {
+	lc := net.ListenConfig{Control: udpControl(transparent, false)}
+	pc, err := lc.ListenPacket(context.Background(), Network("udp", local), local.String())
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	_, err = pc.(*net.UDPConn).WriteToUDPAddrPort(b, remote)
+	return err
+}

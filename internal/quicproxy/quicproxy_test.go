@@ -1,0 +1,340 @@
+package quicproxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	iquic "github.com/egressd/egressd/internal/quic"
+	"github.com/egressd/egressd/internal/quicproxy/quictest"
+)
+
+// TestAllowed: a real QUIC client (quic-go) reaches a real server through
+// the listener, a 1 MiB echo comes back intact, and the flow's line counts
+// it once the flow is idle.
+func TestAllowed(t *testing.T) {
+	for _, v := range []quic.Version{quic.Version1, quic.Version2} {
+		t.Run(iquic.Version(v).String(), func(t *testing.T) {
+			srv := startEchoServer(t, false)
+			w := newWorld(t, srv.addr, nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			conn, err := w.dial(ctx, allowedName, &quic.Config{Versions: []quic.Version{v}})
+			if err != nil {
+				t.Fatalf("dial through the listener: %v", err)
+			}
+			const size = 1 << 20
+			sent, got := echo(t, ctx, conn, size)
+			if sent != got {
+				t.Errorf("echo of %d bytes: sha256 %x came back as %x", size, sent, got)
+			}
+			conn.CloseWithError(0, "")
+			l := w.line()
+			if l.Action != accesslog.Allow || l.Protocol != "quic" || l.FQDN != allowedName || l.FQDNSource != accesslog.FromSNI ||
+				l.Rule != "allowed" || l.Dst != srv.addr || l.BytesUp < size || l.BytesDown < size ||
+				l.PacketsUp < size/1500 || l.PacketsDown < size/1500 || !strings.HasSuffix(l.Reason, "; closed: idle timeout") {
+				t.Errorf("line %+v; want an allow of %s to %v with over %d bytes each way, ended idle", l, allowedName, srv.addr, size)
+			}
+			if len(l.ALPN) != 1 || l.ALPN[0] != "echo" {
+				t.Errorf("alpn %q, want [echo]", l.ALPN)
+			}
+			t.Logf("%d bytes, %d datagrams up; %d bytes, %d datagrams down", l.BytesUp, l.PacketsUp, l.BytesDown, l.PacketsDown)
+		})
+	}
+}
+
+// echo writes size random bytes on a new stream and reads them back,
+// returning the sha256 of both.
+func echo(t *testing.T, ctx context.Context, conn *quic.Conn, size int) (sent, got [32]byte) {
+	t.Helper()
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, size)
+	rand.NewChaCha8([32]byte{1}).Read(data)
+	go func() { st.Write(data); st.Close() }()
+	back, err := io.ReadAll(st)
+	if err != nil {
+		t.Fatalf("read the echo: %v (after %d bytes)", err, len(back))
+	}
+	return sha256.Sum256(data), sha256.Sum256(back)
+}
+
+// TestDenied: a denied name gets CONNECTION_CLOSE with access_denied at
+// once (quic-go reports the remote CRYPTO_ERROR 0x131), nothing reaches
+// the server, and the flow has one deny line.
+func TestDenied(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := w.dial(ctx, deniedName, nil)
+	elapsed := time.Since(start)
+	var te *quic.TransportError
+	if !errors.As(err, &te) || !te.Remote || te.ErrorCode != iquic.CodeAccessDenied {
+		t.Fatalf("dial %s: %v; want the remote transport error 0x131", deniedName, err)
+	}
+	if !strings.Contains(err.Error(), `denied by rule "denied"`) {
+		t.Errorf("client error %q does not carry the reason phrase", err)
+	}
+	t.Logf("client refused after %v: %v", elapsed.Round(time.Microsecond), err)
+	l := w.line()
+	if l.Action != accesslog.Deny || l.FQDN != deniedName || l.Rule != "denied" || l.Protocol != "quic" || !l.Enforced {
+		t.Errorf("line %+v; want a deny of %s by rule denied", l, deniedName)
+	}
+	if n := sk.count(300 * time.Millisecond); n != 0 {
+		t.Errorf("the server got %d datagrams of a denied flow", n)
+	}
+	w.noLine(300 * time.Millisecond) // retransmissions are not logged again
+	if st := w.s.Stats(); st.Closes == 0 {
+		t.Errorf("Stats().Closes = 0, want the close counted")
+	}
+}
+
+// TestDeniedDrop: with deny: drop the client hears nothing and times out.
+func TestDeniedDrop(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, func(p *Params) { p.Drop = true })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := w.dial(ctx, deniedName, &quic.Config{HandshakeIdleTimeout: 700 * time.Millisecond})
+	var idle *quic.IdleTimeoutError
+	if !errors.As(err, &idle) {
+		t.Errorf("dial %s with deny: drop: %v; want a handshake timeout", deniedName, err)
+	}
+	if l := w.line(); l.Action != accesslog.Deny || l.FQDN != deniedName {
+		t.Errorf("line %+v; want a deny", l)
+	}
+	if st := w.s.Stats(); st.Closes != 0 || st.Dropped[dropDenied] == 0 {
+		t.Errorf("Stats() = %+v; want no close sent and the datagrams dropped as denied", st)
+	}
+	if n := sk.count(100 * time.Millisecond); n != 0 {
+		t.Errorf("the server got %d datagrams of a denied flow", n)
+	}
+}
+
+// TestSplitShuffled: a ClientHello split over three Initial packets with
+// its CRYPTO frames shuffled is read and decided, in both versions: an
+// allowed name reaches a real server (which answers with its ServerHello),
+// a denied one gets the CONNECTION_CLOSE.
+func TestSplitShuffled(t *testing.T) {
+	srv := startEchoServer(t, false)
+	w := newWorld(t, srv.addr, nil)
+	for i, v := range []iquic.Version{iquic.Version1, iquic.Version2} {
+		for _, name := range []string{allowedName, deniedName} {
+			t.Run(v.String()+" "+name, func(t *testing.T) {
+				dcid := []byte("split-dcid-" + string(rune('a'+i)) + name[:1])
+				c := w.udpClient()
+				ds := initials(t, v, dcid, name, 3, uint64(i))
+				c.send(ds...)
+				answer := c.recv(5 * time.Second)
+				if answer == nil {
+					t.Fatal("no answer within 5s")
+				}
+				frames, err := quictest.ReadServerInitial(v, dcid, answer)
+				if err != nil {
+					t.Fatalf("answer: %v", err)
+				}
+				switch name {
+				case allowedName:
+					if !hasServerHello(frames) {
+						t.Errorf("answer frames %+v; want the server's ServerHello", frames)
+					}
+				case deniedName:
+					if len(frames) == 0 || frames[0].Type != iquic.FrameConnectionClose || frames[0].ErrorCode != iquic.CodeAccessDenied {
+						t.Errorf("answer frames %+v; want CONNECTION_CLOSE 0x131", frames)
+					}
+				}
+				if l := w.line(); l.FQDN != name || (l.Action == accesslog.Allow) != (name == allowedName) {
+					t.Errorf("line %+v; want %s decided by its rule", l, name)
+				}
+			})
+		}
+	}
+}
+
+func initials(t *testing.T, v iquic.Version, dcid []byte, name string, n int, seed uint64) [][]byte {
+	t.Helper()
+	scid := []byte("cscid")
+	hello, err := quictest.Hello(name, scid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := quictest.NewClient(v, dcid, scid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := c.Initials(hello, n, rand.New(rand.NewPCG(seed, 7)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ds
+}
+
+func hasServerHello(frames []iquic.Frame) bool {
+	for _, f := range frames {
+		if f.Type == iquic.FrameCrypto && f.Offset == 0 && len(f.Data) > 0 && f.Data[0] == 2 {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRetry: a server that validates addresses answers the first Initial
+// with a Retry; the client's new Initial, under keys of the new connection
+// ID, carries its hello again, is decided again and passes.
+func TestRetry(t *testing.T) {
+	srv := startEchoServer(t, true)
+	w := newWorld(t, srv.addr, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := w.dial(ctx, allowedName, nil)
+	if err != nil {
+		t.Fatalf("dial through the listener to a server that sends Retry: %v", err)
+	}
+	if sent, got := echo(t, ctx, conn, 64<<10); sent != got {
+		t.Error("echo after a Retry came back different")
+	}
+	conn.CloseWithError(0, "")
+	if l := w.line(); l.Action != accesslog.Allow || l.FQDN != allowedName {
+		t.Errorf("line %+v; want one allow", l)
+	}
+}
+
+// TestSecondConnection: on the address and port of an allowed flow, a
+// second connection (an Initial no decided connection's keys open) is
+// held until its own hello is decided. One naming a denied server never
+// reaches the server and is refused with a line of its own; one naming
+// another allowed name on the same server passes; and the first
+// connection's packets still pass.
+func TestSecondConnection(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, nil)
+	c := w.udpClient()
+	first := initials(t, iquic.Version1, []byte("first-connection"), allowedName, 2, 1)
+	c.send(first...)
+	if n := sk.count(300 * time.Millisecond); n != 2 {
+		t.Fatalf("the server got %d datagrams of the allowed connection, want 2", n)
+	}
+
+	dcid := []byte("bypass-attempt-1")
+	c.send(initials(t, iquic.Version1, dcid, deniedName, 2, 2)...)
+	if answer := c.recv(2 * time.Second); answer == nil {
+		t.Error("no answer to the denied second connection")
+	} else if frames, err := quictest.ReadServerInitial(iquic.Version1, dcid, answer); err != nil || len(frames) == 0 ||
+		frames[0].Type != iquic.FrameConnectionClose || frames[0].ErrorCode != iquic.CodeAccessDenied {
+		t.Errorf("answer to the second connection: %+v, %v; want CONNECTION_CLOSE 0x131", frames, err)
+	}
+	if n := sk.count(300 * time.Millisecond); n != 0 {
+		t.Errorf("the server got %d datagrams of a second connection naming a denied server", n)
+	}
+	if l := w.line(); l.Action != accesslog.Deny || l.FQDN != deniedName || !strings.Contains(l.Reason, "on a flow allowed for \"allowed.test\"") {
+		t.Errorf("line %+v; want a deny of the second connection", l)
+	}
+
+	c.send(initials(t, iquic.Version1, []byte("third-connection"), otherName, 2, 3)...)
+	if n := sk.count(300 * time.Millisecond); n != 2 {
+		t.Errorf("the server got %d datagrams of a connection to another allowed name, want 2", n)
+	}
+	c.send(first[0]) // a retransmission of the first connection
+	if n := sk.count(300 * time.Millisecond); n != 1 {
+		t.Errorf("the server got %d datagrams of the first connection's retransmission, want 1", n)
+	}
+	if l := w.line(); l.Action != accesslog.Allow || l.FQDN != allowedName || !strings.Contains(l.Reason, `another connection on this flow named "other.test"`) {
+		t.Errorf("flow line %+v; want the allow, noting the other name", l)
+	}
+}
+
+// TestHeldUntilDecided: no datagram of a flow leaves before its decision,
+// however many the client sends meanwhile; then all go, in order.
+func TestHeldUntilDecided(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, nil)
+	gate := make(chan struct{})
+	w.mu.Lock()
+	w.gate = gate
+	w.mu.Unlock()
+	c := w.udpClient()
+	ds := initials(t, iquic.Version1, []byte("held-connection1"), allowedName, 3, 4)
+	c.send(ds...)
+	c.send(ds[0], ds[1]) // retransmissions
+	if n := sk.count(300 * time.Millisecond); n != 0 {
+		t.Fatalf("the server got %d datagrams before the decision", n)
+	}
+	close(gate)
+	var got [][]byte
+	for range 5 {
+		select {
+		case d := <-sk.got:
+			got = append(got, d)
+		case <-time.After(2 * time.Second):
+			t.Fatalf("the server got %d datagrams after the decision, want 5", len(got))
+		}
+	}
+	for i, want := range append(ds, ds[0], ds[1]) {
+		if !bytes.Equal(got[i], want) {
+			t.Errorf("datagram %d is not the client's %d-th, verbatim", i, i)
+		}
+	}
+}
+
+// TestDropped: what is not a QUIC Initial of a known version opens no
+// flow, is never relayed, and is counted.
+func TestDropped(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, nil)
+	c := w.udpClient()
+	short := append([]byte{0x40}, make([]byte, 1200)...)                                             // a 1-RTT packet after a migration
+	unknown := append([]byte{0xc0, 0x1a, 0x2a, 0x3a, 0x4a, 4, 1, 2, 3, 4, 0}, make([]byte, 1200)...) // a grease version
+	garbage := append([]byte{0xc0, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0x41, 0}, make([]byte, 1200)...)
+	c.send(short, unknown, garbage)
+	if n := sk.count(300 * time.Millisecond); n != 0 {
+		t.Errorf("the server got %d datagrams", n)
+	}
+	st := w.s.Stats()
+	if st.Dropped[dropNotInitial] != 1 || st.Dropped[dropUnknownVersion] != 1 || st.Dropped[dropMalformed] != 1 || st.Flows != 0 {
+		t.Errorf("Stats() = %+v; want one not_initial, one unknown_version, one malformed, no flow", st)
+	}
+	w.noLine(100 * time.Millisecond)
+}
+
+// TestHelloTimeout: a flow whose hello never completes is refused after
+// client_hello with a line, and what it sent is dropped.
+func TestHelloTimeout(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, func(p *Params) { p.HelloTimeout = 300 * time.Millisecond })
+	c := w.udpClient()
+	c.send(initials(t, iquic.Version1, []byte("slow-connection1"), allowedName, 3, 5)[0])
+	l := w.line()
+	if l.Action != accesslog.Deny || !l.Enforced || !strings.Contains(l.Reason, "client_hello timeout") {
+		t.Errorf("line %+v; want a deny for the client_hello timeout", l)
+	}
+	if n := sk.count(100 * time.Millisecond); n != 0 {
+		t.Errorf("the server got %d datagrams of an undecided flow", n)
+	}
+}
+
+// TestLimits: a source over its flows gets no new one.
+func TestLimits(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, func(p *Params) { p.MaxFlowsPerSource = 1 })
+	w.udpClient().send(initials(t, iquic.Version1, []byte("flow-one-0000001"), allowedName, 1, 6)...)
+	w.udpClient().send(initials(t, iquic.Version1, []byte("flow-two-0000002"), allowedName, 1, 7)...)
+	if n := sk.count(300 * time.Millisecond); n != 1 {
+		t.Errorf("the server got %d datagrams, want the first flow's only", n)
+	}
+	if st := w.s.Stats(); st.Dropped[dropLimit] != 1 || st.Flows != 1 {
+		t.Errorf("Stats() = %+v; want one datagram over the limit, one flow", st)
+	}
+}
