@@ -81,6 +81,9 @@ type Gauges struct {
 	// DNS, when not nil, reports the DNS forwarder's counters; it is nil
 	// when no forwarder runs, and then no DNS metric is exposed.
 	DNS func() DNSCounts
+	// UDP, when not nil, reports the UDP sides of the listeners (QUIC
+	// flows); nil when no listener has one.
+	UDP func() UDPCounts
 	// AuthChecks, when not nil, reports the proxy password checks by
 	// result: ok, wrong (both hashed), backoff (refused unchecked, the
 	// source backs off after repeated failures) and busy (refused
@@ -103,6 +106,45 @@ var (
 	dnsEntriesDesc   = prometheus.NewDesc("egressd_dns_memory_entries", "Name memories (client, address -> name) the DNS forwarder holds.", nil, nil)
 	dnsEvictionsDesc = prometheus.NewDesc("egressd_dns_memory_evictions_total", "Name memories dropped because max_entries, or a client's max_entries_per_client, was reached.", nil, nil)
 )
+
+// UDPCounts are the counters of the listeners' UDP sides as a scrape reads
+// them: flows held now (Pending of them undecided), datagrams dropped by a
+// reason from a fixed set, CONNECTION_CLOSE packets sent to denied
+// clients.
+type UDPCounts struct {
+	Flows, Pending int
+	Dropped        map[string]uint64
+	Closes         uint64
+}
+
+var (
+	quicFlowsDesc   = prometheus.NewDesc("egressd_quic_flows", "QUIC flows (UDP) held now: undecided, relayed, or remembered as denied.", nil, nil)
+	quicPendingDesc = prometheus.NewDesc("egressd_quic_pending_flows", "QUIC flows whose ClientHello is still being read or decided.", nil, nil)
+	quicDroppedDesc = prometheus.NewDesc("egressd_quic_dropped_datagrams_total",
+		"UDP datagrams dropped by a listener's UDP side, by reason: not_initial, unknown_version, malformed, limit, held_full, undecided, denied, too_big, no_destination.",
+		[]string{"reason"}, nil)
+	quicClosesDesc = prometheus.NewDesc("egressd_quic_closes_total", "CONNECTION_CLOSE packets (access_denied) sent to denied QUIC clients.", nil, nil)
+)
+
+// udpCollector reads the UDP sides' counters at scrape time.
+type udpCollector func() UDPCounts
+
+func (udpCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- quicFlowsDesc
+	ch <- quicPendingDesc
+	ch <- quicDroppedDesc
+	ch <- quicClosesDesc
+}
+
+func (f udpCollector) Collect(ch chan<- prometheus.Metric) {
+	c := f()
+	ch <- prometheus.MustNewConstMetric(quicFlowsDesc, prometheus.GaugeValue, float64(c.Flows))
+	ch <- prometheus.MustNewConstMetric(quicPendingDesc, prometheus.GaugeValue, float64(c.Pending))
+	for reason, n := range c.Dropped {
+		ch <- prometheus.MustNewConstMetric(quicDroppedDesc, prometheus.CounterValue, float64(n), reason)
+	}
+	ch <- prometheus.MustNewConstMetric(quicClosesDesc, prometheus.CounterValue, float64(c.Closes))
+}
 
 var authChecksDesc = prometheus.NewDesc("egressd_auth_checks_total",
 	"Proxy password checks, by result: ok and wrong were hashed; backoff (the source failed too often) and busy (no check slot free) were refused unchecked.",
@@ -196,6 +238,9 @@ func New(g Gauges) *Metrics {
 	}
 	if g.AuthChecks != nil {
 		f(authCollector(g.AuthChecks))
+	}
+	if g.UDP != nil {
+		f(udpCollector(g.UDP))
 	}
 	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "egressd_reloads_total",
