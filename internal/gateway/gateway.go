@@ -64,6 +64,7 @@ type Gateway struct {
 
 	mu        sync.Mutex
 	listeners []*boundListener
+	udp       []*udpListener         // the UDP sides of listeners with udp: true (quic.go)
 	conns     map[io.Closer]struct{} // live connections: sockets in set-up, relays
 	closedAll bool                   // the drain closed every live connection
 	wg        sync.WaitGroup         // accept loops, workers and their reaper
@@ -141,6 +142,9 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) 
 	if st.Config.DNS.Enabled() {
 		gauges.DNS = g.dnsCounts
 	}
+	if hasUDP(st.Config) {
+		gauges.UDP = g.udpCounts
+	}
 	g.metrics = metrics.New(gauges)
 	g.metrics.Loaded(st.Config.Hash)
 	var r upstream.Resolver = upstream.System{Mark: st.Config.Mark}
@@ -152,7 +156,7 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) 
 		g.clientNames = namecache.New(d.MaxEntries, d.MaxEntriesPerClient)
 		g.dns = dnsproxy.New(dnsproxy.Config{
 			Address: d.Address, Upstreams: d.Upstreams, Remember: d.Remember, Timeout: d.Timeout, Mark: st.Config.Mark,
-			Filter: d.Filter, StripECH: d.StripECH, RateLimit: d.RateLimit, Clients: d.Clients,
+			Filter: d.Filter, StripECH: d.StripECH, StripH3: d.StripH3, RateLimit: d.RateLimit, Clients: d.Clients,
 			MaxTCPConns: d.MaxTCPConns, MaxTCPConnsPerSource: d.MaxTCPConnsPerSource,
 		}, g.clientNames, func() (*policy.Policy, bool) {
 			st := g.state.Load()
@@ -212,6 +216,12 @@ func (g *Gateway) Bind(ctx context.Context) error {
 		g.mu.Lock()
 		g.listeners = append(g.listeners, newBound(lc, ln))
 		g.mu.Unlock()
+		if lc.UDP {
+			if err := g.bindUDP(ctx, lc); err != nil {
+				g.closeListeners()
+				return err
+			}
+		}
 	}
 	if g.dns != nil {
 		if err := g.dns.Start(); err != nil {
@@ -264,6 +274,7 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 		g.wg.Add(1)
 		go g.acceptLoop(ctx, bl)
 	}
+	g.serveUDP()
 	g.mu.Unlock()
 	<-ctx.Done()
 	// Under reloadMu, so that a Reload either finished before the drain
@@ -318,6 +329,7 @@ func (g *Gateway) closeListeners() {
 	for _, bl := range g.listeners {
 		bl.ln.Close()
 	}
+	g.stopUDP()
 }
 
 // acceptLoop accepts until the listener closes. Temporary errors (EMFILE,

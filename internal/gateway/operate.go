@@ -142,6 +142,7 @@ func (g *Gateway) Reload(st *State) (restart []string, err error) {
 		keep = append(keep, update{bl, lc})
 	}
 	restart = append(restart, restartNeeded(old, cfg)...)
+	restart = append(restart, g.udpRestart(cfg)...)
 
 	g.state.Store(st)
 	g.mu.Lock()

@@ -189,25 +189,42 @@ func (s *Server) Serve() {
 	s.wg.Wait()
 }
 
-// Stop closes the listening socket: no new flow starts, and flows not yet
-// decided get no more datagrams. Relayed flows run on, on their own
-// sockets, until they are idle or Close ends them.
-func (s *Server) Stop() { s.cfg.Conn.Close() }
+// Stop closes the listening socket: no new flow starts. Flows still
+// collecting their hello, which would get no more datagrams, and denied
+// flows, which have nothing left to answer, end now; flows being decided
+// or relayed run on, on their own sockets, until they are idle or Close
+// ends them.
+func (s *Server) Stop() {
+	s.cfg.Conn.Close()
+	for _, f := range s.snapshot() {
+		f.mu.Lock()
+		if f.st == pending || f.st == denied {
+			f.endLocked(endDrained, nil)
+		}
+		f.mu.Unlock()
+	}
+}
+
+func (s *Server) snapshot() []*flow {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	flows := make([]*flow, 0, len(s.flows))
+	for _, f := range s.flows {
+		flows = append(flows, f)
+	}
+	return flows
+}
 
 // Close stops the Server and ends every flow now. A flow that was not
 // decided yet is logged as closed by egressd; Serve returns once all are
 // gone.
 func (s *Server) Close() error {
-	s.Stop()
-	s.cancel()
 	s.mu.Lock()
 	s.closed = true
-	flows := make([]*flow, 0, len(s.flows))
-	for _, f := range s.flows {
-		flows = append(flows, f)
-	}
 	s.mu.Unlock()
-	for _, f := range flows {
+	s.Stop()
+	s.cancel()
+	for _, f := range s.snapshot() {
 		f.end(endDrained)
 	}
 	return nil
