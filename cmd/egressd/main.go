@@ -6,6 +6,7 @@
 //	egressd run [--config FILE]
 //	egressd check --config FILE
 //	egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--user USER] [--json]
+//	egressd suggest --log FILE [--log FILE...] [--config CURRENT | --against CONFIG]
 //	egressd version
 package main
 
@@ -25,6 +26,10 @@ Usage:
   egressd check --config FILE      validate a config; print every problem as FILE:LINE: message
   egressd explain --config FILE --src IP --dst IP:PORT [--sni NAME] [--user USER] [--json]
                                    show the decision the gateway would make, with no network I/O
+  egressd suggest --log FILE [--log FILE...] [--config CURRENT]
+                                   print a policy that allows what the access logs show
+  egressd suggest --log FILE [--log FILE...] --against CONFIG
+                                   replay the logs through CONFIG's policy: what would change
   egressd version                  print the version
 
 Run "egressd COMMAND --help" for a command's flags.
@@ -48,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "explain":
 		return cmdExplain(args[1:], stdout, stderr)
+	case "suggest":
+		return cmdSuggest(args[1:], os.Stdin, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "egressd", version)
 		return 0
