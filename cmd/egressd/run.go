@@ -16,6 +16,7 @@ import (
 	"github.com/egressd/egressd/internal/admin"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/gateway"
+	"github.com/egressd/egressd/internal/recent"
 	"github.com/egressd/egressd/internal/relay"
 )
 
@@ -64,8 +65,9 @@ connections run for shutdown_grace) and exits 0; a second one closes at once.`)
 	}
 	defer out.Close()
 
+	decisions := recent.New() // for the admin page
 	g := gateway.New(&gateway.State{Config: cfg, Policy: pol}, log, accesslog.New(out, cfg.Log.Format),
-		gateway.WithLoops(loops))
+		gateway.WithLoops(loops), gateway.WithRecent(decisions))
 	// Both signals are caught from the start, so that a second one during
 	// the drain is never lost: the first drains, the second closes live
 	// connections at once.
@@ -86,7 +88,8 @@ connections run for shutdown_grace) and exits 0; a second one closes at once.`)
 	}
 	if cfg.Admin.Address.IsValid() {
 		srv, err := admin.Listen(ctx, admin.Options{Address: cfg.Admin.Address, PProf: cfg.Admin.PProf,
-			Registry: g.Metrics().Registry, Ready: g.Ready, Log: log})
+			Registry: g.Metrics().Registry, Ready: g.Ready, Log: log,
+			Recent: decisions, Config: func() *config.Config { return g.State().Config }})
 		if err != nil {
 			fmt.Fprintln(stderr, "egressd: admin:", err)
 			return 1

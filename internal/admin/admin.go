@@ -1,7 +1,8 @@
-// Package admin serves egressd's operator endpoint over HTTP: /metrics for
-// Prometheus, /healthz (the process serves) and /readyz (it should get
-// traffic) for load balancers and Kubernetes probes, and, only when asked
-// for, /debug/pprof/.
+// Package admin serves egressd's operator endpoint over HTTP: a page of
+// recent decisions at / for the operator, /metrics for Prometheus,
+// /healthz (the process serves) and /readyz (it should get traffic) for
+// load balancers and Kubernetes probes, and, only when asked for,
+// /debug/pprof/.
 //
 // It is a separate listener from the gateway's, on loopback in the
 // examples: nothing here is meant for the workloads whose traffic egressd
@@ -21,7 +22,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/listener"
+	"github.com/egressd/egressd/internal/recent"
 )
 
 // Options say what the endpoint serves.
@@ -32,6 +35,11 @@ type Options struct {
 	// Ready answers /readyz: 200 with why when ok, else 503 with why.
 	Ready func() (ok bool, why string)
 	Log   *slog.Logger
+	// Recent and Config feed the page at "/": the decisions recorded and
+	// the running config (its rules, its users). Without both there is
+	// no page.
+	Recent *recent.Recorder
+	Config func() *config.Config
 }
 
 // Server is a bound admin endpoint.
@@ -76,6 +84,9 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx
 // Handler routes the admin endpoints.
 func Handler(o Options) http.Handler {
 	mux := http.NewServeMux()
+	if o.Recent != nil && o.Config != nil {
+		mux.HandleFunc("GET /{$}", page(o.Recent, o.Config))
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))

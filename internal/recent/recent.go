@@ -43,6 +43,8 @@ type Entry struct {
 	Rule       string
 	Action     accesslog.Action
 	Enforced   bool
+	BytesUp    int64
+	BytesDown  int64
 }
 
 // Recorder remembers recent decisions. The zero value is not usable; a
@@ -81,7 +83,7 @@ func (r *Recorder) Add(rec *accesslog.Record) {
 	r.mu.Lock()
 	r.ring[r.next%uint64(len(r.ring))] = Entry{Start: rec.Start, Listener: rec.Listener, User: rec.User, Src: src,
 		Dst: rec.Dst, FQDN: rec.FQDN, FQDNSource: rec.FQDNSource, Protocol: rec.Protocol, Rule: rec.Rule,
-		Action: rec.Action, Enforced: rec.Enforced}
+		Action: rec.Action, Enforced: rec.Enforced, BytesUp: rec.BytesUp, BytesDown: rec.BytesDown}
 	r.next++
 	if rec.Rule == "" {
 		r.defaults[rec.Action]++
