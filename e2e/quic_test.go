@@ -380,4 +380,3 @@ func quicMetrics(w *quicWorld) (map[string]float64, error) {
 	}
 	return m, err
 }
-
