@@ -1,6 +1,10 @@
 // Package relay copies bytes both ways between a client and its upstream
 // until both sides are done, passing half-closes on and ending connections
-// that stay idle.
+// that stay idle. It also dials: a connection headed straight for the loop
+// is connected by the loop itself (Loops.Dial), since a dial through
+// net.Dialer and a hand-over cost eight more system calls; one that egressd
+// must read and write first is dialled by package upstream and adopted
+// (Loops.Adopt).
 //
 // A set of event loops (Loops: Dial or Adopt, then Attach and Start) holds
 // both sockets and moves bytes with splice(2) through a pipe that is taken

@@ -1,6 +1,13 @@
-// Package upstream reaches the server: it resolves names (with a TTL cache
-// that the anti-spoofing check shares), and dials with a connect timeout and
-// the socket mark that keeps egressd's own traffic out of its redirect rules.
+// Package upstream is egressd's own side of the network, apart from the
+// relay loop: it resolves names (with a TTL cache, bounded by bytes, that
+// the anti-spoofing check shares), and dials through the Go runtime with a
+// connect timeout and the socket mark that keeps egressd's own traffic out
+// of its redirect rules — for the connections egressd itself reads and
+// writes before they are relayed or instead (forwarded HTTP requests, the
+// wait for a server-first client's late bytes) and for the DNS forwarder's
+// sockets. Connections that go straight to the relay loop are dialled by
+// the loop itself (relay.Loops.Dial), which saves the runtime's poller
+// hand-over.
 package upstream
 
 import (
