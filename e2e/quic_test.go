@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -379,4 +381,73 @@ func quicMetrics(w *quicWorld) (map[string]float64, error) {
 		}
 	}
 	return m, err
+}
+
+// TestQUICChromium loads a page with Debian's headless Chromium forced
+// onto QUIC (--origin-to-force-quic-on) through the UDP side: srv serves
+// it over HTTP/3 only, so the page comes over QUIC or not at all. Chromium
+// splits its post-quantum ClientHello over Initial packets and shuffles
+// its CRYPTO frames. A denied name is refused in QUIC.
+func TestQUICChromium(t *testing.T) {
+	requireTools(t, "chromium")
+	w := newQUICWorld(t, false)
+	leaf, err := x509.ParseCertificate(credentials.cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	spki := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
+	flags := []string{
+		"--origin-to-force-quic-on=allowed.test:443,x.ads.test:443",
+		"--host-resolver-rules=MAP allowed.test " + srvAddr + ", MAP x.ads.test " + srvAddr,
+		"--ignore-certificate-errors-spki-list=" + base64.StdEncoding.EncodeToString(spki[:]),
+	}
+	t.Run("allowed", func(t *testing.T) {
+		from := w.log.mark()
+		dom, stderr, err := runQUICChromium(t, w, flags, "https://allowed.test/")
+		if err != nil || !strings.Contains(dom, quicPageMarker) {
+			t.Fatalf("chromium: %v; want the page's DOM with %q, got %q; stderr:\n%s", err, quicPageMarker, dom, stderr)
+		}
+		w.log.expect(t, from, "chromium's QUIC flow", func(l accessLine) bool { return l.FQDN == "allowed.test" }, want{
+			listener: "quic", dst: srvAddr + ":443", fqdnSource: "sni", protocol: []string{"quic"}, rule: rule("allowed"), action: "allow",
+		})
+	})
+	t.Run("denied", func(t *testing.T) {
+		from := w.log.mark()
+		dom, stderr, _ := runQUICChromium(t, w, flags, "https://x.ads.test/")
+		if strings.Contains(dom, quicPageMarker) {
+			t.Fatalf("chromium loaded the page of a denied name")
+		}
+		t.Logf("chromium on a denied name: %s", firstLine(stderr, "net::"))
+		w.log.expect(t, from, "chromium's denied QUIC flow", func(l accessLine) bool { return l.FQDN == "x.ads.test" }, want{
+			listener: "quic", fqdnSource: "sni", protocol: []string{"quic"}, rule: rule("ads"), action: "deny",
+		})
+	})
+}
+
+// runQUICChromium loads url in headless Chromium in cli, QUIC allowed.
+func runQUICChromium(t *testing.T, w *quicWorld, flags []string, url string) (dom, stderr string, err error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync",
+		"--user-data-dir=" + t.TempDir()}, flags...)
+	cmd := w.cli.command(ctx, "chromium", append(args, "--dump-dom", url)...)
+	var errOut strings.Builder
+	cmd.Stderr = &errOut
+	out, err := cmd.Output()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("chromium timed out: %w", ctx.Err())
+	}
+	return string(out), errOut.String(), err
+}
+
+// firstLine is the first line of s that contains sub, "" if none.
+func firstLine(s, sub string) string {
+	for line := range strings.Lines(s) {
+		if strings.Contains(line, sub) {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
 }
