@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -45,7 +46,7 @@ policy:
   enforce: true
   default: deny
   rules:
-    - {name: allowed, action: allow, fqdn: ["allowed.test", "*.allowed.test"], ports: [443], protocols: [quic]}
+    - {name: allowed, action: allow, fqdn: ["allowed.test", "*.allowed.test"], ports: [443, 8443], protocols: [quic]}
     - {name: ads, action: deny, fqdn: ["*.ads.test"]}
 `
 )
@@ -96,6 +97,10 @@ func newQUICWorld(t *testing.T, nft bool) *quicWorld {
 	rand.NewChaCha8([32]byte{3}).Read(body)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/body", func(rw http.ResponseWriter, r *http.Request) { rw.Write(body) })
+	mux.HandleFunc("/stream", func(rw http.ResponseWriter, r *http.Request) { // ?n=BYTES, for the benchmark
+		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		io.CopyN(rw, rand.NewChaCha8([32]byte{4}), n)
+	})
 	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(rw, "<html><body><p>%s</p></body></html>", quicPageMarker)
 	})
@@ -139,6 +144,13 @@ func (w *quicWorld) h3Client(t *testing.T, addrs map[string]string) (*http.Clien
 	if err := w.cli.do(func() (err error) { pc, err = net.ListenUDP("udp4", nil); return err }); err != nil {
 		t.Fatal(err)
 	}
+	client, done := w.h3ClientConn(t, pc, addrs)
+	return client, func() { done(); pc.Close() }
+}
+
+// h3ClientConn is an HTTP/3 client on pc, a socket in cli.
+func (w *quicWorld) h3ClientConn(t *testing.T, pc *net.UDPConn, addrs map[string]string) (*http.Client, func()) {
+	t.Helper()
 	_, roots := serverCert(t)
 	tr := &quic.Transport{Conn: pc}
 	h3 := &http3.Transport{
@@ -155,7 +167,7 @@ func (w *quicWorld) h3Client(t *testing.T, addrs map[string]string) (*http.Clien
 			return tr.Dial(ctx, ua, tlsCfg, cfg)
 		},
 	}
-	return &http.Client{Transport: h3, Timeout: 20 * time.Second}, func() { h3.Close(); tr.Close(); pc.Close() }
+	return &http.Client{Transport: h3, Timeout: 60 * time.Second}, func() { h3.Close(); tr.Close() }
 }
 
 // quicDial opens a QUIC connection from cli to addr naming name.

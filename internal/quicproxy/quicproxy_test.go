@@ -164,7 +164,7 @@ func TestSplitShuffled(t *testing.T) {
 	}
 }
 
-func initials(t *testing.T, v iquic.Version, dcid []byte, name string, n int, seed uint64) [][]byte {
+func initials(t testing.TB, v iquic.Version, dcid []byte, name string, n int, seed uint64) [][]byte {
 	t.Helper()
 	scid := []byte("cscid")
 	hello, err := quictest.Hello(name, scid)

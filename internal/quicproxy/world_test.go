@@ -29,7 +29,7 @@ import (
 // the name's (here: dsts by name, or the default upstream). On loopback
 // without TPROXY the original destination is the listener's own address.
 type world struct {
-	t      *testing.T
+	t      testing.TB
 	s      *Server
 	addr   netip.AddrPort
 	params Params
@@ -50,7 +50,7 @@ const (
 	deniedName  = "denied.test"
 )
 
-func newWorld(t *testing.T, upstream netip.AddrPort, tweak func(*Params)) *world {
+func newWorld(t testing.TB, upstream netip.AddrPort, tweak func(*Params)) *world {
 	t.Helper()
 	pol, err := policy.Compile([]policy.Rule{
 		{Name: "allowed", Action: policy.Allow, FQDN: []string{allowedName, otherName}, Protocols: []string{"quic"}},
@@ -254,7 +254,7 @@ func (s *sink) count(d time.Duration) int {
 // udpClient is a plain UDP socket of a client that sends packets built by
 // quictest.
 type udpClient struct {
-	t  *testing.T
+	t  testing.TB
 	pc *net.UDPConn
 }
 
