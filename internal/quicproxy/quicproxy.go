@@ -161,6 +161,7 @@ type Server struct {
 	closed    bool
 
 	held   atomic.Int64 // bytes held by undecided flows and connections
+	noGSO  atomic.Bool  // the kernel refused UDP_SEGMENT once
 	closes closeLimiter
 	stats  counters
 }

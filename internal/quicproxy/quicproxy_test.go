@@ -20,12 +20,21 @@ import (
 
 // TestAllowed: a real QUIC client (quic-go) reaches a real server through
 // the listener, a 1 MiB echo comes back intact, and the flow's line counts
-// it once the flow is idle.
+// it once the flow is idle; with UDP GSO and without.
 func TestAllowed(t *testing.T) {
-	for _, v := range []quic.Version{quic.Version1, quic.Version2} {
-		t.Run(iquic.Version(v).String(), func(t *testing.T) {
+	for _, tc := range []struct {
+		v     quic.Version
+		noGSO bool // send datagram by datagram, as without UDP_SEGMENT
+	}{{quic.Version1, false}, {quic.Version2, false}, {quic.Version1, true}} {
+		name := iquic.Version(tc.v).String()
+		if tc.noGSO {
+			name += " without GSO"
+		}
+		t.Run(name, func(t *testing.T) {
+			v := tc.v
 			srv := startEchoServer(t, false)
 			w := newWorld(t, srv.addr, nil)
+			w.s.noGSO.Store(tc.noGSO)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			conn, err := w.dial(ctx, allowedName, &quic.Config{Versions: []quic.Version{v}})
