@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,12 +28,13 @@ import (
 	"github.com/egressd/egressd/internal/quicproxy/quictest"
 )
 
-// The QUIC world: gw sends every UDP datagram from cli to port 443 to
-// egressd's listener with TPROXY (the recipe of docs/quic.md); in srv an
+// The QUIC world: gw sends every UDP datagram from cli to port 443 (and
+// every TCP connection) to egressd's listener with TPROXY, as docs/quic.md
+// prints it; in srv an
 // HTTP/3 server (quic-go) on srvAddr:443 and, on attackerAddr:443, a UDP
 // socket that must never hear anything.
 const (
-	portQUIC   = "15005"
+	portQUIC   = recipePort
 	quicMgmt   = "127.0.0.1:9091"
 	quicBody   = 1 << 20
 	quicConfig = `listeners:
@@ -117,22 +119,17 @@ func newQUICWorld(t *testing.T, nft bool) *quicWorld {
 	t.Cleanup(func() { srv.Close(); pc.Close() })
 
 	_, w.log = startEgressdConfig(t, top.gw, quicConfig, 1)
+	// The interception recipe of docs/quic.md, as printed.
+	doc, err := os.ReadFile("../docs/quic.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := "**iptables TPROXY with QUIC**"
 	if nft {
-		top.gw.nft(t, `table inet egressd_quic {
-	chain prerouting {
-		type filter hook prerouting priority mangle; policy accept;
-		fib daddr type local return
-		iifname "`+gwCliIf+`" udp dport 443 tproxy ip to :`+portQUIC+` meta mark set 0x1 accept
+		requireTools(t, "nft")
+		marker = "**nftables TPROXY with QUIC**"
 	}
-}`)
-	} else {
-		top.gw.exec(t, "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", gwCliIf, "-p", "udp", "--dport", "443",
-			"-m", "addrtype", "--dst-type", "LOCAL", "-j", "RETURN")
-		top.gw.exec(t, "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", gwCliIf, "-p", "udp", "--dport", "443",
-			"-j", "TPROXY", "--on-port", portQUIC, "--on-ip", "0.0.0.0", "--tproxy-mark", "0x1/0x1")
-	}
-	top.gw.ip(t, "rule", "add", "fwmark", "0x1/0x1", "lookup", "100")
-	top.gw.ip(t, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+	top.gw.exec(t, "sh", "-ec", readmeBlock(t, string(doc), marker))
 	return w
 }
 
