@@ -34,7 +34,7 @@ func TestQUICBench(t *testing.T) {
 	if os.Getenv("EGRESSD_BENCH") == "" {
 		t.Skip("a benchmark: set EGRESSD_BENCH=1")
 	}
-	w := newQUICWorld(t, false)
+	w := newQUICWorld(t, quicIPTables)
 	// cliTrustAddr is not intercepted: the direct path.
 	w.gw.exec(t, "iptables", "-t", "mangle", "-I", "PREROUTING", "1", "-i", gwCliIf, "-s", cliTrustAddr, "-j", "RETURN")
 	w.gw.exec(t, "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", gwCliIf, "-p", "udp", "--dport", "8443",

@@ -10,11 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +41,7 @@ const (
 	quicBody   = 1 << 20
 	quicConfig = `listeners:
   - {name: quic, mode: transparent, address: "0.0.0.0:` + portQUIC + `", tproxy: true, udp: true, sni_destination: verify}
+  - {name: quic6, mode: transparent, address: "[::]:` + portQUIC + `", tproxy: true, udp: true, sni_destination: verify}
 resolver: ` + resolverAddr + `
 admin: {address: "` + quicMgmt + `"}
 mark: 0x100
@@ -75,17 +78,34 @@ func (s *h3Server) seen() []string {
 
 const quicPageMarker = "page loaded over HTTP/3 through egressd"
 
-func newQUICWorld(t *testing.T, nft bool) *quicWorld {
+// quicRecipe is how gw intercepts: docs/quic.md's blocks, the iptables one
+// also translated for IPv6 as the README's note says.
+type quicRecipe int
+
+const (
+	quicIPTables quicRecipe = iota
+	quicNFTables
+	quicIP6Tables
+)
+
+func newQUICWorld(t *testing.T, recipe quicRecipe) *quicWorld {
 	t.Helper()
 	requireTools(t, "iptables")
 	top := newTopology(t)
 	cert, _ := serverCert(t)
 	w := &quicWorld{topology: top, h3: &h3Server{}}
-	startDNS(t, top.gw, resolverAddr, dnsRecords)
+	records := maps.Clone(dnsRecords)
+	for name, addrs := range dnsRecords6 {
+		records[name] = append(slices.Clone(records[name]), addrs...)
+	}
+	startDNS(t, top.gw, resolverAddr, records)
 
-	var pc, attacker *net.UDPConn
+	var pc, pc6, attacker *net.UDPConn
 	if err := top.srv.do(func() (err error) {
 		if pc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(srvAddr+":443"))); err != nil {
+			return err
+		}
+		if pc6, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("["+srvAddr6+"]:443"))); err != nil {
 			return err
 		}
 		attacker, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(attackerAddr+":443")))
@@ -116,20 +136,27 @@ func newQUICWorld(t *testing.T, nft bool) *quicWorld {
 		},
 	})}
 	go srv.Serve(pc)
-	t.Cleanup(func() { srv.Close(); pc.Close() })
+	go srv.Serve(pc6)
+	t.Cleanup(func() { srv.Close(); pc.Close(); pc6.Close() })
 
-	_, w.log = startEgressdConfig(t, top.gw, quicConfig, 1)
+	_, w.log = startEgressdConfig(t, top.gw, quicConfig, 2)
 	// The interception recipe of docs/quic.md, as printed.
 	doc, err := os.ReadFile("../docs/quic.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	marker := "**iptables TPROXY with QUIC**"
-	if nft {
+	if recipe == quicNFTables {
 		requireTools(t, "nft")
 		marker = "**nftables TPROXY with QUIC**"
 	}
-	top.gw.exec(t, "sh", "-ec", readmeBlock(t, string(doc), marker))
+	block := readmeBlock(t, string(doc), marker)
+	if recipe == quicIP6Tables {
+		requireTools(t, "ip6tables")
+		block = strings.NewReplacer("iptables ", "ip6tables ", "--on-ip 0.0.0.0", "--on-ip ::",
+			"ip rule ", "ip -6 rule ", "ip route add local 0.0.0.0/0", "ip -6 route add local ::/0").Replace(block)
+	}
+	top.gw.exec(t, "sh", "-ec", block)
 	return w
 }
 
@@ -137,8 +164,14 @@ func newQUICWorld(t *testing.T, nft bool) *quicWorld {
 // and names map to addrs (cli has no DNS).
 func (w *quicWorld) h3Client(t *testing.T, addrs map[string]string) (*http.Client, func()) {
 	t.Helper()
+	network := "udp4"
+	for _, a := range addrs {
+		if strings.Contains(a, ":") {
+			network = "udp6"
+		}
+	}
 	var pc *net.UDPConn
-	if err := w.cli.do(func() (err error) { pc, err = net.ListenUDP("udp4", nil); return err }); err != nil {
+	if err := w.cli.do(func() (err error) { pc, err = net.ListenUDP(network, nil); return err }); err != nil {
 		t.Fatal(err)
 	}
 	client, done := w.h3ClientConn(t, pc, addrs)
@@ -157,7 +190,7 @@ func (w *quicWorld) h3ClientConn(t *testing.T, pc *net.UDPConn, addrs map[string
 			if a, ok := addrs[host]; ok {
 				host = a
 			}
-			ua, err := net.ResolveUDPAddr("udp4", net.JoinHostPort(host, port))
+			ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(host, port))
 			if err != nil {
 				return nil, err
 			}
@@ -170,9 +203,13 @@ func (w *quicWorld) h3ClientConn(t *testing.T, pc *net.UDPConn, addrs map[string
 // quicDial opens a QUIC connection from cli to addr naming name.
 func (w *quicWorld) quicDial(t *testing.T, addr, name string) (*quic.Conn, string, error) {
 	t.Helper()
+	local := cliAddr + ":0"
+	if netip.MustParseAddrPort(addr).Addr().Is6() {
+		local = "[" + cliAddr6 + "]:0"
+	}
 	var pc *net.UDPConn
 	if err := w.cli.do(func() (err error) {
-		pc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(cliAddr+":0")))
+		pc, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(local)))
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -193,9 +230,9 @@ func (w *quicWorld) quicDial(t *testing.T, addr, name string) (*quic.Conn, strin
 // QUIC, a ClientHello split and shuffled over three Initial packets, and a
 // name spoofed to another address under sni_destination: verify.
 func TestQUIC(t *testing.T) {
-	w := newQUICWorld(t, false)
+	w := newQUICWorld(t, quicIPTables)
 	w.gw.countMarked(t, "-o", "to-srv", "-p", "udp", "--dport", "443")
-	t.Run("http3 allowed", func(t *testing.T) { testH3Allowed(t, w) })
+	t.Run("http3 allowed", func(t *testing.T) { testH3Allowed(t, w, srvAddr) })
 	t.Run("denied", func(t *testing.T) { testQUICDenied(t, w) })
 	t.Run("split hello", func(t *testing.T) { testQUICSplit(t, w) })
 	t.Run("spoofed sni", func(t *testing.T) { testQUICSpoofed(t, w) })
@@ -215,15 +252,34 @@ func TestQUIC(t *testing.T) {
 	})
 }
 
-// TestQUICNftables: the nftables recipe carries an HTTP/3 GET too.
-func TestQUICNftables(t *testing.T) {
-	w := newQUICWorld(t, true)
-	testH3Allowed(t, w)
+// TestQUICIPv6: the UDP side of a listener on [::], intercepted with
+// ip6tables TPROXY: an HTTP/3 GET to srv's IPv6 address, and a denied name
+// refused.
+func TestQUICIPv6(t *testing.T) {
+	w := newQUICWorld(t, quicIP6Tables)
+	testH3Allowed(t, w, srvAddr6)
+	from := w.log.mark()
+	_, src, err := w.quicDial(t, "["+srvAddr6+"]:443", "x.ads.test")
+	var te *quic.TransportError
+	if !errors.As(err, &te) || !te.Remote || te.ErrorCode != iquic.CodeAccessDenied {
+		t.Fatalf("dial x.ads.test over IPv6: %v; want the remote CRYPTO_ERROR 0x131", err)
+	}
+	w.log.expect(t, from, "the denied IPv6 flow", bySrc(src), want{
+		listener: "quic6", dst: "[" + srvAddr6 + "]:443", fqdn: "x.ads.test", protocol: []string{"quic"}, rule: rule("ads"), action: "deny",
+	})
 }
 
-func testH3Allowed(t *testing.T, w *quicWorld) {
+// TestQUICNftables: the nftables recipe carries an HTTP/3 GET too.
+func TestQUICNftables(t *testing.T) {
+	w := newQUICWorld(t, quicNFTables)
+	testH3Allowed(t, w, srvAddr)
+}
+
+// testH3Allowed GETs 1 MiB over HTTP/3 from allowed.test at addr (an IPv4
+// or IPv6 address of srv).
+func testH3Allowed(t *testing.T, w *quicWorld, addr string) {
 	from := w.log.mark()
-	client, done := w.h3Client(t, map[string]string{"allowed.test": srvAddr})
+	client, done := w.h3Client(t, map[string]string{"allowed.test": addr})
 	start := time.Now()
 	resp, err := client.Get("https://allowed.test/body")
 	if err != nil {
@@ -240,8 +296,12 @@ func testH3Allowed(t *testing.T, w *quicWorld) {
 		t.Fatalf("GET /body: status %d, %d bytes, %v; want 200 and %d bytes with sha256 %x", resp.StatusCode, len(got), err, quicBody, sha256.Sum256(body))
 	}
 	t.Logf("HTTP/3 GET of %d bytes in %v (%s)", len(got), elapsed.Round(time.Millisecond), resp.Proto)
-	line := w.log.expect(t, from, "the HTTP/3 flow", byListener("quic"), want{
-		listener: "quic", dst: srvAddr + ":443", fqdn: "allowed.test", fqdnSource: "sni", protocol: []string{"quic"},
+	listener, dst := "quic", srvAddr+":443"
+	if strings.Contains(addr, ":") {
+		listener, dst = "quic6", "["+addr+"]:443"
+	}
+	line := w.log.expect(t, from, "the HTTP/3 flow", byListener(listener), want{
+		listener: listener, dst: dst, fqdn: "allowed.test", fqdnSource: "sni", protocol: []string{"quic"},
 		rule: rule("allowed"), action: "allow", reasonHas: "closed: idle timeout",
 	})
 	var counts struct {
@@ -408,7 +468,7 @@ func quicMetrics(w *quicWorld) (map[string]float64, error) {
 // its CRYPTO frames. A denied name is refused in QUIC.
 func TestQUICChromium(t *testing.T) {
 	requireTools(t, "chromium")
-	w := newQUICWorld(t, false)
+	w := newQUICWorld(t, quicIPTables)
 	leaf, err := x509.ParseCertificate(credentials.cert.Certificate[0])
 	if err != nil {
 		t.Fatal(err)
