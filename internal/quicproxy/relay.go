@@ -146,12 +146,22 @@ func newRelay(f *flow, dst netip.AddrPort) (*relay, error) {
 		up.Close()
 		return nil, fmt.Errorf("socket from %s to the client: %w", f.key.orig, err)
 	}
+	for _, c := range []*net.UDPConn{up, client} {
+		c.SetReadBuffer(flowBuffer)
+		c.SetWriteBuffer(flowBuffer)
+	}
 	return &relay{
 		f: f, dst: dst, client: client, up: up,
 		cb: newBatchConn(client, f.key.orig.Addr().Is6()), ub: newBatchConn(up, dst.Addr().Is6()),
 		downDone: make(chan struct{}),
 	}, nil
 }
+
+// flowBuffer is the socket buffer each way of a relayed flow's sockets
+// (capped by net.core.rmem_max and wmem_max): room for a burst of a fast
+// transfer while the relay is not scheduled. The kernel takes memory
+// only for datagrams queued.
+const flowBuffer = 1 << 20
 
 func (r *relay) close() {
 	r.closeOnce.Do(func() {
