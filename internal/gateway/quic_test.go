@@ -114,3 +114,49 @@ func equalJSON(a, b any) bool {
 	y, _ := json.Marshal(b)
 	return bytes.Equal(x, y)
 }
+
+// TestQUICReload: a reload keeps the UDP side as it was bound and says
+// when a change to it needs a restart.
+func TestQUICReload(t *testing.T) {
+	parse := func(udp string) *State {
+		t.Helper()
+		cfg, err := config.Parse("quic.yaml", []byte(`listeners:
+  - {name: t, mode: transparent, address: 127.0.0.1:0, tproxy: true`+udp+`}
+policy: {default: deny}
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pol, err := cfg.Compile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &State{Config: cfg, Policy: pol}
+	}
+	g := New(parse(", udp: true"), slog.New(slog.NewTextHandler(io.Discard, nil)), accesslog.New(io.Discard, "json"))
+	if err := g.Bind(context.Background()); err != nil {
+		if strings.Contains(err.Error(), "CAP_NET_ADMIN") {
+			t.Skipf("IP_TRANSPARENT needs CAP_NET_ADMIN: %v", err)
+		}
+		t.Fatal(err)
+	}
+	defer g.closeListeners()
+	for _, tc := range []struct {
+		udp, want string
+	}{
+		{", udp: true, quic_deny: drop", ""},
+		{"", "listener t: udp or its address changed"},
+	} {
+		restart, err := g.Reload(parse(tc.udp))
+		got := strings.Join(restart, "\n")
+		if err != nil || tc.want == "" && strings.Contains(got, "udp") || tc.want != "" && !strings.Contains(got, tc.want) {
+			t.Errorf("Reload(%q) = %q, %v; want %q", tc.udp, restart, err, tc.want)
+		}
+		if tc.want == "" && !g.quicParams(g.udp[0]).Drop {
+			t.Errorf("after Reload(%q), new flows do not take quic_deny: drop", tc.udp)
+		}
+	}
+	if p := g.quicParams(g.udp[0]); p.Listener != "t" || p.Transparent != true {
+		t.Errorf("quicParams after the reloads = %+v; want the bound listener's", p)
+	}
+}
