@@ -1,0 +1,226 @@
+package quicproxy
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/quic"
+)
+
+// verdict is what becomes of one client datagram of a relayed flow.
+type verdict uint8
+
+const (
+	pass    verdict = iota // relay it
+	held                   // kept until a new connection is decided
+	dropped                // counted and forgotten
+)
+
+// inspectLocked decides one client datagram of a relayed flow. A
+// short-header packet passes: it belongs to a connection the server
+// already has. Long-header packets are read: a Handshake or 0-RTT packet
+// passes (the server cannot open it without the Initial of its connection),
+// an Initial passes if the keys of a decided connection open it, and any
+// other Initial starts a recheck. A client never sends a Retry or Version
+// Negotiation packet, and an unknown version is not relayed.
+func (r *relay) inspectLocked(d []byte) verdict {
+	if len(d) == 0 {
+		r.f.s.stats.drop(dropMalformed, 1)
+		return dropped
+	}
+	if !hasLongHeader(d) {
+		return pass
+	}
+	pkts, err := quic.ParseDatagram(d, r.pkts[:0])
+	defer func() { clear(pkts); r.pkts = pkts[:0] }()
+	if err != nil {
+		r.f.s.stats.drop(dropMalformed, 1)
+		return dropped
+	}
+	unknown := false
+	for i := range pkts {
+		switch p := &pkts[i]; p.Type {
+		case quic.Initial:
+			if !r.opensLocked(p) {
+				unknown = true
+			}
+		case quic.ZeroRTT, quic.Handshake, quic.ShortHeader:
+		default:
+			r.f.s.stats.drop(dropUnknownVersion, 1)
+			return dropped
+		}
+	}
+	if !unknown {
+		return pass
+	}
+	return r.recheckLocked(d, pkts)
+}
+
+// opensLocked reports whether the keys of a decided connection open p.
+func (r *relay) opensLocked(p *quic.Packet) bool {
+	for i := range r.keys {
+		k := &r.keys[i]
+		out, pn, err := k.keys.Open(r.plain[:0], p, k.largest)
+		if cap(out) > cap(r.plain) {
+			r.plain = out[:0]
+		}
+		if err == nil {
+			k.largest = max(k.largest, int64(pn))
+			return true
+		}
+	}
+	return false
+}
+
+// recheck is a connection started on a relayed flow whose Initial packets
+// no decided connection's keys open: a client's new ClientHello after a
+// Retry, or another connection from the same socket. Its datagrams are
+// held until its hello is decided.
+type recheck struct {
+	asm       quic.Assembler
+	held      [][]byte
+	heldBytes int
+	deadline  time.Time
+	deciding  bool
+}
+
+// recheckLocked holds d, whose Initial packets (pkts) no decided
+// connection opens, for the connection they start; one such connection is
+// decided at a time.
+func (r *relay) recheckLocked(d []byte, pkts []quic.Packet) verdict {
+	f, s := r.f, r.f.s
+	now := time.Now()
+	c := r.check
+	if c != nil && !c.deciding && now.After(c.deadline) {
+		s.stats.drop(dropUndecided, len(c.take(s)))
+		r.check, c = nil, nil
+	}
+	if c == nil {
+		// Retried: the connection ID after a Retry is the server's, of any
+		// length. A new connection with a short one gets no further for
+		// it: its name is decided all the same (and servers drop it).
+		c = &recheck{deadline: now.Add(f.p.HelloTimeout)}
+		c.asm.Retried = true
+		if c.asm.AddDatagram(d); c.asm.DCID() == nil {
+			s.stats.drop(dropMalformed, 1)
+			return dropped
+		}
+		r.check = c
+	} else {
+		if !c.owns(pkts) {
+			s.stats.drop(dropHeldFull, 1) // a third connection: one at a time
+			return dropped
+		}
+		if !c.deciding {
+			c.asm.AddDatagram(d)
+		}
+	}
+	if !c.hold(s, d) {
+		return dropped
+	}
+	switch c.asm.Status() {
+	case quic.Complete:
+		if !c.deciding {
+			c.deciding = true
+			s.wg.Add(1)
+			go r.decide(c)
+		}
+	case quic.Invalid:
+		s.stats.drop(dropUndecided, len(c.take(s)))
+		r.check = nil
+	}
+	return held
+}
+
+// owns reports whether pkts hold an Initial packet of c's connection.
+func (c *recheck) owns(pkts []quic.Packet) bool {
+	for i := range pkts {
+		if p := &pkts[i]; p.Type == quic.Initial && p.Version == c.asm.Version() && string(p.DCID) == string(c.asm.DCID()) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *recheck) hold(s *Server, d []byte) bool {
+	if len(c.held) >= maxHeldPerFlow || c.heldBytes+len(d) > maxHeldBytesPerFlow {
+		s.stats.drop(dropHeldFull, 1)
+		return false
+	}
+	if s.held.Add(int64(len(d))) > maxHeldBytes {
+		s.held.Add(-int64(len(d)))
+		s.stats.drop(dropHeldFull, 1)
+		return false
+	}
+	c.held = append(c.held, append([]byte(nil), d...))
+	c.heldBytes += len(d)
+	return true
+}
+
+func (c *recheck) take(s *Server) [][]byte {
+	h := c.held
+	s.held.Add(-int64(c.heldBytes))
+	c.held, c.heldBytes = nil, 0
+	return h
+}
+
+// decide decides a rechecked connection as a new flow would be, with a
+// line of its own when it is refused. It passes only if it is allowed to
+// the flow's own server: the flow's socket goes nowhere else.
+func (r *relay) decide(c *recheck) {
+	f, s := r.f, r.f.s
+	defer s.wg.Done()
+	rec := accesslog.Record{
+		Start: time.Now(), Listener: f.p.Listener, Src: f.key.src, Dst: f.key.orig,
+		Protocol: accesslog.ProtocolQUIC, FQDNSource: accesslog.FromNone, Enforced: f.p.Enforce,
+	}
+	info, ok := parseHello(c.asm.Hello())
+	var v Verdict
+	if ok {
+		v = s.cfg.Decide(s.ctx, &rec, &Hello{Src: f.key.src, Orig: f.key.orig, Info: info})
+	} else {
+		rec.Action, rec.Reason = accesslog.Deny, "malformed TLS ClientHello in QUIC Initial packets"
+	}
+	f.mu.Lock()
+	if f.st != relaying || r.check != c {
+		f.mu.Unlock()
+		return // the flow ended; its end dropped what was held
+	}
+	r.check = nil
+	heldDatagrams := c.take(s)
+	if ok && v.Allow && v.Dst == r.dst {
+		keys, err := quic.ClientInitialKeys(c.asm.Version(), c.asm.DCID())
+		if err == nil {
+			r.keys = append(r.keys, knownKeys{keys: keys, largest: -1})
+			if rec.FQDN != f.rec.FQDN {
+				f.rec.Reason += fmt.Sprintf("; another connection on this flow named %q (%s)", rec.FQDN, rec.Reason)
+			}
+			for _, d := range heldDatagrams {
+				r.forwardLocked(d)
+			}
+			f.mu.Unlock()
+			if rec.Action == accesslog.Deny {
+				s.cfg.Logged(&rec) // report-only: a deny let through has its line
+			}
+			return
+		}
+	}
+	var closePkt []byte
+	if !f.p.Drop {
+		closePkt, _ = c.asm.AppendClose(nil, quic.CodeAccessDenied, denyPhrase(rec.Rule))
+	}
+	f.mu.Unlock()
+	s.stats.drop(dropDenied, len(heldDatagrams))
+	if closePkt != nil && s.closes.allow(time.Now()) {
+		if _, err := r.client.Write(closePkt); err == nil {
+			s.stats.closes.Add(1)
+		}
+	}
+	rec.Action, rec.Enforced = accesslog.Deny, true
+	if ok && v.Allow {
+		rec.Reason = fmt.Sprintf("a second QUIC connection on the flow to %s names %s, to be relayed to %s: refused (%s)", r.dst, rec.FQDN, v.Dst, rec.Reason)
+	}
+	rec.Reason += fmt.Sprintf("; on a flow allowed for %q", f.rec.FQDN)
+	s.cfg.Logged(&rec)
+}
