@@ -229,6 +229,31 @@ func TestRetry(t *testing.T) {
 	}
 }
 
+// TestVersionNegotiation: a client that starts in QUIC v2 with a server
+// that speaks only v1 gets the server's Version Negotiation packet through
+// the flow, and its new v1 connection on the same flow is decided and
+// passes.
+func TestVersionNegotiation(t *testing.T) {
+	srv := startEchoServer(t, false, quic.Version1)
+	w := newWorld(t, srv.addr, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := w.dial(ctx, allowedName, &quic.Config{Versions: []quic.Version{quic.Version2, quic.Version1}})
+	if err != nil {
+		t.Fatalf("dial in v2 to a v1 server through the listener: %v", err)
+	}
+	if got := conn.ConnectionState().Version; got != quic.Version1 {
+		t.Errorf("negotiated %v, want v1", got)
+	}
+	if sent, got := echo(t, ctx, conn, 64<<10); sent != got {
+		t.Error("echo after version negotiation came back different")
+	}
+	conn.CloseWithError(0, "")
+	if l := w.line(); l.Action != accesslog.Allow || l.FQDN != allowedName {
+		t.Errorf("line %+v; want one allow", l)
+	}
+}
+
 // TestSecondConnection: on the address and port of an allowed flow, a
 // second connection (an Initial no decided connection's keys open) is
 // held until its own hello is decided. One naming a denied server never

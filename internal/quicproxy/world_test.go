@@ -148,8 +148,11 @@ type echoServer struct {
 	tr   *quic.Transport
 }
 
-func startEchoServer(t *testing.T, retry bool) *echoServer {
+func startEchoServer(t *testing.T, retry bool, versions ...quic.Version) *echoServer {
 	t.Helper()
+	if versions == nil {
+		versions = []quic.Version{quic.Version1, quic.Version2}
+	}
 	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +162,7 @@ func startEchoServer(t *testing.T, retry bool) *echoServer {
 		tr.VerifySourceAddress = func(net.Addr) bool { return true }
 	}
 	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{testCert(t)}, NextProtos: []string{"echo", "h3"}},
-		&quic.Config{Versions: []quic.Version{quic.Version1, quic.Version2}})
+		&quic.Config{Versions: versions})
 	if err != nil {
 		t.Fatal(err)
 	}
