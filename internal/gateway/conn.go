@@ -171,7 +171,7 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 	rec.JA4 = fingerprint(p)
 	rawName := ""
 	switch {
-	case p.Protocol == peek.TLS:
+	case carriesHello(p):
 		rec.ALPN = p.Hello.ALPN.Strings() // copies: the log outlives the peek buffer
 		if p.Hello.HasSNI {
 			rawName, rec.FQDNSource = string(p.Hello.ServerName), accesslog.FromSNI
@@ -209,10 +209,20 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 	return v
 }
 
+// carriesHello reports whether p holds a parsed ClientHello: from a TLS
+// connection's first bytes, or reassembled from a QUIC flow's Initial
+// packets (decideQUIC).
+func carriesHello(p *peek.Result) bool {
+	return (p.Protocol == peek.TLS || p.Protocol == accesslog.ProtocolQUIC) && p.HelloOK
+}
+
 // fingerprint is the client's JA4, "" without a parsed ClientHello.
 func fingerprint(p *peek.Result) string {
-	if p.Protocol != peek.TLS || !p.HelloOK {
+	switch {
+	case !carriesHello(p):
 		return ""
+	case p.Protocol == accesslog.ProtocolQUIC:
+		return clienthello.JA4(&p.Hello, clienthello.QUIC)
 	}
 	return clienthello.JA4(&p.Hello, clienthello.TCP)
 }
@@ -241,7 +251,7 @@ func (g *Gateway) decideName(ctx context.Context, st *State, lc *config.Listener
 // config_id. Either way the decision is on the outer SNI, the only name
 // visible. Every listener asks this one function.
 func (g *Gateway) realECH(src netip.Addr, name string, p *peek.Result) bool {
-	return p.Protocol == peek.TLS && p.Hello.ECHOuter && name != "" && g.clientNames != nil &&
+	return carriesHello(p) && p.Hello.ECHOuter && name != "" && g.clientNames != nil &&
 		g.clientNames.ECHConfigured(src, name, p.Hello.ECHConfigID)
 }
 

@@ -7,12 +7,10 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/accesslog"
-	"github.com/egressd/egressd/internal/clienthello"
 	"github.com/egressd/egressd/internal/config"
-	"github.com/egressd/egressd/internal/fqdn"
 	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/metrics"
-	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/peek"
 	"github.com/egressd/egressd/internal/quicproxy"
 )
 
@@ -93,29 +91,10 @@ func (g *Gateway) quicParams(u *udpListener) quicproxy.Params {
 // destination safety; refusing applies report-only mode.
 func (g *Gateway) decideQUIC(ctx context.Context, u *udpListener, rec *accesslog.Record, h *quicproxy.Hello) quicproxy.Verdict {
 	st := g.state.Load()
-	info := h.Info
-	rec.Protocol, rec.FQDN, rec.FQDNSource = accesslog.ProtocolQUIC, "", accesslog.FromNone
-	rec.ALPN = info.ALPN.Strings()
-	rec.JA4 = clienthello.JA4(info, clienthello.QUIC)
-	if name, ok := fqdn.Normalize(string(info.ServerName)); info.HasSNI && ok {
-		rec.FQDN, rec.FQDNSource = name, accesslog.FromSNI
-	}
-	rec.ECH = info.ECHOuter && rec.FQDN != "" && g.clientNames != nil &&
-		g.clientNames.ECHConfigured(rec.Src.Addr(), rec.FQDN, info.ECHConfigID)
-	if !info.HasSNI && g.clientNames != nil {
-		if n, ok := g.clientNames.Lookup(rec.Src.Addr(), h.Orig.Addr()); ok {
-			rec.FQDN, rec.FQDNSource = n, accesslog.FromDNS
-		}
-	}
-	in := policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: accesslog.ProtocolQUIC, JA4: rec.JA4}
-	v := g.decideName(ctx, st, u.config(st), in, rec.FQDNSource, h.Orig)
-	if v.dst.IsValid() {
-		rec.Dst = v.dst
-	}
-	if rec.ECH {
-		v.Reason += "; ECH: decided on the outer server name, the provider's public name"
-	}
-	rec.Rule, rec.Reason, rec.Action = v.Rule, v.Reason, logAction(v.Action)
+	// The flow's hello is decided as a TLS connection's first bytes are,
+	// by judge: the same name, ECH, name memory and policy steps.
+	p := peek.Result{Protocol: accesslog.ProtocolQUIC, Hello: *h.Info, HelloOK: true}
+	v := g.judge(ctx, st, u.config(st), rec, &p, h.Orig)
 	if g.refusing(st, v, rec) {
 		return quicproxy.Verdict{Unreachable: v.unreachable}
 	}
