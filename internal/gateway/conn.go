@@ -36,10 +36,12 @@ type verdict struct {
 	pol     *policy.Policy
 	// byName: the name was denied without being resolved (no dst).
 	byName bool
-	// unreachable: the policy allowed the name, but egressd has no
-	// address for it (it did not resolve): refused as a server that is
-	// down, not as a deny.
-	unreachable bool
+	// noAddr: egressd has no address for the name (it did not resolve).
+	// unreachable: and the policy allowed it. Either way, when the
+	// policy's own answer would have let the client through (an allow, or
+	// a deny that report-only mode waives), the client is told the server
+	// cannot be reached, as when it is down, not that policy denied it.
+	noAddr, unreachable bool
 }
 
 // handle is one connection's life up to its relay, in its steps: the
@@ -88,7 +90,7 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	v := g.judge(ctx, s.st, s.lc, &s.rec, &p, orig)
 	switch {
 	case g.refusing(s.st, v, &s.rec):
-		if v.unreachable && p.Protocol == peek.TLS {
+		if v.noAddr && (v.unreachable || !s.st.Config.Policy.Enforce) && p.Protocol == peek.TLS {
 			refuse.TLSAlert(c, p.Hello.RecordVersion, refuse.AlertInternalError)
 			return false
 		}
@@ -346,7 +348,7 @@ func noRoute(d policy.Decision, why string) verdict {
 	} else {
 		d.Reason = why + "; " + d.Reason
 	}
-	return verdict{Decision: d, unreachable: allowed}
+	return verdict{Decision: d, unreachable: allowed, noAddr: true}
 }
 
 // decideTransparent decides on the original destination and the name the

@@ -181,3 +181,21 @@ policy:
 		t.Errorf("the denied name reached the upstream: %q", got)
 	}
 }
+
+// TestUnresolvableReportOnly: in report-only mode a name the policy would
+// deny but lets through, and that does not resolve, is refused for the
+// missing address, not for the policy: internal_error, as the README's
+// first try on a machine without outside DNS shows.
+func TestUnresolvableReportOnly(t *testing.T) {
+	w := newWorld(t, records{}, "policy: {enforce: false, default: deny}\n")
+	c, err := net.Dial("tcp", w.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc := tls.Client(c, &tls.Config{ServerName: "nowhere.test", InsecureSkipVerify: true})
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := tc.Handshake(); err == nil || !strings.Contains(err.Error(), "internal error") {
+		t.Errorf("report-only, a name that does not resolve: %v, want an internal_error alert", err)
+	}
+}
