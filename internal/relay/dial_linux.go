@@ -67,6 +67,16 @@ func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, time
 		unix.Close(fd)
 		return nil, fail(os.NewSyscallError("connect", err))
 	}
+	// Connected at once, or, on loopback and other local paths, the
+	// handshake has run inside connect: one poll(2) instead of parking
+	// until the loop reports it, and the socket joins the loop without
+	// EPOLLOUT (see interest). Otherwise EPOLLOUT tells the loop that the
+	// connect has ended.
+	done := err == nil || established(fd)
+	if done {
+		c.connected = nil
+	}
+	c.upstream.writable, c.upstream.out = done, !done
 	l.mu.Lock()
 	rerr := l.register(&c.upstream)
 	l.mu.Unlock()
@@ -74,12 +84,7 @@ func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, time
 		unix.Close(fd)
 		return nil, fail(rerr)
 	}
-	if err == nil || established(fd) {
-		// Connected at once, or, on loopback and other local paths, the
-		// handshake has run inside connect: one poll(2) instead of
-		// parking until the loop reports it. (The loop still notes the
-		// readiness, and closes connected for nobody.)
-		c.upstream.markWritable()
+	if done {
 		return c, nil
 	}
 	timer := time.NewTimer(timeout)

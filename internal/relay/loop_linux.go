@@ -35,8 +35,9 @@ import (
 // out of its sleep into a 20 µs polling loop; were it only ever busy, an
 // idle gateway would hold a P for ever. (While a loop is busy, sysmon
 // signals it every 10 ms to preempt it; the wait ends with EINTR and
-// resumes.) The sockets are registered edge-triggered, once, for both
-// directions: no epoll_ctl while bytes move.
+// resumes.) The sockets are registered edge-triggered, once, for reading
+// and their peer's FIN; EPOLLOUT joins a socket's interest only once a
+// write finds it full (see interest): no epoll_ctl while bytes move.
 
 // Loops is a set of event loops. Dial and Adopt put each new connection on
 // the next loop in turn: a connection's events are handled by one
@@ -131,6 +132,9 @@ type loop struct {
 	// stopping is set by stop: run ends the loop at its next wake-up.
 	stopping atomic.Bool
 	now      int64 // time of the batch of events being handled
+	// buf is where a direction that carries small messages copies them
+	// (see copyIn); they leave it in the same call.
+	buf []byte
 	// readied: the batch made a goroutine runnable (a dial's waiter, the
 	// log writer) on this loop's P, which the loop holds while it waits.
 	// One woken unseen (a waiter on a mutex the loop released) is taken
@@ -199,7 +203,7 @@ func newLoop() (*loop, error) {
 		unix.Close(epfd)
 		return nil, err
 	}
-	return &loop{epfd: epfd, efd: efd, pfd: pfd, file: f, raw: raw}, nil
+	return &loop{epfd: epfd, efd: efd, pfd: pfd, file: f, raw: raw, buf: make([]byte, copyMax)}, nil
 }
 
 // stop asks the loop to end, from another goroutine.
@@ -229,7 +233,24 @@ func (l *loop) close() {
 	unix.Close(l.epfd)
 }
 
-const sockEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+// interest is what s's socket is registered for, edge-triggered: its
+// bytes and its peer's FIN unless muted, and EPOLLOUT only once a write to
+// it has found it full (out), or while its connect is in progress. An
+// established socket with room to write is ready for EPOLLOUT at once: in
+// the interest from the start, each registration would wake the loop for
+// an event that moves nothing, on one CPU a switch to the loop's thread
+// and back, twice per connection. Errors and hang-ups are reported
+// whatever the interest.
+func (s *side) interest() uint32 {
+	ev := uint32(unix.EPOLLRDHUP | unix.EPOLLET)
+	if !s.muted {
+		ev |= unix.EPOLLIN
+	}
+	if s.out {
+		ev |= unix.EPOLLOUT
+	}
+	return ev
+}
 
 // add registers an attached Conn's client socket (its upstream is in
 // already, since Dial) and turns the Conn to relaying.
@@ -240,11 +261,16 @@ func (l *loop) add(c *Conn) error {
 	// cannot act on (and maybe close) this connection before all is in.
 	l.mu.Lock()
 	// The client socket is established and nothing is queued on it: the
-	// first bytes for it go out without waiting for its EPOLLOUT, which
-	// may come later in the same batch of events. (Taken for unwritable,
-	// the direction would mute its source and unmute it at that event:
-	// two epoll_ctl calls per connection.)
+	// first bytes for it go out at once, and it is registered without
+	// EPOLLOUT (see interest). (Taken for unwritable, the direction would
+	// mute its source and unmute it at an event: two epoll_ctl calls per
+	// connection.)
 	c.client.writable = true
+	// Bytes or an EOF that came from the upstream before the Conn
+	// relayed were only noted (see handle); the client's EPOLLOUT, ready
+	// at once, then makes the loop pump them. Any later event finds the
+	// Conn relaying.
+	c.client.out = c.upstream.readable
 	err := l.register(&c.client)
 	if err == nil {
 		c.relaying = true
@@ -274,7 +300,7 @@ func (l *loop) register(s *side) error {
 	l.table[s.fd] = s
 	l.gen++
 	s.gen = l.gen
-	ev := unix.EpollEvent{Events: sockEvents, Fd: int32(s.fd), Pad: s.gen}
+	ev := unix.EpollEvent{Events: s.interest(), Fd: int32(s.fd), Pad: s.gen}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
 		l.table[s.fd] = nil
 		return os.NewSyscallError("epoll_ctl", err)
@@ -299,16 +325,35 @@ func (s *side) markWritable() {
 // resumes. Putting EPOLLIN back reports any data
 // already waiting, as a new edge.
 func (l *loop) mute(s *side, on bool) error {
-	ev := unix.EpollEvent{Events: sockEvents, Fd: int32(s.fd), Pad: s.gen}
-	if on {
-		ev.Events &^= unix.EPOLLIN
-	}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, s.fd, &ev); err != nil {
-		return os.NewSyscallError("epoll_ctl", err)
-	}
+	was := s.muted
 	s.muted = on
+	if err := l.modify(s); err != nil {
+		s.muted = was
+		return err
+	}
 	if on {
 		mutes.Add(1)
+	}
+	return nil
+}
+
+// watchOut puts EPOLLOUT into s's interest, after a write found its
+// socket full; it stays there. (Space freed meanwhile is reported by the
+// modification itself.)
+func (l *loop) watchOut(s *side) error {
+	s.out = true
+	if err := l.modify(s); err != nil {
+		s.out = false
+		return err
+	}
+	return nil
+}
+
+// modify registers s's interest anew.
+func (l *loop) modify(s *side) error {
+	ev := unix.EpollEvent{Events: s.interest(), Fd: int32(s.fd), Pad: s.gen}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, s.fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
 	}
 	return nil
 }
@@ -458,6 +503,11 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 	return nil
 }
 
+// copyMax is the loop's copy buffer: a direction copies what it reads
+// until one read fills it, then splices (see copyIn). A TLS record is at
+// most 16 KiB and a handshake's flight a few KiB.
+const copyMax = 16 << 10
+
 // quietSpell is how long a busy loop waits for events in the kernel
 // before it parks in the runtime's poller.
 const quietSpell = 5 // ms
@@ -507,6 +557,12 @@ func (l *loop) handle(events []unix.EpollEvent) {
 		if s != nil {
 			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 				s.readable = true
+			}
+			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLERR) == unix.EPOLLRDHUP {
+				s.rdhup = true
+			}
+			if ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				s.hup = true
 			}
 			if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 				s.writable = true

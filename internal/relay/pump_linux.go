@@ -51,6 +51,13 @@ type side struct {
 	// muted: EPOLLIN is out of the socket's interest while the bytes it
 	// gave cannot be written on (see mute).
 	muted bool
+	// rdhup: an event reported the peer's FIN (EPOLLRDHUP without an
+	// error): once a read has emptied the socket, the next would say EOF.
+	// hup: one reported a hang-up or an error, after which no edge comes:
+	// a read that empties the socket is not its last.
+	rdhup, hup bool
+	// out: EPOLLOUT is in the socket's interest (see interest).
+	out bool
 }
 
 // dir is one direction: bytes from src, through a pooled pipe held only
@@ -58,6 +65,11 @@ type side struct {
 type dir struct {
 	src, dst *side
 	head     []byte // bytes to write to dst before any spliced ones (not counted in n)
+	// held is what a copy read and could not yet write (counted in n
+	// once written); splicing turns true once a read fills the loop's
+	// buffer (see copyIn).
+	held     []byte
+	splicing bool
 	p        *pipe
 	pending  int // bytes in p not yet written to dst
 	n        int64
@@ -145,7 +157,16 @@ func (c *Conn) pump() {
 func (c *Conn) move(d *dir) {
 	for !d.done {
 		if !c.out(d) {
-			if !c.closed && !d.dst.writable && !d.src.muted {
+			if c.closed || d.dst.writable {
+				return
+			}
+			if !d.dst.out {
+				if err := c.l.watchOut(d.dst); err != nil {
+					c.fail(d, nil, err, nil) // never told when it drains
+					return
+				}
+			}
+			if !d.src.muted {
 				c.l.mute(d.src, true) // best effort: unmuted, it only wakes more
 			}
 			return
@@ -162,6 +183,12 @@ func (c *Conn) move(d *dir) {
 		}
 		if !d.src.readable {
 			return
+		}
+		if !d.splicing {
+			if !c.copyIn(d) {
+				return
+			}
+			continue
 		}
 		if d.p == nil {
 			p, err := getPipe()
@@ -200,6 +227,66 @@ func (c *Conn) move(d *dir) {
 	}
 }
 
+// copyIn reads what src holds into the loop's buffer and writes it to
+// dst, while a direction carries small messages (a TLS handshake's, an
+// API call's): a read and a write, where splice needs one into a pipe,
+// one out of it and a third to hear EAGAIN. A read that returns less than
+// the buffer has emptied the socket (TCP reads everything queued), so the
+// socket waits for its next edge without that third call; and with its
+// peer's FIN already reported, the EOF needs no read either. A read that
+// fills the buffer is a bulk transfer: the direction splices from then
+// on. It reports false when the direction stops for now or has ended.
+func (c *Conn) copyIn(d *dir) bool {
+	buf := c.l.buf
+	n, err := readNB(d.src.fd, buf)
+	switch {
+	case err == unix.EINTR:
+		return true
+	case err == unix.EAGAIN:
+		d.src.readable = false
+		return false
+	case err != nil:
+		var linger *side
+		if err == unix.ECONNRESET {
+			linger = d.dst
+		}
+		c.fail(d, d.src, d.src.opError("read", err), linger)
+		return false
+	case n == 0:
+		d.eof = true
+		return true
+	}
+	c.last = c.l.now
+	switch {
+	case n == len(buf):
+		d.splicing = true
+	case d.src.rdhup:
+		d.eof = true
+	case !d.src.hup:
+		d.src.readable = false
+	}
+	b := buf[:n]
+	for len(b) > 0 {
+		m, err := writeNB(d.dst.fd, b)
+		switch err {
+		case nil:
+			b = b[m:]
+			d.n += int64(m)
+			continue
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			d.dst.writable = false
+			d.held = append(d.held[:0], b...) // rare: the buffer is the loop's
+		default:
+			c.writeFailed(d, err)
+			return false
+		}
+		break
+	}
+	return true
+}
+
 // writeFailed ends the connection on a failed write to d's destination. A
 // destination that reset is passed back to the source as a reset, as a
 // reset read is passed forward: a client reading to EOF must not take a
@@ -216,7 +303,7 @@ func (c *Conn) writeFailed(d *dir, err error) {
 // pipe's. It reports false when the destination is full or the write
 // failed (and the connection ended).
 func (c *Conn) out(d *dir) bool {
-	for len(d.head) > 0 || d.pending > 0 {
+	for len(d.head) > 0 || len(d.held) > 0 || d.pending > 0 {
 		if !d.dst.writable {
 			return false
 		}
@@ -225,6 +312,12 @@ func (c *Conn) out(d *dir) bool {
 			var n int
 			if n, err = writeNB(d.dst.fd, d.head); err == nil {
 				d.head = d.head[n:]
+			}
+		} else if len(d.held) > 0 {
+			var n int
+			if n, err = writeNB(d.dst.fd, d.held); err == nil {
+				d.held = d.held[n:]
+				d.n += int64(n)
 			}
 		} else {
 			var n int

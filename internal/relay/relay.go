@@ -7,9 +7,11 @@
 // (Loops.Adopt).
 //
 // A set of event loops (Loops: Dial or Adopt, then Attach and Start) holds
-// both sockets and moves bytes with splice(2) through a pipe that is taken
-// from a shared pool only while bytes are moving, and given back as soon
-// as the source has nothing more to read. An idle proxied connection so
+// both sockets. A direction copies its first, small messages (a TLS
+// handshake's) through the loop's buffer; once a read fills it, it moves
+// bytes with splice(2) through a pipe that is taken from a shared pool
+// only while bytes are moving, and given back as soon as the source has
+// nothing more to read. An idle proxied connection so
 // holds exactly its two sockets: no pipe, no buffer, no goroutine. (io.Copy
 // between two TCPConns splices too, but holds a pipe per direction for the
 // connection's whole life: four extra fds and their kernel memory per idle
