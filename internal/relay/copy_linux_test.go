@@ -105,8 +105,8 @@ func TestCopyHeldWhileFull(t *testing.T) {
 	}
 	c.client.readable = true
 	c.move(&c.up)
-	if !bytes.Equal(c.up.held, msg) || c.up.n != 0 || c.upstream.writable {
-		t.Fatalf("held %q, counted %d, writable %v; want the message held, uncounted", c.up.held, c.up.n, c.upstream.writable)
+	if !bytes.Equal(c.up.head, msg) || c.up.n != 0 || c.upstream.writable {
+		t.Fatalf("held %q, counted %d, writable %v; want the message held, uncounted", c.up.head, c.up.n, c.upstream.writable)
 	}
 	if !c.upstream.out || !c.client.muted || c.up.splicing {
 		t.Fatalf("out %v, muted %v, splicing %v; want EPOLLOUT watched, the source muted, still copying", c.upstream.out, c.client.muted, c.up.splicing)
@@ -130,8 +130,8 @@ func TestCopyHeldWhileFull(t *testing.T) {
 	}
 	c.upstream.writable = true
 	c.move(&c.up)
-	if len(c.up.held) != 0 || c.up.n != int64(len(msg)) || c.client.muted {
-		t.Fatalf("held %q, counted %d, muted %v after the drain; want all written and counted, the source listened to", c.up.held, c.up.n, c.client.muted)
+	if len(c.up.head) != 0 || c.up.n != int64(len(msg)) || c.client.muted {
+		t.Fatalf("held %q, counted %d, muted %v after the drain; want all written and counted, the source listened to", c.up.head, c.up.n, c.client.muted)
 	}
 	for deadline := time.Now().Add(5 * time.Second); len(got) < filled+len(msg); {
 		n, err := unix.Read(r, buf)

@@ -64,11 +64,13 @@ type side struct {
 // while they move, to dst.
 type dir struct {
 	src, dst *side
-	head     []byte // bytes to write to dst before any spliced ones (not counted in n)
-	// held is what a copy read and could not yet write (counted in n
-	// once written); splicing turns true once a read fills the loop's
-	// buffer (see copyIn).
-	held     []byte
+	// head is bytes to write to dst before any spliced ones: the first
+	// bytes Attach was given (not counted in n), or, with copied set,
+	// what a copy read and could not yet write (counted once written).
+	head   []byte
+	copied bool
+	// splicing turns true once a read fills the loop's buffer (see
+	// copyIn).
 	splicing bool
 	p        *pipe
 	pending  int // bytes in p not yet written to dst
@@ -277,7 +279,7 @@ func (c *Conn) copyIn(d *dir) bool {
 			continue
 		case unix.EAGAIN:
 			d.dst.writable = false
-			d.held = append(d.held[:0], b...) // rare: the buffer is the loop's
+			d.head, d.copied = append(d.head[:0], b...), true // rare: the buffer is the loop's
 		default:
 			c.writeFailed(d, err)
 			return false
@@ -303,7 +305,7 @@ func (c *Conn) writeFailed(d *dir, err error) {
 // pipe's. It reports false when the destination is full or the write
 // failed (and the connection ended).
 func (c *Conn) out(d *dir) bool {
-	for len(d.head) > 0 || len(d.held) > 0 || d.pending > 0 {
+	for len(d.head) > 0 || d.pending > 0 {
 		if !d.dst.writable {
 			return false
 		}
@@ -312,12 +314,9 @@ func (c *Conn) out(d *dir) bool {
 			var n int
 			if n, err = writeNB(d.dst.fd, d.head); err == nil {
 				d.head = d.head[n:]
-			}
-		} else if len(d.held) > 0 {
-			var n int
-			if n, err = writeNB(d.dst.fd, d.held); err == nil {
-				d.held = d.held[n:]
-				d.n += int64(n)
+				if d.copied {
+					d.n += int64(n)
+				}
 			}
 		} else {
 			var n int
