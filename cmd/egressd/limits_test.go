@@ -26,9 +26,9 @@ func TestDerivedLimits(t *testing.T) {
 	writeReplace(t, w.path, w.config(allowA))
 	cmd := exec.Command("sh", "-c", `ulimit -n 40 && exec "$0" run --config "$1"`, os.Args[0], w.path)
 	w.p = startEgressdCmd(t, cmd)
-	// 40 files, a reserve of 20: 10 connections, a quarter of them per
-	// source and pending.
-	w.p.waitFor(true, "msg=limits", "max_connections=10 max_connections_per_source=2 max_pending_handshakes=2",
+	// 40 files, a reserve of 20: 10 connections, three quarters of them
+	// per source, a quarter pending.
+	w.p.waitFor(true, "msg=limits", "max_connections=10 max_connections_per_source=7 max_pending_handshakes=2",
 		"open-files limit 40")
 
 	var held []net.Conn

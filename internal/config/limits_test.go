@@ -12,15 +12,15 @@ func TestDeriveLimits(t *testing.T) {
 		want   Limits
 	}{
 		// Reserve 256 (the floor): (1024-256)/2.
-		{1024, Limits{MaxConnections: 384, MaxConnectionsPerSource: 96, MaxPendingHandshakes: 96, NoFile: 1024}},
+		{1024, Limits{MaxConnections: 384, MaxConnectionsPerSource: 288, MaxPendingHandshakes: 96, NoFile: 1024}},
 		// Reserve a tenth: (65536-6553)/2.
-		{65536, Limits{MaxConnections: 29491, MaxConnectionsPerSource: 7372, MaxPendingHandshakes: 7372, NoFile: 65536}},
-		{1048576, Limits{MaxConnections: 471859, MaxConnectionsPerSource: 117964, MaxPendingHandshakes: 117964, NoFile: 1048576}},
+		{65536, Limits{MaxConnections: 29491, MaxConnectionsPerSource: 22118, MaxPendingHandshakes: 7372, NoFile: 65536}},
+		{1048576, Limits{MaxConnections: 471859, MaxConnectionsPerSource: 353894, MaxPendingHandshakes: 117964, NoFile: 1048576}},
 		// A tiny limit still leaves half for connections, never "no limit".
-		{64, Limits{MaxConnections: 16, MaxConnectionsPerSource: 4, MaxPendingHandshakes: 4, NoFile: 64}},
+		{64, Limits{MaxConnections: 16, MaxConnectionsPerSource: 12, MaxPendingHandshakes: 4, NoFile: 64}},
 		{1, Limits{MaxConnections: 1, MaxConnectionsPerSource: 1, MaxPendingHandshakes: 1, NoFile: 1}},
 		// RLIM_INFINITY: capped at what the config could say.
-		{1<<64 - 1, Limits{MaxConnections: 1<<31 - 1, MaxConnectionsPerSource: (1<<31 - 1) / 4, MaxPendingHandshakes: (1<<31 - 1) / 4, NoFile: 1<<64 - 1}},
+		{1<<64 - 1, Limits{MaxConnections: 1<<31 - 1, MaxConnectionsPerSource: (1<<31 - 1) * 3 / 4, MaxPendingHandshakes: (1<<31 - 1) / 4, NoFile: 1<<64 - 1}},
 		// Unknown: no limits, as before.
 		{0, Limits{}},
 	}
@@ -76,7 +76,7 @@ func TestLimitsString(t *testing.T) {
 		want string
 	}{
 		{Limits{}, "max_connections=none max_connections_per_source=none max_pending_handshakes=none"},
-		{DeriveLimits(1024), "max_connections=384 max_connections_per_source=96 max_pending_handshakes=96 (keys not in the config derived from the open-files limit 1024)"},
+		{DeriveLimits(1024), "max_connections=384 max_connections_per_source=288 max_pending_handshakes=96 (keys not in the config derived from the open-files limit 1024)"},
 	} {
 		if got := tt.l.String(); got != tt.want {
 			t.Errorf("%+v.String() = %q, want %q", tt.l, got, tt.want)

@@ -64,16 +64,18 @@ var noFile = func() uint64 {
 // forwarder and resolver, the admin endpoint, log files): a tenth of the
 // limit, at least 256 (at most half). Past max_connections egressd refuses
 // at once instead of failing accepts and dials with EMFILE. One source may
-// hold a quarter of them, and a quarter may be pending handshakes, so that
-// neither one client nor a crowd of silent ones takes every place. noFile 0
-// (unknown) gives no limits.
+// hold three quarters of them, so that a quarter always stays for everyone
+// else while one busy client (a NAT, a node's pods, a benchmark's
+// loopback) is not cut short; a quarter may be pending handshakes, so that
+// a crowd of silent ones cannot take every place. noFile 0 (unknown) gives
+// no limits.
 func DeriveLimits(noFile uint64) Limits {
 	if noFile == 0 {
 		return Limits{}
 	}
 	reserve := min(max(256, noFile/10), noFile/2)
 	conns := min(max(1, (noFile-reserve)/2), math.MaxInt32)
-	return Limits{MaxConnections: int(conns), MaxConnectionsPerSource: int(max(1, conns/4)),
+	return Limits{MaxConnections: int(conns), MaxConnectionsPerSource: int(max(1, conns*3/4)),
 		MaxPendingHandshakes: int(max(1, conns/4)), NoFile: noFile}
 }
 
