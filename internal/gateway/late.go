@@ -68,13 +68,18 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 		p = peek.Peek(c, peek.Deadlines{FirstBytes: now.Add(cfg.Timeouts.FirstBytes), Complete: now.Add(cfg.Timeouts.ClientHello)})
 	}
 	defer peek.Release(&p)
-	a.stop()
-	g.track(up, false)
-	rec.BytesDown = a.n
 	after := time.Since(waitStart).Round(time.Millisecond)
+	// A refusal, or an end, stops the server's copy first, so that
+	// nothing it writes interleaves with the refusal.
+	stop := func() {
+		a.stop()
+		g.track(up, false)
+		rec.BytesDown = a.n
+	}
 	switch {
 	case err != nil || p.Protocol == peek.ServerFirst:
 		// The connection ended before the client said anything.
+		stop()
 		if err == nil {
 			err = p.Err
 		}
@@ -83,6 +88,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 		c.Close()
 		return false
 	case p.Err != nil:
+		stop()
 		rec.Protocol = p.Protocol
 		rec.Action, rec.Enforced = accesslog.Deny, true
 		rec.Reason = fmt.Sprintf("late first bytes after %v: %s (was: %s)", after, peekReason(p), rec.Reason)
@@ -92,6 +98,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 	case p.Protocol == peek.HTTP:
 		// The server has seen no byte of the client's: its connection is
 		// dropped, and each request goes out on a connection of its own.
+		stop()
 		up.Close()
 		rec.Reason += fmt.Sprintf("; late first bytes after %v are HTTP: each request is decided and logged on its own", after)
 		g.logConn(rec)
@@ -101,6 +108,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 	case p.Protocol == peek.TLS:
 		was := rec.Reason
 		if check(&p) {
+			stop()
 			rec.Reason = fmt.Sprintf("late first bytes after %v: %s (provisional server-first decision was: %s)", after, rec.Reason, was)
 			up.Close()
 			g.refuse(c, p, rec.Rule)
@@ -112,9 +120,24 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 		// MySQL's handshake response): no name to decide again.
 		rec.Reason += fmt.Sprintf("; client spoke after %v (%s)", after, p.Protocol)
 	}
+	// Allowed. The client's bytes go to the server at once, while the
+	// server's answer may still come back through the copy: the hand-over
+	// to the relay loop is kept off the first round trip. What the copy
+	// has not read when it stops stays in the socket for the loop.
+	up.SetWriteDeadline(time.Now().Add(cfg.Timeouts.Idle))
+	_, werr := up.Write(p.Data)
+	up.SetWriteDeadline(time.Time{})
+	stop()
+	if werr != nil {
+		rec.Reason += "; upstream side ended: " + werr.Error()
+		up.Close()
+		refuse.Reset(c)
+		return false
+	}
+	rec.BytesUp = int64(len(p.Data))
 	rc, err := g.loops.Adopt(up)
 	if err == nil {
-		err = rc.Attach(c, p.Data, cfg.Timeouts.Idle, func(res relay.Result) {
+		err = rc.Attach(c, nil, cfg.Timeouts.Idle, func(res relay.Result) {
 			s.relayed(rc, rec, res)
 		})
 	}
@@ -123,7 +146,6 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 		refuse.Reset(c)
 		return false
 	}
-	rec.BytesUp = int64(len(p.Data))
 	peek.Release(&p)
 	g.handOff(c, rc)
 	return true
