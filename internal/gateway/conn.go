@@ -318,13 +318,14 @@ func (g *Gateway) decideSNI(ctx context.Context, st *State, lc *config.Listener,
 // as a DNS query. Report-only mode resolves every name, denied ones too:
 // it lets them through, and a dial needs the address.
 func (g *Gateway) resolved(ctx context.Context, st *State, in policy.Input, port uint16) verdict {
-	if d, resolve := st.Policy.DecideName(in); !resolve && st.Config.Policy.Enforce {
+	d, resolve := st.Policy.DecideName(in)
+	if !resolve && st.Config.Policy.Enforce {
 		d.Reason += "; not resolved: denied by name"
 		return verdict{Decision: d, byName: true}
 	}
 	lk, err := g.lookups.Resolve(ctx, in.FQDN)
 	if err != nil {
-		return noRoute(st.Policy.Decide(in), err.Error())
+		return noRoute(d, err.Error())
 	}
 	in.Dst = lk.Addrs[0]
 	return verdict{
@@ -338,9 +339,7 @@ func (g *Gateway) resolved(ctx context.Context, st *State, in policy.Input, port
 
 // noRoute is the verdict when egressd has no address to dial: a deny,
 // whatever the policy said, with the reason leading with why. When the
-// policy allowed the name, unreachable says so: the client is then told
-// the server cannot be reached (as when it is down), not that policy
-// denied it.
+// policy allowed the name, unreachable says so.
 func noRoute(d policy.Decision, why string) verdict {
 	allowed := d.Action == policy.Allow
 	if allowed {

@@ -115,18 +115,18 @@ type target struct {
 
 // decide runs the policy for t: a name is resolved and all its answers
 // checked, an address is checked as it is. unresolved reports a name
-// without an address that no rule denies by itself: the client is told the
-// server cannot be reached (502, SOCKS 0x04) rather than that policy denied
-// it, since a rule with destinations might have allowed its address. A
-// rule that denies the name without an address still gets its 403.
+// without an address that the policy allowed, or that only the default
+// denied: the client is told the server cannot be reached (502, SOCKS
+// 0x04) rather than that policy denied it, since a rule with destinations
+// might have allowed its address. A rule that denies the name without an
+// address still gets its 403.
 func (x *explicitConn) decide(ctx context.Context, t target, user string, rec *accesslog.Record) (v verdict, unresolved bool) {
 	in := policy.Input{Src: x.src.Addr(), FQDN: t.name, Port: t.port, User: user}
 	if t.name != "" {
 		v = x.g.resolved(ctx, x.st, in, t.port)
-		if !v.dst.IsValid() && !v.byName {
-			d := x.st.Policy.Decide(in)
-			unresolved = d.Action == policy.Allow || d.Index < 0
-		}
+		// The verdict keeps the decision made without an address: no
+		// second Decide.
+		unresolved = v.noAddr && (v.unreachable || v.Index < 0)
 	} else {
 		in.Dst = t.addr
 		v = verdict{Decision: x.g.decideDial(x.st, in), dst: netip.AddrPortFrom(t.addr, t.port)}
