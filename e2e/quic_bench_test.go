@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/egressd/egressd/internal/testnet"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -10,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -96,13 +96,7 @@ func h3Download(t *testing.T, w *quicWorld, src string, size int64) int64 {
 	return n
 }
 
-// udpSink counts the bytes of the datagrams it gets.
-type udpSink struct {
-	bytes atomic.Int64
-	last  atomic.Int64 // UnixNano of the last datagram
-}
-
-func startUDPSink(t *testing.T, ns *netns, addr string) *udpSink {
+func startUDPSink(t *testing.T, ns *netns, addr string) *testnet.UDPSink {
 	t.Helper()
 	var pc *net.UDPConn
 	if err := ns.do(func() (err error) {
@@ -111,35 +105,14 @@ func startUDPSink(t *testing.T, ns *netns, addr string) *udpSink {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pc.SetReadBuffer(16 << 20)
 	t.Cleanup(func() { pc.Close() })
-	s := &udpSink{}
-	go func() {
-		p := ipv4.NewPacketConn(pc)
-		ms := make([]ipv4.Message, 64)
-		for i := range ms {
-			ms[i].Buffers = [][]byte{make([]byte, 2048)}
-		}
-		for {
-			n, err := p.ReadBatch(ms, 0)
-			if err != nil {
-				return
-			}
-			var b int64
-			for _, m := range ms[:n] {
-				b += int64(m.N)
-			}
-			s.bytes.Add(b)
-			s.last.Store(time.Now().UnixNano())
-		}
-	}()
-	return s
+	return testnet.Sink(pc)
 }
 
 // rawBlast sends a ClientHello naming allowed.test and then size bytes of
 // 1200-byte short-header datagrams, 32 a sendmmsg, from src to the sink,
 // and returns what the sink got and the time from the first to the last.
-func rawBlast(t *testing.T, w *quicWorld, sink *udpSink, src string, size int64) (int64, time.Duration) {
+func rawBlast(t *testing.T, w *quicWorld, sink *testnet.UDPSink, src string, size int64) (int64, time.Duration) {
 	t.Helper()
 	var pc *net.UDPConn
 	if err := w.cli.do(func() (err error) {
@@ -167,7 +140,7 @@ func rawBlast(t *testing.T, w *quicWorld, sink *udpSink, src string, size int64)
 		pc.Write(d)
 	}
 	time.Sleep(100 * time.Millisecond) // decided
-	before := sink.bytes.Load()
+	before := sink.Bytes.Load()
 	payload := make([]byte, 1200)
 	payload[0] = 0x40
 	ms := make([]ipv4.Message, 32)
@@ -186,10 +159,10 @@ func rawBlast(t *testing.T, w *quicWorld, sink *udpSink, src string, size int64)
 		sent += int64(n) * int64(len(payload))
 	}
 	// The sink is done when nothing has come for 300 ms.
-	for time.Since(time.Unix(0, sink.last.Load())) < 300*time.Millisecond {
+	for time.Since(time.Unix(0, sink.Last.Load())) < 300*time.Millisecond {
 		time.Sleep(50 * time.Millisecond)
 	}
-	return sink.bytes.Load() - before, time.Unix(0, sink.last.Load()).Sub(start)
+	return sink.Bytes.Load() - before, time.Unix(0, sink.Last.Load()).Sub(start)
 }
 
 // procCPU is the user and system CPU time of process pid so far.

@@ -1,9 +1,9 @@
 package quicproxy
 
 import (
+	"github.com/egressd/egressd/internal/testnet"
 	"net"
 	"net/netip"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,7 +35,7 @@ func BenchmarkRelay(b *testing.B) {
 		ms[i].Buffers = [][]byte{payload}
 	}
 	p := ipv4.NewPacketConn(pc)
-	before := sk.bytes.Load()
+	before := sk.Bytes.Load()
 	b.SetBytes(int64(len(payload)))
 	b.ResetTimer()
 	for sent := 0; sent < b.N; {
@@ -44,19 +44,18 @@ func BenchmarkRelay(b *testing.B) {
 			sent += n
 		}
 	}
-	for time.Since(time.Unix(0, sk.last.Load())) < 100*time.Millisecond {
+	for time.Since(time.Unix(0, sk.Last.Load())) < 100*time.Millisecond {
 		time.Sleep(10 * time.Millisecond)
 	}
 	b.StopTimer()
-	got := sk.bytes.Load() - before
+	got := sk.Bytes.Load() - before
 	b.ReportMetric(float64(got)/float64(b.N*len(payload))*100, "%delivered")
 }
 
-// benchSink counts the bytes of the datagrams it gets.
+// benchSink is a UDP sink on loopback and its address.
 type benchSink struct {
-	addr  netip.AddrPort
-	bytes atomic.Int64
-	last  atomic.Int64 // UnixNano of the last datagram
+	*testnet.UDPSink
+	addr netip.AddrPort
 }
 
 func startBenchSink(b *testing.B) *benchSink {
@@ -64,27 +63,6 @@ func startBenchSink(b *testing.B) *benchSink {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pc.SetReadBuffer(16 << 20)
 	b.Cleanup(func() { pc.Close() })
-	s := &benchSink{addr: pc.LocalAddr().(*net.UDPAddr).AddrPort()}
-	go func() {
-		p := ipv4.NewPacketConn(pc)
-		ms := make([]ipv4.Message, 64)
-		for i := range ms {
-			ms[i].Buffers = [][]byte{make([]byte, 2048)}
-		}
-		for {
-			n, err := p.ReadBatch(ms, 0)
-			if err != nil {
-				return
-			}
-			var total int64
-			for _, m := range ms[:n] {
-				total += int64(m.N)
-			}
-			s.bytes.Add(total)
-			s.last.Store(time.Now().UnixNano())
-		}
-	}()
-	return s
+	return &benchSink{UDPSink: testnet.Sink(pc), addr: pc.LocalAddr().(*net.UDPAddr).AddrPort()}
 }
