@@ -166,22 +166,6 @@ func testSuggestFromLog(t *testing.T, log *accessLog) {
 	}
 }
 
-// chromiumIn runs headless Chromium in ns with a fresh profile and returns
-// what it prints and its stderr.
-func chromiumIn(t *testing.T, ns *netns, args ...string) (stdout, stderr string, err error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	args = append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir=" + t.TempDir()}, args...)
-	cmd := ns.command(ctx, "chromium", args...)
-	var errOut strings.Builder
-	cmd.Stderr = &errOut
-	out, err := cmd.Output()
-	return string(out), errOut.String(), err
-}
-
 // section returns the HTML of the page's section with that id.
 func section(dom, id string) string {
 	i := strings.Index(dom, `id="`+id+`"`)

@@ -276,17 +276,24 @@ func startPage(t *testing.T, w *world) *pageServer {
 	return p
 }
 
-// runChromium loads url in headless Chromium, in cli, with a fresh profile,
-// and returns the DOM it prints (empty if the load failed) and its stderr
-// (where a failed load's net error is).
+// runChromium loads url in headless Chromium, in cli, with a fresh profile
+// and QUIC off, and returns the DOM it prints (empty if the load failed)
+// and its stderr (where a failed load's net error is).
 func runChromium(t *testing.T, w *world, flags []string, url string) (dom, stderr string, err error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	return chromiumIn(t, w.cli, append(append([]string{"--disable-quic"}, flags...), "--dump-dom", url)...)
+}
+
+// chromiumIn runs headless Chromium in ns with a fresh profile and returns
+// what it prints and its stderr.
+func chromiumIn(t *testing.T, ns *netns, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+	args = append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir=" + t.TempDir()}, flags...)
-	cmd := w.cli.command(ctx, "chromium", append(args, "--dump-dom", url)...)
+		"--user-data-dir=" + t.TempDir()}, args...)
+	cmd := ns.command(ctx, "chromium", args...)
 	var errOut strings.Builder
 	cmd.Stderr = &errOut
 	out, err := cmd.Output()

@@ -505,19 +505,7 @@ func TestQUICChromium(t *testing.T) {
 // runQUICChromium loads url in headless Chromium in cli, QUIC allowed.
 func runQUICChromium(t *testing.T, w *quicWorld, flags []string, url string) (dom, stderr string, err error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir=" + t.TempDir()}, flags...)
-	cmd := w.cli.command(ctx, "chromium", append(args, "--dump-dom", url)...)
-	var errOut strings.Builder
-	cmd.Stderr = &errOut
-	out, err := cmd.Output()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("chromium timed out: %w", ctx.Err())
-	}
-	return string(out), errOut.String(), err
+	return chromiumIn(t, w.cli, slices.Concat(flags, []string{"--dump-dom", url})...)
 }
 
 // firstLine is the first line of s that contains sub, "" if none.
