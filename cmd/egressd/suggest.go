@@ -96,15 +96,7 @@ func cmdSuggest(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	sum := suggest.Summary{Collapse: *collapse}
 	err := readLogs(logs, stdin, stderr, func(c *suggest.Conn) {
 		b.Add(c)
-		if c.Decided() {
-			sum.Conns++
-			if sum.First.IsZero() || c.Time.Before(sum.First) {
-				sum.First = c.Time
-			}
-			if c.Time.After(sum.Last) {
-				sum.Last = c.Time
-			}
-		}
+		sum.Count(c)
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "egressd suggest:", err)

@@ -164,15 +164,7 @@ func suggestFrom(t *testing.T, log []byte, opts Options, cur []byte) ([]byte, []
 	if _, err := Read(bytes.NewReader(log), func(c *Conn) {
 		conns = append(conns, c)
 		b.Add(c)
-		if c.Decided() {
-			sum.Conns++
-			if sum.First.IsZero() || c.Time.Before(sum.First) {
-				sum.First = c.Time
-			}
-			if c.Time.After(sum.Last) {
-				sum.Last = c.Time
-			}
-		}
+		sum.Count(c)
 	}); err != nil {
 		t.Fatal(err)
 	}

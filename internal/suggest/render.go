@@ -20,6 +20,21 @@ type Summary struct {
 	Left        Left
 }
 
+// Count adds a connection read from the log to the summary: a decided one
+// counts and stretches the first and last seen.
+func (s *Summary) Count(c *Conn) {
+	if !c.Decided() {
+		return
+	}
+	s.Conns++
+	if s.First.IsZero() || c.Time.Before(s.First) {
+		s.First = c.Time
+	}
+	if c.Time.After(s.Last) {
+		s.Last = c.Time
+	}
+}
+
 // WritePolicy writes rules as a config file's policy section: report-only
 // unless enforce, default deny, each rule after a comment saying what it
 // covers.
