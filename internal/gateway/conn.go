@@ -133,7 +133,11 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result) (relayin
 	}
 	s.rec.BytesUp = int64(len(p.Data))
 	peek.Release(p)
-	s.g.handOff(s.c, rc)
+	// The loop's callback keeps s until the connection ends; the closed
+	// net.TCPConn (its fd record and addresses) need not live as long.
+	c := s.c
+	s.c = nil
+	s.g.handOff(c, rc)
 	return true
 }
 

@@ -55,13 +55,12 @@ func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, time
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK, 0)
 	}
 
-	c := &Conn{l: l, connected: make(chan struct{})}
+	c := &Conn{l: l}
 	c.client.c, c.upstream.c = c, c
 	c.client.fd, c.upstream.fd = -1, fd
 	c.upstream.peer = dst
 	c.up = dir{src: &c.client, dst: &c.upstream}
 	c.down = dir{src: &c.upstream, dst: &c.client}
-	wait := c.connected
 	err = unix.Connect(fd, sa)
 	if err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
 		unix.Close(fd)
@@ -73,8 +72,12 @@ func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, time
 	// EPOLLOUT (see interest). Otherwise EPOLLOUT tells the loop that the
 	// connect has ended.
 	done := err == nil || established(fd)
-	if done {
-		c.connected = nil
+	var wait chan struct{}
+	if !done {
+		// Made only for a connect still under way: the loop cannot see c
+		// before register, and most local dials never need it.
+		wait = make(chan struct{})
+		c.connected = wait
 	}
 	c.upstream.writable, c.upstream.out = done, !done
 	l.mu.Lock()

@@ -42,10 +42,12 @@ type Conn struct {
 
 // side is one socket of a Conn, with the readiness the loop last saw.
 type side struct {
-	c                  *Conn
-	fd                 int
-	laddr, raddr       net.Addr       // for errors; a dialled socket's are made when one needs them
-	peer               netip.AddrPort // a dialled socket's destination
+	c  *Conn
+	fd int
+	// peer is the other end's address, kept for errors. Both ends'
+	// net.Addr values are made only when an error needs them (opError):
+	// an idle relayed connection holds no address objects.
+	peer               netip.AddrPort
 	readable, writable bool
 	gen                int32 // registration number, carried in the epoll event
 	// muted: EPOLLIN is out of the socket's interest while the bytes it
@@ -119,7 +121,9 @@ func (c *Conn) Close() error {
 // closed. The socket itself lives on in the duplicate.
 func (s *side) detach(nc *net.TCPConn) error {
 	s.fd = -1
-	s.laddr, s.raddr = nc.LocalAddr(), nc.RemoteAddr()
+	if ap, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		s.peer = ap.AddrPort()
+	}
 	defer nc.Close()
 	rc, err := nc.SyscallConn()
 	if err != nil {
@@ -461,15 +465,16 @@ func (s *side) opError(op string, err error) error {
 	if errors.As(err, &errno) {
 		err = errno
 	}
-	if s.laddr == nil && s.fd >= 0 {
-		// A dialled socket's own address is read only when an error
-		// needs it, not on every dial.
+	e := &net.OpError{Op: op, Net: "tcp", Err: err}
+	if s.fd >= 0 {
+		// The socket's own address is read only when an error needs it,
+		// not on every connection.
 		if ap := localAddr(s.fd); ap.IsValid() {
-			s.laddr = net.TCPAddrFromAddrPort(ap)
+			e.Source = net.TCPAddrFromAddrPort(ap)
 		}
 	}
-	if s.raddr == nil && s.peer.IsValid() {
-		s.raddr = net.TCPAddrFromAddrPort(s.peer)
+	if s.peer.IsValid() {
+		e.Addr = net.TCPAddrFromAddrPort(s.peer)
 	}
-	return &net.OpError{Op: op, Net: "tcp", Source: s.laddr, Addr: s.raddr, Err: err}
+	return e
 }
