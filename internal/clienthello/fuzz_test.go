@@ -45,6 +45,7 @@ func FuzzParse(f *testing.F) {
 	warn := rec(21, 0x0303, []byte{1, 112}) // warning unrecognized_name, which crypto/tls skips
 	f.Add(cat(warn, rec(22, 0x0301, small)))
 	f.Add(cat(warn, warn, rec(20, 0x0303, []byte{1}), rec(22, 0x0301, small[:3]), rec(22, 0x0303, small[3:])))
+	memo := NewJA4Memo() // shared by the inputs, as a gateway's is by its clients
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var info Info
 		msg, used, st := Reassemble(raw, make([]byte, 0, MaxHelloLen))
@@ -55,6 +56,8 @@ func FuzzParse(f *testing.F) {
 		if ok {
 			if fp := JA4(&info, TCP); CheckJA4(fp) != nil {
 				t.Fatalf("JA4 = %q: %v", fp, CheckJA4(fp))
+			} else if m := memo.JA4(&info, TCP); m != fp {
+				t.Fatalf("JA4Memo says %s, JA4 %s", m, fp)
 			}
 		}
 		hi := tlsHello(raw)

@@ -3,8 +3,10 @@ package clienthello
 import (
 	"crypto/sha256"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strings"
+	"sync/atomic"
 )
 
 // JA4 returns the fingerprint of a hello that Parse accepted and that came
@@ -57,6 +59,18 @@ const JA4Len = 36
 // allocates nothing for hellos of up to 64 cipher suites, extensions and
 // signature algorithms each, which every real client stays within.
 func AppendJA4(b []byte, info *Info, t Transport) []byte {
+	var buf [ja4InputCap]byte
+	return appendJA4(b, ja4Input(buf[:0], info, t))
+}
+
+// ja4InputCap holds the input of a hello of up to 64 cipher suites,
+// extensions and signature algorithms each without allocating.
+const ja4InputCap = 10 + 3*64*5 + 1
+
+// ja4Input appends to b what a JA4 is made of (see [JA4]): part a, then
+// the text whose hash is part b, a '|', and the text whose hash is part
+// c. Two hellos with the same input have the same fingerprint.
+func ja4Input(b []byte, info *Info, t Transport) []byte {
 	var suiteBuf, extBuf, sigBuf [64]uint16
 	suites := appendNotGREASE(suiteBuf[:0], info.CipherSuites)
 	sigs := appendNotGREASE(sigBuf[:0], info.SignatureAlgorithms)
@@ -85,9 +99,60 @@ func AppendJA4(b []byte, info *Info, t Transport) []byte {
 	b = appendCount(b, nExts)
 	b = appendALPN(b, info.ALPN)
 	slices.Sort(suites)
-	b = appendHash(append(b, '_'), suites, nil)
+	b = append(appendHexList(b, suites), '|')
 	slices.Sort(exts)
-	return appendHash(append(b, '_'), exts, sigs)
+	b = appendHexList(b, exts)
+	if len(sigs) > 0 {
+		b = appendHexList(append(b, '_'), sigs)
+	}
+	return b
+}
+
+// appendJA4 appends the fingerprint whose input (ja4Input) is in.
+func appendJA4(b, in []byte) []byte {
+	a, texts := in[:10], in[10:]
+	bar := slices.Index(texts, '|')
+	b = appendHash(append(append(b, a...), '_'), texts[:bar])
+	return appendHash(append(b, '_'), texts[bar+1:])
+}
+
+// JA4Memo remembers the fingerprints of the hellos it saw last, so that
+// a gateway does not hash every connection's hello twice with SHA-256:
+// a fleet's clients send a handful of distinct hellos, over and over.
+// The input of a fingerprint (ja4Input: sorting and hex, cheap) is
+// made every time and compared whole, so an answer is the one JA4 would
+// give; only the hashing is saved. A hello not seen recently costs what
+// JA4 costs. The memo is direct-mapped with a fixed number of slots, so a
+// client that sends ever-new hellos can only replace entries, never grow
+// it. It is safe for concurrent use; the zero value is not: use
+// NewJA4Memo.
+type JA4Memo struct {
+	seed  maphash.Seed
+	slots [ja4Slots]atomic.Pointer[ja4Entry]
+}
+
+// ja4Slots bounds the memo: at most this many inputs of about 1 KiB at
+// worst (ja4InputCap) and their fingerprints.
+const ja4Slots = 256
+
+type ja4Entry struct{ in, ja4 string }
+
+// NewJA4Memo returns an empty memo.
+func NewJA4Memo() *JA4Memo { return &JA4Memo{seed: maphash.MakeSeed()} }
+
+// JA4 returns [JA4](info, t), from the memo when the same input was
+// fingerprinted last in its slot; it allocates only when it was not.
+func (m *JA4Memo) JA4(info *Info, t Transport) string {
+	var buf [ja4InputCap]byte
+	in := ja4Input(buf[:0], info, t)
+	slot := &m.slots[maphash.Bytes(m.seed, in)%ja4Slots]
+	if e := slot.Load(); e != nil && e.in == string(in) {
+		return e.ja4
+	}
+	var out [JA4Len]byte
+	e := &ja4Entry{in: string(in), ja4: string(appendJA4(out[:0], in))}
+	slot.Store(e)
+	return e.ja4
 }
 
 // grease reports whether v is one of the GREASE values of RFC 8701 §2
@@ -159,17 +224,11 @@ func alnum(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
 }
 
-// appendHash appends the first 12 hex digits of the SHA-256 of vs as
-// 4-digit hex joined by ",", followed, when there are any, by "_" and
-// extra likewise; 12 zeros when both are empty.
-func appendHash(b []byte, vs, extra []uint16) []byte {
-	if len(vs) == 0 && len(extra) == 0 {
+// appendHash appends the first 12 hex digits of the SHA-256 of text, or
+// 12 zeros when text is empty (a JA4 part whose lists are all empty).
+func appendHash(b, text []byte) []byte {
+	if len(text) == 0 {
 		return append(b, "000000000000"...)
-	}
-	var buf [1024]byte
-	text := appendHexList(buf[:0], vs)
-	if len(extra) > 0 {
-		text = appendHexList(append(text, '_'), extra)
 	}
 	sum := sha256.Sum256(text)
 	for _, c := range sum[:6] {

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strings"
 	"testing"
@@ -215,6 +216,41 @@ func TestJA4Allocs(t *testing.T) {
 	}
 }
 
+// TestJA4Memo checks that the memo answers what JA4 answers: on a miss,
+// on a hit (without allocating), and when the slot holds another hello's
+// input, which must be recomputed, not returned.
+func TestJA4Memo(t *testing.T) {
+	m := NewJA4Memo()
+	for _, fx := range fixtures {
+		t.Run(fx.name, func(t *testing.T) {
+			var info Info
+			if _, st := Examine(loadFixture(t, fx.name), nil, &info); st != Complete {
+				t.Fatalf("%s is not a hello", fx.name)
+			}
+			want := JA4(&info, TCP)
+			for i, what := range []string{"miss", "hit"} {
+				if got := m.JA4(&info, TCP); got != want {
+					t.Fatalf("%s (%d): memo says %s, JA4 %s", what, i, got, want)
+				}
+			}
+			if n := testing.AllocsPerRun(10, func() { _ = m.JA4(&info, TCP) }); n != 0 {
+				t.Errorf("a hit allocates %v times per run, want 0", n)
+			}
+			// Another input in the same slot: a different transport.
+			var buf [ja4InputCap]byte
+			in := ja4Input(buf[:0], &info, TCP)
+			slot := &m.slots[maphash.Bytes(m.seed, in)%ja4Slots]
+			slot.Store(&ja4Entry{in: string(ja4Input(nil, &info, QUIC)), ja4: "wrong"})
+			if got := m.JA4(&info, TCP); got != want {
+				t.Fatalf("after a collision: memo says %s, JA4 %s", got, want)
+			}
+			if got, want := m.JA4(&info, QUIC), JA4(&info, QUIC); got != want {
+				t.Fatalf("QUIC: memo says %s, JA4 %s", got, want)
+			}
+		})
+	}
+}
+
 // BenchmarkJA4 measures the fingerprint of Chromium's hello, the largest
 // fixture in lists, beside the parse it follows.
 func BenchmarkJA4(b *testing.B) {
@@ -233,6 +269,13 @@ func BenchmarkJA4(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			_ = JA4(&info, TCP)
+		}
+	})
+	b.Run("memo", func(b *testing.B) {
+		m := NewJA4Memo()
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = m.JA4(&info, TCP)
 		}
 	})
 }

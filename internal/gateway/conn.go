@@ -174,7 +174,7 @@ func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPor
 func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec *accesslog.Record, p *peek.Result, orig netip.AddrPort) verdict {
 	rec.Protocol = p.Protocol
 	rec.FQDN, rec.FQDNSource, rec.ECH = "", accesslog.FromNone, false
-	rec.JA4 = fingerprint(p)
+	rec.JA4 = g.fingerprint(p)
 	rawName := ""
 	switch {
 	case carriesHello(p):
@@ -223,14 +223,14 @@ func carriesHello(p *peek.Result) bool {
 }
 
 // fingerprint is the client's JA4, "" without a parsed ClientHello.
-func fingerprint(p *peek.Result) string {
+func (g *Gateway) fingerprint(p *peek.Result) string {
 	switch {
 	case !carriesHello(p):
 		return ""
 	case p.Protocol == accesslog.ProtocolQUIC:
-		return clienthello.JA4(&p.Hello, clienthello.QUIC)
+		return g.ja4.JA4(&p.Hello, clienthello.QUIC)
 	}
-	return clienthello.JA4(&p.Hello, clienthello.TCP)
+	return g.ja4.JA4(&p.Hello, clienthello.TCP)
 }
 
 // decideName decides a connection to name (in.FQDN, learnt from source)

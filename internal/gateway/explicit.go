@@ -256,7 +256,7 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 // (tunnel_sni), noting what it found in rec, and reports whether the
 // tunnel is refused.
 func (x *explicitConn) checkTunnel(t target, v verdict, p *peek.Result, rec *accesslog.Record) (refused bool) {
-	rec.Protocol, rec.JA4 = p.Protocol, fingerprint(p)
+	rec.Protocol, rec.JA4 = p.Protocol, x.g.fingerprint(p)
 	if p.Protocol == peek.TLS {
 		rec.ALPN = p.Hello.ALPN.Strings() // copies: the log outlives p
 		if p.Hello.HasSNI {

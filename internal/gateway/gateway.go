@@ -18,6 +18,7 @@ import (
 
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/authguard"
+	"github.com/egressd/egressd/internal/clienthello"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/dnsproxy"
 	"github.com/egressd/egressd/internal/listener"
@@ -61,6 +62,9 @@ type Gateway struct {
 	// recent remembers the latest decisions for the admin page
 	// (WithRecent); nil remembers nothing.
 	recent *recent.Recorder
+	// ja4 remembers recent hellos' fingerprints (clienthello.JA4Memo):
+	// most connections' JA4 costs no hashing and no allocation.
+	ja4 *clienthello.JA4Memo
 
 	mu        sync.Mutex
 	listeners []*boundListener
@@ -122,7 +126,7 @@ func WithRecent(r *recent.Recorder) Option { return func(g *Gateway) { g.recent 
 // New returns a Gateway for st. log receives operational messages, access
 // one line per connection.
 func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) *Gateway {
-	g := &Gateway{log: log, access: access, conns: make(map[io.Closer]struct{}),
+	g := &Gateway{log: log, access: access, conns: make(map[io.Closer]struct{}), ja4: clienthello.NewJA4Memo(),
 		stopping: make(chan struct{}), abort: make(chan struct{}),
 		relayLog: make(chan *accesslog.Record, relayLogQueue), logDone: make(chan struct{})}
 	for _, o := range opts {
