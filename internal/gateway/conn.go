@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -304,6 +306,75 @@ func (g *Gateway) writeRelayLogs() {
 
 // logBatch bounds how many queued lines go out in one write.
 const logBatch = 64
+
+// heldLogs are the lines of relays that ended since the loops last handed
+// them to writeRelayLogs. A line is held at most about heldFor (or until
+// its loop goes quiet, a few milliseconds): the writer, woken for each
+// line, cost every connection a wake-up of another thread, and on a busy
+// gateway the lines of a few milliseconds go out in one write instead.
+type heldLogs struct {
+	n      atomic.Int32 // len(recs), read without mu by the loops' checks
+	mu     sync.Mutex
+	recs   []*accesslog.Record
+	since  time.Time // when the first of recs was held
+	closed bool      // Serve has closed relayLog: nothing more is sent
+}
+
+// heldFor is how long a relayed connection's line may wait for others to
+// go out with it.
+const heldFor = 5 * time.Millisecond
+
+// holdLog holds a relayed connection's line (on a loop's goroutine).
+// Holding never waits for the writer; handing over does (flushHeld), as a
+// full relayLog always made the loops wait.
+func (g *Gateway) holdLog(rec *accesslog.Record) {
+	h := &g.held
+	h.mu.Lock()
+	if len(h.recs) == 0 {
+		h.since = time.Now()
+	}
+	h.recs = append(h.recs, rec)
+	h.n.Store(int32(len(h.recs)))
+	full := len(h.recs) >= logBatch
+	h.mu.Unlock()
+	if full {
+		g.flushHeld(true)
+	}
+}
+
+// flushHeld hands the held lines to writeRelayLogs when its loop has gone
+// quiet (all), or when the first has waited heldFor, and reports whether
+// it did. It is the relay loops' OnBatch: called after every batch of
+// events, it costs a load when nothing is held.
+func (g *Gateway) flushHeld(quiet bool) (sent bool) {
+	h := &g.held
+	if h.n.Load() == 0 {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed || len(h.recs) == 0 || !quiet && time.Since(h.since) < heldFor {
+		return false
+	}
+	// Sent under mu, so that closeHeld never closes relayLog under a
+	// send; a full relayLog makes this loop wait, as it always did.
+	for _, rec := range h.recs {
+		g.relayLog <- rec
+	}
+	clear(h.recs)
+	h.recs = h.recs[:0]
+	h.n.Store(0)
+	return true
+}
+
+// closeHeld hands over what is held and lets nothing more through; Serve
+// calls it, once every relay has ended, before it closes relayLog.
+func (g *Gateway) closeHeld() {
+	g.flushHeld(true)
+	g.held.mu.Lock()
+	g.held.closed = true
+	g.held.mu.Unlock()
+}
 
 // decideSNI routes on the name: resolve it, then decide with the first
 // answer as the destination, every answer checked (policy.DecideDial); the

@@ -78,6 +78,7 @@ type Gateway struct {
 	// (and every connection on it); Serve starts and ends it.
 	relayLog chan *accesslog.Record
 	logDone  chan struct{}
+	held     heldLogs      // relayed lines not yet on relayLog (see holdLog)
 	stopping chan struct{} // closed when accepting has stopped
 
 	metrics  *metrics.Metrics
@@ -135,6 +136,7 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) 
 	if g.loops == nil {
 		g.loops = relay.NewLoops(0)
 	}
+	g.loops.OnBatch(g.flushHeld)
 	g.state.Store(st)
 	gauges := metrics.Gauges{
 		Active:   func() float64 { return float64(g.active.Load()) },
@@ -265,7 +267,8 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	go g.writeRelayLogs()
 	defer func() {
 		// Every relay has ended (Serve waited for them): its line is
-		// queued, and the loops have nothing left to relay.
+		// held or queued, and the loops have nothing left to relay.
+		g.closeHeld()
 		close(g.relayLog)
 		<-g.logDone
 		g.loops.Close()

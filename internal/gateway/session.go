@@ -97,7 +97,7 @@ func (s *session) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Resul
 	}
 	g.metrics.Conn(rec)
 	g.recent.Add(rec)
-	g.relayLog <- rec
+	g.holdLog(rec)
 	if s.srcHeld {
 		g.sources.Release(s.src.Addr())
 	}

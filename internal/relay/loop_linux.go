@@ -50,19 +50,31 @@ import (
 // egressd's run sets GOMAXPROCS to twice the CPUs it may use and makes a
 // loop for each.
 type Loops struct {
-	n      int
-	start  sync.Once
-	loops  []*loop
-	err    error // why no loop started
-	next   atomic.Uint32
-	closed atomic.Bool
-	wg     sync.WaitGroup // the loops' goroutines
+	n       int
+	onBatch func(quiet bool) bool // see OnBatch
+	start   sync.Once
+	loops   []*loop
+	err     error // why no loop started
+	next    atomic.Uint32
+	closed  atomic.Bool
+	wg      sync.WaitGroup // the loops' goroutines
 }
 
 // NewLoops returns a set of n loops, started on first use. n <= 0 means
 // one for every two Ps the process has then (GOMAXPROCS), at least one:
 // as many as run makes.
 func NewLoops(n int) *Loops { return &Loops{n: n} }
+
+// OnBatch has every loop call f on its own goroutine after each batch of
+// events it handled, and with quiet set when a quiet spell ended its busy
+// wait, before it parks; f reports whether it made a goroutine runnable
+// (see loop.readied). The gateway holds relayed connections' log lines
+// until then and hands them to its writer together: woken once per
+// connection, the writer's goroutine cost each connection a wake-up of
+// another thread (two context switches on one CPU). f must be cheap and
+// never wait long: every connection on the loop waits for it. OnBatch is
+// called before the set's first use.
+func (ls *Loops) OnBatch(f func(quiet bool) (readied bool)) { ls.onBatch = f }
 
 // Close stops the loops and waits for their goroutines. Connections still
 // relayed on them end as Conn.Close ends them (done reports
@@ -104,6 +116,7 @@ func (ls *Loops) startLoops() {
 			ls.err = err
 			return
 		}
+		l.onBatch = ls.onBatch
 		ls.loops = append(ls.loops, l)
 		ls.wg.Add(1)
 		go ls.runLoop(l)
@@ -135,13 +148,14 @@ type loop struct {
 	// buf is where a direction that carries small messages copies them
 	// (see copyIn); they leave it in the same call.
 	buf []byte
-	// readied: the batch made a goroutine runnable (a dial's waiter, the
-	// log writer) on this loop's P, which the loop holds while it waits.
+	// readied: the batch made a goroutine runnable (a dial's waiter, or
+	// the log writer through OnBatch's f) on this loop's P, which the loop holds while it waits.
 	// One woken unseen (a waiter on a mutex the loop released) is taken
 	// by another P, which the wake-up starts when one is idle, or else
 	// runs when sysmon preempts the loop (10 ms). The loop does not
 	// also yield every millisecond: each yield wakes another thread.
 	readied bool
+	onBatch func(quiet bool) bool // Loops.OnBatch's
 
 	mu    sync.Mutex
 	shut  bool    // the loop has ended: nothing registers any more
@@ -445,6 +459,9 @@ func (l *loop) run() {
 		l.listen(0)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			l.sweep()
+			if l.onBatch != nil {
+				l.onBatch(true) // what the sweep ended, before parking again
+			}
 			continue // a timer, not traffic: park again
 		}
 		if err != nil {
@@ -489,6 +506,9 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 		}
 		if n > 0 {
 			l.handle(events[:n])
+		}
+		if l.onBatch != nil && l.onBatch(n == 0 && err == nil) {
+			l.readied = true
 		}
 		// A sweep further off than a quiet spell cannot be due yet; one
 		// planned earlier meanwhile rang efd, so the next wait sees it.

@@ -88,6 +88,11 @@ type dir struct {
 func (c *Conn) Start() {
 	if err := c.l.add(c); err != nil {
 		c.done(Result{UpErr: err, DownErr: err, End: Failed, By: Local})
+		// done ran off the loop: what it left for the loop's next batch
+		// (see Loops.OnBatch) is let go now, as no batch may come.
+		if c.l.onBatch != nil {
+			_ = c.l.onBatch(true)
+		}
 	}
 }
 
@@ -452,7 +457,6 @@ func (c *Conn) finish(upErr, downErr error, linger *side, end End, by Side) {
 		}
 		d.p = nil
 	}
-	c.l.readied = true
 	c.done(Result{
 		Up: c.up.n, Down: c.down.n,
 		UpErr: c.up.err, DownErr: c.down.err,

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -435,6 +436,69 @@ func TestDialFamilies(t *testing.T) {
 			peer := <-accepted
 			if !peer.IsValid() || peer.Port() != local.Port() || peer.Addr().Unmap() != local.Addr().Unmap() {
 				t.Fatalf("server saw %v, the dialled socket is %v", peer, local)
+			}
+		})
+	}
+}
+
+// TestOnBatchFollowsEveryEnd checks the promise the gateway's held log
+// lines rest on: after a connection's done runs, its loop calls the
+// OnBatch function with quiet set before it waits for long, whichever way
+// the connection ended: its peers closing it, or the idle sweep of a loop
+// that had parked.
+func TestOnBatchFollowsEveryEnd(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		idle  time.Duration
+		close bool
+	}{
+		{"peers close", time.Minute, true},
+		{"idle sweep", 200 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ended atomic.Bool
+			flushed := make(chan struct{}, 1)
+			ls := loopsFor(t)
+			ls.OnBatch(func(quiet bool) bool {
+				if quiet && ended.Load() {
+					select {
+					case flushed <- struct{}{}:
+					default:
+					}
+				}
+				return false
+			})
+			client, cIn := testnet.Pair(t)
+			ln := testnet.Listen(t)
+			rc, err := ls.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			server, err := ln.AcceptTCP()
+			ln.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer server.Close()
+			defer client.Close()
+			done := make(chan Result, 1)
+			if err := rc.Attach(cIn, nil, tc.idle, func(r Result) { ended.Store(true); done <- r }); err != nil {
+				t.Fatal(err)
+			}
+			rc.Start()
+			if tc.close {
+				client.Close()
+				server.Close()
+			}
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("relay did not end")
+			}
+			select {
+			case <-flushed:
+			case <-time.After(10 * time.Second):
+				t.Fatal("no quiet OnBatch call after the connection ended")
 			}
 		})
 	}
