@@ -236,9 +236,16 @@ func (l ProtocolList) All() iter.Seq[[]byte] {
 
 // Strings returns copies of the names in the client's order, nil for a nil
 // list: what outlives the message, as the access log does, keeps these.
+// The lists nearly every client sends are shared, not copied: the result
+// is read-only.
 func (l ProtocolList) Strings() []string {
 	if l == nil {
 		return nil
+	}
+	for _, c := range commonALPN {
+		if string(l) == c.wire {
+			return c.names
+		}
 	}
 	n := 0
 	for range l.All() {
@@ -249,6 +256,19 @@ func (l ProtocolList) Strings() []string {
 		out = append(out, string(name))
 	}
 	return out
+}
+
+// commonALPN are the ALPN lists Strings shares instead of copying: a
+// relayed connection keeps its line (and so its ALPN) for its whole life,
+// and these are what browsers, curl, Go and most libraries send.
+var commonALPN = []struct {
+	wire  string
+	names []string
+}{
+	{"\x02h2\x08http/1.1", []string{"h2", "http/1.1"}},
+	{"\x08http/1.1", []string{"http/1.1"}},
+	{"\x02h2", []string{"h2"}},
+	{"\x02h3", []string{"h3"}},
 }
 
 // VersionList is a supported_versions list as sent, without its length

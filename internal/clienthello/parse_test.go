@@ -138,6 +138,20 @@ func TestProtocolList(t *testing.T) {
 	if got := ProtocolList(nil).Strings(); got != nil {
 		t.Errorf("ProtocolList(nil).Strings() = %q, want nil", got)
 	}
+	// The common lists are shared: no copy per connection.
+	for _, c := range commonALPN {
+		l := ProtocolList(c.wire)
+		var viewed []string
+		for p := range l.All() {
+			viewed = append(viewed, string(p))
+		}
+		if got := l.Strings(); !slices.Equal(got, viewed) {
+			t.Errorf("Strings(%q) = %q, want %q", c.wire, got, viewed)
+		}
+		if n := testing.AllocsPerRun(10, func() { _ = l.Strings() }); n != 0 {
+			t.Errorf("Strings(%q) allocates %v times, want 0", c.wire, n)
+		}
+	}
 }
 
 // infoView is Info with its views copied out, so that test tables state
