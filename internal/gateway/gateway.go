@@ -117,7 +117,8 @@ type Option func(*Gateway)
 
 // WithLoops hands the gateway the relay loops its connections run on;
 // Serve closes them. Without it the gateway makes its own
-// (relay.NewLoops(0)).
+// (relay.NewLoops(0)). A set serves one gateway: New sets its OnBatch to
+// hand the gateway's held log lines over.
 func WithLoops(ls *relay.Loops) Option { return func(g *Gateway) { g.loops = ls } }
 
 // WithRecent hands the gateway a recorder that every connection's log line
@@ -141,7 +142,7 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) 
 	gauges := metrics.Gauges{
 		Active:   func() float64 { return float64(g.active.Load()) },
 		Pending:  func() float64 { return float64(g.pending.Load()) },
-		LogQueue: func() float64 { return float64(len(g.relayLog)) },
+		LogQueue: func() float64 { return float64(len(g.relayLog) + int(g.held.n.Load())) },
 	}
 	g.auth = authguard.New(authguard.Config{Log: log})
 	gauges.AuthChecks = g.authCounts
