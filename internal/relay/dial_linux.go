@@ -27,22 +27,130 @@ import (
 // says the caller has bytes to send at once (Attach's first). The error of
 // a failed dial is a *net.OpError, as net.Dialer's.
 func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Duration, dataFollows bool) (*Conn, error) {
+	c, wait, err := ls.startDial(dst, mark, dataFollows, false)
+	if err != nil || wait == nil {
+		return c, err
+	}
+	timer := time.NewTimer(timeout)
+	select {
+	case <-wait:
+		timer.Stop()
+	case <-timer.C:
+		c.Abandon()
+		return nil, dialError(dst, os.ErrDeadlineExceeded)
+	case <-ctx.Done():
+		timer.Stop()
+		c.Abandon()
+		return nil, dialError(dst, ctx.Err())
+	}
+	if err := c.connectResult(); err != nil {
+		c.Abandon()
+		return nil, dialError(dst, err)
+	}
+	return c, nil
+}
+
+// DialAsync is Dial for a loop's own goroutine (a Listener's handler),
+// which must never wait for a connect: then is called with the connected
+// Conn, or with the dial's error (the socket already closed), exactly
+// once. It runs at once when the connect finished inside the call (as on
+// loopback), on the loop when the connect's end is reported, or on a timer
+// goroutine when timeout passes first.
+func (ls *Loops) DialAsync(dst netip.AddrPort, mark uint32, timeout time.Duration, dataFollows bool, then func(*Conn, error)) {
+	c, wait, err := ls.startDial(dst, mark, dataFollows, true)
+	switch {
+	case err != nil:
+		then(nil, err)
+		return
+	case wait == nil:
+		then(c, nil)
+		return
+	}
+	// The loop reports a connect's end under l.mu, and takes then with
+	// it: set under l.mu too, exactly one of the loop and the timer takes
+	// it, unless the connect ended between startDial and here.
+	c.l.mu.Lock()
+	ended := c.connected == nil
+	if !ended {
+		c.then = then
+		c.timer = time.AfterFunc(timeout, func() {
+			if f := c.takeThen(); f != nil {
+				c.Abandon()
+				f(nil, dialError(dst, os.ErrDeadlineExceeded))
+			}
+		})
+	}
+	c.l.mu.Unlock()
+	if ended {
+		c.connectedAsync(then)
+	}
+}
+
+// takeThen takes an asynchronous dial's continuation, nil if the loop or
+// the timer already took it.
+func (c *Conn) takeThen() func(*Conn, error) {
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	f := c.then
+	c.then = nil
+	return f
+}
+
+// connected ends an asynchronous dial whose connect the loop saw end
+// (on the loop's goroutine, l.mu not held).
+func (c *Conn) connectedAsync(f func(*Conn, error)) {
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	if err := c.connectResult(); err != nil {
+		c.Abandon()
+		f(nil, dialError(c.upstream.peer, err))
+		return
+	}
+	f(c, nil)
+}
+
+// connectResult is the outcome of a connect the loop saw end.
+func (c *Conn) connectResult() error {
+	if !c.connectErr {
+		return nil // readiness came without an error
+	}
+	soerr, err := unix.GetsockoptInt(c.upstream.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err == nil && soerr != 0 {
+		return os.NewSyscallError("connect", unix.Errno(soerr))
+	}
+	if err != nil {
+		return os.NewSyscallError("getsockopt", err)
+	}
+	// A hang-up with no error pending: the server accepted and reset or
+	// closed at once. The relay will see it; the dial itself succeeded.
+	return nil
+}
+
+func dialError(dst netip.AddrPort, err error) error {
+	return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(dst), Err: err}
+}
+
+// startDial makes the socket and starts its connect; wait, nil when the
+// connect has finished (successfully) already, is closed when the loop
+// sees it end (c.connected, read here, before the loop can clear it). raw makes the connect
+// without telling the scheduler, for a loop's own goroutine: on loopback
+// the handshake runs inside the call, and a call made the usual way that
+// outlives a sysmon tick hands the loop's P to another thread.
+func (ls *Loops) startDial(dst netip.AddrPort, mark uint32, dataFollows, raw bool) (c *Conn, wait chan struct{}, err error) {
 	l, err := ls.pick()
 	if err != nil {
-		return nil, err
-	}
-	fail := func(err error) error {
-		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(dst), Err: err}
+		return nil, nil, err
 	}
 	family, sa := sockaddr(dst)
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fail(os.NewSyscallError("socket", err))
+		return nil, nil, dialError(dst, os.NewSyscallError("socket", err))
 	}
 	if mark != 0 {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
 			unix.Close(fd)
-			return nil, fail(fmt.Errorf("set SO_MARK %#x (needs CAP_NET_ADMIN): %w", mark, err))
+			return nil, nil, dialError(dst, fmt.Errorf("set SO_MARK %#x (needs CAP_NET_ADMIN): %w", mark, err))
 		}
 	}
 	// As net.Dialer does: relayed writes go out as they come.
@@ -55,16 +163,20 @@ func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, time
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK, 0)
 	}
 
-	c := &Conn{l: l}
+	c = &Conn{l: l}
 	c.client.c, c.upstream.c = c, c
 	c.client.fd, c.upstream.fd = -1, fd
 	c.upstream.peer = dst
 	c.up = dir{src: &c.client, dst: &c.upstream}
 	c.down = dir{src: &c.upstream, dst: &c.client}
-	err = unix.Connect(fd, sa)
+	if raw {
+		err = connectRaw(fd, sa)
+	} else {
+		err = unix.Connect(fd, sa)
+	}
 	if err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
 		unix.Close(fd)
-		return nil, fail(os.NewSyscallError("connect", err))
+		return nil, nil, dialError(dst, os.NewSyscallError("connect", err))
 	}
 	// Connected at once, or, on loopback and other local paths, the
 	// handshake has run inside connect: one poll(2) instead of parking
@@ -72,7 +184,6 @@ func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, time
 	// EPOLLOUT (see interest). Otherwise EPOLLOUT tells the loop that the
 	// connect has ended.
 	done := err == nil || established(fd)
-	var wait chan struct{}
 	if !done {
 		// Made only for a connect still under way: the loop cannot see c
 		// before register, and most local dials never need it.
@@ -85,38 +196,9 @@ func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, time
 	l.mu.Unlock()
 	if rerr != nil {
 		unix.Close(fd)
-		return nil, fail(rerr)
+		return nil, nil, dialError(dst, rerr)
 	}
-	if done {
-		return c, nil
-	}
-	timer := time.NewTimer(timeout)
-	select {
-	case <-wait:
-		timer.Stop()
-	case <-timer.C:
-		c.Abandon()
-		return nil, fail(os.ErrDeadlineExceeded)
-	case <-ctx.Done():
-		timer.Stop()
-		c.Abandon()
-		return nil, fail(ctx.Err())
-	}
-	if !c.connectErr {
-		return c, nil // readiness came without an error
-	}
-	soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-	if err == nil && soerr != 0 {
-		err = unix.Errno(soerr)
-	}
-	if err == nil {
-		// A hang-up with no error pending: the server accepted and
-		// reset or closed at once. The relay will see it; the dial
-		// itself succeeded.
-		return c, nil
-	}
-	c.Abandon()
-	return nil, fail(os.NewSyscallError("connect", err))
+	return c, wait, nil
 }
 
 // established reports whether fd's connect has already succeeded.
@@ -167,11 +249,32 @@ func (c *Conn) Abandon() {
 	c.closeSockets()
 }
 
+// AttachFD is Attach for a client socket that never was a net.Conn: fd,
+// non-blocking, accepted by a Listener, from peer. The Conn owns fd from
+// here, whatever happens.
+func (c *Conn) AttachFD(fd int, peer netip.AddrPort, first []byte, idle time.Duration, done func(Result)) error {
+	c.client.fd, c.client.peer = fd, peer
+	return c.attach(first, idle, done)
+}
+
 // Attach makes client the other half of a dialled Conn: first (the bytes
 // already read from the client) is written to the upstream, then client
 // is taken out of the runtime's poller as New does. Start relays. On error
 // the upstream is closed; client is closed too once it was taken.
 func (c *Conn) Attach(client *net.TCPConn, first []byte, idle time.Duration, done func(Result)) error {
+	if err := c.attach(first, idle, done); err != nil {
+		return err
+	}
+	if err := c.client.detach(client); err != nil {
+		c.Abandon()
+		return fmt.Errorf("taking over the client socket: %w", err)
+	}
+	return nil
+}
+
+// attach writes first to the upstream and sets what Start needs; on
+// error the Conn is abandoned (both its sockets closed).
+func (c *Conn) attach(first []byte, idle time.Duration, done func(Result)) error {
 	c.idle, c.done = int64(idle), done
 	for len(first) > 0 {
 		n, err := writeNB(c.upstream.fd, first)
@@ -189,10 +292,6 @@ func (c *Conn) Attach(client *net.TCPConn, first []byte, idle time.Duration, don
 			return c.upstream.opError("write", err)
 		}
 		first = first[n:]
-	}
-	if err := c.client.detach(client); err != nil {
-		c.Abandon()
-		return fmt.Errorf("taking over the client socket: %w", err)
 	}
 	return nil
 }

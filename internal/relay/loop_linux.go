@@ -157,9 +157,11 @@ type loop struct {
 	readied bool
 	onBatch func(quiet bool) bool // Loops.OnBatch's
 
-	mu    sync.Mutex
-	shut  bool    // the loop has ended: nothing registers any more
-	table []*side // by fd
+	mu   sync.Mutex
+	shut bool // the loop has ended: nothing registers any more
+	// listeners are the listening sockets this loop accepts on, by fd.
+	listeners map[int]*Listener
+	table     []*side // by fd
 	// gen numbers registrations: an event carries its socket's number,
 	// so a stale event of a closed socket whose fd was since reused (by
 	// another goroutine, between this loop's epoll_wait and its handling
@@ -232,6 +234,11 @@ func (l *loop) end() {
 	l.mu.Lock()
 	l.shut = true
 	conns := slices.Clone(l.conns)
+	for _, x := range l.listeners {
+		x.closed = true // never closed by its owner: the socket goes with the loop
+		unix.Close(x.fd)
+	}
+	clear(l.listeners)
 	l.mu.Unlock()
 	for _, c := range conns {
 		c.aborted.Store(true)
@@ -313,6 +320,9 @@ func (l *loop) register(s *side) error {
 	}
 	l.table[s.fd] = s
 	l.gen++
+	if l.gen == listenerTag {
+		l.gen++
+	}
 	s.gen = l.gen
 	ev := unix.EpollEvent{Events: s.interest(), Fd: int32(s.fd), Pad: s.gen}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
@@ -565,7 +575,12 @@ func (l *loop) handle(events []unix.EpollEvent) {
 			readNB(l.efd, b[:])
 			continue
 		}
+		if ev.Pad == listenerTag {
+			l.accept(int(ev.Fd))
+			continue
+		}
 		relaying := false
+		var then func(*Conn, error)
 		l.mu.Lock()
 		var s *side
 		if fd := int(ev.Fd); fd < len(l.table) {
@@ -589,13 +604,18 @@ func (l *loop) handle(events []unix.EpollEvent) {
 				if s.c.connected != nil {
 					s.c.connectErr = ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
 					close(s.c.connected) // the dial's connect has finished
-					l.readied = true
+					then, s.c.then = s.c.then, nil
+					l.readied = l.readied || then == nil // Dial's waiter
 					s.c.connected = nil
 				}
 			}
 			relaying = s.c.relaying
 		}
 		l.mu.Unlock()
+		if then != nil {
+			s.c.connectedAsync(then) // an asynchronous dial's connect ended
+			continue
+		}
 		// A stale event of a connection closed earlier in this batch finds
 		// no side; one that is still dialling only notes readiness, for
 		// when it relays.

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +32,10 @@ type Conn struct {
 	// connected (if set) once a dialled upstream's connect has finished.
 	relaying  bool
 	connected chan struct{}
+	// then and timer: an asynchronous dial's continuation (DialAsync),
+	// under l.mu until the loop or the timer takes it.
+	then  func(*Conn, error)
+	timer *time.Timer
 	// connectErr is set with connected's close when the event that ended
 	// the connect carried an error or hang-up: only then does Dial ask
 	// the socket for the error (a getsockopt less per connection).

@@ -1,0 +1,226 @@
+package relay
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// A Listener is a listening socket whose connections a loop accepts
+// itself, and hands to a function on its own goroutine. Accepted through
+// the runtime, each connection cost the runtime's poller a registration,
+// a name look-up and a wake-up of a thread of its own, and a hand-over to
+// a set-up goroutine; on the loop, a handler that can decide at once
+// (gateway: a whole hello, a name already resolved) relays the connection
+// without any of them. The socket is in the loop's epoll set only, level-
+// triggered, and a batch accepts at most acceptBatch connections, so that
+// a flood of connections cannot starve the loop's relays.
+type Listener struct {
+	l      *loop
+	fd     int
+	handle func(fd int, peer netip.AddrPort)
+	fail   func(err error, backoff time.Duration)
+	closed bool // under l.mu
+	muted  bool // under l.mu: accepting paused after an error (backoff)
+	wait   time.Duration
+}
+
+// acceptBatch bounds the connections a loop accepts per event.
+const acceptBatch = 32
+
+// Listen takes ln's socket out of the runtime's poller (ln is closed; a
+// duplicate of its socket lives on) and has one of the loops accept on
+// it: handle runs on the loop's goroutine with each accepted socket,
+// non-blocking, which it then owns, and must not wait for anything. fail
+// is told of accept errors other than a client that left (EMFILE,
+// ENFILE, ENOBUFS...), with the backoff accepting then pauses for,
+// doubling from 5 ms to 1 s, back to 5 ms after an accept succeeds.
+func (ls *Loops) Listen(ln *net.TCPListener, handle func(fd int, peer netip.AddrPort), fail func(err error, backoff time.Duration)) (*Listener, error) {
+	l, err := ls.pick()
+	if err != nil {
+		return nil, err
+	}
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	var derr error
+	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, os.NewSyscallError("fcntl", derr)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	// Accepted sockets inherit TCP_NODELAY from the listening one: relayed
+	// writes go out as they come, as on a socket Go accepts, without a
+	// setsockopt per connection.
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("setsockopt", err)
+	}
+	ln.Close()
+	x := &Listener{l: l, fd: fd, handle: handle, fail: fail}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.shut {
+		unix.Close(fd)
+		return nil, net.ErrClosed
+	}
+	if l.listeners == nil {
+		l.listeners = make(map[int]*Listener)
+	}
+	l.listeners[fd] = x
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: listenerTag}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		delete(l.listeners, fd)
+		unix.Close(fd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	return x, nil
+}
+
+// listenerTag is a listening socket's registration number in its epoll
+// events; a side's is never 0 (see register).
+const listenerTag = 0
+
+// Close stops accepting and closes the socket; connections in its
+// accept queue are reset. A second Close does nothing.
+func (x *Listener) Close() error {
+	l := x.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if x.closed {
+		return nil
+	}
+	x.closed = true
+	delete(l.listeners, x.fd)
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, x.fd, nil)
+	unix.Close(x.fd)
+	return nil
+}
+
+// Control calls f with the listening socket, unless it is closed.
+func (x *Listener) Control(f func(fd int) error) error {
+	x.l.mu.Lock()
+	defer x.l.mu.Unlock()
+	if x.closed {
+		return net.ErrClosed
+	}
+	return f(x.fd)
+}
+
+// accept accepts up to acceptBatch connections on the listener whose
+// event came in, handing each to its handler. The accept4 runs under
+// l.mu, so that Close cannot close the fd (whose number may then be
+// reused) under it; the handler runs without it.
+func (l *loop) accept(fd int) {
+	for range acceptBatch {
+		l.mu.Lock()
+		x := l.listeners[fd]
+		if x == nil || x.muted {
+			l.mu.Unlock()
+			return
+		}
+		nfd, peer, err := accept4NB(fd)
+		var backoff time.Duration
+		if err != nil && err != unix.EAGAIN && err != unix.EINTR && err != unix.ECONNABORTED {
+			backoff = x.pause()
+		}
+		l.mu.Unlock()
+		switch err {
+		case nil:
+			x.wait = 0
+			x.handle(nfd, peer)
+			continue
+		case unix.EINTR, unix.ECONNABORTED:
+			continue
+		case unix.EAGAIN:
+			return
+		}
+		if x.fail != nil {
+			x.fail(os.NewSyscallError("accept4", err), backoff)
+		}
+		return
+	}
+}
+
+// pause takes the listener out of the loop's interest for a backoff
+// (under l.mu): at EMFILE the pending connection stays queued and, level-
+// triggered, would wake the loop at once for ever.
+func (x *Listener) pause() time.Duration {
+	x.wait = min(max(2*x.wait, 5*time.Millisecond), time.Second)
+	x.muted = true
+	ev := unix.EpollEvent{Events: 0, Fd: int32(x.fd), Pad: listenerTag}
+	unix.EpollCtl(x.l.epfd, unix.EPOLL_CTL_MOD, x.fd, &ev)
+	time.AfterFunc(x.wait, func() {
+		x.l.mu.Lock()
+		defer x.l.mu.Unlock()
+		if x.closed {
+			return
+		}
+		x.muted = false
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(x.fd), Pad: listenerTag}
+		unix.EpollCtl(x.l.epfd, unix.EPOLL_CTL_MOD, x.fd, &ev)
+	})
+	return x.wait
+}
+
+// accept4NB is accept4(2) on a non-blocking listening socket, made raw
+// (see raw_linux.go), with the peer's address read from the kernel's
+// sockaddr without an allocation.
+func accept4NB(fd int) (int, netip.AddrPort, error) {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, netip.AddrPort{}, e
+	}
+	return int(r), rawAddrPort(&rsa), nil
+}
+
+func rawAddrPort(rsa *unix.RawSockaddrAny) netip.AddrPort {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
+	}
+	return netip.AddrPort{}
+}
+
+// connectRaw is connect(2) on a non-blocking socket, made raw.
+func connectRaw(fd int, sa unix.Sockaddr) error {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		var rsa unix.RawSockaddrInet4
+		rsa.Family = unix.AF_INET
+		p := (*[2]byte)(unsafe.Pointer(&rsa.Port))
+		p[0], p[1] = byte(sa.Port>>8), byte(sa.Port)
+		rsa.Addr = sa.Addr
+		_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), unix.SizeofSockaddrInet4)
+		return errnoErr(e)
+	case *unix.SockaddrInet6:
+		var rsa unix.RawSockaddrInet6
+		rsa.Family = unix.AF_INET6
+		p := (*[2]byte)(unsafe.Pointer(&rsa.Port))
+		p[0], p[1] = byte(sa.Port>>8), byte(sa.Port)
+		rsa.Addr = sa.Addr
+		rsa.Scope_id = sa.ZoneId
+		_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), unix.SizeofSockaddrInet6)
+		return errnoErr(e)
+	}
+	return unix.Connect(fd, sa)
+}

@@ -1,0 +1,220 @@
+package relay
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/internal/testnet"
+)
+
+// TestListenAccepts checks a Listener: the loop accepts, hands over a
+// non-blocking socket and the client's address, the runtime's listener is
+// closed, and after Close nothing is accepted.
+func TestListenAccepts(t *testing.T) {
+	ls := loopsFor(t)
+	ln := testnet.Listen(t)
+	addr := ln.Addr().String()
+	type accepted struct {
+		fd   int
+		peer netip.AddrPort
+	}
+	got := make(chan accepted, 4)
+	x, err := ls.Listen(ln, func(fd int, peer netip.AddrPort) { got <- accepted{fd, peer} }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ln.Accept(); err == nil {
+		t.Error("the runtime's listener still accepts")
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case a := <-got:
+		defer unix.Close(a.fd)
+		if want := c.LocalAddr().(*net.TCPAddr).AddrPort(); a.peer != want {
+			t.Errorf("peer = %v, want %v", a.peer, want)
+		}
+		if fl, err := unix.FcntlInt(uintptr(a.fd), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK == 0 {
+			t.Errorf("accepted socket flags %#x (err %v), want O_NONBLOCK", fl, err)
+		}
+		if v, err := unix.GetsockoptInt(a.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+			t.Errorf("accepted socket TCP_NODELAY = %d (err %v), want on, as Go sets it", v, err)
+		}
+		c.Write([]byte("hi"))
+		var b [2]byte
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			n, _ := unix.Read(a.fd, b[:])
+			if n == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the accepted socket is not the client's")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing accepted")
+	}
+	x.Close()
+	x.Close() // a second Close does nothing
+	if c2, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c2.Close()
+		select {
+		case a := <-got:
+			unix.Close(a.fd)
+			t.Error("accepted after Close")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// TestDialAsync checks the three ends of an asynchronous dial: connected
+// (at once, on loopback), refused, and a Conn usable like Dial's.
+func TestDialAsync(t *testing.T) {
+	ls := loopsFor(t)
+	ln := testnet.Listen(t)
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	type result struct {
+		c   *Conn
+		err error
+	}
+	res := make(chan result, 2)
+	ls.DialAsync(dst, 0, 5*time.Second, false, func(c *Conn, err error) { res <- result{c, err} })
+	r := <-res
+	if r.err != nil {
+		t.Fatalf("dial to a listener: %v", r.err)
+	}
+	server, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	client, cIn := testnet.Pair(t)
+	cf, _ := cIn.File()
+	cIn.Close()
+	cfd, _ := unix.Dup(int(cf.Fd()))
+	cf.Close()
+	unix.SetNonblock(cfd, true)
+	done := make(chan Result, 1)
+	if err := r.c.AttachFD(cfd, netip.AddrPort{}, []byte("hello"), time.Minute, func(res Result) { done <- res }); err != nil {
+		t.Fatal(err)
+	}
+	r.c.Start()
+	var b [5]byte
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := server.Read(b[:]); err != nil || string(b[:]) != "hello" {
+		t.Fatalf("server read %q, %v", b, err)
+	}
+	client.Close()
+	server.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("relay did not end")
+	}
+
+	// Refused: nobody listens on the port any more.
+	ln.Close()
+	ls.DialAsync(dst, 0, 5*time.Second, false, func(c *Conn, err error) { res <- result{c, err} })
+	select {
+	case r := <-res:
+		if r.err == nil {
+			r.c.Abandon()
+			t.Fatal("dial to a closed port succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a refused dial never ended")
+	}
+}
+
+// TestDialAsyncWaits checks the asynchronous dial when the connect does
+// not end inside the call: a listener whose accept queue is full drops
+// the SYN, so the connect is under way until the timer ends it, or until
+// the queue has room again and the SYN's retransmission is answered,
+// which the loop reports.
+func TestDialAsyncWaits(t *testing.T) {
+	ls := loopsFor(t)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	unix.SetNonblock(fd, true)
+	sa, _ := unix.Getsockname(fd)
+	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+	var fill []net.Conn
+	defer func() {
+		for _, c := range fill {
+			c.Close()
+		}
+	}()
+	for range 16 {
+		c, err := net.DialTimeout("tcp", dst.String(), 200*time.Millisecond)
+		if err != nil {
+			break // the queue is full: SYNs are dropped
+		}
+		fill = append(fill, c)
+	}
+	type result struct {
+		c   *Conn
+		err error
+	}
+	res := make(chan result, 1)
+	then := func(c *Conn, err error) { res <- result{c, err} }
+
+	ls.DialAsync(dst, 0, 300*time.Millisecond, false, then)
+	select {
+	case r := <-res:
+		if r.err == nil {
+			r.c.Abandon()
+			t.Fatal("a dial into a full accept queue connected")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the timer never ended the dial")
+	}
+
+	ls.DialAsync(dst, 0, 10*time.Second, false, then)
+	for { // make room: the SYN's retransmission is answered
+		nfd, _, err := unix.Accept4(fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if err != nil {
+			break
+		}
+		defer unix.Close(nfd)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // keep room in the queue
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			if nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC); err == nil {
+				unix.Close(nfd)
+			}
+		}
+	}()
+	select {
+	case r := <-res:
+		if r.err != nil {
+			t.Fatalf("dial after the queue had room: %v", r.err)
+		}
+		r.c.Abandon()
+	case <-time.After(15 * time.Second):
+		t.Fatal("the loop never reported the connect's end")
+	}
+}
