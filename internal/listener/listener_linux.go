@@ -148,3 +148,14 @@ func getsockopt(fd, level, opt int, buf []byte) error {
 	}
 	return nil
 }
+
+// SetDeferAcceptFD is SetDeferAccept for a listening socket held as a
+// file descriptor (a relay loop's, see relay.Listener).
+func SetDeferAcceptFD(fd int, on bool) error { return setDeferAccept(fd, on) }
+
+// DeferAcceptFD is DeferAccept for a listening socket held as a file
+// descriptor.
+func DeferAcceptFD(fd int) (on bool, err error) {
+	v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT)
+	return v > 0, err
+}

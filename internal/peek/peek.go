@@ -92,23 +92,58 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b 
 // set: whoever reads next (relay, refuse) sets its own. Release must be
 // called with the Result once its Data has been forwarded.
 func Peek(c net.Conn, dl Deadlines) Result {
-	bp := bufPool.Get().(*[]byte)
-	buf := (*bp)[:0]
+	return PeekAfter(c, dl, Buffer())
+}
 
-	c.SetReadDeadline(dl.FirstBytes)
-	buf, err := readMore(c, buf)
+// Buffer returns an empty peek buffer from the pool, for a first read
+// made elsewhere (a relay loop's) and handed to Whole or PeekAfter, which
+// take it over.
+func Buffer() []byte {
+	bp := bufPool.Get().(*[]byte)
+	return (*bp)[:0]
+}
+
+// PeekAfter is Peek for a connection whose first bytes were read already
+// into buf (a Buffer; empty if none were): they count as Peek's first
+// read, and the result owns buf.
+func PeekAfter(c net.Conn, dl Deadlines, buf []byte) Result {
 	if len(buf) == 0 {
-		r := Result{Protocol: ServerFirst, Data: buf}
-		if err != nil && !TimedOut(err) {
-			r.Err = err // EOF or reset before a byte: the caller logs it
+		c.SetReadDeadline(dl.FirstBytes)
+		var err error
+		buf, err = readMore(c, buf)
+		if len(buf) == 0 {
+			r := Result{Protocol: ServerFirst, Data: buf}
+			if err != nil && !TimedOut(err) {
+				r.Err = err // EOF or reset before a byte: the caller logs it
+			}
+			return r
 		}
-		return r
 	}
 	c.SetReadDeadline(dl.Complete)
-	if buf[0] >= 20 && buf[0] <= 23 { // a TLS record's content type (RFC 8446 §5.1)
+	if isTLSRecord(buf[0]) {
 		return peekTLS(c, buf)
 	}
 	return peekText(c, buf)
+}
+
+// isTLSRecord reports whether b is a TLS record's content type (RFC 8446
+// §5.1).
+func isTLSRecord(b byte) bool { return b >= 20 && b <= 23 }
+
+// Whole classifies bytes read already (buf, a Buffer) when they hold a
+// whole ClientHello that parses, as Peek would; ok is false when they do
+// not yet, or are anything else, and then buf is still the caller's (for
+// PeekAfter). With ok, the result owns buf.
+func Whole(buf []byte) (r Result, ok bool) {
+	if len(buf) == 0 || !isTLSRecord(buf[0]) {
+		return Result{}, false
+	}
+	r, more := examineTLS(buf)
+	if more || r.Protocol != TLS || !r.HelloOK {
+		Release(&Result{scratch: r.scratch}) // only the reassembly buffer, if any
+		return Result{}, false
+	}
+	return r, true
 }
 
 // Release returns r's buffers to their pools; r.Data and the views in
@@ -136,34 +171,9 @@ var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, clienthello.M
 
 func peekTLS(c net.Conn, buf []byte) Result {
 	for {
-		var r Result
-		// The scratch buffer is held only while examining, never while
-		// waiting for the client: a client trickling its hello must not pin
-		// 16 KiB (TestSilentAndSlowCrowd measures it). Once the hello is
-		// whole, r.Hello views the buffer the message is in, so one that
-		// was reassembled in scratch keeps it until Release.
-		sp := scratchPool.Get().(*[]byte)
-		msg, _, st := clienthello.Reassemble(buf, (*sp)[:0])
-		if st == clienthello.Complete && !clienthello.Parse(msg, &r.Hello) {
-			st = clienthello.Invalid
-		}
-		if st == clienthello.Complete && &msg[0] == &(*sp)[:1][0] {
-			r.scratch = sp
-		} else {
-			scratchPool.Put(sp)
-		}
-		switch st {
-		case clienthello.Complete:
-			r.Hello.RecordVersion = clienthello.RecordVersion(buf)
-			r.Protocol, r.Data, r.HelloOK = TLS, buf, true
+		r, more := examineTLS(buf)
+		if !more {
 			return r
-		case clienthello.NotTLS: // a first byte of 20 to 23 that is not: nothing we know
-			return Result{Protocol: Unknown, Data: buf}
-		case clienthello.Invalid:
-			return tlsError(buf, ErrMalformedHello)
-		}
-		if len(buf) >= clienthello.MaxHelloLen {
-			return tlsError(buf, ErrHelloTooLarge)
 		}
 		var err error
 		if buf, err = readMore(c, buf); err != nil {
@@ -173,6 +183,40 @@ func peekTLS(c net.Conn, buf []byte) Result {
 			return tlsError(buf, err)
 		}
 	}
+}
+
+// examineTLS classifies buf as a TLS stream once; more says the hello is
+// not whole yet and buf may grow.
+func examineTLS(buf []byte) (r Result, more bool) {
+	// The scratch buffer is held only while examining, never while
+	// waiting for the client: a client trickling its hello must not pin
+	// 16 KiB (TestSilentAndSlowCrowd measures it). Once the hello is
+	// whole, r.Hello views the buffer the message is in, so one that
+	// was reassembled in scratch keeps it until Release.
+	sp := scratchPool.Get().(*[]byte)
+	msg, _, st := clienthello.Reassemble(buf, (*sp)[:0])
+	if st == clienthello.Complete && !clienthello.Parse(msg, &r.Hello) {
+		st = clienthello.Invalid
+	}
+	if st == clienthello.Complete && &msg[0] == &(*sp)[:1][0] {
+		r.scratch = sp
+	} else {
+		scratchPool.Put(sp)
+	}
+	switch st {
+	case clienthello.Complete:
+		r.Hello.RecordVersion = clienthello.RecordVersion(buf)
+		r.Protocol, r.Data, r.HelloOK = TLS, buf, true
+		return r, false
+	case clienthello.NotTLS: // a first byte of 20 to 23 that is not: nothing we know
+		return Result{Protocol: Unknown, Data: buf}, false
+	case clienthello.Invalid:
+		return tlsError(buf, ErrMalformedHello), false
+	}
+	if len(buf) >= clienthello.MaxHelloLen {
+		return tlsError(buf, ErrHelloTooLarge), false
+	}
+	return Result{}, true
 }
 
 // tlsError is a TLS stream the gateway refuses, with the record version to

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -95,6 +96,19 @@ type call struct {
 	err  error
 }
 
+// ErrNotCached is Resolve's answer, under CachedOnly, for a name it would
+// have to ask the resolver about.
+var ErrNotCached = errors.New("not in the look-up cache")
+
+type cachedOnlyKey struct{}
+
+// CachedOnly makes Resolve under ctx answer from the cache only, never
+// waiting: for a caller that must not block (a relay loop's goroutine),
+// which on ErrNotCached hands the work to one that may.
+func CachedOnly(ctx context.Context) context.Context {
+	return context.WithValue(ctx, cachedOnlyKey{}, true)
+}
+
 // Resolve returns the cached answer or asks the resolver.
 func (c *Cache) Resolve(ctx context.Context, name string) (Lookup, error) {
 	now := time.Now()
@@ -104,6 +118,10 @@ func (c *Cache) Resolve(ctx context.Context, name string) (Lookup, error) {
 		c.stats.Hits++
 		c.mu.Unlock()
 		return e.l, e.err
+	}
+	if ctx.Value(cachedOnlyKey{}) != nil {
+		c.mu.Unlock()
+		return Lookup{}, ErrNotCached
 	}
 	c.stats.Misses++
 	if cl, ok := c.inflight[name]; ok {
