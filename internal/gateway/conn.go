@@ -21,6 +21,7 @@ import (
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/refuse"
 	"github.com/egressd/egressd/internal/relay"
+	"github.com/egressd/egressd/internal/upstream"
 )
 
 // verdict is the outcome of deciding one connection: the policy's decision
@@ -44,6 +45,9 @@ type verdict struct {
 	// a deny that report-only mode waives), the client is told the server
 	// cannot be reached, as when it is down, not that policy denied it.
 	noAddr, unreachable bool
+	// wouldBlock: deciding needs a look-up that is not cached, and the
+	// caller (a relay loop, under upstream.CachedOnly) may not wait for it.
+	wouldBlock bool
 }
 
 // handle is one connection's life up to its relay, in its steps: the
@@ -54,13 +58,20 @@ type verdict struct {
 // returns false, session.relayed when the relay loop ends a connection
 // handed to it (handle returns true).
 func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn) (relaying bool) {
-	s := g.newSession(bl, c)
+	return g.newSession(bl, c).handle(ctx, nil)
+}
+
+// handle runs the session from its prelude; first holds the bytes a
+// relay loop read from the client already (a peek buffer), if any. A
+// session a loop began has its source slot already when srcHeld is set.
+func (s *session) handle(ctx context.Context, first []byte) (relaying bool) {
+	g, c := s.g, s.c
 	defer func() {
 		if !relaying {
 			s.finish()
 		}
 	}()
-	if !s.prelude() {
+	if !s.srcHeld && !s.prelude() {
 		return false
 	}
 	if s.lc.Mode == config.ModeExplicit {
@@ -71,7 +82,7 @@ func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn)
 	if !ok {
 		return false
 	}
-	p := s.peek()
+	p := s.peek(first)
 	defer peek.Release(&p)
 	switch {
 	case p.Err != nil:
@@ -112,6 +123,10 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result) (relayin
 	cfg := s.st.Config
 	dialStart := time.Now()
 	rc, err := dialVerdict(ctx, &v, cfg.Timeouts.Connect, func(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (*relay.Conn, error) {
+		if f := s.failed; f != nil && f.dst == dst {
+			s.failed = nil // the loop's dial of it failed already (inline.go)
+			return nil, f.err
+		}
 		return s.g.loops.Dial(ctx, dst, cfg.Mark, timeout, len(p.Data) > 0)
 	})
 	s.g.metrics.Dial(time.Since(dialStart))
@@ -401,6 +416,9 @@ func (g *Gateway) resolved(ctx context.Context, st *State, in policy.Input, port
 		return verdict{Decision: d, byName: true}
 	}
 	lk, err := g.lookups.Resolve(ctx, in.FQDN)
+	if errors.Is(err, upstream.ErrNotCached) {
+		return verdict{wouldBlock: true}
+	}
 	if err != nil {
 		return noRoute(d, err.Error())
 	}
@@ -448,6 +466,8 @@ func (g *Gateway) decideTransparent(ctx context.Context, st *State, lc *config.L
 	}
 	lk, err := g.lookups.Resolve(ctx, in.FQDN)
 	switch {
+	case errors.Is(err, upstream.ErrNotCached):
+		return verdict{wouldBlock: true}
 	case err != nil:
 		v.Action = policy.Deny
 		v.Reason = "cannot verify " + in.FQDN + " against " + orig.Addr().String() + ": " + err.Error()

@@ -70,7 +70,7 @@ func TestReloadDuringDrain(t *testing.T) {
 			// leak: close it so the test binary can exit
 			g.mu.Lock()
 			for _, bl := range g.listeners {
-				bl.ln.Close()
+				bl.close()
 			}
 			g.mu.Unlock()
 		}

@@ -65,6 +65,9 @@ type Gateway struct {
 	// ja4 remembers recent hellos' fingerprints (clienthello.JA4Memo):
 	// most connections' JA4 costs no hashing and no allocation.
 	ja4 *clienthello.JA4Memo
+	// onLoop counts the connections a relay loop set up itself (inline.go);
+	// tests read it.
+	onLoop atomic.Int64
 
 	mu        sync.Mutex
 	listeners []*boundListener
@@ -101,6 +104,9 @@ type Gateway struct {
 type boundListener struct {
 	cfg atomic.Pointer[config.Listener]
 	ln  *net.TCPListener
+	// raw, when set, is ln's socket accepted on by a relay loop (see
+	// inline.go); ln itself is closed then. Under Gateway.mu.
+	raw *relay.Listener
 }
 
 func newBound(lc config.Listener, ln *net.TCPListener) *boundListener {
@@ -279,8 +285,7 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	g.mu.Lock()
 	g.serveCtx = ctx
 	for _, bl := range g.listeners {
-		g.wg.Add(1)
-		go g.acceptLoop(ctx, bl)
+		g.startAccepting(ctx, bl)
 	}
 	g.serveUDP()
 	g.mu.Unlock()
@@ -335,7 +340,7 @@ func (g *Gateway) closeListeners() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, bl := range g.listeners {
-		bl.ln.Close()
+		bl.close()
 	}
 	g.stopUDP()
 }
@@ -370,7 +375,7 @@ func (g *Gateway) acceptLoop(ctx context.Context, bl *boundListener) {
 			continue
 		}
 		g.track(c, true)
-		g.dispatch(connCtx, job{bl, c})
+		g.dispatch(connCtx, job{bl: bl, c: c})
 	}
 }
 
@@ -378,6 +383,11 @@ func (g *Gateway) acceptLoop(ctx context.Context, bl *boundListener) {
 type job struct {
 	bl *boundListener
 	c  *net.TCPConn
+	// s and first: a connection a relay loop accepted and could not set
+	// up itself (inline.go), with the bytes it read already (a peek
+	// buffer, or nil).
+	s     *session
+	first []byte
 }
 
 func (g *Gateway) track(c io.Closer, add bool) {
@@ -392,10 +402,17 @@ func (g *Gateway) track(c io.Closer, add bool) {
 
 // serveConn runs a connection's set-up. When handle hands it to the relay
 // loop, the loop's callback (relayed) ends it; otherwise it ends here.
-func (g *Gateway) serveConn(ctx context.Context, bl *boundListener, c *net.TCPConn) {
-	if g.handle(ctx, bl, c) {
+func (g *Gateway) serveConn(ctx context.Context, j job) {
+	var relaying bool
+	if j.s != nil {
+		relaying = j.s.handle(ctx, j.first)
+	} else {
+		relaying = g.handle(ctx, j.bl, j.c)
+	}
+	if relaying {
 		return
 	}
+	c := j.c
 	g.track(c, false)
 	g.active.Add(-1)
 }

@@ -151,7 +151,7 @@ func (g *Gateway) Reload(st *State) (restart []string, err error) {
 		// The mode decides deferred accepts (listenOptions). Set on every
 		// reload, once nothing can fail it any more: one setsockopt, and a
 		// switch that failed is tried (and reported) again next time.
-		if want := listenOptions(u.lc).DeferAccept; listener.SetDeferAccept(u.bl.ln, want) != nil {
+		if want := listenOptions(u.lc).DeferAccept; u.bl.setDeferAccept(want) != nil {
 			restart = append(restart, fmt.Sprintf("listener %s: mode %s wants TCP_DEFER_ACCEPT %v, which could not be set; restart to apply it", u.lc.Name, u.lc.Mode, want))
 		}
 		u.bl.cfg.Store(&u.lc)
@@ -161,15 +161,14 @@ func (g *Gateway) Reload(st *State) (restart []string, err error) {
 	g.listeners = next
 	if g.serveCtx != nil {
 		for _, bl := range fresh {
-			g.wg.Add(1)
-			go g.acceptLoop(g.serveCtx, bl)
+			g.startAccepting(g.serveCtx, bl)
 		}
 	}
 	g.mu.Unlock()
 	for _, bl := range current {
 		if !used[bl] {
 			g.log.Info("listener removed: stopped accepting", "listener", bl.config().Name, "address", listener.AddrPort(bl.ln.Addr()).String())
-			bl.ln.Close()
+			bl.close()
 		}
 	}
 	for _, bl := range fresh {

@@ -24,7 +24,6 @@ import (
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/admin"
 	"github.com/egressd/egressd/internal/config"
-	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/testnet"
 )
 
@@ -591,7 +590,7 @@ policy: {default: deny}
 		defer s.mu.Unlock()
 		for _, bl := range s.listeners {
 			name := bl.config().Name
-			on, err := listener.DeferAccept(bl.ln)
+			on, err := bl.deferAccept()
 			if err != nil || on != want[name] {
 				t.Errorf("%s: listener %s (%s): TCP_DEFER_ACCEPT on = %v (err %v), want %v", when, name, bl.config().Mode, on, err, want[name])
 			}

@@ -41,6 +41,14 @@ type session struct {
 	// srcHeld: the connection counts against max_connections_per_source.
 	srcHeld bool
 	logged  bool
+	// failed is a dial a relay loop made for this connection and saw fail
+	// (inline.go): relay's dialVerdict counts it as its first attempt.
+	failed *failedDial
+}
+
+type failedDial struct {
+	dst netip.AddrPort
+	err error
 }
 
 func (g *Gateway) newSession(bl *boundListener, c *net.TCPConn) *session {
@@ -169,12 +177,15 @@ func (s *session) original() (netip.AddrPort, bool) {
 
 // peek reads the client's first bytes under the listener's deadlines; the
 // caller releases the result.
-func (s *session) peek() peek.Result {
+func (s *session) peek(first []byte) peek.Result {
 	cfg := s.st.Config
-	p := peek.Peek(s.c, peek.Deadlines{
+	if first == nil {
+		first = peek.Buffer()
+	}
+	p := peek.PeekAfter(s.c, peek.Deadlines{
 		FirstBytes: s.start.Add(cfg.Timeouts.FirstBytes),
 		Complete:   s.start.Add(cfg.Timeouts.ClientHello),
-	})
+	}, first)
 	s.handshakeDone()
 	s.g.metrics.PeekWait(time.Since(s.rec.Start))
 	s.rec.Protocol = p.Protocol

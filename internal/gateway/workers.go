@@ -97,7 +97,7 @@ func (g *Gateway) dispatch(ctx context.Context, j job) {
 func (g *Gateway) worker(ctx context.Context, w *worker, j job) {
 	defer g.wg.Done()
 	for {
-		g.serveConn(ctx, j.bl, j.c)
+		g.serveConn(ctx, j)
 		if !g.workers.put(w) {
 			return
 		}

@@ -1,0 +1,275 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/listener"
+	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/peek"
+	"github.com/egressd/egressd/internal/relay"
+	"github.com/egressd/egressd/internal/upstream"
+)
+
+// Connections set up on the relay loop.
+//
+// An sni listener's connections are accepted by a relay loop, not by the
+// runtime (relay.Listener), and the loop sets up what it can without
+// waiting: a client whose first read holds a whole ClientHello, a name in
+// the look-up cache, an allow. It reads the hello, decides it exactly as
+// handle does (judge), starts the dial (relay.Loops.DialAsync) and, once
+// the connect has ended, attaches the client and relays, all on the
+// loop's own goroutine. Through the runtime, each connection woke the
+// runtime's poller for the accept, registered the socket with it and
+// handed it to a set-up goroutine; measured on this path, a raw connection
+// costs 13 % less CPU (docs/performance.md).
+//
+// Anything else goes to a set-up goroutine as before, with the session
+// and the bytes read so far (promote): a hello not yet whole, anything but
+// TLS, a name not cached, a refusal, a failed connect, a listener whose
+// config changed to need more. Those take the path every other listener
+// takes, from the peek on, so every decision is the one handle makes; the
+// loop only ever acts on an allow that path would have made too.
+
+// inlineEligible reports whether a listener's connections may be set up
+// on a relay loop: an sni listener, which needs no original destination
+// and, with deferred accepts, usually has the hello when it accepts, and
+// without a PROXY header to read first.
+func inlineEligible(lc *config.Listener) bool {
+	return lc.Mode == config.ModeSNI && !lc.ProxyProtocol
+}
+
+// startAccepting starts accepting on bl (under g.mu): on a relay loop for
+// an eligible listener, else in an accept goroutine. A listener whose mode
+// changes on a reload keeps its way of accepting until a restart; a loop
+// hands connections it cannot set up to the goroutines.
+func (g *Gateway) startAccepting(ctx context.Context, bl *boundListener) {
+	if inlineEligible(bl.config()) {
+		connCtx := context.WithoutCancel(ctx)
+		x, err := g.loops.Listen(bl.ln,
+			func(fd int, peer netip.AddrPort) { g.acceptInline(connCtx, bl, fd, peer) },
+			func(err error, backoff time.Duration) {
+				g.metrics.AcceptError()
+				g.log.Warn("accept failed; backing off", "listener", bl.config().Name, "err", err, "backoff", backoff)
+			})
+		if err == nil {
+			bl.raw = x
+			return
+		}
+		g.log.Warn("accepting in a goroutine: the relay loop cannot take the listener", "listener", bl.config().Name, "err", err)
+	}
+	g.wg.Add(1)
+	go g.acceptLoop(ctx, bl)
+}
+
+// setDeferAccept sets TCP_DEFER_ACCEPT on the listening socket, wherever
+// it is accepted on.
+func (bl *boundListener) setDeferAccept(on bool) error {
+	if bl.raw != nil {
+		return bl.raw.Control(func(fd int) error { return listener.SetDeferAcceptFD(fd, on) })
+	}
+	return listener.SetDeferAccept(bl.ln, on)
+}
+
+// deferAccept reports whether TCP_DEFER_ACCEPT is on for the listening
+// socket.
+func (bl *boundListener) deferAccept() (bool, error) {
+	if bl.raw != nil {
+		var on bool
+		err := bl.raw.Control(func(fd int) (err error) { on, err = listener.DeferAcceptFD(fd); return err })
+		return on, err
+	}
+	return listener.DeferAccept(bl.ln)
+}
+
+// close stops accepting on bl, wherever it is accepted on.
+func (bl *boundListener) close() {
+	if bl.raw != nil {
+		bl.raw.Close()
+	}
+	bl.ln.Close()
+}
+
+// acceptInline sets up a connection a relay loop accepted, on the loop's
+// goroutine (see the top of this file): it never waits.
+func (g *Gateway) acceptInline(ctx context.Context, bl *boundListener, fd int, src netip.AddrPort) {
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	if !g.admitFD(fd, src) {
+		return
+	}
+	st := g.state.Load()
+	s := &session{g: g, st: st, lc: bl.config(), pending: true, start: time.Now(), src: src}
+	s.rec = s.record()
+	s.rec.Start = s.start
+	if !inlineEligible(s.lc) {
+		g.promote(ctx, bl, fd, s, nil)
+		return
+	}
+	cfg := st.Config
+	if max := cfg.Limits.MaxConnectionsPerSource; max > 0 {
+		if !g.sources.Acquire(src.Addr(), max) {
+			g.promote(ctx, bl, fd, s, nil) // turned away there, with its line
+			return
+		}
+		s.srcHeld = true
+	}
+	buf := peek.Buffer()
+	n, _ := unix.Read(fd, buf[:cap(buf)])
+	buf = buf[:max(n, 0)]
+	p, ok := peek.Whole(buf)
+	if !ok {
+		g.promote(ctx, bl, fd, s, buf)
+		return
+	}
+	v := g.judge(upstream.CachedOnly(ctx), st, s.lc, &s.rec, &p, netip.AddrPort{})
+	if v.wouldBlock || g.refusing(st, v, &s.rec) {
+		s.rec = s.record() // the goroutine decides it afresh
+		s.rec.Start = s.start
+		g.promote(ctx, bl, fd, s, keepData(&p))
+		return
+	}
+	s.handshakeDone()
+	g.metrics.PeekWait(time.Since(s.rec.Start))
+	s.rec.Protocol = p.Protocol
+	timeout := cfg.Timeouts.Connect
+	if addrs := v.candidates(make([]netip.AddrPort, 0, maxDialAttempts)); len(addrs) > 1 {
+		timeout = max(timeout/time.Duration(len(addrs)), min(minDialShare, timeout)) // as dialVerdict shares it
+	}
+	dialStart := time.Now()
+	g.wg.Add(1) // Serve waits for a dial under way as for a set-up goroutine
+	g.loops.DialAsync(v.dst, cfg.Mark, timeout, true, func(rc *relay.Conn, err error) {
+		defer g.wg.Done()
+		if err != nil {
+			// The goroutine tries the name's other answers, or refuses,
+			// as relay does after a first failed attempt.
+			s.failed = &failedDial{v.dst, err}
+			s.rec = s.record()
+			s.rec.Start = s.start
+			s.pending = true
+			g.pending.Add(1)
+			g.promote(ctx, bl, fd, s, keepData(&p))
+			return
+		}
+		g.metrics.Dial(time.Since(dialStart))
+		s.rec.Dst, s.rec.Reason = v.dst, v.Reason
+		first := len(p.Data)
+		if err := rc.AttachFD(fd, src, p.Data, cfg.Timeouts.Idle, func(res relay.Result) {
+			s.relayed(rc, &s.rec, res)
+		}); err != nil {
+			// Both sockets are closed; the line is written off the loop.
+			s.rec.Reason = v.Reason + "; relay failed: " + err.Error()
+			peek.Release(&p)
+			go func() {
+				s.finish()
+				g.active.Add(-1)
+			}()
+			return
+		}
+		s.rec.BytesUp = int64(first)
+		peek.Release(&p)
+		g.onLoop.Add(1)
+		g.handOff(nil, rc)
+	})
+}
+
+// keepData releases what p holds but its bytes, which it returns: a
+// promoted connection peeks again from them.
+func keepData(p *peek.Result) []byte {
+	data := p.Data
+	p.Data = nil
+	peek.Release(p)
+	return data
+}
+
+// promote hands a connection the loop accepted to a set-up goroutine,
+// with first, the bytes read from it so far (a peek buffer, or nil): the
+// socket becomes a net.TCPConn (registered with the runtime's poller),
+// and the session runs from its prelude, or from the peek when the loop
+// took its source slot already.
+func (g *Gateway) promote(ctx context.Context, bl *boundListener, fd int, s *session, first []byte) {
+	g.promoteAfter(ctx, bl, os.NewFile(uintptr(fd), ""), s, first, 0)
+}
+
+// promoteAfter is promote, tried again after wait when the process had no
+// descriptor to spare for the net.TCPConn (net.FileConn duplicates the
+// socket): the connection waits, as it would have waited in the accept
+// queue, rather than being dropped.
+func (g *Gateway) promoteAfter(ctx context.Context, bl *boundListener, f *os.File, s *session, first []byte, wait time.Duration) {
+	nc, err := net.FileConn(f)
+	if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+		wait = min(max(2*wait, 5*time.Millisecond), time.Second)
+		g.metrics.AcceptError()
+		g.log.Warn("accept failed; backing off", "listener", bl.config().Name, "err", err, "backoff", wait)
+		// f stays open and referenced (its finalizer would close it);
+		// Serve waits for the retry as for a set-up goroutine.
+		g.wg.Add(1)
+		time.AfterFunc(wait, func() {
+			defer g.wg.Done()
+			g.promoteAfter(ctx, bl, f, s, first, wait)
+		})
+		return
+	}
+	f.Close()
+	c, ok := nc.(*net.TCPConn)
+	if err != nil || !ok {
+		if nc != nil {
+			nc.Close()
+		}
+		// Nothing the client sent is looked at: the connection ends as
+		// one turned away would.
+		if first != nil {
+			peek.Release(&peek.Result{Data: first})
+		}
+		s.c = nil
+		s.rec.Protocol = peek.Unknown
+		s.rec.Action, s.rec.Enforced = accesslog.Deny, true
+		s.rec.Reason = "could not hand the connection over: " + handOverError(err)
+		go func() {
+			s.finish()
+			g.active.Add(-1)
+		}()
+		return
+	}
+	s.c = c
+	g.track(c, true)
+	g.dispatch(ctx, job{bl: bl, c: c, s: s, first: first})
+}
+
+func handOverError(err error) string {
+	if err == nil {
+		return "not a TCP socket"
+	}
+	return err.Error()
+}
+
+// admitFD is admit for a socket a loop accepted: over a limit it is
+// reset and closed at once, counted and warned of as admit does.
+func (g *Gateway) admitFD(fd int, src netip.AddrPort) bool {
+	lim := &g.state.Load().Config.Limits
+	limit, max := "", 0
+	if n := g.active.Add(1); lim.MaxConnections > 0 && n > int64(lim.MaxConnections) {
+		g.active.Add(-1)
+		limit, max = metrics.LimitConnections, lim.MaxConnections
+	} else if p := g.pending.Add(1); lim.MaxPendingHandshakes > 0 && p > int64(lim.MaxPendingHandshakes) {
+		g.pending.Add(-1)
+		g.active.Add(-1)
+		limit, max = metrics.LimitPendingHandshakes, lim.MaxPendingHandshakes
+	} else {
+		return true
+	}
+	g.metrics.Rejected(limit) // counted before the client can see the reset
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	unix.Close(fd)
+	if g.limitLog.Allow(time.Now()) {
+		g.log.Warn("limit reached: resetting new connections", "limit", limit, "max", max, "example_src", src.String())
+	}
+	return false
+}

@@ -1,0 +1,74 @@
+package gateway
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// TestSetUpOnTheLoop checks that the sni listener's two ways of setting a
+// connection up (inline.go) decide and relay alike: the first connection
+// to a name, not cached yet, goes to a set-up goroutine; the second, a
+// whole hello for a cached name, is set up by the relay loop; a hello
+// split in two writes is handed over with the half the loop read; a
+// denied name is refused by the goroutine even once it is cached. Every
+// one ends in the same log line.
+func TestSetUpOnTheLoop(t *testing.T) {
+	w := newWorld(t, baseRecords, basePolicy)
+	relayOnce := func(how string) {
+		t.Helper()
+		c, rc, err := dialTLS(w, "api.good.test")
+		if err != nil {
+			t.Fatalf("%s: handshake through egressd: %v", how, err)
+		}
+		if got := <-w.serverCh; got != "api.good.test" {
+			t.Errorf("%s: server saw SNI %q", how, got)
+		}
+		echo(t, c, bytes.Repeat([]byte("x"), 100_000))
+		c.Close()
+		e := w.waitLog(bySrcPort(rc))
+		w.want(e, map[string]any{"listener": "sni", "action": "allow", "rule": "good", "fqdn": "api.good.test",
+			"fqdn_source": "sni", "protocol": "tls", "enforced": true, "dst": w.echo.String()})
+	}
+	relayOnce("not cached")
+	w.gw.mu.Lock()
+	raw := w.gw.listeners[0].raw
+	w.gw.mu.Unlock()
+	if raw == nil {
+		t.Fatal("the sni listener is not accepted on a relay loop")
+	}
+	if n := w.gw.onLoop.Load(); n != 0 {
+		t.Errorf("the loop set up %d connections before the name was cached, want 0", n)
+	}
+	relayOnce("cached")
+	if n := w.gw.onLoop.Load(); n != 1 {
+		t.Errorf("the loop set up %d connections, want 1 (the one with a cached name)", n)
+	}
+
+	// Split: the loop reads the first part only and hands it over.
+	rec := goHelloBytes(t, "api.good.test")
+	go func() { <-w.serverCh }()
+	got, _, c := send(t, w.addr, rec[:40], rec[40:])
+	if got != gotServerRecord {
+		t.Fatalf("split hello: %v, want the server's answer", got)
+	}
+	c.Close()
+	if n := w.gw.onLoop.Load(); n != 1 {
+		t.Errorf("after a split hello the loop set up %d connections, want still 1", n)
+	}
+
+	// Denied, with its name's answers cached by an earlier deny's lookup.
+	for range 2 {
+		_, rc, err := dialTLS(w, "nodest.test")
+		if err == nil || !strings.Contains(err.Error(), "access denied") {
+			t.Errorf("denied name: handshake error = %v, want a TLS access denied alert", err)
+		}
+		rc.Close()
+		e := w.waitLog(bySrcPort(rc))
+		w.want(e, map[string]any{"action": "deny", "rule": "nodest", "protocol": "tls", "enforced": true})
+	}
+	if n := w.gw.onLoop.Load(); n != 1 {
+		t.Errorf("the loop set up %d connections, want still 1: it never refuses itself", n)
+	}
+	w.noServerConn("for a denied client")
+}
