@@ -221,3 +221,27 @@ func BenchmarkCacheFlood(b *testing.B) {
 		})
 	}
 }
+
+// TestCachedOnly checks that a look-up under CachedOnly never asks the
+// resolver: a name not cached is ErrNotCached, a cached one is answered.
+func TestCachedOnly(t *testing.T) {
+	r := &perName{ttl: time.Hour}
+	c := &Cache{Resolver: r}
+	ctx := CachedOnly(context.Background())
+	if _, err := c.Resolve(ctx, "a.test"); !errors.Is(err, ErrNotCached) {
+		t.Fatalf("uncached name under CachedOnly: err %v, want ErrNotCached", err)
+	}
+	if n := r.count("a.test"); n != 0 {
+		t.Fatalf("the resolver was asked %d times under CachedOnly", n)
+	}
+	if _, err := c.Resolve(context.Background(), "a.test"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.Resolve(ctx, "a.test")
+	if err != nil || len(l.Addrs) != 1 {
+		t.Fatalf("cached name under CachedOnly: %v, %v", l, err)
+	}
+	if n := r.count("a.test"); n != 1 {
+		t.Errorf("the resolver was asked %d times, want 1", n)
+	}
+}
