@@ -203,24 +203,26 @@ func rawAddrPort(rsa *unix.RawSockaddrAny) netip.AddrPort {
 
 // connectRaw is connect(2) on a non-blocking socket, made raw.
 func connectRaw(fd int, sa unix.Sockaddr) error {
+	var ptr unsafe.Pointer
+	var n uintptr
 	switch sa := sa.(type) {
 	case *unix.SockaddrInet4:
-		var rsa unix.RawSockaddrInet4
-		rsa.Family = unix.AF_INET
-		p := (*[2]byte)(unsafe.Pointer(&rsa.Port))
-		p[0], p[1] = byte(sa.Port>>8), byte(sa.Port)
-		rsa.Addr = sa.Addr
-		_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), unix.SizeofSockaddrInet4)
-		return errnoErr(e)
+		rsa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sa.Addr}
+		putPort(&rsa.Port, sa.Port)
+		ptr, n = unsafe.Pointer(&rsa), unix.SizeofSockaddrInet4
 	case *unix.SockaddrInet6:
-		var rsa unix.RawSockaddrInet6
-		rsa.Family = unix.AF_INET6
-		p := (*[2]byte)(unsafe.Pointer(&rsa.Port))
-		p[0], p[1] = byte(sa.Port>>8), byte(sa.Port)
-		rsa.Addr = sa.Addr
-		rsa.Scope_id = sa.ZoneId
-		_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), unix.SizeofSockaddrInet6)
-		return errnoErr(e)
+		rsa := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: sa.Addr, Scope_id: sa.ZoneId}
+		putPort(&rsa.Port, sa.Port)
+		ptr, n = unsafe.Pointer(&rsa), unix.SizeofSockaddrInet6
+	default:
+		return unix.Connect(fd, sa)
 	}
-	return unix.Connect(fd, sa)
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(ptr), n)
+	return errnoErr(e)
+}
+
+// putPort stores port in a raw sockaddr's port field, in network order.
+func putPort(field *uint16, port int) {
+	p := (*[2]byte)(unsafe.Pointer(field))
+	p[0], p[1] = byte(port>>8), byte(port)
 }

@@ -218,3 +218,27 @@ func TestDialAsyncWaits(t *testing.T) {
 		t.Fatal("the loop never reported the connect's end")
 	}
 }
+
+// TestDialAsyncIPv6 checks the raw connect's IPv6 sockaddr.
+func TestDialAsyncIPv6(t *testing.T) {
+	ln, err := net.ListenTCP("tcp6", &net.TCPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer ln.Close()
+	done := make(chan error, 1)
+	loopsFor(t).DialAsync(ln.Addr().(*net.TCPAddr).AddrPort(), 0, 5*time.Second, false, func(c *Conn, err error) {
+		if c != nil {
+			c.Abandon()
+		}
+		done <- err
+	})
+	if err := <-done; err != nil {
+		t.Fatalf("dial [::1]: %v", err)
+	}
+	c, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}
