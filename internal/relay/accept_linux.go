@@ -4,44 +4,54 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// A Listener is a listening socket whose connections a loop accepts
-// itself, and hands to a function on its own goroutine. Accepted through
-// the runtime, each connection cost the runtime's poller a registration,
-// a name look-up and a wake-up of a thread of its own, and a hand-over to
-// a set-up goroutine; on the loop, a handler that can decide at once
-// (gateway: a whole hello, a name already resolved) relays the connection
-// without any of them. The socket is in the loop's epoll set only, level-
-// triggered, and a batch accepts at most acceptBatch connections, so that
-// a flood of connections cannot starve the loop's relays.
+// A Listener is a listening socket whose connections the loops accept
+// themselves, and hand to a function on their own goroutine. Accepted
+// through the runtime, each connection cost the runtime's poller a
+// registration, a name look-up and a wake-up of a thread of its own, and
+// a hand-over to a set-up goroutine; on a loop, a handler that can decide
+// at once (gateway: a whole hello, a name already resolved) relays the
+// connection without any of them. The socket is in every loop's epoll
+// set, not the runtime's poller, level-triggered and with
+// EPOLLEXCLUSIVE, so that a new connection wakes one loop, not all, and
+// the set-ups spread over the loops as the relays do. A batch accepts at
+// most acceptBatch connections, so that a flood of connections cannot
+// starve a loop's relays.
 type Listener struct {
-	l      *loop
+	// mu is held (shared) around each accept4 and (exclusively) by Close,
+	// so that the socket is never closed, and its number reused, under an
+	// accept.
+	mu     sync.RWMutex
+	closed bool
+	loops  []*loop
 	fd     int
 	handle func(fd int, peer netip.AddrPort)
 	fail   func(err error, backoff time.Duration)
-	closed bool // under l.mu
-	muted  bool // under l.mu: accepting paused after an error (backoff)
-	wait   time.Duration
+
+	paused atomic.Bool // accepting paused for a backoff (see pause)
+	wmu    sync.Mutex
+	wait   time.Duration // under wmu
 }
 
 // acceptBatch bounds the connections a loop accepts per event.
 const acceptBatch = 32
 
 // Listen takes ln's socket out of the runtime's poller (ln is closed; a
-// duplicate of its socket lives on) and has one of the loops accept on
-// it: handle runs on the loop's goroutine with each accepted socket,
+// duplicate of its socket lives on) and has the loops accept on it:
+// handle runs on a loop's goroutine with each accepted socket,
 // non-blocking, which it then owns, and must not wait for anything. fail
 // is told of accept errors other than a client that left (EMFILE,
 // ENFILE, ENOBUFS...), with the backoff accepting then pauses for,
 // doubling from 5 ms to 1 s, back to 5 ms after an accept succeeds.
 func (ls *Loops) Listen(ln *net.TCPListener, handle func(fd int, peer netip.AddrPort), fail func(err error, backoff time.Duration)) (*Listener, error) {
-	l, err := ls.pick()
-	if err != nil {
+	if _, err := ls.pick(); err != nil {
 		return nil, err
 	}
 	raw, err := ln.SyscallConn()
@@ -68,24 +78,48 @@ func (ls *Loops) Listen(ln *net.TCPListener, handle func(fd int, peer netip.Addr
 		return nil, os.NewSyscallError("setsockopt", err)
 	}
 	ln.Close()
-	x := &Listener{l: l, fd: fd, handle: handle, fail: fail}
+	x := &Listener{loops: ls.loops, fd: fd, handle: handle, fail: fail}
+	for i, l := range x.loops {
+		if err := l.addListener(x); err != nil {
+			for _, l := range x.loops[:i] {
+				l.removeListener(x)
+			}
+			unix.Close(fd)
+			return nil, err
+		}
+	}
+	return x, nil
+}
+
+// addListener puts x in the loop's epoll set.
+func (l *loop) addListener(x *Listener) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.shut {
-		unix.Close(fd)
-		return nil, net.ErrClosed
+		return net.ErrClosed
 	}
 	if l.listeners == nil {
 		l.listeners = make(map[int]*Listener)
 	}
-	l.listeners[fd] = x
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: listenerTag}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		delete(l.listeners, fd)
-		unix.Close(fd)
-		return nil, os.NewSyscallError("epoll_ctl", err)
+	l.listeners[x.fd] = x
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(x.fd), Pad: listenerTag}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, x.fd, &ev); err != nil {
+		delete(l.listeners, x.fd)
+		return os.NewSyscallError("epoll_ctl", err)
 	}
-	return x, nil
+	return nil
+}
+
+// removeListener takes x out of the loop's epoll set.
+func (l *loop) removeListener(x *Listener) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.listeners[x.fd] == x {
+		delete(l.listeners, x.fd)
+	}
+	if !l.shut {
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, x.fd, nil)
+	}
 }
 
 // listenerTag is a listening socket's registration number in its epoll
@@ -95,23 +129,23 @@ const listenerTag = 0
 // Close stops accepting and closes the socket; connections in its
 // accept queue are reset. A second Close does nothing.
 func (x *Listener) Close() error {
-	l := x.l
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	if x.closed {
 		return nil
 	}
 	x.closed = true
-	delete(l.listeners, x.fd)
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, x.fd, nil)
+	for _, l := range x.loops {
+		l.removeListener(x)
+	}
 	unix.Close(x.fd)
 	return nil
 }
 
 // Control calls f with the listening socket, unless it is closed.
 func (x *Listener) Control(f func(fd int) error) error {
-	x.l.mu.Lock()
-	defer x.l.mu.Unlock()
+	x.mu.RLock()
+	defer x.mu.RUnlock()
 	if x.closed {
 		return net.ErrClosed
 	}
@@ -119,59 +153,77 @@ func (x *Listener) Control(f func(fd int) error) error {
 }
 
 // accept accepts up to acceptBatch connections on the listener whose
-// event came in, handing each to its handler. The accept4 runs under
-// l.mu, so that Close cannot close the fd (whose number may then be
-// reused) under it; the handler runs without it.
+// event came in, handing each to its handler. Another loop may accept on
+// the same socket at the same time: that is what the socket's queue is
+// for.
 func (l *loop) accept(fd int) {
+	l.mu.Lock()
+	x := l.listeners[fd]
+	l.mu.Unlock()
+	if x == nil {
+		return // a listener closed since the event was reported
+	}
 	for range acceptBatch {
-		l.mu.Lock()
-		x := l.listeners[fd]
-		if x == nil || x.muted {
-			l.mu.Unlock()
+		if x.paused.Load() {
 			return
 		}
-		nfd, peer, err := accept4NB(fd)
-		var backoff time.Duration
-		if err != nil && err != unix.EAGAIN && err != unix.EINTR && err != unix.ECONNABORTED {
-			backoff = x.pause()
+		x.mu.RLock()
+		if x.closed {
+			x.mu.RUnlock()
+			return
 		}
-		l.mu.Unlock()
+		nfd, peer, err := accept4NB(x.fd)
+		x.mu.RUnlock()
 		switch err {
 		case nil:
-			x.wait = 0
 			x.handle(nfd, peer)
 			continue
 		case unix.EINTR, unix.ECONNABORTED:
 			continue
 		case unix.EAGAIN:
+			x.wmu.Lock()
+			x.wait = 0 // the queue was emptied: the next error starts at 5 ms
+			x.wmu.Unlock()
 			return
 		}
-		if x.fail != nil {
+		if backoff, first := x.pause(); first && x.fail != nil {
 			x.fail(os.NewSyscallError("accept4", err), backoff)
 		}
 		return
 	}
 }
 
-// pause takes the listener out of the loop's interest for a backoff
-// (under l.mu): at EMFILE the pending connection stays queued and, level-
-// triggered, would wake the loop at once for ever.
-func (x *Listener) pause() time.Duration {
+// pause takes the listener out of the loops' interest for a backoff: at
+// EMFILE the pending connection stays queued and, level-triggered, would
+// wake the loops at once for ever. (An EPOLLEXCLUSIVE registration cannot
+// be modified, only removed and added again.) first is false when another
+// loop paused it already.
+func (x *Listener) pause() (backoff time.Duration, first bool) {
+	x.wmu.Lock()
+	defer x.wmu.Unlock()
+	if !x.paused.CompareAndSwap(false, true) {
+		return x.wait, false
+	}
 	x.wait = min(max(2*x.wait, 5*time.Millisecond), time.Second)
-	x.muted = true
-	ev := unix.EpollEvent{Events: 0, Fd: int32(x.fd), Pad: listenerTag}
-	unix.EpollCtl(x.l.epfd, unix.EPOLL_CTL_MOD, x.fd, &ev)
+	x.mu.RLock()
+	if !x.closed {
+		for _, l := range x.loops {
+			l.removeListener(x)
+		}
+	}
+	x.mu.RUnlock()
 	time.AfterFunc(x.wait, func() {
-		x.l.mu.Lock()
-		defer x.l.mu.Unlock()
+		x.mu.RLock()
+		defer x.mu.RUnlock()
 		if x.closed {
 			return
 		}
-		x.muted = false
-		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(x.fd), Pad: listenerTag}
-		unix.EpollCtl(x.l.epfd, unix.EPOLL_CTL_MOD, x.fd, &ev)
+		for _, l := range x.loops {
+			l.addListener(x) // a loop that ended refuses: nothing to do
+		}
+		x.paused.Store(false)
 	})
-	return x.wait
+	return x.wait, true
 }
 
 // accept4NB is accept4(2) on a non-blocking listening socket, made raw

@@ -22,7 +22,7 @@ func TestListenAccepts(t *testing.T) {
 		fd   int
 		peer netip.AddrPort
 	}
-	got := make(chan accepted, 4)
+	got := make(chan accepted, 64)
 	x, err := ls.Listen(ln, func(fd int, peer netip.AddrPort) { got <- accepted{fd, peer} }, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -61,6 +61,26 @@ func TestListenAccepts(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("nothing accepted")
+	}
+	// Many at once: every one is accepted once, by one loop or another.
+	var many []net.Conn
+	for range 50 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		many = append(many, c)
+	}
+	for i := range 50 {
+		select {
+		case a := <-got:
+			unix.Close(a.fd)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of 50 connections accepted", i)
+		}
+	}
+	for _, c := range many {
+		c.Close()
 	}
 	x.Close()
 	x.Close() // a second Close does nothing

@@ -234,11 +234,7 @@ func (l *loop) end() {
 	l.mu.Lock()
 	l.shut = true
 	conns := slices.Clone(l.conns)
-	for _, x := range l.listeners {
-		x.closed = true // never closed by its owner: the socket goes with the loop
-		unix.Close(x.fd)
-	}
-	clear(l.listeners)
+	clear(l.listeners) // their owners close them (Listener.Close)
 	l.mu.Unlock()
 	for _, c := range conns {
 		c.aborted.Store(true)
