@@ -54,8 +54,9 @@ func inlineEligible(lc *config.Listener) bool {
 func (g *Gateway) startAccepting(ctx context.Context, bl *boundListener) {
 	if inlineEligible(bl.config()) {
 		connCtx := context.WithoutCancel(ctx)
+		cached := upstream.CachedOnly(connCtx) // made once, not per connection
 		x, err := g.loops.Listen(bl.ln,
-			func(fd int, peer netip.AddrPort) { g.acceptInline(connCtx, bl, fd, peer) },
+			func(fd int, peer netip.AddrPort) { g.acceptInline(connCtx, cached, bl, fd, peer) },
 			func(err error, backoff time.Duration) {
 				g.metrics.AcceptError()
 				g.log.Warn("accept failed; backing off", "listener", bl.config().Name, "err", err, "backoff", backoff)
@@ -99,8 +100,9 @@ func (bl *boundListener) close() {
 }
 
 // acceptInline sets up a connection a relay loop accepted, on the loop's
-// goroutine (see the top of this file): it never waits.
-func (g *Gateway) acceptInline(ctx context.Context, bl *boundListener, fd int, src netip.AddrPort) {
+// goroutine (see the top of this file): it never waits. cached is ctx
+// under upstream.CachedOnly, for the decision.
+func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, fd int, src netip.AddrPort) {
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 	if !g.admitFD(fd, src) {
 		return
@@ -129,7 +131,7 @@ func (g *Gateway) acceptInline(ctx context.Context, bl *boundListener, fd int, s
 		g.promote(ctx, bl, fd, s, buf)
 		return
 	}
-	v := g.judge(upstream.CachedOnly(ctx), st, s.lc, &s.rec, &p, netip.AddrPort{})
+	v := g.judge(cached, st, s.lc, &s.rec, &p, netip.AddrPort{})
 	if v.wouldBlock || g.refusing(st, v, &s.rec) {
 		s.rec = s.record() // the goroutine decides it afresh
 		s.rec.Start = s.start
