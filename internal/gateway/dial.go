@@ -41,7 +41,7 @@ func dialVerdict[T any](ctx context.Context, v *verdict, timeout time.Duration, 
 	var first error
 	for i, a := range addrs {
 		left := time.Until(deadline)
-		share := max(left/time.Duration(len(addrs)-i), min(minDialShare, left))
+		share := dialShare(left, len(addrs)-i)
 		if share <= 0 {
 			break // 0 would mean no timeout at all to a dialer
 		}
@@ -60,6 +60,13 @@ func dialVerdict[T any](ctx context.Context, v *verdict, timeout time.Duration, 
 	}
 	var zero T
 	return zero, first
+}
+
+// dialShare is the time an attempt gets of left when n attempts, it
+// included, remain: an equal share, but at least minDialShare while left
+// allows it.
+func dialShare(left time.Duration, n int) time.Duration {
+	return max(left/time.Duration(max(n, 1)), min(minDialShare, left))
 }
 
 // candidates appends to buf v.dst and, when it is the first of a name's

@@ -423,7 +423,9 @@ func (g *Gateway) serveConn(ctx context.Context, j job) {
 func (g *Gateway) handOff(c *net.TCPConn, rc *relay.Conn) {
 	g.wg.Add(1) // Serve waits for relays as for goroutines: relayed calls Done
 	g.mu.Lock()
-	delete(g.conns, c)
+	if c != nil { // nil for a socket a relay loop accepted (inline.go)
+		delete(g.conns, c)
+	}
 	g.conns[rc] = struct{}{}
 	late := g.closedAll
 	g.mu.Unlock()

@@ -13,7 +13,6 @@ import (
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/listener"
-	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/peek"
 	"github.com/egressd/egressd/internal/relay"
 	"github.com/egressd/egressd/internal/upstream"
@@ -109,8 +108,7 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 	}
 	st := g.state.Load()
 	s := &session{g: g, st: st, lc: bl.config(), pending: true, start: time.Now(), src: src}
-	s.rec = s.record()
-	s.rec.Start = s.start
+	s.resetRecord()
 	if !inlineEligible(s.lc) {
 		g.promote(ctx, bl, fd, s, nil)
 		return
@@ -133,18 +131,13 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 	}
 	v := g.judge(cached, st, s.lc, &s.rec, &p, netip.AddrPort{})
 	if v.wouldBlock || g.refusing(st, v, &s.rec) {
-		s.rec = s.record() // the goroutine decides it afresh
-		s.rec.Start = s.start
+		s.resetRecord() // the goroutine decides it afresh
 		g.promote(ctx, bl, fd, s, keepData(&p))
 		return
 	}
-	s.handshakeDone()
-	g.metrics.PeekWait(time.Since(s.rec.Start))
-	s.rec.Protocol = p.Protocol
-	timeout := cfg.Timeouts.Connect
-	if addrs := v.candidates(make([]netip.AddrPort, 0, maxDialAttempts)); len(addrs) > 1 {
-		timeout = max(timeout/time.Duration(len(addrs)), min(minDialShare, timeout)) // as dialVerdict shares it
-	}
+	s.peeked(&p)
+	var buf2 [maxDialAttempts]netip.AddrPort
+	timeout := dialShare(cfg.Timeouts.Connect, len(v.candidates(buf2[:0]))) // the first attempt's, as dialVerdict's
 	dialStart := time.Now()
 	g.wg.Add(1) // Serve waits for a dial under way as for a set-up goroutine
 	g.loops.DialAsync(v.dst, cfg.Mark, timeout, true, func(rc *relay.Conn, err error) {
@@ -153,10 +146,7 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 			// The goroutine tries the name's other answers, or refuses,
 			// as relay does after a first failed attempt.
 			s.failed = &failedDial{v.dst, err}
-			s.rec = s.record()
-			s.rec.Start = s.start
-			s.pending = true
-			g.pending.Add(1)
+			s.resetRecord()
 			g.promote(ctx, bl, fd, s, keepData(&p))
 			return
 		}
@@ -169,10 +159,7 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 			// Both sockets are closed; the line is written off the loop.
 			s.rec.Reason = v.Reason + "; relay failed: " + err.Error()
 			peek.Release(&p)
-			go func() {
-				s.finish()
-				g.active.Add(-1)
-			}()
+			go g.endOffLoop(s)
 			return
 		}
 		s.rec.BytesUp = int64(first)
@@ -180,6 +167,21 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 		g.onLoop.Add(1)
 		g.handOff(nil, rc)
 	})
+}
+
+// resetRecord starts the session's line again, from the accept: for the
+// set-up goroutine to decide the connection afresh.
+func (s *session) resetRecord() {
+	s.rec = s.record()
+	s.rec.Start = s.start
+}
+
+// endOffLoop ends, on a goroutine of its own, a connection the loop took
+// and could not relay or hand over: the line and the counts, as serveConn
+// does for one that never reached the loop.
+func (g *Gateway) endOffLoop(s *session) {
+	s.finish()
+	g.active.Add(-1)
 }
 
 // keepData releases what p holds but its bytes, which it returns: a
@@ -234,10 +236,7 @@ func (g *Gateway) promoteAfter(ctx context.Context, bl *boundListener, f *os.Fil
 		s.rec.Protocol = peek.Unknown
 		s.rec.Action, s.rec.Enforced = accesslog.Deny, true
 		s.rec.Reason = "could not hand the connection over: " + handOverError(err)
-		go func() {
-			s.finish()
-			g.active.Add(-1)
-		}()
+		go g.endOffLoop(s)
 		return
 	}
 	s.c = c
@@ -252,26 +251,14 @@ func handOverError(err error) string {
 	return err.Error()
 }
 
-// admitFD is admit for a socket a loop accepted: over a limit it is
-// reset and closed at once, counted and warned of as admit does.
+// admitFD is admit for a socket a loop accepted.
 func (g *Gateway) admitFD(fd int, src netip.AddrPort) bool {
-	lim := &g.state.Load().Config.Limits
-	limit, max := "", 0
-	if n := g.active.Add(1); lim.MaxConnections > 0 && n > int64(lim.MaxConnections) {
-		g.active.Add(-1)
-		limit, max = metrics.LimitConnections, lim.MaxConnections
-	} else if p := g.pending.Add(1); lim.MaxPendingHandshakes > 0 && p > int64(lim.MaxPendingHandshakes) {
-		g.pending.Add(-1)
-		g.active.Add(-1)
-		limit, max = metrics.LimitPendingHandshakes, lim.MaxPendingHandshakes
-	} else {
-		return true
+	limit, max, ok := g.count()
+	if !ok {
+		g.reject(src, limit, max, func() {
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			unix.Close(fd)
+		})
 	}
-	g.metrics.Rejected(limit) // counted before the client can see the reset
-	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-	unix.Close(fd)
-	if g.limitLog.Allow(time.Now()) {
-		g.log.Warn("limit reached: resetting new connections", "limit", limit, "max", max, "example_src", src.String())
-	}
-	return false
+	return ok
 }

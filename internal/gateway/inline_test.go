@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"net"
 	"strings"
 	"testing"
 )
@@ -71,4 +72,36 @@ func TestSetUpOnTheLoop(t *testing.T) {
 		t.Errorf("the loop set up %d connections, want still 1: it never refuses itself", n)
 	}
 	w.noServerConn("for a denied client")
+}
+
+// TestSetUpOnTheLoopDialFails checks a connect the loop started and saw
+// refused: the set-up goroutine it hands over to counts it as its first
+// attempt and refuses the client as relay does, with the same line, and
+// the pending handshakes count comes back to zero.
+func TestSetUpOnTheLoopDialFails(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close() // nothing listens there now
+	w := newWorldTo(t, baseRecords, basePolicy, closed)
+	for _, how := range []string{"not cached", "cached: dialled by the loop"} {
+		_, raw, err := dialTLS(w, "good.test")
+		if err == nil || !strings.Contains(err.Error(), "internal error") {
+			t.Errorf("%s: handshake = %v, want an internal_error alert", how, err)
+		}
+		raw.Close()
+		e := w.waitLog(bySrcPort(raw))
+		w.want(e, map[string]any{"action": "allow", "rule": "good", "protocol": "tls"})
+		if r, _ := e["reason"].(string); !strings.Contains(r, "upstream failed") || !strings.Contains(r, "refused") {
+			t.Errorf("%s: log reason = %q, want the dial error", how, r)
+		}
+	}
+	if n := w.gw.onLoop.Load(); n != 0 {
+		t.Errorf("the loop relayed %d connections to a closed port", n)
+	}
+	if n := w.gw.pending.Load(); n != 0 {
+		t.Errorf("pending handshakes = %d after every client was answered, want 0", n)
+	}
 }

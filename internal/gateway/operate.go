@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"reflect"
 	"time"
 
@@ -46,30 +47,39 @@ func (g *Gateway) Abort() { g.abortOne.Do(func() { close(g.abort) }) }
 // runs in the accept loop, so it costs two atomic adds and, on the refuse
 // path only, a reset and a counter.
 func (g *Gateway) admit(c *net.TCPConn) bool {
+	limit, max, ok := g.count()
+	if !ok {
+		g.reject(listener.AddrPort(c.RemoteAddr()), limit, max, func() { refuse.Reset(c) })
+	}
+	return ok
+}
+
+// count takes a new connection's place among the active connections and
+// the pending handshakes; ok is false, and nothing taken, when limit (of
+// value max) is reached.
+func (g *Gateway) count() (limit string, max int, ok bool) {
 	lim := &g.state.Load().Config.Limits
 	n := g.active.Add(1)
 	if lim.MaxConnections > 0 && n > int64(lim.MaxConnections) {
 		g.active.Add(-1)
-		g.reject(c, metrics.LimitConnections, lim.MaxConnections)
-		return false
+		return metrics.LimitConnections, lim.MaxConnections, false
 	}
 	p := g.pending.Add(1)
 	if lim.MaxPendingHandshakes > 0 && p > int64(lim.MaxPendingHandshakes) {
 		g.pending.Add(-1)
 		g.active.Add(-1)
-		g.reject(c, metrics.LimitPendingHandshakes, lim.MaxPendingHandshakes)
-		return false
+		return metrics.LimitPendingHandshakes, lim.MaxPendingHandshakes, false
 	}
-	return true
+	return "", 0, true
 }
 
-// reject resets a connection over a limit. Such a connection gets no
-// access-log line (under a flood that would add to the overload); the
-// metric counts each one and a warning is logged at most once a second.
-func (g *Gateway) reject(c *net.TCPConn, limit string, max int) {
-	src := c.RemoteAddr()
+// reject resets (with reset) a connection from src over a limit. Such a
+// connection gets no access-log line (under a flood that would add to the
+// overload); the metric counts each one and a warning is logged at most
+// once a second.
+func (g *Gateway) reject(src netip.AddrPort, limit string, max int, reset func()) {
 	g.metrics.Rejected(limit) // counted before the client can see the reset
-	refuse.Reset(c)
+	reset()
 	if g.limitLog.Allow(time.Now()) {
 		g.log.Warn("limit reached: resetting new connections", "limit", limit, "max", max, "example_src", src.String())
 	}

@@ -186,10 +186,16 @@ func (s *session) peek(first []byte) peek.Result {
 		FirstBytes: s.start.Add(cfg.Timeouts.FirstBytes),
 		Complete:   s.start.Add(cfg.Timeouts.ClientHello),
 	}, first)
+	s.peeked(&p)
+	return p
+}
+
+// peeked ends the connection's pending time once its first bytes have
+// been read (or failed to be), and notes what they were.
+func (s *session) peeked(p *peek.Result) {
 	s.handshakeDone()
 	s.g.metrics.PeekWait(time.Since(s.rec.Start))
 	s.rec.Protocol = p.Protocol
-	return p
 }
 
 // logAction is the access log's word for a policy action.
