@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // ALPN protocols of the Go TLS server: hashProto selects the bulk exchange,
@@ -325,22 +326,7 @@ func startDNS(t testing.TB, ns *netns, addr string, records map[string][]string)
 	}
 	ln := ns.listen(t, addr)
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { answer(w, r, records) })
-	servers := []*dns.Server{{PacketConn: pc, Handler: handler}, {Listener: ln, Handler: handler}}
-	var wg sync.WaitGroup
-	for _, s := range servers {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		wg.Go(func() { s.ActivateAndServe() })
-		<-started
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		for _, s := range servers {
-			s.ShutdownContext(ctx)
-		}
-		wg.Wait()
-	})
+	testnet.ServeDNSOn(t, pc, ln, handler)
 }
 
 func answer(w dns.ResponseWriter, r *dns.Msg, records map[string][]string) {

@@ -104,6 +104,15 @@ func ServeDNSAt(tb testing.TB, addr string, h dns.Handler) netip.AddrPort {
 			}
 		}
 	}
+	ServeDNSOn(tb, pc, ln, h)
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
+}
+
+// ServeDNSOn serves h on sockets made elsewhere (in another network
+// namespace, say), one UDP and one TCP, until the test ends; it returns
+// once both serve.
+func ServeDNSOn(tb testing.TB, pc net.PacketConn, ln net.Listener, h dns.Handler) {
+	tb.Helper()
 	servers := []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}}
 	var wg sync.WaitGroup
 	for _, s := range servers {
@@ -118,5 +127,4 @@ func ServeDNSAt(tb testing.TB, addr string, h dns.Handler) netip.AddrPort {
 		}
 		wg.Wait()
 	})
-	return netip.MustParseAddrPort(pc.LocalAddr().String())
 }
