@@ -127,7 +127,7 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result) (relayin
 			s.failed = nil // the loop's dial of it failed already (inline.go)
 			return nil, f.err
 		}
-		return s.g.loops.Dial(ctx, dst, cfg.Mark, timeout, len(p.Data) > 0)
+		return s.g.loops.Dial(ctx, dst, cfg.Mark, timeout, p.Data)
 	})
 	s.g.metrics.Dial(time.Since(dialStart))
 	s.rec.Dst, s.rec.Reason = v.dst, v.Reason

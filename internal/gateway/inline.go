@@ -140,7 +140,7 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 	timeout := dialShare(cfg.Timeouts.Connect, len(v.candidates(buf2[:0]))) // the first attempt's, as dialVerdict's
 	dialStart := time.Now()
 	g.wg.Add(1) // Serve waits for a dial under way as for a set-up goroutine
-	g.loops.DialAsync(v.dst, cfg.Mark, timeout, true, func(rc *relay.Conn, err error) {
+	g.loops.DialAsync(v.dst, cfg.Mark, timeout, p.Data, func(rc *relay.Conn, err error) {
 		defer g.wg.Done()
 		if err != nil {
 			// The goroutine tries the name's other answers, or refuses,

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -96,7 +97,8 @@ func TestListenAccepts(t *testing.T) {
 }
 
 // TestDialAsync checks the three ends of an asynchronous dial: connected
-// (at once, on loopback), refused, and a Conn usable like Dial's.
+// (at once, on loopback, the first bytes written by the dial and not
+// again by AttachFD), refused, and a Conn usable like Dial's.
 func TestDialAsync(t *testing.T) {
 	ls := loopsFor(t)
 	ln := testnet.Listen(t)
@@ -106,7 +108,7 @@ func TestDialAsync(t *testing.T) {
 		err error
 	}
 	res := make(chan result, 2)
-	ls.DialAsync(dst, 0, 5*time.Second, false, func(c *Conn, err error) { res <- result{c, err} })
+	ls.DialAsync(dst, 0, 5*time.Second, []byte("hello"), func(c *Conn, err error) { res <- result{c, err} })
 	r := <-res
 	if r.err != nil {
 		t.Fatalf("dial to a listener: %v", r.err)
@@ -126,13 +128,15 @@ func TestDialAsync(t *testing.T) {
 	if err := r.c.AttachFD(cfd, netip.AddrPort{}, []byte("hello"), time.Minute, func(res Result) { done <- res }); err != nil {
 		t.Fatal(err)
 	}
-	r.c.Start()
-	var b [5]byte
-	server.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := server.Read(b[:]); err != nil || string(b[:]) != "hello" {
-		t.Fatalf("server read %q, %v", b, err)
+	if r.c.sent != 5 {
+		t.Errorf("the dial wrote %d of the 5 first bytes, want all: the connect ended inside the call", r.c.sent)
 	}
+	r.c.Start()
 	client.Close()
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(server); err != nil || string(b) != "hello" {
+		t.Fatalf("server read %q, %v; want the first bytes once, then EOF", b, err)
+	}
 	server.Close()
 	select {
 	case <-done:
@@ -142,7 +146,7 @@ func TestDialAsync(t *testing.T) {
 
 	// Refused: nobody listens on the port any more.
 	ln.Close()
-	ls.DialAsync(dst, 0, 5*time.Second, false, func(c *Conn, err error) { res <- result{c, err} })
+	ls.DialAsync(dst, 0, 5*time.Second, []byte("hello"), func(c *Conn, err error) { res <- result{c, err} })
 	select {
 	case r := <-res:
 		if r.err == nil {
@@ -195,7 +199,7 @@ func TestDialAsyncWaits(t *testing.T) {
 	res := make(chan result, 1)
 	then := func(c *Conn, err error) { res <- result{c, err} }
 
-	ls.DialAsync(dst, 0, 300*time.Millisecond, false, then)
+	ls.DialAsync(dst, 0, 300*time.Millisecond, []byte("hello"), then)
 	select {
 	case r := <-res:
 		if r.err == nil {
@@ -206,7 +210,7 @@ func TestDialAsyncWaits(t *testing.T) {
 		t.Fatal("the timer never ended the dial")
 	}
 
-	ls.DialAsync(dst, 0, 10*time.Second, false, then)
+	ls.DialAsync(dst, 0, 10*time.Second, []byte("hello"), then)
 	for { // make room: the SYN's retransmission is answered
 		nfd, _, err := unix.Accept4(fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		if err != nil {
@@ -233,6 +237,9 @@ func TestDialAsyncWaits(t *testing.T) {
 		if r.err != nil {
 			t.Fatalf("dial after the queue had room: %v", r.err)
 		}
+		if r.c.sent != 0 {
+			t.Errorf("the dial wrote %d first bytes on a socket still connecting, want none (Attach writes them)", r.c.sent)
+		}
 		r.c.Abandon()
 	case <-time.After(15 * time.Second):
 		t.Fatal("the loop never reported the connect's end")
@@ -247,7 +254,7 @@ func TestDialAsyncIPv6(t *testing.T) {
 	}
 	defer ln.Close()
 	done := make(chan error, 1)
-	loopsFor(t).DialAsync(ln.Addr().(*net.TCPAddr).AddrPort(), 0, 5*time.Second, false, func(c *Conn, err error) {
+	loopsFor(t).DialAsync(ln.Addr().(*net.TCPAddr).AddrPort(), 0, 5*time.Second, nil, func(c *Conn, err error) {
 		if c != nil {
 			c.Abandon()
 		}

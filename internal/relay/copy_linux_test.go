@@ -20,7 +20,7 @@ func TestServerBytesBeforeStart(t *testing.T) {
 	ls := loopsFor(t)
 	ln := testnet.Listen(t)
 	defer ln.Close()
-	rc, err := ls.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, false)
+	rc, err := ls.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

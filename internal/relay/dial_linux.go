@@ -23,11 +23,14 @@ import (
 // the close of the original), which on a new-connection-bound gateway is a
 // visible share of the CPU.
 //
-// mark, when not 0, is set as SO_MARK (needs CAP_NET_ADMIN). dataFollows
-// says the caller has bytes to send at once (Attach's first). The error of
-// a failed dial is a *net.OpError, as net.Dialer's.
-func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Duration, dataFollows bool) (*Conn, error) {
-	c, wait, err := ls.startDial(dst, mark, dataFollows, false)
+// mark, when not 0, is set as SO_MARK (needs CAP_NET_ADMIN). first is
+// what the caller will pass to Attach, the bytes to send at once (nil
+// when the server speaks first): when the connect ends inside the call,
+// as on loopback, they are written there, and that write is what tells
+// the connect has ended (see startDial); Attach writes the rest. first is
+// not kept. The error of a failed dial is a *net.OpError, as net.Dialer's.
+func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Duration, first []byte) (*Conn, error) {
+	c, wait, err := ls.startDial(dst, mark, first, false)
 	if err != nil || wait == nil {
 		return c, err
 	}
@@ -56,8 +59,8 @@ func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, time
 // once. It runs at once when the connect finished inside the call (as on
 // loopback), on the loop when the connect's end is reported, or on a timer
 // goroutine when timeout passes first.
-func (ls *Loops) DialAsync(dst netip.AddrPort, mark uint32, timeout time.Duration, dataFollows bool, then func(*Conn, error)) {
-	c, wait, err := ls.startDial(dst, mark, dataFollows, true)
+func (ls *Loops) DialAsync(dst netip.AddrPort, mark uint32, timeout time.Duration, first []byte, then func(*Conn, error)) {
+	c, wait, err := ls.startDial(dst, mark, first, true)
 	switch {
 	case err != nil:
 		then(nil, err)
@@ -137,7 +140,7 @@ func dialError(dst netip.AddrPort, err error) error {
 // without telling the scheduler, for a loop's own goroutine: on loopback
 // the handshake runs inside the call, and a call made the usual way that
 // outlives a sysmon tick hands the loop's P to another thread.
-func (ls *Loops) startDial(dst netip.AddrPort, mark uint32, dataFollows, raw bool) (c *Conn, wait chan struct{}, err error) {
+func (ls *Loops) startDial(dst netip.AddrPort, mark uint32, first []byte, raw bool) (c *Conn, wait chan struct{}, err error) {
 	l, err := ls.pick()
 	if err != nil {
 		return nil, nil, err
@@ -155,7 +158,7 @@ func (ls *Loops) startDial(dst netip.AddrPort, mark uint32, dataFollows, raw boo
 	}
 	// As net.Dialer does: relayed writes go out as they come.
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	if dataFollows {
+	if len(first) > 0 {
 		// The handshake's last ACK waits for the first bytes and goes
 		// out with them: one segment less for both ends to process.
 		// Never when the server speaks first: its accept would wait for
@@ -179,11 +182,28 @@ func (ls *Loops) startDial(dst netip.AddrPort, mark uint32, dataFollows, raw boo
 		return nil, nil, dialError(dst, os.NewSyscallError("connect", err))
 	}
 	// Connected at once, or, on loopback and other local paths, the
-	// handshake has run inside connect: one poll(2) instead of parking
-	// until the loop reports it, and the socket joins the loop without
-	// EPOLLOUT (see interest). Otherwise EPOLLOUT tells the loop that the
-	// connect has ended.
-	done := err == nil || established(fd)
+	// handshake has run inside connect, and the socket joins the loop
+	// without EPOLLOUT (see interest). Otherwise EPOLLOUT tells the loop
+	// that the connect has ended. With first bytes to send, writing them
+	// is how to find out (a socket still connecting refuses a write with
+	// EAGAIN, one whose connect failed with the connect's error); without,
+	// one poll(2) instead of parking until the loop reports it.
+	var done bool
+	if len(first) > 0 {
+		var werr error
+		c.sent, werr = writeFirst(fd, first)
+		switch {
+		case werr == nil:
+			done = true
+		case werr == unix.EAGAIN:
+			done = err == nil // connected, with a full send buffer: never on a new socket
+		default:
+			unix.Close(fd)
+			return nil, nil, dialError(dst, os.NewSyscallError("connect", werr))
+		}
+	} else {
+		done = err == nil || established(fd)
+	}
 	if !done {
 		// Made only for a connect still under way: the loop cannot see c
 		// before register, and most local dials never need it.
@@ -199,6 +219,17 @@ func (ls *Loops) startDial(dst netip.AddrPort, mark uint32, dataFollows, raw boo
 		return nil, nil, dialError(dst, rerr)
 	}
 	return c, wait, nil
+}
+
+// writeFirst writes what of first a new socket takes now. EAGAIN, before
+// any byte, means the connect is under way.
+func writeFirst(fd int, first []byte) (int, error) {
+	for {
+		n, err := writeNB(fd, first)
+		if err != unix.EINTR {
+			return max(n, 0), err
+		}
+	}
 }
 
 // established reports whether fd's connect has already succeeded.
@@ -258,7 +289,8 @@ func (c *Conn) AttachFD(fd int, peer netip.AddrPort, first []byte, idle time.Dur
 }
 
 // Attach makes client the other half of a dialled Conn: first (the bytes
-// already read from the client) is written to the upstream, then client
+// already read from the client, as given to Dial) is written to the
+// upstream, but for what Dial wrote, then client
 // is taken out of the runtime's poller as New does. Start relays. On error
 // the upstream is closed; client is closed too once it was taken.
 func (c *Conn) Attach(client *net.TCPConn, first []byte, idle time.Duration, done func(Result)) error {
@@ -272,10 +304,12 @@ func (c *Conn) Attach(client *net.TCPConn, first []byte, idle time.Duration, don
 	return nil
 }
 
-// attach writes first to the upstream and sets what Start needs; on
-// error the Conn is abandoned (both its sockets closed).
+// attach writes first to the upstream, but for what the dial wrote
+// already, and sets what Start needs; on error the Conn is abandoned
+// (both its sockets closed).
 func (c *Conn) attach(first []byte, idle time.Duration, done func(Result)) error {
 	c.idle, c.done = int64(idle), done
+	first = first[min(c.sent, len(first)):]
 	for len(first) > 0 {
 		n, err := writeNB(c.upstream.fd, first)
 		if err == unix.EINTR {

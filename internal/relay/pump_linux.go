@@ -40,6 +40,9 @@ type Conn struct {
 	// the connect carried an error or hang-up: only then does Dial ask
 	// the socket for the error (a getsockopt less per connection).
 	connectErr bool
+	// sent is how much of the first bytes given to Dial it wrote itself
+	// (see startDial); Attach writes the rest.
+	sent int
 
 	mu     sync.Mutex // guards closed against Close from other goroutines
 	closed bool

@@ -48,7 +48,7 @@ func newWorld(t testing.TB, ls *Loops, idle time.Duration) *world {
 	w := &world{client: client, done: make(chan Result, 1)}
 	ln := testnet.Listen(t)
 	defer ln.Close()
-	rc, err := ls.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, false)
+	rc, err := ls.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +277,7 @@ func TestLoopsClose(t *testing.T) {
 	}
 	ln := testnet.Listen(t)
 	defer ln.Close()
-	if _, err := ls.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, time.Second, false); !errors.Is(err, net.ErrClosed) {
+	if _, err := ls.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, time.Second, nil); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Dial after Close: %v, want net.ErrClosed", err)
 	}
 	ls.Close() // a second Close is harmless
@@ -351,7 +351,7 @@ func TestDialAttach(t *testing.T) {
 		c.Write([]byte("pong"))
 		got <- b
 	}()
-	rc, err := loopsFor(t).Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, true)
+	rc, err := loopsFor(t).Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, first)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +384,7 @@ func TestDialFailures(t *testing.T) {
 	addr := netip.MustParseAddrPort(ln.Addr().String())
 	ln.Close() // nothing listens there now
 	ls := loopsFor(t)
-	_, err := ls.Dial(context.Background(), addr, 0, 5*time.Second, true)
+	_, err := ls.Dial(context.Background(), addr, 0, 5*time.Second, []byte("hello"))
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("dial to a closed port: %v, want connection refused", err)
 	}
@@ -396,7 +396,7 @@ func TestDialFailures(t *testing.T) {
 	cancel()
 	// 192.0.2.1 (TEST-NET-1) is never answered here: the connect stays in
 	// progress until the context, already cancelled, ends it.
-	if _, err := ls.Dial(ctx, netip.MustParseAddrPort("192.0.2.1:9"), 0, time.Minute, false); err == nil {
+	if _, err := ls.Dial(ctx, netip.MustParseAddrPort("192.0.2.1:9"), 0, time.Minute, nil); err == nil {
 		t.Error("dial with a cancelled context succeeded")
 	}
 }
@@ -427,7 +427,7 @@ func TestDialFamilies(t *testing.T) {
 				c.Close()
 			}()
 			dst := netip.AddrPortFrom(netip.MustParseAddr(tc.dial), uint16(port))
-			rc, err := loopsFor(t).Dial(context.Background(), dst, 0, 5*time.Second, false)
+			rc, err := loopsFor(t).Dial(context.Background(), dst, 0, 5*time.Second, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -470,7 +470,7 @@ func TestOnBatchFollowsEveryEnd(t *testing.T) {
 			})
 			client, cIn := testnet.Pair(t)
 			ln := testnet.Listen(t)
-			rc, err := ls.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, false)
+			rc, err := ls.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()), 0, 5*time.Second, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
