@@ -92,10 +92,17 @@ type Gateway struct {
 	bound    atomic.Bool     // Bind succeeded
 	draining atomic.Bool     // Serve's context is done
 	serveCtx context.Context
-	reloadMu sync.Mutex    // one Reload at a time
-	abort    chan struct{} // closed by Abort: end the drain now
-	abortOne sync.Once
-	limitLog limit.EverySecond // a limit rejection is logged at most once a second
+	// setupCtx is the context of every connection's set-up (its lookups
+	// and dials), under mu: Serve's values, done not with Serve's context
+	// but when the drain ends (endSetups), so that a set-up still dialling
+	// then gives up, as relays are closed then, instead of holding Serve
+	// for a connect timeout.
+	setupCtx  context.Context
+	endSetups context.CancelCauseFunc
+	reloadMu  sync.Mutex    // one Reload at a time
+	abort     chan struct{} // closed by Abort: end the drain now
+	abortOne  sync.Once
+	limitLog  limit.EverySecond // a limit rejection is logged at most once a second
 }
 
 // boundListener is one listening socket. Its config is replaced on reload
@@ -284,6 +291,8 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	go g.reapWorkers()
 	g.mu.Lock()
 	g.serveCtx = ctx
+	g.setupCtx, g.endSetups = context.WithCancelCause(context.WithoutCancel(ctx))
+	defer g.endSetups(nil)
 	for _, bl := range g.listeners {
 		g.startAccepting(ctx, bl)
 	}
@@ -332,9 +341,13 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	}
 	g.closedAll = true
 	g.mu.Unlock()
+	g.endSetups(errShuttingDown)
 	g.log.Info("drain over; closed live connections", "count", n)
 	<-done
 }
+
+// errShuttingDown ends the set-ups still under way when the drain ends.
+var errShuttingDown = errors.New("gateway shutting down")
 
 func (g *Gateway) closeListeners() {
 	g.mu.Lock()
@@ -348,11 +361,12 @@ func (g *Gateway) closeListeners() {
 // acceptLoop accepts until the listener closes. Temporary errors (EMFILE,
 // ENFILE, ECONNABORTED…) back off, doubling from 5 ms to 1 s, instead of
 // spinning.
-func (g *Gateway) acceptLoop(ctx context.Context, bl *boundListener) {
+//
+// connCtx is the set-ups' context (setupCtx): connections outlive the
+// accept loop, and on shutdown they drain for the grace period instead of
+// having their lookups and dials cancelled at once.
+func (g *Gateway) acceptLoop(ctx, connCtx context.Context, bl *boundListener) {
 	defer g.wg.Done()
-	// Connections outlive the accept loop: on shutdown they drain for the
-	// grace period instead of having their lookups and dials cancelled.
-	connCtx := context.WithoutCancel(ctx)
 	var backoff time.Duration
 	for {
 		c, err := bl.ln.AcceptTCP()

@@ -52,7 +52,7 @@ func inlineEligible(lc *config.Listener) bool {
 // hands connections it cannot set up to the goroutines.
 func (g *Gateway) startAccepting(ctx context.Context, bl *boundListener) {
 	if inlineEligible(bl.config()) {
-		connCtx := context.WithoutCancel(ctx)
+		connCtx := g.setupCtx
 		cached := upstream.CachedOnly(connCtx) // made once, not per connection
 		x, err := g.loops.Listen(bl.ln,
 			func(fd int, peer netip.AddrPort) { g.acceptInline(connCtx, cached, bl, fd, peer) },
@@ -67,7 +67,7 @@ func (g *Gateway) startAccepting(ctx context.Context, bl *boundListener) {
 		g.log.Warn("accepting in a goroutine: the relay loop cannot take the listener", "listener", bl.config().Name, "err", err)
 	}
 	g.wg.Add(1)
-	go g.acceptLoop(ctx, bl)
+	go g.acceptLoop(ctx, g.setupCtx, bl)
 }
 
 // setDeferAccept sets TCP_DEFER_ACCEPT on the listening socket, wherever
@@ -140,7 +140,7 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 	timeout := dialShare(cfg.Timeouts.Connect, len(v.candidates(buf2[:0]))) // the first attempt's, as dialVerdict's
 	dialStart := time.Now()
 	g.wg.Add(1) // Serve waits for a dial under way as for a set-up goroutine
-	g.loops.DialAsync(v.dst, cfg.Mark, timeout, p.Data, func(rc *relay.Conn, err error) {
+	g.loops.DialAsync(ctx, v.dst, cfg.Mark, timeout, p.Data, func(rc *relay.Conn, err error) {
 		defer g.wg.Done()
 		if err != nil {
 			// The goroutine tries the name's other answers, or refuses,

@@ -612,3 +612,36 @@ policy: {default: deny}
 	}
 	check("after the modes swapped", map[string]bool{"a": false, "b": true, "c": true})
 }
+
+// TestDrainEndsDials: set-ups still dialling when the grace period ends
+// give up then, as relays are closed then, instead of holding the drain
+// (and the process) for a connect timeout. Two clients wait on a server
+// that never answers: the first is dialled by a set-up goroutine, the
+// second, its name cached by then, by the relay loop.
+func TestDrainEndsDials(t *testing.T) {
+	w := newWorldTimeouts(t, baseRecords, basePolicy, blackhole(t),
+		"{first_bytes: 200ms, client_hello: 2s, connect: 1h, idle: 1m}")
+	var clients []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", w.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(craftedHello("good.test"))
+		clients = append(clients, c)
+		time.Sleep(100 * time.Millisecond) // the first one's answers are cached
+	}
+	w.cancel() // the grace is 1 s
+	select {
+	case <-w.served:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve still waiting for dials 30 s into a 1 s grace (connect timeout 1h)")
+	}
+	for i, c := range clients {
+		e := w.waitLog(bySrcPort(c))
+		if r, _ := e["reason"].(string); !strings.Contains(r, "upstream failed") || !strings.Contains(r, "shutting down") {
+			t.Errorf("client %d: log reason %q, want the dial given up for the shutdown", i, r)
+		}
+	}
+}

@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -108,7 +110,7 @@ func TestDialAsync(t *testing.T) {
 		err error
 	}
 	res := make(chan result, 2)
-	ls.DialAsync(dst, 0, 5*time.Second, []byte("hello"), func(c *Conn, err error) { res <- result{c, err} })
+	ls.DialAsync(context.Background(), dst, 0, 5*time.Second, []byte("hello"), func(c *Conn, err error) { res <- result{c, err} })
 	r := <-res
 	if r.err != nil {
 		t.Fatalf("dial to a listener: %v", r.err)
@@ -146,7 +148,7 @@ func TestDialAsync(t *testing.T) {
 
 	// Refused: nobody listens on the port any more.
 	ln.Close()
-	ls.DialAsync(dst, 0, 5*time.Second, []byte("hello"), func(c *Conn, err error) { res <- result{c, err} })
+	ls.DialAsync(context.Background(), dst, 0, 5*time.Second, []byte("hello"), func(c *Conn, err error) { res <- result{c, err} })
 	select {
 	case r := <-res:
 		if r.err == nil {
@@ -160,7 +162,8 @@ func TestDialAsync(t *testing.T) {
 
 // TestDialAsyncWaits checks the asynchronous dial when the connect does
 // not end inside the call: a listener whose accept queue is full drops
-// the SYN, so the connect is under way until the timer ends it, or until
+// the SYN, so the connect is under way until the timer or the context
+// ends it, or until
 // the queue has room again and the SYN's retransmission is answered,
 // which the loop reports.
 func TestDialAsyncWaits(t *testing.T) {
@@ -199,7 +202,7 @@ func TestDialAsyncWaits(t *testing.T) {
 	res := make(chan result, 1)
 	then := func(c *Conn, err error) { res <- result{c, err} }
 
-	ls.DialAsync(dst, 0, 300*time.Millisecond, []byte("hello"), then)
+	ls.DialAsync(context.Background(), dst, 0, 300*time.Millisecond, []byte("hello"), then)
 	select {
 	case r := <-res:
 		if r.err == nil {
@@ -210,7 +213,23 @@ func TestDialAsyncWaits(t *testing.T) {
 		t.Fatal("the timer never ended the dial")
 	}
 
-	ls.DialAsync(dst, 0, 10*time.Second, []byte("hello"), then)
+	// A context done ends it too, long before its timeout, with the
+	// context's cause: a gateway shutting down does not wait for a
+	// connect timeout.
+	stopping := errors.New("shutting down")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	ls.DialAsync(ctx, dst, 0, time.Hour, []byte("hello"), then)
+	cancel(stopping)
+	select {
+	case r := <-res:
+		if !errors.Is(r.err, stopping) {
+			t.Fatalf("dial whose context was cancelled ended with %v, want its cause", r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the context never ended the dial")
+	}
+
+	ls.DialAsync(context.Background(), dst, 0, 10*time.Second, []byte("hello"), then)
 	for { // make room: the SYN's retransmission is answered
 		nfd, _, err := unix.Accept4(fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		if err != nil {
@@ -254,7 +273,7 @@ func TestDialAsyncIPv6(t *testing.T) {
 	}
 	defer ln.Close()
 	done := make(chan error, 1)
-	loopsFor(t).DialAsync(ln.Addr().(*net.TCPAddr).AddrPort(), 0, 5*time.Second, nil, func(c *Conn, err error) {
+	loopsFor(t).DialAsync(context.Background(), ln.Addr().(*net.TCPAddr).AddrPort(), 0, 5*time.Second, nil, func(c *Conn, err error) {
 		if c != nil {
 			c.Abandon()
 		}

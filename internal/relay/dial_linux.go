@@ -44,7 +44,7 @@ func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, time
 	case <-ctx.Done():
 		timer.Stop()
 		c.Abandon()
-		return nil, dialError(dst, ctx.Err())
+		return nil, dialError(dst, context.Cause(ctx))
 	}
 	if err := c.connectResult(); err != nil {
 		c.Abandon()
@@ -57,9 +57,10 @@ func (ls *Loops) Dial(ctx context.Context, dst netip.AddrPort, mark uint32, time
 // which must never wait for a connect: then is called with the connected
 // Conn, or with the dial's error (the socket already closed), exactly
 // once. It runs at once when the connect finished inside the call (as on
-// loopback), on the loop when the connect's end is reported, or on a timer
-// goroutine when timeout passes first.
-func (ls *Loops) DialAsync(dst netip.AddrPort, mark uint32, timeout time.Duration, first []byte, then func(*Conn, error)) {
+// loopback), on the loop when the connect's end is reported, or on
+// another goroutine when timeout passes first or ctx is done (the error is
+// then context.Cause(ctx)'s).
+func (ls *Loops) DialAsync(ctx context.Context, dst netip.AddrPort, mark uint32, timeout time.Duration, first []byte, then func(*Conn, error)) {
 	c, wait, err := ls.startDial(dst, mark, first, true)
 	switch {
 	case err != nil:
@@ -70,23 +71,40 @@ func (ls *Loops) DialAsync(dst netip.AddrPort, mark uint32, timeout time.Duratio
 		return
 	}
 	// The loop reports a connect's end under l.mu, and takes then with
-	// it: set under l.mu too, exactly one of the loop and the timer takes
-	// it, unless the connect ended between startDial and here.
+	// it: set under l.mu too, exactly one of the loop, the timer and ctx
+	// takes it, unless the connect ended between startDial and here.
+	giveUp := func(err error) {
+		if f := c.takeThen(); f != nil {
+			c.waiting.stop()
+			c.Abandon()
+			f(nil, dialError(dst, err))
+		}
+	}
 	c.l.mu.Lock()
 	ended := c.connected == nil
 	if !ended {
 		c.then = then
-		c.timer = time.AfterFunc(timeout, func() {
-			if f := c.takeThen(); f != nil {
-				c.Abandon()
-				f(nil, dialError(dst, os.ErrDeadlineExceeded))
-			}
-		})
+		c.waiting = &dialWait{
+			timer: time.AfterFunc(timeout, func() { giveUp(os.ErrDeadlineExceeded) }),
+			ctx:   context.AfterFunc(ctx, func() { giveUp(context.Cause(ctx)) }),
+		}
 	}
 	c.l.mu.Unlock()
 	if ended {
 		c.connectedAsync(then)
 	}
+}
+
+// dialWait is what ends an asynchronous dial that did not connect inside
+// the call, if the loop does not first: its timer and its context.
+type dialWait struct {
+	timer *time.Timer
+	ctx   func() bool // stops the context's AfterFunc
+}
+
+func (w *dialWait) stop() {
+	w.timer.Stop()
+	w.ctx()
 }
 
 // takeThen takes an asynchronous dial's continuation, nil if the loop or
@@ -102,8 +120,8 @@ func (c *Conn) takeThen() func(*Conn, error) {
 // connected ends an asynchronous dial whose connect the loop saw end
 // (on the loop's goroutine, l.mu not held).
 func (c *Conn) connectedAsync(f func(*Conn, error)) {
-	if c.timer != nil {
-		c.timer.Stop()
+	if c.waiting != nil {
+		c.waiting.stop()
 	}
 	if err := c.connectResult(); err != nil {
 		c.Abandon()

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,10 +31,11 @@ type Conn struct {
 	// connected (if set) once a dialled upstream's connect has finished.
 	relaying  bool
 	connected chan struct{}
-	// then and timer: an asynchronous dial's continuation (DialAsync),
-	// under l.mu until the loop or the timer takes it.
-	then  func(*Conn, error)
-	timer *time.Timer
+	// then: an asynchronous dial's continuation (DialAsync), under l.mu
+	// until the loop, the timer or the context takes it; waiting: the
+	// timer and the context's hook, set with then.
+	then    func(*Conn, error)
+	waiting *dialWait
 	// connectErr is set with connected's close when the event that ended
 	// the connect carried an error or hang-up: only then does Dial ask
 	// the socket for the error (a getsockopt less per connection).
