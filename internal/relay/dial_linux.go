@@ -107,8 +107,8 @@ func (w *dialWait) stop() {
 	w.ctx()
 }
 
-// takeThen takes an asynchronous dial's continuation, nil if the loop or
-// the timer already took it.
+// takeThen takes an asynchronous dial's continuation, nil if the loop, the
+// timer or the context already took it.
 func (c *Conn) takeThen() func(*Conn, error) {
 	c.l.mu.Lock()
 	defer c.l.mu.Unlock()
