@@ -7,8 +7,10 @@
 # the weather. This script runs one scenario round-robin over the systems,
 # so that each round compares them within seconds, and prints for every
 # round and system the scenario's own figure and what the proxy paid for
-# it: CPU split into user and system time (from /proc/PID/stat) and context
-# switches, per unit of work. docs/performance.md quotes its output as
+# it: CPU split into user and system time (from /proc/PID/stat), context
+# switches, and the wake-up interrupts its CPU received (/proc/interrupts;
+# they include other work on that CPU), per unit of work.
+# docs/performance.md quotes its output as
 # "interleaved rounds". The layout is compare.sh's: the proxy pinned to
 # CPU 1, the load generator's client and server to CPU 0.
 #
@@ -169,10 +171,17 @@ cpu() {
   echo "$ut $st $cs"
 }
 
+# ipis: the cross-CPU interrupts the proxy's CPU (1) has received, wake-ups
+# (function-call and rescheduling interrupts) sent by the load's CPU: a
+# proxy woken once per small arrival shows here, and the load's CPU pays
+# for each.
+ipis() { awk '/^ *(CAL|RES):/ {s += $3} END {print s}' /proc/interrupts; }
+
 BYTES=${BYTES:-2G}
 for r in $(seq "$ROUNDS"); do
   for s in "${SYSTEMS[@]}"; do
     read -r u0 s0 c0 < <(cpu "${PID[$s]}")
+    i0=$(ipis)
     case $SCENARIO in
       handshakes-*) cmd=(handshakes --mode "$MODE" --concurrency 64 --duration 4s) ;;
       latency) cmd=(latency --mode raw --count 20000) ;;
@@ -181,10 +190,11 @@ for r in $(seq "$ROUNDS"); do
     esac
     out=$("${LOAD[@]}" "$LG" "${cmd[@]}" --target "${TGT[$s]}" 2>&1 | grep '^{' | tail -1)
     read -r u1 s1 c1 < <(cpu "${PID[$s]}")
-    python3 - "$SCENARIO" "$s" "$out" "$u0" "$s0" "$c0" "$u1" "$s1" "$c1" "$(getconf CLK_TCK)" <<'EOF'
+    i1=$(ipis)
+    python3 - "$SCENARIO" "$s" "$out" "$u0" "$s0" "$c0" "$u1" "$s1" "$c1" "$(getconf CLK_TCK)" "$i0" "$i1" <<'EOF'
 import json, sys
 scn, s, out = sys.argv[1:4]
-u0, s0, c0, u1, s1, c1, hz = map(float, sys.argv[4:])
+u0, s0, c0, u1, s1, c1, hz, i0, i1 = map(float, sys.argv[4:])
 d = json.loads(out)
 if scn.startswith("handshakes"):
     units, unit, fig = d["conns"], "us/conn", "%6.0f conn/s" % d["conn_s"]
@@ -197,8 +207,9 @@ else:
     units, unit, fig = d["bytes_per_stream"] * d.get("parallel", 1) / 1e9, "ms/GB", "%6.0f MB/s" % d["mb_s"]
     scale = 1e3
 user, sys_ = (u1 - u0) / hz / units * scale, (s1 - s0) / hz / units * scale
-print("%-8s %s  cpu %7.1f %s (user %6.1f, sys %6.1f)  ctx switches %.2f per %s" % (
-    s, fig, user + sys_, unit, user, sys_, (c1 - c0) / units, unit.split("/")[1]))
+per = unit.split("/")[1]
+print("%-8s %s  cpu %7.1f %s (user %6.1f, sys %6.1f)  ctx switches %.2f per %s  IPIs %.2f per %s" % (
+    s, fig, user + sys_, unit, user, sys_, (c1 - c0) / units, per, (i1 - i0) / units, per))
 EOF
     sleep 0.5
   done
