@@ -161,7 +161,10 @@ type loop struct {
 	shut bool // the loop has ended: nothing registers any more
 	// listeners are the listening sockets this loop accepts on, by fd.
 	listeners map[int]*Listener
-	table     []*side // by fd
+	// waits are the sockets waiting for their first bytes, by fd (see
+	// AwaitReadable).
+	waits map[int]*readWait
+	table []*side // by fd
 	// gen numbers registrations: an event carries its socket's number,
 	// so a stale event of a closed socket whose fd was since reused (by
 	// another goroutine, between this loop's epoll_wait and its handling
@@ -316,7 +319,7 @@ func (l *loop) register(s *side) error {
 	}
 	l.table[s.fd] = s
 	l.gen++
-	if l.gen == listenerTag {
+	for l.gen == listenerTag || l.gen == waitTag {
 		l.gen++
 	}
 	s.gen = l.gen
@@ -573,6 +576,10 @@ func (l *loop) handle(events []unix.EpollEvent) {
 		}
 		if ev.Pad == listenerTag {
 			l.accept(int(ev.Fd))
+			continue
+		}
+		if ev.Pad == waitTag {
+			l.waited(int(ev.Fd))
 			continue
 		}
 		relaying := false
