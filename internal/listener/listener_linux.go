@@ -99,22 +99,47 @@ func OriginalDst(c *net.TCPConn) (dst netip.AddrPort, redirected bool, err error
 	if err != nil {
 		return local, false, err
 	}
-	var got netip.AddrPort
-	cerr := raw.Control(func(fd uintptr) {
-		if local.Addr().Is4() {
-			got, err = origDst4(int(fd))
-		} else {
-			got, err = origDst6(int(fd))
-		}
-	})
+	cerr := raw.Control(func(fd uintptr) { dst, redirected = originalDst(int(fd), local) })
 	if cerr != nil {
 		return local, false, cerr
 	}
+	return dst, redirected, nil
+}
+
+// OriginalDstFD is OriginalDst for a socket held as a file descriptor (a
+// relay loop's, see relay.Listener); it asks for the local address too.
+func OriginalDstFD(fd int) (dst netip.AddrPort, redirected bool, err error) {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return netip.AddrPort{}, false, err
+	}
+	var local netip.AddrPort
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		local = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	default:
+		return netip.AddrPort{}, false, unix.EAFNOSUPPORT
+	}
+	dst, redirected = originalDst(fd, local)
+	return dst, redirected, nil
+}
+
+// originalDst is OriginalDst's answer for fd, whose local address is local.
+func originalDst(fd int, local netip.AddrPort) (dst netip.AddrPort, redirected bool) {
+	var got netip.AddrPort
+	var err error
+	if local.Addr().Is4() {
+		got, err = origDst4(fd)
+	} else {
+		got, err = origDst6(fd)
+	}
 	if err != nil || !got.IsValid() {
 		// ENOENT: no NAT entry. That is TPROXY or a direct connection.
-		return local, false, nil
+		return local, false
 	}
-	return got, got != local, nil
+	return got, got != local
 }
 
 func origDst4(fd int) (netip.AddrPort, error) {
