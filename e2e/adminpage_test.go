@@ -25,7 +25,7 @@ const (
 const adminPageConfig = `listeners:
   - {name: sni, mode: sni, address: "` + sniListenAddr + `", upstream_port: 443}
 resolver: ` + resolverAddr + `
-admin: {address: "` + chromiumMgmt + `"}
+admin: {address: "` + mgmtAddr + `"}
 log: {format: json}
 policy:
   enforce: false
@@ -79,7 +79,7 @@ func TestAdminPage(t *testing.T) {
 	log.find(t, 0, "a connection to "+adminTopName, func(l accessLine) bool { return l.FQDN == adminTopName })
 	log.find(t, 0, "a connection to allowed.test", func(l accessLine) bool { return l.FQDN == "allowed.test" })
 
-	url := "http://" + chromiumMgmt + "/"
+	url := "http://" + mgmtAddr + "/"
 	dom, stderr, err := chromiumIn(t, w.gw, "--dump-dom", url)
 	if err != nil {
 		t.Fatalf("chromium --dump-dom %s: %v\n%s", url, err, stderr)

@@ -17,6 +17,34 @@ func sClient(t testing.TB, w *world, input string, args ...string) (string, erro
 	return clientCommand(t, w.cli, input, "openssl", append([]string{"s_client", "-brief", "-ign_eof"}, args...)...)
 }
 
+// testLoopSetUp: a transparent listener's client whose hello comes whole
+// (openssl's fits in one segment) and whose name's answers are cached (the
+// first connection caches them) is set up by a relay loop, from accept to
+// relay, with no set-up goroutine: egressd_loop_setups_total counts it.
+func testLoopSetUp(t *testing.T, w *world) {
+	connect := func() {
+		t.Helper()
+		out, err := sClient(t, w, "", "-connect", srvAddr+":443", "-servername", "allowed.test")
+		if !strings.Contains(out, "hello sni=allowed.test") {
+			t.Fatalf("openssl s_client through the transparent listener (exit %v):\n%s", err, out)
+		}
+	}
+	loopSetUps := func() float64 {
+		t.Helper()
+		m, err := adminMetrics(w)
+		if err != nil {
+			t.Fatalf("metrics: %v", err)
+		}
+		return m["egressd_loop_setups_total"]
+	}
+	connect()
+	before := loopSetUps()
+	connect()
+	if after := loopSetUps(); after <= before {
+		t.Errorf("egressd_loop_setups_total %v before and %v after a cached name's connection; want one more", before, after)
+	}
+}
+
 // testOpenSSLAllowed: openssl s_client with an allowed SNI, TLS 1.2 and 1.3,
 // to the Go TLS server and to openssl s_server; the handshake completes and
 // the server's answer arrives.

@@ -29,14 +29,14 @@ const (
 	pageAddr     = srvAddr + ":8443"
 	pageMarker   = "page loaded through egressd"
 	preconnected = "www.allowed.test" // the page preconnects to it and never uses the connection
-	chromiumMgmt = "127.0.0.1:9090"
+	mgmtAddr     = "127.0.0.1:9090"
 )
 
 const chromiumConfig = `listeners:
   - {name: transparent, mode: transparent, address: "0.0.0.0:` + portTransparent + `", sni_destination: verify}
   - {name: proxy, mode: explicit, address: "` + proxyAddr + `"}
 resolver: ` + resolverAddr + `
-admin: {address: "` + chromiumMgmt + `"}
+admin: {address: "` + mgmtAddr + `"}
 mark: 0x100
 timeouts: {first_bytes: 300ms, client_hello: 5s, connect: 5s, idle: 15m}
 log: {format: json}
@@ -362,7 +362,7 @@ func adminMetrics(w *world) (map[string]float64, error) {
 		return w.gw.dial("", addr)
 	}}
 	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://" + chromiumMgmt + "/metrics")
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://" + mgmtAddr + "/metrics")
 	if err != nil {
 		return nil, err
 	}

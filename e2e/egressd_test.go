@@ -54,6 +54,7 @@ const configTemplate = `listeners:
     upstream_port: 443
     proxy_protocol: true
 resolver: ` + resolverAddr + `
+admin: {address: "` + mgmtAddr + `"}
 mark: 0x100
 timeouts: {first_bytes: 300ms, client_hello: %s, connect: 5s, idle: 15m}
 log: {format: json}

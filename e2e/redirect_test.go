@@ -19,6 +19,7 @@ func TestRedirect(t *testing.T) {
 	w := newWorld(t, worldOptions{intercept: redirect, ipv6: true})
 	w.countUpstreamSYNs(t)
 	t.Run("openssl allowed", func(t *testing.T) { testOpenSSLAllowed(t, w, "transparent") })
+	t.Run("set up on the loop", func(t *testing.T) { testLoopSetUp(t, w) })
 	t.Run("openssl denied", func(t *testing.T) { testOpenSSLDenied(t, w, "transparent") })
 	t.Run("http denied", func(t *testing.T) { testHTTPDenied(t, w) })
 	t.Run("fragmented hello", func(t *testing.T) { testFragmentedHello(t, w) })

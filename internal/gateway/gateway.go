@@ -65,8 +65,8 @@ type Gateway struct {
 	// ja4 remembers recent hellos' fingerprints (clienthello.JA4Memo):
 	// most connections' JA4 costs no hashing and no allocation.
 	ja4 *clienthello.JA4Memo
-	// onLoop counts the connections a relay loop set up itself (inline.go);
-	// tests read it.
+	// onLoop counts the connections a relay loop set up itself (inline.go),
+	// for egressd_loop_setups_total and tests.
 	onLoop atomic.Int64
 
 	mu        sync.Mutex
@@ -153,9 +153,10 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) 
 	g.loops.OnBatch(g.flushHeld)
 	g.state.Store(st)
 	gauges := metrics.Gauges{
-		Active:   func() float64 { return float64(g.active.Load()) },
-		Pending:  func() float64 { return float64(g.pending.Load()) },
-		LogQueue: func() float64 { return float64(len(g.relayLog) + int(g.held.n.Load())) },
+		Active:     func() float64 { return float64(g.active.Load()) },
+		Pending:    func() float64 { return float64(g.pending.Load()) },
+		LogQueue:   func() float64 { return float64(len(g.relayLog) + int(g.held.n.Load())) },
+		LoopSetUps: func() float64 { return float64(g.onLoop.Load()) },
 	}
 	g.auth = authguard.New(authguard.Config{Log: log})
 	gauges.AuthChecks = g.authCounts

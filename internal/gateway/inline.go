@@ -20,10 +20,16 @@ import (
 
 // Connections set up on the relay loop.
 //
-// An sni listener's connections are accepted by a relay loop, not by the
-// runtime (relay.Listener), and the loop sets up what it can without
-// waiting: a client whose first read holds a whole ClientHello, a name in
-// the look-up cache, an allow. It reads the hello, decides it exactly as
+// An sni or transparent listener's connections are accepted by a relay
+// loop, not by the runtime (relay.Listener), and the loop sets up what it
+// can without waiting: a client whose first bytes are a whole
+// ClientHello, a name in the look-up cache, an allow. A transparent
+// listener's client is asked for its original destination first (as
+// original does), and, since such a listener does not defer accepts,
+// may have sent nothing yet: a loop then waits for its first bytes until
+// the first_bytes deadline (relay.Loops.AwaitReadable), and a client
+// still silent then goes to a set-up goroutine, which takes it for a
+// server-first protocol. It reads the hello, decides it exactly as
 // handle does (judge), starts the dial (relay.Loops.DialAsync) and, once
 // the connect has ended, attaches the client and relays, all on the
 // loop's own goroutine. Through the runtime, each connection woke the
@@ -39,11 +45,11 @@ import (
 // loop only ever acts on an allow that path would have made too.
 
 // inlineEligible reports whether a listener's connections may be set up
-// on a relay loop: an sni listener, which needs no original destination
-// and, with deferred accepts, usually has the hello when it accepts, and
-// without a PROXY header to read first.
+// on a relay loop: an sni or transparent listener without a PROXY header
+// to read first (explicit listeners speak first, and their exchanges need
+// a goroutine).
 func inlineEligible(lc *config.Listener) bool {
-	return lc.Mode == config.ModeSNI && !lc.ProxyProtocol
+	return (lc.Mode == config.ModeSNI || lc.Mode == config.ModeTransparent) && !lc.ProxyProtocol
 }
 
 // startAccepting starts accepting on bl (under g.mu): on a relay loop for
@@ -121,15 +127,53 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 		}
 		s.srcHeld = true
 	}
+	var orig netip.AddrPort
+	if s.lc.Mode == config.ModeTransparent {
+		o, redirected, err := listener.OriginalDstFD(fd)
+		if err != nil || !redirected && !s.lc.TProxy || g.isSelf(o) {
+			g.promote(ctx, bl, fd, s, nil) // turned away there, with its line
+			return
+		}
+		orig = o
+	}
 	buf := peek.Buffer()
-	n, _ := unix.Read(fd, buf[:cap(buf)])
-	buf = buf[:max(n, 0)]
+	n, err := unix.Read(fd, buf[:cap(buf)])
+	if err == unix.EAGAIN && s.lc.Mode == config.ModeTransparent {
+		// A transparent listener does not defer accepts: the client's
+		// first bytes are still on their way, or never come (a server
+		// speaks first). A loop waits for them, until the first_bytes
+		// deadline counted from the accept, as the set-up goroutine
+		// counts it; at the deadline the goroutine takes the connection
+		// and finds the deadline passed.
+		g.wg.Add(1) // Serve waits for it as for a set-up goroutine
+		g.loops.AwaitReadable(fd, s.start.Add(cfg.Timeouts.FirstBytes), func(readable bool) {
+			defer g.wg.Done()
+			if !readable {
+				peek.Release(&peek.Result{Data: buf})
+				g.promote(ctx, bl, fd, s, nil)
+				return
+			}
+			n, _ := unix.Read(fd, buf[:cap(buf)])
+			g.setUpInline(ctx, cached, bl, fd, s, orig, buf[:max(n, 0)])
+		})
+		return
+	}
+	g.setUpInline(ctx, cached, bl, fd, s, orig, buf[:max(n, 0)])
+}
+
+// setUpInline goes on from the client's first bytes, buf (a peek buffer):
+// a whole hello that judge allows without waiting is dialled and relayed
+// on the loop, anything else promoted. orig is a transparent listener's
+// original destination.
+func (g *Gateway) setUpInline(ctx, cached context.Context, bl *boundListener, fd int, s *session, orig netip.AddrPort, buf []byte) {
+	st, cfg, src := s.st, s.st.Config, s.src
 	p, ok := peek.Whole(buf)
 	if !ok {
 		g.promote(ctx, bl, fd, s, buf)
 		return
 	}
-	v := g.judge(cached, st, s.lc, &s.rec, &p, netip.AddrPort{})
+	s.rec.Dst = orig
+	v := g.judge(cached, st, s.lc, &s.rec, &p, orig)
 	if v.wouldBlock || g.refusing(st, v, &s.rec) {
 		s.resetRecord() // the goroutine decides it afresh
 		g.promote(ctx, bl, fd, s, keepData(&p))

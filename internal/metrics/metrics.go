@@ -78,6 +78,10 @@ type Gauges struct {
 	// written: a log writer that falls behind shows here before the relays
 	// wait for it.
 	LogQueue func() float64
+	// LoopSetUps counts the connections a relay loop set up itself, from
+	// the accept to the relay, with no set-up goroutine: the cheap path
+	// (docs/performance.md). A counter, read when scraped.
+	LoopSetUps func() float64
 	// DNS, when not nil, reports the DNS forwarder's counters; it is nil
 	// when no forwarder runs, and then no DNS metric is exposed.
 	DNS func() DNSCounts
@@ -206,6 +210,10 @@ func New(g Gauges) *Metrics {
 	}
 	if g.LogQueue != nil {
 		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "egressd_access_log_queue", Help: "Relayed connections' log lines waiting to be written (relays wait when 4096 are queued)."}, g.LogQueue))
+	}
+	if g.LoopSetUps != nil {
+		f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "egressd_loop_setups_total",
+			Help: "Connections a relay loop set up itself, from accept to relay, without a set-up goroutine (sni and transparent listeners)."}, g.LoopSetUps))
 	}
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "egressd_bytes_total",
