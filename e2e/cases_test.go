@@ -17,10 +17,11 @@ func sClient(t testing.TB, w *world, input string, args ...string) (string, erro
 	return clientCommand(t, w.cli, input, "openssl", append([]string{"s_client", "-brief", "-ign_eof"}, args...)...)
 }
 
-// testLoopSetUp: a transparent listener's client whose hello comes whole
-// (openssl's fits in one segment) and whose name's answers are cached (the
-// first connection caches them) is set up by a relay loop, from accept to
-// relay, with no set-up goroutine: egressd_loop_setups_total counts it.
+// testLoopSetUp: a transparent listener's client whose name's answers are
+// cached (the first connection caches them) is set up by a relay loop,
+// from accept to relay, with no set-up goroutine, whether its hello fits
+// a segment (openssl's) or not (Go's): egressd_loop_setups_total counts
+// it.
 func testLoopSetUp(t *testing.T, w *world) {
 	connect := func() {
 		t.Helper()
@@ -42,6 +43,19 @@ func testLoopSetUp(t *testing.T, w *world) {
 	connect()
 	if after := loopSetUps(); after <= before {
 		t.Errorf("egressd_loop_setups_total %v before and %v after a cached name's connection; want one more", before, after)
+	}
+	// Go's default hello is post-quantum, more than a segment on this
+	// 1500-byte path: the loop waits for its rest.
+	before = loopSetUps()
+	c, err := w.cli.dial("", srvAddr+":443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := greet(c, w.tlsConfig("allowed.test")); err != nil {
+		t.Fatalf("Go client: %v", err)
+	}
+	if after := loopSetUps(); after <= before {
+		t.Errorf("egressd_loop_setups_total %v before and %v after a post-quantum hello; want one more", before, after)
 	}
 }
 

@@ -141,34 +141,68 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 	if err == unix.EAGAIN && s.lc.Mode == config.ModeTransparent {
 		// A transparent listener does not defer accepts: the client's
 		// first bytes are still on their way, or never come (a server
-		// speaks first). A loop waits for them, until the first_bytes
-		// deadline counted from the accept, as the set-up goroutine
+		// speaks first). A loop waits for them until the first_bytes
+		// deadline, counted from the accept as the set-up goroutine
 		// counts it; at the deadline the goroutine takes the connection
 		// and finds the deadline passed.
-		g.wg.Add(1) // Serve waits for it as for a set-up goroutine
-		g.loops.AwaitReadable(fd, s.start.Add(cfg.Timeouts.FirstBytes), func(readable bool) {
-			defer g.wg.Done()
-			if !readable {
-				peek.Release(&peek.Result{Data: buf})
-				g.promote(ctx, bl, fd, s, nil)
-				return
-			}
-			n, _ := unix.Read(fd, buf[:cap(buf)])
-			g.setUpInline(ctx, cached, bl, fd, s, orig, buf[:max(n, 0)])
-		})
+		g.awaitInline(ctx, cached, bl, fd, s, orig, buf, s.start.Add(cfg.Timeouts.FirstBytes), 0)
 		return
 	}
-	g.setUpInline(ctx, cached, bl, fd, s, orig, buf[:max(n, 0)])
+	g.setUpInline(ctx, cached, bl, fd, s, orig, buf[:max(n, 0)], 0)
+}
+
+// maxInlineWaits bounds the waits for more of a hello on a loop (a hello
+// in two or three segments); a client that trickles it goes on in a set-up
+// goroutine, whose reads cost no loop time.
+const maxInlineWaits = 3
+
+// awaitInline waits on a loop for more of the client's bytes, after buf,
+// until deadline, and goes on with them (setUpInline). At the deadline, or
+// at EOF or an error, the connection goes to a set-up goroutine, which
+// meets the same and says so in the line; once the drain is over, it ends
+// here.
+func (g *Gateway) awaitInline(ctx, cached context.Context, bl *boundListener, fd int, s *session, orig netip.AddrPort, buf []byte, deadline time.Time, waits int) {
+	g.wg.Add(1) // Serve waits for it as for a set-up goroutine
+	g.loops.AwaitReadable(ctx, fd, deadline, func(readable bool) {
+		defer g.wg.Done()
+		switch {
+		case readable:
+			n, _ := unix.Read(fd, buf[len(buf):cap(buf)])
+			if n > 0 {
+				g.setUpInline(ctx, cached, bl, fd, s, orig, buf[:len(buf)+n], waits+1)
+				return
+			}
+		case ctx.Err() != nil:
+			// The drain is over: set-ups give up, as relays are closed.
+			unix.Close(fd)
+			peek.Release(&peek.Result{Data: buf})
+			s.rec.Protocol = peek.Unknown
+			s.rec.Action, s.rec.Reason = accesslog.None, "waiting for the client's hello: "+context.Cause(ctx).Error()
+			go g.endOffLoop(s)
+			return
+		}
+		g.promote(ctx, bl, fd, s, buf)
+	})
 }
 
 // setUpInline goes on from the client's first bytes, buf (a peek buffer):
 // a whole hello that judge allows without waiting is dialled and relayed
 // on the loop, anything else promoted. orig is a transparent listener's
 // original destination.
-func (g *Gateway) setUpInline(ctx, cached context.Context, bl *boundListener, fd int, s *session, orig netip.AddrPort, buf []byte) {
+//
+// A hello bigger than a segment (a post-quantum key share makes most
+// browsers' and Go's so on a 1500-byte path) comes in parts: the loop
+// waits for the rest, up to maxInlineWaits times and the client_hello
+// deadline, while the bytes fit the peek buffer (waits counts the waits
+// so far).
+func (g *Gateway) setUpInline(ctx, cached context.Context, bl *boundListener, fd int, s *session, orig netip.AddrPort, buf []byte, waits int) {
 	st, cfg, src := s.st, s.st.Config, s.src
-	p, ok := peek.Whole(buf)
+	p, ok, more := peek.Whole(buf)
 	if !ok {
+		if more && waits < maxInlineWaits && len(buf) < cap(buf) {
+			g.awaitInline(ctx, cached, bl, fd, s, orig, buf, s.start.Add(cfg.Timeouts.ClientHello), waits)
+			return
+		}
 		g.promote(ctx, bl, fd, s, buf)
 		return
 	}

@@ -645,3 +645,28 @@ func TestDrainEndsDials(t *testing.T) {
 		}
 	}
 }
+
+// TestDrainEndsHelloWaits: a client whose hello the relay loop is waiting
+// for the rest of when the drain ends is closed then, with its line, as
+// relays are, not held for its client_hello timeout.
+func TestDrainEndsHelloWaits(t *testing.T) {
+	w := newWorldTimeouts(t, baseRecords, basePolicy, 0,
+		"{first_bytes: 200ms, client_hello: 1h, connect: 2s, idle: 1m}")
+	c, err := net.Dial("tcp", w.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(craftedHello("good.test")[:40]) // and nothing more
+	time.Sleep(100 * time.Millisecond)
+	w.cancel() // the grace is 1 s
+	select {
+	case <-w.served:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve still waiting for a hello 30 s into a 1 s grace (client_hello 1h)")
+	}
+	e := w.waitLog(bySrcPort(c))
+	if r, _ := e["reason"].(string); !strings.Contains(r, "shutting down") {
+		t.Errorf("log reason %q, want the wait given up for the shutdown", r)
+	}
+}

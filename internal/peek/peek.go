@@ -133,17 +133,19 @@ func isTLSRecord(b byte) bool { return b >= 20 && b <= 23 }
 // Whole classifies bytes read already (buf, a Buffer) when they hold a
 // whole ClientHello that parses, as Peek would; ok is false when they do
 // not yet, or are anything else, and then buf is still the caller's (for
-// PeekAfter). With ok, the result owns buf.
-func Whole(buf []byte) (r Result, ok bool) {
+// PeekAfter). more tells the first case: the bytes begin a TLS handshake
+// whose hello needs more of them (a hello bigger than a segment, as
+// post-quantum ones are). With ok, the result owns buf.
+func Whole(buf []byte) (r Result, ok, more bool) {
 	if len(buf) == 0 || !isTLSRecord(buf[0]) {
-		return Result{}, false
+		return Result{}, false, false
 	}
-	r, more := examineTLS(buf)
+	r, more = examineTLS(buf)
 	if more || r.Protocol != TLS || !r.HelloOK {
 		Release(&Result{scratch: r.scratch}) // only the reassembly buffer, if any
-		return Result{}, false
+		return Result{}, false, more
 	}
-	return r, true
+	return r, true, false
 }
 
 // Release returns r's buffers to their pools; r.Data and the views in

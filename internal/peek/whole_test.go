@@ -15,24 +15,25 @@ func TestWhole(t *testing.T) {
 	hello := fixture(t, "go-default.hex")
 	ccs := []byte{20, 3, 3, 0, 1, 1}
 	for _, tc := range []struct {
-		name  string
-		input []byte
-		ok    bool
+		name     string
+		input    []byte
+		ok, more bool
 	}{
-		{"whole hello", hello, true},
-		{"hello in 100-byte records", reframe(hello, 100), true},
-		{"change_cipher_spec first", append(append([]byte{}, ccs...), hello...), true},
-		{"half a hello", hello[:len(hello)/2], false},
-		{"record header only", hello[:5], false},
-		{"http", []byte("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), false},
-		{"nothing", nil, false},
-		{"not tls after all", []byte{22, 9, 9, 0, 1, 1}, false},
+		{"whole hello", hello, true, false},
+		{"hello in 100-byte records", reframe(hello, 100), true, false},
+		{"change_cipher_spec first", append(append([]byte{}, ccs...), hello...), true, false},
+		{"half a hello", hello[:len(hello)/2], false, true},
+		{"a segment of a post-quantum hello", hello[:1448], false, true},
+		{"record header only", hello[:5], false, true},
+		{"http", []byte("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), false, false},
+		{"nothing", nil, false, false},
+		{"not tls after all", []byte{22, 9, 9, 0, 1, 1}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			buf := append(Buffer(), tc.input...)
-			r, ok := Whole(buf)
-			if ok != tc.ok {
-				t.Fatalf("Whole = %v, want %v", ok, tc.ok)
+			r, ok, more := Whole(buf)
+			if ok != tc.ok || more != tc.more {
+				t.Fatalf("Whole = %v, more %v; want %v, more %v", ok, more, tc.ok, tc.more)
 			}
 			if ok {
 				if r.Protocol != TLS || !r.HelloOK || !bytes.Equal(r.Data, tc.input) || string(r.Hello.ServerName) == "" {

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -10,6 +11,7 @@ import (
 type readWait struct {
 	then  func(readable bool)
 	timer *time.Timer
+	stop  func() bool // the context's AfterFunc's
 }
 
 // waitTag is a waiting socket's registration number in its epoll events;
@@ -18,16 +20,17 @@ const waitTag = -1
 
 // AwaitReadable has a loop call then(true), on its goroutine, once fd has
 // bytes to read or its peer has closed or reset; or then(false) at
-// deadline, on a timer's goroutine: exactly once, with fd out of the
-// loop's set again, so that it can be relayed or handed to the runtime's
-// poller. fd is a socket a Listener accepted and not registered anywhere.
+// deadline or once ctx is done, on another goroutine: exactly once, with
+// fd out of the loop's set again, so that it can be relayed or handed to
+// the runtime's poller. fd is a socket a Listener accepted and not
+// registered anywhere.
 //
 // A Listener's handler waits this way, without blocking its loop, for a
 // client that connected before it sent anything: a transparent listener
 // does not defer accepts, since server-first clients (SSH, SMTP) send
 // nothing until the server speaks, so its clients' first bytes are often
 // still on the way when the loop accepts.
-func (ls *Loops) AwaitReadable(fd int, deadline time.Time, then func(readable bool)) {
+func (ls *Loops) AwaitReadable(ctx context.Context, fd int, deadline time.Time, then func(readable bool)) {
 	l, err := ls.pick()
 	if err != nil {
 		then(false)
@@ -53,6 +56,7 @@ func (ls *Loops) AwaitReadable(fd int, deadline time.Time, then func(readable bo
 	}
 	l.waits[fd] = w
 	w.timer = time.AfterFunc(time.Until(deadline), func() { l.endWait(fd, w, false) })
+	w.stop = context.AfterFunc(ctx, func() { l.endWait(fd, w, false) })
 	l.mu.Unlock()
 }
 
@@ -70,6 +74,7 @@ func (l *loop) endWait(fd int, w *readWait, readable bool) {
 	}
 	l.mu.Unlock()
 	w.timer.Stop()
+	w.stop()
 	w.then(readable)
 }
 

@@ -3,21 +3,22 @@
 package relay
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// TestAwaitReadable checks the three ends of a wait for first bytes
-// (bytes, the peer's close, the deadline), that each calls then once,
+// TestAwaitReadable checks the four ends of a wait for first bytes
+// (bytes, the peer's close, the context, the deadline), that each calls then once,
 // and that the socket leaves the loop's set: a second wait on it, which
 // adds it again, works.
 func TestAwaitReadable(t *testing.T) {
 	ls := loopsFor(t)
 	wait := func(fd int, d time.Duration) chan bool {
 		got := make(chan bool, 2)
-		ls.AwaitReadable(fd, time.Now().Add(d), func(readable bool) { got <- readable })
+		ls.AwaitReadable(context.Background(), fd, time.Now().Add(d), func(readable bool) { got <- readable })
 		return got
 	}
 	result := func(t *testing.T, got chan bool, want bool) {
@@ -52,6 +53,16 @@ func TestAwaitReadable(t *testing.T) {
 		got := wait(b, time.Minute)
 		unix.Shutdown(a, unix.SHUT_WR)
 		result(t, got, true)
+	})
+	t.Run("context done", func(t *testing.T) {
+		a, b := tcpFDPair(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		got := make(chan bool, 2)
+		ls.AwaitReadable(ctx, b, time.Now().Add(time.Hour), func(readable bool) { got <- readable })
+		cancel()
+		result(t, got, false)
+		writeNB(a, []byte("late"))
+		result(t, wait(b, time.Minute), true)
 	})
 	t.Run("silent", func(t *testing.T) {
 		a, b := tcpFDPair(t)
