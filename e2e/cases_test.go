@@ -23,12 +23,23 @@ func sClient(t testing.TB, w *world, input string, args ...string) (string, erro
 // a segment (openssl's) or not (Go's): egressd_loop_setups_total counts
 // it.
 func testLoopSetUp(t *testing.T, w *world) {
+	// Each connection's line is waited for, so that a later test's
+	// search of the log does not find it.
+	logged := func(from int, what string) {
+		t.Helper()
+		w.log.expect(t, from, what, byListener("transparent"), want{
+			listener: "transparent", dst: srvAddr + ":443", fqdn: "allowed.test", fqdnSource: "sni",
+			protocol: []string{"tls"}, rule: rule("allowed"), action: "allow", bytes: 1,
+		})
+	}
 	connect := func() {
 		t.Helper()
+		from := w.log.mark()
 		out, err := sClient(t, w, "", "-connect", srvAddr+":443", "-servername", "allowed.test")
 		if !strings.Contains(out, "hello sni=allowed.test") {
 			t.Fatalf("openssl s_client through the transparent listener (exit %v):\n%s", err, out)
 		}
+		logged(from, "openssl")
 	}
 	loopSetUps := func() float64 {
 		t.Helper()
@@ -47,6 +58,7 @@ func testLoopSetUp(t *testing.T, w *world) {
 	// Go's default hello is post-quantum, more than a segment on this
 	// 1500-byte path: the loop waits for its rest.
 	before = loopSetUps()
+	from := w.log.mark()
 	c, err := w.cli.dial("", srvAddr+":443")
 	if err != nil {
 		t.Fatal(err)
@@ -54,6 +66,7 @@ func testLoopSetUp(t *testing.T, w *world) {
 	if _, _, err := greet(c, w.tlsConfig("allowed.test")); err != nil {
 		t.Fatalf("Go client: %v", err)
 	}
+	logged(from, "Go client")
 	if after := loopSetUps(); after <= before {
 		t.Errorf("egressd_loop_setups_total %v before and %v after a post-quantum hello; want one more", before, after)
 	}

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -134,7 +135,7 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 			g.promote(ctx, bl, fd, s, nil) // turned away there, with its line
 			return
 		}
-		orig = o
+		orig, s.rec.Dst = o, o
 	}
 	buf := peek.Buffer()
 	n, err := unix.Read(fd, buf[:cap(buf)])
@@ -157,32 +158,56 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 const maxInlineWaits = 3
 
 // awaitInline waits on a loop for more of the client's bytes, after buf,
-// until deadline, and goes on with them (setUpInline). At the deadline, or
-// at EOF or an error, the connection goes to a set-up goroutine, which
-// meets the same and says so in the line; once the drain is over, it ends
-// here.
+// until deadline, and goes on with them (setUpInline). A client that
+// sent nothing by the first_bytes deadline goes to a set-up goroutine,
+// which finds the deadline passed and takes it for server-first. One that
+// closes, resets or misses the client_hello deadline is ended here, with
+// the line the goroutine would write, since handing a socket to the
+// runtime's poller needs a spare descriptor (a duplicate), which at the
+// open-files limit only such endings free; once the drain is over, too.
 func (g *Gateway) awaitInline(ctx, cached context.Context, bl *boundListener, fd int, s *session, orig netip.AddrPort, buf []byte, deadline time.Time, waits int) {
 	g.wg.Add(1) // Serve waits for it as for a set-up goroutine
 	g.loops.AwaitReadable(ctx, fd, deadline, func(readable bool) {
 		defer g.wg.Done()
 		switch {
 		case readable:
-			n, _ := unix.Read(fd, buf[len(buf):cap(buf)])
+			n, err := unix.Read(fd, buf[len(buf):cap(buf)])
 			if n > 0 {
 				g.setUpInline(ctx, cached, bl, fd, s, orig, buf[:len(buf)+n], waits+1)
 				return
 			}
+			if n == 0 {
+				err = io.EOF
+			}
+			g.endInline(fd, s, peek.Ended(buf, err))
 		case ctx.Err() != nil:
 			// The drain is over: set-ups give up, as relays are closed.
-			unix.Close(fd)
-			peek.Release(&peek.Result{Data: buf})
 			s.rec.Protocol = peek.Unknown
 			s.rec.Action, s.rec.Reason = accesslog.None, "waiting for the client's hello: "+context.Cause(ctx).Error()
+			peek.Release(&peek.Result{Data: buf})
+			unix.Close(fd)
 			go g.endOffLoop(s)
-			return
+		case len(buf) > 0:
+			g.endInline(fd, s, peek.Ended(buf, peek.ErrHelloTimeout))
+		default:
+			g.promote(ctx, bl, fd, s, buf)
 		}
-		g.promote(ctx, bl, fd, s, buf)
 	})
+}
+
+// endInline ends a connection whose first bytes failed on the loop (p, as
+// peek.Ended makes it) as handle ends one whose peek failed: reset, and a
+// line saying why.
+func (g *Gateway) endInline(fd int, s *session, p peek.Result) {
+	s.peeked(&p)
+	s.rec.Action, s.rec.Reason = accesslog.Deny, peekReason(p)
+	if p.Protocol == peek.ServerFirst && closedEarly(p.Err) {
+		s.rec.Action = accesslog.None
+	}
+	peek.Release(&p)
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	unix.Close(fd)
+	go g.endOffLoop(s)
 }
 
 // setUpInline goes on from the client's first bytes, buf (a peek buffer):

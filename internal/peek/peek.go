@@ -148,6 +148,18 @@ func Whole(buf []byte) (r Result, ok, more bool) {
 	return r, true, false
 }
 
+// Ended is what PeekAfter would have found for a client that sent buf (a
+// Buffer, perhaps empty) and whose stream then ended with err (io.EOF, a
+// reset, or ErrHelloTimeout), for a relay loop that reads without a
+// net.Conn. buf, if not empty, begins a TLS record (Whole said more). The
+// result owns buf.
+func Ended(buf []byte, err error) Result {
+	if len(buf) == 0 {
+		return Result{Protocol: ServerFirst, Data: buf, Err: err}
+	}
+	return tlsError(buf, err)
+}
+
 // Release returns r's buffers to their pools; r.Data and the views in
 // r.Hello must not be used after, and Release clears them so that a use
 // finds nothing rather than another connection's bytes. A second call does
