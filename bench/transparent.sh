@@ -50,7 +50,9 @@ in_ns() { ip netns exec "$NS" "$@"; }
 in_ns ip link set lo up
 P_RAW=9444 P_TLS=9443
 UP=$P_TLS; [[ $MODE == raw ]] && UP=$P_RAW
-in_ns taskset -c 0 "$LG" serve --raw 127.0.0.1:$P_RAW --tls 127.0.0.1:$P_TLS --quiet >"$W/serve.log" 2>&1 &
+# Started directly, not through in_ns: $! must be the process itself, for
+# cleanup to end it (a namespace's processes outlive its deletion).
+ip netns exec "$NS" taskset -c 0 "$LG" serve --raw 127.0.0.1:$P_RAW --tls 127.0.0.1:$P_TLS --quiet >"$W/serve.log" 2>&1 &
 PIDS+=($!)
 
 declare -A PID NAME
@@ -68,7 +70,7 @@ policy:
   rules:
     - {name: bench, action: allow, fqdn: ["localhost"], destinations: ["127.0.0.0/8"]}
 E2
-  # Not through a shell function: $! must be egressd's own PID.
+  # Directly too: $! is egressd's own PID, whose CPU is read.
   ip netns exec "$NS" taskset -c 1 "$bin" run --config "$W/c$i.yaml" >"$W/c$i.log" 2>"$W/c$i.err" &
   PIDS+=($!); PID[$i]=$!; NAME[$i]="c$((i + 1))"
   echo "c$((i + 1)) = $bin"
