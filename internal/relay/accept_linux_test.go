@@ -105,13 +105,9 @@ func TestDialAsync(t *testing.T) {
 	ls := loopsFor(t)
 	ln := testnet.Listen(t)
 	dst := netip.MustParseAddrPort(ln.Addr().String())
-	type result struct {
-		c   *Conn
-		err error
-	}
-	res := make(chan result, 2)
-	ls.DialAsync(context.Background(), dst, 0, 5*time.Second, []byte("hello"), func(c *Conn, err error) { res <- result{c, err} })
-	r := <-res
+	res, then := dialResults()
+	ls.DialAsync(context.Background(), dst, 0, 5*time.Second, []byte("hello"), then)
+	r := waitDial(t, res, 10*time.Second, "a dial to a listener")
 	if r.err != nil {
 		t.Fatalf("dial to a listener: %v", r.err)
 	}
@@ -148,24 +144,43 @@ func TestDialAsync(t *testing.T) {
 
 	// Refused: nobody listens on the port any more.
 	ln.Close()
-	ls.DialAsync(context.Background(), dst, 0, 5*time.Second, []byte("hello"), func(c *Conn, err error) { res <- result{c, err} })
+	ls.DialAsync(context.Background(), dst, 0, 5*time.Second, []byte("hello"), then)
+	if r := waitDial(t, res, 10*time.Second, "a refused dial"); r.err == nil {
+		r.c.Abandon()
+		t.Fatal("dial to a closed port succeeded")
+	}
+}
+
+// dialResult is an asynchronous dial's end, as its then is given it.
+type dialResult struct {
+	c   *Conn
+	err error
+}
+
+// dialResults returns a then for DialAsync and where its ends arrive.
+func dialResults() (chan dialResult, func(*Conn, error)) {
+	res := make(chan dialResult, 2)
+	return res, func(c *Conn, err error) { res <- dialResult{c, err} }
+}
+
+// waitDial returns the next dial's end, failing the test if none comes
+// within wait.
+func waitDial(t *testing.T, res chan dialResult, wait time.Duration, what string) dialResult {
+	t.Helper()
 	select {
 	case r := <-res:
-		if r.err == nil {
-			r.c.Abandon()
-			t.Fatal("dial to a closed port succeeded")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("a refused dial never ended")
+		return r
+	case <-time.After(wait):
+		t.Fatalf("%s never ended", what)
+		return dialResult{}
 	}
 }
 
 // TestDialAsyncWaits checks the asynchronous dial when the connect does
 // not end inside the call: a listener whose accept queue is full drops
 // the SYN, so the connect is under way until the timer or the context
-// ends it, or until
-// the queue has room again and the SYN's retransmission is answered,
-// which the loop reports.
+// ends it, or until the queue has room again and the SYN's
+// retransmission is answered, which the loop reports.
 func TestDialAsyncWaits(t *testing.T) {
 	ls := loopsFor(t)
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -195,22 +210,12 @@ func TestDialAsyncWaits(t *testing.T) {
 		}
 		fill = append(fill, c)
 	}
-	type result struct {
-		c   *Conn
-		err error
-	}
-	res := make(chan result, 1)
-	then := func(c *Conn, err error) { res <- result{c, err} }
+	res, then := dialResults()
 
 	ls.DialAsync(context.Background(), dst, 0, 300*time.Millisecond, []byte("hello"), then)
-	select {
-	case r := <-res:
-		if r.err == nil {
-			r.c.Abandon()
-			t.Fatal("a dial into a full accept queue connected")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the timer never ended the dial")
+	if r := waitDial(t, res, 10*time.Second, "a dial timed by its timer"); r.err == nil {
+		r.c.Abandon()
+		t.Fatal("a dial into a full accept queue connected")
 	}
 
 	// A context done ends it too, long before its timeout, with the
@@ -220,13 +225,8 @@ func TestDialAsyncWaits(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	ls.DialAsync(ctx, dst, 0, time.Hour, []byte("hello"), then)
 	cancel(stopping)
-	select {
-	case r := <-res:
-		if !errors.Is(r.err, stopping) {
-			t.Fatalf("dial whose context was cancelled ended with %v, want its cause", r.err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the context never ended the dial")
+	if r := waitDial(t, res, 10*time.Second, "a dial whose context was cancelled"); !errors.Is(r.err, stopping) {
+		t.Fatalf("dial whose context was cancelled ended with %v, want its cause", r.err)
 	}
 
 	ls.DialAsync(context.Background(), dst, 0, 10*time.Second, []byte("hello"), then)
@@ -251,18 +251,14 @@ func TestDialAsyncWaits(t *testing.T) {
 			}
 		}
 	}()
-	select {
-	case r := <-res:
-		if r.err != nil {
-			t.Fatalf("dial after the queue had room: %v", r.err)
-		}
-		if r.c.sent != 0 {
-			t.Errorf("the dial wrote %d first bytes on a socket still connecting, want none (Attach writes them)", r.c.sent)
-		}
-		r.c.Abandon()
-	case <-time.After(15 * time.Second):
-		t.Fatal("the loop never reported the connect's end")
+	r := waitDial(t, res, 15*time.Second, "a dial the loop must see connect")
+	if r.err != nil {
+		t.Fatalf("dial after the queue had room: %v", r.err)
 	}
+	if r.c.sent != 0 {
+		t.Errorf("the dial wrote %d first bytes on a socket still connecting, want none (Attach writes them)", r.c.sent)
+	}
+	r.c.Abandon()
 }
 
 // TestDialAsyncIPv6 checks the raw connect's IPv6 sockaddr.

@@ -73,21 +73,17 @@ func (ls *Loops) DialAsync(ctx context.Context, dst netip.AddrPort, mark uint32,
 	// The loop reports a connect's end under l.mu, and takes then with
 	// it: set under l.mu too, exactly one of the loop, the timer and ctx
 	// takes it, unless the connect ended between startDial and here.
-	giveUp := func(err error) {
-		if f := c.takeThen(); f != nil {
-			c.waiting.stop()
-			c.Abandon()
-			f(nil, dialError(dst, err))
-		}
-	}
 	c.l.mu.Lock()
 	ended := c.connected == nil
 	if !ended {
-		c.then = then
-		c.waiting = &dialWait{
-			timer: time.AfterFunc(timeout, func() { giveUp(os.ErrDeadlineExceeded) }),
-			ctx:   context.AfterFunc(ctx, func() { giveUp(context.Cause(ctx)) }),
-		}
+		c.waiting = &dialWait{then: then}
+		c.waiting.giveUps = armGiveUps(ctx, timeout, func(err error) {
+			if f := c.takeThen(); f != nil {
+				c.waiting.stop()
+				c.Abandon()
+				f(nil, dialError(dst, err))
+			}
+		})
 	}
 	c.l.mu.Unlock()
 	if ended {
@@ -95,16 +91,35 @@ func (ls *Loops) DialAsync(ctx context.Context, dst netip.AddrPort, mark uint32,
 	}
 }
 
-// dialWait is what ends an asynchronous dial that did not connect inside
-// the call, if the loop does not first: its timer and its context.
+// dialWait is an asynchronous dial that did not connect inside the call:
+// its continuation, until the loop, the timer or the context takes it
+// (under l.mu), and what ends it if the loop does not first.
 type dialWait struct {
+	then func(*Conn, error)
+	giveUps
+}
+
+// giveUps ends a wait on a loop that the loop does not end first (an
+// asynchronous dial, a wait for first bytes): a timer at its deadline and
+// a hook on its context.
+type giveUps struct {
 	timer *time.Timer
 	ctx   func() bool // stops the context's AfterFunc
 }
 
-func (w *dialWait) stop() {
-	w.timer.Stop()
-	w.ctx()
+// armGiveUps starts both: giveUp is called with os.ErrDeadlineExceeded
+// after d, or with context.Cause(ctx) once ctx is done, perhaps both;
+// the caller makes sure only the first counts.
+func armGiveUps(ctx context.Context, d time.Duration, giveUp func(error)) giveUps {
+	return giveUps{
+		timer: time.AfterFunc(d, func() { giveUp(os.ErrDeadlineExceeded) }),
+		ctx:   context.AfterFunc(ctx, func() { giveUp(context.Cause(ctx)) }),
+	}
+}
+
+func (g *giveUps) stop() {
+	g.timer.Stop()
+	g.ctx()
 }
 
 // takeThen takes an asynchronous dial's continuation, nil if the loop, the
@@ -112,8 +127,11 @@ func (w *dialWait) stop() {
 func (c *Conn) takeThen() func(*Conn, error) {
 	c.l.mu.Lock()
 	defer c.l.mu.Unlock()
-	f := c.then
-	c.then = nil
+	if c.waiting == nil {
+		return nil
+	}
+	f := c.waiting.then
+	c.waiting.then = nil
 	return f
 }
 
@@ -208,8 +226,8 @@ func (ls *Loops) startDial(dst netip.AddrPort, mark uint32, first []byte, raw bo
 	// one poll(2) instead of parking until the loop reports it.
 	var done bool
 	if len(first) > 0 {
-		var werr error
-		c.sent, werr = writeFirst(fd, first)
+		n, werr := writeFirst(fd, first)
+		c.sent = int32(n) // a write takes at most the socket's send buffer
 		switch {
 		case werr == nil:
 			done = true
@@ -327,7 +345,7 @@ func (c *Conn) Attach(client *net.TCPConn, first []byte, idle time.Duration, don
 // (both its sockets closed).
 func (c *Conn) attach(first []byte, idle time.Duration, done func(Result)) error {
 	c.idle, c.done = int64(idle), done
-	first = first[min(c.sent, len(first)):]
+	first = first[min(int(c.sent), len(first)):]
 	for len(first) > 0 {
 		n, err := writeNB(c.upstream.fd, first)
 		if err == unix.EINTR {

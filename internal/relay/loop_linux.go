@@ -607,7 +607,9 @@ func (l *loop) handle(events []unix.EpollEvent) {
 				if s.c.connected != nil {
 					s.c.connectErr = ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
 					close(s.c.connected) // the dial's connect has finished
-					then, s.c.then = s.c.then, nil
+					if w := s.c.waiting; w != nil {
+						then, w.then = w.then, nil
+					}
 					l.readied = l.readied || then == nil // Dial's waiter
 					s.c.connected = nil
 				}

@@ -31,10 +31,8 @@ type Conn struct {
 	// connected (if set) once a dialled upstream's connect has finished.
 	relaying  bool
 	connected chan struct{}
-	// then: an asynchronous dial's continuation (DialAsync), under l.mu
-	// until the loop, the timer or the context takes it; waiting: the
-	// timer and the context's hook, set with then.
-	then    func(*Conn, error)
+	// waiting: an asynchronous dial still connecting (DialAsync), set
+	// under l.mu; nil for most dials, which connect inside the call.
 	waiting *dialWait
 	// connectErr is set with connected's close when the event that ended
 	// the connect carried an error or hang-up: only then does Dial ask
@@ -42,7 +40,7 @@ type Conn struct {
 	connectErr bool
 	// sent is how much of the first bytes given to Dial it wrote itself
 	// (see startDial); Attach writes the rest.
-	sent int
+	sent int32
 
 	mu     sync.Mutex // guards closed against Close from other goroutines
 	closed bool

@@ -9,9 +9,8 @@ import (
 
 // readWait is a socket a loop watches for its first bytes (AwaitReadable).
 type readWait struct {
-	then  func(readable bool)
-	timer *time.Timer
-	stop  func() bool // the context's AfterFunc's
+	then func(readable bool)
+	giveUps
 }
 
 // waitTag is a waiting socket's registration number in its epoll events;
@@ -55,8 +54,7 @@ func (ls *Loops) AwaitReadable(ctx context.Context, fd int, deadline time.Time, 
 		return
 	}
 	l.waits[fd] = w
-	w.timer = time.AfterFunc(time.Until(deadline), func() { l.endWait(fd, w, false) })
-	w.stop = context.AfterFunc(ctx, func() { l.endWait(fd, w, false) })
+	w.giveUps = armGiveUps(ctx, time.Until(deadline), func(error) { l.endWait(fd, w, false) })
 	l.mu.Unlock()
 }
 
@@ -73,7 +71,6 @@ func (l *loop) endWait(fd int, w *readWait, readable bool) {
 		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	}
 	l.mu.Unlock()
-	w.timer.Stop()
 	w.stop()
 	w.then(readable)
 }
