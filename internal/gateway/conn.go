@@ -86,10 +86,7 @@ func (s *session) handle(ctx context.Context, first []byte) (relaying bool) {
 	defer peek.Release(&p)
 	switch {
 	case p.Err != nil:
-		s.rec.Action, s.rec.Reason = accesslog.Deny, peekReason(p)
-		if p.Protocol == peek.ServerFirst && closedEarly(p.Err) {
-			s.rec.Action = accesslog.None
-		}
+		s.peekFailed(p)
 		refuse.Reset(c)
 		return false
 	case p.Protocol == peek.HTTP:
@@ -487,6 +484,16 @@ func (g *Gateway) refuse(c net.Conn, p peek.Result, rule string) {
 		refuse.HTTPForbidden(c, rule)
 	default:
 		refuse.Reset(c)
+	}
+}
+
+// peekFailed words the line of a connection whose first bytes failed (p):
+// a deny saying why, or no decision for a client that left before it
+// sent anything.
+func (s *session) peekFailed(p peek.Result) {
+	s.rec.Action, s.rec.Reason = accesslog.Deny, peekReason(p)
+	if p.Protocol == peek.ServerFirst && closedEarly(p.Err) {
+		s.rec.Action = accesslog.None
 	}
 }
 

@@ -168,11 +168,18 @@ func (s *session) original() (netip.AddrPort, bool) {
 	}
 	orig, redirected, _ := listener.OriginalDst(s.c)
 	s.rec.Dst = orig
-	if !redirected && !s.lc.TProxy || s.g.isSelf(orig) {
+	if !s.g.intercepted(s.lc, orig, redirected) {
 		s.turnAway("not intercepted: the destination is egressd itself")
 		return orig, false
 	}
 	return orig, true
+}
+
+// intercepted reports whether a transparent listener's client, whose
+// original destination is orig (redirected: by NAT), was intercepted on
+// its way elsewhere, not connected to egressd itself.
+func (g *Gateway) intercepted(lc *config.Listener, orig netip.AddrPort, redirected bool) bool {
+	return (redirected || lc.TProxy) && !g.isSelf(orig)
 }
 
 // peek reads the client's first bytes under the listener's deadlines; the

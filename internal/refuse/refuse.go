@@ -7,6 +7,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TLS alert descriptions (RFC 8446 §6).
@@ -56,6 +58,13 @@ func Reset(c net.Conn) error {
 		tc.SetLinger(0)
 	}
 	return c.Close()
+}
+
+// ResetFD is Reset for a socket held as a file descriptor (a relay
+// loop's, before it is a net.Conn).
+func ResetFD(fd int) {
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	unix.Close(fd)
 }
 
 // answer writes msg, half-closes, and drains the client until it closes or
