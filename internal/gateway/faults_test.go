@@ -136,13 +136,8 @@ func TestFaults(t *testing.T) {
 		server   string // what the server must report, if anything
 	}{
 		{
-			name: "upstream refuses",
-			port: func(t *testing.T) uint16 {
-				ln, _ := net.Listen("tcp", "127.0.0.1:0")
-				p := ln.Addr().(*net.TCPAddr).Port
-				ln.Close()
-				return uint16(p)
-			},
+			name:     "upstream refuses",
+			port:     closedPort,
 			wantData: "\x15\x03\x01\x00\x02\x02\x50", // internal_error, in the client hello's record version
 			wantErr:  isEOForReset, reason: "connection refused",
 		},

@@ -205,13 +205,7 @@ func TestReportOnly(t *testing.T) {
 // a TLS client gets an internal_error alert, and the log names the dial
 // error.
 func TestUpstreamRefused(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := uint16(ln.Addr().(*net.TCPAddr).Port)
-	ln.Close() // nothing listens there now
-	w := newWorldTo(t, baseRecords, basePolicy, closed)
+	w := newWorldTo(t, baseRecords, basePolicy, closedPort(t))
 
 	_, raw, err := dialTLS(w, "good.test")
 	if err == nil || !strings.Contains(err.Error(), "internal error") {

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bytes"
-	"net"
 	"strings"
 	"testing"
 )
@@ -81,13 +80,7 @@ func TestSetUpOnTheLoop(t *testing.T) {
 // attempt and refuses the client as relay does, with the same line, and
 // the pending handshakes count comes back to zero.
 func TestSetUpOnTheLoopDialFails(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := uint16(ln.Addr().(*net.TCPAddr).Port)
-	ln.Close() // nothing listens there now
-	w := newWorldTo(t, baseRecords, basePolicy, closed)
+	w := newWorldTo(t, baseRecords, basePolicy, closedPort(t))
 	for _, how := range []string{"not cached", "cached: dialled by the loop"} {
 		_, raw, err := dialTLS(w, "good.test")
 		if err == nil || !strings.Contains(err.Error(), "internal error") {
