@@ -45,12 +45,7 @@ PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [[ -n ${KEEP:-} ]] || rm -rf "$W"; }
 trap cleanup EXIT
 
-LG=${LOADGEN:-}
-if [[ -z $LG ]]; then
-  BENCH=${BENCH:-$(dirname "$0")/../../shared/bench}
-  (cd "$BENCH" && go build -o "$W/loadgen" ./loadgen)
-  LG=$W/loadgen
-fi
+source "$(dirname "$0")/loadgen.sh"
 LOAD=(taskset -c 0) PROXY=(taskset -c 1)
 
 read -r P_RAW P_TLS P_HAP P_NGX P_C1 P_C2 P_C3 P_C4 < <("$LG" ports 8)

@@ -38,12 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-LG=${LOADGEN:-}
-if [[ -z $LG ]]; then
-  BENCH=${BENCH:-$(dirname "$0")/../../shared/bench}
-  (cd "$BENCH" && go build -o "$W/loadgen" ./loadgen)
-  LG=$W/loadgen
-fi
+source "$(dirname "$0")/loadgen.sh"
 
 ip netns add "$NS"
 in_ns() { ip netns exec "$NS" "$@"; }
