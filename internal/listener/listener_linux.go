@@ -109,21 +109,28 @@ func OriginalDst(c *net.TCPConn) (dst netip.AddrPort, redirected bool, err error
 // OriginalDstFD is OriginalDst for a socket held as a file descriptor (a
 // relay loop's, see relay.Listener); it asks for the local address too.
 func OriginalDstFD(fd int) (dst netip.AddrPort, redirected bool, err error) {
-	sa, err := unix.Getsockname(fd)
+	local, err := LocalAddrFD(fd)
 	if err != nil {
 		return netip.AddrPort{}, false, err
 	}
-	var local netip.AddrPort
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		local = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
-	default:
-		return netip.AddrPort{}, false, unix.EAFNOSUPPORT
-	}
 	dst, redirected = originalDst(fd, local)
 	return dst, redirected, nil
+}
+
+// LocalAddrFD is a socket's own address (getsockname), an IPv4-mapped one
+// unmapped, as AddrPort gives a net.Conn's.
+func LocalAddrFD(fd int) (netip.AddrPort, error) {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)), nil
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port)), nil
+	}
+	return netip.AddrPort{}, unix.EAFNOSUPPORT
 }
 
 // originalDst is OriginalDst's answer for fd, whose local address is local.

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/internal/listener"
 )
 
 // Dial connects a new socket to dst and returns it as the upstream half of
@@ -295,19 +297,10 @@ func sockaddr(ap netip.AddrPort) (int, unix.Sockaddr) {
 // reply's BND.ADDR); the zero AddrPort if it cannot be read.
 func (c *Conn) UpstreamLocal() netip.AddrPort { return localAddr(c.upstream.fd) }
 
-// localAddr is the socket's own address, from getsockname(2).
+// localAddr is the socket's own address, invalid if it has none.
 func localAddr(fd int) netip.AddrPort {
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return netip.AddrPort{}
-	}
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
-	}
-	return netip.AddrPort{}
+	ap, _ := listener.LocalAddrFD(fd)
+	return ap
 }
 
 // Abandon closes a dialled upstream that will not be relayed.
