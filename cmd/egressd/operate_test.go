@@ -488,3 +488,36 @@ func TestConfigMapSwap(t *testing.T) {
 	wantDecision(t, w.listen, "b.test", true)
 	wantDecision(t, w.listen, "a.test", false)
 }
+
+// TestReloadBesideBusyFile: a file written more often than the watch's
+// debounce, in the config's directory (an access log kept next to the
+// config), neither delays a reload nor wakes the watch at each write.
+func TestReloadBesideBusyFile(t *testing.T) {
+	w := newOpWorld(t, "", allowA)
+	wantDecision(t, w.listen, "b.test", false)
+	busy, err := os.OpenFile(filepath.Join(filepath.Dir(w.path), "access.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(20 * time.Millisecond) // 10 writes per debounce
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				busy.WriteString("{\"msg\":\"a line\"}\n")
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	time.Sleep(300 * time.Millisecond) // the writes have begun
+	writeReplace(t, w.path, w.config(allowB))
+	w.p.waitFor(true, "config reloaded", "trigger=\"file changed\"")
+	wantDecision(t, w.listen, "b.test", true)
+}

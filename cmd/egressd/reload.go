@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/gateway"
@@ -76,48 +76,75 @@ func (r *reloader) signals(ctx context.Context, c <-chan os.Signal, out output) 
 // swapping the directory's "..data" symlink; either replaces the inode a
 // file watch would follow. Where the path is a symlink, the directory of
 // its target is watched too.
+//
+// The directory holds other files too, an access log kept beside the
+// config among them. So the watch asks for the events that end a change
+// (watchMask), not for each write, and a reload follows the first event
+// of a burst by debounce, however many more come: a file written more
+// often than that must not put a reload off for as long as it is written.
 func (r *reloader) watch(ctx context.Context) {
-	w, err := fsnotify.NewWatcher()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		r.log.Error("cannot watch the config file; reload with SIGHUP", "err", err)
 		return
 	}
-	defer w.Close()
+	f := os.NewFile(uintptr(fd), "inotify") // read through the runtime's poller
 	dirs := []string{filepath.Dir(r.path)}
 	if target, err := filepath.EvalSymlinks(r.path); err == nil && filepath.Dir(target) != dirs[0] {
 		dirs = append(dirs, filepath.Dir(target))
 	}
 	for _, d := range dirs {
-		if err := w.Add(d); err != nil {
+		if _, err := unix.InotifyAddWatch(fd, d, watchMask); err != nil {
+			f.Close()
 			r.log.Error("cannot watch the config directory; reload with SIGHUP", "dir", d, "err", err)
 			return
 		}
 	}
 	r.log.Info("watching the config file for changes", "dirs", dirs)
+	changed := make(chan struct{}, 1)
+	go func() {
+		// Each read returns whole events; what they name does not
+		// matter (reload compares the file's contents), only that
+		// something in the directories changed.
+		buf := make([]byte, 4096)
+		for {
+			if _, err := f.Read(buf); err != nil {
+				if !errors.Is(err, os.ErrClosed) {
+					r.log.Warn("config watch ended; reload with SIGHUP", "err", err)
+				}
+				return
+			}
+			select {
+			case changed <- struct{}{}:
+			default: // one already waits to be seen
+			}
+		}
+	}()
+	defer f.Close() // ends the reading goroutine
 	timer := time.NewTimer(0)
 	<-timer.C
+	pending := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case ev, ok := <-w.Events:
-			if !ok {
-				return
+		case <-changed:
+			if !pending {
+				pending = true
+				timer.Reset(debounce)
 			}
-			if ev.Op == fsnotify.Chmod {
-				continue
-			}
-			timer.Reset(debounce)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return
-			}
-			r.log.Warn("config watch", "err", err)
 		case <-timer.C:
+			pending = false
 			r.reload("file changed", false)
 		}
 	}
 }
+
+// watchMask is what ends a change to a file in the config's directory: a
+// write's close, a rename into it (an editor's save, a ConfigMap's symlink
+// swap), a creation (a new symlink) or a deletion. Not IN_MODIFY, which
+// every write to a file kept open makes.
+const watchMask = unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_CREATE | unix.IN_DELETE
 
 // reload loads, compiles and applies the config file. A file that fails
 // leaves the running config in place; every problem is logged as
