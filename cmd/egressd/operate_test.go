@@ -491,7 +491,8 @@ func TestConfigMapSwap(t *testing.T) {
 
 // TestReloadBesideBusyFile: a file written more often than the watch's
 // debounce, in the config's directory (an access log kept next to the
-// config), neither delays a reload nor wakes the watch at each write.
+// config), does not put a reload off: each write used to restart the
+// debounce, and the file's change was never read while the writes went on.
 func TestReloadBesideBusyFile(t *testing.T) {
 	w := newOpWorld(t, "", allowA)
 	wantDecision(t, w.listen, "b.test", false)
