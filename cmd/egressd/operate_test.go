@@ -522,3 +522,81 @@ func TestReloadBesideBusyFile(t *testing.T) {
 	w.p.waitFor(true, "config reloaded", "trigger=\"file changed\"")
 	wantDecision(t, w.listen, "b.test", true)
 }
+
+// TestReloadThroughLinkedDir: the config path goes through a directory
+// link ("current" -> a release), and the link is swapped to the next
+// release as deploy tools do (a new link renamed over it). The watch sees
+// the swap, though nothing changed in the directory it first watched, and
+// then follows the new release.
+func TestReloadThroughLinkedDir(t *testing.T) {
+	dir := t.TempDir()
+	w := &opWorld{
+		path:     filepath.Join(dir, "current", "egressd.yaml"),
+		listen:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		adminAdr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		sinkPort: startSink(t),
+		dns:      startDNS(t, "a.test", "b.test"),
+	}
+	release := func(name, rules string) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "egressd.yaml"), []byte(w.config(rules)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(name, filepath.Join(dir, "current.tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(dir, "current.tmp"), filepath.Join(dir, "current")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release("r1", allowA)
+	w.p = startEgressdProc(t, w.path)
+	wantDecision(t, w.listen, "b.test", false)
+
+	release("r2", allowB)
+	w.p.waitFor(true, "config reloaded", "trigger=\"file changed\"", "rules=1")
+	wantDecision(t, w.listen, "b.test", true)
+	wantDecision(t, w.listen, "a.test", false)
+
+	// Now r2's file is watched: an edit in place there is seen too.
+	writeReplace(t, filepath.Join(dir, "r2", "egressd.yaml"), w.config(allowA+allowB))
+	w.p.waitFor(true, "config reloaded", "trigger=\"file changed\"", "rules=2")
+	wantDecision(t, w.listen, "a.test", true)
+}
+
+// TestReloadWaitsForWriter: a config rewritten in place by a writer that
+// pauses longer than the debounce between its writes (a script appending
+// rule by rule, a slow copy), while another file in the directory changes,
+// is read once the writer closes it, never half-written: the first half
+// here is a valid config with one rule of two, which would be applied.
+func TestReloadWaitsForWriter(t *testing.T) {
+	w := newOpWorld(t, "", allowB)
+	f, err := os.OpenFile(w.path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(w.config(allowA)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(w.path), "other"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * debounce)
+	if _, err := f.WriteString(allowB); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	w.p.waitFor(true, "config reloaded", "trigger=\"file changed\"", "rules=2")
+	for _, l := range w.p.lines(true) {
+		if strings.Contains(l, "config reloaded") && strings.Contains(l, "rules=1") {
+			t.Errorf("the half-written file was applied: %s", l)
+		}
+	}
+	wantDecision(t, w.listen, "a.test", true)
+	wantDecision(t, w.listen, "b.test", true)
+}

@@ -5,12 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/gateway"
@@ -31,10 +27,6 @@ type reloader struct {
 	mu   sync.Mutex
 	seen string
 }
-
-// debounce is how long the config directory must be quiet before a change
-// is read: an editor's save or a ConfigMap update is several events.
-const debounce = 200 * time.Millisecond
 
 // signals handles SIGHUP (reload) and SIGUSR1 (reopen the access log)
 // until the gateway has stopped: during the drain (ctx done) SIGUSR1 still
@@ -69,82 +61,6 @@ func (r *reloader) signals(ctx context.Context, c <-chan os.Signal, out output) 
 		}
 	}
 }
-
-// watch reloads when the config file changes. It watches the file's
-// directory, not the file: editors save by writing a new file and renaming
-// it over the old one, and Kubernetes updates a mounted ConfigMap by
-// swapping the directory's "..data" symlink; either replaces the inode a
-// file watch would follow. Where the path is a symlink, the directory of
-// its target is watched too.
-//
-// The directory holds other files too, an access log kept beside the
-// config among them. So the watch asks for the events that end a change
-// (watchMask), not for each write, and a reload follows the first event
-// of a burst by debounce, however many more come: a file written more
-// often than that must not put a reload off for as long as it is written.
-func (r *reloader) watch(ctx context.Context) {
-	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
-	if err != nil {
-		r.log.Error("cannot watch the config file; reload with SIGHUP", "err", err)
-		return
-	}
-	f := os.NewFile(uintptr(fd), "inotify") // read through the runtime's poller
-	dirs := []string{filepath.Dir(r.path)}
-	if target, err := filepath.EvalSymlinks(r.path); err == nil && filepath.Dir(target) != dirs[0] {
-		dirs = append(dirs, filepath.Dir(target))
-	}
-	for _, d := range dirs {
-		if _, err := unix.InotifyAddWatch(fd, d, watchMask); err != nil {
-			f.Close()
-			r.log.Error("cannot watch the config directory; reload with SIGHUP", "dir", d, "err", err)
-			return
-		}
-	}
-	r.log.Info("watching the config file for changes", "dirs", dirs)
-	changed := make(chan struct{}, 1)
-	go func() {
-		// Each read returns whole events; what they name does not
-		// matter (reload compares the file's contents), only that
-		// something in the directories changed.
-		buf := make([]byte, 4096)
-		for {
-			if _, err := f.Read(buf); err != nil {
-				if !errors.Is(err, os.ErrClosed) {
-					r.log.Warn("config watch ended; reload with SIGHUP", "err", err)
-				}
-				return
-			}
-			select {
-			case changed <- struct{}{}:
-			default: // one already waits to be seen
-			}
-		}
-	}()
-	defer f.Close() // ends the reading goroutine
-	timer := time.NewTimer(0)
-	<-timer.C
-	pending := false
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-			if !pending {
-				pending = true
-				timer.Reset(debounce)
-			}
-		case <-timer.C:
-			pending = false
-			r.reload("file changed", false)
-		}
-	}
-}
-
-// watchMask is what ends a change to a file in the config's directory: a
-// write's close, a rename into it (an editor's save, a ConfigMap's symlink
-// swap), a creation (a new symlink) or a deletion. Not IN_MODIFY, which
-// every write to a file kept open makes.
-const watchMask = unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_CREATE | unix.IN_DELETE
 
 // reload loads, compiles and applies the config file. A file that fails
 // leaves the running config in place; every problem is logged as

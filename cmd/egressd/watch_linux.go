@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The watch's timing. A change is read once debounce has passed without
+// another event for the config (an editor's save or a ConfigMap update is
+// several), and while nobody has the file open for writing, but never
+// later than maxWait after the change's first event: a file rewritten
+// without end, or held open by a writer that never closes it, is read
+// then anyway.
+const (
+	debounce = 200 * time.Millisecond
+	maxWait  = 5 * time.Second
+)
+
+// watchMask: every event that changes what the config path reads. An
+// IN_MODIFY says a writer is at work; its IN_CLOSE_WRITE, that it is done.
+const watchMask = unix.IN_MODIFY | unix.IN_CLOSE_WRITE | unix.IN_CREATE | unix.IN_DELETE |
+	unix.IN_MOVED_TO | unix.IN_MOVED_FROM | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
+
+// link is one name on the way from the config path to its file: the file
+// itself, or a symbolic link, whether to the file (Kubernetes mounts a
+// ConfigMap's key as egressd.yaml -> ..data/egressd.yaml) or to a directory
+// on the way (a release's "current" link). Replacing any of them changes
+// what the path reads; they are all in directories that can be watched.
+type link struct{ dir, name string }
+
+// linksOf follows path one name at a time, as the kernel does, and returns
+// every link it crosses and the file it ends at, each as a real directory
+// and a name. Names that do not exist end the walk where they are: the
+// config's directory is still watched for the file to come back.
+func linksOf(path string) []link {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil
+	}
+	var out []link
+	dir := "/"
+	names := strings.Split(abs, "/")
+	for hops := 0; len(names) > 0 && hops < 40; {
+		name := names[0]
+		names = names[1:]
+		switch name {
+		case "", ".":
+			continue
+		case "..":
+			dir = filepath.Dir(dir)
+			continue
+		}
+		next := filepath.Join(dir, name)
+		if len(names) == 0 {
+			out = append(out, link{dir, name})
+		}
+		fi, err := os.Lstat(next)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			dir = next
+			continue
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			dir = next
+			continue
+		}
+		if len(names) > 0 {
+			out = append(out, link{dir, name})
+		}
+		hops++
+		if filepath.IsAbs(target) {
+			dir = "/"
+		}
+		names = append(strings.Split(target, "/"), names...)
+	}
+	return out
+}
+
+// watcher watches, with inotify, the directories that hold the config
+// path's links (see linksOf) and tells which events are for one of them.
+// A directory also holds other files, an access log kept beside the
+// config among them: their events are read and dropped, so that a file
+// written more often than debounce cannot put a reload off.
+type watcher struct {
+	fd    int
+	file  *os.File       // fd's, read through the runtime's poller
+	dirs  map[int]string // by watch descriptor
+	wds   map[string]int
+	links map[link]bool
+}
+
+func newWatcher() (*watcher, error) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return nil, err
+	}
+	return &watcher{fd: fd, file: os.NewFile(uintptr(fd), "inotify"),
+		dirs: map[int]string{}, wds: map[string]int{}, links: map[link]bool{}}, nil
+}
+
+// follow watches the directories of path's links as they are now, and
+// stops watching those it no longer crosses (a ConfigMap's previous
+// version, a release no longer current). It returns the directories it
+// could not watch.
+func (w *watcher) follow(path string) (watched []string, failed map[string]error) {
+	links := map[link]bool{}
+	keep := map[string]bool{}
+	for _, l := range linksOf(path) {
+		links[l] = true
+		keep[l.dir] = true
+	}
+	w.links = links
+	for dir, wd := range w.wds {
+		if !keep[dir] {
+			unix.InotifyRmWatch(w.fd, uint32(wd))
+			delete(w.wds, dir)
+			delete(w.dirs, wd)
+		}
+	}
+	for dir := range keep {
+		wd, err := unix.InotifyAddWatch(w.fd, dir, watchMask)
+		if err != nil {
+			if failed == nil {
+				failed = map[string]error{}
+			}
+			failed[dir] = err
+			continue
+		}
+		w.wds[dir] = wd
+		w.dirs[wd] = dir
+		watched = append(watched, dir)
+	}
+	return watched, failed
+}
+
+// event is what the watch needs of an inotify event.
+type event struct {
+	wd   int
+	mask uint32
+	name string
+}
+
+// read reads events into evs until the file is closed.
+func (w *watcher) read(evs chan<- []event) error {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := w.file.Read(buf)
+		if err != nil {
+			return err
+		}
+		var batch []event
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			raw := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			name := buf[off+unix.SizeofInotifyEvent : min(n, off+unix.SizeofInotifyEvent+int(raw.Len))]
+			batch = append(batch, event{int(raw.Wd), raw.Mask, strings.TrimRight(string(name), "\x00")})
+			off += unix.SizeofInotifyEvent + int(raw.Len)
+		}
+		evs <- batch
+	}
+}
+
+// ours says whether ev changes what the config path reads: an event for
+// one of its links, the loss of a watched directory, or events lost to a
+// full queue.
+func (w *watcher) ours(ev event) bool {
+	if ev.mask&(unix.IN_Q_OVERFLOW|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_IGNORED) != 0 {
+		return true
+	}
+	dir, ok := w.dirs[ev.wd]
+	return ok && w.links[link{dir, ev.name}]
+}
+
+// watch reloads when the config changes (see watcher for what it watches,
+// debounce and maxWait for when).
+func (r *reloader) watch(ctx context.Context) {
+	w, err := newWatcher()
+	if err != nil {
+		r.log.Error("cannot watch the config file; reload with SIGHUP", "err", err)
+		return
+	}
+	defer w.file.Close() // ends the reading goroutine
+	watched, failed := w.follow(r.path)
+	for dir, err := range failed {
+		r.log.Error("cannot watch a directory of the config path; reload with SIGHUP", "dir", dir, "err", err)
+	}
+	if len(watched) == 0 {
+		return
+	}
+	r.log.Info("watching the config file for changes", "dirs", watched)
+	evs := make(chan []event, 16)
+	go func() {
+		if err := w.read(evs); !errors.Is(err, os.ErrClosed) {
+			r.log.Warn("config watch ended; reload with SIGHUP", "err", err)
+		}
+	}()
+	timer := time.NewTimer(0)
+	<-timer.C
+	var first time.Time        // the pending change's first event; zero: none
+	writing := map[link]bool{} // links modified and not yet closed
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case batch := <-evs:
+			for _, ev := range batch {
+				if !w.ours(ev) {
+					continue
+				}
+				if dir, ok := w.dirs[ev.wd]; ok && ev.name != "" {
+					l := link{dir, ev.name}
+					switch {
+					case ev.mask&unix.IN_MODIFY != 0:
+						writing[l] = true
+					case ev.mask&(unix.IN_CLOSE_WRITE|unix.IN_DELETE|unix.IN_MOVED_FROM) != 0:
+						delete(writing, l)
+					}
+				}
+				if first.IsZero() {
+					first = time.Now()
+				}
+				timer.Reset(debounce)
+			}
+		case <-timer.C:
+			if len(writing) > 0 && time.Since(first) < maxWait {
+				timer.Reset(debounce) // a writer has the file open: wait for its close
+				continue
+			}
+			first = time.Time{}
+			clear(writing)
+			// Links may have moved (a new ConfigMap version, a new
+			// release): watch where the path leads now, then read it.
+			if _, failed := w.follow(r.path); len(failed) > 0 {
+				for dir, err := range failed {
+					r.log.Warn("cannot watch a directory of the config path", "dir", dir, "err", err)
+				}
+			}
+			r.reload("file changed", false)
+		}
+	}
+}
