@@ -43,6 +43,10 @@ type Gateway struct {
 	log    *slog.Logger
 	access *accesslog.Logger
 	state  atomic.Pointer[State]
+	// boot is the config the gateway started with: what the settings a
+	// reload does not apply (restartNeeded) still run with, whatever
+	// reloads came since.
+	boot *config.Config
 	// lookups caches egressd's own DNS look-ups: names it resolves to dial
 	// (sni listeners, resolve, proxy requests) or to verify an SNI.
 	lookups *upstream.Cache
@@ -152,6 +156,7 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) 
 	}
 	g.loops.OnBatch(g.flushHeld)
 	g.state.Store(st)
+	g.boot = st.Config
 	gauges := metrics.Gauges{
 		Active:     func() float64 { return float64(g.active.Load()) },
 		Pending:    func() float64 { return float64(g.pending.Load()) },

@@ -110,15 +110,14 @@ func (g *Gateway) logConn(rec *accesslog.Record) {
 // What cannot be changed safely while running is kept as it was and listed
 // in restart: tproxy on an address that stays (rebinding it would drop
 // connections the kernel queued), the resolver, the log format and output,
-// and the admin endpoint. An error (a new address that cannot be bound)
-// means nothing changed.
+// the admin endpoint, and the mark of sockets other than TCP dials. An
+// error (a new address that cannot be bound) means nothing changed.
 func (g *Gateway) Reload(st *State) (restart []string, err error) {
 	g.reloadMu.Lock()
 	defer g.reloadMu.Unlock()
 	if g.draining.Load() {
 		return nil, errors.New("draining: reload refused")
 	}
-	old := g.state.Load().Config
 	cfg := st.Config
 
 	g.mu.Lock()
@@ -151,7 +150,7 @@ func (g *Gateway) Reload(st *State) (restart []string, err error) {
 		}
 		keep = append(keep, update{bl, lc})
 	}
-	restart = append(restart, restartNeeded(old, cfg)...)
+	restart = append(restart, restartNeeded(g.boot, cfg)...)
 	restart = append(restart, g.udpRestart(cfg)...)
 
 	g.state.Store(st)
@@ -203,10 +202,15 @@ func matchListener(current []*boundListener, used map[*boundListener]bool, lc co
 	return nil
 }
 
-// restartNeeded lists the changes from old to cfg that Reload does not
-// apply.
+// restartNeeded lists the settings of cfg that Reload does not apply and
+// that differ from what runs: old is the config the gateway started with
+// (a setting changed by one reload and put back by the next runs as it
+// was, and is not reported again).
 func restartNeeded(old, cfg *config.Config) []string {
 	var r []string
+	if old.Mark != cfg.Mark {
+		r = append(r, fmt.Sprintf("mark changed to %#x: new TCP dials use it; the resolver's, the DNS forwarder's and the UDP side's sockets keep %#x until a restart", cfg.Mark, old.Mark))
+	}
 	if old.Resolver != cfg.Resolver {
 		r = append(r, "resolver changed; the running one stays until a restart")
 	}

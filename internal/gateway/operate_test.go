@@ -441,6 +441,50 @@ func TestReloadKeepsConnections(t *testing.T) {
 	}
 }
 
+// TestRestartNeededAgainstRunning: what a reload reports as needing a
+// restart is measured against what runs, not against the last file: a
+// change kept until a restart is reported at every reload while the file
+// differs from what runs, and no longer once the file is put back.
+func TestRestartNeededAgainstRunning(t *testing.T) {
+	w := newWorld(t, baseRecords, basePolicy)
+	st := w.gw.State()
+	text := func(extra string) string {
+		return fmt.Sprintf("listeners:\n  - {name: sni, mode: sni, address: 127.0.0.1:0, upstream_port: %d}\nresolver: %s\n%s\n%s",
+			w.echo.Port(), st.Config.Resolver, extra, basePolicy)
+	}
+	runs := fmt.Sprintf("log: {format: %s}", st.Config.Log.Format)
+	for _, step := range []struct {
+		name, extra string
+		want        []string // substrings of the restart list, in order
+	}{
+		{"log changed", "log: {format: text}", []string{"log format"}},
+		{"another setting changed, the log still changed", "log: {format: text}\nmark: 0", []string{"log format"}},
+		{"log put back", runs, nil},
+		{"mark changed", runs + "\nmark: 0x2a", []string{"mark changed to 0x2a"}},
+		{"mark put back", runs, nil},
+	} {
+		cfg, err := config.Parse("test.yaml", []byte(text(step.extra)))
+		if err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		pol, err := cfg.Compile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		restart, err := w.gw.Reload(&State{Config: cfg, Policy: pol})
+		if err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		ok := len(restart) == len(step.want)
+		for i := 0; ok && i < len(restart); i++ {
+			ok = strings.Contains(restart[i], step.want[i])
+		}
+		if !ok {
+			t.Errorf("%s: restart = %q, want %q", step.name, restart, step.want)
+		}
+	}
+}
+
 func TestReloadListeners(t *testing.T) {
 	w := newWorld(t, baseRecords, basePolicy)
 	st := w.gw.State()
