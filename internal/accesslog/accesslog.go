@@ -43,7 +43,11 @@ const ProtocolQUIC = "quic"
 
 // Record is everything egressd knows about one connection when it closes.
 type Record struct {
-	Start    time.Time
+	Start time.Time
+	// End is when the connection ended, set where its line waits to be
+	// written (a relayed connection's is held, then queued); zero: when
+	// the line is written. The line's time and duration_ms are End's.
+	End      time.Time
 	Listener string
 	// User is the authenticated proxy user (explicit listeners), "" for none.
 	User       string
@@ -91,11 +95,11 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }
 // generic handler cost more than the rest of the decision path together.
 func (lg *Logger) Log(r *Record) {
 	if lg.text != nil {
-		lg.logText(r, time.Now())
+		lg.logText(r, r.ended(time.Now()))
 		return
 	}
 	bp := bufPool.Get().(*[]byte)
-	b := appendJSON((*bp)[:0], r, time.Now())
+	b := appendJSON((*bp)[:0], r, r.ended(time.Now()))
 	lg.w.Write(b)
 	putBuf(bp, b)
 }
@@ -113,12 +117,12 @@ func (lg *Logger) LogBatch(rs []*Record) {
 		}
 		return
 	}
-	end := time.Now()
+	now := time.Now()
 	bp := bufPool.Get().(*[]byte)
 	b := (*bp)[:0]
 	for _, r := range rs {
 		n := len(b)
-		b = appendJSON(b, r, end)
+		b = appendJSON(b, r, r.ended(now))
 		if len(b) > pipeBuf && n > 0 {
 			lg.w.Write(b[:n])
 			b = append(b[:0], b[n:]...)
@@ -126,6 +130,14 @@ func (lg *Logger) LogBatch(rs []*Record) {
 	}
 	lg.w.Write(b)
 	putBuf(bp, b)
+}
+
+// ended is r.End, or now if it is not set.
+func (r *Record) ended(now time.Time) time.Time {
+	if r.End.IsZero() {
+		return now
+	}
+	return r.End
 }
 
 // pipeBuf is PIPE_BUF on Linux: a write to a pipe of at most this many
@@ -209,7 +221,9 @@ func (lg *Logger) logText(r *Record, end time.Time) {
 		attrs = append(attrs, slog.Int64("packets_up", r.PacketsUp), slog.Int64("packets_down", r.PacketsDown))
 	}
 	attrs = append(attrs, slog.Int64("duration_ms", end.Sub(r.Start).Milliseconds()))
-	lg.text.LogAttrs(context.Background(), slog.LevelInfo, "conn", attrs...)
+	rec := slog.NewRecord(end, slog.LevelInfo, "conn", 0)
+	rec.AddAttrs(attrs...)
+	lg.text.Handler().Handle(context.Background(), rec)
 }
 
 func addrString(a netip.AddrPort) string {

@@ -230,3 +230,34 @@ func TestLogBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestLogEndTime: a line written after its connection ended (held, then
+// queued behind others) carries the end's time and duration, not the
+// write's; a record without End is closed when it is written.
+func TestLogEndTime(t *testing.T) {
+	start := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	end := start.Add(10 * time.Millisecond)
+	for _, format := range []string{"json", "text"} {
+		var w writes
+		lg := New(&w, format)
+		lg.LogBatch([]*Record{
+			{Start: start, End: end, Listener: "a"},
+			{Start: start, End: end, Listener: "b"},
+		})
+		lg.Log(&Record{Start: time.Now().Add(-time.Second), Listener: "c"})
+		all := string(bytes.Join(w.calls, nil))
+		lines := strings.Split(strings.TrimSuffix(all, "\n"), "\n")
+		if len(lines) != 3 {
+			t.Fatalf("%s: %d lines: %q", format, len(lines), all)
+		}
+		for _, l := range lines[:2] {
+			if !strings.Contains(l, "2026-12-07T10:00:00.01") || !strings.Contains(l, "duration_ms") ||
+				!(strings.Contains(l, `"duration_ms":10`) || strings.Contains(l, "duration_ms=10")) {
+				t.Errorf("%s: line not closed at End (10:00:00.010, 10 ms): %s", format, l)
+			}
+		}
+		if strings.Contains(lines[2], "2026-12-07T10:00:00") || strings.Contains(lines[2], `duration_ms":0`) || strings.Contains(lines[2], "duration_ms=0") {
+			t.Errorf("%s: a record without End is not closed when written: %s", format, lines[2])
+		}
+	}
+}

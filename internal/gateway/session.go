@@ -98,6 +98,7 @@ func (s *session) finish() {
 // the loop's goroutine, so it does no more than that and no I/O.
 func (s *session) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Result) {
 	g := s.g
+	rec.End = time.Now() // its line waits (holdLog), its time must not
 	rec.BytesUp += res.Up
 	rec.BytesDown += res.Down
 	if end := endReason(res); end != "" {

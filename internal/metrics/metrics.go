@@ -312,7 +312,11 @@ func (m *Metrics) Conn(rec *accesslog.Record) {
 	if rec.BytesDown > 0 {
 		m.bytesDown.Add(float64(rec.BytesDown))
 	}
-	m.lifetime.Observe(time.Since(rec.Start).Seconds())
+	end := rec.End
+	if end.IsZero() {
+		end = time.Now()
+	}
+	m.lifetime.Observe(end.Sub(rec.Start).Seconds())
 }
 
 // PeekWait records how long classifying the first bytes took.
