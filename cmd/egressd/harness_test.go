@@ -59,7 +59,10 @@ func startEgressdCmd(t *testing.T, cmd *exec.Cmd) *egressdProc {
 	p := &egressdProc{t: t, done: make(chan struct{}), news: make(chan struct{})}
 	p.cmd = cmd
 	p.cmd.Env = append(os.Environ(), runMainEnv+"=1")
-	so, _ := p.cmd.StdoutPipe()
+	var so io.Reader = strings.NewReader("") // the caller's own Stdout
+	if p.cmd.Stdout == nil {
+		so, _ = p.cmd.StdoutPipe()
+	}
 	se, _ := p.cmd.StderrPipe()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -600,3 +600,46 @@ func TestReloadWaitsForWriter(t *testing.T) {
 	wantDecision(t, w.listen, "a.test", true)
 	wantDecision(t, w.listen, "b.test", true)
 }
+
+// TestLogPipeGone: egressd's access log goes to stdout, a pipe whose
+// reader is gone (a log shipper that exited). Go's default for a write to
+// such a pipe on stdout is to end the process, and every connection with
+// it; egressd goes on deciding and relaying, counts the lost lines and
+// says so on stderr.
+func TestLogPipeGone(t *testing.T) {
+	w := &opWorld{
+		path:     filepath.Join(t.TempDir(), "egressd.yaml"),
+		listen:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		adminAdr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		sinkPort: startSink(t),
+		dns:      startDNS(t, "a.test", "b.test"),
+	}
+	writeReplace(t, w.path, w.config(allowA))
+	r, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close() // no reader: every write fails with EPIPE
+	cmd := exec.Command(os.Args[0], "run", "--config", w.path)
+	cmd.Stdout = pw
+	w.p = startEgressdCmd(t, cmd)
+	pw.Close()
+	for range 3 {
+		wantDecision(t, w.listen, "b.test", false)
+		wantDecision(t, w.listen, "a.test", true)
+	}
+	w.p.waitFor(true, "access log write failed", "broken pipe")
+	deadline := time.Now().Add(10 * time.Second)
+	for metricValue(t, w.adminAdr, "egressd_access_log_lost_total") < 6 {
+		if time.Now().After(deadline) {
+			t.Fatalf("egressd_access_log_lost_total = %v, want 6 (3 denied and 3 relayed lines)",
+				metricValue(t, w.adminAdr, "egressd_access_log_lost_total"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case <-w.p.done:
+		t.Fatalf("egressd exited (%d)", w.p.code)
+	default:
+	}
+}

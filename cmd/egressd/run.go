@@ -65,8 +65,16 @@ connections run for shutdown_grace) and exits 0; a second one closes at once.`)
 	}
 	defer out.Close()
 
+	// A write to a closed pipe or socket fails with EPIPE instead of
+	// killing the process: with Go's default, a log pipe whose reader went
+	// away (a log shipper's restart) on stdout or stderr ended egressd and
+	// every connection it relayed. The lines lost are counted and reported
+	// (egressd_access_log_lost_total) and egressd goes on.
+	signal.Ignore(syscall.SIGPIPE)
+	access := accesslog.New(out, cfg.Log.Format)
+	access.SetErrorLog(log)
 	decisions := recent.New() // for the admin page
-	g := gateway.New(&gateway.State{Config: cfg, Policy: pol}, log, accesslog.New(out, cfg.Log.Format),
+	g := gateway.New(&gateway.State{Config: cfg, Policy: pol}, log, access,
 		gateway.WithLoops(loops), gateway.WithRecent(decisions))
 	// Both signals are caught from the start, so that a second one during
 	// the drain is never lost: the first drains, the second closes live

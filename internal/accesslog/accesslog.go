@@ -9,8 +9,11 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/egressd/egressd/internal/limit"
 )
 
 // Action is what egressd did with a connection, as the log and the
@@ -75,6 +78,39 @@ type Record struct {
 type Logger struct {
 	w    io.Writer
 	text *slog.Logger // nil for JSON
+	// lost counts the lines whose write failed (a full disk, a log pipe
+	// whose reader is gone); Lost reads it.
+	lost atomic.Uint64
+	// errLog, if set (SetErrorLog), hears of failed writes, at most once
+	// a second (warned).
+	errLog *slog.Logger
+	warned limit.EverySecond
+}
+
+// SetErrorLog has failed writes reported to l, at most once a second. Call
+// it before the first line.
+func (lg *Logger) SetErrorLog(l *slog.Logger) { lg.errLog = l }
+
+// Lost is how many lines could not be written. The gateway goes on serving
+// when its access log cannot be written; this count (the metric
+// egressd_access_log_lost_total) is how an operator learns that the log
+// has gaps.
+func (lg *Logger) Lost() uint64 { return lg.lost.Load() }
+
+// write writes b, which holds lines lines, and counts them lost if the
+// write fails: a failed write can have written part of b, but which lines
+// made it whole is not known.
+func (lg *Logger) write(b []byte, lines int) {
+	if _, err := lg.w.Write(b); err != nil {
+		lg.failed(err, lines)
+	}
+}
+
+func (lg *Logger) failed(err error, lines int) {
+	n := lg.lost.Add(uint64(lines))
+	if lg.errLog != nil && lg.warned.Allow(time.Now()) {
+		lg.errLog.Error("access log write failed: lines lost", "err", err, "lost_total", n)
+	}
 }
 
 // New returns a Logger writing JSON (format "json") or logfmt-like text
@@ -100,7 +136,7 @@ func (lg *Logger) Log(r *Record) {
 	}
 	bp := bufPool.Get().(*[]byte)
 	b := appendJSON((*bp)[:0], r, r.ended(time.Now()))
-	lg.w.Write(b)
+	lg.write(b, 1)
 	putBuf(bp, b)
 }
 
@@ -120,15 +156,18 @@ func (lg *Logger) LogBatch(rs []*Record) {
 	now := time.Now()
 	bp := bufPool.Get().(*[]byte)
 	b := (*bp)[:0]
+	lines := 0
 	for _, r := range rs {
 		n := len(b)
 		b = appendJSON(b, r, r.ended(now))
 		if len(b) > pipeBuf && n > 0 {
-			lg.w.Write(b[:n])
+			lg.write(b[:n], lines)
 			b = append(b[:0], b[n:]...)
+			lines = 0
 		}
+		lines++
 	}
-	lg.w.Write(b)
+	lg.write(b, lines)
 	putBuf(bp, b)
 }
 
@@ -223,7 +262,9 @@ func (lg *Logger) logText(r *Record, end time.Time) {
 	attrs = append(attrs, slog.Int64("duration_ms", end.Sub(r.Start).Milliseconds()))
 	rec := slog.NewRecord(end, slog.LevelInfo, "conn", 0)
 	rec.AddAttrs(attrs...)
-	lg.text.Handler().Handle(context.Background(), rec)
+	if err := lg.text.Handler().Handle(context.Background(), rec); err != nil {
+		lg.failed(err, 1)
+	}
 }
 
 func addrString(a netip.AddrPort) string {

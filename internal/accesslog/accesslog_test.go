@@ -3,9 +3,11 @@ package accesslog
 import (
 	"bytes"
 	"encoding/json"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -258,6 +260,35 @@ func TestLogEndTime(t *testing.T) {
 		}
 		if strings.Contains(lines[2], "2026-12-07T10:00:00") || strings.Contains(lines[2], `duration_ms":0`) || strings.Contains(lines[2], "duration_ms=0") {
 			t.Errorf("%s: a record without End is not closed when written: %s", format, lines[2])
+		}
+	}
+}
+
+// failing is a writer whose every write fails, as on a full disk or a pipe
+// whose reader is gone.
+type failing struct{ calls int }
+
+func (f *failing) Write(b []byte) (int, error) { f.calls++; return 0, syscall.EPIPE }
+
+// TestLostLines: lines whose write fails are counted, in every format and
+// path, and reported on the error log at most once a second.
+func TestLostLines(t *testing.T) {
+	for _, format := range []string{"json", "text"} {
+		var f failing
+		var errs bytes.Buffer
+		lg := New(&f, format)
+		lg.SetErrorLog(slog.New(slog.NewTextHandler(&errs, nil)))
+		lg.Log(&Record{Start: time.Now()})
+		lg.LogBatch([]*Record{{Start: time.Now()}, {Start: time.Now()}, {Start: time.Now()}})
+		lg.LogDNS(&DNSRecord{QName: "a.test"})
+		if got := lg.Lost(); got != 5 {
+			t.Errorf("%s: Lost() = %d after 5 failed lines, want 5", format, got)
+		}
+		if n := strings.Count(errs.String(), "access log write failed"); n != 1 {
+			t.Errorf("%s: %d error lines in the same second, want 1: %s", format, n, errs.String())
+		}
+		if !strings.Contains(errs.String(), "broken pipe") {
+			t.Errorf("%s: the error line does not say why: %s", format, errs.String())
 		}
 	}
 }

@@ -24,7 +24,8 @@ type DNSRecord struct {
 func (lg *Logger) LogDNS(r *DNSRecord) {
 	now := time.Now()
 	if lg.text != nil {
-		lg.text.LogAttrs(context.Background(), slog.LevelInfo, "dns",
+		rec := slog.NewRecord(now, slog.LevelInfo, "dns", 0)
+		rec.AddAttrs(
 			slog.String("kind", "dns"),
 			slog.String("src", addrString(r.Src)),
 			slog.String("qname", r.QName),
@@ -33,6 +34,9 @@ func (lg *Logger) LogDNS(r *DNSRecord) {
 			slog.String("result", r.Result),
 			slog.String("reason", r.Reason),
 		)
+		if err := lg.text.Handler().Handle(context.Background(), rec); err != nil {
+			lg.failed(err, 1)
+		}
 		return
 	}
 	bp := bufPool.Get().(*[]byte)
@@ -52,7 +56,7 @@ func (lg *Logger) LogDNS(r *DNSRecord) {
 	b = append(b, `,"reason":`...)
 	b = appendString(b, r.Reason)
 	b = append(b, "}\n"...)
-	lg.w.Write(b)
+	lg.write(b, 1)
 	if cap(b) <= 64<<10 {
 		*bp = b
 		bufPool.Put(bp)

@@ -161,6 +161,7 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) 
 		Active:     func() float64 { return float64(g.active.Load()) },
 		Pending:    func() float64 { return float64(g.pending.Load()) },
 		LogQueue:   func() float64 { return float64(len(g.relayLog) + int(g.held.n.Load())) },
+		LogLost:    func() float64 { return float64(g.access.Lost()) },
 		LoopSetUps: func() float64 { return float64(g.onLoop.Load()) },
 	}
 	g.auth = authguard.New(authguard.Config{Log: log})

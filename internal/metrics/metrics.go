@@ -78,6 +78,9 @@ type Gauges struct {
 	// written: a log writer that falls behind shows here before the relays
 	// wait for it.
 	LogQueue func() float64
+	// LogLost counts the access log's lines whose write failed (a full
+	// disk, a log pipe whose reader is gone): egressd goes on serving.
+	LogLost func() float64
 	// LoopSetUps counts the connections a relay loop set up itself, from
 	// the accept to the relay, with no set-up goroutine: the cheap path
 	// (docs/performance.md). A counter, read when scraped.
@@ -210,6 +213,9 @@ func New(g Gauges) *Metrics {
 	}
 	if g.LogQueue != nil {
 		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "egressd_access_log_queue", Help: "Relayed connections' log lines waiting to be written (relays wait when 4096 are queued)."}, g.LogQueue))
+	}
+	if g.LogLost != nil {
+		f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "egressd_access_log_lost_total", Help: "Access log lines that could not be written (the write failed); egressd goes on serving without them."}, g.LogLost))
 	}
 	if g.LoopSetUps != nil {
 		f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "egressd_loop_setups_total",
