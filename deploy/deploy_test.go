@@ -205,8 +205,8 @@ func checkWorkload(t *testing.T, o object, configs map[string]*config.Config) {
 				t.Errorf("%s: admin address %s is neither loopback nor all addresses", o.Metadata.Name, a)
 			}
 		}
-		if float64(ps.TerminationGracePeriodSeconds) <= cfg.ShutdownGrace.Seconds() {
-			t.Errorf("%s: terminationGracePeriodSeconds %d does not outlast shutdown_grace %s", o.Metadata.Name, ps.TerminationGracePeriodSeconds, cfg.ShutdownGrace)
+		if float64(ps.TerminationGracePeriodSeconds) <= (cfg.ShutdownDelay + cfg.ShutdownGrace).Seconds() {
+			t.Errorf("%s: terminationGracePeriodSeconds %d does not outlast shutdown_delay %s + shutdown_grace %s", o.Metadata.Name, ps.TerminationGracePeriodSeconds, cfg.ShutdownDelay, cfg.ShutdownGrace)
 		}
 	}
 }

@@ -234,6 +234,12 @@ type Config struct {
 	// ShutdownGrace is how long live connections may run after
 	// SIGTERM/SIGINT before they are closed.
 	ShutdownGrace time.Duration
+	// ShutdownDelay is how long the listeners keep accepting after
+	// SIGTERM/SIGINT while /readyz already fails: a load balancer, or a
+	// Kubernetes Service whose endpoints take a moment to update, still
+	// sends new connections for a while, and a closed listener would
+	// refuse them. 0: the listeners close at once.
+	ShutdownDelay time.Duration
 	// Hash identifies the file's contents (see Hash), so that an operator
 	// can tell which version each instance runs.
 	Hash string

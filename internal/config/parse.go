@@ -17,7 +17,7 @@ import (
 
 func (d *decoder) config(n *yaml.Node, c *Config) {
 	f, ok := d.mapping(n, "", "listeners", "resolver", "mark", "timeouts", "log", "users", "policy", "dns",
-		"admin", "limits", "shutdown_grace")
+		"admin", "limits", "shutdown_grace", "shutdown_delay")
 	if !ok {
 		return
 	}
@@ -64,7 +64,20 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			c.ShutdownGrace = dur
 		}
 	}
+	if v, ok := f["shutdown_delay"]; ok {
+		if dur, ok := d.duration(v, "shutdown_delay"); ok {
+			if dur > maxShutdownDelay {
+				d.errorf(v, "shutdown_delay: %s is longer than %s; a load balancer stops sending within seconds", dur, maxShutdownDelay)
+			} else {
+				c.ShutdownDelay = dur
+			}
+		}
+	}
 }
+
+// maxShutdownDelay bounds shutdown_delay: a drain that keeps accepting for
+// longer is a typo more likely than a need.
+const maxShutdownDelay = 5 * time.Minute
 
 // parseResolver reads "ip:port", "[ipv6]:port", or an address alone (port 53).
 func parseResolver(s string) (netip.AddrPort, bool) {

@@ -306,11 +306,20 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	g.serveUDP()
 	g.mu.Unlock()
 	<-ctx.Done()
-	// Under reloadMu, so that a Reload either finished before the drain
-	// (and its listeners are closed here) or sees draining and refuses:
-	// none can add a listener after they are closed.
-	g.reloadMu.Lock()
+	// /readyz fails from here; a Reload from here on is refused, and one
+	// under way (under reloadMu) ends before the listeners close below, so
+	// that none can add a listener after they are closed.
 	g.draining.Store(true)
+	if delay := g.state.Load().Config.ShutdownDelay; delay > 0 {
+		g.log.Info("draining: listeners accept for shutdown_delay while load balancers see /readyz fail", "shutdown_delay", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-g.abort:
+		}
+		t.Stop()
+	}
+	g.reloadMu.Lock()
 	g.closeListeners()
 	g.reloadMu.Unlock()
 	if grace <= 0 {

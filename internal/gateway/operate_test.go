@@ -583,6 +583,44 @@ func TestDrain(t *testing.T) {
 	}
 }
 
+// TestShutdownDelay: with shutdown_delay, a drain fails /readyz at once
+// but keeps accepting, and serving, new connections for the delay (a load
+// balancer still sends some until it sees /readyz fail); a second signal
+// (Abort) ends the delay, and the listener closes.
+func TestShutdownDelay(t *testing.T) {
+	w := newWorld(t, baseRecords, basePolicy+"shutdown_delay: 4m\n")
+	w.cancel() // as SIGTERM does
+	deadline := time.Now().Add(5 * time.Second)
+	for ok, _ := w.gw.Ready(); ok && time.Now().Before(deadline); ok, _ = w.gw.Ready() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ok, why := w.gw.Ready(); ok || why != "draining" {
+		t.Fatalf("Ready() = %v, %q while draining, want false, draining", ok, why)
+	}
+	for i := range 3 {
+		if _, err := holdTLS(t, w, ""); err != nil {
+			t.Fatalf("connection %d during shutdown_delay: %v", i, err)
+		}
+	}
+	w.gw.Abort()
+	for {
+		c, err := net.Dial("tcp", w.addr.String())
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the listener still accepts after Abort ended the delay")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case <-w.served:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after Abort")
+	}
+}
+
 func TestAbortEndsDrain(t *testing.T) {
 	cfg, err := config.Parse("t.yaml", []byte("listeners: [{name: a, mode: sni, address: 127.0.0.1:0}]\nshutdown_grace: 1h\n"))
 	if err != nil {
