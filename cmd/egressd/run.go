@@ -45,7 +45,7 @@ connections run for shutdown_grace) and exits 0; a second one closes at once.`)
 	var cfg *config.Config
 	if *path == "" {
 		cfg = config.Default()
-		log.Info("no --config given: running the embedded default (report-only: decisions are logged, nothing is blocked)")
+		log.Info("no --config given: running the embedded default (report-only: denied names are logged, not blocked; restricted destinations are still refused)")
 	} else {
 		var err error
 		if cfg, err = config.Load(*path); err != nil {

@@ -75,9 +75,12 @@ type EverySecond struct {
 	last atomic.Int64 // UnixNano of the last event let through
 }
 
-// Allow reports whether an event at now may pass, and if so records it.
+// Allow reports whether an event at now may pass, and if so records it. A
+// now before the last event's (the wall clock was set back) lets it pass:
+// otherwise warnings would be silent for as long as the clock went back.
 func (e *EverySecond) Allow(now time.Time) bool {
 	t := now.UnixNano()
 	last := e.last.Load()
-	return t-last >= int64(time.Second) && e.last.CompareAndSwap(last, t)
+	d := t - last
+	return (d >= int64(time.Second) || d < 0) && e.last.CompareAndSwap(last, t)
 }

@@ -78,6 +78,11 @@ func TestEverySecond(t *testing.T) {
 		{time.Second, true},
 		{1500 * time.Millisecond, false},
 		{5 * time.Second, true},
+		{5*time.Second + 10*time.Millisecond, false},
+		// The clock set back an hour: not an hour of silence.
+		{-time.Hour, true},
+		{-time.Hour + 10*time.Millisecond, false},
+		{-time.Hour + 2*time.Second, true},
 	} {
 		if got := e.Allow(t0.Add(tt.at)); got != tt.want {
 			t.Errorf("Allow(t0+%v) = %v, want %v", tt.at, got, tt.want)
