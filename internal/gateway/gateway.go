@@ -325,6 +325,7 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	if grace <= 0 {
 		grace = g.state.Load().Config.ShutdownGrace
 	}
+	graceEnd := time.Now().Add(grace) // the DNS forwarder's stop below is part of it
 	close(g.stopping)
 	g.workers.stop()
 	if g.dns != nil {
@@ -342,7 +343,7 @@ func (g *Gateway) Serve(ctx context.Context, grace time.Duration) {
 	if live > 0 {
 		g.log.Info("draining: stopped accepting; live connections run until the grace period ends", "live", live, "grace", grace)
 	}
-	timer := time.NewTimer(grace)
+	timer := time.NewTimer(time.Until(graceEnd))
 	defer timer.Stop()
 	select {
 	case <-done:
