@@ -23,10 +23,15 @@ const (
 	maxWait  = 5 * time.Second
 )
 
-// watchMask: every event that changes what the config path reads. An
-// IN_MODIFY says a writer is at work; its IN_CLOSE_WRITE, that it is done.
-const watchMask = unix.IN_MODIFY | unix.IN_CLOSE_WRITE | unix.IN_CREATE | unix.IN_DELETE |
-	unix.IN_MOVED_TO | unix.IN_MOVED_FROM | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
+// dirMask is what the watch hears of a directory: names replaced,
+// created, deleted, and writes closed. Not each write (IN_MODIFY): a log
+// file written beside the config would wake the watch at every line.
+const dirMask = unix.IN_CLOSE_WRITE | unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_TO |
+	unix.IN_MOVED_FROM | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
+
+// fileMask is what it hears of the config file itself: each write, which
+// says a writer is at work, and the close that says it is done.
+const fileMask = unix.IN_MODIFY | unix.IN_CLOSE_WRITE
 
 // link is one name on the way from the config path to its file: the file
 // itself, or a symbolic link, whether to the file (Kubernetes mounts a
@@ -94,6 +99,10 @@ type watcher struct {
 	dirs  map[int]string // by watch descriptor
 	wds   map[string]int
 	links map[link]bool
+	// conf is the watch on the config file's inode, for its writes (see
+	// fileMask); confLink is the file's link. -1: none (no file).
+	conf     int
+	confLink link
 }
 
 func newWatcher() (*watcher, error) {
@@ -102,7 +111,7 @@ func newWatcher() (*watcher, error) {
 		return nil, err
 	}
 	return &watcher{fd: fd, file: os.NewFile(uintptr(fd), "inotify"),
-		dirs: map[int]string{}, wds: map[string]int{}, links: map[link]bool{}}, nil
+		dirs: map[int]string{}, wds: map[string]int{}, links: map[link]bool{}, conf: -1}, nil
 }
 
 // follow watches the directories of path's links as they are now, and
@@ -112,11 +121,24 @@ func newWatcher() (*watcher, error) {
 func (w *watcher) follow(path string) (watched []string, failed map[string]error) {
 	links := map[link]bool{}
 	keep := map[string]bool{}
-	for _, l := range linksOf(path) {
+	chain := linksOf(path)
+	for _, l := range chain {
 		links[l] = true
 		keep[l.dir] = true
 	}
 	w.links = links
+	// The file the path leads to now: an editor's save replaced the inode
+	// watched before, whose watch the kernel has dropped with it.
+	if w.conf >= 0 {
+		unix.InotifyRmWatch(w.fd, uint32(w.conf))
+		w.conf = -1
+	}
+	if len(chain) > 0 {
+		last := chain[len(chain)-1]
+		if wd, err := unix.InotifyAddWatch(w.fd, filepath.Join(last.dir, last.name), fileMask); err == nil {
+			w.conf, w.confLink = wd, last
+		}
+	}
 	for dir, wd := range w.wds {
 		if !keep[dir] {
 			unix.InotifyRmWatch(w.fd, uint32(wd))
@@ -125,7 +147,7 @@ func (w *watcher) follow(path string) (watched []string, failed map[string]error
 		}
 	}
 	for dir := range keep {
-		wd, err := unix.InotifyAddWatch(w.fd, dir, watchMask)
+		wd, err := unix.InotifyAddWatch(w.fd, dir, dirMask)
 		if err != nil {
 			if failed == nil {
 				failed = map[string]error{}
@@ -173,8 +195,19 @@ func (w *watcher) ours(ev event) bool {
 	if ev.mask&(unix.IN_Q_OVERFLOW|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_IGNORED) != 0 {
 		return true
 	}
+	_, ok := w.linkOf(ev)
+	return ok
+}
+
+// linkOf is the link ev is about: the config file for its own watch, or
+// the name in a watched directory.
+func (w *watcher) linkOf(ev event) (link, bool) {
+	if ev.wd == w.conf && ev.name == "" {
+		return w.confLink, true
+	}
 	dir, ok := w.dirs[ev.wd]
-	return ok && w.links[link{dir, ev.name}]
+	l := link{dir, ev.name}
+	return l, ok && w.links[l]
 }
 
 // watch reloads when the config changes (see watcher for what it watches,
@@ -213,8 +246,7 @@ func (r *reloader) watch(ctx context.Context) {
 				if !w.ours(ev) {
 					continue
 				}
-				if dir, ok := w.dirs[ev.wd]; ok && ev.name != "" {
-					l := link{dir, ev.name}
+				if l, ok := w.linkOf(ev); ok {
 					switch {
 					case ev.mask&unix.IN_MODIFY != 0:
 						writing[l] = true
