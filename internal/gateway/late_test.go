@@ -268,3 +268,39 @@ func TestClosedBeforeNamingIsNoDeny(t *testing.T) {
 		})
 	}
 }
+
+// TestOddVersionInTunnel: inside a CONNECT tunnel, a request whose version
+// only a lenient server reads (nginx takes HTTP/1.01 for HTTP/1.1, and
+// picks the virtual host from Host) is HTTP, not unknown bytes relayed
+// unread: one naming another host never reaches the server.
+func TestOddVersionInTunnel(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	heads := make(chan string, 8)
+	srv := startRawHTTP(t, func(head string) string {
+		if head != "" { // the tunnel's connection, closed unused, reads as ""
+			heads <- head
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nserved"
+	})
+	target := fmt.Sprintf("good.test:%d", srv.Port())
+	for _, version := range []string{"HTTP/1.01", "HTTP/1.10", "http/1.1"} {
+		t.Run(version, func(t *testing.T) {
+			c, br := rawProxy(t, w.proxy)
+			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+			if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %d", resp.StatusCode)
+			}
+			fmt.Fprintf(c, "GET /odd %s\r\nHost: other.test:%d\r\n\r\n", version, srv.Port())
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, _ := io.ReadAll(br)
+			select {
+			case head := <-heads:
+				t.Fatalf("the server got a request naming another host:\n%s(answered %q)", head, got)
+			default:
+			}
+			if !strings.HasPrefix(string(got), "HTTP/1.1 4") {
+				t.Errorf("GET %s naming another host: %q, want a refusal", version, got)
+			}
+		})
+	}
+}

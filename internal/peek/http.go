@@ -88,9 +88,13 @@ const (
 // request must be decided on its Host: empty lines before it are skipped
 // (RFC 9112 §2.2), a bare LF ends it, runs of SP, HTAB, VT, FF and bare CR
 // separate its parts (RFC 9112 §3), and the target is anything up to the
-// last separator. What is left out is what no server reads as HTTP/1.x: a
-// method that is not a token, a control byte in the line, a line that does
-// not end in HTTP/DIGIT.DIGIT (HTTP/0.9 carries no Host), except an HTTP/0.9
+// last separator. The version is any last word that starts with "HTTP/", in
+// any case: nginx reads HTTP/1.01 or HTTP/1.10 as HTTP/1.1, and a server
+// that refuses a version a lenient one takes costs nothing when the line is
+// decided on its Host, where taking it for unknown bytes would let a Host
+// go unread. What is left out is what no server reads as HTTP/1.x: a
+// method that is not a token, a control byte in the line, a line whose
+// last word is no version (HTTP/0.9 carries no Host), except an HTTP/0.9
 // line with an absolute-form target, which is lineBad: nginx still serves
 // it, from the virtual host that the target names. A malformed line that
 // passes is refused later by httpHost; that errs on the safe side.
@@ -128,14 +132,17 @@ func requestLine(buf []byte) (st lineState, start, lf int) {
 	for len(rest) > 0 && isSep(rest[len(rest)-1]) {
 		rest = rest[:len(rest)-1]
 	}
-	const vlen = len("HTTP/1.1")
-	if len(rest) < vlen+2 || !isVersion(rest[len(rest)-vlen:]) || !isSep(rest[len(rest)-vlen-1]) {
+	sp := len(rest) - 1 // the last separator; -1 when only separators were
+	for sp >= 0 && !isSep(rest[sp]) {
+		sp--
+	}
+	if !isVersion(rest[sp+1:]) {
 		if target := bytes.TrimLeft(rest, " \t\v\f\r"); isAbsolute(target) {
 			return lineBad, start, -1
 		}
 		return lineNot, start, -1
 	}
-	for _, b := range rest[:len(rest)-vlen] {
+	for _, b := range rest[:sp] {
 		if !isSep(b) {
 			return lineHTTP, start, i + n // a target
 		}
@@ -158,9 +165,11 @@ func isSep(b byte) bool {
 	return b == ' ' || b == '\t' || b == '\v' || b == '\f' || b == '\r'
 }
 
-// isVersion reports whether v is HTTP-version (RFC 9112 §2.3).
+// isVersion reports whether v may be taken for an HTTP-version (RFC 9112
+// §2.3, HTTP/DIGIT.DIGIT) by some server: "HTTP/" in any case, then
+// anything (see requestLine).
 func isVersion(v []byte) bool {
-	return len(v) == 8 && string(v[:5]) == "HTTP/" && isDigit(v[5]) && v[6] == '.' && isDigit(v[7])
+	return len(v) > len("HTTP/") && bytes.EqualFold(v[:5], []byte("HTTP/"))
 }
 
 func isDigit(b byte) bool { return '0' <= b && b <= '9' }
