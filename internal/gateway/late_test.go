@@ -269,10 +269,11 @@ func TestClosedBeforeNamingIsNoDeny(t *testing.T) {
 	}
 }
 
-// TestOddVersionInTunnel: inside a CONNECT tunnel, a request whose version
-// only a lenient server reads (nginx takes HTTP/1.01 for HTTP/1.1, and
-// picks the virtual host from Host) is HTTP, not unknown bytes relayed
-// unread: one naming another host never reaches the server.
+// TestOddVersionInTunnel: inside a CONNECT tunnel, a request line only a
+// lenient server reads (nginx takes HTTP/1.01 for HTTP/1.1, and before
+// 1.21.1 took control bytes in a target, and picks the virtual host from
+// Host) is HTTP, not unknown bytes relayed unread: one naming another
+// host never reaches the server.
 func TestOddVersionInTunnel(t *testing.T) {
 	w := newProxyWorld(t, "", "", true)
 	heads := make(chan string, 8)
@@ -283,14 +284,19 @@ func TestOddVersionInTunnel(t *testing.T) {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nserved"
 	})
 	target := fmt.Sprintf("good.test:%d", srv.Port())
-	for _, version := range []string{"HTTP/1.01", "HTTP/1.10", "http/1.1"} {
-		t.Run(version, func(t *testing.T) {
+	for _, line := range []string{"GET /odd HTTP/1.01", "GET /odd HTTP/1.10", "GET /odd http/1.1",
+		"GET /o\x01dd HTTP/1.1", // nginx before 1.21.1 serves control bytes in a target
+	} {
+		t.Run(line, func(t *testing.T) {
 			c, br := rawProxy(t, w.proxy)
 			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
 			if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
 				t.Fatalf("CONNECT: %d", resp.StatusCode)
 			}
-			fmt.Fprintf(c, "GET /odd %s\r\nHost: other.test:%d\r\n\r\n", version, srv.Port())
+			// In two writes: the first bytes alone must not settle it.
+			io.WriteString(c, line[:7])
+			time.Sleep(20 * time.Millisecond)
+			fmt.Fprintf(c, "%s\r\nHost: other.test:%d\r\n\r\n", line[7:], srv.Port())
 			c.SetReadDeadline(time.Now().Add(10 * time.Second))
 			got, _ := io.ReadAll(br)
 			select {
@@ -299,7 +305,7 @@ func TestOddVersionInTunnel(t *testing.T) {
 			default:
 			}
 			if !strings.HasPrefix(string(got), "HTTP/1.1 4") {
-				t.Errorf("GET %s naming another host: %q, want a refusal", version, got)
+				t.Errorf("%q naming another host: %q, want a refusal", line, got)
 			}
 		})
 	}

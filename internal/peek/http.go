@@ -92,8 +92,9 @@ const (
 // any case: nginx reads HTTP/1.01 or HTTP/1.10 as HTTP/1.1, and a server
 // that refuses a version a lenient one takes costs nothing when the line is
 // decided on its Host, where taking it for unknown bytes would let a Host
-// go unread. What is left out is what no server reads as HTTP/1.x: a
-// method that is not a token, a control byte in the line, a line whose
+// go unread. A line with a control byte (nginx before 1.21.1 served those)
+// that ends in a version is lineBad, refused. What is left out is what no
+// server reads as HTTP/1.x: a method that is not a token, a line whose
 // last word is no version (HTTP/0.9 carries no Host), except an HTTP/0.9
 // line with an absolute-form target, which is lineBad: nginx still serves
 // it, from the virtual host that the target names. A malformed line that
@@ -121,13 +122,18 @@ func requestLine(buf []byte) (st lineState, start, lf int) {
 	if n >= 0 {
 		rest = rest[:n]
 	}
+	if n < 0 {
+		// Control bytes do not end the line's chances: nginx before
+		// 1.21.1 served requests with them in the target, so what decides
+		// is the line's end, once it comes (within maxRequestLine and
+		// client_hello, as for any line).
+		return linePrefix, start, -1
+	}
+	ctl := false
 	for _, b := range rest {
 		if (b < ' ' || b == 0x7f) && !isSep(b) {
-			return lineNot, start, -1
+			ctl = true
 		}
-	}
-	if n < 0 {
-		return linePrefix, start, -1
 	}
 	for len(rest) > 0 && isSep(rest[len(rest)-1]) {
 		rest = rest[:len(rest)-1]
@@ -137,10 +143,13 @@ func requestLine(buf []byte) (st lineState, start, lf int) {
 		sp--
 	}
 	if !isVersion(rest[sp+1:]) {
-		if target := bytes.TrimLeft(rest, " \t\v\f\r"); isAbsolute(target) {
+		if target := bytes.TrimLeft(rest, " \t\v\f\r"); !ctl && isAbsolute(target) {
 			return lineBad, start, -1
 		}
 		return lineNot, start, -1
+	}
+	if ctl {
+		return lineBad, start, -1 // a request, to a server that reads control bytes
 	}
 	for _, b := range rest[:sp] {
 		if !isSep(b) {

@@ -149,6 +149,9 @@ func TestPeekHTTPAnyMethod(t *testing.T) {
 		{"HTTP/01.1", "GET / HTTP/01.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"lower-case version", "GET / http/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"not quite a version", "GET / HTTP/1.1x\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		// nginx before 1.21.1 serves a target with control bytes.
+		{"ctl in target", "GET /a\x01b HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		{"ctl in target, 1-byte writes", "GET /a\x01b HTTP/1.1\r\nHost: denied.test\r\n\r\n", 1, "", ErrBadHTTP},
 		{"two spaces", "FOO  / HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"tab", "FOO\t/ HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"space in target", "FOO /a b HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
@@ -194,7 +197,7 @@ func TestPeekNotHTTP(t *testing.T) {
 		{"ssh with comment", "SSH-2.0-OpenSSH_9.6 Ubuntu-3ubuntu13\r\n", SSH},
 		{"http/0.9", "GET /\r\n", Unknown},
 		{"url as a redis key", "SET k http://a.test/\r\n", Unknown},
-		{"ctl in target", "GET /a\x01b HTTP/1.1\r\n", Unknown},
+		{"ctl in a line that is no request", "SET k a\x01b\r\n", Unknown},
 		{"no target", "GET  HTTP/1.1\r\n", Unknown},
 		{"utf-8 method", "GÉT / HTTP/1.1\r\n", Unknown},
 		{"not a record version", "\x15\x41\x42", Unknown},
