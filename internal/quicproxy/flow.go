@@ -94,6 +94,10 @@ func (f *flow) fromListener(d []byte) bool {
 			f.s.stats.drop(dropNotInitial, 1)
 			return true
 		}
+		if _, _, ok := firstInitial(d); ok && len(d) < minInitialDatagram {
+			f.s.stats.drop(dropShortInitial, 1)
+			return true
+		}
 		f.asm.AddDatagram(d) // a packet that does not open is the server's to ignore too
 		f.holdLocked(d)
 		f.checkReadyLocked()

@@ -1,6 +1,7 @@
 package quicproxy
 
 import (
+	"bytes"
 	"fmt"
 	"time"
 
@@ -32,6 +33,10 @@ func (r *relay) inspectLocked(d []byte) verdict {
 	if !hasLongHeader(d) {
 		return pass
 	}
+	if _, _, ok := firstInitial(d); ok && len(d) < minInitialDatagram {
+		r.f.s.stats.drop(dropShortInitial, 1)
+		return dropped
+	}
 	pkts, err := quic.ParseDatagram(d, r.pkts[:0])
 	defer func() { clear(pkts); r.pkts = pkts[:0] }()
 	if err != nil {
@@ -42,8 +47,16 @@ func (r *relay) inspectLocked(d []byte) verdict {
 	for i := range pkts {
 		switch p := &pkts[i]; p.Type {
 		case quic.Initial:
-			if !r.opensLocked(p) {
+			switch r.opensLocked(p) {
+			case notOpened:
 				unknown = true
+			case changed:
+				r.f.s.stats.drop(dropChangedHello, 1)
+				if !r.changedNoted {
+					r.changedNoted = true
+					r.f.rec.Reason += "; Initial packets of the decided connection carried other ClientHello bytes: dropped"
+				}
+				return dropped
 			}
 		case quic.ZeroRTT, quic.Handshake, quic.ShortHeader:
 		default:
@@ -57,20 +70,58 @@ func (r *relay) inspectLocked(d []byte) verdict {
 	return r.recheckLocked(d, pkts)
 }
 
-// opensLocked reports whether the keys of a decided connection open p.
-func (r *relay) opensLocked(p *quic.Packet) bool {
+// opened is what the keys of the decided connections make of an Initial.
+type opened uint8
+
+const (
+	notOpened opened = iota // no decided connection's: a new connection
+	same                    // a decided connection's, its CRYPTO bytes the hello decided
+	changed                 // a decided connection's, with other CRYPTO bytes
+)
+
+// opensLocked reports whether the keys of a decided connection open p,
+// and if so whether its CRYPTO frames agree with the hello decided for
+// that connection. Bytes past the hello's end (a second ClientHello after a
+// HelloRetryRequest, RFC 8446 §4.1.2, which servers hold to the first's
+// name) are not compared.
+func (r *relay) opensLocked(p *quic.Packet) opened {
 	for i := range r.keys {
 		k := &r.keys[i]
 		out, pn, err := k.keys.Open(r.plain[:0], p, k.largest)
 		if cap(out) > cap(r.plain) {
 			r.plain = out[:0]
 		}
-		if err == nil {
-			k.largest = max(k.largest, int64(pn))
-			return true
+		if err != nil {
+			continue
+		}
+		if !sameCrypto(out, k.hello) {
+			return changed // its packet number is not taken as seen
+		}
+		k.largest = max(k.largest, int64(pn))
+		return same
+	}
+	return notOpened
+}
+
+// sameCrypto reports whether every CRYPTO frame of payload carries, where
+// it overlaps hello, hello's bytes. A payload that does not parse is not
+// the same.
+func sameCrypto(payload, hello []byte) bool {
+	for len(payload) > 0 {
+		f, n, err := quic.ReadFrame(payload)
+		if err != nil {
+			return false
+		}
+		payload = payload[n:]
+		if f.Type != quic.FrameCrypto || f.Offset >= uint64(len(hello)) {
+			continue
+		}
+		end := min(f.Offset+uint64(len(f.Data)), uint64(len(hello)))
+		if !bytes.Equal(f.Data[:end-f.Offset], hello[f.Offset:end]) {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // recheck is a connection started on a relayed flow whose Initial packets
@@ -192,7 +243,7 @@ func (r *relay) decide(c *recheck) {
 	if ok && v.Allow && v.Dst == r.dst {
 		keys, err := quic.ClientInitialKeys(c.asm.Version(), c.asm.DCID())
 		if err == nil {
-			r.keys = append(r.keys, knownKeys{keys: keys, largest: -1})
+			r.keys = append(r.keys, knownKeys{keys: keys, largest: -1, hello: bytes.Clone(c.asm.Hello())})
 			if rec.FQDN != f.rec.FQDN {
 				f.rec.Reason += fmt.Sprintf("; another connection on this flow named %q (%s)", rec.FQDN, rec.Reason)
 			}

@@ -380,3 +380,77 @@ func TestLimits(t *testing.T) {
 		t.Errorf("Stats() = %+v; want one datagram over the limit, one flow", st)
 	}
 }
+
+// TestSameConnectionOtherHello: after a connection was allowed, Initial
+// packets of the same connection (its connection ID, so its keys) that
+// carry another ClientHello, naming a denied server, never reach the
+// server: the keys of a decided connection open its packets, and its
+// CRYPTO bytes must be the hello that was decided. A retransmission of
+// the decided hello still passes.
+func TestSameConnectionOtherHello(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, nil)
+	c := w.udpClient()
+	dcid := []byte("one-connection-id")
+	first := initials(t, iquic.Version1, dcid, allowedName, 2, 1)
+	c.send(first...)
+	if n := sk.count(300 * time.Millisecond); n != 2 {
+		t.Fatalf("the server got %d datagrams of the allowed connection, want 2", n)
+	}
+	c.send(initials(t, iquic.Version1, dcid, deniedName, 2, 2)...)
+	if n := sk.count(300 * time.Millisecond); n != 0 {
+		t.Errorf("the server got %d datagrams of the same connection naming %s", n, deniedName)
+	}
+	if st := w.s.Stats(); st.Dropped[dropChangedHello] != 2 {
+		t.Errorf("Stats().Dropped = %v; want 2 %s", st.Dropped, dropChangedHello)
+	}
+	c.send(first[1]) // a retransmission
+	if n := sk.count(300 * time.Millisecond); n != 1 {
+		t.Errorf("the server got %d datagrams of the decided hello's retransmission, want 1", n)
+	}
+	if l := w.line(); l.Action != accesslog.Allow || l.FQDN != allowedName || !strings.Contains(l.Reason, "other ClientHello bytes") {
+		t.Errorf("flow line %+v; want the allow, noting the changed hello", l)
+	}
+}
+
+// TestShortInitial: a client Initial in a datagram under 1200 bytes, which
+// servers discard (RFC 9000 §14.1), is not decided: a hello allowed there
+// and never seen by the server would leave a padded Initial of the same
+// connection, with another hello, to pass on the first one's decision.
+func TestShortInitial(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, nil)
+	c := w.udpClient()
+	scid := []byte("cscid")
+	hello, err := quictest.Hello(allowedName, scid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qc, err := quictest.NewClient(iquic.Version1, []byte("short-initial-id"), scid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The hello in two CRYPTO frames, each in an unpadded Initial.
+	half := len(hello) / 2
+	for _, part := range []struct {
+		off  int
+		data []byte
+	}{{0, hello[:half]}, {half, hello[half:]}} {
+		frame := []byte{0x06, 0x40 | byte(part.off>>8), byte(part.off), 0x40 | byte(len(part.data)>>8), byte(len(part.data))}
+		short, err := qc.Packet(append(frame, part.data...), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(short) >= 1200 {
+			t.Fatalf("the short Initial is %d bytes", len(short))
+		}
+		c.send(short)
+	}
+	if n := sk.count(300 * time.Millisecond); n != 0 {
+		t.Errorf("the server got %d datagrams of short Initials", n)
+	}
+	w.noLine(300 * time.Millisecond)
+	if st := w.s.Stats(); st.Dropped[dropShortInitial] != 2 {
+		t.Errorf("Stats().Dropped = %v; want 2 %s", st.Dropped, dropShortInitial)
+	}
+}

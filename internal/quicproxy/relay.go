@@ -1,6 +1,7 @@
 package quicproxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -28,8 +29,11 @@ type relay struct {
 	// Under f.mu.
 	keys  []knownKeys // of the connections decided on this flow
 	check *recheck    // a connection being decided, if any
-	pkts  []quic.Packet
-	plain []byte // scratch for opening Initial packets
+	// changedNoted: the flow's line already says that Initial packets
+	// with a changed hello were dropped.
+	changedNoted bool
+	pkts         []quic.Packet
+	plain        []byte // scratch for opening Initial packets
 
 	last                                 atomic.Int64 // the last datagram either way, UnixNano
 	bytesUp, bytesDown, pktsUp, pktsDown atomic.Int64
@@ -37,10 +41,14 @@ type relay struct {
 	closeOnce                            sync.Once
 }
 
-// knownKeys open the Initial packets of one decided connection.
+// knownKeys open the Initial packets of one decided connection, whose
+// CRYPTO bytes must be those of hello, the ClientHello decided (with its
+// handshake header): the keys come from the connection ID alone, which the
+// client chooses, so opening says nothing of what a packet carries.
 type knownKeys struct {
 	keys    *quic.Keys
 	largest int64 // the largest packet number opened, -1 for none
+	hello   []byte
 }
 
 // relayFlow relays an allowed flow until it is idle or closed, then writes
@@ -56,7 +64,7 @@ func (f *flow) relayFlow(v Verdict) {
 			err = kerr
 		} else {
 			f.st, f.relay = relaying, r
-			r.keys = []knownKeys{{keys: keys, largest: -1}}
+			r.keys = []knownKeys{{keys: keys, largest: -1, hello: bytes.Clone(f.asm.Hello())}}
 		}
 	}
 	if f.st != relaying {

@@ -32,15 +32,22 @@ const (
 	dropTooBig = "too_big"
 	// dropNoDestination: a datagram without its original destination.
 	dropNoDestination = "no_destination"
+	// dropShortInitial: a datagram with an Initial packet under
+	// minInitialDatagram bytes, which servers discard (RFC 9000 §14.1):
+	// not decided, not relayed.
+	dropShortInitial = "short_initial"
+	// dropChangedHello: an Initial of a decided connection whose CRYPTO
+	// bytes are not the hello decided (see relay.opensLocked).
+	dropChangedHello = "changed_hello"
 )
 
 // DropReasons lists every reason a datagram is dropped for, as Stats
 // names them.
 var DropReasons = []string{dropNotInitial, dropUnknownVersion, dropMalformed, dropLimit,
-	dropHeldFull, dropUndecided, dropDenied, dropTooBig, dropNoDestination}
+	dropHeldFull, dropUndecided, dropDenied, dropTooBig, dropNoDestination, dropShortInitial, dropChangedHello}
 
 type counters struct {
-	dropped [9]atomic.Uint64 // by DropReasons' index
+	dropped [11]atomic.Uint64 // by DropReasons' index
 	closes  atomic.Uint64
 }
 
@@ -79,6 +86,13 @@ func (s *Server) Stats() Stats {
 
 // firstDatagram says why d cannot open a flow ("" if it can): it must
 // start a QUIC v1 or v2 Initial packet.
+// minInitialDatagram is the smallest datagram a client may carry an
+// Initial packet in; a server discards smaller ones (RFC 9000 §14.1). A
+// hello decided in one would be a decision on bytes the server never
+// reads, and the next Initial of that connection, padded, could carry
+// another hello.
+const minInitialDatagram = 1200
+
 func firstDatagram(d []byte) string {
 	if len(d) == 0 || d[0]&0x80 == 0 {
 		return dropNotInitial
@@ -88,6 +102,9 @@ func firstDatagram(d []byte) string {
 	for _, p := range pkts {
 		switch p.Type {
 		case quic.Initial:
+			if len(d) < minInitialDatagram {
+				return dropShortInitial
+			}
 			return ""
 		case quic.UnknownVersion, quic.VersionNegotiation, quic.Retry:
 			return dropUnknownVersion
