@@ -17,6 +17,7 @@ import (
 // address for a client that says nothing (a server-first decision), and
 // plain HTTP to allowed.test on port 80.
 const lateRules = `  rules:
+    - {name: no-ssh, action: deny, protocols: [ssh]}
     - {name: cdn-ip, action: allow, destinations: ["198.51.100.10/32"], ports: [443], protocols: [server-first]}
     - {name: web, action: allow, fqdn: ["allowed.test"], ports: [80]}
 `
@@ -59,6 +60,25 @@ func TestLateIdentification(t *testing.T) {
 		log.expect(t, from, "late denied hello", bySrc(c.LocalAddr().String()), want{
 			listener: "transparent", fqdn: "x.ads.test", fqdnSource: "sni", protocol: []string{"tls"},
 			rule: rule("ads"), action: "deny", reasonHas: "late first bytes",
+		})
+	})
+	t.Run("ssh banner decided as ssh", func(t *testing.T) {
+		// Allowed as server-first, then an SSH banner: decided as if it
+		// had come early, so a rule denying ssh holds.
+		from := log.mark()
+		c, err := top.cli.dial("", srvAddr+":443")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		time.Sleep(700 * time.Millisecond) // first_bytes is 300ms
+		io.WriteString(c, "SSH-2.0-OpenSSH_9.6\r\n")
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(c); err == nil || !strings.Contains(err.Error(), "reset") {
+			t.Errorf("late SSH banner for a rule denying ssh: %v, want a reset", err)
+		}
+		log.expect(t, from, "late ssh", bySrc(c.LocalAddr().String()), want{
+			listener: "transparent", protocol: []string{"ssh"}, rule: rule("no-ssh"), action: "deny", reasonHas: "late first bytes",
 		})
 	})
 	t.Run("allowed name relayed", func(t *testing.T) {

@@ -25,8 +25,9 @@ import (
 // knows without its bytes. That decision is provisional. While the
 // client stays silent, the server's bytes are copied to it; the client's
 // first bytes, whenever they come, are identified and, if they carry a
-// name (a TLS ClientHello, an HTTP request), decided as if they had come
-// early, before any of them reaches the server. A client could otherwise
+// name (a TLS ClientHello, an HTTP request) or are an SSH banner (which
+// rules can name), decided as if they had come early, before any of them
+// reaches the server. A client could otherwise
 // wait out first_bytes and then send an SNI the policy denies to a
 // CDN-shared address it was allowed to reach by IP.
 //
@@ -105,7 +106,9 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 		rec.Action = ""
 		requests(p.Data)
 		return false
-	case p.Protocol == peek.TLS:
+	case p.Protocol == peek.TLS, p.Protocol == peek.SSH:
+		// A name, or a protocol that rules can name (protocols: [ssh]):
+		// decided as if it had come early.
 		was := rec.Reason
 		if check(&p) {
 			stop()
@@ -116,8 +119,9 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 		}
 		rec.Reason = fmt.Sprintf("late first bytes after %v: %s", after, rec.Reason)
 	default:
-		// SSH, or the client's answer in its own protocol (SMTP's EHLO,
-		// MySQL's handshake response): no name to decide again.
+		// The client's answer in its own protocol (SMTP's EHLO, MySQL's
+		// handshake response): what a server-first protocol is, decided
+		// as such.
 		rec.Reason += fmt.Sprintf("; client spoke after %v (%s)", after, p.Protocol)
 	}
 	// Allowed. The client's bytes go to the server at once, while the
