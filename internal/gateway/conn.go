@@ -57,8 +57,10 @@ type verdict struct {
 // Every connection ends in one line: session.finish writes it when handle
 // returns false, session.relayed when the relay loop ends a connection
 // handed to it (handle returns true).
-func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn) (relaying bool) {
-	return g.newSession(bl, c).handle(ctx, nil)
+func (g *Gateway) handle(ctx context.Context, bl *boundListener, c *net.TCPConn, pendingSrc bool) (relaying bool) {
+	s := g.newSession(bl, c)
+	s.pendingSrc = pendingSrc
+	return s.handle(ctx, nil)
 }
 
 // handle runs the session from its prelude; first holds the bytes a

@@ -88,14 +88,17 @@ type Gateway struct {
 	held     heldLogs      // relayed lines not yet on relayLog (see holdLog)
 	stopping chan struct{} // closed when accepting has stopped
 
-	metrics  *metrics.Metrics
-	self     ownAddrs        // what it never dials: its host's addresses (self.go)
-	active   atomic.Int64    // connections accepted and not yet closed
-	pending  atomic.Int64    // connections accepted and not yet past peek
-	sources  limit.PerSource // open connections per source, when limited
-	bound    atomic.Bool     // Bind succeeded
-	draining atomic.Bool     // Serve's context is done
-	serveCtx context.Context
+	metrics *metrics.Metrics
+	self    ownAddrs        // what it never dials: its host's addresses (self.go)
+	active  atomic.Int64    // connections accepted and not yet closed
+	pending atomic.Int64    // connections accepted and not yet past peek
+	sources limit.PerSource // open connections per source, when limited
+	// pendingSources counts pending handshakes per peer address (see
+	// count): one client may not take every pending place.
+	pendingSources limit.PerSource
+	bound          atomic.Bool // Bind succeeded
+	draining       atomic.Bool // Serve's context is done
+	serveCtx       context.Context
 	// setupCtx is the context of every connection's set-up (its lookups
 	// and dials), under mu: Serve's values, done not with Serve's context
 	// but when the drain ends (endSetups), so that a set-up still dialling
@@ -402,11 +405,12 @@ func (g *Gateway) acceptLoop(ctx, connCtx context.Context, bl *boundListener) {
 			continue
 		}
 		backoff = 0
-		if !g.admit(c) {
+		held, ok := g.admit(c, bl.config().ProxyProtocol)
+		if !ok {
 			continue
 		}
 		g.track(c, true)
-		g.dispatch(connCtx, job{bl: bl, c: c})
+		g.dispatch(connCtx, job{bl: bl, c: c, pendingSrc: held})
 	}
 }
 
@@ -414,6 +418,9 @@ func (g *Gateway) acceptLoop(ctx, connCtx context.Context, bl *boundListener) {
 type job struct {
 	bl *boundListener
 	c  *net.TCPConn
+	// pendingSrc: admit took a pending place of c's peer address, which
+	// the session gives back with its pending time.
+	pendingSrc bool
 	// s and first: a connection a relay loop accepted and could not set
 	// up itself (inline.go), with the bytes it read already (a peek
 	// buffer, or nil).
@@ -438,7 +445,7 @@ func (g *Gateway) serveConn(ctx context.Context, j job) {
 	if j.s != nil {
 		relaying = j.s.handle(ctx, j.first)
 	} else {
-		relaying = g.handle(ctx, j.bl, j.c)
+		relaying = g.handle(ctx, j.bl, j.c, j.pendingSrc)
 	}
 	if relaying {
 		return

@@ -111,11 +111,13 @@ func (bl *boundListener) close() {
 // under upstream.CachedOnly, for the decision.
 func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, fd int, src netip.AddrPort) {
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-	if !g.admitFD(fd, src) {
+	lc := bl.config()
+	pendingSrc, ok := g.admitFD(fd, src, lc.ProxyProtocol)
+	if !ok {
 		return
 	}
 	st := g.state.Load()
-	s := &session{g: g, st: st, lc: bl.config(), pending: true, start: time.Now(), src: src}
+	s := &session{g: g, st: st, lc: lc, pending: true, pendingSrc: pendingSrc, start: time.Now(), src: src, peer: src}
 	s.resetRecord()
 	if !inlineEligible(s.lc) {
 		g.promote(ctx, bl, fd, s, nil)
@@ -351,10 +353,10 @@ func handOverError(err error) string {
 }
 
 // admitFD is admit for a socket a loop accepted.
-func (g *Gateway) admitFD(fd int, src netip.AddrPort) bool {
-	limit, max, ok := g.count()
+func (g *Gateway) admitFD(fd int, src netip.AddrPort, proxied bool) (pendingSrc, ok bool) {
+	pendingSrc, limit, max, ok := g.count(src.Addr(), proxied)
 	if !ok {
 		g.reject(src, limit, max, func() { refuse.ResetFD(fd) })
 	}
-	return ok
+	return pendingSrc, ok
 }

@@ -46,31 +46,56 @@ func (g *Gateway) Abort() { g.abortOne.Do(func() { close(g.abort) }) }
 // max_pending_handshakes, or resets it at once when either is reached. It
 // runs in the accept loop, so it costs two atomic adds and, on the refuse
 // path only, a reset and a counter.
-func (g *Gateway) admit(c *net.TCPConn) bool {
-	limit, max, ok := g.count()
+func (g *Gateway) admit(c *net.TCPConn, proxied bool) (pendingSrc, ok bool) {
+	peer := listener.AddrPort(c.RemoteAddr())
+	pendingSrc, limit, max, ok := g.count(peer.Addr(), proxied)
 	if !ok {
-		g.reject(listener.AddrPort(c.RemoteAddr()), limit, max, func() { refuse.Reset(c) })
+		g.reject(peer, limit, max, func() { refuse.Reset(c) })
 	}
-	return ok
+	return pendingSrc, ok
 }
 
 // count takes a new connection's place among the active connections and
 // the pending handshakes; ok is false, and nothing taken, when limit (of
-// value max) is reached.
-func (g *Gateway) count() (limit string, max int, ok bool) {
+// value max) is reached. A peer address may hold three quarters of the
+// pending places (pendingPerSource), so that a flood of silent or
+// trickling clients from one address cannot turn everyone else away;
+// pendingSrc says that count took one of those, which the session gives
+// back with its pending time. A listener behind a balancer (proxied:
+// PROXY protocol) has the balancer as its peer, for every client: its
+// connections take none.
+func (g *Gateway) count(peer netip.Addr, proxied bool) (pendingSrc bool, limit string, max int, ok bool) {
 	lim := &g.state.Load().Config.Limits
 	n := g.active.Add(1)
 	if lim.MaxConnections > 0 && n > int64(lim.MaxConnections) {
 		g.active.Add(-1)
-		return metrics.LimitConnections, lim.MaxConnections, false
+		return false, metrics.LimitConnections, lim.MaxConnections, false
 	}
 	p := g.pending.Add(1)
 	if lim.MaxPendingHandshakes > 0 && p > int64(lim.MaxPendingHandshakes) {
 		g.pending.Add(-1)
 		g.active.Add(-1)
-		return metrics.LimitPendingHandshakes, lim.MaxPendingHandshakes, false
+		return false, metrics.LimitPendingHandshakes, lim.MaxPendingHandshakes, false
 	}
-	return "", 0, true
+	if max := pendingPerSource(lim.MaxPendingHandshakes); max > 0 && !proxied {
+		if !g.pendingSources.Acquire(peer, max) {
+			g.pending.Add(-1)
+			g.active.Add(-1)
+			return false, metrics.LimitPendingPerSource, max, false
+		}
+		return true, "", 0, true
+	}
+	return false, "", 0, true
+}
+
+// pendingPerSource is how many of max pending handshakes one peer address
+// may hold: three quarters, as for connections (DeriveLimits); 0 (no
+// limit) when max is.
+func pendingPerSource(total int) int {
+	if total <= 0 {
+		return 0
+	}
+	return max(1, total*3/4)
 }
 
 // reject resets (with reset) a connection from src over a limit. Such a

@@ -269,6 +269,39 @@ func TestLimits(t *testing.T) {
 			t.Errorf("limit_rejections{max_pending_handshakes} = %v, want 1", got)
 		}
 	})
+	t.Run("max_pending_handshakes per source", func(t *testing.T) {
+		// One address floods the pending places with started hellos that
+		// never end; it gets three quarters of them (6 of 8), and a client
+		// from another address is still served.
+		w := newWorld(t, baseRecords, basePolicy+"limits: {max_connections: 40, max_connections_per_source: 30, max_pending_handshakes: 8}\n")
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.1")}}
+		for range 10 {
+			c, err := d.Dial("tcp", w.addr.String())
+			if err != nil {
+				continue // reset before connect returned
+			}
+			defer c.Close()
+			c.Write([]byte{0x16, 0x03, 0x01})
+		}
+		// Wait until every one of the 10 is pending or rejected (the
+		// hellos stay pending for client_hello, 2 s).
+		rejected := func(limit string) int64 {
+			return int64(value(scrape(t, w.gw), "egressd_limit_rejections_total", map[string]string{"limit": limit}))
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for w.gw.pending.Load()+rejected("max_pending_handshakes_per_source")+rejected("max_pending_handshakes") < 10 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if got := w.gw.pending.Load(); got != 6 {
+			t.Errorf("pending = %d after 10 stalled hellos from one address, want 6 (three quarters of 8)", got)
+		}
+		if _, err := holdTLS(t, w, "127.0.0.2"); err != nil {
+			t.Errorf("a client from 127.0.0.2 while 127.0.0.1 holds its share: %v", err)
+		}
+		if got := value(scrape(t, w.gw), "egressd_limit_rejections_total", map[string]string{"limit": "max_pending_handshakes"}); got != 0 {
+			t.Errorf("limit_rejections{max_pending_handshakes} = %v, want 0: one address never reaches the total", got)
+		}
+	})
 }
 
 func TestProxyProtocol(t *testing.T) {

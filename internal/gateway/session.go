@@ -38,6 +38,11 @@ type session struct {
 	// pending: the connection counts as a pending handshake (admit counted
 	// it) until its first bytes, or its proxy request, have been read.
 	pending bool
+	// pendingSrc: while pending, the connection holds a pending place of
+	// peer, its TCP peer's address (Gateway.count), which a PROXY header
+	// does not change.
+	pendingSrc bool
+	peer       netip.AddrPort
 	// srcHeld: the connection counts against max_connections_per_source.
 	srcHeld bool
 	logged  bool
@@ -55,6 +60,7 @@ func (g *Gateway) newSession(bl *boundListener, c *net.TCPConn) *session {
 	st := g.state.Load()
 	s := &session{g: g, st: st, lc: bl.config(), c: c, pending: true, start: time.Now()}
 	s.src = listener.AddrPort(c.RemoteAddr())
+	s.peer = s.src
 	s.rec = s.record()
 	return s
 }
@@ -76,6 +82,10 @@ func (s *session) handshakeDone() {
 	if s.pending {
 		s.pending = false
 		s.g.pending.Add(-1)
+		if s.pendingSrc {
+			s.pendingSrc = false
+			s.g.pendingSources.Release(s.peer.Addr())
+		}
 	}
 }
 

@@ -27,6 +27,9 @@ const (
 	LimitConnections          = "max_connections"
 	LimitConnectionsPerSource = "max_connections_per_source"
 	LimitPendingHandshakes    = "max_pending_handshakes"
+	// LimitPendingPerSource: one peer address holds three quarters of
+	// max_pending_handshakes already.
+	LimitPendingPerSource = "max_pending_handshakes_per_source"
 )
 
 // Destination refusal reasons, as the reason label of
@@ -277,7 +280,7 @@ func New(g Gauges) *Metrics {
 		Name: "egressd_limit_rejections_total",
 		Help: "Connections reset because a limit was reached, by limit.",
 	}, []string{"limit"})
-	for _, l := range []string{LimitConnections, LimitConnectionsPerSource, LimitPendingHandshakes} {
+	for _, l := range []string{LimitConnections, LimitConnectionsPerSource, LimitPendingHandshakes, LimitPendingPerSource} {
 		m.limits[l] = lim.WithLabelValues(l)
 	}
 	f(lim)

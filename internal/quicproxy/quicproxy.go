@@ -158,7 +158,12 @@ type Server struct {
 	flows     map[flowKey]*flow
 	perSource map[netip.Addr]int
 	pending   int
-	closed    bool
+	// pendingPer counts the pending flows per source address: one may
+	// hold three quarters of MaxPending (as a TCP peer may of the pending
+	// handshakes), so that one client's unfinished hellos cannot keep
+	// every other client's flows from starting.
+	pendingPer map[netip.Addr]int
+	closed     bool
 
 	held   atomic.Int64 // bytes held by undecided flows and connections
 	noGSO  atomic.Bool  // the kernel refused UDP_SEGMENT once
@@ -306,7 +311,8 @@ func (s *Server) open(k flowKey, d []byte) {
 		return
 	case p.MaxFlows > 0 && len(s.flows) >= p.MaxFlows,
 		p.MaxFlowsPerSource > 0 && s.perSource[k.src.Addr()] >= p.MaxFlowsPerSource,
-		p.MaxPending > 0 && s.pending >= p.MaxPending:
+		p.MaxPending > 0 && s.pending >= p.MaxPending,
+		p.MaxPending > 0 && s.pendingPer[k.src.Addr()] >= max(1, p.MaxPending*3/4):
 		s.mu.Unlock()
 		s.stats.drop(dropLimit, 1)
 		return
@@ -332,6 +338,10 @@ func (s *Server) open(k flowKey, d []byte) {
 	s.flows[k] = f
 	s.perSource[k.src.Addr()]++
 	s.pending++
+	if s.pendingPer == nil {
+		s.pendingPer = make(map[netip.Addr]int)
+	}
+	s.pendingPer[k.src.Addr()]++
 	f.pending = true
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -356,18 +366,25 @@ func (s *Server) forget(f *flow) {
 	} else {
 		s.perSource[f.key.src.Addr()] = n - 1
 	}
-	if f.pending {
-		f.pending = false
-		s.pending--
-	}
+	s.notPendingLocked(f)
 }
 
 // decided counts f out of the pending flows.
 func (s *Server) decided(f *flow) {
 	s.mu.Lock()
-	if f.pending {
-		f.pending = false
-		s.pending--
-	}
+	s.notPendingLocked(f)
 	s.mu.Unlock()
+}
+
+func (s *Server) notPendingLocked(f *flow) {
+	if !f.pending {
+		return
+	}
+	f.pending = false
+	s.pending--
+	if n := s.pendingPer[f.key.src.Addr()]; n <= 1 {
+		delete(s.pendingPer, f.key.src.Addr())
+	} else {
+		s.pendingPer[f.key.src.Addr()] = n - 1
+	}
 }

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -378,6 +380,29 @@ func TestLimits(t *testing.T) {
 	}
 	if st := w.s.Stats(); st.Dropped[dropLimit] != 1 || st.Flows != 1 {
 		t.Errorf("Stats() = %+v; want one datagram over the limit, one flow", st)
+	}
+}
+
+// TestPendingPerSource: one address whose flows never finish their hello
+// holds three quarters of the pending flows (3 of 4), and a client from
+// another address still starts its flow.
+func TestPendingPerSource(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, func(p *Params) { p.MaxPending = 4 })
+	for i := range 4 {
+		first := initials(t, iquic.Version1, []byte(fmt.Sprintf("unfinished-%06d", i)), allowedName, 2, uint64(10+i))
+		w.udpClientFrom(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}).send(first[0]) // half a hello
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for st := w.s.Stats(); st.Pending+int(st.Dropped[dropLimit]) < 4 && time.Now().Before(deadline); st = w.s.Stats() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := w.s.Stats(); st.Pending != 3 || st.Dropped[dropLimit] != 1 {
+		t.Errorf("Stats() = %+v; want 3 pending flows of one address and the 4th dropped", st)
+	}
+	w.udpClientFrom(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}).send(initials(t, iquic.Version1, []byte("other-address-01"), allowedName, 1, 20)...)
+	if n := sk.count(300 * time.Millisecond); n != 1 {
+		t.Errorf("the server got %d datagrams from another address, want its flow's 1", n)
 	}
 }
 

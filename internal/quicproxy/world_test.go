@@ -263,7 +263,13 @@ type udpClient struct {
 
 func (w *world) udpClient() *udpClient {
 	w.t.Helper()
-	pc, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(w.addr))
+	return w.udpClientFrom(nil)
+}
+
+// udpClientFrom is udpClient from the local address laddr (nil: any).
+func (w *world) udpClientFrom(laddr *net.UDPAddr) *udpClient {
+	w.t.Helper()
+	pc, err := net.DialUDP("udp4", laddr, net.UDPAddrFromAddrPort(w.addr))
 	if err != nil {
 		w.t.Fatal(err)
 	}
