@@ -14,8 +14,10 @@
 //   - A source address that fails Failures times within Window is refused
 //     without hashing for a back-off (Backoff at first). Once a source has
 //     backed off, each failure after a back-off ends starts the next one,
-//     twice as long, up to MaxBackoff. A success forgets the source; so
-//     does a quiet MaxBackoff after its back-off ended.
+//     twice as long, up to MaxBackoff. A quiet MaxBackoff after its
+//     back-off ended forgets the source. A success does not: a client
+//     that knows one password (its own) would otherwise clear its count
+//     between guesses at another user's, and guess without end.
 //
 // While a source backs off, even its correct password is refused: if it
 // were checked, a brute force would learn from the answer, and the back-off
@@ -169,7 +171,6 @@ func (g *Guard) Check(src netip.Addr, check func() bool) Result {
 	ok := check()
 	<-g.slots
 	if ok {
-		g.forget(key)
 		return g.count(OK)
 	}
 	g.failed(key, time.Now())
@@ -240,16 +241,6 @@ func (g *Guard) stale(s *source, now time.Time) bool {
 		return now.Sub(s.start) > g.cfg.Window
 	}
 	return now.Sub(s.until) > g.cfg.MaxBackoff && now.Sub(s.seen) > g.cfg.MaxBackoff
-}
-
-// forget drops what the guard knows of key: it just authenticated.
-func (g *Guard) forget(key netip.Addr) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if e, ok := g.sources[key]; ok {
-		g.lru.Remove(e)
-		delete(g.sources, key)
-	}
 }
 
 // failed records a wrong password from key at now, and starts a back-off

@@ -75,11 +75,12 @@ func TestGuardBackoff(t *testing.T) {
 				{wait: 2 * time.Second, src: a, want: Wrong},
 				{wait: 299 * time.Second, src: a, want: Backoff},
 				{wait: 2 * time.Second, src: a, right: true, want: OK}})},
-		{"success forgets the failures", seq(
+		{"a success does not forget the failures", seq(
+			// 4 guesses, a login with a password the client knows (its
+			// own user's), then the fifth guess starts the back-off.
 			repeat(4, wrong),
-			[]step{{src: a, right: true, want: OK}},
-			repeat(4, wrong),
-			[]step{{src: a, right: true, want: OK}})},
+			[]step{{src: a, right: true, want: OK}, {src: a, want: Wrong},
+				{src: a, want: Backoff}, {src: a, right: true, want: Backoff}})},
 		{"failures older than the window are forgotten", seq(
 			repeat(4, wrong),
 			[]step{{wait: 61 * time.Second, src: a, want: Wrong}},
