@@ -1,6 +1,7 @@
 package clienthello
 
 import (
+	"fmt"
 	"iter"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -237,7 +238,10 @@ func (l ProtocolList) All() iter.Seq[[]byte] {
 // Strings returns copies of the names in the client's order, nil for a nil
 // list: what outlives the message, as the access log does, keeps these.
 // The lists nearly every client sends are shared, not copied: the result
-// is read-only.
+// is read-only. A list of more than MaxKeptProtocols names keeps its first
+// MaxKeptProtocols-1 and ends with "(N more)": a hello can carry thousands
+// of one-byte names, which a relayed connection would otherwise hold as
+// strings for its whole life, and write into its log line.
 func (l ProtocolList) Strings() []string {
 	if l == nil {
 		return nil
@@ -251,12 +255,19 @@ func (l ProtocolList) Strings() []string {
 	for range l.All() {
 		n++
 	}
-	out := make([]string, 0, n)
+	out := make([]string, 0, min(n, MaxKeptProtocols))
 	for name := range l.All() {
+		if len(out) == MaxKeptProtocols-1 && n > MaxKeptProtocols {
+			return append(out, fmt.Sprintf("(%d more)", n-len(out)))
+		}
 		out = append(out, string(name))
 	}
 	return out
 }
+
+// MaxKeptProtocols bounds the ALPN names Strings keeps; clients send a few
+// (h2, http/1.1; h3), browsers' GREASE values included.
+const MaxKeptProtocols = 16
 
 // commonALPN are the ALPN lists Strings shares instead of copying: a
 // relayed connection keeps its line (and so its ALPN) for its whole life,

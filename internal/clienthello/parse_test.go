@@ -2,6 +2,7 @@ package clienthello
 
 import (
 	"bytes"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -99,6 +100,40 @@ func TestParseAllocs(t *testing.T) {
 				t.Errorf("Parse(%s) allocates %v times per run, want 0", name, n)
 			}
 		})
+	}
+}
+
+// keptProtocols is what Strings keeps of names (see MaxKeptProtocols).
+func keptProtocols(names []string) []string {
+	if len(names) <= MaxKeptProtocols {
+		return names
+	}
+	return append(slices.Clone(names[:MaxKeptProtocols-1]), fmt.Sprintf("(%d more)", len(names)-MaxKeptProtocols+1))
+}
+
+// TestProtocolListKept: a hello with thousands of one-byte ALPN names (it
+// fits in 16 KiB) is kept as its first names and a count, not as thousands
+// of strings a relayed connection would hold for its whole life.
+func TestProtocolListKept(t *testing.T) {
+	var names []string
+	for i := range 8000 {
+		names = append(names, string(rune('a'+i%26)))
+	}
+	msg := hello(exts(alpn(names...)))
+	var info Info
+	if !Parse(msg, &info) {
+		t.Fatal("Parse failed")
+	}
+	got := info.ALPN.Strings()
+	if len(got) != MaxKeptProtocols || got[len(got)-1] != "(7985 more)" || !slices.Equal(got[:MaxKeptProtocols-1], names[:MaxKeptProtocols-1]) {
+		t.Errorf("Strings() of 8000 names = %q, want the first %d and (7985 more)", got, MaxKeptProtocols-1)
+	}
+	n := 0
+	for range info.ALPN.All() {
+		n++
+	}
+	if n != 8000 {
+		t.Errorf("All() yields %d names, want every one of the 8000", n)
 	}
 }
 
