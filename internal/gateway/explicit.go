@@ -252,9 +252,11 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 	return true
 }
 
-// checkTunnel checks the first bytes p inside a tunnel to t against t
-// (tunnel_sni), noting what it found in rec, and reports whether the
-// tunnel is refused.
+// checkTunnel checks the first bytes p inside a tunnel to t: the policy
+// again, now that the protocol (and a TLS client's JA4) is known, so that
+// a rule naming protocols or ja4 that denies holds inside tunnels as on
+// other listeners; then their name against t (tunnel_sni). It notes what
+// it found in rec, and reports whether the tunnel is refused.
 func (x *explicitConn) checkTunnel(t target, v verdict, p *peek.Result, rec *accesslog.Record) (refused bool) {
 	rec.Protocol, rec.JA4 = p.Protocol, x.g.fingerprint(p)
 	if p.Protocol == peek.TLS {
@@ -263,6 +265,9 @@ func (x *explicitConn) checkTunnel(t target, v verdict, p *peek.Result, rec *acc
 			name, _ := fqdn.Normalize(string(p.Hello.ServerName))
 			rec.ECH = x.g.realECH(x.src.Addr(), name, p)
 		}
+	}
+	if p.Err == nil && x.protocolDenied(t, v, p.Protocol, rec) {
+		return true
 	}
 	problem := ""
 	switch {
@@ -285,6 +290,24 @@ func (x *explicitConn) checkTunnel(t target, v verdict, p *peek.Result, rec *acc
 	}
 	rec.Reason += "; " + problem + " (tunnel_sni: log)"
 	return false
+}
+
+// protocolDenied decides the tunnel to t (allowed as v, without its
+// protocol) again now that its protocol (and a TLS client's JA4, in rec)
+// is known: a rule before the one that allowed it may deny what it
+// carries. A deny is noted in rec; it refuses the tunnel unless
+// report-only mode logs it and lets it through.
+func (x *explicitConn) protocolDenied(t target, v verdict, protocol string, rec *accesslog.Record) (refused bool) {
+	in := policy.Input{Src: x.src.Addr(), Dst: v.dst.Addr(), FQDN: t.name, Port: t.port, User: rec.User,
+		Protocol: protocol, JA4: rec.JA4}
+	d := x.st.Policy.Decide(in)
+	if d.Action != policy.Deny {
+		return false
+	}
+	rec.Action, rec.Rule = accesslog.Deny, d.Rule
+	rec.Reason = fmt.Sprintf("inside the tunnel: %s: %s", protocol, d.Reason)
+	rec.Enforced = x.st.Config.Policy.Enforce
+	return rec.Enforced
 }
 
 // releaseReaderIfEmpty gives the handshake reader back when it holds no

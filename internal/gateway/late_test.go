@@ -310,3 +310,40 @@ func TestOddVersionInTunnel(t *testing.T) {
 		})
 	}
 }
+
+// TestProtocolRulesInTunnel: a rule naming protocols holds inside CONNECT
+// tunnels, as on other listeners: the tunnel is allowed on its name, and
+// what it carries, read at once or after first_bytes, is decided again
+// with its protocol. An SSH banner to an allowed name is refused before
+// the server sees it, and so is a plain HTTP request where http is denied.
+func TestProtocolRulesInTunnel(t *testing.T) {
+	w := newProxyWorld(t, "", `    - {name: no-ssh, action: deny, protocols: [ssh]}
+    - {name: no-http, action: deny, fqdn: ["good.test"], protocols: [http]}
+`, true)
+	for _, tc := range []struct {
+		name, target, first string
+		pause               time.Duration
+		rule                string
+	}{
+		{"ssh at once", fmt.Sprintf("good.test:%d", w.echo.Port()), "SSH-2.0-OpenSSH_9.6\r\n", 0, "no-ssh"},
+		{"ssh late", fmt.Sprintf("good.test:%d", w.echo.Port()), "SSH-2.0-OpenSSH_9.6\r\n", 400 * time.Millisecond, "no-ssh"},
+		{"http", fmt.Sprintf("good.test:%d", w.plain.Port()), fmt.Sprintf("GET / HTTP/1.1\r\nHost: good.test:%d\r\n\r\n", w.plain.Port()), 0, "no-http"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, br := rawProxy(t, w.proxy)
+			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", tc.target, tc.target)
+			if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %d", resp.StatusCode)
+			}
+			time.Sleep(tc.pause)
+			io.WriteString(c, tc.first)
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, _ := io.ReadAll(br)
+			if strings.Contains(string(got), "SSH-") || strings.Contains(string(got), "200 OK") {
+				t.Fatalf("the server answered: %q", got)
+			}
+			w.waitLog(matching(map[string]any{"action": "deny", "rule": tc.rule}))
+		})
+	}
+	w.noServerConn("for a tunnel whose protocol a rule denies")
+}

@@ -81,6 +81,11 @@ func (x *explicitConn) tunnelRequests(ctx context.Context, t target, v verdict, 
 			defer x.g.logConn(rec)
 			rec.User, rec.FQDN, rec.FQDNSource, rec.Dst = base.User, base.FQDN, base.FQDNSource, v.dst
 			rec.Rule, rec.Action, rec.Reason, rec.Enforced = v.Rule, logAction(v.Action), v.Reason, base.Enforced
+			rec.Protocol = peek.HTTP
+			if x.protocolDenied(t, v, peek.HTTP, rec) {
+				refuse.HTTPForbidden(x.c, rec.Rule)
+				return false, false
+			}
 			if problem := mismatch(t, peek.Result{Protocol: peek.HTTP, Host: hostOf(q)}); problem != "" {
 				if x.lc.TunnelSNI != config.TunnelMatch {
 					rec.Reason += "; " + problem + " (tunnel_sni: log)"
