@@ -3,6 +3,7 @@ package quicproxy
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/egressd/egressd/internal/accesslog"
@@ -144,7 +145,7 @@ func (r *relay) recheckLocked(d []byte, pkts []quic.Packet) verdict {
 	now := time.Now()
 	c := r.check
 	if c != nil && !c.deciding && now.After(c.deadline) {
-		s.stats.drop(dropUndecided, len(c.take(s)))
+		s.stats.drop(dropUndecided, len(c.take(s, f.key.src.Addr())))
 		r.check, c = nil, nil
 	}
 	if c == nil {
@@ -167,7 +168,7 @@ func (r *relay) recheckLocked(d []byte, pkts []quic.Packet) verdict {
 			c.asm.AddDatagram(d)
 		}
 	}
-	if !c.hold(s, d) {
+	if !c.hold(s, f.key.src.Addr(), d) {
 		return dropped
 	}
 	switch c.asm.Status() {
@@ -178,7 +179,7 @@ func (r *relay) recheckLocked(d []byte, pkts []quic.Packet) verdict {
 			go r.decide(c)
 		}
 	case quic.Invalid:
-		s.stats.drop(dropUndecided, len(c.take(s)))
+		s.stats.drop(dropUndecided, len(c.take(s, f.key.src.Addr())))
 		r.check = nil
 	}
 	return held
@@ -194,13 +195,18 @@ func (c *recheck) owns(pkts []quic.Packet) bool {
 	return false
 }
 
-func (c *recheck) hold(s *Server, d []byte) bool {
+func (c *recheck) hold(s *Server, src netip.Addr, d []byte) bool {
 	if len(c.held) >= maxHeldPerFlow || c.heldBytes+len(d) > maxHeldBytesPerFlow {
+		s.stats.drop(dropHeldFull, 1)
+		return false
+	}
+	if !s.heldBy.add(src, len(d), maxHeldBytesPerSource) {
 		s.stats.drop(dropHeldFull, 1)
 		return false
 	}
 	if s.held.Add(int64(len(d))) > maxHeldBytes {
 		s.held.Add(-int64(len(d)))
+		s.heldBy.sub(src, len(d))
 		s.stats.drop(dropHeldFull, 1)
 		return false
 	}
@@ -209,9 +215,10 @@ func (c *recheck) hold(s *Server, d []byte) bool {
 	return true
 }
 
-func (c *recheck) take(s *Server) [][]byte {
+func (c *recheck) take(s *Server, src netip.Addr) [][]byte {
 	h := c.held
 	s.held.Add(-int64(c.heldBytes))
+	s.heldBy.sub(src, c.heldBytes)
 	c.held, c.heldBytes = nil, 0
 	return h
 }
@@ -239,7 +246,7 @@ func (r *relay) decide(c *recheck) {
 		return // the flow ended; its end dropped what was held
 	}
 	r.check = nil
-	heldDatagrams := c.take(s)
+	heldDatagrams := c.take(s, f.key.src.Addr())
 	if ok && v.Allow && v.Dst == r.dst {
 		keys, err := quic.ClientInitialKeys(c.asm.Version(), c.asm.DCID())
 		if err == nil {

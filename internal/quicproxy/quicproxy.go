@@ -138,6 +138,45 @@ const (
 	maxHeldBytes        = 32 << 20
 )
 
+// heldBytes counts bytes held by source address.
+type heldBytes struct {
+	mu sync.Mutex
+	m  map[netip.Addr]int
+}
+
+// add counts n more bytes for a unless that takes it past limit, and
+// reports whether it did.
+func (h *heldBytes) add(a netip.Addr, n, limit int) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.m[a]+n > limit {
+		return false
+	}
+	if h.m == nil {
+		h.m = make(map[netip.Addr]int)
+	}
+	h.m[a] += n
+	return true
+}
+
+// sub gives back n bytes add counted for a.
+func (h *heldBytes) sub(a netip.Addr, n int) {
+	if n == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.m[a] <= n {
+		delete(h.m, a)
+	} else {
+		h.m[a] -= n
+	}
+}
+
+// maxHeldBytesPerSource is what one source address may hold of
+// maxHeldBytes.
+const maxHeldBytesPerSource = maxHeldBytes * 3 / 4
+
 // maxDatagram is the largest datagram relayed. QUIC never sends one
 // larger than its path allows (RFC 9000 §14); a larger one, which only a
 // path MTU probe on a jumbo-frame network would send, is dropped and the
@@ -165,8 +204,12 @@ type Server struct {
 	pendingPer map[netip.Addr]int
 	closed     bool
 
-	held   atomic.Int64 // bytes held by undecided flows and connections
-	noGSO  atomic.Bool  // the kernel refused UDP_SEGMENT once
+	held atomic.Int64 // bytes held by undecided flows and connections
+	// heldBy is held by source address: one may hold three quarters of
+	// maxHeldBytes, so that one client's many unfinished flows cannot
+	// leave no room for anyone else's first Initial.
+	heldBy heldBytes
+	noGSO  atomic.Bool // the kernel refused UDP_SEGMENT once
 	closes closeLimiter
 	stats  counters
 }

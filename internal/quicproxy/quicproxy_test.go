@@ -406,6 +406,39 @@ func TestPendingPerSource(t *testing.T) {
 	}
 }
 
+// TestHeldBytesPerSource: one address that opens many flows and fills each
+// with junk long-header datagrams holds at most three quarters of what
+// may be held in all; another address's first Initial is still held, and
+// its flow decided and relayed.
+func TestHeldBytesPerSource(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, func(p *Params) {
+		p.MaxPending, p.MaxFlowsPerSource, p.MaxFlows, p.HelloTimeout = 100000, 0, 100000, time.Minute
+	})
+	first := initials(t, iquic.Version1, []byte("held-bytes-000001"), allowedName, 2, 30)[0] // half a hello: the flow stays pending
+	junk := bytes.Repeat([]byte{0xc0}, maxDatagram)                                          // a long header, opening nothing
+	for range maxHeldBytes/maxHeldBytesPerFlow + 16 {
+		c := w.udpClientFrom(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		c.send(first)
+		for range maxHeldPerFlow - 1 {
+			c.send(junk)
+		}
+		time.Sleep(200 * time.Microsecond) // within the socket's buffer
+	}
+	// Until what is held stops growing.
+	for last := int64(-1); w.s.held.Load() != last; {
+		last = w.s.held.Load()
+		time.Sleep(50 * time.Millisecond)
+	}
+	if h := w.s.held.Load(); h > maxHeldBytesPerSource || h < maxHeldBytesPerSource/2 {
+		t.Fatalf("one address holds %d bytes, want some, but at most its %d (%+v)", h, maxHeldBytesPerSource, w.s.Stats())
+	}
+	w.udpClientFrom(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}).send(initials(t, iquic.Version1, []byte("other-address-02"), allowedName, 1, 31)...)
+	if n := sk.count(time.Second); n != 1 {
+		t.Errorf("the server got %d datagrams from another address, want its flow's 1", n)
+	}
+}
+
 // TestSameConnectionOtherHello: after a connection was allowed, Initial
 // packets of the same connection (its connection ID, so its keys) that
 // carry another ClientHello, naming a denied server, never reach the

@@ -99,7 +99,7 @@ func (f *flow) relayFlow(v Verdict) {
 	f.endLocked(endNone, nil)
 	cause, failure := f.cause, f.failure
 	if c := r.check; c != nil {
-		s.stats.drop(dropUndecided, len(c.take(s)))
+		s.stats.drop(dropUndecided, len(c.take(s, f.key.src.Addr())))
 		r.check = nil
 	}
 	f.mu.Unlock()
