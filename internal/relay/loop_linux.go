@@ -177,6 +177,10 @@ type loop struct {
 	// waiting with a later timeout or deadline recomputes it.
 	sweepMu sync.Mutex
 	sweepAt int64
+	// rests are the directions resting (see rest.go), in the order their
+	// rests end; noRest: this kernel has no epoll_pwait2, so none rests.
+	rests  []rest
+	noRest bool
 }
 
 func newLoop() (*loop, error) {
@@ -222,7 +226,9 @@ func newLoop() (*loop, error) {
 		unix.Close(epfd)
 		return nil, err
 	}
-	return &loop{epfd: epfd, efd: efd, pfd: pfd, file: f, raw: raw, buf: make([]byte, copyMax)}, nil
+	l := &loop{epfd: epfd, efd: efd, pfd: pfd, file: f, raw: raw, buf: make([]byte, copyMax)}
+	l.noRest = !canRest(epfd)
+	return l, nil
 }
 
 // stop asks the loop to end, from another goroutine.
@@ -509,13 +515,20 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 		}
 		at := l.nextSweep()
 		msec, sweeping := waitMillis(at)
-		n, err := epollWaitRaw(l.epfd, events, msec)
+		var n int
+		var err error
+		if len(l.rests) > 0 { // the first rest ends sooner than a millisecond
+			n, err = epollWait2Raw(l.epfd, events, max(0, l.rests[0].at-time.Now().UnixNano()))
+		} else {
+			n, err = epollWaitRaw(l.epfd, events, msec)
+		}
 		if err != nil && err != unix.EINTR {
 			return err
 		}
 		if n > 0 {
 			l.handle(events[:n])
 		}
+		l.wakeRests()
 		if l.onBatch != nil && l.onBatch(n == 0 && err == nil) {
 			l.readied = true
 		}
@@ -525,8 +538,8 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 			l.sweep()
 			continue
 		}
-		if n == 0 && err == nil && !sweeping {
-			return nil // a quiet spell
+		if n == 0 && err == nil && !sweeping && len(l.rests) == 0 {
+			return nil // a quiet spell (a rest ends in microseconds: not one)
 		}
 	}
 	return nil

@@ -84,8 +84,17 @@ type dir struct {
 	pending  int // bytes in p not yet written to dst
 	n        int64
 	eof      bool // src said EOF; passed on once the pipe is empty
-	done     bool
-	err      error
+	// bulk: the last splice from src moved a mid-sized batch, and the
+	// direction rests once it is written (see rest); resting: it does;
+	// restMuted: a rest took EPOLLIN out of src's interest, and the
+	// direction reads on without it until src is empty.
+	bulk, resting, restMuted bool
+	// fullAt is when dst was last found full (loop time): for a while
+	// after, its reader sets the pace, and a rest would only keep bytes
+	// from it (see restPaced).
+	fullAt int64
+	done   bool
+	err    error
 }
 
 // Start relays an attached Conn on the loop its upstream was dialled on.
@@ -177,6 +186,7 @@ func (c *Conn) move(d *dir) {
 			if c.closed || d.dst.writable {
 				return
 			}
+			d.fullAt = c.l.now
 			if !d.dst.out {
 				if err := c.l.watchOut(d.dst); err != nil {
 					c.fail(d, nil, err, nil) // never told when it drains
@@ -188,7 +198,7 @@ func (c *Conn) move(d *dir) {
 			}
 			return
 		}
-		if d.src.muted {
+		if d.src.muted && !d.restMuted {
 			if err := c.l.mute(d.src, false); err != nil {
 				c.fail(d, nil, err, nil)
 				return
@@ -197,6 +207,15 @@ func (c *Conn) move(d *dir) {
 		if d.eof {
 			c.ended(d)
 			return
+		}
+		if d.resting {
+			return // src is read when the rest ends (wakeRests)
+		}
+		if d.bulk {
+			d.bulk = false
+			if c.l.rest(c, d) {
+				return
+			}
 		}
 		if !d.src.readable {
 			return
@@ -224,6 +243,7 @@ func (c *Conn) move(d *dir) {
 			}
 			d.pending = int(n)
 			c.last = c.l.now
+			d.bulk = n >= restMin && n < restMax && c.l.now-d.fullAt > int64(restPaced)
 			continue
 		case unix.EINTR:
 			continue
@@ -233,6 +253,12 @@ func (c *Conn) move(d *dir) {
 			d.src.readable = false
 			putPipe(d.p)
 			d.p = nil
+			if d.restMuted { // the rests are over: wait for the next edge
+				d.restMuted = false
+				if err := c.l.mute(d.src, false); err != nil {
+					c.fail(d, nil, err, nil)
+				}
+			}
 			return
 		}
 		var linger *side
