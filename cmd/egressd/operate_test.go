@@ -60,17 +60,43 @@ func writeReplace(t *testing.T, path, text string) {
 
 func newOpWorld(t *testing.T, extra, rules string) *opWorld {
 	t.Helper()
-	w := &opWorld{
-		path:     filepath.Join(t.TempDir(), "egressd.yaml"),
+	w := opWorldAt(t, filepath.Join(t.TempDir(), "egressd.yaml"))
+	w.extra = extra
+	writeReplace(t, w.path, w.config(rules))
+	w.p = startEgressdProc(t, w.path)
+	return w
+}
+
+// opWorldAt is an opWorld whose config is to be at path, with neither the
+// file nor the process yet.
+func opWorldAt(t *testing.T, path string) *opWorld {
+	t.Helper()
+	return &opWorld{
+		path:     path,
 		listen:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		adminAdr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		sinkPort: startSink(t),
 		dns:      startDNS(t, "a.test", "b.test"),
-		extra:    extra,
 	}
-	writeReplace(t, w.path, w.config(rules))
-	w.p = startEgressdProc(t, w.path)
-	return w
+}
+
+// publish writes text as dir/version/egressd.yaml and points the link
+// dir/link at version, swapped in by a rename, as the kubelet swaps a
+// ConfigMap's ..data and deploy tools a release's current.
+func publish(t *testing.T, dir, version, link, text string) {
+	t.Helper()
+	if err := os.Mkdir(filepath.Join(dir, version), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, version, "egressd.yaml"), []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(version, filepath.Join(dir, link+"_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, link+"_tmp"), filepath.Join(dir, link)); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // sendHalf writes n pseudo-random bytes to w, hashing them into h.
@@ -453,28 +479,8 @@ func TestProxyProtocolSplices(t *testing.T) {
 // egressd must reload.
 func TestConfigMapSwap(t *testing.T) {
 	dir := t.TempDir()
-	w := &opWorld{
-		path:     filepath.Join(dir, "egressd.yaml"),
-		listen:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		adminAdr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		sinkPort: startSink(t),
-		dns:      startDNS(t, "a.test", "b.test"),
-	}
-	version := func(name, rules string) {
-		t.Helper()
-		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name, "egressd.yaml"), []byte(w.config(rules)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Symlink(name, filepath.Join(dir, "..data_tmp")); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w := opWorldAt(t, filepath.Join(dir, "egressd.yaml"))
+	version := func(name, rules string) { publish(t, dir, name, "..data", w.config(rules)) }
 	version("..2026_11_26_00_00_00.1", allowA)
 	if err := os.Symlink("..data/egressd.yaml", w.path); err != nil {
 		t.Fatal(err)
@@ -530,28 +536,8 @@ func TestReloadBesideBusyFile(t *testing.T) {
 // then follows the new release.
 func TestReloadThroughLinkedDir(t *testing.T) {
 	dir := t.TempDir()
-	w := &opWorld{
-		path:     filepath.Join(dir, "current", "egressd.yaml"),
-		listen:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		adminAdr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		sinkPort: startSink(t),
-		dns:      startDNS(t, "a.test", "b.test"),
-	}
-	release := func(name, rules string) {
-		t.Helper()
-		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name, "egressd.yaml"), []byte(w.config(rules)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Symlink(name, filepath.Join(dir, "current.tmp")); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(filepath.Join(dir, "current.tmp"), filepath.Join(dir, "current")); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w := opWorldAt(t, filepath.Join(dir, "current", "egressd.yaml"))
+	release := func(name, rules string) { publish(t, dir, name, "current", w.config(rules)) }
 	release("r1", allowA)
 	w.p = startEgressdProc(t, w.path)
 	wantDecision(t, w.listen, "b.test", false)
@@ -607,13 +593,7 @@ func TestReloadWaitsForWriter(t *testing.T) {
 // it; egressd goes on deciding and relaying, counts the lost lines and
 // says so on stderr.
 func TestLogPipeGone(t *testing.T) {
-	w := &opWorld{
-		path:     filepath.Join(t.TempDir(), "egressd.yaml"),
-		listen:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		adminAdr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		sinkPort: startSink(t),
-		dns:      startDNS(t, "a.test", "b.test"),
-	}
+	w := opWorldAt(t, filepath.Join(t.TempDir(), "egressd.yaml"))
 	writeReplace(t, w.path, w.config(allowA))
 	r, pw, err := os.Pipe()
 	if err != nil {
