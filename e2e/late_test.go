@@ -19,6 +19,7 @@ import (
 const lateRules = `  rules:
     - {name: no-ssh, action: deny, protocols: [ssh]}
     - {name: cdn-ip, action: allow, destinations: ["198.51.100.10/32"], ports: [443], protocols: [server-first]}
+    - {name: db-ip, action: allow, destinations: ["198.51.100.10/32"], ports: [5432], protocols: [unknown]}
     - {name: web, action: allow, fqdn: ["allowed.test"], ports: [80]}
 `
 
@@ -79,6 +80,51 @@ func TestLateIdentification(t *testing.T) {
 		}
 		log.expect(t, from, "late ssh", bySrc(c.LocalAddr().String()), want{
 			listener: "transparent", protocol: []string{"ssh"}, rule: rule("no-ssh"), action: "deny", reasonHas: "late first bytes",
+		})
+	})
+	t.Run("hello after a preamble", func(t *testing.T) {
+		// PostgreSQL's way to TLS: an SSLRequest (no name: allowed by
+		// address), the server's "S", then a ClientHello, here for a
+		// denied name: read and refused before the server gets it.
+		ln := top.srv.listen(t, srvAddr+":5432")
+		gotTLS := make(chan bool, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			req := make([]byte, 8)
+			if _, err := io.ReadFull(c, req); err != nil {
+				return
+			}
+			c.Write([]byte("S"))
+			c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			b := make([]byte, 1)
+			n, _ := c.Read(b)
+			gotTLS <- n > 0 && b[0] == 0x16
+		}()
+		from := log.mark()
+		c, err := top.cli.dial("", srvAddr+":5432")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "\x00\x00\x00\x08\x04\xd2\x16\x2f")
+		if b := make([]byte, 1); func() error { _, err := io.ReadFull(c, b); return err }() != nil || b[0] != 'S' {
+			t.Fatalf("no S from the server after the SSLRequest")
+		}
+		_, _, err = greet(c, &tls.Config{ServerName: "x.ads.test", RootCAs: roots})
+		if err == nil || !strings.Contains(err.Error(), "access denied") {
+			t.Errorf("hello for a denied name after the preamble: %v, want an access_denied alert", err)
+		}
+		if <-gotTLS {
+			t.Error("the server got the ClientHello")
+		}
+		log.expect(t, from, "hello after a preamble", bySrc(c.LocalAddr().String()), want{
+			listener: "transparent", fqdn: "x.ads.test", fqdnSource: "sni", protocol: []string{"tls"},
+			rule: rule("ads"), action: "deny", reasonHas: "late first bytes",
 		})
 	})
 	t.Run("allowed name relayed", func(t *testing.T) {

@@ -109,7 +109,12 @@ func (s *session) handle(ctx context.Context, first []byte) (relaying bool) {
 		g.refuse(c, p, v.Rule)
 		return false
 	case p.Protocol == peek.ServerFirst:
-		return s.provisional(ctx, v, orig)
+		return s.provisional(ctx, v, orig, nil)
+	case p.Protocol == peek.Unknown:
+		// Nothing to decide in them, but a ClientHello may follow the
+		// server's answer (PostgreSQL's SSLRequest, STARTTLS): watched
+		// for as a late hello is.
+		return s.provisional(ctx, v, orig, &p)
 	}
 	return s.relay(ctx, v, &p)
 }
@@ -157,15 +162,19 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result) (relayin
 	return true
 }
 
-// provisional carries a connection allowed as server-first: the client's
-// first bytes, when they come, are identified and decided like early ones
-// (late).
-func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPort) (relaying bool) {
+// provisional carries a connection allowed without a name from its bytes:
+// server-first (first is nil), or whose first bytes carried none (first,
+// sent to the server at once). The client's next bytes, when they come,
+// are identified and decided like early ones (late).
+func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPort, first *peek.Result) (relaying bool) {
 	up, err := dialNet(ctx, s.st, &v)
 	s.rec.Dst, s.rec.Reason = v.dst, v.Reason
 	if err != nil {
 		s.rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		refuse.Reset(s.c)
+		return false
+	}
+	if first != nil && !s.sendOn(up, first, func() {}, &s.rec) {
 		return false
 	}
 	dialled, rec := v.dst, &s.rec

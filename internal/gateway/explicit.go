@@ -228,6 +228,24 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 			x.g.refuse(x.c, p, v.Rule)
 			return false
 		}
+		if p.Protocol == peek.Unknown && p.Err == nil {
+			// No name in them, but a ClientHello may follow the server's
+			// answer (PostgreSQL's SSLRequest, STARTTLS): sent on, and
+			// what follows watched as late first bytes are.
+			if n := x.br.Buffered(); n > 0 {
+				rest, _ := x.br.Peek(n)
+				p.Data = append(p.Data, rest...)
+			}
+			x.releaseReader()
+			if !x.sendOn(up, &p, func() {}, rec) {
+				return false
+			}
+			return x.late(up, rec, func(q *peek.Result) bool {
+				return x.checkTunnel(t, v, q, rec)
+			}, func(first []byte) {
+				x.tunnelRequests(ctx, t, v, rec, first)
+			})
+		}
 		data = p.Data
 	}
 	if n := x.br.Buffered(); n > 0 {

@@ -59,99 +59,134 @@ func dialNet(ctx context.Context, st *State, v *verdict) (*net.TCPConn, error) {
 // it (unless requests took over: then rec.Action is "").
 func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, requests func(first []byte)) (relaying bool) {
 	g, c, cfg := s.g, s.c, s.st.Config
-	g.track(up, true) // a drain closes it, and so wakes the wait
-	a := newAwait(c, up, cfg.Timeouts.Idle)
-	waitStart := time.Now()
-	err := a.clientSpeaks()
 	var p peek.Result
-	if err == nil {
-		now := time.Now()
-		p = peek.Peek(c, peek.Deadlines{FirstBytes: now.Add(cfg.Timeouts.FirstBytes), Complete: now.Add(cfg.Timeouts.ClientHello)})
-	}
 	defer peek.Release(&p)
-	after := time.Since(waitStart).Round(time.Millisecond)
-	// A refusal, or an end, stops the server's copy first, so that
-	// nothing it writes interleaves with the refusal.
-	stop := func() {
-		a.stop()
-		g.track(up, false)
-		rec.BytesDown = a.n
-	}
-	switch {
-	case err != nil || p.Protocol == peek.ServerFirst:
-		// The connection ended before the client said anything.
-		stop()
+	// A client's bytes that carry nothing to decide (its answer in a
+	// server-first protocol, or a preamble: PostgreSQL's SSLRequest,
+	// SMTP's EHLO and STARTTLS) are relayed and the watch goes on, up to
+	// latePreambles of them, for a ClientHello that comes after the
+	// server's answer: decided so too, or it would reach a server that
+	// routes on its name unread.
+	for step := 0; ; step++ {
+		g.track(up, true) // a drain closes it, and so wakes the wait
+		a := newAwait(c, up, cfg.Timeouts.Idle)
+		waitStart := time.Now()
+		err := a.clientSpeaks()
 		if err == nil {
-			err = p.Err
+			now := time.Now()
+			p = peek.Peek(c, peek.Deadlines{FirstBytes: now.Add(cfg.Timeouts.FirstBytes), Complete: now.Add(cfg.Timeouts.ClientHello)})
 		}
-		rec.Reason += "; " + a.ended(err)
-		up.Close()
-		c.Close()
-		return false
-	case p.Err != nil:
-		stop()
-		rec.Protocol = p.Protocol
-		rec.Action, rec.Enforced = accesslog.Deny, true
-		rec.Reason = fmt.Sprintf("late first bytes after %v: %s (was: %s)", after, peekReason(p), rec.Reason)
-		up.Close()
-		refuse.Reset(c)
-		return false
-	case p.Protocol == peek.HTTP:
-		// The server has seen no byte of the client's: its connection is
-		// dropped, and each request goes out on a connection of its own.
-		stop()
-		up.Close()
-		rec.Reason += fmt.Sprintf("; late first bytes after %v are HTTP: each request is decided and logged on its own", after)
-		g.logConn(rec)
-		rec.Action = ""
-		requests(p.Data)
-		return false
-	case p.Protocol == peek.TLS, p.Protocol == peek.SSH:
-		// A name, or a protocol that rules can name (protocols: [ssh]):
-		// decided as if it had come early.
-		was := rec.Reason
-		if check(&p) {
+		after := time.Since(waitStart).Round(time.Millisecond)
+		// A refusal, or an end, stops the server's copy first, so that
+		// nothing it writes interleaves with the refusal.
+		stop := func() {
+			a.stop()
+			g.track(up, false)
+			rec.BytesDown += a.n
+		}
+		switch {
+		case err != nil || p.Protocol == peek.ServerFirst:
+			// The connection ended before the client said (more).
 			stop()
-			rec.Reason = fmt.Sprintf("late first bytes after %v: %s (provisional server-first decision was: %s)", after, rec.Reason, was)
+			if err == nil {
+				err = p.Err
+			}
+			rec.Reason += "; " + a.ended(err)
 			up.Close()
-			g.refuse(c, p, rec.Rule)
+			c.Close()
+			return false
+		case p.Err != nil:
+			stop()
+			rec.Protocol = p.Protocol
+			rec.Action, rec.Enforced = accesslog.Deny, true
+			rec.Reason = fmt.Sprintf("late first bytes after %v: %s (was: %s)", after, peekReason(p), rec.Reason)
+			up.Close()
+			refuse.Reset(c)
+			return false
+		case p.Protocol == peek.HTTP:
+			// The server has seen no byte of this request: its connection
+			// is dropped, and each request goes out on a connection of
+			// its own.
+			stop()
+			up.Close()
+			rec.Reason += fmt.Sprintf("; late first bytes after %v are HTTP: each request is decided and logged on its own", after)
+			g.logConn(rec)
+			rec.Action = ""
+			requests(p.Data)
+			return false
+		case p.Protocol == peek.TLS, p.Protocol == peek.SSH:
+			// A name, or a protocol that rules can name (protocols: [ssh]):
+			// decided as if it had come early.
+			was := rec.Reason
+			if check(&p) {
+				stop()
+				rec.Reason = fmt.Sprintf("late first bytes after %v: %s (provisional server-first decision was: %s)", after, rec.Reason, was)
+				up.Close()
+				g.refuse(c, p, rec.Rule)
+				return false
+			}
+			rec.Reason = fmt.Sprintf("late first bytes after %v: %s", after, rec.Reason)
+		default:
+			// The client's answer in its own protocol (SMTP's EHLO, MySQL's
+			// handshake response), or a preamble: what a server-first
+			// protocol is, decided as such; what follows it is watched.
+			rec.Reason += fmt.Sprintf("; client spoke after %v (%s)", after, p.Protocol)
+			if step+1 < latePreambles && !a.serverEnded() {
+				if !s.sendOn(up, &p, stop, rec) {
+					return false
+				}
+				continue
+			}
+		}
+		// Allowed. The client's bytes go to the server at once, while the
+		// server's answer may still come back through the copy: the
+		// hand-over to the relay loop is kept off the first round trip.
+		// What the copy has not read when it stops stays in the socket for
+		// the loop.
+		if !s.sendOn(up, &p, stop, rec) {
 			return false
 		}
-		rec.Reason = fmt.Sprintf("late first bytes after %v: %s", after, rec.Reason)
-	default:
-		// The client's answer in its own protocol (SMTP's EHLO, MySQL's
-		// handshake response): what a server-first protocol is, decided
-		// as such.
-		rec.Reason += fmt.Sprintf("; client spoke after %v (%s)", after, p.Protocol)
+		rc, err := g.loops.Adopt(up)
+		if err == nil {
+			err = rc.Attach(c, nil, cfg.Timeouts.Idle, func(res relay.Result) {
+				s.relayed(rc, rec, res)
+			})
+		}
+		if err != nil {
+			rec.Reason += "; relay failed: " + err.Error()
+			refuse.Reset(c)
+			return false
+		}
+		g.handOff(c, rc)
+		return true
 	}
-	// Allowed. The client's bytes go to the server at once, while the
-	// server's answer may still come back through the copy: the hand-over
-	// to the relay loop is kept off the first round trip. What the copy
-	// has not read when it stops stays in the socket for the loop.
-	up.SetWriteDeadline(time.Now().Add(cfg.Timeouts.Idle))
+}
+
+// latePreambles bounds the client messages with nothing to decide that a
+// late watch relays before it hands the connection to the relay loop:
+// SMTP's EHLO and STARTTLS, PostgreSQL's GSSENCRequest and SSLRequest, a
+// client's answer to a server-first greeting. A server that upgrades to
+// TLS takes its ClientHello only after such a preamble, not after any
+// number of messages, so a hello behind more of them reaches no server
+// that would route on it.
+const latePreambles = 4
+
+// sendOn writes the client's bytes p to the server, then stops the
+// server's copy (stop), and releases p; false when the server's side
+// failed (the connection is then refused and its line says why).
+func (s *session) sendOn(up *net.TCPConn, p *peek.Result, stop func(), rec *accesslog.Record) bool {
+	up.SetWriteDeadline(time.Now().Add(s.st.Config.Timeouts.Idle))
 	_, werr := up.Write(p.Data)
 	up.SetWriteDeadline(time.Time{})
 	stop()
 	if werr != nil {
 		rec.Reason += "; upstream side ended: " + werr.Error()
 		up.Close()
-		refuse.Reset(c)
+		refuse.Reset(s.c)
 		return false
 	}
-	rec.BytesUp = int64(len(p.Data))
-	rc, err := g.loops.Adopt(up)
-	if err == nil {
-		err = rc.Attach(c, nil, cfg.Timeouts.Idle, func(res relay.Result) {
-			s.relayed(rc, rec, res)
-		})
-	}
-	if err != nil {
-		rec.Reason += "; relay failed: " + err.Error()
-		refuse.Reset(c)
-		return false
-	}
-	peek.Release(&p)
-	g.handOff(c, rc)
+	rec.BytesUp += int64(len(p.Data))
+	peek.Release(p)
 	return true
 }
 
@@ -206,6 +241,17 @@ func (a *await) copyDown() {
 			a.c.SetReadDeadline(time.Unix(1, 0))
 			return
 		}
+	}
+}
+
+// serverEnded reports whether the server closed its side during the
+// wait (its EOF was passed on): nothing more to watch for.
+func (a *await) serverEnded() bool {
+	select {
+	case <-a.done:
+		return a.eof
+	default:
+		return false
 	}
 }
 

@@ -347,3 +347,67 @@ func TestProtocolRulesInTunnel(t *testing.T) {
 	}
 	w.noServerConn("for a tunnel whose protocol a rule denies")
 }
+
+// TestHelloAfterPreamble: inside a CONNECT tunnel, a client sends a
+// preamble with no name (PostgreSQL's SSLRequest), the server answers,
+// and then a ClientHello for another host comes: it is read and refused
+// (tunnel_sni: match) before the server sees it, as a server that routes
+// on the name after the upgrade would act on it. One for the tunnel's own
+// name goes through, after the same preamble.
+func TestHelloAfterPreamble(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	hellos := make(chan int, 4)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testnet.Serve(t, ln, func(c net.Conn) {
+		req := make([]byte, 8)
+		if _, err := io.ReadFull(c, req); err != nil || string(req) != sslRequest {
+			return
+		}
+		c.Write([]byte("S")) // willing to do TLS
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b := make([]byte, 1)
+		if n, _ := c.Read(b); n > 0 && b[0] == 0x16 {
+			hellos <- 1 // a TLS record reached the server
+		}
+	})
+	target := fmt.Sprintf("good.test:%d", netip.MustParseAddrPort(ln.Addr().String()).Port())
+	for _, tc := range []struct {
+		sni     string
+		reaches bool
+	}{{"x.ads.test", false}, {"good.test", true}} {
+		t.Run(tc.sni, func(t *testing.T) {
+			c, br := rawProxy(t, w.proxy)
+			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+			if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %d", resp.StatusCode)
+			}
+			io.WriteString(c, sslRequest)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if b, err := br.ReadByte(); err != nil || b != 'S' {
+				t.Fatalf("the server's answer to the SSLRequest: %q %v", b, err)
+			}
+			tc2 := tls.Client(&bufferedConn{c, br}, &tls.Config{ServerName: tc.sni, InsecureSkipVerify: true})
+			tc2.SetDeadline(time.Now().Add(2 * time.Second))
+			err := tc2.Handshake()
+			select {
+			case <-hellos:
+				if !tc.reaches {
+					t.Fatalf("the server got a ClientHello for %s after the preamble", tc.sni)
+				}
+			case <-time.After(time.Second):
+				if tc.reaches {
+					t.Fatalf("a ClientHello for the tunnel's own name did not reach the server (handshake: %v)", err)
+				}
+				if err == nil || !strings.Contains(err.Error(), "access denied") {
+					t.Errorf("hello for %s after the preamble: %v, want an access_denied alert", tc.sni, err)
+				}
+			}
+		})
+	}
+}
+
+// sslRequest is PostgreSQL's SSLRequest: length 8, code 80877103.
+const sslRequest = "\x00\x00\x00\x08\x04\xd2\x16\x2f"
