@@ -28,6 +28,8 @@ func peekText(c net.Conn, buf []byte) Result {
 			return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
 		case st == lineNot && bytes.HasPrefix(buf, []byte("SSH-")): // RFC 4253 §4.2
 			return Result{Protocol: SSH, Data: buf}
+		case st == lineNot && (bytes.HasPrefix(buf[start:], []byte("PROXY ")) || bytes.HasPrefix(buf, proxyV2Sig)):
+			return Result{Protocol: Unknown, Data: buf, Err: ErrProxyHeader}
 		case st == lineNot:
 			return Result{Protocol: Unknown, Data: buf}
 		case len(buf) >= maxRequestLine:
@@ -61,6 +63,9 @@ func peekHTTP(c net.Conn, buf []byte, start, lf int) Result {
 		}
 	}
 }
+
+// proxyV2Sig opens a PROXY protocol v2 header.
+var proxyV2Sig = []byte("\r\n\r\n\x00\r\nQUIT\n")
 
 func httpError(buf []byte, err error) Result {
 	if TimedOut(err) {

@@ -240,3 +240,22 @@ func TestPeekSlowPrefix(t *testing.T) {
 		})
 	}
 }
+
+// TestPeekProxyHeader: a client's PROXY protocol header, v1 or v2, before
+// a request or a hello, is refused: a server that accepts it would take
+// its source and read what follows, unread by egressd.
+func TestPeekProxyHeader(t *testing.T) {
+	for _, in := range []string{
+		"PROXY TCP4 192.0.2.1 198.51.100.1 40000 80\r\nGET / HTTP/1.1\r\nHost: denied.test\r\n\r\n",
+		"PROXY TCP4 192.0.2.1 198.51.100.1 40000 443\r\n\x16\x03\x01\x00\x05",
+		"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\xc0\x00\x02\x01\xc6\x33\x64\x01\x9c\x40\x01\xbb",
+	} {
+		c, s := testnet.Pair(t)
+		feed(c, []byte(in), 0)
+		r := Peek(s, deadlines(2*time.Second, 2*time.Second))
+		if !errors.Is(r.Err, ErrProxyHeader) {
+			t.Errorf("Peek(%.30q) = %s, %v; want ErrProxyHeader", in, r.Protocol, r.Err)
+		}
+		Release(&r)
+	}
+}

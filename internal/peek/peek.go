@@ -78,6 +78,11 @@ var (
 	ErrHTTPTooLarge    = errors.New("HTTP request head larger than 16 KiB")
 	ErrHTTPLineTooLong = errors.New("HTTP request line longer than 8 KiB")
 	ErrBadHTTP         = errors.New("malformed HTTP request head")
+	// ErrProxyHeader: a client's first bytes are a PROXY protocol header.
+	// A server that accepts one takes the source it names for the
+	// client's, and reads what follows it (a request, a ClientHello) as
+	// the first bytes egressd would have decided: refused.
+	ErrProxyHeader = errors.New("PROXY protocol header from the client")
 )
 
 // Deadlines for one connection, absolute.
