@@ -623,3 +623,34 @@ func TestLogPipeGone(t *testing.T) {
 	default:
 	}
 }
+
+// TestReloadWaitsForNewFile: a config removed and written anew in place by
+// a slow writer (rm, then a copy that pauses) is read once closed, never
+// half-written: the new file's writes are heard on a watch made when it
+// is created.
+func TestReloadWaitsForNewFile(t *testing.T) {
+	w := newOpWorld(t, "", allowB)
+	if err := os.Remove(w.path); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(w.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(w.config(allowA)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * debounce)
+	if _, err := f.WriteString(allowB); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	w.p.waitFor(true, "config reloaded", "trigger=\"file changed\"", "rules=2")
+	for _, l := range w.p.lines(true) {
+		if strings.Contains(l, "config reloaded") && strings.Contains(l, "rules=1") {
+			t.Errorf("the half-written new file was applied: %s", l)
+		}
+	}
+}

@@ -128,17 +128,20 @@ func (w *watcher) follow(path string) (watched []string, failed map[string]error
 	}
 	w.links = links
 	// The file the path leads to now: an editor's save replaced the inode
-	// watched before, whose watch the kernel has dropped with it.
-	if w.conf >= 0 {
-		unix.InotifyRmWatch(w.fd, uint32(w.conf))
-		w.conf = -1
-	}
+	// watched before. The same inode gives the same watch, which stays;
+	// one no longer the config's is removed (the kernel answers with
+	// IN_IGNORED, which ours does not take for a change).
+	wd := -1
 	if len(chain) > 0 {
 		last := chain[len(chain)-1]
-		if wd, err := unix.InotifyAddWatch(w.fd, filepath.Join(last.dir, last.name), fileMask); err == nil {
-			w.conf, w.confLink = wd, last
+		if d, err := unix.InotifyAddWatch(w.fd, filepath.Join(last.dir, last.name), fileMask); err == nil {
+			wd, w.confLink = d, last
 		}
 	}
+	if w.conf >= 0 && w.conf != wd && w.dirs[w.conf] == "" {
+		unix.InotifyRmWatch(w.fd, uint32(w.conf))
+	}
+	w.conf = wd
 	for dir, wd := range w.wds {
 		if !keep[dir] {
 			unix.InotifyRmWatch(w.fd, uint32(wd))
@@ -169,8 +172,8 @@ type event struct {
 	name string
 }
 
-// read reads events into evs until the file is closed.
-func (w *watcher) read(evs chan<- []event) error {
+// read reads events into evs until the file is closed or done is.
+func (w *watcher) read(evs chan<- []event, done <-chan struct{}) error {
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := w.file.Read(buf)
@@ -184,7 +187,11 @@ func (w *watcher) read(evs chan<- []event) error {
 			batch = append(batch, event{int(raw.Wd), raw.Mask, strings.TrimRight(string(name), "\x00")})
 			off += unix.SizeofInotifyEvent + int(raw.Len)
 		}
-		evs <- batch
+		select {
+		case evs <- batch:
+		case <-done:
+			return os.ErrClosed
+		}
 	}
 }
 
@@ -192,7 +199,10 @@ func (w *watcher) read(evs chan<- []event) error {
 // one of its links, the loss of a watched directory, or events lost to a
 // full queue.
 func (w *watcher) ours(ev event) bool {
-	if ev.mask&(unix.IN_Q_OVERFLOW|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_IGNORED) != 0 {
+	// IN_IGNORED is not one: it answers a watch's removal, follow's own
+	// included; a watched directory that goes away says IN_DELETE_SELF or
+	// IN_MOVE_SELF first.
+	if ev.mask&(unix.IN_Q_OVERFLOW|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF) != 0 {
 		return true
 	}
 	_, ok := w.linkOf(ev)
@@ -229,7 +239,7 @@ func (r *reloader) watch(ctx context.Context) {
 	r.log.Info("watching the config file for changes", "dirs", watched)
 	evs := make(chan []event, 16)
 	go func() {
-		if err := w.read(evs); !errors.Is(err, os.ErrClosed) {
+		if err := w.read(evs, ctx.Done()); !errors.Is(err, os.ErrClosed) {
 			r.log.Warn("config watch ended; reload with SIGHUP", "err", err)
 		}
 	}()
@@ -252,6 +262,14 @@ func (r *reloader) watch(ctx context.Context) {
 						writing[l] = true
 					case ev.mask&(unix.IN_CLOSE_WRITE|unix.IN_DELETE|unix.IN_MOVED_FROM) != 0:
 						delete(writing, l)
+					case ev.mask&unix.IN_CREATE != 0:
+						// A file created in place (rm, then a copy) is
+						// written next: its writes are heard on a watch
+						// of its own, and it is read once closed.
+						if fi, err := os.Lstat(filepath.Join(l.dir, l.name)); err == nil && fi.Mode().IsRegular() {
+							writing[l] = true
+							w.follow(r.path)
+						}
 					}
 				}
 				if first.IsZero() {

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 )
 
 // TestLinksOf: the links a config path crosses, for the layouts operators
@@ -68,5 +69,43 @@ func TestLinksOf(t *testing.T) {
 	ln("loop1", "loop2")
 	if got := linksOf(filepath.Join(root, "loop1/egressd.yaml")); len(got) > 41 {
 		t.Errorf("a loop of links gave %d links", len(got))
+	}
+}
+
+// TestWatchQuietAfterFollow: following the path again, as the watch does
+// before each reload, with nothing changed, makes no event the watch takes
+// for a change: it once removed and re-added the file's watch each time,
+// and the kernel's IN_IGNORED for the removal started the next reload, five
+// times a second for good.
+func TestWatchQuietAfterFollow(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "egressd.yaml")
+	if err := os.WriteFile(path, []byte("x: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := newWatcher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.file.Close()
+	w.follow(path)
+	evs := make(chan []event, 16)
+	done := make(chan struct{})
+	defer close(done)
+	go w.read(evs, done)
+	w.follow(path)
+	w.follow(path)
+	timeout := time.After(300 * time.Millisecond)
+	for {
+		select {
+		case batch := <-evs:
+			for _, ev := range batch {
+				if w.ours(ev) {
+					t.Fatalf("following again made an event taken for a change: %+v", ev)
+				}
+			}
+		case <-timeout:
+			return
+		}
 	}
 }
