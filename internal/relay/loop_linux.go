@@ -518,7 +518,7 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 		var n int
 		var err error
 		if len(l.rests) > 0 { // the first rest ends sooner than a millisecond
-			n, err = epollWait2Raw(l.epfd, events, max(0, l.rests[0].at-time.Now().UnixNano()))
+			n, err = epollWait2Raw(l.epfd, events, min(max(0, l.rests[0].at-monoNow()), int64(restFor)))
 		} else {
 			n, err = epollWaitRaw(l.epfd, events, msec)
 		}

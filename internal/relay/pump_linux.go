@@ -187,6 +187,7 @@ func (c *Conn) move(d *dir) {
 				return
 			}
 			d.fullAt = c.l.now
+			d.bulk = false // the reader sets the pace now: no rest for this batch
 			if !d.dst.out {
 				if err := c.l.watchOut(d.dst); err != nil {
 					c.fail(d, nil, err, nil) // never told when it drains

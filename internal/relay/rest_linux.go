@@ -37,8 +37,7 @@ const (
 	restPaced = 2 * time.Millisecond
 )
 
-// rest is one resting direction of c and when its rest ends (unix
-// nanoseconds).
+// rest is one resting direction of c and when its rest ends (monoNow).
 type rest struct {
 	c  *Conn
 	d  *dir
@@ -63,7 +62,7 @@ func (l *loop) rest(c *Conn, d *dir) bool {
 		d.restMuted = true
 	}
 	d.resting = true
-	l.rests = append(l.rests, rest{c, d, time.Now().UnixNano() + int64(restFor)})
+	l.rests = append(l.rests, rest{c, d, monoNow() + int64(restFor)})
 	restsTaken.Add(1)
 	return true
 }
@@ -74,9 +73,11 @@ func (l *loop) wakeRests() {
 	if len(l.rests) == 0 {
 		return
 	}
-	now := time.Now().UnixNano()
+	now := monoNow()
 	i := 0
-	for i < len(l.rests) && l.rests[i].at <= now {
+	// Due, or further off than a rest lasts (which no rest is: a clock
+	// that could go back must not hold every later rest behind it).
+	for i < len(l.rests) && (l.rests[i].at <= now || l.rests[i].at-now > int64(restFor)) {
 		i++
 	}
 	if i == 0 {
@@ -89,7 +90,7 @@ func (l *loop) wakeRests() {
 	n := copy(l.rests, l.rests[i:])
 	clear(l.rests[n:])
 	l.rests = l.rests[:n]
-	l.now = now
+	l.now = time.Now().UnixNano()
 	for _, r := range due {
 		if !r.d.resting || r.c.closed {
 			continue // ended meanwhile
@@ -99,6 +100,12 @@ func (l *loop) wakeRests() {
 		r.c.pump()
 	}
 }
+
+// monoBase and monoNow measure rests on the monotonic clock: a wall clock
+// set back (an NTP step, a resumed VM) must not stall them.
+var monoBase = time.Now()
+
+func monoNow() int64 { return int64(time.Since(monoBase)) }
 
 // canRest reports whether epoll_pwait2 (Linux 5.11) works on epfd: a rest
 // needs a wait that ends within microseconds. A seccomp profile may refuse

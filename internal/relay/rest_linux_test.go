@@ -96,3 +96,22 @@ func TestSmallMessagesNeverRest(t *testing.T) {
 		t.Errorf("%d rests for messages of %d bytes, want none", n, len(msg))
 	}
 }
+
+// TestRestBehindStaleEntry: a rest whose end lies further off than a rest
+// lasts (as a wall clock set back would have made one) is taken as due and
+// holds no later rest behind it.
+func TestRestBehindStaleEntry(t *testing.T) {
+	var l loop
+	a, b := &Conn{closed: true}, &Conn{closed: true} // ended: taken, not pumped
+	now := monoNow()
+	l.rests = []rest{{a, &a.up, now + int64(time.Hour)}, {b, &b.up, now - 1}}
+	l.wakeRests()
+	if len(l.rests) != 0 {
+		t.Errorf("after wakeRests, %d rests left behind one an hour off, want none", len(l.rests))
+	}
+	l.rests = []rest{{a, &a.up, now + int64(restFor)}}
+	l.wakeRests()
+	if len(l.rests) != 1 {
+		t.Errorf("a rest not yet due was taken")
+	}
+}
