@@ -35,7 +35,10 @@ const MaxLeadingRecords = 4
 // that drops them reads the hello after them, so Reassemble must too, or a
 // gateway would not see the name the server acts on. Classification, and
 // where it is stricter than crypto/tls on purpose:
-//   - raw is NotTLS unless it starts like a record: content type 22, or 20, 21
+//   - raw is NotTLS unless it starts like a record: content type 22 with
+//     legacy_record_version major 3, or with another major before a first
+//     byte of client_hello (a binary protocol's message of 22 bytes starts
+//     like a record of type 22, and is not a TLS client's); 20, 21
 //     or 23 with legacy_record_version major 3, or a change_cipher_spec or
 //     alert record of the right length in any version below 0x1000, which
 //     crypto/tls's record layer reads before the hello (the version is then
@@ -97,8 +100,20 @@ func recordStart(raw []byte) Status {
 	switch {
 	case len(raw) == 0:
 		return NeedMore
-	case raw[0] == recordTypeHandshake:
+	case raw[0] == recordTypeHandshake && (len(raw) < 2 || raw[1] == 3):
 		return Complete
+	case raw[0] == recordTypeHandshake && len(raw) < recordHeaderLen+1:
+		return NeedMore
+	case raw[0] == recordTypeHandshake:
+		// A record version crypto/tls also takes before the hello (any
+		// below 0x1000), so a hello in it is TLS; but a first message
+		// that is no client_hello is no TLS client's: a length-prefixed
+		// binary protocol's message of 22 bytes (MySQL, MongoDB) starts
+		// the same way, and is not refused as a malformed hello.
+		if raw[recordHeaderLen] == typeClientHello {
+			return Complete
+		}
+		return NotTLS
 	case raw[0] < recordTypeChangeCipher || raw[0] > recordTypeApplicationData:
 		return NotTLS
 	case len(raw) < 2:

@@ -116,7 +116,13 @@ func TestReassembleStatus(t *testing.T) {
 		{"http first byte only", []byte("G"), NotTLS, 0},
 
 		{"record version 0x0200", rec(22, 0x0200, msg), Invalid, 0},
-		{"record version major 2, partial", []byte{22, 2}, Invalid, 0},
+		{"record version major 2, partial", []byte{22, 2}, NeedMore, 0},
+		{"record version major 2, a hello's first byte", []byte{22, 2, 0, 0, 5, 1}, Invalid, 0},
+		// A length-prefixed binary message of 22 bytes (MySQL, MongoDB)
+		// whose first byte is a handshake record's type: not a client's
+		// first TLS message, so not TLS.
+		{"22-byte MySQL query", []byte("\x16\x00\x00\x00\x03SELECT @@tx_isolation"), NotTLS, 0},
+		{"major 2, handshake type 2", rec(22, 0x0200, []byte{2, 0, 0, 1, 0}), NotTLS, 0},
 		{"record length over 2^14+2048", []byte{22, 3, 1, 0x48, 0x01}, Invalid, 0},
 		{"record past MaxHelloLen", []byte{22, 3, 1, 0x3f, 0xfc}, Invalid, 0},
 		{"later record past MaxHelloLen", cat(rec(22, v, msg[:9]), []byte{22, 3, 1, 0x3f, 0xf7}), Invalid, 0},

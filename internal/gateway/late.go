@@ -103,10 +103,12 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			up.Close()
 			refuse.Reset(c)
 			return false
-		case p.Protocol == peek.HTTP:
-			// The server has seen no byte of this request: its connection
+		case p.Protocol == peek.HTTP && rec.BytesUp == 0:
+			// The server has seen no byte of the client's: its connection
 			// is dropped, and each request goes out on a connection of
-			// its own.
+			// its own. (After bytes it has seen, a request is part of
+			// what the connection carries: decided below, and relayed on
+			// it.)
 			stop()
 			up.Close()
 			rec.Reason += fmt.Sprintf("; late first bytes after %v are HTTP: each request is decided and logged on its own", after)
@@ -114,7 +116,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			rec.Action = ""
 			requests(p.Data)
 			return false
-		case p.Protocol == peek.TLS, p.Protocol == peek.SSH:
+		case p.Protocol == peek.TLS, p.Protocol == peek.SSH, p.Protocol == peek.HTTP:
 			// A name, or a protocol that rules can name (protocols: [ssh]):
 			// decided as if it had come early.
 			was := rec.Reason
