@@ -237,7 +237,7 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 				p.Data = append(p.Data, rest...)
 			}
 			x.releaseReader()
-			if !x.sendOn(up, &p, func() {}, rec) {
+			if !x.sendPreamble(up, &p, func() {}, rec) {
 				return false
 			}
 			return x.late(up, rec, func(q *peek.Result) bool {

@@ -134,10 +134,14 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			// protocol is, decided as such; what follows it is watched.
 			rec.Reason += fmt.Sprintf("; client spoke after %v (%s)", after, p.Protocol)
 			if step+1 < latePreambles && !a.serverEnded() {
-				if !s.sendOn(up, &p, stop, rec) {
+				if !s.sendPreamble(up, &p, stop, rec) {
 					return false
 				}
 				continue
+			}
+			if pipelinedHello(p.Data) > 0 {
+				s.sendPreamble(up, &p, stop, rec) // refuses it
+				return false
 			}
 		}
 		// Allowed. The client's bytes go to the server at once, while the
@@ -164,6 +168,18 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 	}
 }
 
+// pipelinedHello returns where in b, past its start, a TLS record that
+// begins a ClientHello starts (type 22, version 3.x, handshake type
+// client_hello), or 0 when none does.
+func pipelinedHello(b []byte) int {
+	for i := 1; i+6 <= len(b); i++ {
+		if b[i] == 22 && b[i+1] == 3 && b[i+2] <= 4 && b[i+5] == 1 {
+			return i
+		}
+	}
+	return 0
+}
+
 // latePreambles bounds the client messages with nothing to decide that a
 // late watch relays before it hands the connection to the relay loop:
 // SMTP's EHLO and STARTTLS, PostgreSQL's GSSENCRequest and SSLRequest, a
@@ -172,6 +188,23 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 // number of messages, so a hello behind more of them reaches no server
 // that would route on it.
 const latePreambles = 4
+
+// sendPreamble is sendOn for bytes with nothing to decide in them, unless
+// a ClientHello comes behind them in the same send (pipelinedHello): it
+// would reach the server unread, so the connection is refused instead.
+// Servers that upgrade refuse bytes pipelined behind their preamble too
+// (PostgreSQL since CVE-2021-23214).
+func (s *session) sendPreamble(up *net.TCPConn, p *peek.Result, stop func(), rec *accesslog.Record) bool {
+	if i := pipelinedHello(p.Data); i > 0 {
+		stop()
+		rec.Action, rec.Enforced = accesslog.Deny, true
+		rec.Reason += fmt.Sprintf("; a ClientHello at byte %d, sent with the %d bytes before it: refused unread", i, i)
+		up.Close()
+		refuse.Reset(s.c)
+		return false
+	}
+	return s.sendOn(up, p, stop, rec)
+}
 
 // sendOn writes the client's bytes p to the server, then stops the
 // server's copy (stop), and releases p; false when the server's side

@@ -409,6 +409,37 @@ func TestHelloAfterPreamble(t *testing.T) {
 	}
 }
 
+// TestPipelinedHelloRefused: an SSLRequest and a ClientHello in one send
+// (the hello would reach the server behind the preamble, unread) is
+// refused before the server gets a byte of either.
+func TestPipelinedHelloRefused(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	got := make(chan int, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testnet.Serve(t, ln, func(c net.Conn) {
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, _ := io.Copy(io.Discard, c)
+		got <- int(n)
+	})
+	target := fmt.Sprintf("good.test:%d", netip.MustParseAddrPort(ln.Addr().String()).Port())
+	c, br := rawProxy(t, w.proxy)
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %d", resp.StatusCode)
+	}
+	hello := []byte{22, 3, 1, 0, 5, 1, 0, 0, 1, 0}
+	c.Write(append([]byte(sslRequest), hello...))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.ReadAll(br)
+	if n := <-got; n != 0 {
+		t.Errorf("the server got %d bytes of a preamble with a hello behind it", n)
+	}
+	w.waitLog(matching(map[string]any{"action": "deny"}))
+}
+
 // sslRequest is PostgreSQL's SSLRequest: length 8, code 80877103.
 const sslRequest = "\x00\x00\x00\x08\x04\xd2\x16\x2f"
 
