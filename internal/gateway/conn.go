@@ -110,10 +110,10 @@ func (s *session) handle(ctx context.Context, first []byte) (relaying bool) {
 		return false
 	case p.Protocol == peek.ServerFirst:
 		return s.provisional(ctx, v, orig, nil)
-	case p.Protocol == peek.Unknown:
-		// Nothing to decide in them, but a ClientHello may follow the
-		// server's answer (PostgreSQL's SSLRequest, STARTTLS): watched
-		// for as a late hello is.
+	case p.Preamble:
+		// A PostgreSQL request for TLS: nothing to decide in it, but a
+		// ClientHello follows the server's "S": watched for as a late
+		// hello is.
 		return s.provisional(ctx, v, orig, &p)
 	}
 	return s.relay(ctx, v, &p)
@@ -174,7 +174,7 @@ func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPor
 		refuse.Reset(s.c)
 		return false
 	}
-	if first != nil && !s.sendPreamble(up, first, func() {}, &s.rec) {
+	if first != nil && !s.sendOn(up, first, func() {}, &s.rec) {
 		return false
 	}
 	dialled, rec := v.dst, &s.rec

@@ -228,16 +228,16 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 			x.g.refuse(x.c, p, v.Rule)
 			return false
 		}
-		if p.Protocol == peek.Unknown && p.Err == nil {
-			// No name in them, but a ClientHello may follow the server's
-			// answer (PostgreSQL's SSLRequest, STARTTLS): sent on, and
-			// what follows watched as late first bytes are.
+		if p.Preamble && p.Err == nil {
+			// A PostgreSQL request for TLS: a ClientHello follows the
+			// server's "S": sent on, and what follows watched as late
+			// first bytes are.
 			if n := x.br.Buffered(); n > 0 {
 				rest, _ := x.br.Peek(n)
 				p.Data = append(p.Data, rest...)
 			}
 			x.releaseReader()
-			if !x.sendPreamble(up, &p, func() {}, rec) {
+			if !x.sendOn(up, &p, func() {}, rec) {
 				return false
 			}
 			return x.late(up, rec, func(q *peek.Result) bool {

@@ -61,12 +61,10 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 	g, c, cfg := s.g, s.c, s.st.Config
 	var p peek.Result
 	defer peek.Release(&p)
-	// A client's bytes that carry nothing to decide (its answer in a
-	// server-first protocol, or a preamble: PostgreSQL's SSLRequest,
-	// SMTP's EHLO and STARTTLS) are relayed and the watch goes on, up to
-	// latePreambles of them, for a ClientHello that comes after the
-	// server's answer: decided so too, or it would reach a server that
-	// routes on its name unread.
+	// A PostgreSQL SSLRequest or GSSENCRequest (peek.Result.Preamble) is
+	// relayed and the watch goes on, up to latePreambles of them, for the
+	// ClientHello that comes after the server's "S": decided so too, or it
+	// would reach a server that routes on its name unread.
 	for step := 0; ; step++ {
 		g.track(up, true) // a drain closes it, and so wakes the wait
 		a := newAwait(c, up, cfg.Timeouts.Idle)
@@ -103,12 +101,10 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			up.Close()
 			refuse.Reset(c)
 			return false
-		case p.Protocol == peek.HTTP && rec.BytesUp == 0:
-			// The server has seen no byte of the client's: its connection
+		case p.Protocol == peek.HTTP:
+			// The server has seen no byte of this request: its connection
 			// is dropped, and each request goes out on a connection of
-			// its own. (After bytes it has seen, a request is part of
-			// what the connection carries: decided below, and relayed on
-			// it.)
+			// its own.
 			stop()
 			up.Close()
 			rec.Reason += fmt.Sprintf("; late first bytes after %v are HTTP: each request is decided and logged on its own", after)
@@ -116,7 +112,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			rec.Action = ""
 			requests(p.Data)
 			return false
-		case p.Protocol == peek.TLS, p.Protocol == peek.SSH, p.Protocol == peek.HTTP:
+		case p.Protocol == peek.TLS, p.Protocol == peek.SSH:
 			// A name, or a protocol that rules can name (protocols: [ssh]):
 			// decided as if it had come early.
 			was := rec.Reason
@@ -130,18 +126,15 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			rec.Reason = fmt.Sprintf("late first bytes after %v: %s", after, rec.Reason)
 		default:
 			// The client's answer in its own protocol (SMTP's EHLO, MySQL's
-			// handshake response), or a preamble: what a server-first
-			// protocol is, decided as such; what follows it is watched.
+			// handshake response): what a server-first protocol is,
+			// decided as such. A PostgreSQL request for TLS is relayed,
+			// and what follows the server's answer is watched.
 			rec.Reason += fmt.Sprintf("; client spoke after %v (%s)", after, p.Protocol)
-			if step+1 < latePreambles && !a.serverEnded() {
-				if !s.sendPreamble(up, &p, stop, rec) {
+			if p.Preamble && step+1 < latePreambles && !a.serverEnded() {
+				if !s.sendOn(up, &p, stop, rec) {
 					return false
 				}
 				continue
-			}
-			if pipelinedHello(p.Data) > 0 {
-				s.sendPreamble(up, &p, stop, rec) // refuses it
-				return false
 			}
 		}
 		// Allowed. The client's bytes go to the server at once, while the
@@ -168,43 +161,14 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 	}
 }
 
-// pipelinedHello returns where in b, past its start, a TLS record that
-// begins a ClientHello starts (type 22, version 3.x, handshake type
-// client_hello), or 0 when none does.
-func pipelinedHello(b []byte) int {
-	for i := 1; i+6 <= len(b); i++ {
-		if b[i] == 22 && b[i+1] == 3 && b[i+2] <= 4 && b[i+5] == 1 {
-			return i
-		}
-	}
-	return 0
-}
-
-// latePreambles bounds the client messages with nothing to decide that a
-// late watch relays before it hands the connection to the relay loop:
-// SMTP's EHLO and STARTTLS, PostgreSQL's GSSENCRequest and SSLRequest, a
-// client's answer to a server-first greeting. A server that upgrades to
-// TLS takes its ClientHello only after such a preamble, not after any
-// number of messages, so a hello behind more of them reaches no server
-// that would route on it.
-const latePreambles = 4
-
-// sendPreamble is sendOn for bytes with nothing to decide in them, unless
-// a ClientHello comes behind them in the same send (pipelinedHello): it
-// would reach the server unread, so the connection is refused instead.
-// Servers that upgrade refuse bytes pipelined behind their preamble too
-// (PostgreSQL since CVE-2021-23214).
-func (s *session) sendPreamble(up *net.TCPConn, p *peek.Result, stop func(), rec *accesslog.Record) bool {
-	if i := pipelinedHello(p.Data); i > 0 {
-		stop()
-		rec.Action, rec.Enforced = accesslog.Deny, true
-		rec.Reason += fmt.Sprintf("; a ClientHello at byte %d, sent with the %d bytes before it: refused unread", i, i)
-		up.Close()
-		refuse.Reset(s.c)
-		return false
-	}
-	return s.sendOn(up, p, stop, rec)
-}
+// latePreambles bounds the PostgreSQL requests a late watch relays before
+// the next message: a GSSENCRequest, refused, then an SSLRequest. Only
+// these exact messages (peek.Result.Preamble) keep the watch going: a
+// watch that went on for any message with nothing to decide took binary
+// protocols' later messages (a TDS PRELOGIN carrying its TLS handshake, a
+// MySQL statement of 22 bytes) for hellos and refused them, and a client
+// could use its count up by splitting a preamble into segments.
+const latePreambles = 3
 
 // sendOn writes the client's bytes p to the server, then stops the
 // server's copy (stop), and releases p; false when the server's side

@@ -259,3 +259,35 @@ func TestPeekProxyHeader(t *testing.T) {
 		Release(&r)
 	}
 }
+
+// TestPeekPostgres: PostgreSQL's requests for TLS are read whole, however
+// split, and marked as a preamble; a startup message is unknown bytes; a
+// request with bytes behind it (before the server could answer) is
+// refused.
+func TestPeekPostgres(t *testing.T) {
+	ssl := "\x00\x00\x00\x08\x04\xd2\x16\x2f"
+	gss := "\x00\x00\x00\x08\x04\xd2\x16\x30"
+	startup := "\x00\x00\x00\x29\x00\x03\x00\x00user\x00postgres\x00database\x00postgres\x00\x00"
+	for _, tc := range []struct {
+		name, in string
+		chunk    int
+		preamble bool
+		err      error
+	}{
+		{"SSLRequest", ssl, 0, true, nil},
+		{"SSLRequest in 1-byte writes", ssl, 1, true, nil},
+		{"GSSENCRequest", gss, 0, true, nil},
+		{"startup message", startup, 0, false, nil},
+		{"SSLRequest and a hello behind it", ssl + "\x16\x03\x01\x00\x05\x01", 0, false, ErrPipelined},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s := testnet.Pair(t)
+			feed(c, []byte(tc.in), tc.chunk)
+			r := Peek(s, deadlines(2*time.Second, 2*time.Second))
+			defer Release(&r)
+			if r.Protocol != Unknown || r.Preamble != tc.preamble || !errors.Is(r.Err, tc.err) {
+				t.Errorf("Peek = %s, preamble %v, %v; want unknown, %v, %v", r.Protocol, r.Preamble, r.Err, tc.preamble, tc.err)
+			}
+		})
+	}
+}

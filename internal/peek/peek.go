@@ -16,6 +16,7 @@
 package peek
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"os"
@@ -60,6 +61,10 @@ type Result struct {
 	HelloOK bool
 	// Host is the HTTP Host (port stripped) when Protocol is HTTP.
 	Host string
+	// Preamble: the bytes (Protocol Unknown) are exactly a PostgreSQL
+	// SSLRequest or GSSENCRequest, after whose answer the client sends a
+	// ClientHello (or another of them): the caller watches what follows.
+	Preamble bool
 	// Err says why the bytes could not be classified completely: a
 	// malformed hello, a client that stopped mid-hello, an oversized head.
 	Err error
@@ -83,6 +88,11 @@ var (
 	// client's, and reads what follows it (a request, a ClientHello) as
 	// the first bytes egressd would have decided: refused.
 	ErrProxyHeader = errors.New("PROXY protocol header from the client")
+	// ErrPipelined: bytes sent behind a PostgreSQL SSLRequest or
+	// GSSENCRequest before the server answered it. They would be a
+	// ClientHello the server reads unread by egressd; PostgreSQL refuses
+	// them too (CVE-2021-23214).
+	ErrPipelined = errors.New("bytes sent behind a PostgreSQL SSLRequest before its answer")
 )
 
 // Deadlines for one connection, absolute.
@@ -128,7 +138,44 @@ func PeekAfter(c net.Conn, dl Deadlines, buf []byte) Result {
 	if isTLSRecord(buf[0]) {
 		return peekTLS(c, buf)
 	}
+	if buf[0] == 0 {
+		return peekPostgres(c, buf)
+	}
 	return peekText(c, buf)
+}
+
+// The PostgreSQL requests for an encrypted connection (PostgreSQL's
+// protocol, "SSLRequest" and "GSSENCRequest"): an Int32 length of 8 and a
+// code. The server answers with one byte; after "S" the client sends a
+// ClientHello.
+var (
+	pgSSLRequest    = []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
+	pgGSSENCRequest = []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30}
+)
+
+// peekPostgres classifies bytes that start with a zero byte: a PostgreSQL
+// request for TLS is read whole, however it was split, and marked as a
+// Preamble; anything else is Unknown at once, as peekText finds.
+func peekPostgres(c net.Conn, buf []byte) Result {
+	for {
+		n := min(len(buf), len(pgSSLRequest))
+		if !bytes.Equal(buf[:n], pgSSLRequest[:n]) && !bytes.Equal(buf[:n], pgGSSENCRequest[:n]) {
+			return Result{Protocol: Unknown, Data: buf}
+		}
+		switch {
+		case len(buf) > len(pgSSLRequest):
+			return Result{Protocol: Unknown, Data: buf, Err: ErrPipelined}
+		case len(buf) == len(pgSSLRequest):
+			return Result{Protocol: Unknown, Data: buf, Preamble: true}
+		}
+		var err error
+		if buf, err = readMore(c, buf); err != nil {
+			if TimedOut(err) {
+				err = ErrHelloTimeout
+			}
+			return Result{Protocol: Unknown, Data: buf, Err: err}
+		}
+	}
 }
 
 // isTLSRecord reports whether b is a TLS record's content type (RFC 8446
