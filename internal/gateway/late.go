@@ -118,7 +118,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			was := rec.Reason
 			if check(&p) {
 				stop()
-				rec.Reason = fmt.Sprintf("late first bytes after %v: %s (provisional server-first decision was: %s)", after, rec.Reason, was)
+				rec.Reason = fmt.Sprintf("late first bytes after %v: %s (provisional decision was: %s)", after, rec.Reason, was)
 				up.Close()
 				g.refuse(c, p, rec.Rule)
 				return false
