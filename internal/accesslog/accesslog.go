@@ -47,10 +47,12 @@ const ProtocolQUIC = "quic"
 // Record is everything egressd knows about one connection when it closes.
 type Record struct {
 	Start time.Time
-	// End is when the connection ended, set where its line waits to be
-	// written (a relayed connection's is held, then queued); zero: when
-	// the line is written. The line's time and duration_ms are End's.
-	End      time.Time
+	// End is when the connection ended (unix nanoseconds), set where its
+	// line waits to be written (a relayed connection's is held, then
+	// queued); zero: when the line is written. The line's time and
+	// duration_ms are End's. (An int64, not a time.Time: every relayed
+	// connection holds its Record.)
+	End      int64
 	Listener string
 	// User is the authenticated proxy user (explicit listeners), "" for none.
 	User       string
@@ -173,10 +175,10 @@ func (lg *Logger) LogBatch(rs []*Record) {
 
 // ended is r.End, or now if it is not set.
 func (r *Record) ended(now time.Time) time.Time {
-	if r.End.IsZero() {
+	if r.End == 0 {
 		return now
 	}
-	return r.End
+	return time.Unix(0, r.End)
 }
 
 // pipeBuf is PIPE_BUF on Linux: a write to a pipe of at most this many

@@ -243,8 +243,8 @@ func TestLogEndTime(t *testing.T) {
 		var w writes
 		lg := New(&w, format)
 		lg.LogBatch([]*Record{
-			{Start: start, End: end, Listener: "a"},
-			{Start: start, End: end, Listener: "b"},
+			{Start: start, End: end.UnixNano(), Listener: "a"},
+			{Start: start, End: end.UnixNano(), Listener: "b"},
 		})
 		lg.Log(&Record{Start: time.Now().Add(-time.Second), Listener: "c"})
 		all := string(bytes.Join(w.calls, nil))

@@ -42,7 +42,7 @@ type session struct {
 	// peer, its TCP peer's address (Gateway.count), which a PROXY header
 	// does not change.
 	pendingSrc bool
-	peer       netip.AddrPort
+	peer       netip.Addr
 	// srcHeld: the connection counts against max_connections_per_source.
 	srcHeld bool
 	logged  bool
@@ -60,7 +60,7 @@ func (g *Gateway) newSession(bl *boundListener, c *net.TCPConn) *session {
 	st := g.state.Load()
 	s := &session{g: g, st: st, lc: bl.config(), c: c, pending: true, start: time.Now()}
 	s.src = listener.AddrPort(c.RemoteAddr())
-	s.peer = s.src
+	s.peer = s.src.Addr()
 	s.rec = s.record()
 	return s
 }
@@ -84,7 +84,7 @@ func (s *session) handshakeDone() {
 		s.g.pending.Add(-1)
 		if s.pendingSrc {
 			s.pendingSrc = false
-			s.g.pendingSources.Release(s.peer.Addr())
+			s.g.pendingSources.Release(s.peer)
 		}
 	}
 }
@@ -108,7 +108,7 @@ func (s *session) finish() {
 // the loop's goroutine, so it does no more than that and no I/O.
 func (s *session) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Result) {
 	g := s.g
-	rec.End = time.Now() // its line waits (holdLog), its time must not
+	rec.End = time.Now().UnixNano() // its line waits (holdLog), its time must not
 	rec.BytesUp += res.Up
 	rec.BytesDown += res.Down
 	if end := endReason(res); end != "" {

@@ -321,9 +321,9 @@ func (m *Metrics) Conn(rec *accesslog.Record) {
 	if rec.BytesDown > 0 {
 		m.bytesDown.Add(float64(rec.BytesDown))
 	}
-	end := rec.End
-	if end.IsZero() {
-		end = time.Now()
+	end := time.Now()
+	if rec.End != 0 {
+		end = time.Unix(0, rec.End)
 	}
 	m.lifetime.Observe(end.Sub(rec.Start).Seconds())
 }

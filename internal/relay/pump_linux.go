@@ -25,6 +25,11 @@ type Conn struct {
 	done             func(Result)
 	aborted          atomic.Bool
 	closer           *side // the side whose EOF came first
+	// fullAt is when a destination was last found full (loop time): for
+	// a while after, its reader sets the pace, and a rest would only keep
+	// bytes from it (see restPaced). One for both directions: a Conn
+	// rests less, and stays within its allocation's size class.
+	fullAt int64
 
 	// Under l.mu: relaying turns true when Start registers the client;
 	// until then the loop only notes readiness, and closes
@@ -89,12 +94,8 @@ type dir struct {
 	// restMuted: a rest took EPOLLIN out of src's interest, and the
 	// direction reads on without it until src is empty.
 	bulk, resting, restMuted bool
-	// fullAt is when dst was last found full (loop time): for a while
-	// after, its reader sets the pace, and a rest would only keep bytes
-	// from it (see restPaced).
-	fullAt int64
-	done   bool
-	err    error
+	done                     bool
+	err                      error
 }
 
 // Start relays an attached Conn on the loop its upstream was dialled on.
@@ -186,7 +187,7 @@ func (c *Conn) move(d *dir) {
 			if c.closed || d.dst.writable {
 				return
 			}
-			d.fullAt = c.l.now
+			c.fullAt = c.l.now
 			d.bulk = false // the reader sets the pace now: no rest for this batch
 			if !d.dst.out {
 				if err := c.l.watchOut(d.dst); err != nil {
@@ -244,7 +245,7 @@ func (c *Conn) move(d *dir) {
 			}
 			d.pending = int(n)
 			c.last = c.l.now
-			d.bulk = n >= restMin && n < restMax && c.l.now-d.fullAt > int64(restPaced)
+			d.bulk = n >= restMin && n < restMax && c.l.now-c.fullAt > int64(restPaced)
 			continue
 		case unix.EINTR:
 			continue
