@@ -570,19 +570,7 @@ func TestReloadWaitsForWriter(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(filepath.Dir(w.path), "other"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * debounce)
-	if _, err := f.WriteString(allowB); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	w.p.waitFor(true, "config reloaded", "trigger=\"file changed\"", "rules=2")
-	for _, l := range w.p.lines(true) {
-		if strings.Contains(l, "config reloaded") && strings.Contains(l, "rules=1") {
-			t.Errorf("the half-written file was applied: %s", l)
-		}
-	}
+	finishSlowWrite(t, w, f)
 	wantDecision(t, w.listen, "a.test", true)
 	wantDecision(t, w.listen, "b.test", true)
 }
@@ -640,6 +628,15 @@ func TestReloadWaitsForNewFile(t *testing.T) {
 	if _, err := f.WriteString(w.config(allowA)); err != nil {
 		t.Fatal(err)
 	}
+	finishSlowWrite(t, w, f)
+}
+
+// finishSlowWrite ends a config write that began with allowA's config in
+// f: a pause longer than the debounce, then the rule that makes it
+// allowB's too, and the close. The reload must read the whole file, never
+// the half with one rule.
+func finishSlowWrite(t *testing.T, w *opWorld, f *os.File) {
+	t.Helper()
 	time.Sleep(3 * debounce)
 	if _, err := f.WriteString(allowB); err != nil {
 		t.Fatal(err)
@@ -650,7 +647,7 @@ func TestReloadWaitsForNewFile(t *testing.T) {
 	w.p.waitFor(true, "config reloaded", "trigger=\"file changed\"", "rules=2")
 	for _, l := range w.p.lines(true) {
 		if strings.Contains(l, "config reloaded") && strings.Contains(l, "rules=1") {
-			t.Errorf("the half-written new file was applied: %s", l)
+			t.Errorf("the half-written file was applied: %s", l)
 		}
 	}
 }
