@@ -11,6 +11,7 @@ import (
 
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/limit"
 	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/refuse"
@@ -56,15 +57,15 @@ func (g *Gateway) admit(c *net.TCPConn, proxied bool) (pendingSrc, ok bool) {
 }
 
 // count takes a new connection's place among the active connections and
-// the pending handshakes; ok is false, and nothing taken, when limit (of
-// value max) is reached. A peer address may hold three quarters of the
-// pending places (pendingPerSource), so that a flood of silent or
+// the pending handshakes; ok is false, and nothing taken, when the limit
+// named what (of value max) is reached. A peer address may hold three quarters of the
+// pending places (limit.SourceShare), so that a flood of silent or
 // trickling clients from one address cannot turn everyone else away;
 // pendingSrc says that count took one of those, which the session gives
 // back with its pending time. A listener behind a balancer (proxied:
 // PROXY protocol) has the balancer as its peer, for every client: its
 // connections take none.
-func (g *Gateway) count(peer netip.Addr, proxied bool) (pendingSrc bool, limit string, max int, ok bool) {
+func (g *Gateway) count(peer netip.Addr, proxied bool) (pendingSrc bool, what string, max int, ok bool) {
 	lim := &g.state.Load().Config.Limits
 	n := g.active.Add(1)
 	if lim.MaxConnections > 0 && n > int64(lim.MaxConnections) {
@@ -77,7 +78,7 @@ func (g *Gateway) count(peer netip.Addr, proxied bool) (pendingSrc bool, limit s
 		g.active.Add(-1)
 		return false, metrics.LimitPendingHandshakes, lim.MaxPendingHandshakes, false
 	}
-	if max := pendingPerSource(lim.MaxPendingHandshakes); max > 0 && !proxied {
+	if max := limit.SourceShare(lim.MaxPendingHandshakes); max > 0 && !proxied {
 		if !g.pendingSources.Acquire(peer, max) {
 			g.pending.Add(-1)
 			g.active.Add(-1)
@@ -86,16 +87,6 @@ func (g *Gateway) count(peer netip.Addr, proxied bool) (pendingSrc bool, limit s
 		return true, "", 0, true
 	}
 	return false, "", 0, true
-}
-
-// pendingPerSource is how many of max pending handshakes one peer address
-// may hold: three quarters, as for connections (DeriveLimits); 0 (no
-// limit) when max is.
-func pendingPerSource(total int) int {
-	if total <= 0 {
-		return 0
-	}
-	return max(1, total*3/4)
 }
 
 // reject resets (with reset) a connection from src over a limit. Such a

@@ -34,30 +34,51 @@ func (s *PerSource) shard(a netip.Addr) *shard {
 
 // Acquire counts one more for a unless a holds max already, and reports
 // whether it did.
-func (s *PerSource) Acquire(a netip.Addr, max int) bool {
+func (s *PerSource) Acquire(a netip.Addr, max int) bool { return s.AcquireN(a, 1, max) }
+
+// Release gives back one that Acquire counted for a.
+func (s *PerSource) Release(a netip.Addr) { s.ReleaseN(a, 1) }
+
+// AcquireN counts n more for a (bytes, say) unless that would take a past
+// max, and reports whether it did.
+func (s *PerSource) AcquireN(a netip.Addr, n, max int) bool {
 	sh := s.shard(a)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if sh.m == nil {
 		sh.m = make(map[netip.Addr]int32)
 	}
-	if int(sh.m[a]) >= max {
+	if int(sh.m[a])+n > max {
 		return false
 	}
-	sh.m[a]++
+	sh.m[a] += int32(n)
 	return true
 }
 
-// Release gives back one that Acquire counted for a.
-func (s *PerSource) Release(a netip.Addr) {
+// ReleaseN gives back n that AcquireN counted for a.
+func (s *PerSource) ReleaseN(a netip.Addr, n int) {
+	if n == 0 {
+		return
+	}
 	sh := s.shard(a)
 	sh.mu.Lock()
-	if sh.m[a] <= 1 {
+	if int(sh.m[a]) <= n {
 		delete(sh.m, a)
 	} else {
-		sh.m[a]--
+		sh.m[a] -= int32(n)
 	}
 	sh.mu.Unlock()
+}
+
+// SourceShare is how much of total one source may hold: three quarters,
+// so that a quarter always stays for everyone else while one busy source
+// (a NAT, a node's pods) is not cut short; at least 1, and 0 (no limit)
+// when total is.
+func SourceShare(total int) int {
+	if total <= 0 {
+		return 0
+	}
+	return max(1, total*3/4)
 }
 
 // Open returns how many a holds.

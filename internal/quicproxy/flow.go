@@ -131,13 +131,13 @@ func (f *flow) holdLocked(d []byte) bool {
 		f.s.stats.drop(dropHeldFull, 1)
 		return false
 	}
-	if !f.s.heldBy.add(f.key.src.Addr(), len(d), maxHeldBytesPerSource) {
+	if !f.s.heldBy.AcquireN(f.key.src.Addr(), len(d), maxHeldBytesPerSource) {
 		f.s.stats.drop(dropHeldFull, 1)
 		return false
 	}
 	if f.s.held.Add(int64(len(d))) > maxHeldBytes {
 		f.s.held.Add(-int64(len(d)))
-		f.s.heldBy.sub(f.key.src.Addr(), len(d))
+		f.s.heldBy.ReleaseN(f.key.src.Addr(), len(d))
 		f.s.stats.drop(dropHeldFull, 1)
 		return false
 	}
@@ -150,7 +150,7 @@ func (f *flow) holdLocked(d []byte) bool {
 func (f *flow) takeHeldLocked() [][]byte {
 	h := f.held
 	f.s.held.Add(-int64(f.heldBytes))
-	f.s.heldBy.sub(f.key.src.Addr(), f.heldBytes)
+	f.s.heldBy.ReleaseN(f.key.src.Addr(), f.heldBytes)
 	f.held, f.heldBytes = nil, 0
 	return h
 }

@@ -200,13 +200,13 @@ func (c *recheck) hold(s *Server, src netip.Addr, d []byte) bool {
 		s.stats.drop(dropHeldFull, 1)
 		return false
 	}
-	if !s.heldBy.add(src, len(d), maxHeldBytesPerSource) {
+	if !s.heldBy.AcquireN(src, len(d), maxHeldBytesPerSource) {
 		s.stats.drop(dropHeldFull, 1)
 		return false
 	}
 	if s.held.Add(int64(len(d))) > maxHeldBytes {
 		s.held.Add(-int64(len(d)))
-		s.heldBy.sub(src, len(d))
+		s.heldBy.ReleaseN(src, len(d))
 		s.stats.drop(dropHeldFull, 1)
 		return false
 	}
@@ -218,7 +218,7 @@ func (c *recheck) hold(s *Server, src netip.Addr, d []byte) bool {
 func (c *recheck) take(s *Server, src netip.Addr) [][]byte {
 	h := c.held
 	s.held.Add(-int64(c.heldBytes))
-	s.heldBy.sub(src, c.heldBytes)
+	s.heldBy.ReleaseN(src, c.heldBytes)
 	c.held, c.heldBytes = nil, 0
 	return h
 }

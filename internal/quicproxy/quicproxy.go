@@ -63,6 +63,7 @@ import (
 
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/clienthello"
+	"github.com/egressd/egressd/internal/limit"
 	"github.com/egressd/egressd/internal/listener"
 )
 
@@ -138,44 +139,9 @@ const (
 	maxHeldBytes        = 32 << 20
 )
 
-// heldBytes counts bytes held by source address.
-type heldBytes struct {
-	mu sync.Mutex
-	m  map[netip.Addr]int
-}
-
-// add counts n more bytes for a unless that takes it past limit, and
-// reports whether it did.
-func (h *heldBytes) add(a netip.Addr, n, limit int) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.m[a]+n > limit {
-		return false
-	}
-	if h.m == nil {
-		h.m = make(map[netip.Addr]int)
-	}
-	h.m[a] += n
-	return true
-}
-
-// sub gives back n bytes add counted for a.
-func (h *heldBytes) sub(a netip.Addr, n int) {
-	if n == 0 {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.m[a] <= n {
-		delete(h.m, a)
-	} else {
-		h.m[a] -= n
-	}
-}
-
 // maxHeldBytesPerSource is what one source address may hold of
 // maxHeldBytes.
-const maxHeldBytesPerSource = maxHeldBytes * 3 / 4
+var maxHeldBytesPerSource = limit.SourceShare(maxHeldBytes)
 
 // maxDatagram is the largest datagram relayed. QUIC never sends one
 // larger than its path allows (RFC 9000 §14); a larger one, which only a
@@ -208,7 +174,7 @@ type Server struct {
 	// heldBy is held by source address: one may hold three quarters of
 	// maxHeldBytes, so that one client's many unfinished flows cannot
 	// leave no room for anyone else's first Initial.
-	heldBy heldBytes
+	heldBy limit.PerSource
 	noGSO  atomic.Bool // the kernel refused UDP_SEGMENT once
 	closes closeLimiter
 	stats  counters
@@ -355,7 +321,7 @@ func (s *Server) open(k flowKey, d []byte) {
 	case p.MaxFlows > 0 && len(s.flows) >= p.MaxFlows,
 		p.MaxFlowsPerSource > 0 && s.perSource[k.src.Addr()] >= p.MaxFlowsPerSource,
 		p.MaxPending > 0 && s.pending >= p.MaxPending,
-		p.MaxPending > 0 && s.pendingPer[k.src.Addr()] >= max(1, p.MaxPending*3/4):
+		p.MaxPending > 0 && s.pendingPer[k.src.Addr()] >= limit.SourceShare(p.MaxPending):
 		s.mu.Unlock()
 		s.stats.drop(dropLimit, 1)
 		return
@@ -404,11 +370,7 @@ func (s *Server) forget(f *flow) {
 	if s.flows[f.key] == f {
 		delete(s.flows, f.key)
 	}
-	if n := s.perSource[f.key.src.Addr()]; n <= 1 {
-		delete(s.perSource, f.key.src.Addr())
-	} else {
-		s.perSource[f.key.src.Addr()] = n - 1
-	}
+	decrement(s.perSource, f.key.src.Addr())
 	s.notPendingLocked(f)
 }
 
@@ -425,9 +387,14 @@ func (s *Server) notPendingLocked(f *flow) {
 	}
 	f.pending = false
 	s.pending--
-	if n := s.pendingPer[f.key.src.Addr()]; n <= 1 {
-		delete(s.pendingPer, f.key.src.Addr())
+	decrement(s.pendingPer, f.key.src.Addr())
+}
+
+// decrement counts one less for a in m, forgetting a at none.
+func decrement(m map[netip.Addr]int, a netip.Addr) {
+	if n := m[a]; n <= 1 {
+		delete(m, a)
 	} else {
-		s.pendingPer[f.key.src.Addr()] = n - 1
+		m[a] = n - 1
 	}
 }

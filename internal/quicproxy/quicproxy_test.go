@@ -430,7 +430,7 @@ func TestHeldBytesPerSource(t *testing.T) {
 		last = w.s.held.Load()
 		time.Sleep(50 * time.Millisecond)
 	}
-	if h := w.s.held.Load(); h > maxHeldBytesPerSource || h < maxHeldBytesPerSource/2 {
+	if h := int(w.s.held.Load()); h > maxHeldBytesPerSource || h < maxHeldBytesPerSource/2 {
 		t.Fatalf("one address holds %d bytes, want some, but at most its %d (%+v)", h, maxHeldBytesPerSource, w.s.Stats())
 	}
 	w.udpClientFrom(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}).send(initials(t, iquic.Version1, []byte("other-address-02"), allowedName, 1, 31)...)
