@@ -138,7 +138,7 @@ func (w *watcher) follow(path string) (watched []string, failed map[string]error
 			wd, w.confLink = d, last
 		}
 	}
-	if w.conf >= 0 && w.conf != wd && w.dirs[w.conf] == "" {
+	if w.conf >= 0 && w.conf != wd {
 		unix.InotifyRmWatch(w.fd, uint32(w.conf))
 	}
 	w.conf = wd

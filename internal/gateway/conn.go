@@ -163,9 +163,10 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result) (relayin
 }
 
 // provisional carries a connection allowed without a name from its bytes:
-// server-first (first is nil), or whose first bytes carried none (first,
-// sent to the server at once). The client's next bytes, when they come,
-// are identified and decided like early ones (late).
+// server-first (first is nil), or whose first bytes are a PostgreSQL
+// request for TLS (first, sent to the server at once). The client's next
+// bytes, when they come, are identified and decided like early ones
+// (late).
 func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPort, first *peek.Result) (relaying bool) {
 	up, err := dialNet(ctx, s.st, &v)
 	s.rec.Dst, s.rec.Reason = v.dst, v.Reason

@@ -193,6 +193,15 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 	var p peek.Result
 	defer peek.Release(&p) // for the early returns; released before relaying otherwise
 	rec.Protocol = peek.Unknown
+	// watch carries the tunnel until the client's (next) first bytes are
+	// decided, as late first bytes are.
+	watch := func() bool {
+		return x.late(up, rec, func(q *peek.Result) bool {
+			return x.checkTunnel(t, v, q, rec)
+		}, func(first []byte) {
+			x.tunnelRequests(ctx, t, v, rec, first)
+		})
+	}
 	if x.lc.TunnelSNI != config.TunnelIgnore {
 		now := time.Now()
 		// Peek reads through br: bytes the client sent right behind its
@@ -212,11 +221,7 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 			return false
 		case p.Protocol == peek.ServerFirst:
 			x.releaseReaderIfEmpty()
-			return x.late(up, rec, func(q *peek.Result) bool {
-				return x.checkTunnel(t, v, q, rec)
-			}, func(first []byte) {
-				x.tunnelRequests(ctx, t, v, rec, first)
-			})
+			return watch()
 		case p.Protocol == peek.HTTP && p.Err == nil:
 			up.Close()
 			rec.Action = ""
@@ -228,29 +233,21 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 			x.g.refuse(x.c, p, v.Rule)
 			return false
 		}
-		if p.Preamble && p.Err == nil {
-			// A PostgreSQL request for TLS: a ClientHello follows the
-			// server's "S": sent on, and what follows watched as late
-			// first bytes are.
-			if n := x.br.Buffered(); n > 0 {
-				rest, _ := x.br.Peek(n)
-				p.Data = append(p.Data, rest...)
-			}
-			x.releaseReader()
-			if !x.sendOn(up, &p, func() {}, rec) {
-				return false
-			}
-			return x.late(up, rec, func(q *peek.Result) bool {
-				return x.checkTunnel(t, v, q, rec)
-			}, func(first []byte) {
-				x.tunnelRequests(ctx, t, v, rec, first)
-			})
-		}
 		data = p.Data
 	}
 	if n := x.br.Buffered(); n > 0 {
 		rest, _ := x.br.Peek(n)
 		data = append(data, rest...)
+	}
+	if p.Preamble && p.Err == nil {
+		// A PostgreSQL request for TLS: a ClientHello follows the
+		// server's "S". Sent on, and what follows watched.
+		p.Data = data
+		x.releaseReader()
+		if !x.sendOn(up, &p, func() {}, rec) {
+			return false
+		}
+		return watch()
 	}
 	rc, err := x.g.loops.Adopt(up)
 	if err == nil {
