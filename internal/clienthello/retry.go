@@ -1,0 +1,246 @@
+package clienthello
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+)
+
+// A server that cannot use any key share a TLS 1.3 ClientHello offers
+// answers it with a HelloRetryRequest: a ServerHello whose random is the
+// SHA-256 of "HelloRetryRequest" (RFC 8446 §4.1.3, §4.1.4). The client
+// then sends a second ClientHello, and the server acts on that one. The
+// gateway decided the first. RFC 8446 §4.1.2 says the second must be the
+// first but for its key_share, early_data, cookie, pre_shared_key and
+// padding, yet not every server checks (Go's does; OpenSSL takes the
+// second hello's server_name), and a client can force the retry (an empty
+// key_share). So a client could be decided on an allowed name and served
+// for a denied one by a server that routes on the name. Retry closes that.
+
+// helloRetryRandom is the random of a HelloRetryRequest.
+var helloRetryRandom = [32]byte{
+	0xCF, 0x21, 0xAD, 0x74, 0xE5, 0x9A, 0x61, 0x11, 0xBE, 0x1D, 0x8C, 0x02, 0x1E, 0x65, 0xB8, 0x91,
+	0xC2, 0xA2, 0x11, 0x16, 0x7A, 0xBB, 0x8C, 0x5E, 0x07, 0x9E, 0x09, 0xE2, 0xC8, 0xA8, 0x33, 0x9C,
+}
+
+const typeServerHello = 2 // HandshakeType server_hello (RFC 8446 §4)
+
+// Verdict is what Retry makes of the bytes it was given so far.
+type Verdict uint8
+
+const (
+	// Watching: pass the bytes on and give Retry the next ones.
+	Watching Verdict = iota
+	// Holding: a second ClientHello has begun and is not whole; Retry
+	// keeps its bytes (they are not to be written on yet).
+	Holding
+	// Done: nothing more to watch; the rest of the connection is
+	// relayed unread.
+	Done
+	// Refuse: end the connection; Why says why.
+	Refuse
+)
+
+// Retry follows a TLS connection from the moment its first ClientHello was
+// decided and sent on, until that hello is answered: it reads the start
+// of the server's answer, and walks the client's records meanwhile.
+//   - A server whose answer is not a HelloRetryRequest (a ServerHello, an
+//     alert, anything else) ends the watch: no client sends another
+//     ClientHello in the clear after that, and a server would not take one.
+//   - Before the answer, the client's change_cipher_spec, alert and
+//     application_data records (early data) pass; a handshake record is
+//     refused, since no TLS client sends one before the server has
+//     answered, and a client that pipelines its second hello must not get
+//     it past the watch.
+//   - After a HelloRetryRequest, the client's next handshake record starts
+//     the second hello: it is held until whole (MaxHelloLen, as the first)
+//     and passes only if it names the same server, offers the same ALPN
+//     protocols and the same encrypted_client_hello as the first.
+//
+// Retry does no I/O and keeps no time: the relay feeds it, holds the
+// connection's bytes as told, and bounds a hold's wait. Its zero value is
+// not usable: see NewRetry.
+type Retry struct {
+	// first: the first hello's server_name and ALPN list, copied
+	// (nameLen bytes of name, then the list), with its ECH extension.
+	first             []byte
+	nameLen           int
+	hasSNI, hasALPN   bool
+	ech, echOuter     bool
+	echConfigID       uint8
+	answered, retried bool // the server answered; with a HelloRetryRequest
+	checked           bool // the second hello passed
+	why               string
+
+	// The server's first records, walked until answered: the header of
+	// the record being read (hdrN bytes of it), the bytes its body still
+	// has (left), and the first bytes of the handshake message (msgN).
+	srvHdr  [recordHeaderLen]byte
+	srvHdrN int
+	srvLeft int
+	srvMsg  [handshakeHeaderLen + 2 + 32]byte // type, length, legacy_version, random
+	srvMsgN int
+	cliHdr  [recordHeaderLen]byte // the client's record walk, likewise
+	cliHdrN int
+	cliLeft int
+	held    []byte // a second hello's records, from their first byte
+}
+
+// NewRetry watches the connection whose first ClientHello was first.
+func NewRetry(first *Info) *Retry {
+	r := &Retry{
+		nameLen: len(first.ServerName),
+		hasSNI:  first.ServerName != nil, hasALPN: first.ALPN != nil,
+		ech: first.ECH, echOuter: first.ECHOuter, echConfigID: first.ECHConfigID,
+	}
+	r.first = make([]byte, 0, len(first.ServerName)+len(first.ALPN))
+	r.first = append(append(r.first, first.ServerName...), first.ALPN...)
+	return r
+}
+
+// Why says why the connection is refused, once a call returned Refuse.
+// Names the client sent are quoted (Go syntax) and cut at 255 bytes.
+func (r *Retry) Why() string { return r.why }
+
+// verdict is Done once nothing is left to watch, else Watching.
+func (r *Retry) verdict() Verdict {
+	switch {
+	case r.why != "":
+		return Refuse
+	case r.answered && (!r.retried || r.checked):
+		return Done
+	}
+	return Watching
+}
+
+// Server takes the next bytes the server sent, and says whether to go on.
+// It never holds them.
+func (r *Retry) Server(b []byte) Verdict {
+	for off := 0; off < len(b) && !r.answered; {
+		if r.srvLeft == 0 {
+			if r.srvHdrN == 0 && b[off] != recordTypeHandshake {
+				r.answered = true // an alert, or no TLS: no retry
+				break
+			}
+			k := copy(r.srvHdr[r.srvHdrN:], b[off:])
+			r.srvHdrN += k
+			off += k
+			if r.srvHdrN == recordHeaderLen {
+				r.srvHdrN = 0
+				r.srvLeft = int(r.srvHdr[3])<<8 | int(r.srvHdr[4])
+				r.answered = r.srvLeft == 0 // an empty handshake record: malformed
+			}
+			continue
+		}
+		k := copy(r.srvMsg[r.srvMsgN:], b[off:min(len(b), off+r.srvLeft)])
+		r.srvMsgN += k
+		r.srvLeft -= k
+		off += k
+		switch {
+		case r.srvMsg[0] != typeServerHello:
+			r.answered = true
+		case r.srvMsgN == len(r.srvMsg):
+			r.answered = true
+			r.retried = [32]byte(r.srvMsg[handshakeHeaderLen+2:]) == helloRetryRandom
+		}
+	}
+	return r.verdict()
+}
+
+// Client takes the next bytes the client sent. It returns those to write to
+// the server now: a prefix of b while watching or holding (the rest is
+// kept), b, or a held hello with b after it once the hello passed. They
+// are nil with Refuse. The returned bytes are valid until the next call.
+func (r *Retry) Client(b []byte) ([]byte, Verdict) {
+	switch v := r.verdict(); {
+	case v == Refuse:
+		return nil, v
+	case v == Done:
+		return b, v
+	case r.held != nil:
+		r.held = append(r.held, b...)
+		if v := r.judge(r.held); v != Done {
+			return nil, v
+		}
+		pass := r.held
+		r.held = nil
+		return pass, Done
+	}
+	for off := 0; off < len(b); {
+		if r.cliLeft > 0 {
+			k := min(r.cliLeft, len(b)-off)
+			r.cliLeft -= k
+			off += k
+			continue
+		}
+		if r.cliHdrN == 0 {
+			switch typ := b[off]; typ {
+			case recordTypeChangeCipher, recordTypeAlert, recordTypeApplicationData:
+			case recordTypeHandshake:
+				if !r.retried {
+					return nil, r.refuse("a handshake record before the server answered the ClientHello")
+				}
+				switch v := r.judge(b[off:]); v {
+				case Holding:
+					r.held = append(make([]byte, 0, 2*(len(b)-off)), b[off:]...)
+					return b[:off], Holding
+				case Done:
+					return b, Done
+				default:
+					return nil, v
+				}
+			default:
+				return nil, r.refuse("a record of content type " + strconv.Itoa(int(typ)) + " after the ClientHello")
+			}
+		}
+		k := copy(r.cliHdr[r.cliHdrN:], b[off:])
+		r.cliHdrN += k
+		off += k
+		if r.cliHdrN == recordHeaderLen {
+			r.cliHdrN = 0
+			r.cliLeft = int(r.cliHdr[3])<<8 | int(r.cliHdr[4])
+		}
+	}
+	return b, Watching
+}
+
+// judge examines raw, the client's records from the first byte of its
+// second hello: Holding while it is not whole, Done when it passed,
+// Refuse otherwise.
+func (r *Retry) judge(raw []byte) Verdict {
+	var h Info
+	_, st := Examine(raw, nil, &h)
+	switch st {
+	case NeedMore:
+		return Holding
+	case Complete:
+	default:
+		return r.refuse("a malformed second ClientHello (after a HelloRetryRequest)")
+	}
+	name, alpn := r.first[:r.nameLen], r.first[r.nameLen:]
+	switch {
+	case (h.ServerName != nil) != r.hasSNI || !bytes.Equal(h.ServerName, name):
+		return r.refuse(fmt.Sprintf("the second ClientHello (after a HelloRetryRequest) names %s, the first %s", quoteName(h.ServerName), quoteName(name)))
+	case (h.ALPN != nil) != r.hasALPN || !bytes.Equal(h.ALPN, alpn):
+		return r.refuse("the second ClientHello (after a HelloRetryRequest) offers other ALPN protocols than the first")
+	case h.ECH != r.ech || h.ECHOuter != r.echOuter || h.ECHConfigID != r.echConfigID:
+		return r.refuse("the second ClientHello (after a HelloRetryRequest) changes its encrypted_client_hello")
+	}
+	r.checked = true
+	return Done
+}
+
+func (r *Retry) refuse(why string) Verdict {
+	r.why = why
+	r.held = nil
+	return Refuse
+}
+
+// quoteName quotes a server name for Why: "no name" for none, else in Go
+// syntax, cut at 255 bytes (a name's longest).
+func quoteName(b []byte) string {
+	if b == nil {
+		return "no name"
+	}
+	return strconv.Quote(string(b[:min(len(b), 255)]))
+}
