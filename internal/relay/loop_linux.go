@@ -668,6 +668,10 @@ func (l *loop) sweep() {
 	}
 	l.mu.Unlock()
 	for _, c := range expired {
+		if w := c.watch; w != nil && w.holdSince != 0 {
+			c.refuse(w.w.Expired()) // the hold's time, not an idle one
+			continue
+		}
 		c.finish(ErrIdle, ErrIdle, nil, Idle, Local)
 	}
 	// The next sweep, unless a connection added meanwhile planned an

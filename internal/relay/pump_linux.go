@@ -30,6 +30,9 @@ type Conn struct {
 	// bytes from it (see restPaced). One for both directions: a Conn
 	// rests less, and stays within its allocation's size class.
 	fullAt int64
+	// watch reads the first bytes each way (Conn.Watch); nil for a
+	// connection that has none, or once it has done.
+	watch *watching
 
 	// Under l.mu: relaying turns true when Start registers the client;
 	// until then the loop only notes readiness, and closes
@@ -302,15 +305,24 @@ func (c *Conn) copyIn(d *dir) bool {
 		return true
 	}
 	c.last = c.l.now
+	b := buf[:n]
+	watched := false
+	if c.watch != nil {
+		var ok bool
+		if b, watched, ok = c.watched(d, b); !ok {
+			return false
+		}
+	}
 	switch {
 	case n == len(buf):
-		d.splicing = true
+		// A watched direction stays in the buffer, whose bytes the
+		// Watch sees: the socket may hold more, read next.
+		d.splicing = !watched
 	case d.src.rdhup:
 		d.eof = true
 	case !d.src.hup:
 		d.src.readable = false
 	}
-	b := buf[:n]
 	for len(b) > 0 {
 		m, err := writeNB(d.dst.fd, b)
 		switch err {
@@ -494,7 +506,7 @@ func (c *Conn) finish(upErr, downErr error, linger *side, end End, by Side) {
 	c.done(Result{
 		Up: c.up.n, Down: c.down.n,
 		UpErr: c.up.err, DownErr: c.down.err,
-		End: end, By: by,
+		End: end, By: by, Why: c.why(),
 	})
 }
 

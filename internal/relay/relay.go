@@ -38,6 +38,8 @@ type Result struct {
 	// End is how the connection ended, and By the side that ended it.
 	End End
 	By  Side
+	// Why is a Watch's reason, when End is Refused.
+	Why string
 }
 
 // Side is one party to a relayed connection.
@@ -80,6 +82,9 @@ const (
 	Idle
 	// Drained: Close ended it, as the gateway's drain does (By Local).
 	Drained
+	// Refused: a Watch refused what the client sent (By Client; Why
+	// says what).
+	Refused
 )
 
 // String names e as tests and logs print it.
@@ -95,6 +100,8 @@ func (e End) String() string {
 		return "idle"
 	case Drained:
 		return "drained"
+	case Refused:
+		return "refused"
 	}
 	return "end(" + strconv.Itoa(int(e)) + ")"
 }
@@ -108,3 +115,42 @@ func isReset(err error) bool {
 // ErrIdle ends a direction when neither direction moved a byte for the
 // idle timeout.
 var ErrIdle = errors.New("idle timeout")
+
+// A Watch reads a relayed connection's first bytes each way before the
+// relay writes them on (Conn.Watch), for a check the decision could not
+// make before the relay began: that a TLS client's second ClientHello,
+// after the server's HelloRetryRequest, names the server the first did
+// (see clienthello.Retry). While a direction is watched, its bytes go
+// through the loop's buffer, never spliced.
+type Watch interface {
+	// Client is given what each read from the client returned. It
+	// returns the bytes to write to the upstream now (b, a prefix of
+	// it while it holds the rest, or bytes it held with b after them)
+	// and how it goes on; an error (a *Refusal) ends the connection.
+	Client(b []byte) (pass []byte, st WatchState, err error)
+	// Server is given what each read from the upstream returned, which
+	// is written on whole; done ends the watch of that direction.
+	Server(b []byte) (done bool)
+	// Expired is the refusal of a connection whose client's held bytes
+	// did not complete within the hold time Conn.Watch was given.
+	Expired() error
+}
+
+// WatchState is how a Watch goes on after a client's bytes.
+type WatchState uint8
+
+const (
+	WatchOn      WatchState = iota // watch the client's next bytes too
+	WatchHolding                   // the Watch holds bytes: the hold time runs
+	WatchOff                       // the client's bytes are relayed unread from here
+)
+
+// Refusal is the error with which a Watch ends a connection: Reply (a TLS
+// alert) is written to the client, the upstream is reset, and the Result
+// ends Refused, By Client, with Why.
+type Refusal struct {
+	Why   string
+	Reply []byte
+}
+
+func (r *Refusal) Error() string { return r.Why }

@@ -44,6 +44,11 @@ func loopsFor(tb testing.TB) *Loops {
 
 // newWorld relays a new world's connection on one of ls.
 func newWorld(t testing.TB, ls *Loops, idle time.Duration) *world {
+	return newWorldWith(t, ls, idle, nil)
+}
+
+// newWorldWith is newWorld with set called on the Conn before Start.
+func newWorldWith(t testing.TB, ls *Loops, idle time.Duration, set func(*Conn)) *world {
 	client, cIn := testnet.Pair(t)
 	w := &world{client: client, done: make(chan Result, 1)}
 	ln := testnet.Listen(t)
@@ -58,6 +63,9 @@ func newWorld(t testing.TB, ls *Loops, idle time.Duration) *world {
 	}
 	if err := rc.Attach(cIn, nil, idle, func(r Result) { w.done <- r }); err != nil {
 		t.Fatal(err)
+	}
+	if set != nil {
+		set(rc)
 	}
 	rc.Start()
 	w.rc = rc

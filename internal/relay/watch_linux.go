@@ -1,0 +1,89 @@
+package relay
+
+import (
+	"errors"
+	"time"
+)
+
+// watching is a Conn's Watch while it reads either direction.
+type watching struct {
+	w              Watch
+	client, server bool  // the client's, the server's bytes are still watched
+	hold           int64 // how long held bytes may wait for the rest
+	// holdSince is when the Watch began to hold the client's bytes (loop
+	// time), 0 when it holds none; idle is the Conn's own idle timeout,
+	// put back when the hold ends (a hold shortens it to hold).
+	holdSince, idle int64
+	why             string // the refusal, once there is one
+}
+
+// Watch has w read the connection's first bytes each way until it has
+// done with both (see Watch); bytes it holds wait at most hold for the
+// rest. Call it before Start.
+func (c *Conn) Watch(w Watch, hold time.Duration) {
+	c.watch = &watching{w: w, client: true, server: true, hold: int64(hold)}
+}
+
+// watched gives b, just read for d, to the Watch. It returns the bytes to
+// write on, whether d is still watched (and so must not splice), and false
+// when the Watch refused the connection, which has then ended.
+func (c *Conn) watched(d *dir, b []byte) (pass []byte, on, ok bool) {
+	w := c.watch
+	if d == &c.down {
+		if w.server && w.w.Server(b) {
+			w.server = false
+		}
+		on = w.server
+	} else if w.client {
+		var st WatchState
+		var err error
+		if b, st, err = w.w.Client(b); err != nil {
+			c.refuse(err)
+			return nil, false, false
+		}
+		switch st {
+		case WatchHolding:
+			if w.holdSince == 0 {
+				w.holdSince, w.idle, c.idle = c.l.now, c.idle, w.hold
+				c.l.sweepBy(c.l.now + w.hold + w.hold/sweepsPerIdle)
+			}
+			// The hold runs from its start: a client trickling the rest
+			// does not stretch it.
+			c.last = w.holdSince
+		case WatchOff:
+			w.client = false
+			if w.holdSince != 0 {
+				c.idle, w.holdSince = w.idle, 0
+			}
+		}
+		on = w.client
+	}
+	if !w.client && !w.server {
+		c.watch = nil // an idle relayed connection keeps nothing of it
+	}
+	return b, on, true
+}
+
+// refuse ends the connection on a Watch's error: its reply to the client
+// (best effort: a few bytes on a socket that has sent nothing yet of this
+// exchange), a reset to the upstream, which must not act on a half-sent
+// hello, and a Result that says why.
+func (c *Conn) refuse(err error) {
+	r, ok := errors.AsType[*Refusal](err)
+	if !ok {
+		r = &Refusal{Why: err.Error()}
+	}
+	if len(r.Reply) > 0 {
+		writeNB(c.client.fd, r.Reply)
+	}
+	c.watch.why = r.Why
+	c.finish(err, err, &c.upstream, Refused, Client)
+}
+
+// why is a refused connection's reason for its Result.
+func (c *Conn) why() string {
+	if c.watch == nil {
+		return ""
+	}
+	return c.watch.why
+}

@@ -1,0 +1,130 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// lineWatch holds the client's bytes until a line ends: "ok" lets them
+// and the rest of the connection through, anything else is refused with
+// the reply "no\n". It is done with the server after its first bytes.
+type lineWatch struct {
+	held        []byte
+	serverReads int
+}
+
+func (w *lineWatch) Client(b []byte) ([]byte, WatchState, error) {
+	w.held = append(w.held, b...)
+	i := bytes.IndexByte(w.held, '\n')
+	switch {
+	case i < 0:
+		return nil, WatchHolding, nil
+	case string(w.held[:i]) != "ok":
+		return nil, WatchOff, &Refusal{Why: "line " + string(w.held[:i]), Reply: []byte("no\n")}
+	}
+	return w.held, WatchOff, nil
+}
+
+func (w *lineWatch) Server([]byte) bool { w.serverReads++; return true }
+func (w *lineWatch) Expired() error    { return &Refusal{Why: "no line in time"} }
+
+// watchedWorld is a world whose connection lineWatch watches, with hold.
+func watchedWorld(t *testing.T, hold time.Duration) (*world, *lineWatch) {
+	lw := &lineWatch{}
+	w := newWorldWith(t, loopsFor(t), time.Minute, func(c *Conn) { c.Watch(lw, hold) })
+	return w, lw
+}
+
+// TestWatchHoldsThenLetsGo: the client's bytes reach the server only once
+// the Watch lets them go, whole and in order, however they came; after
+// that the connection relays a bulk transfer each way (spliced) intact.
+func TestWatchHoldsThenLetsGo(t *testing.T) {
+	w, _ := watchedWorld(t, time.Minute)
+	if _, err := w.client.Write([]byte("o")); err != nil {
+		t.Fatal(err)
+	}
+	w.server.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, err := w.server.Read(make([]byte, 8)); n > 0 || !errors.Is(err, syscall.EAGAIN) && !isTimeout(err) {
+		t.Fatalf("the server read %d bytes (%v) of a line not yet whole", n, err)
+	}
+	w.client.Write([]byte("k\nand more"))
+	w.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len("ok\nand more"))
+	if _, err := io.ReadFull(w.server, got); err != nil || string(got) != "ok\nand more" {
+		t.Fatalf("server got %q, %v", got, err)
+	}
+	bulk := make([]byte, 4<<20)
+	rand.Read(bulk)
+	go func() { w.server.Write(bulk); w.server.CloseWrite() }()
+	go func() { w.client.Write(bulk); w.client.CloseWrite() }()
+	w.client.SetReadDeadline(time.Now().Add(30 * time.Second))
+	down, err := io.ReadAll(w.client)
+	if err != nil || !bytes.Equal(down, bulk) {
+		t.Fatalf("client got %d bytes (%v), want the %d sent", len(down), err, len(bulk))
+	}
+	up, err := io.ReadAll(w.server)
+	if err != nil || !bytes.Equal(up, bulk) {
+		t.Fatalf("server got %d more bytes (%v), want %d", len(up), err, len(bulk))
+	}
+	if r := w.result(t); r.End != Closed || r.Up != int64(len("ok\nand more")+len(bulk)) || r.Down != int64(len(bulk)) {
+		t.Errorf("Result = %+v", r)
+	}
+	if w.rc.watch != nil {
+		t.Error("the Conn still holds its Watch after both sides were let go")
+	}
+}
+
+// TestWatchRefuses: a refused line never reaches the server, which is
+// reset; the client reads the reply, then the end; the Result says why.
+func TestWatchRefuses(t *testing.T) {
+	w, _ := watchedWorld(t, time.Minute)
+	w.client.Write([]byte("bad"))
+	time.Sleep(20 * time.Millisecond) // the line in two reads, the first held
+	w.client.Write([]byte("\nok\n"))
+	w.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	reply, _ := io.ReadAll(w.client)
+	if string(reply) != "no\n" {
+		t.Errorf("client read %q, want the reply", reply)
+	}
+	w.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(w.server)
+	if len(got) > 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("server read %q, %v; want nothing and a reset", got, err)
+	}
+	if r := w.result(t); r.End != Refused || r.By != Client || r.Why != "line bad" || r.Up != 0 {
+		t.Errorf("Result = %+v", r)
+	}
+}
+
+// TestWatchHoldExpires: held bytes that never complete end the connection
+// after the hold time, though the idle timeout is far off, with the
+// Watch's reason.
+func TestWatchHoldExpires(t *testing.T) {
+	w, _ := watchedWorld(t, 100*time.Millisecond)
+	// Trickled bytes do not stretch the hold: the connection ends while
+	// the client still trickles, 20 times the hold long.
+	ended := false
+	for range 50 {
+		if _, err := w.client.Write([]byte("o")); err != nil {
+			ended = true
+			break
+		}
+		time.Sleep(40 * time.Millisecond)
+	}
+	if !ended {
+		t.Error("a client trickling its held bytes kept the connection for 2 s with a hold of 100 ms")
+	}
+	if r := w.result(t); r.End != Refused || r.Why != "no line in time" {
+		t.Errorf("Result = %+v", r)
+	}
+}
+
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
