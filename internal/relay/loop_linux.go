@@ -282,7 +282,9 @@ func (s *side) interest() uint32 {
 // already, since Dial) and turns the Conn to relaying.
 func (l *loop) add(c *Conn) error {
 	c.last = time.Now().UnixNano()
-	sweep := c.last + c.idle + c.idle/sweepsPerIdle
+	// Read before the loop may pump c (a Watch's hold changes c.idle).
+	idle := c.idle
+	sweep := c.last + idle + idle/sweepsPerIdle
 	// Under mu: the loop looks each event's socket up under mu, so it
 	// cannot act on (and maybe close) this connection before all is in.
 	l.mu.Lock()
@@ -309,7 +311,7 @@ func (l *loop) add(c *Conn) error {
 		c.closeSockets()
 		return err
 	}
-	if c.idle > 0 {
+	if idle > 0 {
 		l.planSweep(sweep)
 	}
 	return nil

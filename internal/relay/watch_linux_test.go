@@ -31,7 +31,7 @@ func (w *lineWatch) Client(b []byte) ([]byte, WatchState, error) {
 }
 
 func (w *lineWatch) Server([]byte) bool { w.serverReads++; return true }
-func (w *lineWatch) Expired() error    { return &Refusal{Why: "no line in time"} }
+func (w *lineWatch) Expired() error     { return &Refusal{Why: "no line in time"} }
 
 // watchedWorld is a world whose connection lineWatch watches, with hold.
 func watchedWorld(t *testing.T, hold time.Duration) (*world, *lineWatch) {
