@@ -51,7 +51,8 @@ const (
 //     application_data records (early data) pass; a handshake record is
 //     refused, since no TLS client sends one before the server has
 //     answered, and a client that pipelines its second hello must not get
-//     it past the watch.
+//     it past the watch. Bytes that are no TLS record end the client's
+//     watch: a TLS server ends the connection at them.
 //   - After a HelloRetryRequest, the client's next handshake record starts
 //     the second hello: it is held until whole (MaxHelloLen, as the first)
 //     and passes only if it names the same server, offers the same ALPN
@@ -70,6 +71,7 @@ type Retry struct {
 	echConfigID       uint8
 	answered, retried bool // the server answered; with a HelloRetryRequest
 	checked           bool // the second hello passed
+	untracked         bool // the client sent bytes that are no TLS record
 	why               string
 
 	// The server's first records, walked until answered: the header of
@@ -97,6 +99,10 @@ func NewRetry(first *Info) *Retry {
 	r.first = append(append(r.first, first.ServerName...), first.ALPN...)
 	return r
 }
+
+// Answered says the server's answer to the first hello has been read:
+// nothing more of the server's is watched.
+func (r *Retry) Answered() bool { return r.answered }
 
 // Why says why the connection is refused, once a call returned Refuse.
 // Names the client sent are quoted (Go syntax) and cut at 255 bytes.
@@ -155,8 +161,8 @@ func (r *Retry) Client(b []byte) ([]byte, Verdict) {
 	switch v := r.verdict(); {
 	case v == Refuse:
 		return nil, v
-	case v == Done:
-		return b, v
+	case v == Done, r.untracked:
+		return b, Done
 	case r.held != nil:
 		r.held = append(r.held, b...)
 		if v := r.judge(r.held); v != Done {
@@ -190,7 +196,13 @@ func (r *Retry) Client(b []byte) ([]byte, Verdict) {
 					return nil, v
 				}
 			default:
-				return nil, r.refuse("a record of content type " + strconv.Itoa(int(typ)) + " after the ClientHello")
+				// Not a TLS record: a TLS server ends the connection
+				// here (an unexpected_message alert, RFC 8446 §5), so no
+				// hello after these bytes can be read by one. They are
+				// a protocol of their own behind a hello-shaped start
+				// (the peer benchmark's raw mode): relayed unread.
+				r.untracked = true
+				return b, Done
 			}
 		}
 		k := copy(r.cliHdr[r.cliHdrN:], b[off:])

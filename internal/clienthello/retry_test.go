@@ -180,7 +180,6 @@ func TestRetry(t *testing.T) {
 		{"a first hello again, for another name", evil.hello1, `"evil.test"`},
 		{"not a hello", []byte{22, 3, 3, 0, 4, 20, 0, 0, 0}, "malformed"},
 		{"garbage in the hello's records", append([]byte{22, 3, 3, 0, 5, 1, 0, 0, 9, 3}, 21, 3, 3, 0, 2, 1, 0), "malformed"},
-		{"a record of no TLS type", []byte("GET / HTTP/1.1\r\n"), "content type 71"},
 	}
 	for _, tc := range refused {
 		t.Run("refused: "+tc.name, func(t *testing.T) {
@@ -223,6 +222,21 @@ func TestRetry(t *testing.T) {
 			got, v := feed(r, early, size)
 			if v != Watching || !bytes.Equal(got, early) {
 				t.Fatalf("pieces of %d: %v", size, v)
+			}
+		}
+	})
+	t.Run("bytes that are no TLS record end the client's watch", func(t *testing.T) {
+		for _, retried := range []bool{false, true} {
+			r := NewRetry(h1)
+			if retried {
+				for _, rec := range retry.server {
+					r.Server(rec)
+				}
+			}
+			plain := []byte("D\x00\x00\x00\x00\x00\x00\x10\x00 and then anything: \x16\x03\x03")
+			got, v := feed(r, append([]byte{23, 3, 3, 0, 1, 0}, plain...), 3)
+			if v != Done || !bytes.HasSuffix(got, plain) {
+				t.Errorf("retried=%v: %v, passed %q", retried, v, got)
 			}
 		}
 	})

@@ -125,6 +125,11 @@ func (s *session) handle(ctx context.Context, first []byte) (relaying bool) {
 // through net.Dialer.
 func (s *session) relay(ctx context.Context, v verdict, p *peek.Result) (relaying bool) {
 	cfg := s.st.Config
+	w, err := newHelloWatch(p, p.Data)
+	if err != nil {
+		s.g.refuseBehindHello(s, p, &s.rec, err)
+		return false
+	}
 	dialStart := time.Now()
 	rc, err := dialVerdict(ctx, &v, cfg.Timeouts.Connect, func(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (*relay.Conn, error) {
 		if f := s.failed; f != nil && f.dst == dst {
@@ -154,6 +159,7 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result) (relayin
 	}
 	s.rec.BytesUp = int64(len(p.Data))
 	peek.Release(p)
+	s.watch(rc, w)
 	// The loop's callback keeps s until the connection ends; the closed
 	// net.TCPConn (its fd record and addresses) need not live as long.
 	c := s.c
@@ -530,6 +536,8 @@ func endReason(r relay.Result) string {
 		return "closed: idle timeout"
 	case relay.Drained:
 		return "closed by egressd: drain over"
+	case relay.Refused:
+		return "refused: " + r.Why
 	case relay.Reset:
 		return r.By.String() + " reset the connection"
 	case relay.Failed:

@@ -301,28 +301,64 @@ func drain(ch chan string) {
 	}
 }
 
-// TestEvasionSecondHello sends an allowed hello and, on the same
-// connection, a second hello naming a denied host, as a client would after
-// a HelloRetryRequest. egressd decides once, on the first: the second hello
-// goes to the server already chosen and can never redirect the connection.
+// TestEvasionSecondHello: a second hello sent behind the first, before
+// the server answered (no TLS client does that; a client forcing a
+// HelloRetryRequest could, to have a lenient server act on it), is
+// refused with access_denied, in one write with the first (nothing is
+// dialled) or in a write of its own (the relay's watch). The server never
+// reads it. TestSecondHelloNamesAnotherServer covers one sent after a real
+// HelloRetryRequest.
 func TestEvasionSecondHello(t *testing.T) {
-	w := newWorld(t, baseRecords, basePolicy)
-	c, err := net.Dial("tcp", w.addr.String())
-	if err != nil {
-		t.Fatal(err)
+	// A server that never answers, and reports how many bytes it read.
+	ln := testnet.Listen(t)
+	read := make(chan int, 4)
+	testnet.Serve(t, ln, func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		n, _ := io.Copy(io.Discard, c)
+		read <- int(n)
+	})
+	w := newWorldTo(t, baseRecords, basePolicy, uint16(ln.Addr().(*net.TCPAddr).Port))
+	first := craftedHello("good.test")
+	for _, together := range []bool{true, false} {
+		c, err := net.Dial("tcp", w.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if together {
+			c.Write(append(first, craftedHello("x.ads.test")...))
+		} else {
+			c.Write(first)
+			time.Sleep(50 * time.Millisecond)
+			c.Write(craftedHello("x.ads.test"))
+		}
+		rest, _ := io.ReadAll(c)
+		if !isAccessDenied(rest) {
+			t.Errorf("together=%v: client read %x, want an access_denied alert", together, rest)
+		}
+		e := w.waitLog(bySrcPort(c))
+		w.want(e, map[string]any{"action": "deny", "fqdn": "good.test", "rule": ""})
+		if reason, _ := e["reason"].(string); !strings.Contains(reason, "a handshake record before the server answered") {
+			t.Errorf("together=%v: reason %q", together, reason)
+		}
+		if together {
+			continue // nothing was dialled
+		}
+		select {
+		case n := <-read:
+			if n != len(first) {
+				t.Errorf("the server read %d bytes, want the first hello's %d only", n, len(first))
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("the server's connection was not ended")
+		}
 	}
-	defer c.Close()
-	c.Write(craftedHello("good.test"))
-	c.Write(craftedHello("x.ads.test"))
-	if sni := <-w.serverCh; sni != "good.test" {
-		t.Fatalf("server saw %q first", sni)
-	}
-	c.Close()
-	e := w.waitLog(bySrcPort(c))
-	w.want(e, map[string]any{"action": "allow", "fqdn": "good.test", "rule": "good", "dst": w.echo.String()})
-	logs := w.logText()
-	if strings.Contains(logs, "x.ads.test") {
-		t.Errorf("the second hello's name reached the log as a decision:\n%s", logs)
+	select {
+	case n := <-read:
+		t.Errorf("a connection dialled for the hellos sent together (the server read %d bytes)", n)
+	default:
 	}
 }
 

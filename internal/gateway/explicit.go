@@ -249,6 +249,12 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 		}
 		return watch()
 	}
+	w, err := newHelloWatch(&p, data)
+	if err != nil {
+		up.Close()
+		x.g.refuseBehindHello(x.session, &p, rec, err)
+		return false
+	}
 	rc, err := x.g.loops.Adopt(up)
 	if err == nil {
 		err = rc.Attach(x.c, data, cfg.Timeouts.Idle, func(res relay.Result) {
@@ -263,6 +269,7 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 	rec.BytesUp = int64(len(data))
 	peek.Release(&p)
 	x.releaseReader()
+	x.watch(rc, w)
 	x.g.handOff(x.c, rc)
 	return true
 }

@@ -236,6 +236,12 @@ func (g *Gateway) setUpInline(ctx, cached context.Context, bl *boundListener, fd
 		g.promote(ctx, bl, fd, s, keepData(&p))
 		return
 	}
+	w, err := newHelloWatch(&p, p.Data)
+	if err != nil {
+		s.resetRecord() // refused there, with its line
+		g.promote(ctx, bl, fd, s, keepData(&p))
+		return
+	}
 	s.peeked(&p)
 	var buf2 [maxDialAttempts]netip.AddrPort
 	timeout := dialShare(cfg.Timeouts.Connect, len(v.candidates(buf2[:0]))) // the first attempt's, as dialVerdict's
@@ -265,6 +271,7 @@ func (g *Gateway) setUpInline(ctx, cached context.Context, bl *boundListener, fd
 		}
 		s.rec.BytesUp = int64(first)
 		peek.Release(&p)
+		s.watch(rc, w)
 		g.onLoop.Add(1)
 		g.handOff(nil, rc)
 	})

@@ -141,8 +141,21 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 		// server's answer may still come back through the copy: the
 		// hand-over to the relay loop is kept off the first round trip.
 		// What the copy has not read when it stops stays in the socket for
-		// the loop.
-		if !s.sendOn(up, &p, stop, rec) {
+		// the loop. Not for a hello: the server's answer to it must be
+		// read by the relay's watch (helloWatch), so the copy stops first.
+		w, err := newHelloWatch(&p, p.Data)
+		if err != nil {
+			stop()
+			up.Close()
+			g.refuseBehindHello(s, &p, rec, err)
+			return false
+		}
+		send := stop
+		if w != nil {
+			stop()
+			send = func() {}
+		}
+		if !s.sendOn(up, &p, send, rec) {
 			return false
 		}
 		rc, err := g.loops.Adopt(up)
@@ -156,6 +169,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			refuse.Reset(c)
 			return false
 		}
+		s.watch(rc, w)
 		g.handOff(c, rc)
 		return true
 	}

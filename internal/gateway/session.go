@@ -111,6 +111,13 @@ func (s *session) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Resul
 	rec.End = time.Now().UnixNano() // its line waits (holdLog), its time must not
 	rec.BytesUp += res.Up
 	rec.BytesDown += res.Down
+	if res.End == relay.Refused {
+		// The watch of a second ClientHello refused what the decision
+		// allowed (helloWatch): a deny that binds, as a malformed hello.
+		// No rule denied it: the rule that allowed the first hello is in
+		// the reason, before the refusal.
+		rec.Action, rec.Enforced, rec.Rule = accesslog.Deny, true, ""
+	}
 	if end := endReason(res); end != "" {
 		rec.Reason += "; " + end
 	}

@@ -59,6 +59,9 @@ type Result struct {
 	// version to refuse in with an alert.
 	Hello   clienthello.Info
 	HelloOK bool
+	// HelloEnd, with HelloOK, is where the records that carry the hello
+	// end in Data: the bytes after it (early data) were sent behind it.
+	HelloEnd int
 	// Host is the HTTP Host (port stripped) when Protocol is HTTP.
 	Host string
 	// Preamble: the bytes (Protocol Unknown) are exactly a PostgreSQL
@@ -260,7 +263,7 @@ func examineTLS(buf []byte) (r Result, more bool) {
 	// whole, r.Hello views the buffer the message is in, so one that
 	// was reassembled in scratch keeps it until Release.
 	sp := scratchPool.Get().(*[]byte)
-	msg, _, st := clienthello.Reassemble(buf, (*sp)[:0])
+	msg, used, st := clienthello.Reassemble(buf, (*sp)[:0])
 	if st == clienthello.Complete && !clienthello.Parse(msg, &r.Hello) {
 		st = clienthello.Invalid
 	}
@@ -272,7 +275,7 @@ func examineTLS(buf []byte) (r Result, more bool) {
 	switch st {
 	case clienthello.Complete:
 		r.Hello.RecordVersion = clienthello.RecordVersion(buf)
-		r.Protocol, r.Data, r.HelloOK = TLS, buf, true
+		r.Protocol, r.Data, r.HelloOK, r.HelloEnd = TLS, buf, true, used
 		return r, false
 	case clienthello.NotTLS: // a first byte of 20 to 23 that is not: nothing we know
 		return Result{Protocol: Unknown, Data: buf}, false

@@ -30,11 +30,17 @@ const lingerWait = 2 * time.Second
 // and closes the connection. version 0 means TLS 1.2's 0x0303; versions above
 // it are capped there, as TLS 1.3 records carry 0x0303 (RFC 8446 §5.1).
 func TLSAlert(c net.Conn, version uint16, description byte) error {
+	rec := TLSAlertRecord(version, description)
+	return answer(c, rec[:])
+}
+
+// TLSAlertRecord is the record TLSAlert sends, for a caller that writes it
+// itself (the relay loop, refusing a connection it relays).
+func TLSAlertRecord(version uint16, description byte) [7]byte {
 	if version < 0x0300 || version > 0x0303 {
 		version = 0x0303
 	}
-	rec := [7]byte{21, byte(version >> 8), byte(version), 0, 2, 2 /* fatal */, description}
-	return answer(c, rec[:])
+	return [7]byte{21, byte(version >> 8), byte(version), 0, 2, 2 /* fatal */, description}
 }
 
 // HTTPForbidden answers 403 with a one-line body naming the rule (or the

@@ -1,0 +1,88 @@
+package gateway
+
+import (
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/clienthello"
+	"github.com/egressd/egressd/internal/peek"
+	"github.com/egressd/egressd/internal/refuse"
+	"github.com/egressd/egressd/internal/relay"
+)
+
+// A decision on a ClientHello holds only if the server acts on that hello.
+// A TLS 1.3 server that answers with a HelloRetryRequest acts on the
+// client's second hello, which comes after the relay has begun; so every
+// connection relayed after a decided hello is watched (helloWatch) until
+// the server has answered: a second hello must name what the first did,
+// and a handshake record before the answer is refused (clienthello.Retry).
+// The watch reads the first bytes each way through the relay loop's
+// buffer, which carries a handshake's small messages anyway, and is
+// dropped once the server has answered: an idle relayed connection keeps
+// nothing of it.
+
+// helloWatch is relay.Watch over clienthello.Retry: its refusals answer
+// the client with a TLS access_denied alert, in the first hello's record
+// version.
+type helloWatch struct {
+	r       *clienthello.Retry
+	version uint16
+}
+
+// newHelloWatch returns the watch for a connection whose first bytes p
+// carry a decided ClientHello, and that sends data (p.Data, and what else
+// was read behind it) to the server first; nil, nil when p carries no
+// hello. An error means the bytes behind the hello already break the
+// rule (a handshake record, or no TLS record): the connection is refused
+// (refuseBehindHello) before anything reaches the server.
+func newHelloWatch(p *peek.Result, data []byte) (*helloWatch, error) {
+	if p.Protocol != peek.TLS || !p.HelloOK {
+		return nil, nil
+	}
+	w := &helloWatch{r: clienthello.NewRetry(&p.Hello), version: p.Hello.RecordVersion}
+	if _, _, err := w.Client(data[p.HelloEnd:]); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// watch has rc watched by w, if there is one, with the client_hello
+// timeout for a second hello's rest.
+func (s *session) watch(rc *relay.Conn, w *helloWatch) {
+	if w != nil {
+		rc.Watch(w, s.st.Config.Timeouts.ClientHello)
+	}
+}
+
+// refuseBehindHello refuses a connection whose bytes behind its hello
+// newHelloWatch refused, and says why in rec.
+func (g *Gateway) refuseBehindHello(s *session, p *peek.Result, rec *accesslog.Record, err error) {
+	rec.Action, rec.Enforced, rec.Rule = accesslog.Deny, true, "" // no rule denied it
+	rec.Reason = err.Error() + " (was: " + rec.Reason + ")"
+	refuse.TLSAlert(s.c, p.Hello.RecordVersion, refuse.AlertAccessDenied)
+}
+
+func (w *helloWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
+	pass, v := w.r.Client(b)
+	switch v {
+	case clienthello.Refuse:
+		return nil, relay.WatchOff, w.refusal(w.r.Why())
+	case clienthello.Holding:
+		return pass, relay.WatchHolding, nil
+	case clienthello.Done:
+		return pass, relay.WatchOff, nil
+	}
+	return pass, relay.WatchOn, nil
+}
+
+func (w *helloWatch) Server(b []byte) bool {
+	w.r.Server(b)
+	return w.r.Answered()
+}
+
+func (w *helloWatch) Expired() error {
+	return w.refusal("client_hello timeout: the second ClientHello (after a HelloRetryRequest) is incomplete")
+}
+
+func (w *helloWatch) refusal(why string) error {
+	alert := refuse.TLSAlertRecord(w.version, refuse.AlertAccessDenied)
+	return &relay.Refusal{Why: why, Reply: alert[:]}
+}
