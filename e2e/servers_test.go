@@ -45,8 +45,9 @@ type tlsServer struct {
 type serverEvent struct {
 	Local, SNI, ALPN string
 	Version          uint16
-	HelloLen         int // bytes of the ClientHello message, header included
-	HelloRecords     int // TLS records it arrived in
+	HelloLen         int  // bytes of the ClientHello message, header included
+	HelloRecords     int  // TLS records it arrived in
+	HRR              bool // the server asked for a second hello (a HelloRetryRequest)
 	Err              error
 
 	// Bulk exchange only.
@@ -106,7 +107,7 @@ func (s *tlsServer) serve(c net.Conn) {
 		return
 	}
 	st := tc.ConnectionState()
-	ev.SNI, ev.ALPN, ev.Version = st.ServerName, st.NegotiatedProtocol, st.Version
+	ev.SNI, ev.ALPN, ev.Version, ev.HRR = st.ServerName, st.NegotiatedProtocol, st.Version, st.HelloRetryRequest
 	if ev.ALPN == hashProto {
 		s.bulk(tc, c, &ev)
 		return

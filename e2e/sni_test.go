@@ -22,6 +22,24 @@ func TestSNIListener(t *testing.T) {
 		})
 	})
 
+	// openssl's one key share is for X448, which Go's server does not
+	// take: it asks for a second hello with P-256, which egressd's watch
+	// reads (the same name) and lets through.
+	t.Run("HelloRetryRequest", func(t *testing.T) {
+		from, ev := w.log.mark(), w.tls.mark()
+		out, err := sClient(t, w, "", "-connect", sniListenAddr, "-servername", "allowed.test", "-groups", "X448:P-256")
+		if wantOut := "hello sni=allowed.test"; !strings.Contains(out, wantOut) {
+			t.Errorf("openssl s_client -groups X448:P-256: output lacks %q (exit %v):\n%s", wantOut, err, out)
+		}
+		if got := w.tls.next(t, ev); !got.HRR {
+			t.Errorf("the server asked for no second hello (%+v): the case proves nothing", got)
+		}
+		w.log.expect(t, from, "HelloRetryRequest", byListener("sni"), want{
+			listener: "sni", dst: srvAddr + ":443", fqdn: "allowed.test", fqdnSource: "sni", protocol: []string{"tls"},
+			rule: rule("allowed"), action: "allow", bytes: 1,
+		})
+	})
+
 	// A name whose first answer never answers: the dial times out there
 	// within its share of the connect timeout, and the second answer
 	// serves the client.
