@@ -229,17 +229,34 @@ func (r *Retry) judge(raw []byte) Verdict {
 	default:
 		return r.refuse("a malformed second ClientHello (after a HelloRetryRequest)")
 	}
-	name, alpn := r.first[:r.nameLen], r.first[r.nameLen:]
-	switch {
-	case (h.ServerName != nil) != r.hasSNI || !bytes.Equal(h.ServerName, name):
-		return r.refuse(fmt.Sprintf("the second ClientHello (after a HelloRetryRequest) names %s, the first %s", quoteName(h.ServerName), quoteName(name)))
-	case (h.ALPN != nil) != r.hasALPN || !bytes.Equal(h.ALPN, alpn):
-		return r.refuse("the second ClientHello (after a HelloRetryRequest) offers other ALPN protocols than the first")
-	case h.ECH != r.ech || h.ECHOuter != r.echOuter || h.ECHConfigID != r.echConfigID:
-		return r.refuse("the second ClientHello (after a HelloRetryRequest) changes its encrypted_client_hello")
+	first := Info{ECH: r.ech, ECHOuter: r.echOuter, ECHConfigID: r.echConfigID}
+	if r.hasSNI {
+		first.ServerName = r.first[:r.nameLen]
+	}
+	if r.hasALPN {
+		first.ALPN = r.first[r.nameLen:]
+	}
+	if why := SecondDiffers(&first, &h); why != "" {
+		return r.refuse(why)
 	}
 	r.checked = true
 	return Done
+}
+
+// SecondDiffers says how second, a client's ClientHello after a
+// HelloRetryRequest, differs from first where RFC 8446 §4.1.2 requires it
+// not to and a decision depends on it: the server name, the ALPN
+// protocols, the encrypted_client_hello extension. "" when it does not.
+func SecondDiffers(first, second *Info) string {
+	switch {
+	case (second.ServerName != nil) != (first.ServerName != nil) || !bytes.Equal(second.ServerName, first.ServerName):
+		return fmt.Sprintf("the second ClientHello (after a HelloRetryRequest) names %s, the first %s", quoteName(second.ServerName), quoteName(first.ServerName))
+	case (second.ALPN != nil) != (first.ALPN != nil) || !bytes.Equal(second.ALPN, first.ALPN):
+		return "the second ClientHello (after a HelloRetryRequest) offers other ALPN protocols than the first"
+	case second.ECH != first.ECH || second.ECHOuter != first.ECHOuter || second.ECHConfigID != first.ECHConfigID:
+		return "the second ClientHello (after a HelloRetryRequest) changes its encrypted_client_hello"
+	}
+	return ""
 }
 
 func (r *Retry) refuse(why string) Verdict {

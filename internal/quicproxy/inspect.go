@@ -82,9 +82,8 @@ const (
 
 // opensLocked reports whether the keys of a decided connection open p,
 // and if so whether its CRYPTO frames agree with the hello decided for
-// that connection. Bytes past the hello's end (a second ClientHello after a
-// HelloRetryRequest, RFC 8446 §4.1.2, which servers hold to the first's
-// name) are not compared.
+// that connection. Bytes past the hello's end are a second ClientHello,
+// after a HelloRetryRequest: held to the first's name (takeSecond).
 func (r *relay) opensLocked(p *quic.Packet) opened {
 	for i := range r.keys {
 		k := &r.keys[i]
@@ -95,7 +94,7 @@ func (r *relay) opensLocked(p *quic.Packet) opened {
 		if err != nil {
 			continue
 		}
-		if !sameCrypto(out, k.hello) {
+		if !sameCrypto(out, k.hello) || !k.takeSecond(out) {
 			return changed // its packet number is not taken as seen
 		}
 		k.largest = max(k.largest, int64(pn))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -510,5 +511,103 @@ func TestShortInitial(t *testing.T) {
 	w.noLine(300 * time.Millisecond)
 	if st := w.s.Stats(); st.Dropped[dropShortInitial] != 2 {
 		t.Errorf("Stats().Dropped = %v; want 2 %s", st.Dropped, dropShortInitial)
+	}
+}
+
+// TestSecondHelloOverQUIC: after a decided hello, the CRYPTO stream's
+// next bytes are a second ClientHello (after a HelloRetryRequest). One
+// that names a denied server never reaches the server whole: the packet
+// that would complete it is dropped (changed_hello), whole or in two
+// packets, as is a packet with other bytes where some came before. One
+// that names the first's server passes.
+func TestSecondHelloOverQUIC(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, nil)
+	scid := []byte("cscid")
+	first, err := quictest.Hello(allowedName, scid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crypto := func(off int, data []byte) []byte {
+		return append([]byte{0x06, 0x40 | byte(off>>8), byte(off), 0x40 | byte(len(data)>>8), byte(len(data))}, data...)
+	}
+	for i, tc := range []struct {
+		second string
+		parts  int
+		passes int // datagrams of the second hello the server gets
+	}{
+		{deniedName, 1, 0},
+		{deniedName, 2, 1}, // the first half passes: the server never holds the hello whole
+		{allowedName, 1, 1},
+		{allowedName, 2, 2},
+	} {
+		t.Run(fmt.Sprintf("%s in %d", tc.second, tc.parts), func(t *testing.T) {
+			c := w.udpClient()
+			qc, err := quictest.NewClient(iquic.Version1, []byte(fmt.Sprintf("second-hello-%d", i)), scid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ds, err := qc.Initials(first, 2, rand.New(rand.NewPCG(uint64(i), 3)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.send(ds...)
+			if n := sk.count(300 * time.Millisecond); n != 2 {
+				t.Fatalf("the server got %d datagrams of the allowed hello, want 2", n)
+			}
+			second, err := quictest.Hello(tc.second, scid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cut := len(second) / tc.parts
+			for p := range tc.parts {
+				data := second[p*cut:]
+				if p < tc.parts-1 {
+					data = second[p*cut : (p+1)*cut]
+				}
+				pkt, err := qc.Packet(crypto(len(first)+p*cut, data), 1200)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.send(pkt)
+			}
+			if n := sk.count(300 * time.Millisecond); n != tc.passes {
+				t.Errorf("the server got %d datagrams of the second hello, want %d", n, tc.passes)
+			}
+			if tc.second == deniedName && tc.parts == 2 {
+				// Other bytes where the first half came: dropped too.
+				other := bytes.Repeat([]byte{'x'}, cut)
+				pkt, _ := qc.Packet(crypto(len(first), other), 1200)
+				c.send(pkt)
+				if n := sk.count(300 * time.Millisecond); n != 0 {
+					t.Errorf("the server got %d datagrams rewriting bytes it had", n)
+				}
+			}
+		})
+	}
+}
+
+// TestHelloRetryOverQUIC: a real quic-go client whose key share the
+// server does not take (it offers P-256 only) sends a second hello after
+// the server's HelloRetryRequest: it names the same server, passes, and
+// the connection echoes.
+func TestHelloRetryOverQUIC(t *testing.T) {
+	srv := startEchoServerCurves(t, false, []tls.CurveID{tls.CurveP256})
+	w := newWorld(t, srv.addr, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := w.dial(ctx, allowedName, nil)
+	if err != nil {
+		t.Fatalf("dial through the listener: %v", err)
+	}
+	if !conn.ConnectionState().TLS.HelloRetryRequest {
+		t.Error("the server asked for no second hello: the test proves nothing")
+	}
+	if sent, got := echo(t, ctx, conn, 64<<10); sent != got {
+		t.Errorf("echo: sha256 %x came back as %x", sent, got)
+	}
+	conn.CloseWithError(0, "")
+	if st := w.s.Stats(); st.Dropped[dropChangedHello] != 0 {
+		t.Errorf("Stats().Dropped = %v: the second hello was taken for a changed one", st.Dropped)
 	}
 }

@@ -49,6 +49,7 @@ type knownKeys struct {
 	keys    *quic.Keys
 	largest int64 // the largest packet number opened, -1 for none
 	hello   []byte
+	second  *secondHello // past hello, once any came (second.go)
 }
 
 // relayFlow relays an allowed flow until it is idle or closed, then writes

@@ -150,6 +150,13 @@ type echoServer struct {
 
 func startEchoServer(t *testing.T, retry bool, versions ...quic.Version) *echoServer {
 	t.Helper()
+	return startEchoServerCurves(t, retry, nil, versions...)
+}
+
+// startEchoServerCurves is startEchoServer whose TLS offers only curves
+// (nil: crypto/tls's default): P-256 alone makes crypto/tls clients retry.
+func startEchoServerCurves(t *testing.T, retry bool, curves []tls.CurveID, versions ...quic.Version) *echoServer {
+	t.Helper()
 	if versions == nil {
 		versions = []quic.Version{quic.Version1, quic.Version2}
 	}
@@ -161,7 +168,7 @@ func startEchoServer(t *testing.T, retry bool, versions ...quic.Version) *echoSe
 	if retry {
 		tr.VerifySourceAddress = func(net.Addr) bool { return true }
 	}
-	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{testCert(t)}, NextProtos: []string{"echo", "h3"}},
+	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{testCert(t)}, NextProtos: []string{"echo", "h3"}, CurvePreferences: curves},
 		&quic.Config{Versions: versions})
 	if err != nil {
 		t.Fatal(err)

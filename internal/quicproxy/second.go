@@ -1,0 +1,121 @@
+package quicproxy
+
+import (
+	"github.com/egressd/egressd/internal/clienthello"
+	"github.com/egressd/egressd/internal/quic"
+)
+
+// A QUIC server that answers a ClientHello with a HelloRetryRequest reads
+// the client's second hello from the same CRYPTO stream of Initial
+// packets, after the first. Not every TLS stack holds it to the first's
+// name (RFC 8446 §4.1.2 requires it; OpenSSL's does not check), so a
+// decided connection's CRYPTO bytes past its first hello are gathered
+// (secondHello), and a packet whose bytes would let the server read a
+// second hello that names another server, other ALPN protocols or another
+// encrypted_client_hello is dropped (changed_hello), as is one that sends
+// other bytes where some already came: the server keeps the first of
+// overlapping bytes or the last, and either way holds only what egressd
+// checked.
+
+// secondHello is what came of a decided connection's CRYPTO stream past
+// its first hello: buf from the hello's end, have which of its bytes came.
+type secondHello struct {
+	buf     []byte
+	have    []uint64
+	checked bool // the whole second hello came and was the same
+}
+
+// takeSecond takes the CRYPTO bytes of payload past the first hello, and
+// reports whether the packet that carried them may pass (see above).
+func (k *knownKeys) takeSecond(payload []byte) bool {
+	base := uint64(len(k.hello))
+	for len(payload) > 0 {
+		f, n, err := quic.ReadFrame(payload)
+		if err != nil {
+			return false
+		}
+		payload = payload[n:]
+		end := f.Offset + uint64(len(f.Data))
+		if f.Type != quic.FrameCrypto || end <= base {
+			continue
+		}
+		if end-base > clienthello.MaxHelloLen {
+			return false // no hello of ours is this long
+		}
+		if k.second == nil {
+			k.second = &secondHello{}
+		}
+		s := k.second
+		from := max(f.Offset, base)
+		if !s.add(int(from-base), f.Data[from-f.Offset:]) {
+			return false
+		}
+	}
+	s := k.second
+	if s == nil || s.checked {
+		return true
+	}
+	msg := s.whole()
+	if msg == nil {
+		return true
+	}
+	var first, second clienthello.Info
+	if !clienthello.Parse(k.hello, &first) || !clienthello.Parse(msg, &second) {
+		return false
+	}
+	if clienthello.SecondDiffers(&first, &second) != "" {
+		return false
+	}
+	s.checked = true
+	return true
+}
+
+// add puts data at off, and reports false if a byte differs from one that
+// came before at its offset.
+func (s *secondHello) add(off int, data []byte) bool {
+	if need := off + len(data); need > len(s.buf) {
+		s.buf = append(s.buf, make([]byte, need-len(s.buf))...)
+		if words := (need + 63) / 64; words > len(s.have) {
+			s.have = append(s.have, make([]uint64, words-len(s.have))...)
+		}
+	}
+	for i, b := range data {
+		at := off + i
+		if s.have[at/64]&(1<<(at%64)) != 0 {
+			if s.buf[at] != b {
+				return false
+			}
+			continue
+		}
+		s.buf[at] = b
+		s.have[at/64] |= 1 << (at % 64)
+	}
+	return true
+}
+
+// whole returns the second hello's handshake message once every byte of
+// it came, nil before.
+func (s *secondHello) whole() []byte {
+	const hdr = 4 // msg_type, uint24 length
+	if !s.came(0, hdr) {
+		return nil
+	}
+	total := hdr + (int(s.buf[1])<<16 | int(s.buf[2])<<8 | int(s.buf[3]))
+	if total > len(s.buf) || !s.came(0, total) {
+		return nil
+	}
+	return s.buf[:total]
+}
+
+// came reports whether bytes [from, to) all came.
+func (s *secondHello) came(from, to int) bool {
+	if to > len(s.buf) {
+		return false
+	}
+	for at := from; at < to; at++ {
+		if s.have[at/64]&(1<<(at%64)) == 0 {
+			return false
+		}
+	}
+	return true
+}
