@@ -19,11 +19,14 @@
 #             latency (20,000 64 B echoes; unit: echo)
 #             download-raw, upload-raw, download-tls, upload-tls
 #             (one stream, BYTES each, default 2G; unit: GB)
+#             both-raw, both-tls (compare.sh's order: one stream downloads
+#             BYTES, then uploads BYTES on the same connection; unit: GB)
 #   PEERS     comma-separated: haproxy,nginx (the default), or none
 #   BIN       egressd binaries, each run with its own sni listener
 # env: LOADGEN (a built loadgen), else it is built from BENCH/loadgen
 #      (BENCH defaults to ../shared/bench); BYTES; KEEP=1 keeps the work
-#      directory (configs, logs). Needs taskset, haproxy, nginx (with its
+#      directory (configs, logs); PROXY_THREADS (HAProxy's nbthread and
+#      nginx's worker_processes, default 1; compare.sh runs 2). Needs taskset, haproxy, nginx (with its
 #      stream module), python3.
 set -euo pipefail
 
@@ -53,8 +56,8 @@ CAND_PORTS=("$P_C1" "$P_C2" "$P_C3" "$P_C4")
 [[ $# -le 4 ]] || { echo "at most 4 binaries" >&2; exit 2; }
 
 case $SCENARIO in
-  handshakes-raw | latency | download-raw | upload-raw) UP=$P_RAW MODE=raw ;;
-  handshakes-tls | download-tls | upload-tls) UP=$P_TLS MODE=tls ;;
+  handshakes-raw | latency | download-raw | upload-raw | both-raw) UP=$P_RAW MODE=raw ;;
+  handshakes-tls | download-tls | upload-tls | both-tls) UP=$P_TLS MODE=tls ;;
   *) echo "unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac
 
@@ -66,7 +69,7 @@ SYSTEMS=()
 if [[ ,$PEERS, == *,haproxy,* ]]; then
   cat >"$W/haproxy.cfg" <<EOF
 global
-    nbthread 1
+    nbthread ${PROXY_THREADS:-1}
     maxconn 4000
     tune.pipesize 262144
     log stdout format raw local0 info
@@ -103,7 +106,7 @@ if [[ ,$PEERS, == *,nginx,* ]]; then
   done
   cat >"$W/nginx/nginx.conf" <<EOF
 $mod
-worker_processes 1;
+worker_processes ${PROXY_THREADS:-1};
 worker_rlimit_nofile 20000;
 pid $W/nginx/nginx.pid;
 error_log $W/nginx/error.log error;
@@ -182,15 +185,18 @@ for r in $(seq "$ROUNDS"); do
       latency) cmd=(latency --mode raw --count 20000) ;;
       download-*) cmd=(throughput --mode "$MODE" --parallel 1 --bytes "$BYTES" --dir down --sni localhost) ;;
       upload-*) cmd=(throughput --mode "$MODE" --parallel 1 --bytes "$BYTES" --dir up --sni localhost) ;;
+      both-*) cmd=(throughput --mode "$MODE" --parallel 1 --bytes "$BYTES" --dir both --sni localhost) ;;
     esac
-    out=$("${LOAD[@]}" "$LG" "${cmd[@]}" --target "${TGT[$s]}" 2>&1 | grep '^{' | tail -1)
+    # both-*: the two lines, download then upload, as one JSON list
+    out=$("${LOAD[@]}" "$LG" "${cmd[@]}" --target "${TGT[$s]}" 2>&1 | grep '^{' | paste -sd, | sed 's/^/[/; s/$/]/')
     read -r u1 s1 c1 < <(cpu "${PID[$s]}")
     i1=$(ipis)
     python3 - "$SCENARIO" "$s" "$out" "$u0" "$s0" "$c0" "$u1" "$s1" "$c1" "$(getconf CLK_TCK)" "$i0" "$i1" <<'EOF'
 import json, sys
 scn, s, out = sys.argv[1:4]
 u0, s0, c0, u1, s1, c1, hz, i0, i1 = map(float, sys.argv[4:])
-d = json.loads(out)
+ds = json.loads(out)
+d = ds[-1]
 if scn.startswith("handshakes"):
     units, unit, fig = d["conns"], "us/conn", "%6.0f conn/s" % d["conn_s"]
     scale = 1e6
@@ -199,7 +205,9 @@ elif scn == "latency":
     units, unit, fig = 21000, "us/echo", "p50 %6.1f us  p99 %6.1f us" % (d["p50_us"], d["p99_us"])
     scale = 1e6
 else:
-    units, unit, fig = d["bytes_per_stream"] * d.get("parallel", 1) / 1e9, "ms/GB", "%6.0f MB/s" % d["mb_s"]
+    # CPU over every direction run: both-* covers twice the bytes
+    units, unit = sum(x["bytes_per_stream"] * x.get("streams", 1) for x in ds) / 1e9, "ms/GB"
+    fig = " ".join("%s %6.0f MB/s" % (x["dir"], x["mb_s"]) for x in ds) if len(ds) > 1 else "%6.0f MB/s" % d["mb_s"]
     scale = 1e3
 user, sys_ = (u1 - u0) / hz / units * scale, (s1 - s0) / hz / units * scale
 per = unit.split("/")[1]
