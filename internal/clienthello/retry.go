@@ -90,14 +90,21 @@ type Retry struct {
 
 // NewRetry watches the connection whose first ClientHello was first.
 func NewRetry(first *Info) *Retry {
-	r := &Retry{
+	r := new(Retry)
+	r.Init(first)
+	return r
+}
+
+// Init makes r watch the connection whose first ClientHello was first, as
+// NewRetry does, for a Retry held inside another value.
+func (r *Retry) Init(first *Info) {
+	*r = Retry{
 		nameLen: len(first.ServerName),
 		hasSNI:  first.ServerName != nil, hasALPN: first.ALPN != nil,
 		ech: first.ECH, echOuter: first.ECHOuter, echConfigID: first.ECHConfigID,
 	}
 	r.first = make([]byte, 0, len(first.ServerName)+len(first.ALPN))
 	r.first = append(append(r.first, first.ServerName...), first.ALPN...)
-	return r
 }
 
 // Answered says the server's answer to the first hello has been read:

@@ -23,7 +23,7 @@ import (
 // the client with a TLS access_denied alert, in the first hello's record
 // version.
 type helloWatch struct {
-	r       *clienthello.Retry
+	r       clienthello.Retry
 	version uint16
 }
 
@@ -37,7 +37,8 @@ func newHelloWatch(p *peek.Result, data []byte) (*helloWatch, error) {
 	if p.Protocol != peek.TLS || !p.HelloOK {
 		return nil, nil
 	}
-	w := &helloWatch{r: clienthello.NewRetry(&p.Hello), version: p.Hello.RecordVersion}
+	w := &helloWatch{version: p.Hello.RecordVersion}
+	w.r.Init(&p.Hello)
 	if _, _, err := w.Client(data[p.HelloEnd:]); err != nil {
 		return nil, err
 	}
@@ -73,9 +74,14 @@ func (w *helloWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 	return pass, relay.WatchOn, nil
 }
 
-func (w *helloWatch) Server(b []byte) bool {
-	w.r.Server(b)
-	return w.r.Answered()
+func (w *helloWatch) Server(b []byte) relay.WatchState {
+	switch {
+	case w.r.Server(b) == clienthello.Done:
+		return relay.WatchEnded // answered, no retry: nothing of the client's to check
+	case w.r.Answered():
+		return relay.WatchOff // a retry: the client's second hello is watched
+	}
+	return relay.WatchOn
 }
 
 func (w *helloWatch) Expired() error {

@@ -129,8 +129,12 @@ type Watch interface {
 	// and how it goes on; an error (a *Refusal) ends the connection.
 	Client(b []byte) (pass []byte, st WatchState, err error)
 	// Server is given what each read from the upstream returned, which
-	// is written on whole; done ends the watch of that direction.
-	Server(b []byte) (done bool)
+	// is written on whole. WatchOff ends the watch of the server's bytes;
+	// WatchEnded ends the whole watch, the client's side too (as when
+	// the server's answer leaves nothing to check in what the client
+	// sends next: the Conn must not keep a Watch until the client's next
+	// read, which an idle connection never makes).
+	Server(b []byte) WatchState
 	// Expired is the refusal of a connection whose client's held bytes
 	// did not complete within the hold time Conn.Watch was given.
 	Expired() error
@@ -140,9 +144,10 @@ type Watch interface {
 type WatchState uint8
 
 const (
-	WatchOn      WatchState = iota // watch the client's next bytes too
-	WatchHolding                   // the Watch holds bytes: the hold time runs
-	WatchOff                       // the client's bytes are relayed unread from here
+	WatchOn      WatchState = iota // watch that side's next bytes too
+	WatchHolding                   // the Watch holds the client's bytes: the hold time runs
+	WatchOff                       // that side's bytes are relayed unread from here
+	WatchEnded                     // both sides' bytes are relayed unread from here
 )
 
 // Refusal is the error with which a Watch ends a connection: Reply (a TLS

@@ -30,8 +30,16 @@ func (c *Conn) Watch(w Watch, hold time.Duration) {
 func (c *Conn) watched(d *dir, b []byte) (pass []byte, on, ok bool) {
 	w := c.watch
 	if d == &c.down {
-		if w.server && w.w.Server(b) {
-			w.server = false
+		if w.server {
+			switch w.w.Server(b) {
+			case WatchOff:
+				w.server = false
+			case WatchEnded:
+				w.server, w.client = false, false
+				if w.holdSince != 0 {
+					c.idle, w.holdSince = w.idle, 0
+				}
+			}
 		}
 		on = w.server
 	} else if w.client {

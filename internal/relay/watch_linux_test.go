@@ -16,6 +16,7 @@ import (
 type lineWatch struct {
 	held        []byte
 	serverReads int
+	endOnServer bool // the server's first bytes end the whole watch
 }
 
 func (w *lineWatch) Client(b []byte) ([]byte, WatchState, error) {
@@ -30,7 +31,13 @@ func (w *lineWatch) Client(b []byte) ([]byte, WatchState, error) {
 	return w.held, WatchOff, nil
 }
 
-func (w *lineWatch) Server([]byte) bool { w.serverReads++; return true }
+func (w *lineWatch) Server([]byte) WatchState {
+	w.serverReads++
+	if w.endOnServer {
+		return WatchEnded
+	}
+	return WatchOff
+}
 func (w *lineWatch) Expired() error     { return &Refusal{Why: "no line in time"} }
 
 // watchedWorld is a world whose connection lineWatch watches, with hold.
@@ -121,6 +128,31 @@ func TestWatchHoldExpires(t *testing.T) {
 	}
 	if r := w.result(t); r.End != Refused || r.Why != "no line in time" {
 		t.Errorf("Result = %+v", r)
+	}
+}
+
+// TestWatchEndedByServer: a Watch that the server's first bytes end lets
+// the client's next bytes through unread (not held for a line), without a
+// read of the client's to end it first.
+func TestWatchEndedByServer(t *testing.T) {
+	lw := &lineWatch{endOnServer: true}
+	w := newWorldWith(t, loopsFor(t), time.Minute, func(c *Conn) { c.Watch(lw, time.Minute) })
+	w.server.Write([]byte("answer"))
+	w.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(w.client, make([]byte, 6)); err != nil {
+		t.Fatal(err)
+	}
+	w.client.Write([]byte("no line end"))
+	w.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len("no line end"))
+	if _, err := io.ReadFull(w.server, got); err != nil {
+		t.Fatalf("the client's bytes after the watch ended: %v (held?)", err)
+	}
+	w.client.Close()
+	w.server.Close()
+	w.result(t)
+	if lw.held != nil || w.rc.watch != nil {
+		t.Errorf("the watch saw the client's bytes (%q) or stayed on the Conn", lw.held)
 	}
 }
 
