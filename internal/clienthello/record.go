@@ -93,6 +93,28 @@ func Reassemble(raw, scratch []byte) (msg []byte, used int, st Status) {
 	}
 }
 
+// Coalesced reports whether the records that carry a complete hello in raw
+// (the used bytes Reassemble returned, of a message msgLen bytes long) carry
+// handshake bytes after it: a second message in the hello's own record.
+// No client sends one (RFC 8446 §5.1 has a message before a key change end
+// on a record boundary, and a hello is followed by one, or by the
+// server's answer), but a server that reads on (OpenSSL) would take a
+// second ClientHello there, after its HelloRetryRequest, for the one to
+// act on: the gateway refuses it.
+func Coalesced(raw []byte, used, msgLen int) bool {
+	off, st := skipLeading(raw)
+	if st != Complete {
+		return false
+	}
+	seen := 0
+	for off+recordHeaderLen <= used {
+		n := int(raw[off+3])<<8 | int(raw[off+4])
+		seen += n
+		off += recordHeaderLen + n
+	}
+	return seen > msgLen
+}
+
 // recordStart says whether raw starts like a TLS record: NotTLS, NeedMore
 // while its first bytes do not tell, else Complete. It judges by the fewest
 // bytes it can, so that other protocols are told apart at once.

@@ -45,8 +45,11 @@ const (
 // decided and sent on, until that hello is answered: it reads the start
 // of the server's answer, and walks the client's records meanwhile.
 //   - A server whose answer is not a HelloRetryRequest (a ServerHello, an
-//     alert, anything else) ends the watch: no client sends another
-//     ClientHello in the clear after that, and a server would not take one.
+//     alert) ends the watch: no client sends another ClientHello in the
+//     clear after that, and a server would not take one. Server bytes that
+//     are no TLS record end the watch of the server's side only: what
+//     follows them cannot be framed, so the client's side stays as before
+//     an answer.
 //   - Before the answer, the client's change_cipher_spec, alert and
 //     application_data records (early data) pass; a handshake record is
 //     refused, since no TLS client sends one before the server has
@@ -56,7 +59,8 @@ const (
 //   - After a HelloRetryRequest, the client's next handshake record starts
 //     the second hello: it is held until whole (MaxHelloLen, as the first)
 //     and passes only if it names the same server, offers the same ALPN
-//     protocols and the same encrypted_client_hello as the first.
+//     protocols and the same encrypted_client_hello as the first, in at
+//     most MaxHoldReads reads, with nothing after it in its record.
 //
 // Retry does no I/O and keeps no time: the relay feeds it, holds the
 // connection's bytes as told, and bounds a hold's wait. Its zero value is
@@ -77,16 +81,27 @@ type Retry struct {
 	// The server's first records, walked until answered: the header of
 	// the record being read (hdrN bytes of it), the bytes its body still
 	// has (left), and the first bytes of the handshake message (msgN).
-	srvHdr  [recordHeaderLen]byte
-	srvHdrN int
-	srvLeft int
-	srvMsg  [handshakeHeaderLen + 2 + 32]byte // type, length, legacy_version, random
-	srvMsgN int
-	cliHdr  [recordHeaderLen]byte // the client's record walk, likewise
-	cliHdrN int
-	cliLeft int
-	held    []byte // a second hello's records, from their first byte
+	srvHdr    [recordHeaderLen]byte
+	srvHdrN   int
+	srvLeft   int
+	srvMsg    [handshakeHeaderLen + 2 + 32]byte // type, length, legacy_version, random
+	srvMsgN   int
+	cliHdr    [recordHeaderLen]byte // the client's record walk, likewise
+	cliHdrN   int
+	cliLeft   int
+	held      []byte // a second hello's records, from their first byte
+	holdReads int    // the reads added to held
+	// unframed: the server's first bytes were no TLS record (an
+	// unread byte of a protocol's own before the hello's answer, such as
+	// PostgreSQL's "S"): its answer cannot be told, so the client's
+	// side stays as before an answer, where a handshake record is refused.
+	unframed bool
 }
+
+// MaxHoldReads bounds the reads a second hello may come in: each one
+// re-walks the hello's records on the relay loop, which every relayed
+// connection shares. A real hello comes in one to four.
+const MaxHoldReads = 32
 
 // NewRetry watches the connection whose first ClientHello was first.
 func NewRetry(first *Info) *Retry {
@@ -107,9 +122,9 @@ func (r *Retry) Init(first *Info) {
 	r.first = append(append(r.first, first.ServerName...), first.ALPN...)
 }
 
-// Answered says the server's answer to the first hello has been read:
-// nothing more of the server's is watched.
-func (r *Retry) Answered() bool { return r.answered }
+// Answered says the server's answer to the first hello has been read, or
+// cannot be: nothing more of the server's is watched.
+func (r *Retry) Answered() bool { return r.answered || r.unframed }
 
 // Why says why the connection is refused, once a call returned Refuse.
 // Names the client sent are quoted (Go syntax) and cut at 255 bytes.
@@ -129,10 +144,14 @@ func (r *Retry) verdict() Verdict {
 // Server takes the next bytes the server sent, and says whether to go on.
 // It never holds them.
 func (r *Retry) Server(b []byte) Verdict {
-	for off := 0; off < len(b) && !r.answered; {
+	for off := 0; off < len(b) && !r.answered && !r.unframed; {
 		if r.srvLeft == 0 {
 			if r.srvHdrN == 0 && b[off] != recordTypeHandshake {
-				r.answered = true // an alert, or no TLS: no retry
+				if b[off] < recordTypeChangeCipher || b[off] > recordTypeApplicationData {
+					r.unframed = true
+				} else {
+					r.answered = true // an alert: no retry
+				}
 				break
 			}
 			k := copy(r.srvHdr[r.srvHdrN:], b[off:])
@@ -172,6 +191,7 @@ func (r *Retry) Client(b []byte) ([]byte, Verdict) {
 		return b, Done
 	case r.held != nil:
 		r.held = append(r.held, b...)
+		r.holdReads++
 		if v := r.judge(r.held); v != Done {
 			return nil, v
 		}
@@ -228,13 +248,16 @@ func (r *Retry) Client(b []byte) ([]byte, Verdict) {
 // Refuse otherwise.
 func (r *Retry) judge(raw []byte) Verdict {
 	var h Info
-	_, st := Examine(raw, nil, &h)
-	switch st {
-	case NeedMore:
+	msg, used, st := Reassemble(raw, nil)
+	switch {
+	case st == NeedMore && r.holdReads < MaxHoldReads:
 		return Holding
-	case Complete:
-	default:
+	case st == NeedMore:
+		return r.refuse("a second ClientHello (after a HelloRetryRequest) in more than " + strconv.Itoa(MaxHoldReads) + " pieces")
+	case st != Complete, !Parse(msg, &h):
 		return r.refuse("a malformed second ClientHello (after a HelloRetryRequest)")
+	case Coalesced(raw, used, len(msg)):
+		return r.refuse("handshake bytes after the second ClientHello in its own record")
 	}
 	first := Info{ECH: r.ech, ECHOuter: r.echOuter, ECHConfigID: r.echConfigID}
 	if r.hasSNI {

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,7 +129,9 @@ func TestRetry(t *testing.T) {
 	h1 := parsed(t, retry.hello1)
 
 	t.Run("a real retry passes whole, however split", func(t *testing.T) {
-		for _, size := range []int{0, 1, 7, 100, 1000} {
+		// Pieces of 100 bytes: 19 reads of Go's 1.9 KiB hello; 60 is the
+		// most reads MaxHoldReads lets a hello of this size come in.
+		for _, size := range []int{0, 60, 100, 1000} {
 			r := NewRetry(h1)
 			for _, rec := range retry.server {
 				if v := r.Server(rec); v != Watching {
@@ -162,8 +165,8 @@ func TestRetry(t *testing.T) {
 			t.Fatalf("client handshake record after the answer: %v", v)
 		}
 	})
-	t.Run("an alert or other bytes end the watch", func(t *testing.T) {
-		for _, b := range [][]byte{{21, 3, 3, 0, 2, 2, 40}, []byte("HTTP/1.1 400"), {22, 3, 3, 0, 0}} {
+	t.Run("an alert or an empty handshake record ends the watch", func(t *testing.T) {
+		for _, b := range [][]byte{{21, 3, 3, 0, 2, 2, 40}, {22, 3, 3, 0, 0}} {
 			if v := NewRetry(h1).Server(b); v != Done {
 				t.Errorf("%q: %v", b, v)
 			}
@@ -183,7 +186,7 @@ func TestRetry(t *testing.T) {
 	}
 	for _, tc := range refused {
 		t.Run("refused: "+tc.name, func(t *testing.T) {
-			for _, size := range []int{0, 1} {
+			for _, size := range []int{0, 100} {
 				r := NewRetry(h1)
 				for _, rec := range retry.server {
 					r.Server(rec)
@@ -240,6 +243,42 @@ func TestRetry(t *testing.T) {
 			}
 		}
 	})
+	t.Run("a hello in too many pieces is refused", func(t *testing.T) {
+		r := NewRetry(h1)
+		for _, rec := range retry.server {
+			r.Server(rec)
+		}
+		if _, v := feed(r, flat(retry.client2), 1); v != Refuse || !strings.Contains(r.Why(), "pieces") {
+			t.Fatalf("a hello a byte a read: %v (%s)", v, r.Why())
+		}
+	})
+	t.Run("a second message in the second hello's record is refused", func(t *testing.T) {
+		r := NewRetry(h1)
+		for _, rec := range retry.server {
+			r.Server(rec)
+		}
+		hello := parsedMsg(t, flat(retry.client2)[6:]) // past the change_cipher_spec
+		both := append(bytes.Clone(hello), hello...)
+		rec := append([]byte{22, 3, 3, byte(len(both) >> 8), byte(len(both))}, both...)
+		if _, v := r.Client(rec); v != Refuse || !strings.Contains(r.Why(), "own record") {
+			t.Fatalf("%v (%s)", v, r.Why())
+		}
+	})
+	t.Run("server bytes that are no TLS record keep the client's side watched", func(t *testing.T) {
+		r := NewRetry(h1)
+		if v := r.Server([]byte("S")); v != Watching || !r.Answered() {
+			t.Fatalf("after an S: %v, answered %v", v, r.Answered())
+		}
+		// The HRR that follows is not read; a hello after it is refused.
+		if _, v := r.Client(flat(evil.client2)); v != Refuse {
+			t.Fatalf("a second hello after unframed server bytes: %v", v)
+		}
+		r = NewRetry(h1)
+		r.Server([]byte("HTTP/1.1 400 Bad Request\r\n"))
+		if _, v := r.Client([]byte{23, 3, 3, 0, 1, 0, 'x'}); v != Done {
+			t.Fatalf("the client's own plain bytes after them: %v", v)
+		}
+	})
 	t.Run("a held hello is bounded", func(t *testing.T) {
 		r := NewRetry(h1)
 		for _, rec := range retry.server {
@@ -250,6 +289,16 @@ func TestRetry(t *testing.T) {
 			t.Fatalf("a hello longer than MaxHelloLen: %v", v)
 		}
 	})
+}
+
+// parsedMsg is the handshake message of the one-record hello rec.
+func parsedMsg(t *testing.T, rec []byte) []byte {
+	t.Helper()
+	msg, _, st := Reassemble(rec, nil)
+	if st != Complete {
+		t.Fatalf("hello: %v", st)
+	}
+	return msg
 }
 
 // parsed is the hello in rec, parsed.

@@ -242,9 +242,10 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 	if p.Preamble && p.Err == nil {
 		// A PostgreSQL request for TLS: a ClientHello follows the
 		// server's "S". Sent on, and what follows watched.
-		p.Data = data
+		behind := len(data) > len(p.Data) // read by the request's reader, behind it
+		p.Data = data[:len(p.Data)]
 		x.releaseReader()
-		if !x.sendOn(up, &p, func() {}, rec) {
+		if !x.sendOn(up, &p, func() {}, rec) || !x.preambleAnswer(up, rec, func() bool { return behind }) {
 			return false
 		}
 		return watch()

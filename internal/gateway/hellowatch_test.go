@@ -181,6 +181,27 @@ func TestSecondHelloNamesAnotherServer(t *testing.T) {
 		}
 		w.want(w.waitLog(bySrcPort(c)), map[string]any{"action": "allow", "fqdn": "good.test"})
 	})
+	t.Run("a second hello in the first's own record", func(t *testing.T) {
+		// A server that reads on in the record (OpenSSL does) would take it
+		// after its HelloRetryRequest. Nothing is dialled.
+		c, err := net.Dial("tcp", w.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		both := append(handshakeMsg(goHelloBytes(t, "good.test")), handshakeMsg(goHelloBytes(t, "x.ads.test"))...)
+		c.Write(reframe(both, 16384))
+		io.ReadAll(c)
+		if names := rs.serverNames(); len(names) != 0 {
+			t.Errorf("the server read hellos for %q, want none", names)
+		}
+		e := w.waitLog(bySrcPort(c))
+		w.want(e, map[string]any{"action": "deny"})
+		if reason, _ := e["reason"].(string); !strings.Contains(reason, "after the ClientHello in its own record") {
+			t.Errorf("reason %q", reason)
+		}
+	})
 	t.Run("a second hello sent with the first", func(t *testing.T) {
 		c, err := net.Dial("tcp", w.addr.String())
 		if err != nil {

@@ -131,7 +131,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			// and what follows the server's answer is watched.
 			rec.Reason += fmt.Sprintf("; client spoke after %v (%s)", after, p.Protocol)
 			if p.Preamble && step+1 < latePreambles && !a.serverEnded() {
-				if !s.sendOn(up, &p, stop, rec) {
+				if !s.sendOn(up, &p, stop, rec) || !s.preambleAnswer(up, rec, nil) {
 					return false
 				}
 				continue
@@ -183,6 +183,50 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 // MySQL statement of 22 bytes) for hellos and refused them, and a client
 // could use its count up by splitting a preamble into segments.
 const latePreambles = 3
+
+// preambleAnswer passes on the server's one-byte answer to a PostgreSQL
+// request just sent (S, N or G), read here, not by the watch's copy: a
+// client must wait for it before its next bytes (libpq does), so bytes it
+// sent before the answer came are refused, as bytes behind the request
+// in its own segment are (peek.ErrPipelined). Otherwise a client that
+// sent its hello at once would have it decided with the answer still
+// unread in the server's socket, and the relay would read the answer as
+// the server's to the hello, not the HelloRetryRequest after it
+// (helloWatch). It reports false when the connection was ended (rec says
+// why); pending reports client bytes read already and not yet decided
+// (an explicit client's reader), nil for none.
+func (s *session) preambleAnswer(up *net.TCPConn, rec *accesslog.Record, pending func() bool) bool {
+	cfg := s.st.Config
+	var b [1]byte
+	up.SetReadDeadline(time.Now().Add(cfg.Timeouts.Idle))
+	_, err := io.ReadFull(up, b[:])
+	up.SetReadDeadline(time.Time{})
+	if err != nil {
+		rec.Reason += "; upstream side ended before answering the PostgreSQL request: " + err.Error()
+		up.Close()
+		refuse.Reset(s.c)
+		return false
+	}
+	if (pending != nil && pending()) || hasBytes(s.c) {
+		rec.Action, rec.Enforced = accesslog.Deny, true
+		rec.Reason += "; " + peek.ErrPipelined.Error()
+		up.Close()
+		refuse.Reset(s.c)
+		return false
+	}
+	s.c.SetReadDeadline(time.Time{})
+	s.c.SetWriteDeadline(time.Now().Add(cfg.Timeouts.Idle))
+	_, err = s.c.Write(b[:])
+	s.c.SetWriteDeadline(time.Time{})
+	if err != nil {
+		rec.Reason += "; client side ended: " + err.Error()
+		up.Close()
+		s.c.Close()
+		return false
+	}
+	rec.BytesDown++
+	return true
+}
 
 // sendOn writes the client's bytes p to the server, then stops the
 // server's copy (stop), and releases p; false when the server's side
@@ -338,6 +382,21 @@ func waitReadable(c *net.TCPConn, deadline time.Time) error {
 		return err
 	}
 	return perr
+}
+
+// hasBytes reports whether c has bytes to read now, without reading them
+// or waiting.
+func hasBytes(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	rc.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, _ = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	})
+	return n > 0
 }
 
 // sameDst reports whether a late decision's destination is the address

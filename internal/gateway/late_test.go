@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/internal/peek"
 	"github.com/egressd/egressd/internal/testnet"
 )
 
@@ -446,6 +447,52 @@ func TestPipelinedHelloRefused(t *testing.T) {
 		t.Errorf("the server got %d bytes of a preamble with a hello behind it", n)
 	}
 	w.waitLog(matching(map[string]any{"action": "deny"}))
+}
+
+// TestHelloBeforeAnswerRefused: a ClientHello sent in a segment of its
+// own right behind an SSLRequest, before the server's S came back, is
+// refused as one in the same segment is: the server, slow to answer, reads
+// the request and nothing more. (Decided, it would have left the S unread
+// for the relay to take for the server's answer to the hello.)
+func TestHelloBeforeAnswerRefused(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	got := make(chan int, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testnet.Serve(t, ln, func(c net.Conn) {
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		req := make([]byte, 8)
+		if _, err := io.ReadFull(c, req); err != nil {
+			got <- -1
+			return
+		}
+		time.Sleep(200 * time.Millisecond) // the hello is on its way meanwhile
+		c.Write([]byte("S"))
+		n, _ := io.Copy(io.Discard, c)
+		got <- int(n)
+	})
+	target := fmt.Sprintf("good.test:%d", netip.MustParseAddrPort(ln.Addr().String()).Port())
+	c, br := rawProxy(t, w.proxy)
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %d", resp.StatusCode)
+	}
+	io.WriteString(c, sslRequest)
+	time.Sleep(20 * time.Millisecond)
+	c.Write(goHelloBytes(t, "good.test"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if rest, _ := io.ReadAll(br); len(rest) > 0 {
+		t.Errorf("client read %q, want nothing: no answer passed on", rest)
+	}
+	if n := <-got; n != 0 {
+		t.Errorf("the server got %d bytes after the request", n)
+	}
+	e := w.waitLog(matching(map[string]any{"action": "deny"}))
+	if reason, _ := e["reason"].(string); !strings.Contains(reason, peek.ErrPipelined.Error()) {
+		t.Errorf("reason %q", reason)
+	}
 }
 
 // sslRequest is PostgreSQL's SSLRequest: length 8, code 80877103.

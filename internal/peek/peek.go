@@ -79,7 +79,10 @@ type Result struct {
 
 // Errors a Result can carry.
 var (
-	ErrMalformedHello  = errors.New("malformed TLS ClientHello")
+	ErrMalformedHello = errors.New("malformed TLS ClientHello")
+	// ErrHelloCoalesced: the hello's own record carries handshake bytes
+	// after it (clienthello.Coalesced).
+	ErrHelloCoalesced  = errors.New("handshake bytes after the ClientHello in its own record")
 	ErrHelloTimeout    = errors.New("client_hello timeout: ClientHello incomplete")
 	ErrHelloTooLarge   = errors.New("ClientHello larger than 16 KiB")
 	ErrHTTPTimeout     = errors.New("client_hello timeout: HTTP request head incomplete")
@@ -264,22 +267,28 @@ func examineTLS(buf []byte) (r Result, more bool) {
 	// was reassembled in scratch keeps it until Release.
 	sp := scratchPool.Get().(*[]byte)
 	msg, used, st := clienthello.Reassemble(buf, (*sp)[:0])
-	if st == clienthello.Complete && !clienthello.Parse(msg, &r.Hello) {
-		st = clienthello.Invalid
+	coalesced := false
+	if st == clienthello.Complete {
+		if !clienthello.Parse(msg, &r.Hello) {
+			st = clienthello.Invalid
+		}
+		coalesced = clienthello.Coalesced(buf, used, len(msg))
 	}
 	if st == clienthello.Complete && &msg[0] == &(*sp)[:1][0] {
 		r.scratch = sp
 	} else {
 		scratchPool.Put(sp)
 	}
-	switch st {
-	case clienthello.Complete:
+	switch {
+	case st == clienthello.Complete && coalesced:
+		return tlsError(buf, ErrHelloCoalesced), false
+	case st == clienthello.Complete:
 		r.Hello.RecordVersion = clienthello.RecordVersion(buf)
 		r.Protocol, r.Data, r.HelloOK, r.HelloEnd = TLS, buf, true, used
 		return r, false
-	case clienthello.NotTLS: // a first byte of 20 to 23 that is not: nothing we know
+	case st == clienthello.NotTLS: // a first byte of 20 to 23 that is not: nothing we know
 		return Result{Protocol: Unknown, Data: buf}, false
-	case clienthello.Invalid:
+	case st == clienthello.Invalid:
 		return tlsError(buf, ErrMalformedHello), false
 	}
 	if len(buf) >= clienthello.MaxHelloLen {

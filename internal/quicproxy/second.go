@@ -22,6 +22,7 @@ import (
 type secondHello struct {
 	buf     []byte
 	have    []uint64
+	filled  int  // how many of buf's bytes came
 	checked bool // the whole second hello came and was the same
 }
 
@@ -89,6 +90,7 @@ func (s *secondHello) add(off int, data []byte) bool {
 		}
 		s.buf[at] = b
 		s.have[at/64] |= 1 << (at % 64)
+		s.filled++
 	}
 	return true
 }
@@ -97,25 +99,32 @@ func (s *secondHello) add(off int, data []byte) bool {
 // it came, nil before.
 func (s *secondHello) whole() []byte {
 	const hdr = 4 // msg_type, uint24 length
-	if !s.came(0, hdr) {
+	if s.filled < hdr || !s.came(hdr) {
 		return nil
 	}
 	total := hdr + (int(s.buf[1])<<16 | int(s.buf[2])<<8 | int(s.buf[3]))
-	if total > len(s.buf) || !s.came(0, total) {
+	if total > len(s.buf) || s.filled < total || !s.came(total) {
 		return nil
 	}
 	return s.buf[:total]
 }
 
-// came reports whether bytes [from, to) all came.
-func (s *secondHello) came(from, to int) bool {
+// came reports whether bytes [0, to) all came, a word of them at a time:
+// a client that sends all but one byte, again and again, costs a scan of
+// at most MaxHelloLen/64 words a packet.
+func (s *secondHello) came(to int) bool {
 	if to > len(s.buf) {
 		return false
 	}
-	for at := from; at < to; at++ {
-		if s.have[at/64]&(1<<(at%64)) == 0 {
+	full := to / 64
+	for _, w := range s.have[:full] {
+		if w != ^uint64(0) {
 			return false
 		}
+	}
+	if rest := to % 64; rest > 0 {
+		mask := uint64(1)<<rest - 1
+		return s.have[full]&mask == mask
 	}
 	return true
 }

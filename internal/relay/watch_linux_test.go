@@ -38,7 +38,7 @@ func (w *lineWatch) Server([]byte) WatchState {
 	}
 	return WatchOff
 }
-func (w *lineWatch) Expired() error     { return &Refusal{Why: "no line in time"} }
+func (w *lineWatch) Expired() error { return &Refusal{Why: "no line in time"} }
 
 // watchedWorld is a world whose connection lineWatch watches, with hold.
 func watchedWorld(t *testing.T, hold time.Duration) (*world, *lineWatch) {
