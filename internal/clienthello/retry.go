@@ -90,7 +90,7 @@ type Retry struct {
 	cliHdrN   int
 	cliLeft   int
 	held      []byte // a second hello's records, from their first byte
-	holdReads int    // the reads added to held
+	holdReads int    // the reads held has come in
 	// unframed: the server's first bytes were no TLS record (an
 	// unread byte of a protocol's own before the hello's answer, such as
 	// PostgreSQL's "S"): its answer cannot be told, so the client's
@@ -113,13 +113,16 @@ func NewRetry(first *Info) *Retry {
 // Init makes r watch the connection whose first ClientHello was first, as
 // NewRetry does, for a Retry held inside another value.
 func (r *Retry) Init(first *Info) {
+	keep := r.first[:0] // a reused Retry's buffer, unless a big one
+	if cap(keep) > 512 {
+		keep = nil
+	}
 	*r = Retry{
 		nameLen: len(first.ServerName),
 		hasSNI:  first.ServerName != nil, hasALPN: first.ALPN != nil,
 		ech: first.ECH, echOuter: first.ECHOuter, echConfigID: first.ECHConfigID,
 	}
-	r.first = make([]byte, 0, len(first.ServerName)+len(first.ALPN))
-	r.first = append(append(r.first, first.ServerName...), first.ALPN...)
+	r.first = append(append(keep, first.ServerName...), first.ALPN...)
 }
 
 // Answered says the server's answer to the first hello has been read, or
@@ -216,6 +219,7 @@ func (r *Retry) Client(b []byte) ([]byte, Verdict) {
 				switch v := r.judge(b[off:]); v {
 				case Holding:
 					r.held = append(make([]byte, 0, 2*(len(b)-off)), b[off:]...)
+					r.holdReads = 1
 					return b[:off], Holding
 				case Done:
 					return b, Done

@@ -292,6 +292,14 @@ func (x *explicitConn) checkTunnel(t target, v verdict, p *peek.Result, rec *acc
 	if p.Err == nil && x.protocolDenied(t, v, p.Protocol, rec) {
 		return true
 	}
+	if errors.Is(p.Err, peek.ErrHelloCoalesced) {
+		// Built to carry a second hello past the decision: refused
+		// whatever tunnel_sni says (a malformed hello is only logged
+		// under tunnel_sni: log).
+		rec.Action, rec.Enforced = accesslog.Deny, true
+		rec.Reason = "inside the tunnel: " + peekReason(*p)
+		return true
+	}
 	problem := ""
 	switch {
 	case p.Err != nil:

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"sync"
+
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/clienthello"
 	"github.com/egressd/egressd/internal/peek"
@@ -37,13 +39,21 @@ func newHelloWatch(p *peek.Result, data []byte) (*helloWatch, error) {
 	if p.Protocol != peek.TLS || !p.HelloOK {
 		return nil, nil
 	}
-	w := &helloWatch{version: p.Hello.RecordVersion}
+	w := helloWatches.Get().(*helloWatch)
+	w.version = p.Hello.RecordVersion
 	w.r.Init(&p.Hello)
 	if _, _, err := w.Client(data[p.HelloEnd:]); err != nil {
+		w.Release()
 		return nil, err
 	}
 	return w, nil
 }
+
+// helloWatches holds helloWatch values between connections (see
+// relay.Watch.Release): every TLS connection takes one.
+var helloWatches = sync.Pool{New: func() any { return new(helloWatch) }}
+
+func (w *helloWatch) Release() { helloWatches.Put(w) }
 
 // watch has rc watched by w, if there is one, with the client_hello
 // timeout for a second hello's rest.

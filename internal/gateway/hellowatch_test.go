@@ -275,3 +275,29 @@ func TestSecondHelloInTunnel(t *testing.T) {
 		}
 	}
 }
+
+// TestCoalescedHelloInTunnel: a hello with a second packed into its own
+// record is refused in a tunnel under tunnel_sni: log too, where other
+// malformed hellos are only logged: it is built to get past the
+// decision, its protocol and JA4 rules included.
+func TestCoalescedHelloInTunnel(t *testing.T) {
+	rs := startRetryServer(t)
+	w := newProxyWorld(t, "", "", true)
+	target := fmt.Sprintf("good.test:%d", rs.addr.Port())
+	for _, proxy := range []netip.AddrPort{w.proxy, w.proxyLog} {
+		c, br := rawProxy(t, proxy)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+		if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %d", resp.StatusCode)
+		}
+		both := append(handshakeMsg(goHelloBytes(t, "good.test")), handshakeMsg(goHelloBytes(t, "x.ads.test"))...)
+		c.Write(reframe(both, 16384))
+		io.ReadAll(br)
+		if names := rs.serverNames(); len(names) != 0 {
+			t.Errorf("%v: the server read hellos for %q, want none", proxy, names)
+		}
+		e := w.waitLog(bySrcPort(c))
+		w.want(e, map[string]any{"action": "deny", "enforced": true})
+	}
+}

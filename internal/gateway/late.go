@@ -131,7 +131,10 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			// and what follows the server's answer is watched.
 			rec.Reason += fmt.Sprintf("; client spoke after %v (%s)", after, p.Protocol)
 			if p.Preamble && step+1 < latePreambles && !a.serverEnded() {
-				if !s.sendOn(up, &p, stop, rec) || !s.preambleAnswer(up, rec, nil) {
+				// The copy stops before the request goes: its answer is
+				// preambleAnswer's to read, not the copy's.
+				stop()
+				if !s.sendOn(up, &p, func() {}, rec) || !s.preambleAnswer(up, rec, nil) {
 					return false
 				}
 				continue
@@ -198,9 +201,13 @@ const latePreambles = 3
 func (s *session) preambleAnswer(up *net.TCPConn, rec *accesslog.Record, pending func() bool) bool {
 	cfg := s.st.Config
 	var b [1]byte
-	up.SetReadDeadline(time.Now().Add(cfg.Timeouts.Idle))
+	// A server answers such a request at once: the wait is the connect
+	// timeout's, and a drain ends it.
+	s.g.track(up, true)
+	up.SetReadDeadline(time.Now().Add(cfg.Timeouts.Connect))
 	_, err := io.ReadFull(up, b[:])
 	up.SetReadDeadline(time.Time{})
+	s.g.track(up, false)
 	if err != nil {
 		rec.Reason += "; upstream side ended before answering the PostgreSQL request: " + err.Error()
 		up.Close()

@@ -503,10 +503,14 @@ func (c *Conn) finish(upErr, downErr error, linger *side, end End, by Side) {
 		}
 		d.p = nil
 	}
+	why := c.why()
+	if c.watch != nil {
+		c.unwatch() // before done: its caller may reuse the Watch at once
+	}
 	c.done(Result{
 		Up: c.up.n, Down: c.down.n,
 		UpErr: c.up.err, DownErr: c.down.err,
-		End: end, By: by, Why: c.why(),
+		End: end, By: by, Why: why,
 	})
 }
 

@@ -138,6 +138,10 @@ type Watch interface {
 	// Expired is the refusal of a connection whose client's held bytes
 	// did not complete within the hold time Conn.Watch was given.
 	Expired() error
+	// Release says the relay is done with the Watch: none of its
+	// methods is called after. (A Watch is made for every TLS
+	// connection: its maker may reuse it.)
+	Release()
 }
 
 // WatchState is how a Watch goes on after a client's bytes.

@@ -17,6 +17,7 @@ type lineWatch struct {
 	held        []byte
 	serverReads int
 	endOnServer bool // the server's first bytes end the whole watch
+	released    int  // Release calls
 }
 
 func (w *lineWatch) Client(b []byte) ([]byte, WatchState, error) {
@@ -39,6 +40,7 @@ func (w *lineWatch) Server([]byte) WatchState {
 	return WatchOff
 }
 func (w *lineWatch) Expired() error { return &Refusal{Why: "no line in time"} }
+func (w *lineWatch) Release()       { w.released++ }
 
 // watchedWorld is a world whose connection lineWatch watches, with hold.
 func watchedWorld(t *testing.T, hold time.Duration) (*world, *lineWatch) {
@@ -51,7 +53,7 @@ func watchedWorld(t *testing.T, hold time.Duration) (*world, *lineWatch) {
 // the Watch lets them go, whole and in order, however they came; after
 // that the connection relays a bulk transfer each way (spliced) intact.
 func TestWatchHoldsThenLetsGo(t *testing.T) {
-	w, _ := watchedWorld(t, time.Minute)
+	w, lw := watchedWorld(t, time.Minute)
 	if _, err := w.client.Write([]byte("o")); err != nil {
 		t.Fatal(err)
 	}
@@ -81,15 +83,15 @@ func TestWatchHoldsThenLetsGo(t *testing.T) {
 	if r := w.result(t); r.End != Closed || r.Up != int64(len("ok\nand more")+len(bulk)) || r.Down != int64(len(bulk)) {
 		t.Errorf("Result = %+v", r)
 	}
-	if w.rc.watch != nil {
-		t.Error("the Conn still holds its Watch after both sides were let go")
+	if w.rc.watch != nil || lw.released != 1 {
+		t.Errorf("the Conn holds its Watch after both sides were let go (%v), released %d times", w.rc.watch != nil, lw.released)
 	}
 }
 
 // TestWatchRefuses: a refused line never reaches the server, which is
 // reset; the client reads the reply, then the end; the Result says why.
 func TestWatchRefuses(t *testing.T) {
-	w, _ := watchedWorld(t, time.Minute)
+	w, lw := watchedWorld(t, time.Minute)
 	w.client.Write([]byte("bad"))
 	time.Sleep(20 * time.Millisecond) // the line in two reads, the first held
 	w.client.Write([]byte("\nok\n"))
@@ -105,6 +107,9 @@ func TestWatchRefuses(t *testing.T) {
 	}
 	if r := w.result(t); r.End != Refused || r.By != Client || r.Why != "line bad" || r.Up != 0 {
 		t.Errorf("Result = %+v", r)
+	}
+	if lw.released != 1 {
+		t.Errorf("the refusing Watch was released %d times, want once", lw.released)
 	}
 }
 
