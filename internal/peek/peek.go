@@ -281,6 +281,9 @@ func examineTLS(buf []byte) (r Result, more bool) {
 	}
 	switch {
 	case st == clienthello.Complete && coalesced:
+		if r.scratch != nil {
+			scratchPool.Put(r.scratch)
+		}
 		return tlsError(buf, ErrHelloCoalesced), false
 	case st == clienthello.Complete:
 		r.Hello.RecordVersion = clienthello.RecordVersion(buf)
