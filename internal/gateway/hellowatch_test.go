@@ -124,12 +124,7 @@ func TestSecondHelloNamesAnotherServer(t *testing.T) {
 					t.Error("not set up on the relay loop: that path went untested")
 				}
 			}()
-			c, err := net.Dial("tcp", w.addr.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c := dialListener(t, w)
 			c.Write(goHelloBytes(t, "good.test"))
 			got := make([]byte, len(hrr))
 			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, hrr) {
@@ -162,12 +157,7 @@ func TestSecondHelloNamesAnotherServer(t *testing.T) {
 		})
 	}
 	t.Run("the same name passes", func(t *testing.T) {
-		c, err := net.Dial("tcp", w.addr.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c := dialListener(t, w)
 		c.Write(goHelloBytes(t, "good.test"))
 		io.ReadFull(c, make([]byte, len(hrr)))
 		c.Write(append([]byte{20, 3, 3, 0, 1, 1}, goHelloBytes(t, "good.test")...))
@@ -184,12 +174,7 @@ func TestSecondHelloNamesAnotherServer(t *testing.T) {
 	t.Run("a second hello in the first's own record", func(t *testing.T) {
 		// A server that reads on in the record (OpenSSL does) would take it
 		// after its HelloRetryRequest. Nothing is dialled.
-		c, err := net.Dial("tcp", w.addr.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c := dialListener(t, w)
 		both := append(handshakeMsg(goHelloBytes(t, "good.test")), handshakeMsg(goHelloBytes(t, "x.ads.test"))...)
 		c.Write(reframe(both, 16384))
 		io.ReadAll(c)
@@ -203,12 +188,7 @@ func TestSecondHelloNamesAnotherServer(t *testing.T) {
 		}
 	})
 	t.Run("a second hello sent with the first", func(t *testing.T) {
-		c, err := net.Dial("tcp", w.addr.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c := dialListener(t, w)
 		c.Write(append(goHelloBytes(t, "good.test"), goHelloBytes(t, "x.ads.test")...))
 		rest, _ := io.ReadAll(c)
 		if len(rest) != 7 || !isAccessDenied(rest) {
@@ -220,6 +200,19 @@ func TestSecondHelloNamesAnotherServer(t *testing.T) {
 		e := w.waitLog(bySrcPort(c))
 		w.want(e, map[string]any{"action": "deny"})
 	})
+}
+
+// dialListener connects to w's sni listener, for 10 s at most; the
+// connection is closed when the test ends.
+func dialListener(t *testing.T, w *world) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", w.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
 }
 
 // isAccessDenied says b ends with a fatal access_denied alert record, in
@@ -239,12 +232,8 @@ func TestSecondHelloInTunnel(t *testing.T) {
 	for _, preamble := range []bool{false, true} {
 		for _, second := range []string{"x.ads.test", "good.test"} {
 			t.Run(fmt.Sprintf("preamble=%v second=%s", preamble, second), func(t *testing.T) {
-				c, br := rawProxy(t, w.proxy)
+				c, br := tunnel(t, w.proxy, target)
 				c.SetDeadline(time.Now().Add(10 * time.Second))
-				fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-				if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
-					t.Fatalf("CONNECT: %d", resp.StatusCode)
-				}
 				if preamble {
 					io.WriteString(c, sslRequest)
 					if b, err := br.ReadByte(); err != nil || b != 'S' {
@@ -285,12 +274,8 @@ func TestCoalescedHelloInTunnel(t *testing.T) {
 	w := newProxyWorld(t, "", "", true)
 	target := fmt.Sprintf("good.test:%d", rs.addr.Port())
 	for _, proxy := range []netip.AddrPort{w.proxy, w.proxyLog} {
-		c, br := rawProxy(t, proxy)
+		c, br := tunnel(t, proxy, target)
 		c.SetDeadline(time.Now().Add(10 * time.Second))
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-		if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
-			t.Fatalf("CONNECT: %d", resp.StatusCode)
-		}
 		both := append(handshakeMsg(goHelloBytes(t, "good.test")), handshakeMsg(goHelloBytes(t, "x.ads.test"))...)
 		c.Write(reframe(both, 16384))
 		io.ReadAll(br)

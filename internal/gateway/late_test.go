@@ -25,11 +25,7 @@ func TestLateFirstBytesInTunnel(t *testing.T) {
 	target := fmt.Sprintf("good.test:%d", w.echo.Port())
 
 	t.Run("other name refused", func(t *testing.T) {
-		c, br := rawProxy(t, w.proxy)
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-		if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
-			t.Fatalf("CONNECT: %d", resp.StatusCode)
-		}
+		c, br := tunnel(t, w.proxy, target)
 		time.Sleep(400 * time.Millisecond) // first_bytes is 200ms
 		tc := tls.Client(&bufferedConn{c, br}, &tls.Config{ServerName: "x.ads.test", InsecureSkipVerify: true})
 		err := tc.Handshake()
@@ -43,11 +39,7 @@ func TestLateFirstBytesInTunnel(t *testing.T) {
 		}
 	})
 	t.Run("target name relayed", func(t *testing.T) {
-		c, br := rawProxy(t, w.proxy)
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-		if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
-			t.Fatalf("CONNECT: %d", resp.StatusCode)
-		}
+		c, br := tunnel(t, w.proxy, target)
 		time.Sleep(400 * time.Millisecond)
 		tc := tls.Client(&bufferedConn{c, br}, &tls.Config{ServerName: "good.test", InsecureSkipVerify: true})
 		if err := tc.Handshake(); err != nil {
@@ -90,11 +82,7 @@ func TestTunnelPreconnect(t *testing.T) {
 func TestHTTPEveryRequestInTunnel(t *testing.T) {
 	w := newProxyWorld(t, "", "", true)
 	target := fmt.Sprintf("good.test:%d", w.plain.Port())
-	c, br := rawProxy(t, w.proxy)
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-	if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
-		t.Fatalf("CONNECT: %d", resp.StatusCode)
-	}
+	c, br := tunnel(t, w.proxy, target)
 	fmt.Fprintf(c, "GET /one HTTP/1.1\r\nHost: %s\r\n\r\n", target)
 	resp, body := readResponse(t, br, "GET")
 	if resp.StatusCode != 200 || !strings.Contains(body, "path=/one") {
@@ -289,11 +277,7 @@ func TestOddVersionInTunnel(t *testing.T) {
 		"GET /o\x01dd HTTP/1.1", // nginx before 1.21.1 serves control bytes in a target
 	} {
 		t.Run(line, func(t *testing.T) {
-			c, br := rawProxy(t, w.proxy)
-			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-			if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
-				t.Fatalf("CONNECT: %d", resp.StatusCode)
-			}
+			c, br := tunnel(t, w.proxy, target)
 			// In two writes: the first bytes alone must not settle it.
 			io.WriteString(c, line[:7])
 			time.Sleep(20 * time.Millisecond)
@@ -381,11 +365,7 @@ func TestHelloAfterPreamble(t *testing.T) {
 		reaches bool
 	}{{"x.ads.test", false, false}, {"x.ads.test", true, false}, {"good.test", false, true}} {
 		t.Run(fmt.Sprintf("%s split=%v", tc.sni, tc.split), func(t *testing.T) {
-			c, br := rawProxy(t, w.proxy)
-			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-			if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
-				t.Fatalf("CONNECT: %d", resp.StatusCode)
-			}
+			c, br := tunnel(t, w.proxy, target)
 			if tc.split {
 				for _, part := range []string{sslRequest[:1], sslRequest[1:3], sslRequest[3:6], sslRequest[6:]} {
 					io.WriteString(c, part)
@@ -434,11 +414,7 @@ func TestPipelinedHelloRefused(t *testing.T) {
 		got <- int(n)
 	})
 	target := fmt.Sprintf("good.test:%d", netip.MustParseAddrPort(ln.Addr().String()).Port())
-	c, br := rawProxy(t, w.proxy)
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-	if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
-		t.Fatalf("CONNECT: %d", resp.StatusCode)
-	}
+	c, br := tunnel(t, w.proxy, target)
 	hello := []byte{22, 3, 1, 0, 5, 1, 0, 0, 1, 0}
 	c.Write(append([]byte(sslRequest), hello...))
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -474,11 +450,7 @@ func TestHelloBeforeAnswerRefused(t *testing.T) {
 		got <- int(n)
 	})
 	target := fmt.Sprintf("good.test:%d", netip.MustParseAddrPort(ln.Addr().String()).Port())
-	c, br := rawProxy(t, w.proxy)
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-	if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
-		t.Fatalf("CONNECT: %d", resp.StatusCode)
-	}
+	c, br := tunnel(t, w.proxy, target)
 	io.WriteString(c, sslRequest)
 	time.Sleep(20 * time.Millisecond)
 	c.Write(goHelloBytes(t, "good.test"))
@@ -493,6 +465,18 @@ func TestHelloBeforeAnswerRefused(t *testing.T) {
 	if reason, _ := e["reason"].(string); !strings.Contains(reason, peek.ErrPipelined.Error()) {
 		t.Errorf("reason %q", reason)
 	}
+}
+
+// tunnel opens a CONNECT tunnel to target through the explicit proxy at
+// proxy, and fails the test unless it is established.
+func tunnel(t *testing.T, proxy netip.AddrPort, target string) (*net.TCPConn, *bufio.Reader) {
+	t.Helper()
+	c, br := rawProxy(t, proxy)
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
+		t.Fatalf("CONNECT %s: %d", target, resp.StatusCode)
+	}
+	return c, br
 }
 
 // sslRequest is PostgreSQL's SSLRequest: length 8, code 80877103.
@@ -523,11 +507,7 @@ func TestBinaryMessagesAfterPreamble(t *testing.T) {
 		}
 	})
 	target := fmt.Sprintf("good.test:%d", netip.MustParseAddrPort(ln.Addr().String()).Port())
-	c, br := rawProxy(t, w.proxy)
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-	if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != 200 {
-		t.Fatalf("CONNECT: %d", resp.StatusCode)
-	}
+	c, br := tunnel(t, w.proxy, target)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	greet := make([]byte, 9)
 	if _, err := io.ReadFull(br, greet); err != nil {
