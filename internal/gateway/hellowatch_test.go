@@ -3,10 +3,16 @@ package gateway
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -285,4 +291,119 @@ func TestCoalescedHelloInTunnel(t *testing.T) {
 		e := w.waitLog(bySrcPort(c))
 		w.want(e, map[string]any{"action": "deny", "enforced": true})
 	}
+}
+
+// TestSecondHelloAtOpenSSL runs the attack against a real OpenSSL server
+// (openssl s_server, which serves a second certificate to the name
+// -servername gives): asked for a retry, it serves the second hello's
+// name. Straight to it, a first hello for good.test and a second for
+// x.ads.test get x.ads.test's certificate (its larger flight shows it);
+// through egressd, which allows good.test and denies x.ads.test, the
+// client gets access_denied and the server no flight at all.
+func TestSecondHelloAtOpenSSL(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("no openssl")
+	}
+	dir := t.TempDir()
+	writePEM := func(name string, cert tls.Certificate) (certFile, keyFile string) {
+		certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+		der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600)
+		os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+		return certFile, keyFile
+	}
+	// x.ads.test's certificate is made large, so that its flight tells.
+	var many []string
+	for i := range 40 {
+		many = append(many, fmt.Sprintf("host%d.x.ads.test", i))
+	}
+	c1, k1 := writePEM("good", testnet.Cert(t, "good.test"))
+	c2, k2 := writePEM("ads", testnet.Cert(t, append([]string{"x.ads.test"}, many...)...))
+	ln := testnet.Listen(t)
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	srv := exec.Command("openssl", "s_server", "-accept", fmt.Sprintf("127.0.0.1:%d", port),
+		"-cert", c1, "-key", k1, "-servername", "x.ads.test", "-cert2", c2, "-key2", k2,
+		"-groups", "P-256", "-tls1_3", "-quiet")
+	stdin, _ := srv.StdinPipe() // s_server ends at its stdin's EOF
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); srv.Process.Kill(); srv.Wait() })
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("openssl s_server did not listen: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// try sends a first hello for good.test (key shares for X25519MLKEM768
+	// and X25519: the server, P-256 only, asks for a retry), then a
+	// second for second with a P-256 share, and returns what came back
+	// after the retry request.
+	hrr := 0
+	try := func(addr, second string) []byte {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write(goHelloBytes(t, "good.test"))
+		var hdr [5]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			t.Fatalf("%s: no answer to the first hello: %v", addr, err)
+		}
+		first := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+		io.ReadFull(c, first)
+		if len(first) >= 38 && first[0] == 2 && bytes.Equal(first[6:38], helloRetryRequest()[11:43]) {
+			hrr++
+		}
+		c.Write(append([]byte{20, 3, 3, 0, 1, 1}, helloFor(t, second, tls.CurveP256)...))
+		c.SetDeadline(time.Now().Add(time.Second))
+		rest, _ := io.ReadAll(c)
+		return rest
+	}
+	direct := fmt.Sprintf("127.0.0.1:%d", port)
+	small, big := len(try(direct, "good.test")), len(try(direct, "x.ads.test"))
+	if hrr != 2 || big < small+500 {
+		t.Fatalf("straight to openssl: %d retries of 2; flights of %d bytes (good.test) and %d (x.ads.test): the attack shows nothing here", hrr, small, big)
+	}
+	t.Logf("openssl serves the second hello's name: flights of %d bytes for good.test, %d for x.ads.test", small, big)
+
+	w := newWorldTo(t, baseRecords, basePolicy, port)
+	rest := try(w.addr.String(), "x.ads.test")
+	if !isAccessDenied(rest) || len(rest) > 32 {
+		t.Errorf("through egressd: the client read %d bytes (%x), want an access_denied alert and no flight", len(rest), rest[:min(len(rest), 32)])
+	}
+	if rest := try(w.addr.String(), "good.test"); len(rest) < small-100 {
+		t.Errorf("through egressd, the same name in both hellos: %d bytes, want the server's flight (%d)", len(rest), small)
+	}
+}
+
+// helloFor is a crypto/tls client's first record for name, offering key
+// shares for curves.
+func helloFor(t *testing.T, name string, curves ...tls.CurveID) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go tls.Client(a, &tls.Config{ServerName: name, InsecureSkipVerify: true, CurvePreferences: curves, MinVersion: tls.VersionTLS13}).Handshake()
+	var hdr [5]byte
+	if _, err := io.ReadFull(b, hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
+	copy(rec, hdr[:])
+	if _, err := io.ReadFull(b, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	return rec
 }
