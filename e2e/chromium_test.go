@@ -26,10 +26,14 @@ import (
 // itself) and an explicit one; an HTTPS page in srv; egressd's admin
 // endpoint, whose metrics tell when every connection has been logged.
 const (
-	pageAddr     = srvAddr + ":8443"
-	pageMarker   = "page loaded through egressd"
-	preconnected = "www.allowed.test" // the page preconnects to it and never uses the connection
-	mgmtAddr     = "127.0.0.1:9090"
+	pageAddr = srvAddr + ":8443"
+	// retryPageAddr serves the same page over TLS that takes P-256 only:
+	// Chromium's key shares (X25519MLKEM768, X25519) get a
+	// HelloRetryRequest, and its second hello passes egressd's watch.
+	retryPageAddr = srvAddr + ":9443"
+	pageMarker    = "page loaded through egressd"
+	preconnected  = "www.allowed.test" // the page preconnects to it and never uses the connection
+	mgmtAddr      = "127.0.0.1:9090"
 )
 
 const chromiumConfig = `listeners:
@@ -45,7 +49,7 @@ policy:
   default: deny
   rules:
     - {name: ads, action: deny, fqdn: ["*.ads.test"]}
-    - {name: allowed, action: allow, fqdn: ["allowed.test", "` + preconnected + `"], ports: [8443]}
+    - {name: allowed, action: allow, fqdn: ["allowed.test", "` + preconnected + `"], ports: [8443, 9443]}
 `
 
 // chromiumWay is one way Chromium reaches the page through egressd.
@@ -83,6 +87,7 @@ func TestChromium(t *testing.T) {
 	w := newWorld(t, worldOptions{intercept: direct})
 	startDNS(t, w.gw, resolverAddr, dnsRecords)
 	page := startPage(t, w)
+	retryPage := startPageAt(t, w, retryPageAddr, []tls.CurveID{tls.CurveP256}, false)
 	_, log := startEgressdConfig(t, w.gw, chromiumConfig, 2)
 	w.gw.exec(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", gwCliIf, "-p", "tcp", "!", "-d", gwCliAddr,
 		"-j", "REDIRECT", "--to-ports", portTransparent)
@@ -122,6 +127,21 @@ func TestChromium(t *testing.T) {
 					t.Errorf("none of the %d ClientHellos the page server got carried an ECH extension; want Chromium's GREASE ECH", n)
 				}
 				t.Logf("%s: %d access-log lines, %d of allowed.test with bytes; %d ClientHellos, %d with ECH", way.name, len(lines), used, n, e)
+			})
+			t.Run("HelloRetryRequest", func(t *testing.T) {
+				from, retried := log.mark(), retryPage.retried.Load()
+				dom, stderr, err := runChromium(t, w, append(way.flags, trust), "https://allowed.test:9443/")
+				if err != nil || !strings.Contains(dom, pageMarker) {
+					t.Errorf("chromium via %s, asked for a second hello: %v; want the page's DOM with %q, got %q; stderr:\n%s", way.name, err, pageMarker, dom, stderr)
+				}
+				if retryPage.retried.Load() == retried {
+					t.Errorf("no request came on a connection with a HelloRetryRequest: the case proves nothing")
+				}
+				for _, l := range settle(t, w, log, from) {
+					if l.FQDN == "allowed.test" && l.Action != "allow" {
+						t.Errorf("allowed.test refused after a HelloRetryRequest: %+v", l)
+					}
+				}
 			})
 			t.Run("denied", func(t *testing.T) {
 				from, hellos := log.mark(), page.hellos.Load()
@@ -189,6 +209,10 @@ func chromiumLines(t *testing.T, lines []accessLine, way chromiumWay, names ...s
 // and those for preconnected.
 type pageServer struct {
 	hellos, echs atomic.Int64
+	retried      atomic.Int64 // requests on connections that had a HelloRetryRequest
+	// waits: the image waits for the preconnect (the page at pageAddr;
+	// the preconnect goes there, so another page's would wait in vain).
+	waits bool
 
 	mu           sync.Mutex
 	preconnects  int
@@ -236,6 +260,9 @@ func (p *pageServer) waitPreconnects(ctx context.Context, n int) {
 }
 
 func (p *pageServer) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	if r.TLS != nil && r.TLS.HelloRetryRequest {
+		p.retried.Add(1)
+	}
 	switch r.URL.Path {
 	case "/":
 		p.mu.Lock()
@@ -244,8 +271,10 @@ func (p *pageServer) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		rw.Header().Set("Content-Type", "text/html; charset=utf-8")
 		fmt.Fprintf(rw, pageHTML, r.Proto, next)
 	case "/after-preconnect":
-		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
-		p.waitPreconnects(r.Context(), n)
+		if p.waits {
+			n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+			p.waitPreconnects(r.Context(), n)
+		}
 		rw.Header().Set("Content-Type", "image/svg+xml")
 		io.WriteString(rw, `<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>`)
 	default:
@@ -259,12 +288,20 @@ const extensionECH = 0xfe0d
 
 func startPage(t *testing.T, w *world) *pageServer {
 	t.Helper()
-	p := &pageServer{preconnected: make(chan struct{})}
-	ln := w.srv.listen(t, pageAddr)
+	return startPageAt(t, w, pageAddr, nil, true)
+}
+
+// startPageAt serves the page on addr, its TLS offering only curves (nil:
+// crypto/tls's default); waits as pageServer says.
+func startPageAt(t *testing.T, w *world, addr string, curves []tls.CurveID, waits bool) *pageServer {
+	t.Helper()
+	p := &pageServer{preconnected: make(chan struct{}), waits: waits}
+	ln := w.srv.listen(t, addr)
 	srv := &http.Server{
 		Handler: p,
 		TLSConfig: &tls.Config{
-			Certificates: []tls.Certificate{credentials.cert},
+			Certificates:     []tls.Certificate{credentials.cert},
+			CurvePreferences: curves,
 			GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
 				p.hello(h)
 				return nil, nil
