@@ -222,6 +222,12 @@ func (c *recheck) take(s *Server, src netip.Addr) [][]byte {
 	return h
 }
 
+// maxFlowConnections bounds the decided connections whose keys a flow
+// keeps: a client that starts connection after connection on one socket
+// (a QUIC stack reconnecting, or one opening many to gather a second
+// hello's bytes for each, up to 16 KiB apiece) holds at most this many.
+const maxFlowConnections = 32
+
 // decide decides a rechecked connection as a new flow would be, with a
 // line of its own when it is refused. It passes only if it is allowed to
 // the flow's own server: the flow's socket goes nowhere else.
@@ -249,6 +255,13 @@ func (r *relay) decide(c *recheck) {
 	if ok && v.Allow && v.Dst == r.dst {
 		keys, err := quic.ClientInitialKeys(c.asm.Version(), c.asm.DCID())
 		if err == nil {
+			if len(r.keys) == maxFlowConnections {
+				// The oldest connection's Initials are long over; should
+				// one still come, it is a new connection to decide again.
+				copy(r.keys, r.keys[1:])
+				r.keys[len(r.keys)-1] = knownKeys{}
+				r.keys = r.keys[:len(r.keys)-1]
+			}
 			r.keys = append(r.keys, knownKeys{keys: keys, largest: -1, hello: bytes.Clone(c.asm.Hello())})
 			if rec.FQDN != f.rec.FQDN {
 				f.rec.Reason += fmt.Sprintf("; another connection on this flow named %q (%s)", rec.FQDN, rec.Reason)

@@ -611,3 +611,29 @@ func TestHelloRetryOverQUIC(t *testing.T) {
 		t.Errorf("Stats().Dropped = %v: the second hello was taken for a changed one", st.Dropped)
 	}
 }
+
+// TestFlowConnectionsBounded: connection after connection decided on one
+// flow (one client socket) keeps the keys of the last maxFlowConnections
+// only, and the newest still passes.
+func TestFlowConnectionsBounded(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, nil)
+	c := w.udpClient()
+	n := maxFlowConnections + 8
+	for i := range n {
+		c.send(initials(t, iquic.Version1, []byte(fmt.Sprintf("conn-%02d-on-one-flow", i)), allowedName, 1, uint64(i))...)
+		if got := sk.count(100 * time.Millisecond); got != 1 {
+			t.Fatalf("connection %d: the server got %d datagrams, want 1", i, got)
+		}
+	}
+	w.s.mu.Lock()
+	defer w.s.mu.Unlock()
+	for _, f := range w.s.flows {
+		f.mu.Lock()
+		keys := len(f.relay.keys)
+		f.mu.Unlock()
+		if keys != maxFlowConnections {
+			t.Errorf("a flow of %d connections keeps %d connections' keys, want %d", n, keys, maxFlowConnections)
+		}
+	}
+}
