@@ -66,36 +66,46 @@ const (
 // connection's bytes as told, and bounds a hold's wait. Its zero value is
 // not usable: see NewRetry.
 type Retry struct {
-	// first: the first hello's server_name and ALPN list, copied
-	// (nameLen bytes of name, then the list), with its ECH extension.
-	first             []byte
-	nameLen           int
-	hasSNI, hasALPN   bool
-	ech, echOuter     bool
-	echConfigID       uint8
+	// first: the first hello's server name, ALPN list and ECH, what a
+	// second must repeat (SecondDiffers); its slices view buf, a copy.
+	first             Info
+	buf               []byte
 	answered, retried bool // the server answered; with a HelloRetryRequest
 	checked           bool // the second hello passed
 	untracked         bool // the client sent bytes that are no TLS record
-	why               string
-
-	// The server's first records, walked until answered: the header of
-	// the record being read (hdrN bytes of it), the bytes its body still
-	// has (left), and the first bytes of the handshake message (msgN).
-	srvHdr    [recordHeaderLen]byte
-	srvHdrN   int
-	srvLeft   int
-	srvMsg    [handshakeHeaderLen + 2 + 32]byte // type, length, legacy_version, random
-	srvMsgN   int
-	cliHdr    [recordHeaderLen]byte // the client's record walk, likewise
-	cliHdrN   int
-	cliLeft   int
-	held      []byte // a second hello's records, from their first byte
-	holdReads int    // the reads held has come in
 	// unframed: the server's first bytes were no TLS record (an
 	// unread byte of a protocol's own before the hello's answer, such as
 	// PostgreSQL's "S"): its answer cannot be told, so the client's
 	// side stays as before an answer, where a handshake record is refused.
 	unframed bool
+	why      string
+
+	srv    walk                              // the server's records, until answered
+	srvMsg [handshakeHeaderLen + 2 + 32]byte // its first message: type, length, legacy_version, random
+	srvN   int
+	cli    walk   // the client's records
+	held   []byte // a second hello's records, from their first byte
+	// holdReads: the reads held has come in
+	holdReads int
+}
+
+// walk follows a stream's TLS record framing across reads.
+type walk struct {
+	hdr  [recordHeaderLen]byte
+	hdrN int // bytes of the next record's header read so far
+	left int // bytes of the current record's body not yet read
+}
+
+// header takes bytes of a record header from b and returns how many;
+// once the header is whole, left is its body's length and hdrN is 0.
+func (w *walk) header(b []byte) int {
+	k := copy(w.hdr[w.hdrN:], b)
+	w.hdrN += k
+	if w.hdrN == recordHeaderLen {
+		w.hdrN = 0
+		w.left = int(w.hdr[3])<<8 | int(w.hdr[4])
+	}
+	return k
 }
 
 // MaxHoldReads bounds the reads a second hello may come in: each one
@@ -113,16 +123,20 @@ func NewRetry(first *Info) *Retry {
 // Init makes r watch the connection whose first ClientHello was first, as
 // NewRetry does, for a Retry held inside another value.
 func (r *Retry) Init(first *Info) {
-	keep := r.first[:0] // a reused Retry's buffer, unless a big one
-	if cap(keep) > 512 {
-		keep = nil
+	buf := r.buf[:0] // a reused Retry's buffer, unless a big one
+	if cap(buf) > 512 {
+		buf = nil
 	}
-	*r = Retry{
-		nameLen: len(first.ServerName),
-		hasSNI:  first.ServerName != nil, hasALPN: first.ALPN != nil,
-		ech: first.ECH, echOuter: first.ECHOuter, echConfigID: first.ECHConfigID,
+	buf = append(append(buf, first.ServerName...), first.ALPN...)
+	*r = Retry{buf: buf}
+	r.first.ECH, r.first.ECHOuter, r.first.ECHConfigID = first.ECH, first.ECHOuter, first.ECHConfigID
+	n := len(first.ServerName)
+	if first.ServerName != nil { // nil and empty differ: none, or a bad hello
+		r.first.ServerName = buf[:n:n]
 	}
-	r.first = append(append(keep, first.ServerName...), first.ALPN...)
+	if first.ALPN != nil {
+		r.first.ALPN = buf[n:]
+	}
 }
 
 // Answered says the server's answer to the first hello has been read, or
@@ -148,8 +162,8 @@ func (r *Retry) verdict() Verdict {
 // It never holds them.
 func (r *Retry) Server(b []byte) Verdict {
 	for off := 0; off < len(b) && !r.answered && !r.unframed; {
-		if r.srvLeft == 0 {
-			if r.srvHdrN == 0 && b[off] != recordTypeHandshake {
+		if r.srv.left == 0 {
+			if r.srv.hdrN == 0 && b[off] != recordTypeHandshake {
 				if b[off] < recordTypeChangeCipher || b[off] > recordTypeApplicationData {
 					r.unframed = true
 				} else {
@@ -157,24 +171,18 @@ func (r *Retry) Server(b []byte) Verdict {
 				}
 				break
 			}
-			k := copy(r.srvHdr[r.srvHdrN:], b[off:])
-			r.srvHdrN += k
-			off += k
-			if r.srvHdrN == recordHeaderLen {
-				r.srvHdrN = 0
-				r.srvLeft = int(r.srvHdr[3])<<8 | int(r.srvHdr[4])
-				r.answered = r.srvLeft == 0 // an empty handshake record: malformed
-			}
+			off += r.srv.header(b[off:])
+			r.answered = r.srv.hdrN == 0 && r.srv.left == 0 // an empty handshake record: malformed
 			continue
 		}
-		k := copy(r.srvMsg[r.srvMsgN:], b[off:min(len(b), off+r.srvLeft)])
-		r.srvMsgN += k
-		r.srvLeft -= k
+		k := copy(r.srvMsg[r.srvN:], b[off:min(len(b), off+r.srv.left)])
+		r.srvN += k
+		r.srv.left -= k
 		off += k
 		switch {
 		case r.srvMsg[0] != typeServerHello:
 			r.answered = true
-		case r.srvMsgN == len(r.srvMsg):
+		case r.srvN == len(r.srvMsg):
 			r.answered = true
 			r.retried = [32]byte(r.srvMsg[handshakeHeaderLen+2:]) == helloRetryRandom
 		}
@@ -203,13 +211,13 @@ func (r *Retry) Client(b []byte) ([]byte, Verdict) {
 		return pass, Done
 	}
 	for off := 0; off < len(b); {
-		if r.cliLeft > 0 {
-			k := min(r.cliLeft, len(b)-off)
-			r.cliLeft -= k
+		if r.cli.left > 0 {
+			k := min(r.cli.left, len(b)-off)
+			r.cli.left -= k
 			off += k
 			continue
 		}
-		if r.cliHdrN == 0 {
+		if r.cli.hdrN == 0 {
 			switch typ := b[off]; typ {
 			case recordTypeChangeCipher, recordTypeAlert, recordTypeApplicationData:
 			case recordTypeHandshake:
@@ -236,13 +244,7 @@ func (r *Retry) Client(b []byte) ([]byte, Verdict) {
 				return b, Done
 			}
 		}
-		k := copy(r.cliHdr[r.cliHdrN:], b[off:])
-		r.cliHdrN += k
-		off += k
-		if r.cliHdrN == recordHeaderLen {
-			r.cliHdrN = 0
-			r.cliLeft = int(r.cliHdr[3])<<8 | int(r.cliHdr[4])
-		}
+		off += r.cli.header(b[off:])
 	}
 	return b, Watching
 }
@@ -263,14 +265,7 @@ func (r *Retry) judge(raw []byte) Verdict {
 	case Coalesced(raw, used, len(msg)):
 		return r.refuse("handshake bytes after the second ClientHello in its own record")
 	}
-	first := Info{ECH: r.ech, ECHOuter: r.echOuter, ECHConfigID: r.echConfigID}
-	if r.hasSNI {
-		first.ServerName = r.first[:r.nameLen]
-	}
-	if r.hasALPN {
-		first.ALPN = r.first[r.nameLen:]
-	}
-	if why := SecondDiffers(&first, &h); why != "" {
+	if why := SecondDiffers(&r.first, &h); why != "" {
 		return r.refuse(why)
 	}
 	r.checked = true

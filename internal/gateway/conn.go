@@ -181,7 +181,7 @@ func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPor
 		refuse.Reset(s.c)
 		return false
 	}
-	if first != nil && (!s.sendOn(up, first, func() {}, &s.rec) || !s.preambleAnswer(up, &s.rec, nil)) {
+	if first != nil && (!s.sendOn(up, first, func() {}, &s.rec) || !s.preambleAnswer(up, &s.rec, false)) {
 		return false
 	}
 	dialled, rec := v.dst, &s.rec

@@ -3,7 +3,6 @@ package gateway
 import (
 	"bytes"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -27,23 +26,7 @@ import (
 
 // goHelloBytes returns the first flight of a real crypto/tls client (Go's
 // default post-quantum hello, larger than one packet) for sni.
-func goHelloBytes(t *testing.T, sni string) []byte {
-	t.Helper()
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	go tls.Client(a, &tls.Config{ServerName: sni, InsecureSkipVerify: true}).Handshake()
-	var hdr [5]byte
-	if _, err := io.ReadFull(b, hdr[:]); err != nil {
-		t.Fatal(err)
-	}
-	rec := make([]byte, 5+int(binary.BigEndian.Uint16(hdr[3:])))
-	copy(rec, hdr[:])
-	if _, err := io.ReadFull(b, rec[5:]); err != nil {
-		t.Fatal(err)
-	}
-	return rec
-}
+func goHelloBytes(t *testing.T, sni string) []byte { return helloFor(t, sni) }
 
 // handshakeMsg is the ClientHello handshake message inside a one-record
 // hello, for reframing.

@@ -245,7 +245,7 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 		behind := len(data) > len(p.Data) // read by the request's reader, behind it
 		p.Data = data[:len(p.Data)]
 		x.releaseReader()
-		if !x.sendOn(up, &p, func() {}, rec) || !x.preambleAnswer(up, rec, func() bool { return behind }) {
+		if !x.sendOn(up, &p, func() {}, rec) || !x.preambleAnswer(up, rec, behind) {
 			return false
 		}
 		return watch()

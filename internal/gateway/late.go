@@ -134,7 +134,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 				// The copy stops before the request goes: its answer is
 				// preambleAnswer's to read, not the copy's.
 				stop()
-				if !s.sendOn(up, &p, func() {}, rec) || !s.preambleAnswer(up, rec, nil) {
+				if !s.sendOn(up, &p, func() {}, rec) || !s.preambleAnswer(up, rec, false) {
 					return false
 				}
 				continue
@@ -153,12 +153,11 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			g.refuseBehindHello(s, &p, rec, err)
 			return false
 		}
-		send := stop
 		if w != nil {
 			stop()
-			send = func() {}
+			stop = func() {}
 		}
-		if !s.sendOn(up, &p, send, rec) {
+		if !s.sendOn(up, &p, stop, rec) {
 			return false
 		}
 		rc, err := g.loops.Adopt(up)
@@ -196,9 +195,9 @@ const latePreambles = 3
 // unread in the server's socket, and the relay would read the answer as
 // the server's to the hello, not the HelloRetryRequest after it
 // (helloWatch). It reports false when the connection was ended (rec says
-// why); pending reports client bytes read already and not yet decided
-// (an explicit client's reader), nil for none.
-func (s *session) preambleAnswer(up *net.TCPConn, rec *accesslog.Record, pending func() bool) bool {
+// why); behind says client bytes were read already, behind the request
+// (by an explicit client's reader).
+func (s *session) preambleAnswer(up *net.TCPConn, rec *accesslog.Record, behind bool) bool {
 	cfg := s.st.Config
 	var b [1]byte
 	// A server answers such a request at once: the wait is the connect
@@ -214,7 +213,7 @@ func (s *session) preambleAnswer(up *net.TCPConn, rec *accesslog.Record, pending
 		refuse.Reset(s.c)
 		return false
 	}
-	if (pending != nil && pending()) || hasBytes(s.c) {
+	if behind || hasBytes(s.c) {
 		rec.Action, rec.Enforced = accesslog.Deny, true
 		rec.Reason += "; " + peek.ErrPipelined.Error()
 		up.Close()

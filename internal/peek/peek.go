@@ -267,32 +267,28 @@ func examineTLS(buf []byte) (r Result, more bool) {
 	// was reassembled in scratch keeps it until Release.
 	sp := scratchPool.Get().(*[]byte)
 	msg, used, st := clienthello.Reassemble(buf, (*sp)[:0])
-	coalesced := false
-	if st == clienthello.Complete {
-		if !clienthello.Parse(msg, &r.Hello) {
-			st = clienthello.Invalid
-		}
-		coalesced = clienthello.Coalesced(buf, used, len(msg))
+	invalid := ErrMalformedHello
+	switch {
+	case st != clienthello.Complete:
+	case !clienthello.Parse(msg, &r.Hello):
+		st = clienthello.Invalid
+	case clienthello.Coalesced(buf, used, len(msg)):
+		st, invalid = clienthello.Invalid, ErrHelloCoalesced
 	}
 	if st == clienthello.Complete && &msg[0] == &(*sp)[:1][0] {
 		r.scratch = sp
 	} else {
 		scratchPool.Put(sp)
 	}
-	switch {
-	case st == clienthello.Complete && coalesced:
-		if r.scratch != nil {
-			scratchPool.Put(r.scratch)
-		}
-		return tlsError(buf, ErrHelloCoalesced), false
-	case st == clienthello.Complete:
+	switch st {
+	case clienthello.Complete:
 		r.Hello.RecordVersion = clienthello.RecordVersion(buf)
 		r.Protocol, r.Data, r.HelloOK, r.HelloEnd = TLS, buf, true, used
 		return r, false
-	case st == clienthello.NotTLS: // a first byte of 20 to 23 that is not: nothing we know
+	case clienthello.NotTLS: // a first byte of 20 to 23 that is not: nothing we know
 		return Result{Protocol: Unknown, Data: buf}, false
-	case st == clienthello.Invalid:
-		return tlsError(buf, ErrMalformedHello), false
+	case clienthello.Invalid:
+		return tlsError(buf, invalid), false
 	}
 	if len(buf) >= clienthello.MaxHelloLen {
 		return tlsError(buf, ErrHelloTooLarge), false

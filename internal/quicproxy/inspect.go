@@ -83,7 +83,7 @@ const (
 // opensLocked reports whether the keys of a decided connection open p,
 // and if so whether its CRYPTO frames agree with the hello decided for
 // that connection. Bytes past the hello's end are a second ClientHello,
-// after a HelloRetryRequest: held to the first's name (takeSecond).
+// after a HelloRetryRequest: held to the first's name (second.go).
 func (r *relay) opensLocked(p *quic.Packet) opened {
 	for i := range r.keys {
 		k := &r.keys[i]
@@ -94,34 +94,13 @@ func (r *relay) opensLocked(p *quic.Packet) opened {
 		if err != nil {
 			continue
 		}
-		if !sameCrypto(out, k.hello) || !k.takeSecond(out) {
+		if !k.sameCrypto(out) {
 			return changed // its packet number is not taken as seen
 		}
 		k.largest = max(k.largest, int64(pn))
 		return same
 	}
 	return notOpened
-}
-
-// sameCrypto reports whether every CRYPTO frame of payload carries, where
-// it overlaps hello, hello's bytes. A payload that does not parse is not
-// the same.
-func sameCrypto(payload, hello []byte) bool {
-	for len(payload) > 0 {
-		f, n, err := quic.ReadFrame(payload)
-		if err != nil {
-			return false
-		}
-		payload = payload[n:]
-		if f.Type != quic.FrameCrypto || f.Offset >= uint64(len(hello)) {
-			continue
-		}
-		end := min(f.Offset+uint64(len(f.Data)), uint64(len(hello)))
-		if !bytes.Equal(f.Data[:end-f.Offset], hello[f.Offset:end]) {
-			return false
-		}
-	}
-	return true
 }
 
 // recheck is a connection started on a relayed flow whose Initial packets

@@ -472,6 +472,12 @@ func TestSameConnectionOtherHello(t *testing.T) {
 	}
 }
 
+// cryptoFrame is a CRYPTO frame of data at off (both under 16 KiB: two-byte
+// variable-length integers).
+func cryptoFrame(off int, data []byte) []byte {
+	return append([]byte{0x06, 0x40 | byte(off>>8), byte(off), 0x40 | byte(len(data)>>8), byte(len(data))}, data...)
+}
+
 // TestShortInitial: a client Initial in a datagram under 1200 bytes, which
 // servers discard (RFC 9000 §14.1), is not decided: a hello allowed there
 // and never seen by the server would leave a padded Initial of the same
@@ -495,8 +501,7 @@ func TestShortInitial(t *testing.T) {
 		off  int
 		data []byte
 	}{{0, hello[:half]}, {half, hello[half:]}} {
-		frame := []byte{0x06, 0x40 | byte(part.off>>8), byte(part.off), 0x40 | byte(len(part.data)>>8), byte(len(part.data))}
-		short, err := qc.Packet(append(frame, part.data...), 0)
+		short, err := qc.Packet(cryptoFrame(part.off, part.data), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -527,9 +532,6 @@ func TestSecondHelloOverQUIC(t *testing.T) {
 	first, err := quictest.Hello(allowedName, scid)
 	if err != nil {
 		t.Fatal(err)
-	}
-	crypto := func(off int, data []byte) []byte {
-		return append([]byte{0x06, 0x40 | byte(off>>8), byte(off), 0x40 | byte(len(data)>>8), byte(len(data))}, data...)
 	}
 	for i, tc := range []struct {
 		second string
@@ -565,7 +567,7 @@ func TestSecondHelloOverQUIC(t *testing.T) {
 				if p < tc.parts-1 {
 					data = second[p*cut : (p+1)*cut]
 				}
-				pkt, err := qc.Packet(crypto(len(first)+p*cut, data), 1200)
+				pkt, err := qc.Packet(cryptoFrame(len(first)+p*cut, data), 1200)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -577,7 +579,7 @@ func TestSecondHelloOverQUIC(t *testing.T) {
 			if tc.second == deniedName && tc.parts == 2 {
 				// Other bytes where the first half came: dropped too.
 				other := bytes.Repeat([]byte{'x'}, cut)
-				pkt, _ := qc.Packet(crypto(len(first), other), 1200)
+				pkt, _ := qc.Packet(cryptoFrame(len(first), other), 1200)
 				c.send(pkt)
 				if n := sk.count(300 * time.Millisecond); n != 0 {
 					t.Errorf("the server got %d datagrams rewriting bytes it had", n)

@@ -1,6 +1,8 @@
 package quicproxy
 
 import (
+	"bytes"
+
 	"github.com/egressd/egressd/internal/clienthello"
 	"github.com/egressd/egressd/internal/quic"
 )
@@ -26,9 +28,12 @@ type secondHello struct {
 	checked bool // the whole second hello came and was the same
 }
 
-// takeSecond takes the CRYPTO bytes of payload past the first hello, and
-// reports whether the packet that carried them may pass (see above).
-func (k *knownKeys) takeSecond(payload []byte) bool {
+// sameCrypto reports whether the packet whose frames are payload may pass:
+// where its CRYPTO frames overlap the decided hello they carry its bytes,
+// and past it they agree with what came before and do not complete a
+// second hello that differs from the first (see above). A payload that
+// does not parse may not.
+func (k *knownKeys) sameCrypto(payload []byte) bool {
 	base := uint64(len(k.hello))
 	for len(payload) > 0 {
 		f, n, err := quic.ReadFrame(payload)
@@ -36,8 +41,17 @@ func (k *knownKeys) takeSecond(payload []byte) bool {
 			return false
 		}
 		payload = payload[n:]
+		if f.Type != quic.FrameCrypto {
+			continue
+		}
 		end := f.Offset + uint64(len(f.Data))
-		if f.Type != quic.FrameCrypto || end <= base {
+		if f.Offset < base {
+			upTo := min(end, base)
+			if !bytes.Equal(f.Data[:upTo-f.Offset], k.hello[f.Offset:upTo]) {
+				return false
+			}
+		}
+		if end <= base {
 			continue
 		}
 		if end-base > clienthello.MaxHelloLen {

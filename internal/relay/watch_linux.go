@@ -54,9 +54,7 @@ func (c *Conn) watched(d *dir, b []byte) (pass []byte, on, ok bool) {
 				w.server = false
 			case WatchEnded:
 				w.server, w.client = false, false
-				if w.holdSince != 0 {
-					c.idle, w.holdSince = w.idle, 0
-				}
+				c.endHold()
 			}
 		}
 		on = w.server
@@ -78,9 +76,7 @@ func (c *Conn) watched(d *dir, b []byte) (pass []byte, on, ok bool) {
 			c.last = w.holdSince
 		case WatchOff:
 			w.client = false
-			if w.holdSince != 0 {
-				c.idle, w.holdSince = w.idle, 0
-			}
+			c.endHold()
 		}
 		on = w.client
 	}
@@ -88,6 +84,13 @@ func (c *Conn) watched(d *dir, b []byte) (pass []byte, on, ok bool) {
 		c.unwatch() // an idle relayed connection keeps nothing of it
 	}
 	return b, on, true
+}
+
+// endHold puts the Conn's own idle timeout back, if a hold shortened it.
+func (c *Conn) endHold() {
+	if w := c.watch; w.holdSince != 0 {
+		c.idle, w.holdSince = w.idle, 0
+	}
 }
 
 // refuse ends the connection on a Watch's error: its reply to the client
