@@ -1,0 +1,182 @@
+package clienthello
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"testing"
+)
+
+// feedUpgrade gives stream to u in pieces of the sizes next returns, and
+// returns what it passed on, and its state once a hello was found, refused,
+// or the stream ended.
+func feedUpgrade(u *Upgrade, stream []byte, next func() int) ([]byte, UpgradeState) {
+	var out []byte
+	st := Scanning
+	for len(stream) > 0 {
+		n := min(max(next(), 1), len(stream))
+		var pass []byte
+		pass, st = u.Client(stream[:n])
+		out = append(out, pass...)
+		stream = stream[n:]
+		if st == HelloFound || st == HelloRefused {
+			break
+		}
+	}
+	return out, st
+}
+
+// TestUpgradeFindsHello: a ClientHello after an upgrade is found however
+// the client's bytes before it are made and however they and the hello
+// are split into reads and records; what was passed on before it was
+// found is never the whole hello, and with Release it is the stream.
+func TestUpgradeFindsHello(t *testing.T) {
+	hello := loadFixture(t, "go-default")
+	mysqlSSL := append([]byte{32, 0, 0, 1, 0x85, 0xae, 0xff, 0x19}, make([]byte, 28)...)
+	cases := []struct {
+		name   string
+		before []byte
+		hello  []byte
+	}{
+		{"smtp", []byte("EHLO client.test\r\nSTARTTLS\r\n"), hello},
+		{"imap", []byte("a001 CAPABILITY\r\na002 STARTTLS\r\n"), hello},
+		{"ftp, hello in one-byte records", []byte("AUTH TLS\r\n"), reframe(t, hello, fixedSize(1))},
+		{"xmpp", []byte("<stream:stream to='good.test'><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"), hello},
+		{"mysql ssl request", mysqlSSL, hello},
+		{"binary with record-like bytes before", []byte{22, 3, 1, 0, 5, 2, 0, 0, 22, 3, 3, 0, 4, 22, 3, 22}, hello},
+		{"hello in 7-byte records", []byte("STLS\r\n"), reframe(t, hello, fixedSize(7))},
+		{"none before", nil, hello},
+	}
+	for _, tc := range cases {
+		stream := append(append([]byte(nil), tc.before...), tc.hello...)
+		stream = append(stream, 23, 3, 3, 0, 1, 0) // early data behind it
+		// Two reads, split at every byte up to well into the hello; then
+		// reads of a fixed size.
+		var splits []func() int
+		for k := 1; k < len(tc.before)+100; k++ {
+			first := true
+			splits = append(splits, func() int {
+				if first {
+					first = false
+					return k
+				}
+				return 1 << 20
+			})
+		}
+		splits = append(splits, fixedSize(700), fixedSize(1<<20))
+		for size, next := range splits {
+			var u Upgrade
+			passed, st := feedUpgrade(&u, stream, next)
+			if st != HelloFound {
+				t.Fatalf("%s, split %d: state %v (%s), want HelloFound", tc.name, size, st, u.Why())
+			}
+			if len(u.Hello().ServerName) == 0 {
+				t.Fatalf("%s, split %d: hello found without its name", tc.name, size)
+			}
+			if len(passed) >= len(tc.before)+len(tc.hello) {
+				t.Fatalf("%s, split %d: %d bytes passed before the hello was found, the hello ends at %d", tc.name, size, len(passed), len(tc.before)+len(tc.hello))
+			}
+			if u.Offset() != len(tc.before) {
+				t.Errorf("%s, split %d: hello at %d, want %d", tc.name, size, u.Offset(), len(tc.before))
+			}
+			pass, behind := u.Release()
+			whole := append(append([]byte(nil), passed...), pass...)
+			if !bytes.HasPrefix(stream, whole) || len(whole) < len(tc.before)+len(tc.hello) {
+				t.Fatalf("%s, split %d: passed and released bytes are not the stream's start", tc.name, size)
+			}
+			if !bytes.HasPrefix(behind, []byte{23, 3, 3}) && len(behind) != 0 {
+				t.Errorf("%s, split %d: behind the hello: % x", tc.name, size, behind[:min(8, len(behind))])
+			}
+		}
+	}
+}
+
+// TestUpgradeLetsBytesThrough: bytes that hold no hello are passed on at
+// once, whole, even when they end as a hello could begin (a binary
+// message ending in 22, 3): holding them would stall a client waiting for
+// its answer.
+func TestUpgradeLetsBytesThrough(t *testing.T) {
+	cases := map[string][]byte{
+		"text":                               []byte("EHLO client.test\r\nMAIL FROM:<a@b>\r\n"),
+		"ends in a record type":              {1, 2, 3, 22},
+		"ends in a header":                   {1, 2, 3, 22, 3, 1, 0},
+		"a 22-byte message":                  append([]byte{22, 0, 0, 0}, make([]byte, 22)...),
+		"handshake not a hello":              {22, 3, 3, 0, 40, 2, 0, 0, 36, 3, 3},
+		"legacy version not 3 inside a read": append([]byte("xx"), 22, 3, 1, 0, 60, 1, 0, 0, 56, 0, 0),
+	}
+	for name, b := range cases {
+		var u Upgrade
+		pass, st := u.Client(b)
+		if st != Scanning || !bytes.Equal(pass, b) {
+			t.Errorf("%s: passed %d of %d bytes, state %v", name, len(pass), len(b), st)
+		}
+	}
+	// Random bytes, in reads of random sizes: nothing is taken for a
+	// hello (each position would need about 48 bits to match).
+	r := rand.New(rand.NewPCG(1, 2))
+	data := make([]byte, 8<<20)
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	var u Upgrade
+	passed, st := feedUpgrade(&u, data, func() int { return 1 + r.IntN(3000) })
+	if st != Scanning || !bytes.Equal(passed, data) {
+		t.Fatalf("random bytes: state %v after %d of %d bytes", st, len(passed), len(data))
+	}
+}
+
+// TestUpgradeRefuses: a hello that began and is then malformed, or comes
+// in too many reads, is refused: the server has not had it whole.
+func TestUpgradeRefuses(t *testing.T) {
+	hello := loadFixture(t, "go-default")
+	badExt := append([]byte("STARTTLS\r\n"), hello...)
+	// Claim a longer message than the record carries, ending the records.
+	badExt[len("STARTTLS\r\n")+recordHeaderLen+3]++
+	badExt = append(badExt, 21, 3, 3, 0, 2, 1, 0)
+
+	var u Upgrade
+	if _, st := feedUpgrade(&u, badExt, fixedSize(1<<20)); st != HelloRefused {
+		t.Errorf("a hello with a record after its message's end: %v", st)
+	}
+	u = Upgrade{}
+	if _, st := feedUpgrade(&u, append([]byte("STARTTLS\r\n"), hello...), fixedSize(1)); st != HelloRefused || u.Why() == "" {
+		t.Errorf("a hello one byte per read: %v %q, want refused for too many reads", st, u.Why())
+	}
+}
+
+// FuzzUpgrade: whatever the bytes and however they are split, what is
+// passed on is the stream's start, in order; a hello found is released
+// whole; and when nothing was found, no position holds a hello start.
+func FuzzUpgrade(f *testing.F) {
+	hello := loadFixture(f, "go-default")
+	f.Add(append([]byte("EHLO x\r\nSTARTTLS\r\n"), hello...), uint64(7))
+	f.Add(append([]byte{32, 0, 0, 1}, hello...), uint64(1))
+	f.Add([]byte{22, 3, 1, 0, 1, 1, 22, 3, 1, 0, 1, 0}, uint64(3))
+	f.Fuzz(func(t *testing.T, stream []byte, seed uint64) {
+		r := rand.New(rand.NewPCG(seed, seed>>7))
+		var u Upgrade
+		passed, st := feedUpgrade(&u, stream, func() int { return 1 + r.IntN(9) })
+		if !bytes.HasPrefix(stream, passed) {
+			t.Fatal("passed bytes are not the stream's start")
+		}
+		switch st {
+		case HelloFound:
+			pass, behind := u.Release()
+			whole := append(append([]byte(nil), passed...), pass...)
+			if !bytes.HasPrefix(stream, whole) {
+				t.Fatal("released bytes do not follow the passed ones")
+			}
+			if !bytes.HasSuffix(whole, behind) {
+				t.Fatal("the bytes behind the hello are not the released ones' end")
+			}
+		case Scanning:
+			if len(passed) != len(stream) {
+				t.Fatalf("scanning, yet %d of %d bytes passed", len(passed), len(stream))
+			}
+			for i := range stream {
+				if helloStart(stream[i:], false) == startYes {
+					t.Fatalf("a hello start at %d was passed on", i)
+				}
+			}
+		}
+	})
+}
