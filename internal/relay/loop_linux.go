@@ -181,6 +181,9 @@ type loop struct {
 	// rests end; noRest: this kernel has no epoll_pwait2, so none rests.
 	rests  []rest
 	noRest bool
+	// poked are the Conns whose Watch asked for another look (Poke),
+	// under mu.
+	poked []*Conn
 }
 
 func newLoop() (*loop, error) {
@@ -587,6 +590,7 @@ func (l *loop) handle(events []unix.EpollEvent) {
 		if int(ev.Fd) == l.efd {
 			var b [8]byte
 			readNB(l.efd, b[:])
+			l.pokes()
 			continue
 		}
 		if ev.Pad == listenerTag {

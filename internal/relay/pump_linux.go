@@ -323,6 +323,13 @@ func (c *Conn) copyIn(d *dir) bool {
 	case !d.src.hup:
 		d.src.readable = false
 	}
+	return c.forward(d, b)
+}
+
+// forward writes b, read for d, to its destination, which holds nothing
+// before it; what does not fit waits in d.head. It reports false when
+// the write failed (and the connection ended).
+func (c *Conn) forward(d *dir, b []byte) bool {
 	for len(b) > 0 {
 		m, err := writeNB(d.dst.fd, b)
 		switch err {

@@ -116,3 +116,56 @@ func (c *Conn) why() string {
 	}
 	return c.watch.why
 }
+
+// Poke has the loop give c's Watch another look at the client's bytes it
+// holds (Watch.Client with none), from any goroutine: for a Watch that
+// holds them while something it must not wait for on the loop (a name's
+// look-up) is done elsewhere. A Conn that has ended, or holds nothing,
+// ignores it.
+func (c *Conn) Poke() {
+	l := c.l
+	l.mu.Lock()
+	l.poked = append(l.poked, c)
+	l.mu.Unlock()
+	l.ring()
+}
+
+// pokes runs the pokes the loop was rung for.
+func (l *loop) pokes() {
+	l.mu.Lock()
+	ps := l.poked
+	l.poked = nil
+	l.mu.Unlock()
+	for _, c := range ps {
+		c.resume()
+	}
+}
+
+// resume gives the Watch another look at what it holds, writes on what
+// it lets go, and goes on relaying.
+func (c *Conn) resume() {
+	if c.closed || c.watch == nil || c.watch.holdSince == 0 {
+		return
+	}
+	d := &c.up
+	b, _, ok := c.watched(d, nil)
+	if !ok || c.closed {
+		return
+	}
+	if len(b) > 0 {
+		if c.out(d) {
+			if !c.forward(d, b) {
+				return
+			}
+		} else if c.closed {
+			return
+		} else {
+			// The upstream is full: b waits behind what does.
+			if !d.copied {
+				d.n += int64(len(b)) // head's first bytes are not counted; these are
+			}
+			d.head = append(d.head, b...)
+		}
+	}
+	c.pump()
+}

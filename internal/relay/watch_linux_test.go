@@ -165,3 +165,63 @@ func isTimeout(err error) bool {
 	var te interface{ Timeout() bool }
 	return errors.As(err, &te) && te.Timeout()
 }
+
+// pokeWatch holds the client's bytes until its decision, made on another
+// goroutine, arrives; then a Poke lets them go (or refuses them).
+type pokeWatch struct {
+	decided chan bool // the decision, sent by the test
+	held    []byte
+	allow   bool
+	asked   chan struct{}
+}
+
+func (w *pokeWatch) Client(b []byte) ([]byte, WatchState, error) {
+	w.held = append(w.held, b...)
+	select {
+	case ok := <-w.decided:
+		if !ok {
+			return nil, WatchOff, &Refusal{Why: "decided no"}
+		}
+		return w.held, WatchOff, nil
+	default:
+	}
+	select {
+	case w.asked <- struct{}{}:
+	default:
+	}
+	return nil, WatchHolding, nil
+}
+func (w *pokeWatch) Server([]byte) WatchState { return WatchOff }
+func (w *pokeWatch) Expired() error           { return &Refusal{Why: "undecided"} }
+func (w *pokeWatch) Release()                 {}
+
+// TestWatchPoke: a Watch that holds the client's bytes while a decision
+// is made off the loop lets them go when Poke asks it again, with no
+// more bytes from the client; a Poke to a Conn that has ended is ignored.
+func TestWatchPoke(t *testing.T) {
+	for _, allow := range []bool{true, false} {
+		pw := &pokeWatch{decided: make(chan bool, 1), asked: make(chan struct{}, 1)}
+		w := newWorldWith(t, loopsFor(t), time.Minute, func(c *Conn) { c.Watch(pw, time.Minute) })
+		w.client.Write([]byte("held"))
+		<-pw.asked
+		pw.decided <- allow
+		w.rc.Poke()
+		if !allow {
+			if r := w.result(t); r.End != Refused || r.Why != "decided no" {
+				t.Fatalf("refused after a poke: Result = %+v", r)
+			}
+			w.rc.Poke() // ended: nothing to do
+			continue
+		}
+		got := make([]byte, 4)
+		w.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(w.server, got); err != nil || string(got) != "held" {
+			t.Fatalf("server got %q, %v after the poke", got, err)
+		}
+		w.client.Write([]byte(" then more"))
+		more := make([]byte, len(" then more"))
+		if _, err := io.ReadFull(w.server, more); err != nil || string(more) != " then more" {
+			t.Fatalf("server got %q, %v", more, err)
+		}
+	}
+}
