@@ -116,20 +116,33 @@ func (s *session) handle(ctx context.Context, first []byte) (relaying bool) {
 		// hello is.
 		return s.provisional(ctx, v, orig, &p)
 	}
-	return s.relay(ctx, v, &p)
+	return s.relay(ctx, v, &p, orig)
 }
 
 // relay dials v's address and hands the connection, with the first bytes
 // p read, to the relay loop. The upstream socket is made and connected by
 // the relay loop itself, and the client joins it there: neither passes
 // through net.Dialer.
-func (s *session) relay(ctx context.Context, v verdict, p *peek.Result) (relaying bool) {
+func (s *session) relay(ctx context.Context, v verdict, p *peek.Result, orig netip.AddrPort) (relaying bool) {
 	cfg := s.st.Config
-	w, err := newHelloWatch(p, p.Data)
+	hw, err := newHelloWatch(p, p.Data)
 	if err != nil {
 		s.g.refuseBehindHello(s, p, &s.rec, err)
 		return false
 	}
+	var w relay.Watch = nil
+	if hw != nil {
+		w = hw
+	}
+	uw, first, err := s.newUpgradeWatch(ctx, p, p.Data, &s.rec, s.helloCheck(orig, func() netip.AddrPort { return v.dst }))
+	if err != nil {
+		s.refuseUpgrade(s.c, &s.rec, err)
+		return false
+	}
+	if uw != nil {
+		w = uw
+	}
+	p.Data = first
 	dialStart := time.Now()
 	rc, err := dialVerdict(ctx, &v, cfg.Timeouts.Connect, func(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (*relay.Conn, error) {
 		if f := s.failed; f != nil && f.dst == dst {
@@ -184,19 +197,51 @@ func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPor
 	if first != nil && (!s.sendOn(up, first, func() {}, &s.rec) || !s.preambleAnswer(up, &s.rec, false)) {
 		return false
 	}
-	dialled, rec := v.dst, &s.rec
-	return s.late(up, rec, func(q *peek.Result) bool {
-		v := s.g.judge(ctx, s.st, s.lc, rec, q, orig)
-		if !sameDst(v, dialled) {
-			rec.Action, rec.Enforced = accesslog.Deny, true
-			rec.Reason = fmt.Sprintf("%s names %s, to be dialled at %s, but this connection is open to %s", q.Protocol, rec.FQDN, v.dst, dialled)
-			v.Action = policy.Deny
-		}
-		rec.Dst = dialled
-		return s.g.refusing(s.st, v, rec)
-	}, func(first []byte) {
+	dialled := v.dst
+	return s.late(ctx, up, &s.rec, s.helloCheck(orig, func() netip.AddrPort { return dialled }), func(first []byte) {
 		s.serveRequests(ctx, first, orig)
 	})
+}
+
+// helloCheck decides a name a connection's client sent after the
+// connection was decided and dialled (a late first hello or request, a
+// ClientHello part-way through): as judge decides first bytes, with the
+// address it is open to (dialled) kept, since its server is reached
+// already. A name that would be dialled elsewhere is refused.
+func (s *session) helloCheck(orig netip.AddrPort, dialled func() netip.AddrPort) upgradeCheck {
+	rec := &s.rec
+	return func(ctx context.Context, q *peek.Result) (refused, wouldBlock bool) {
+		v := s.g.judge(ctx, s.st, s.lc, rec, q, orig)
+		if v.wouldBlock {
+			return false, true
+		}
+		open := dialled()
+		if !sameDst(v, open) {
+			rec.Action, rec.Enforced = accesslog.Deny, true
+			rec.Reason = fmt.Sprintf("%s names %s, to be dialled at %s, but this connection is open to %s", q.Protocol, rec.FQDN, v.dst, open)
+			v.Action = policy.Deny
+		}
+		rec.Dst = open
+		return s.g.refusing(s.st, v, rec), false
+	}
+}
+
+// refuseUpgrade refuses a connection whose first bytes carry a
+// ClientHello behind other bytes that newUpgradeWatch refused (err, a
+// relay.Refusal), before anything was dialled: its alert to the client,
+// its reason in the line.
+func (s *session) refuseUpgrade(c net.Conn, rec *accesslog.Record, err error) {
+	r, ok := errors.AsType[*relay.Refusal](err)
+	if !ok {
+		r = &relay.Refusal{Why: err.Error()}
+	}
+	rec.Action, rec.Enforced = accesslog.Deny, true
+	rec.Reason += "; refused: " + r.Why
+	if len(r.Reply) > 0 {
+		refuse.Answer(c, r.Reply)
+		return
+	}
+	refuse.Reset(c)
 }
 
 // judge identifies the name a client's first bytes carry (or, with none,

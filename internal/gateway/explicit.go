@@ -193,12 +193,16 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 	var p peek.Result
 	defer peek.Release(&p) // for the early returns; released before relaying otherwise
 	rec.Protocol = peek.Unknown
+	// check decides a name the client sends inside the tunnel after it
+	// was decided: its late first bytes, or a ClientHello part-way
+	// through (upgradeWatch).
+	check := func(_ context.Context, q *peek.Result) (refused, wouldBlock bool) {
+		return x.checkTunnel(t, v, q, rec), false
+	}
 	// watch carries the tunnel until the client's (next) first bytes are
 	// decided, as late first bytes are.
 	watch := func() bool {
-		return x.late(up, rec, func(q *peek.Result) bool {
-			return x.checkTunnel(t, v, q, rec)
-		}, func(first []byte) {
+		return x.late(ctx, up, rec, check, func(first []byte) {
 			x.tunnelRequests(ctx, t, v, rec, first)
 		})
 	}
@@ -250,11 +254,24 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 		}
 		return watch()
 	}
-	w, err := newHelloWatch(&p, data)
+	hw, err := newHelloWatch(&p, data)
 	if err != nil {
 		up.Close()
 		x.g.refuseBehindHello(x.session, &p, rec, err)
 		return false
+	}
+	var w relay.Watch
+	if hw != nil {
+		w = hw
+	}
+	uw, first, err := x.newUpgradeWatch(ctx, &p, data, rec, check)
+	if err != nil {
+		up.Close()
+		x.refuseUpgrade(x.c, rec, err)
+		return false
+	}
+	if uw != nil {
+		w, data = uw, first
 	}
 	rc, err := x.g.loops.Adopt(up)
 	if err == nil {

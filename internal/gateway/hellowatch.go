@@ -55,12 +55,23 @@ var helloWatches = sync.Pool{New: func() any { return new(helloWatch) }}
 
 func (w *helloWatch) Release() { helloWatches.Put(w) }
 
-// watch has rc watched by w, if there is one, with the client_hello
-// timeout for a second hello's rest.
-func (s *session) watch(rc *relay.Conn, w *helloWatch) {
-	if w != nil {
-		rc.Watch(w, s.st.Config.Timeouts.ClientHello)
+// watch has rc watched by w, if there is one (a *helloWatch or an
+// *upgradeWatch), with the client_hello timeout for a held hello's rest.
+func (s *session) watch(rc *relay.Conn, w relay.Watch) {
+	switch w := w.(type) {
+	case nil:
+		return
+	case *helloWatch:
+		if w == nil {
+			return
+		}
+	case *upgradeWatch:
+		if w == nil {
+			return
+		}
+		w.rc = rc
 	}
+	rc.Watch(w, s.st.Config.Timeouts.ClientHello)
 }
 
 // refuseBehindHello refuses a connection whose bytes behind its hello

@@ -236,11 +236,20 @@ func (g *Gateway) setUpInline(ctx, cached context.Context, bl *boundListener, fd
 		g.promote(ctx, bl, fd, s, keepData(&p))
 		return
 	}
-	w, err := newHelloWatch(&p, p.Data)
-	if err != nil {
-		s.resetRecord() // refused there, with its line
+	hw, err := newHelloWatch(&p, p.Data)
+	if err != nil || upgradeBegun(&p) {
+		// Refused there, with its line; or a ClientHello begins behind
+		// other first bytes, which the goroutine decides as it waits.
+		s.resetRecord()
 		g.promote(ctx, bl, fd, s, keepData(&p))
 		return
+	}
+	var w relay.Watch
+	if hw != nil {
+		w = hw
+	}
+	if uw, _, _ := s.newUpgradeWatch(ctx, &p, p.Data, &s.rec, s.helloCheck(orig, func() netip.AddrPort { return v.dst })); uw != nil {
+		w = uw // scanning: upgradeBegun saw no hello's start
 	}
 	s.peeked(&p)
 	var buf2 [maxDialAttempts]netip.AddrPort

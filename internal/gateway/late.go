@@ -35,11 +35,6 @@ import (
 // greeting is a few hundred bytes); once the client's bytes are decided,
 // both sockets go to the relay loop like any other connection.
 
-// lateCheck decides a server-first connection's late first bytes p when
-// they carry a name. It fills rec and reports whether the connection is
-// refused; the caller then tells the client no in p's protocol.
-type lateCheck func(p *peek.Result) (refused bool)
-
 // dialNet dials v through net.Dialer, falling back over the name's answers
 // as every dial does: the connection stays in the Go runtime while egressd
 // still has to read and write it itself.
@@ -53,11 +48,12 @@ func dialNet(ctx context.Context, st *State, v *verdict) (*net.TCPConn, error) {
 // late carries an allowed server-first connection, with up already
 // connected to the server, until the client's first bytes are decided;
 // then it hands both to the relay loop. check decides bytes that carry a
-// name; requests serves a client whose late bytes are HTTP (each request
+// name (a ClientHello found later in the relay too: upgradeWatch), with
+// ctx, on which the wait for a look-up ends; requests serves a client whose late bytes are HTTP (each request
 // decided on its own) and logs it. It returns true when the connection was
 // handed to the relay loop, which then logs rec; otherwise the caller logs
 // it (unless requests took over: then rec.Action is "").
-func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, requests func(first []byte)) (relaying bool) {
+func (s *session) late(ctx context.Context, up *net.TCPConn, rec *accesslog.Record, check upgradeCheck, requests func(first []byte)) (relaying bool) {
 	g, c, cfg := s.g, s.c, s.st.Config
 	var p peek.Result
 	defer peek.Release(&p)
@@ -116,7 +112,7 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 			// A name, or a protocol that rules can name (protocols: [ssh]):
 			// decided as if it had come early.
 			was := rec.Reason
-			if check(&p) {
+			if refused, _ := check(ctx, &p); refused {
 				stop()
 				rec.Reason = fmt.Sprintf("late first bytes after %v: %s (provisional decision was: %s)", after, rec.Reason, was)
 				up.Close()
@@ -146,16 +142,31 @@ func (s *session) late(up *net.TCPConn, rec *accesslog.Record, check lateCheck, 
 		// What the copy has not read when it stops stays in the socket for
 		// the loop. Not for a hello: the server's answer to it must be
 		// read by the relay's watch (helloWatch), so the copy stops first.
-		w, err := newHelloWatch(&p, p.Data)
+		hw, err := newHelloWatch(&p, p.Data)
 		if err != nil {
 			stop()
 			up.Close()
 			g.refuseBehindHello(s, &p, rec, err)
 			return false
 		}
-		if w != nil {
+		var w relay.Watch
+		if hw != nil {
+			w = hw
 			stop()
 			stop = func() {}
+		}
+		// The client's own protocol may turn into TLS later (STARTTLS):
+		// its bytes are read for a ClientHello (upgradeWatch).
+		uw, first, err := s.newUpgradeWatch(ctx, &p, p.Data, rec, check)
+		if err != nil {
+			stop()
+			up.Close()
+			s.refuseUpgrade(c, rec, err)
+			return false
+		}
+		if uw != nil {
+			w = uw
+			p.Data = first
 		}
 		if !s.sendOn(up, &p, stop, rec) {
 			return false

@@ -152,6 +152,11 @@ const (
 	WatchHolding                   // the Watch holds the client's bytes: the hold time runs
 	WatchOff                       // that side's bytes are relayed unread from here
 	WatchEnded                     // both sides' bytes are relayed unread from here
+	// WatchBoth, from Client: watch the client's next bytes, and the
+	// server's again from its next read (a Watch whose check of the
+	// client's bytes now needs the server's answer, as after a
+	// ClientHello found part-way through a connection).
+	WatchBoth
 )
 
 // Refusal is the error with which a Watch ends a connection: Reply (a TLS

@@ -77,6 +77,18 @@ func (c *Conn) watched(d *dir, b []byte) (pass []byte, on, ok bool) {
 		case WatchOff:
 			w.client = false
 			c.endHold()
+		case WatchBoth:
+			c.endHold()
+			if !w.server {
+				w.server = true
+				// The server's next bytes go through the buffer, where
+				// the Watch sees them; a pipe that holds none goes back.
+				c.down.splicing = false
+				if p := c.down.p; p != nil && c.down.pending == 0 {
+					putPipe(p)
+					c.down.p = nil
+				}
+			}
 		}
 		on = w.client
 	}

@@ -1,0 +1,244 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/internal/testnet"
+)
+
+// upgradeServer is a server that speaks a protocol of its own until the
+// client asks for TLS, then TLS (Go's, which records the name each
+// ClientHello asks for), then echoes.
+type upgradeServer struct {
+	addr  netip.AddrPort
+	snis  chan string // the server name of each hello the server read
+	plain chan string // what each connection read before its TLS (or its end)
+}
+
+// startUpgradeServer runs an upgradeServer. smtp: it greets first and
+// takes STARTTLS as an SMTP server does; otherwise the client speaks
+// first, and "<starttls/>" (XMPP's, shortened) is answered "<proceed/>".
+func startUpgradeServer(t *testing.T, smtp bool) *upgradeServer {
+	t.Helper()
+	s := &upgradeServer{snis: make(chan string, 16), plain: make(chan string, 16)}
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{selfSigned(t)},
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			s.snis <- h.ServerName
+			return nil, nil
+		},
+	}
+	ln := testnet.Listen(t)
+	testnet.Serve(t, ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		var seen strings.Builder
+		defer func() { s.plain <- seen.String() }()
+		br := bufio.NewReader(c)
+		if smtp {
+			io.WriteString(c, "220 mail.good.test ESMTP\r\n")
+			for {
+				line, err := br.ReadString('\n')
+				seen.WriteString(line)
+				if err != nil {
+					return
+				}
+				cmd := strings.ToUpper(strings.TrimSpace(line))
+				switch {
+				case strings.HasPrefix(cmd, "EHLO"):
+					io.WriteString(c, "250-mail.good.test\r\n250 STARTTLS\r\n")
+					continue
+				case cmd != "STARTTLS":
+					io.WriteString(c, "250 OK\r\n")
+					continue
+				}
+				io.WriteString(c, "220 2.0.0 Ready to start TLS\r\n")
+				break
+			}
+		} else {
+			for !strings.Contains(seen.String(), "<starttls/>") {
+				b := make([]byte, 512)
+				n, err := br.Read(b)
+				seen.Write(b[:n])
+				if err != nil {
+					return
+				}
+			}
+			io.WriteString(c, "<proceed/>")
+		}
+		if br.Buffered() > 0 {
+			return // a hello pipelined behind the request: refused, as Postfix does
+		}
+		tc := tls.Server(c, cfg)
+		if tc.Handshake() != nil {
+			return
+		}
+		io.Copy(tc, tc)
+	})
+	s.addr = netip.MustParseAddrPort(ln.Addr().String())
+	return s
+}
+
+// noHello fails the test if the server read a ClientHello.
+func (s *upgradeServer) noHello(t *testing.T, why string) {
+	t.Helper()
+	select {
+	case sni := <-s.snis:
+		t.Errorf("the server read a ClientHello for %q %s", sni, why)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// TestStartTLSInTunnel: a real client (openssl s_client -starttls smtp
+// through a CONNECT tunnel, under tunnel_sni: match) asking the server
+// for TLS after SMTP's greeting, EHLO and STARTTLS has its ClientHello
+// decided as the tunnel's first bytes would be: a name other than the
+// tunnel's target gets access_denied and the server never reads it; the
+// target's own name is relayed, and the line names the hello.
+func TestStartTLSInTunnel(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("no openssl")
+	}
+	w := newProxyWorld(t, "", "", true)
+	srv := startUpgradeServer(t, true)
+	target := fmt.Sprintf("good.test:%d", srv.addr.Port())
+	run := func(name string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "openssl", "s_client", "-proxy", w.proxy.String(), "-connect", target,
+			"-starttls", "smtp", "-servername", name, "-brief")
+		cmd.Stdin = strings.NewReader("hello\n")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("x.ads.test")
+	if err == nil || !strings.Contains(out, "access denied") {
+		t.Fatalf("STARTTLS naming x.ads.test: %v\n%s\nwant an access_denied alert", err, out)
+	}
+	srv.noHello(t, "for a name the tunnel does not name")
+	e := w.waitLog(matching(map[string]any{"action": "deny", "protocol": "tls", "fqdn": "good.test"}))
+	if r := e["reason"].(string); !strings.Contains(r, "ClientHello after") || !strings.Contains(r, "x.ads.test") {
+		t.Errorf("reason %q does not name the hello and its name", r)
+	}
+
+	out, err = run("good.test")
+	if err != nil || !strings.Contains(out, "CONNECTION ESTABLISHED") {
+		t.Fatalf("STARTTLS naming the target: %v\n%s", err, out)
+	}
+	if sni := <-srv.snis; sni != "good.test" {
+		t.Errorf("the server read a hello for %q", sni)
+	}
+	e = w.waitLog(matching(map[string]any{"action": "allow", "protocol": "tls", "fqdn": "good.test"}))
+	if r := e["reason"].(string); !strings.Contains(r, "ClientHello after") {
+		t.Errorf("reason %q does not name the hello", r)
+	}
+}
+
+// TestUpgradeHelloInTunnel: the ClientHello of an upgrade is found and
+// decided however the client makes it: after a client-first protocol's
+// request (XMPP's starttls, no line end), pipelined behind STARTTLS in
+// one write, in one-byte records, or behind a binary request in the same
+// write; x.ads.test is refused before the server reads a hello.
+func TestUpgradeHelloInTunnel(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	smtp, xmpp := startUpgradeServer(t, true), startUpgradeServer(t, false)
+	hello := helloFor(t, "x.ads.test")
+	oneByte := func(h []byte) []byte {
+		var out []byte
+		msg := h[5:]
+		for _, b := range msg {
+			out = append(out, 22, h[1], h[2], 0, 1, b)
+		}
+		return out
+	}
+	denied := func(t *testing.T, c net.Conn, br *bufio.Reader) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		rest, _ := io.ReadAll(br)
+		if i := bytes.Index(rest, []byte{21, 3}); i < 0 || len(rest) < i+7 || rest[i+6] != 49 {
+			t.Fatalf("got % x, want an access_denied alert", rest)
+		}
+	}
+	greet := func(t *testing.T, br *bufio.Reader) {
+		t.Helper()
+		if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "220 ") {
+			t.Fatalf("greeting %q, %v", line, err)
+		}
+	}
+	t.Run("after a client-first request", func(t *testing.T) {
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", xmpp.addr.Port()))
+		io.WriteString(c, "<stream to='good.test'><starttls/>")
+		got := make([]byte, len("<proceed/>"))
+		if _, err := io.ReadFull(br, got); err != nil {
+			t.Fatal(err)
+		}
+		c.Write(hello)
+		denied(t, c, br)
+		xmpp.noHello(t, "after <starttls/>")
+		e := w.waitLog(matching(map[string]any{"action": "deny", "protocol": "tls", "bytes_up": 34}))
+		if r := e["reason"].(string); !strings.Contains(r, "ClientHello after 34 bytes") {
+			t.Errorf("reason %q", r)
+		}
+	})
+	t.Run("pipelined behind STARTTLS", func(t *testing.T) {
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", smtp.addr.Port()))
+		greet(t, br)
+		c.Write(append([]byte("EHLO c\r\nSTARTTLS\r\n"), hello...))
+		denied(t, c, br)
+		if plain := <-smtp.plain; plain != "" {
+			t.Errorf("the server read %q of a connection refused before it was sent on", plain)
+		}
+	})
+	t.Run("in one-byte records", func(t *testing.T) {
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", smtp.addr.Port()))
+		greet(t, br)
+		io.WriteString(c, "STARTTLS\r\n")
+		if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, "220 2.0.0") {
+			t.Fatalf("STARTTLS answered %q", line)
+		}
+		c.Write(oneByte(hello))
+		denied(t, c, br)
+		smtp.noHello(t, "in one-byte records")
+		<-smtp.plain
+	})
+	t.Run("behind a binary request", func(t *testing.T) {
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", smtp.addr.Port()))
+		greet(t, br)
+		req := append([]byte{32, 0, 0, 1, 0x85, 0xae, 0xff, 0x19}, make([]byte, 28)...)
+		c.Write(append(req, hello...))
+		denied(t, c, br)
+		if plain := <-smtp.plain; plain != "" {
+			t.Errorf("the server read %q", plain)
+		}
+	})
+	t.Run("allowed name relayed", func(t *testing.T) {
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", xmpp.addr.Port()))
+		io.WriteString(c, "<stream to='good.test'><starttls/>")
+		got := make([]byte, len("<proceed/>"))
+		if _, err := io.ReadFull(br, got); err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(&bufferedConn{c, br}, &tls.Config{ServerName: "good.test", InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("handshake for the tunnel's target: %v", err)
+		}
+		tc.Write([]byte("ping"))
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(tc, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("echo: %q %v", buf, err)
+		}
+		if sni := <-xmpp.snis; sni != "good.test" {
+			t.Errorf("server read a hello for %q", sni)
+		}
+	})
+}

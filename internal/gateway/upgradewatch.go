@@ -1,0 +1,258 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/clienthello"
+	"github.com/egressd/egressd/internal/peek"
+	"github.com/egressd/egressd/internal/refuse"
+	"github.com/egressd/egressd/internal/relay"
+	"github.com/egressd/egressd/internal/upstream"
+)
+
+// A connection decided without a ClientHello (server-first, or first
+// bytes that are no TLS, HTTP or SSH) may turn into TLS later: SMTP's
+// STARTTLS, IMAP's, POP3's STLS, FTP's AUTH TLS, LDAP's StartTLS, XMPP's
+// <starttls/>, MySQL's SSL request. Its ClientHello names a server as any
+// other does, and a server that routes or picks its certificate on that
+// name would act on a name the policy was never asked about. So the
+// client's bytes of such a connection are read for a hello for as long
+// as it lasts (clienthello.Upgrade), wherever it starts, and a hello
+// found is decided as a late one is, before the server has it whole: a
+// deny ends the connection with an access_denied alert. An allowed hello
+// is then watched as every decided hello is (helloWatch), and once the
+// server has answered it the connection is relayed unread both ways.
+//
+// Until then the client's bytes go through the relay loop's buffer, not
+// spliced; the server's are spliced. The check runs on the relay loop,
+// so it must not wait: a decision that needs a look-up egressd has not
+// cached (sni_destination: verify or resolve for a name this client did
+// not resolve through egressd) holds the hello while a goroutine looks
+// the name up, then asks the loop again (relay.Conn.Poke).
+
+// upgradeCheck decides a ClientHello q found part-way through a
+// connection, under ctx (upstream.CachedOnly on the relay loop). It fills
+// rec as judge does and reports whether the connection is refused, or
+// that deciding needs a look-up not in the cache (wouldBlock).
+type upgradeCheck func(ctx context.Context, q *peek.Result) (refused, wouldBlock bool)
+
+// upgradeWatch is relay.Watch over clienthello.Upgrade, then, once the
+// hello it found is allowed, over that hello's helloWatch.
+type upgradeWatch struct {
+	u     clienthello.Upgrade
+	hello *helloWatch // the allowed hello's watch, once there is one
+	check upgradeCheck
+	rec   *accesslog.Record
+	// cached is the loop's context for check; lookup looks a name up off
+	// the loop; rc is the connection, for Poke.
+	cached context.Context
+	lookup func(name string) error
+	rc     *relay.Conn
+	// looking: a look-up is under way; looked is set when it is done
+	// (by its goroutine); lookedUp: a check already waited for one.
+	looking, lookedUp bool
+	looked            atomic.Bool
+	lookErr           atomic.Value // error, if the look-up failed
+	lookName          string
+	// was and wasRule are the line's reason and rule before the
+	// hello's check (wasSet: kept).
+	was, wasRule string
+	wasSet       bool
+}
+
+// maxHeldBehind bounds what a client may send behind a hello while it is
+// decided: a TLS client waits for the server's answer.
+const maxHeldBehind = 2 * clienthello.MaxHelloLen
+
+// newUpgradeWatch returns the watch of a connection decided without a
+// hello whose client sent data first (p says how it was identified); nil
+// for a connection that is not watched so (a hello, HTTP, SSH). first is
+// the part of data to send at once: the rest began a hello, which the
+// watch holds until it is whole. A hello whole in data already is decided
+// here, with ctx (the caller's goroutine may wait): err is then the
+// refusal, and nothing was sent.
+func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []byte, rec *accesslog.Record, check upgradeCheck) (w *upgradeWatch, first []byte, err error) {
+	if p.Protocol != peek.Unknown && p.Protocol != peek.ServerFirst {
+		return nil, data, nil
+	}
+	g, timeout := s.g, s.st.Config.Timeouts.Connect
+	w = &upgradeWatch{check: check, rec: rec, cached: upstream.CachedOnly(ctx), lookup: func(name string) error {
+		lctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		_, err := g.lookups.Resolve(lctx, name)
+		return err
+	}}
+	first, st := w.u.Client(data)
+	switch st {
+	case clienthello.HelloRefused:
+		return nil, nil, w.refusal(w.u.Why())
+	case clienthello.HelloFound:
+		q := w.found()
+		if refused, _ := w.decide(ctx, &q); refused {
+			return nil, nil, w.refusal("")
+		}
+		pass, err := w.allowed(q)
+		if err != nil {
+			return nil, nil, err
+		}
+		return w, append(first, pass...), nil
+	}
+	return w, first, nil
+}
+
+func (w *upgradeWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
+	if w.hello != nil {
+		return w.hello.Client(b)
+	}
+	pass, st := w.u.Client(b)
+	switch st {
+	case clienthello.Scanning:
+		return pass, relay.WatchOn, nil
+	case clienthello.HelloHeld:
+		return pass, relay.WatchHolding, nil
+	case clienthello.HelloRefused:
+		return nil, relay.WatchOff, w.refusal(w.u.Why())
+	}
+	// HelloFound: decide it, unless a look-up it needs is under way.
+	if w.u.HeldBytes() > clienthello.MaxHelloLen+maxHeldBehind {
+		return nil, relay.WatchOff, w.refusal("more bytes behind the ClientHello than a TLS client sends before its answer")
+	}
+	if w.looking {
+		if !w.looked.Load() {
+			return pass, relay.WatchHolding, nil
+		}
+		w.looking, w.lookedUp = false, true
+	}
+	q := w.found()
+	refused, wouldBlock := w.decide(w.cached, &q)
+	switch {
+	case wouldBlock && w.lookedUp:
+		// Looked up, yet not in the cache (an answer with no lifetime):
+		// the decision cannot be made on the loop.
+		why := "the ClientHello's name was looked up, but the answer was not kept to decide on"
+		if err, _ := w.lookErr.Load().(error); err != nil {
+			why = "looking up the ClientHello's name: " + err.Error()
+		}
+		return nil, relay.WatchOff, w.refusal(why)
+	case wouldBlock:
+		w.looking, w.lookName = true, w.rec.FQDN
+		go w.lookUp()
+		return pass, relay.WatchHolding, nil
+	case refused:
+		return nil, relay.WatchOff, w.refusal("")
+	}
+	released, err := w.allowed(q)
+	if err != nil {
+		return nil, relay.WatchOff, err
+	}
+	return append(pass, released...), relay.WatchBoth, nil
+}
+
+// lookUp looks the held hello's name up, off the loop, and has the loop
+// decide the hello again.
+func (w *upgradeWatch) lookUp() {
+	if err := w.lookup(w.lookName); err != nil {
+		w.lookErr.Store(err)
+	}
+	w.looked.Store(true)
+	w.rc.Poke()
+}
+
+// decide runs the check on q, keeping the reason of the decision made
+// before it for the line.
+func (w *upgradeWatch) decide(ctx context.Context, q *peek.Result) (refused, wouldBlock bool) {
+	if !w.wasSet {
+		w.was, w.wasRule, w.wasSet = w.rec.Reason, w.rec.Rule, true
+	}
+	refused, wouldBlock = w.check(ctx, q)
+	if wouldBlock {
+		// Nothing decided yet: the line says what it said.
+		w.rec.Reason, w.rec.Rule, w.rec.Action = w.was, w.wasRule, accesslog.Allow
+	}
+	return refused, wouldBlock
+}
+
+// found returns the hello found, as a peek.Result for the check.
+func (w *upgradeWatch) found() peek.Result {
+	return peek.Result{Protocol: peek.TLS, HelloOK: true, Hello: *w.u.Hello()}
+}
+
+// allowed goes on from an allowed hello q: what is to be written on now,
+// and the watch of q's answer (an error if the bytes behind q already
+// break its rules).
+func (w *upgradeWatch) allowed(q peek.Result) ([]byte, error) {
+	w.note()
+	pass, behind := w.u.Release()
+	hw := helloWatches.Get().(*helloWatch)
+	hw.version = q.Hello.RecordVersion
+	hw.r.Init(&q.Hello)
+	passBehind, _, err := hw.Client(behind)
+	if err != nil {
+		hw.Release()
+		return nil, err
+	}
+	w.hello = hw
+	return append(pass[:len(pass)-len(behind):len(pass)-len(behind)], passBehind...), nil
+}
+
+// note words the decision on the hello in the line's reason.
+func (w *upgradeWatch) note() {
+	w.rec.Reason = fmt.Sprintf("ClientHello after %d bytes: %s (decision before it: %s)", w.u.Offset(), w.rec.Reason, w.was)
+}
+
+// refusal ends the connection with an access_denied alert, the TLS the
+// client has begun. why is empty for a deny the check made (its rule and
+// reason are in the line already).
+func (w *upgradeWatch) refusal(why string) error {
+	if why == "" {
+		w.note()
+		why = "the ClientHello after the upgrade was denied"
+	} else {
+		// No rule denied it: what came was no hello to decide.
+		w.rec.Action, w.rec.Enforced, w.rec.Rule = accesslog.Deny, true, ""
+		why = fmt.Sprintf("ClientHello after %d bytes: %s", w.u.Offset(), why)
+	}
+	v := w.u.Hello().RecordVersion
+	alert := refuse.TLSAlertRecord(v, refuse.AlertAccessDenied)
+	return &relay.Refusal{Why: why, Reply: alert[:]}
+}
+
+func (w *upgradeWatch) Server(b []byte) relay.WatchState {
+	if w.hello != nil {
+		return w.hello.Server(b)
+	}
+	return relay.WatchOff // read again once a hello is allowed (WatchBoth)
+}
+
+func (w *upgradeWatch) Expired() error {
+	switch {
+	case w.hello != nil:
+		return w.hello.Expired()
+	case w.looking:
+		return w.refusal("client_hello timeout: the look-up of " + w.lookName + " to decide the ClientHello did not finish")
+	}
+	return w.refusal("client_hello timeout: the ClientHello after the upgrade is incomplete")
+}
+
+func (w *upgradeWatch) Release() {
+	if w.hello != nil {
+		w.hello.Release()
+		w.hello = nil
+	}
+}
+
+// upgradeBegun reports whether first bytes p, of a connection that would
+// be watched for an upgrade, already begin a ClientHello behind other
+// bytes: a relay loop, which must not wait for its decision, leaves the
+// connection to a goroutine.
+func upgradeBegun(p *peek.Result) bool {
+	if p.Protocol != peek.Unknown && p.Protocol != peek.ServerFirst {
+		return false
+	}
+	var u clienthello.Upgrade
+	_, st := u.Client(p.Data)
+	return st != clienthello.Scanning
+}
