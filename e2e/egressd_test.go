@@ -218,6 +218,11 @@ func bySrc(src string) func(accessLine) bool {
 	return func(l accessLine) bool { return l.Src == src }
 }
 
+// byDst selects any line of a connection to dst ("ip:port").
+func byDst(dst string) func(accessLine) bool {
+	return func(l accessLine) bool { return l.Dst == dst }
+}
+
 // byListener selects any line of a listener.
 func byListener(name string) func(accessLine) bool {
 	return func(l accessLine) bool { return l.Listener == name }

@@ -21,6 +21,8 @@ const lateRules = `  rules:
     - {name: cdn-ip, action: allow, destinations: ["198.51.100.10/32"], ports: [443], protocols: [server-first]}
     - {name: db-ip, action: allow, destinations: ["198.51.100.10/32"], ports: [5432], protocols: [unknown]}
     - {name: web, action: allow, fqdn: ["allowed.test"], ports: [80]}
+    - {name: mail-ip, action: allow, destinations: ["198.51.100.10/32"], ports: [587, 5222], protocols: [server-first, unknown]}
+    - {name: mail, action: allow, fqdn: ["allowed.test"], ports: [587, 5222]}
 `
 
 // TestLateIdentification: a transparent client that waits out first_bytes
@@ -126,6 +128,85 @@ func TestLateIdentification(t *testing.T) {
 			listener: "transparent", fqdn: "x.ads.test", fqdnSource: "sni", protocol: []string{"tls"},
 			rule: rule("ads"), action: "deny", reasonHas: "late first bytes",
 		})
+	})
+	t.Run("STARTTLS", func(t *testing.T) {
+		// Allowed by address as server-first (SMTP on 587), then TLS
+		// after STARTTLS: its ClientHello is decided as TLS, as a late
+		// one is. openssl s_client speaks the SMTP.
+		snis := startUpgradeServer(t, top.srv, cert, srvAddr+":587", true)
+		for _, tc := range []struct {
+			name, rule, action string
+		}{{"x.ads.test", "ads", "deny"}, {"allowed.test", "mail", "allow"}} {
+			from := log.mark()
+			out, err := clientCommand(t, top.cli, "", "openssl", "s_client", "-brief", "-connect", srvAddr+":587",
+				"-starttls", "smtp", "-servername", tc.name)
+			switch tc.action {
+			case "deny":
+				if err == nil || !strings.Contains(out, "access denied") {
+					t.Errorf("STARTTLS naming %s: %v\n%s\nwant an access_denied alert", tc.name, err, out)
+				}
+				select {
+				case sni := <-snis:
+					t.Errorf("the server read a hello for %q", sni)
+				case <-time.After(200 * time.Millisecond):
+				}
+			default:
+				if err != nil || !strings.Contains(out, "CONNECTION ESTABLISHED") {
+					t.Errorf("STARTTLS naming %s: %v\n%s", tc.name, err, out)
+				}
+				if sni := <-snis; sni != tc.name {
+					t.Errorf("the server read a hello for %q", sni)
+				}
+			}
+			log.expect(t, from, "STARTTLS "+tc.name, byDst(srvAddr+":587"), want{
+				listener: "transparent", fqdn: tc.name, fqdnSource: "sni", protocol: []string{"tls"},
+				rule: rule(tc.rule), action: tc.action, reasonHas: "ClientHello after",
+			})
+		}
+	})
+	t.Run("client-first upgrade", func(t *testing.T) {
+		// A client that speaks first (XMPP-like: its request is no TLS,
+		// HTTP or SSH, allowed by address as unknown), then TLS: set up
+		// on a relay loop, its hello decided there.
+		snis := startUpgradeServer(t, top.srv, cert, srvAddr+":5222", false)
+		for _, tc := range []struct {
+			name, rule, action string
+		}{{"x.ads.test", "ads", "deny"}, {"allowed.test", "mail", "allow"}} {
+			from := log.mark()
+			c, err := top.cli.dial("", srvAddr+":5222")
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			io.WriteString(c, "<stream to='allowed.test'><starttls/>")
+			if b := make([]byte, len("<proceed/>")); func() error { _, err := io.ReadFull(c, b); return err }() != nil {
+				t.Fatal("no <proceed/>")
+			}
+			tc2 := tls.Client(c, &tls.Config{ServerName: tc.name, RootCAs: roots})
+			err = tc2.Handshake()
+			c.Close()
+			switch tc.action {
+			case "deny":
+				if err == nil || !strings.Contains(err.Error(), "access denied") {
+					t.Errorf("upgrade naming %s: %v, want an access_denied alert", tc.name, err)
+				}
+			default:
+				if err != nil {
+					t.Errorf("upgrade naming %s: %v", tc.name, err)
+				} else if sni := <-snis; sni != tc.name {
+					t.Errorf("the server read a hello for %q", sni)
+				}
+			}
+			log.expect(t, from, "upgrade "+tc.name, bySrc(c.LocalAddr().String()), want{
+				listener: "transparent", fqdn: tc.name, fqdnSource: "sni", protocol: []string{"tls"},
+				rule: rule(tc.rule), action: tc.action, reasonHas: "ClientHello after",
+			})
+		}
+		select {
+		case sni := <-snis:
+			t.Errorf("the server read a hello for %q", sni)
+		default:
+		}
 	})
 	t.Run("allowed name relayed", func(t *testing.T) {
 		from := log.mark()
@@ -288,4 +369,70 @@ func clientHelloRecord(t *testing.T, name string) []byte {
 		t.Fatal(err)
 	}
 	return rec
+}
+
+// startUpgradeServer runs a server in ns on addr that speaks a protocol
+// of its own until the client asks for TLS, then TLS with cert, and
+// sends the name of each ClientHello it read on the channel it returns.
+// smtp: it greets first and takes STARTTLS as an SMTP server does;
+// otherwise the client speaks first, and "<starttls/>" is answered
+// "<proceed/>".
+func startUpgradeServer(t *testing.T, ns *netns, cert tls.Certificate, addr string, smtp bool) chan string {
+	snis := make(chan string, 16)
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			snis <- h.ServerName
+			return nil, nil
+		},
+	}
+	ln := ns.listen(t, addr)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				br := bufio.NewReader(c)
+				if smtp {
+					io.WriteString(c, "220 mail.allowed.test ESMTP\r\n")
+					for {
+						line, err := br.ReadString('\n')
+						if err != nil {
+							return
+						}
+						cmd := strings.ToUpper(strings.TrimSpace(line))
+						if strings.HasPrefix(cmd, "EHLO") {
+							io.WriteString(c, "250-mail.allowed.test\r\n250 STARTTLS\r\n")
+						} else if cmd == "STARTTLS" {
+							io.WriteString(c, "220 2.0.0 Ready to start TLS\r\n")
+							break
+						} else {
+							io.WriteString(c, "250 OK\r\n")
+						}
+					}
+				} else {
+					var seen []byte
+					for !strings.Contains(string(seen), "<starttls/>") {
+						b := make([]byte, 512)
+						n, err := br.Read(b)
+						seen = append(seen, b[:n]...)
+						if err != nil {
+							return
+						}
+					}
+					io.WriteString(c, "<proceed/>")
+				}
+				tc := tls.Server(c, cfg)
+				if tc.Handshake() == nil {
+					io.Copy(tc, tc)
+				}
+			}()
+		}
+	}()
+	return snis
 }
