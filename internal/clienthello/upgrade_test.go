@@ -137,6 +137,64 @@ func TestUpgradeRefuses(t *testing.T) {
 	if _, st := feedUpgrade(&u, badExt, fixedSize(1<<20)); st != HelloRefused {
 		t.Errorf("a hello with a record after its message's end: %v", st)
 	}
+	// Hellos a lenient server reads and Examine does not: each is held
+	// and refused, never passed whole (the review's ways past a first
+	// version of Upgrade).
+	big := bigHello(20000)
+	alerts := func(h []byte) []byte {
+		out := append([]byte(nil), h[:5+1]...) // a record of the first byte
+		out[3], out[4] = 0, 1
+		for range 5 {
+			out = append(out, 21, 3, 3, 0, 2, 1, 42)
+		}
+		rest := h[6:]
+		return append(append(out, 22, h[1], h[2], byte(len(rest)>>8), byte(len(rest))), rest...)
+	}
+	withVersion := func(h []byte, major byte) []byte {
+		h = append([]byte(nil), h...)
+		h[1] = major
+		return h
+	}
+	coalesced := func(h []byte) []byte {
+		second := h[5:]
+		out := append([]byte(nil), h...)
+		n := len(h) - 5 + len(second)
+		out[3], out[4] = byte(n>>8), byte(n)
+		return append(out, second...)
+	}
+	mid := append([]byte("STARTTLS\r\n"), 22, 3, 1, 0) // a start left unsure at a read's end
+	for name, stream := range map[string][][]byte{
+		"longer than MaxHelloLen":                                   {[]byte("STARTTLS\r\n"), big},
+		"five alerts between its records":                           {[]byte("STARTTLS\r\n"), alerts(hello)},
+		"a second hello in its record":                              {[]byte("STARTTLS\r\n"), coalesced(hello)},
+		"an alert, then record version 0.1":                         {[]byte("STARTTLS\r\n\x15\x03\x03\x00\x02\x01\x00"), withVersion(hello, 0)},
+		"an empty record first":                                     {[]byte("STARTTLS\r\n\x16\x03\x01\x00\x00"), hello},
+		"record version 0.1 at a read's start behind an unsure one": {mid, withVersion(hello, 0)},
+	} {
+		u = Upgrade{}
+		var passed []byte
+		st := Scanning
+		for _, b := range stream {
+			var p []byte
+			p, st = u.Client(b)
+			passed = append(passed, p...)
+		}
+		total := 0
+		for _, b := range stream {
+			total += len(b)
+		}
+		if st != HelloRefused || len(passed) >= total-len(stream[len(stream)-1])+40 {
+			t.Errorf("%s: state %v (%s), %d of %d bytes passed", name, st, u.Why(), len(passed), total)
+		}
+	}
+	// A MySQL COM_STMT_EXECUTE of 22 bytes for statement 65537 at a
+	// read's start looks like a record and a hello's header: it ends
+	// before a hello's fields would, and is passed on, whole.
+	stmt := append([]byte{22, 0, 0, 0, 0x17, 1, 0, 1, 0, 0, 1, 0, 0, 0}, make([]byte, 12)...)
+	u = Upgrade{}
+	if pass, st := u.Client(stmt); st != Scanning || len(pass) != len(stmt) {
+		t.Errorf("a MySQL statement: %v, %d of %d bytes passed", st, len(pass), len(stmt))
+	}
 	u = Upgrade{}
 	if _, st := feedUpgrade(&u, append([]byte("STARTTLS\r\n"), hello...), fixedSize(1)); st != HelloRefused || u.Why() == "" {
 		t.Errorf("a hello one byte per read: %v %q, want refused for too many reads", st, u.Why())
@@ -173,10 +231,30 @@ func FuzzUpgrade(f *testing.F) {
 				t.Fatalf("scanning, yet %d of %d bytes passed", len(passed), len(stream))
 			}
 			for i := range stream {
-				if helloStart(stream[i:], false) == startYes {
+				if r, _ := helloStart(stream[i:], false); r == startYes {
 					t.Fatalf("a hello start at %d was passed on", i)
 				}
 			}
 		}
 	})
+}
+
+// bigHello is a ClientHello message of n bytes (legacy fields, one cipher
+// suite, padding as an extension) in records of 2^14 bytes.
+func bigHello(n int) []byte {
+	body := []byte{3, 3}
+	body = append(body, make([]byte, 32)...)
+	body = append(body, 0, 0, 2, 0x13, 0x01, 1, 0)
+	pad := n - 4 - len(body) - 2 - 4
+	body = append(body, byte((pad+4)>>8), byte(pad+4), 0, 21, byte(pad>>8), byte(pad))
+	body = append(body, make([]byte, pad)...)
+	msg := append([]byte{1, byte(len(body) >> 16), byte(len(body) >> 8), byte(len(body))}, body...)
+	var out []byte
+	for len(msg) > 0 {
+		k := min(len(msg), 1<<14)
+		out = append(out, 22, 3, 1, byte(k>>8), byte(k))
+		out = append(out, msg[:k]...)
+		msg = msg[k:]
+	}
+	return out
 }
