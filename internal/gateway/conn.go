@@ -152,7 +152,10 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result, orig net
 		return s.g.loops.Dial(ctx, dst, cfg.Mark, timeout, p.Data)
 	})
 	s.g.metrics.Dial(time.Since(dialStart))
-	s.rec.Dst, s.rec.Reason = v.dst, v.Reason
+	s.rec.Dst = v.dst
+	if uw == nil || !uw.decided() {
+		s.rec.Reason = v.Reason // a hello decided in the first bytes has its own
+	}
 	if err != nil {
 		s.rec.Reason = v.Reason + "; upstream failed: " + err.Error()
 		if p.Protocol == peek.TLS {

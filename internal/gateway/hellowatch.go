@@ -70,6 +70,11 @@ func (s *session) watch(rc *relay.Conn, w relay.Watch) {
 			return
 		}
 		w.rc = rc
+		rc.Watch(w, s.st.Config.Timeouts.ClientHello)
+		if w.holding() {
+			rc.Holding() // a hello begun in the first bytes: client_hello to complete it
+		}
+		return
 	}
 	rc.Watch(w, s.st.Config.Timeouts.ClientHello)
 }

@@ -167,6 +167,12 @@ func (s *session) late(ctx context.Context, up *net.TCPConn, rec *accesslog.Reco
 		if uw != nil {
 			w = uw
 			p.Data = first
+			if uw.decided() {
+				// A hello decided in these bytes: its answer is the
+				// watch's to read, not the copy's.
+				stop()
+				stop = func() {}
+			}
 		}
 		if !s.sendOn(up, &p, stop, rec) {
 			return false

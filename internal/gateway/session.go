@@ -111,13 +111,14 @@ func (s *session) relayed(rc *relay.Conn, rec *accesslog.Record, res relay.Resul
 	rec.End = time.Now().UnixNano() // its line waits (holdLog), its time must not
 	rec.BytesUp += res.Up
 	rec.BytesDown += res.Down
-	if res.End == relay.Refused && rec.Action != accesslog.Deny {
+	if res.End == relay.Refused && (rec.Action != accesslog.Deny || !rec.Enforced) {
 		// The watch of a second ClientHello refused what the decision
 		// allowed (helloWatch): a deny that binds, as a malformed hello.
 		// No rule denied it: the rule that allowed the first hello is in
 		// the reason, before the refusal. (A hello found part-way
-		// through a connection and denied by a rule is a deny already,
-		// with that rule: upgradeWatch.)
+		// through a connection and denied by a rule is an enforced deny
+		// already, with that rule: upgradeWatch. A report-only deny that
+		// a watch then refused is a refusal like the others.)
 		rec.Action, rec.Enforced, rec.Rule = accesslog.Deny, true, ""
 	}
 	if end := endReason(res); end != "" {

@@ -221,6 +221,23 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 			t.Errorf("the server read %q", plain)
 		}
 	})
+	t.Run("begun with the first bytes, never finished", func(t *testing.T) {
+		// Its hold is client_hello's (3s here), not idle's (1m): the
+		// read below would time out first otherwise.
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", smtp.addr.Port()))
+		greet(t, br)
+		c.Write(append([]byte("EHLO c\r\nSTARTTLS\r\n"), hello[:200]...))
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		rest, err := io.ReadAll(br)
+		if i := bytes.Index(rest, []byte{21, 3}); err != nil || i < 0 || len(rest) < i+7 || rest[i+6] != 49 {
+			t.Fatalf("got % x, %v; want an access_denied alert once client_hello passed", rest, err)
+		}
+		e := w.waitLog(matching(map[string]any{"action": "deny", "rule": "", "bytes_up": len("EHLO c\r\nSTARTTLS\r\n")}))
+		if r := e["reason"].(string); !strings.Contains(r, "client_hello timeout") {
+			t.Errorf("reason %q", r)
+		}
+		<-smtp.plain
+	})
 	t.Run("allowed name relayed", func(t *testing.T) {
 		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", xmpp.addr.Port()))
 		io.WriteString(c, "<stream to='good.test'><starttls/>")

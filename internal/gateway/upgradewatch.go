@@ -57,10 +57,9 @@ type upgradeWatch struct {
 	looked            atomic.Bool
 	lookErr           atomic.Value // error, if the look-up failed
 	lookName          string
-	// was and wasRule are the line's reason and rule before the
-	// hello's check (wasSet: kept).
-	was, wasRule string
-	wasSet       bool
+	// before is the line before the hello's check (wasSet: kept).
+	before accesslog.Record
+	wasSet bool
 }
 
 // maxHeldBehind bounds what a client may send behind a hello while it is
@@ -91,7 +90,12 @@ func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []by
 		return nil, nil, w.refusal(w.u.Why())
 	case clienthello.HelloFound:
 		q := w.found()
-		if refused, _ := w.decide(ctx, &q); refused {
+		refused, wouldBlock := w.decide(ctx, &q)
+		switch {
+		case wouldBlock:
+			// Not from a goroutine that may wait (every caller's is).
+			return nil, nil, w.refusal("the ClientHello's decision needs a look-up this caller cannot wait for")
+		case refused:
 			return nil, nil, w.refusal("")
 		}
 		pass, err := w.allowed(q)
@@ -165,15 +169,26 @@ func (w *upgradeWatch) lookUp() {
 // before it for the line.
 func (w *upgradeWatch) decide(ctx context.Context, q *peek.Result) (refused, wouldBlock bool) {
 	if !w.wasSet {
-		w.was, w.wasRule, w.wasSet = w.rec.Reason, w.rec.Rule, true
+		w.before, w.wasSet = *w.rec, true
 	}
 	refused, wouldBlock = w.check(ctx, q)
 	if wouldBlock {
-		// Nothing decided yet: the line says what it said.
-		w.rec.Reason, w.rec.Rule, w.rec.Action = w.was, w.wasRule, accesslog.Allow
+		// Nothing decided yet: the line says what it said, should the
+		// connection end meanwhile.
+		*w.rec = w.before
 	}
 	return refused, wouldBlock
 }
+
+// holding reports whether the watch holds the start of a hello already
+// (from the bytes it was made with).
+func (w *upgradeWatch) holding() bool {
+	return w.hello == nil && w.u.HeldBytes() > 0
+}
+
+// decided reports whether the watch decided a hello already (one in the
+// bytes it was made with).
+func (w *upgradeWatch) decided() bool { return w.hello != nil }
 
 // found returns the hello found, as a peek.Result for the check.
 func (w *upgradeWatch) found() peek.Result {
@@ -200,7 +215,7 @@ func (w *upgradeWatch) allowed(q peek.Result) ([]byte, error) {
 
 // note words the decision on the hello in the line's reason.
 func (w *upgradeWatch) note() {
-	w.rec.Reason = fmt.Sprintf("ClientHello after %d bytes: %s (decision before it: %s)", w.u.Offset(), w.rec.Reason, w.was)
+	w.rec.Reason = fmt.Sprintf("ClientHello after %d bytes: %s (decision before it: %s)", w.u.Offset(), w.rec.Reason, w.before.Reason)
 }
 
 // refusal ends the connection with an access_denied alert, the TLS the

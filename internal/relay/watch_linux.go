@@ -33,6 +33,15 @@ func (c *Conn) Watch(w Watch, hold time.Duration) {
 	c.watch = ws
 }
 
+// Holding says the Watch given to Watch holds client bytes already (read
+// before the Conn relayed): its hold runs from now, not from the
+// client's next bytes, which may never come. Call it after Watch, before
+// Start.
+func (c *Conn) Holding() {
+	w := c.watch
+	w.holdSince, w.idle, c.idle = time.Now().UnixNano(), c.idle, w.hold
+}
+
 // unwatch lets the Watch and its state go (Watch.Release).
 func (c *Conn) unwatch() {
 	ws := c.watch
@@ -79,6 +88,15 @@ func (c *Conn) watched(d *dir, b []byte) (pass []byte, on, ok bool) {
 			c.endHold()
 		case WatchBoth:
 			c.endHold()
+			if d := &c.down; d.restMuted {
+				// A rest took EPOLLIN away: the buffer's reads, which
+				// stop at EAGAIN, would wait for an edge that never comes.
+				d.restMuted = false
+				if err := c.l.mute(d.src, false); err != nil {
+					c.fail(d, nil, err, nil)
+					return nil, false, false
+				}
+			}
 			if !w.server {
 				w.server = true
 				// The server's next bytes go through the buffer, where
@@ -137,8 +155,11 @@ func (c *Conn) why() string {
 func (c *Conn) Poke() {
 	l := c.l
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.shut {
+		return // its eventfd is closed, and its number maybe another's
+	}
 	l.poked = append(l.poked, c)
-	l.mu.Unlock()
 	l.ring()
 }
 
