@@ -171,7 +171,6 @@ func isTimeout(err error) bool {
 type pokeWatch struct {
 	decided chan bool // the decision, sent by the test
 	held    []byte
-	allow   bool
 	asked   chan struct{}
 }
 
