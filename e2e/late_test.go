@@ -154,8 +154,13 @@ func TestLateIdentification(t *testing.T) {
 				if err != nil || !strings.Contains(out, "CONNECTION ESTABLISHED") {
 					t.Errorf("STARTTLS naming %s: %v\n%s", tc.name, err, out)
 				}
-				if sni := <-snis; sni != tc.name {
-					t.Errorf("the server read a hello for %q", sni)
+				select {
+				case sni := <-snis:
+					if sni != tc.name {
+						t.Errorf("the server read a hello for %q", sni)
+					}
+				case <-time.After(10 * time.Second):
+					t.Errorf("the server read no hello")
 				}
 			}
 			log.expect(t, from, "STARTTLS "+tc.name, byDst(srvAddr+":587"), want{
@@ -193,8 +198,15 @@ func TestLateIdentification(t *testing.T) {
 			default:
 				if err != nil {
 					t.Errorf("upgrade naming %s: %v", tc.name, err)
-				} else if sni := <-snis; sni != tc.name {
-					t.Errorf("the server read a hello for %q", sni)
+					break
+				}
+				select {
+				case sni := <-snis:
+					if sni != tc.name {
+						t.Errorf("the server read a hello for %q", sni)
+					}
+				case <-time.After(10 * time.Second):
+					t.Errorf("the server read no hello")
 				}
 			}
 			log.expect(t, from, "upgrade "+tc.name, bySrc(c.LocalAddr().String()), want{

@@ -142,7 +142,7 @@ func (w *upgradeWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 		}
 		return nil, relay.WatchOff, w.refusal(why)
 	case wouldBlock:
-		w.looking, w.lookName = true, w.rec.FQDN
+		w.looking = true
 		go w.lookUp()
 		return pass, relay.WatchHolding, nil
 	case refused:
@@ -174,7 +174,8 @@ func (w *upgradeWatch) decide(ctx context.Context, q *peek.Result) (refused, wou
 	refused, wouldBlock = w.check(ctx, q)
 	if wouldBlock {
 		// Nothing decided yet: the line says what it said, should the
-		// connection end meanwhile.
+		// connection end meanwhile. The name to look up is the check's.
+		w.lookName = w.rec.FQDN
 		*w.rec = w.before
 	}
 	return refused, wouldBlock
