@@ -2,7 +2,6 @@ package clienthello
 
 import (
 	"bytes"
-	"slices"
 	"strconv"
 )
 
@@ -16,39 +15,36 @@ import (
 // finds that hello in the client's bytes, wherever it starts, so that it
 // is decided before the server has it whole.
 //
-// It knows no protocol's commands: it looks for the start of a
-// ClientHello in TLS records (helloStart) at every byte, and takes one
-// as certain only once its first fields, up to the cipher suites' length,
-// are those of a hello: a binary protocol's bytes pass those checks about
-// once in 2^34 positions. Where a client's TLS begins in every upgrade
-// (the first byte of a read, or of a line) that is enough, and the start
-// is read as leniently as a TLS server reads one (any record version
-// crypto/tls takes, change_cipher_spec and alert records before it);
-// anywhere else (a hello written together with the request before it, as
-// a MySQL client may), the record's and the hello's versions must say TLS
-// too, which makes it about 2^46.
+// It knows no protocol's commands. At every byte of 22 (a handshake
+// record's type) it starts a walker that follows the bytes as TLS records
+// carrying a ClientHello, as leniently as a TLS server reads them (any
+// record version crypto/tls takes, records of any size, empty ones), and
+// takes the start as certain only once the hello's fields up to its
+// extensions' length fit the message's length exactly, as crypto/tls and
+// OpenSSL require: a binary protocol's bytes do that about once in 2^45
+// positions. Until then a walker holds nothing back: a binary message may
+// end like a start, and its client waits for the answer. Once a start is
+// certain, the rest is held until the hello is whole; the fields read so
+// far come before any extension, so the server has at most a hello
+// without its name, never one it could act on. (A hello with no
+// extensions at all has no name either.)
 //
-// A start is never held back while it is unsure: a binary protocol's
-// message may end like one, and holding it would stall a client that
-// waits for its answer. Only once a start is certain is the rest held,
-// until the hello is whole; its fields up to there come before any
-// extension, so the server has at most a hello without its name, never
-// one it could act on. A start that is odd where a server would not mind
-// (alerts between its records, more records than a client makes, a
-// message longer than MaxHelloLen) is certain, so that what is held is
-// refused rather than passed: a hello that then does not parse, or
-// carries a second one in its record, is refused, as at the start of a
-// connection.
+// What a lenient server reads on and Reassemble does not (an alert
+// between the hello's records, more than maxStartRecords records, a
+// message over MaxHelloLen) is certain at once, so that it is held and
+// refused, not passed; so is a hello that does not parse, or carries a
+// second message in its record. When a start is certain while an earlier
+// one is still being followed, the hold begins at the earlier: a client
+// cannot hide its hello behind a made-up one inside its own fields.
 //
 // Upgrade does no I/O and keeps no time; its zero value is ready.
 type Upgrade struct {
-	// tail is the end of the bytes passed on, from the first position
-	// that may still begin a hello; prev is the byte before it (a line
-	// starts after '\n'), and reads are the offsets in tail where a read
-	// began.
-	tail  []byte
-	prev  byte
-	reads []int
+	// walkers follow the starts not yet told apart, oldest first; hist
+	// is the bytes passed on from histAt on, kept while a walker may
+	// need them for the hello it would hold.
+	walkers []walker
+	hist    []byte
+	histAt  int
 	// held is the hello from its first byte on, and what came behind it;
 	// its first sent bytes were passed on before the start was certain.
 	held    []byte
@@ -79,25 +75,23 @@ const (
 )
 
 const (
-	// startFields is how much of a hello helloStart reads: the message
-	// header, legacy_version, random, the session id and its length
-	// (at most 32), and the cipher suites' length.
-	startFields = 4 + 2 + 32 + 1 + 32 + 2
-	// maxStartRecords is how many records (the hello's, empty ones,
-	// alerts) a start may take to carry those bytes before it is
-	// certain: no client splits its hello so finely.
+	// maxStartRecords is how many records a start may take before its
+	// fields are read: no client splits its hello so finely.
 	maxStartRecords = 16
-	// helloStartMax bounds the bytes helloStart reads.
-	helloStartMax = MaxLeadingRecords*(recordHeaderLen+2) + maxStartRecords*recordHeaderLen + startFields
+	// maxWalkers bounds the starts followed at once: bytes built as
+	// many overlapping starts would otherwise cost a walk each.
+	maxWalkers = 8
 	// minHelloBody is the shortest ClientHello body: versions (2),
 	// random (32), an empty session id (1), one cipher suite (4), one
 	// compression method (2).
 	minHelloBody = 41
-	// scanBudget bounds, per byte given, the bytes helloStart may read
-	// (beyond a fixed allowance): bytes built as many overlapping starts
-	// would otherwise cost the relay loop a walk each. Past it the
-	// current start is taken as certain, and what follows is refused
-	// unless it is a hello.
+	// maxRecordLen is the longest record a walker follows: 2^14 and
+	// the expansion a server tolerates.
+	maxRecordLen = 1<<14 + 2048
+	// scanBudget bounds the walkers' steps per byte given (beyond a
+	// fixed allowance): a start that costs more is taken as certain, and
+	// what follows refused unless it is a hello. Bytes of other
+	// protocols end a walker in a step or two.
 	scanBudget = 8
 )
 
@@ -114,134 +108,98 @@ func (u *Upgrade) Client(b []byte) ([]byte, UpgradeState) {
 		u.held = append(u.held, b...)
 		return nil, u.st
 	}
-	defer func() { u.scanned += len(b) }()
-	budget := scanBudget*len(b) + 4*helloStartMax
-	// Starts that began in what was passed on come first, continued by b.
-	maybe, maybePrev := -1, byte(0)
-	if len(u.tail) > 0 {
-		var arr [2 * helloStartMax]byte
-		n := copy(arr[:], u.tail)
-		n += copy(arr[n:], b)
-		view := arr[:n]
-		for i := range u.tail {
-			prev := u.prev
-			if i > 0 {
-				prev = u.tail[i-1]
-			}
-			edge := prev == '\n' || slices.Contains(u.reads, i)
-			if !mayStart(u.tail[i], edge) {
-				continue
-			}
-			r, cost := helloStart(view[i:], edge)
-			if budget -= cost; budget < 0 {
-				r = startYes
-			}
-			switch r {
-			case startYes:
-				u.held = append(append(make([]byte, 0, len(u.tail)-i+len(b)), u.tail[i:]...), b...)
-				u.sent = len(u.tail) - i
-				u.at = u.scanned - u.sent
-				u.tail, u.reads = u.tail[:0], u.reads[:0]
-				u.hold(nil)
-				return nil, u.st
-			case startMaybe:
-				if maybe < 0 {
-					maybe, maybePrev = i, prev
-				}
-			}
+	certain, why := false, ""
+	budget := scanBudget*len(b) + 1024
+	// The starts followed from earlier bytes, then those in b.
+	live := u.walkers[:0]
+	for _, w := range u.walkers {
+		r, steps := w.feed(b)
+		budget -= steps
+		switch r {
+		case startYes:
+			certain = true
+			live = append(live, w)
+		case startMaybe:
+			live = append(live, w)
 		}
 	}
-	// Then the starts in b: at every byte of 22 (a handshake record), and
-	// at a read's or line's start, a change_cipher_spec or alert record
-	// too.
-	hsAt, nlAt := indexFrom(b, 0, recordTypeHandshake), indexFrom(b, 0, '\n')
-	first := len(b) > 0 && b[0] != recordTypeHandshake && mayStart(b[0], true)
-	for {
-		// The next line that starts with a change_cipher_spec or alert
-		// record; then the earliest candidate of the three kinds.
-		for nlAt >= 0 && (nlAt+1 == len(b) || b[nlAt+1] == recordTypeHandshake || !mayStart(b[nlAt+1], true)) {
-			nlAt = indexFrom(b, nlAt+1, '\n')
+	u.walkers = live
+	for i := 0; !certain && i < len(b); i++ {
+		j := bytes.IndexByte(b[i:], recordTypeHandshake)
+		if j < 0 {
+			break
 		}
-		var i int
-		switch {
-		case first:
-			i, first = 0, false
-		case hsAt >= 0 && (nlAt < 0 || hsAt < nlAt+1):
-			i, hsAt = hsAt, indexFrom(b, hsAt+1, recordTypeHandshake)
-		case nlAt >= 0:
-			i, nlAt = nlAt+1, indexFrom(b, nlAt+1, '\n')
-		default:
-			u.keep(b, maybe, maybePrev)
-			return b, Scanning
-		}
-		prev := u.prev
-		if i > 0 {
-			prev = b[i-1]
-		} else if len(u.tail) > 0 {
-			prev = u.tail[len(u.tail)-1]
-		}
-		edge := i == 0 || prev == '\n'
-		r, cost := helloStart(b[i:], edge)
-		if budget -= cost; budget < 0 {
-			r = startYes
+		i += j
+		w := walker{at: u.scanned + i}
+		r, steps := w.feed(b[i:])
+		if budget -= steps; budget < 0 && r == startNo {
+			r = startMaybe // kept, and refused below
 		}
 		switch r {
 		case startYes:
-			u.held = append(make([]byte, 0, len(b)-i), b[i:]...)
-			u.sent, u.at = 0, u.scanned+i
-			u.tail, u.reads = u.tail[:0], u.reads[:0]
-			u.hold(nil)
-			return b[:i], u.st
+			certain = true
+			u.walkers = append(u.walkers, w)
 		case startMaybe:
-			if maybe < 0 {
-				maybe, maybePrev = len(u.tail)+i, prev
+			switch {
+			case len(u.walkers) == maxWalkers:
+				certain, why = true, "bytes shaped as many ClientHello starts at once"
+			case budget < 0:
+				certain, why = true, "bytes shaped as many overlapping ClientHello starts"
 			}
+			u.walkers = append(u.walkers, w)
 		}
 	}
-}
-
-// keep keeps, as the tail, the bytes passed on from maybe (an offset in
-// the old tail followed by b; -1 for none) on.
-func (u *Upgrade) keep(b []byte, maybe int, prev byte) {
-	if maybe < 0 {
-		u.tail, u.reads = u.tail[:0], u.reads[:0]
-		if len(b) > 0 {
-			u.prev = b[len(b)-1]
-		}
-		return
-	}
-	// A start still unsure is shorter than helloStartMax.
-	reads := u.reads[:0]
-	if maybe < len(u.tail) {
-		for _, r := range u.reads {
-			if r >= maybe {
-				reads = append(reads, r-maybe)
+	if certain {
+		// The hold begins at the oldest start still followed.
+		first := u.walkers[0]
+		off := max(first.at-u.scanned, 0) // in b
+		var pass []byte = b[:off]
+		switch {
+		case why != "":
+			u.refuse(why)
+		case first.big():
+			u.refuse("a ClientHello longer than " + strconv.Itoa(MaxHelloLen) + " bytes")
+		default:
+			u.held = make([]byte, 0, u.scanned-first.at+len(b)-off+len(b[off:]))
+			if first.at < u.scanned {
+				u.held = append(u.held, u.hist[first.at-u.histAt:]...)
 			}
+			u.sent = len(u.held)
+			u.held = append(u.held, b[off:]...)
+			u.at = first.at
+			u.hold(nil)
 		}
-		reads = append(reads, len(u.tail)-maybe)
-		u.tail = append(u.tail[:0], u.tail[maybe:]...)
-		u.tail = append(u.tail, b...)
-	} else {
-		if maybe == len(u.tail) {
-			reads = append(reads, 0)
-		}
-		u.tail = append(u.tail[:0], b[maybe-len(u.tail):]...)
+		u.walkers, u.hist = nil, nil
+		u.scanned += len(b)
+		return pass, u.st
 	}
-	u.reads, u.prev = reads, prev
+	u.keepHist(b)
+	u.scanned += len(b)
+	return b, Scanning
 }
 
-// indexFrom is the index of c in b at or after i, or -1.
-func indexFrom(b []byte, i int, c byte) int {
-	if j := bytes.IndexByte(b[i:], c); j >= 0 {
-		return i + j
+// keepHist keeps, of the bytes passed on with b, those a walker still
+// followed may need.
+func (u *Upgrade) keepHist(b []byte) {
+	from := -1
+	for _, w := range u.walkers {
+		if !w.big() {
+			from = w.at
+			break
+		}
 	}
-	return -1
-}
-
-// mayStart says whether a start may begin with c: a handshake record, or,
-// where a client's TLS begins, a change_cipher_spec or alert record.
-func mayStart(c byte, edge bool) bool {
-	return c == recordTypeHandshake || edge && (c == recordTypeChangeCipher || c == recordTypeAlert)
+	end := u.scanned + len(b)
+	switch {
+	case from < 0:
+		u.hist, u.histAt = u.hist[:0], end
+	case from >= u.scanned:
+		u.hist = append(u.hist[:0], b[from-u.scanned:]...)
+		u.histAt = from
+	default:
+		k := copy(u.hist, u.hist[from-u.histAt:])
+		u.hist = append(u.hist[:k], b...)
+		u.histAt = from
+	}
 }
 
 // hold adds b to a held hello and sees whether it is whole.
@@ -282,9 +240,14 @@ func (u *Upgrade) Hello() *Info { return &u.info }
 
 // Release returns what is to be passed on once the hello found is allowed:
 // the hello's bytes not yet passed on, and what the client sent behind it
-// (behind is the part of it after the hello, for a Retry).
-func (u *Upgrade) Release() (pass, behind []byte) {
-	return u.held[u.sent:], u.held[u.used:]
+// (behind is the part of it after the hello, for a Retry). ok is false if
+// the hello ended in bytes passed on already, which Upgrade does not let
+// happen: the caller then refuses.
+func (u *Upgrade) Release() (pass, behind []byte, ok bool) {
+	if u.used < u.sent {
+		return nil, nil, false
+	}
+	return u.held[u.sent:], u.held[u.used:], true
 }
 
 // HeldBytes is how many bytes are held: a caller bounds them.
@@ -293,123 +256,205 @@ func (u *Upgrade) HeldBytes() int { return len(u.held) }
 // Offset is how many bytes the client had sent before the hello began.
 func (u *Upgrade) Offset() int { return u.at }
 
-// The answers of helloStart.
+// The answers of a walker.
 const (
 	startNo    = iota // no hello begins here
-	startMaybe        // the bytes end before it can tell
+	startMaybe        // the bytes ended before it could tell
 	startYes          // a hello begins here
 )
 
-// helloStart reports whether x begins with the start of a ClientHello in
-// TLS records, and how many bytes it read to tell. The records must be
-// handshake records (empty ones are skipped) of a length up to 2^14 plus
-// what a server tolerates, carrying a client_hello message whose first
-// fields are a hello's: a length from minHelloBody to 192 KiB, a session
-// id of at most 32 bytes, and an even cipher suites' length. Where a
-// client's TLS begins (edge) change_cipher_spec and alert records may come
-// first, and a record version may be anything crypto/tls takes (major
-// below 0x10); elsewhere the record's and the hello's version majors must
-// be 3. Alert records between the hello's records, or more records than
-// maxStartRecords before its fields are read, make it certain: a lenient
-// server reads on.
-func helloStart(x []byte, edge bool) (answer, read int) {
-	var hs [startFields]byte
-	n, recs, leading, off := 0, 0, 0, 0
-	need := 6 // handshake bytes to read: grows as the fields tell
-	for n < need {
-		if recs == maxStartRecords {
-			return startYes, off
-		}
-		if off >= len(x) {
-			return startMaybe, off
-		}
-		typ := x[off]
-		if n == 0 && edge && (typ == recordTypeChangeCipher || typ == recordTypeAlert) && recs == 0 && leading < MaxLeadingRecords {
-			// A record a server drops before the hello.
-			want := 1
-			if typ == recordTypeAlert {
-				want = 2
-			}
-			if off+recordHeaderLen > len(x) {
-				return startMaybe, off
-			}
-			if x[off+1] >= 0x10 || x[off+3] != 0 || int(x[off+4]) != want {
-				return startNo, off
-			}
-			leading++
-			off += recordHeaderLen + want
-			continue
-		}
-		if typ == recordTypeAlert && n > 0 {
-			if off+recordHeaderLen > len(x) {
-				return startMaybe, off
-			}
-			if x[off+1] >= 0x10 || x[off+3] != 0 || x[off+4] != 2 {
-				return startNo, off
-			}
-			return startYes, off // an alert among the hello's records
-		}
-		if typ != recordTypeHandshake {
-			return startNo, off
-		}
-		if off+1 < len(x) && (x[off+1] >= 0x10 || !edge && x[off+1] != 3) {
-			return startNo, off
-		}
-		if off+recordHeaderLen > len(x) {
-			return startMaybe, off
-		}
-		l := int(x[off+3])<<8 | int(x[off+4])
-		if l > 1<<14+2048 {
-			return startNo, off
-		}
-		recs++
-		off += recordHeaderLen
-		for k := 0; k < l && n < need; k++ {
-			if off >= len(x) {
-				return startMaybe, off
-			}
-			hs[n] = x[off]
-			off++
-			n++
-			switch n {
+// walker follows one possible start of a ClientHello in TLS records,
+// through as many reads as it takes to tell (feed). It reads the record
+// headers, and of the handshake message its header, then skips
+// legacy_version and random, reads the session id's length and skips it,
+// and so on up to the extensions' length, which must end the message.
+type walker struct {
+	at int // offset of its first byte in the client's bytes
+	// The record layer: the header being read, and the body bytes left
+	// in the current record.
+	hdr  [recordHeaderLen]byte
+	hdrN int
+	left int
+	recs int
+	// The message: step is the field being read (steps), need how many
+	// of its bytes are still to come, val the value read so far; n the
+	// message bytes seen, m its length once known (-1 before).
+	step, need, val, n, m int
+}
+
+// The message fields a walker reads (r) or skips (s), in order.
+const (
+	stepType    = iota // r 1: client_hello
+	stepLength         // r 3: minHelloBody..192 KiB
+	stepFixed          // s 34: legacy_version, random
+	stepSIDLen         // r 1
+	stepSID            // s
+	stepCSLen          // r 2: even, fits
+	stepCS             // s
+	stepCompLen        // r 1: at least one, fits
+	stepComp           // s
+	stepExtLen         // r 2: ends the message (or the message ended)
+)
+
+// big says the walker's message is known to be longer than MaxHelloLen:
+// refused once certain, so its bytes need not be kept.
+func (w *walker) big() bool { return w.step > stepLength && w.m+handshakeHeaderLen > MaxHelloLen }
+
+// feed takes the next bytes and says whether the start is told, and how
+// many steps it took (header bytes and fields read, for Upgrade's
+// budget).
+func (w *walker) feed(b []byte) (r, steps int) {
+	r = startMaybe
+	steps = w.walk(b, &r)
+	return r, steps
+}
+
+// walk is feed's loop; it sets *r when the start is told.
+func (w *walker) walk(b []byte, r *int) (steps int) {
+	if w.step == 0 && w.need == 0 && w.n == 0 && w.recs == 0 && w.hdrN == 0 {
+		w.need, w.m = 1, -1
+	}
+	for i := 0; i < len(b); {
+		if w.left == 0 {
+			steps++
+			w.hdr[w.hdrN] = b[i]
+			w.hdrN++
+			i++
+			switch w.hdrN {
 			case 1:
-				if hs[0] != typeClientHello {
-					return startNo, off
+				switch typ := w.hdr[0]; {
+				case typ == recordTypeHandshake:
+				case typ == recordTypeAlert && w.recs > 0:
+				default:
+					*r = startNo
+					return steps
 				}
 			case 2:
-				if hs[1] > 2 {
-					return startNo, off
+				if w.hdr[1] >= 0x10 {
+					*r = startNo
+					return steps
 				}
-			case 4:
-				if int(hs[1])<<16|int(hs[2])<<8|int(hs[3]) < minHelloBody {
-					return startNo, off
+			case recordHeaderLen:
+				l := int(w.hdr[3])<<8 | int(w.hdr[4])
+				w.hdrN = 0
+				switch {
+				case w.hdr[0] == recordTypeAlert && l == 2:
+					*r = startYes // an alert among the hello's records: a lenient server reads on
+					return steps
+				case w.hdr[0] == recordTypeAlert, l > maxRecordLen:
+					*r = startNo
+					return steps
 				}
-			case 5:
-				if !edge && hs[4] != 3 {
-					return startNo, off
+				if w.recs++; w.recs > maxStartRecords {
+					*r = startYes
+					return steps
 				}
-			case 6:
-				need = 4 + 2 + 32 + 1 // on to the session id's length
-			case 4 + 2 + 32 + 1:
-				sid := int(hs[n-1])
-				if sid > 32 {
-					return startNo, off
-				}
-				need = n + sid + 2 // the session id, then the cipher suites' length
+				w.left = l
 			}
-			if n == need && need > 4+2+32+1 {
-				if cs := int(hs[n-2])<<8 | int(hs[n-1]); cs%2 != 0 {
-					return startNo, off
-				}
-				return startYes, off
-			}
-		}
-		// A record ended before the fields did: on to the next,
-		// skipping what this one held past them (none: need grows
-		// only within the hello's first bytes).
-		if n < need {
 			continue
 		}
+		k := min(w.left, len(b)-i)
+		used, fields, res := w.message(b[i : i+k])
+		w.left -= used
+		i += used
+		steps += fields
+		if res != startMaybe {
+			*r = res
+			return steps
+		}
 	}
-	return startYes, off
+	return steps
+}
+
+// message takes body bytes of the hello's records, and says how many it
+// used and whether the start is told.
+func (w *walker) message(b []byte) (used, fields, r int) {
+	i := 0
+	for i < len(b) {
+		fields++
+		if w.isSkip() {
+			k := min(w.need, len(b)-i)
+			w.need -= k
+			w.n += k
+			i += k
+		} else {
+			w.val = w.val<<8 | int(b[i])
+			w.need--
+			w.n++
+			i++
+		}
+		if w.need > 0 {
+			continue
+		}
+		if r := w.next(); r != startMaybe {
+			return i, fields, r
+		}
+	}
+	return i, fields, startMaybe
+}
+
+func (w *walker) isSkip() bool {
+	switch w.step {
+	case stepFixed, stepSID, stepCS, stepComp:
+		return true
+	}
+	return false
+}
+
+// next checks the field just read and moves on to the next one.
+func (w *walker) next() int {
+	v, end := w.val, w.m+handshakeHeaderLen
+	w.val = 0
+	fits := func(k int) bool { return w.n+k <= end }
+	switch w.step {
+	case stepType:
+		if v != typeClientHello {
+			return startNo
+		}
+		w.step, w.need = stepLength, 3
+	case stepLength:
+		if v < minHelloBody || v > 3<<16-1 {
+			return startNo
+		}
+		w.m = v
+		w.step, w.need = stepFixed, 34
+	case stepFixed:
+		w.step, w.need = stepSIDLen, 1
+	case stepSIDLen:
+		if !fits(v + 2) {
+			return startNo
+		}
+		w.step, w.need = stepSID, v
+	case stepSID:
+		w.step, w.need = stepCSLen, 2
+	case stepCSLen:
+		if v%2 != 0 || !fits(v+2) {
+			return startNo
+		}
+		w.step, w.need = stepCS, v
+	case stepCS:
+		w.step, w.need = stepCompLen, 1
+	case stepCompLen:
+		if v == 0 || !fits(v) {
+			return startNo
+		}
+		w.step, w.need = stepComp, v
+	case stepComp:
+		switch {
+		case w.n == end:
+			return startYes // no extensions: a hello, with no name
+		case !fits(2):
+			return startNo
+		}
+		w.step, w.need = stepExtLen, 2
+	case stepExtLen:
+		if w.n+v != end {
+			return startNo
+		}
+		return startYes
+	}
+	if w.need == 0 {
+		return w.next() // an empty field (a session id of none)
+	}
+	return startMaybe
 }

@@ -78,9 +78,9 @@ func TestUpgradeFindsHello(t *testing.T) {
 			if u.Offset() != len(tc.before) {
 				t.Errorf("%s, split %d: hello at %d, want %d", tc.name, size, u.Offset(), len(tc.before))
 			}
-			pass, behind := u.Release()
+			pass, behind, ok := u.Release()
 			whole := append(append([]byte(nil), passed...), pass...)
-			if !bytes.HasPrefix(stream, whole) || len(whole) < len(tc.before)+len(tc.hello) {
+			if !ok || !bytes.HasPrefix(stream, whole) || len(whole) < len(tc.before)+len(tc.hello) {
 				t.Fatalf("%s, split %d: passed and released bytes are not the stream's start", tc.name, size)
 			}
 			if !bytes.HasPrefix(behind, []byte{23, 3, 3}) && len(behind) != 0 {
@@ -128,15 +128,7 @@ func TestUpgradeLetsBytesThrough(t *testing.T) {
 // in too many reads, is refused: the server has not had it whole.
 func TestUpgradeRefuses(t *testing.T) {
 	hello := loadFixture(t, "go-default")
-	badExt := append([]byte("STARTTLS\r\n"), hello...)
-	// Claim a longer message than the record carries, ending the records.
-	badExt[len("STARTTLS\r\n")+recordHeaderLen+3]++
-	badExt = append(badExt, 21, 3, 3, 0, 2, 1, 0)
-
 	var u Upgrade
-	if _, st := feedUpgrade(&u, badExt, fixedSize(1<<20)); st != HelloRefused {
-		t.Errorf("a hello with a record after its message's end: %v", st)
-	}
 	// Hellos a lenient server reads and Examine does not: each is held
 	// and refused, never passed whole (the review's ways past a first
 	// version of Upgrade).
@@ -187,6 +179,22 @@ func TestUpgradeRefuses(t *testing.T) {
 			t.Errorf("%s: state %v (%s), %d of %d bytes passed", name, st, u.Why(), len(passed), total)
 		}
 	}
+	// Hellos a lenient server acts on, found (and then decided) however
+	// they are placed: a session id longer than 32 bytes (crypto/tls
+	// reads it), legacy_version 4.3 with record version 0.1 written in
+	// one read behind a binary request, after five leading alerts.
+	odd := withVersions(hello, 0x0001, 0x0403)
+	for name, stream := range map[string][]byte{
+		"a 40-byte session id after a line": append([]byte("STARTTLS\r\n"), withSessionID(hello, 40)...),
+		"odd versions behind a binary request": append(append([]byte{32, 0, 0, 1, 0x85, 0xae, 0xff, 0x19}, make([]byte, 28)...), odd...),
+		"five leading alerts": append(append([]byte("STARTTLS\r\n"), bytes.Repeat([]byte{21, 3, 3, 0, 2, 1, 90}, 5)...), odd...),
+	} {
+		u = Upgrade{}
+		passed, st := feedUpgrade(&u, stream, fixedSize(1<<20))
+		if st != HelloFound && st != HelloRefused || len(passed) > len(stream)-len(hello)+40 {
+			t.Errorf("%s: state %v (%s), %d of %d bytes passed", name, st, u.Why(), len(passed), len(stream))
+		}
+	}
 	// A MySQL COM_STMT_EXECUTE of 22 bytes for statement 65537 at a
 	// read's start looks like a record and a hello's header: it ends
 	// before a hello's fields would, and is passed on, whole.
@@ -203,11 +211,15 @@ func TestUpgradeRefuses(t *testing.T) {
 
 // FuzzUpgrade: whatever the bytes and however they are split, what is
 // passed on is the stream's start, in order; a hello found is released
-// whole; and when nothing was found, no position holds a hello start.
+// whole; and when nothing was found, no offset of the stream holds a
+// whole ClientHello that parses (Reassemble, Parse: a server would read
+// its name) — nor one with a record version crypto/tls takes and
+// Reassemble does not, made of the same bytes with major 3.
 func FuzzUpgrade(f *testing.F) {
 	hello := loadFixture(f, "go-default")
 	f.Add(append([]byte("EHLO x\r\nSTARTTLS\r\n"), hello...), uint64(7))
 	f.Add(append([]byte{32, 0, 0, 1}, hello...), uint64(1))
+	f.Add(append([]byte{22, 0, 1}, hello[3:]...), uint64(2))
 	f.Add([]byte{22, 3, 1, 0, 1, 1, 22, 3, 1, 0, 1, 0}, uint64(3))
 	f.Fuzz(func(t *testing.T, stream []byte, seed uint64) {
 		r := rand.New(rand.NewPCG(seed, seed>>7))
@@ -218,9 +230,9 @@ func FuzzUpgrade(f *testing.F) {
 		}
 		switch st {
 		case HelloFound:
-			pass, behind := u.Release()
+			pass, behind, ok := u.Release()
 			whole := append(append([]byte(nil), passed...), pass...)
-			if !bytes.HasPrefix(stream, whole) {
+			if !ok || !bytes.HasPrefix(stream, whole) {
 				t.Fatal("released bytes do not follow the passed ones")
 			}
 			if !bytes.HasSuffix(whole, behind) {
@@ -230,9 +242,17 @@ func FuzzUpgrade(f *testing.F) {
 			if len(passed) != len(stream) {
 				t.Fatalf("scanning, yet %d of %d bytes passed", len(passed), len(stream))
 			}
+			var info Info
 			for i := range stream {
-				if r, _ := helloStart(stream[i:], false); r == startYes {
-					t.Fatalf("a hello start at %d was passed on", i)
+				if stream[i] != recordTypeHandshake {
+					continue
+				}
+				x := stream[i:]
+				if len(x) > 1 && x[1] < 0x10 {
+					x = append([]byte{x[0], 3}, x[2:]...) // as crypto/tls takes any major
+				}
+				if msg, _, st := Reassemble(x, nil); st == Complete && Parse(msg, &info) {
+					t.Fatalf("a ClientHello at %d was passed on whole", i)
 				}
 			}
 		}
@@ -256,5 +276,31 @@ func bigHello(n int) []byte {
 		out = append(out, msg[:k]...)
 		msg = msg[k:]
 	}
+	return out
+}
+
+// withSessionID returns the hello h (one record) with a session id of n
+// bytes.
+func withSessionID(h []byte, n int) []byte {
+	const sidAt = 5 + 4 + 2 + 32
+	old := int(h[sidAt])
+	out := append([]byte(nil), h[:sidAt]...)
+	out = append(out, byte(n))
+	out = append(out, bytes.Repeat([]byte{7}, n)...)
+	out = append(out, h[sidAt+1+old:]...)
+	d := n - old
+	rec := int(h[3])<<8 | int(h[4]) + d
+	out[3], out[4] = byte(rec>>8), byte(rec)
+	msg := int(h[6])<<16 | int(h[7])<<8 | int(h[8]) + d
+	out[6], out[7], out[8] = byte(msg>>16), byte(msg>>8), byte(msg)
+	return out
+}
+
+// withVersions returns the hello h with the record and legacy versions
+// given.
+func withVersions(h []byte, record, legacy uint16) []byte {
+	out := append([]byte(nil), h...)
+	out[1], out[2] = byte(record>>8), byte(record)
+	out[9], out[10] = byte(legacy>>8), byte(legacy)
 	return out
 }

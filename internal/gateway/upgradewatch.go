@@ -201,7 +201,10 @@ func (w *upgradeWatch) found() peek.Result {
 // break its rules).
 func (w *upgradeWatch) allowed(q peek.Result) ([]byte, error) {
 	w.note()
-	pass, behind := w.u.Release()
+	pass, behind, ok := w.u.Release()
+	if !ok {
+		return nil, w.refusal("the ClientHello ended in bytes passed on before it was recognised")
+	}
 	hw := helloWatches.Get().(*helloWatch)
 	hw.version = q.Hello.RecordVersion
 	hw.r.Init(&q.Hello)
