@@ -143,6 +143,10 @@ func (r *Retry) Init(first *Info) {
 // cannot be: nothing more of the server's is watched.
 func (r *Retry) Answered() bool { return r.answered || r.unframed }
 
+// Untracked says the client sent bytes that are no TLS record: whatever
+// the connection is now, it is not the TLS its hello began.
+func (r *Retry) Untracked() bool { return r.untracked }
+
 // Why says why the connection is refused, once a call returned Refuse.
 // Names the client sent are quoted (Go syntax) and cut at 255 bytes.
 func (r *Retry) Why() string { return r.why }

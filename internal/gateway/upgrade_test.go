@@ -58,6 +58,20 @@ func startUpgradeServer(t *testing.T, smtp bool) *upgradeServer {
 				case strings.HasPrefix(cmd, "EHLO"):
 					io.WriteString(c, "250-mail.good.test\r\n250 STARTTLS\r\n")
 					continue
+				case cmd == "DATA":
+					io.WriteString(c, "354 go on\r\n")
+					for {
+						l, err := br.ReadString('\n')
+						seen.WriteString(l)
+						if err != nil {
+							return
+						}
+						if l == ".\r\n" {
+							break
+						}
+					}
+					io.WriteString(c, "250 OK\r\n")
+					continue
 				case cmd != "STARTTLS":
 					io.WriteString(c, "250 OK\r\n")
 					continue
@@ -220,6 +234,30 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 		if plain := <-smtp.plain; plain != "" {
 			t.Errorf("the server read %q", plain)
 		}
+	})
+	t.Run("after a hello that started no TLS", func(t *testing.T) {
+		// A hello for the tunnel's own name inside a mail's body is
+		// found and allowed; the server answers it in SMTP, not TLS, so
+		// the client's bytes are read for a hello again: the one after
+		// STARTTLS, naming x.ads.test, is refused.
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", smtp.addr.Port()))
+		greet(t, br)
+		io.WriteString(c, "DATA\r\n")
+		if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, "354") {
+			t.Fatalf("DATA answered %q", line)
+		}
+		c.Write(append(helloFor(t, "good.test"), "\r\n.\r\n"...))
+		if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, "250") {
+			t.Fatalf("the mail answered %q", line)
+		}
+		io.WriteString(c, "STARTTLS\r\n")
+		if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, "220 2.0.0") {
+			t.Fatalf("STARTTLS answered %q", line)
+		}
+		c.Write(hello)
+		denied(t, c, br)
+		smtp.noHello(t, "after a hello in a mail's body")
+		<-smtp.plain
 	})
 	t.Run("begun with the first bytes, never finished", func(t *testing.T) {
 		// Its hold is client_hello's (3s here), not idle's (1m): the

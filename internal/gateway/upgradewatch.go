@@ -57,6 +57,11 @@ type upgradeWatch struct {
 	looked            atomic.Bool
 	lookErr           atomic.Value // error, if the look-up failed
 	lookName          string
+	// answer is the server's first bytes after an allowed hello, up to
+	// six (answer0's length), and answered says they began a ServerHello.
+	answer   []byte
+	answer0  [6]byte
+	answered bool
 	// before is the line before the hello's check (wasSet: kept).
 	before accesslog.Record
 	wasSet bool
@@ -109,8 +114,31 @@ func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []by
 
 func (w *upgradeWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 	if w.hello != nil {
-		return w.hello.Client(b)
+		pass, st, err := w.hello.Client(b)
+		if err != nil || !w.hello.r.Untracked() {
+			return pass, st, err
+		}
+		// Bytes that are no TLS record: the hello did not start TLS
+		// here (it was the client's own protocol's payload, or the
+		// server refused it and reads on). Read for a hello again,
+		// from these bytes on.
+		w.rescan()
 	}
+	return w.scan(b)
+}
+
+// rescan drops an allowed hello's watch and reads the client's bytes for
+// a hello again.
+func (w *upgradeWatch) rescan() {
+	w.hello.Release()
+	w.hello, w.answer, w.answered = nil, w.answer0[:0], false
+	w.u = clienthello.Upgrade{}
+	w.looking, w.lookedUp = false, false
+	w.looked.Store(false)
+}
+
+// scan reads the client's bytes b for a hello (clienthello.Upgrade).
+func (w *upgradeWatch) scan(b []byte) ([]byte, relay.WatchState, error) {
 	pass, st := w.u.Client(b)
 	switch st {
 	case clienthello.Scanning:
@@ -213,7 +241,7 @@ func (w *upgradeWatch) allowed(q peek.Result) ([]byte, error) {
 		hw.Release()
 		return nil, err
 	}
-	w.hello = hw
+	w.hello, w.answer, w.answered = hw, w.answer0[:0], false
 	return append(pass[:len(pass)-len(behind):len(pass)-len(behind)], passBehind...), nil
 }
 
@@ -240,10 +268,36 @@ func (w *upgradeWatch) refusal(why string) error {
 }
 
 func (w *upgradeWatch) Server(b []byte) relay.WatchState {
-	if w.hello != nil {
+	switch {
+	case w.hello == nil:
+		return relay.WatchOff // read again once a hello is allowed (WatchBoth)
+	case w.answered:
 		return w.hello.Server(b)
 	}
-	return relay.WatchOff // read again once a hello is allowed (WatchBoth)
+	// The server's first bytes after the hello say whether it took up
+	// TLS: only a ServerHello (or HelloRetryRequest) does. Anything else
+	// (an alert, its own protocol's words) leaves the connection as it
+	// was, and the client's bytes are read for a hello again.
+	k := min(len(b), len(w.answer0)-len(w.answer))
+	w.answer = append(w.answer, b[:k]...)
+	if len(w.answer) < len(w.answer0) {
+		return relay.WatchOn
+	}
+	if !serverHelloStart(w.answer) {
+		w.rescan()
+		return relay.WatchOff
+	}
+	w.answered = true
+	if st := w.hello.Server(w.answer); st != relay.WatchOn {
+		return st
+	}
+	return w.hello.Server(b[k:])
+}
+
+// serverHelloStart says whether b, a server's first bytes, begin a
+// handshake record that carries a ServerHello.
+func serverHelloStart(b []byte) bool {
+	return len(b) >= 6 && b[0] == 22 && b[1] == 3 && b[5] == 2
 }
 
 func (w *upgradeWatch) Expired() error {
