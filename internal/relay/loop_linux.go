@@ -663,11 +663,15 @@ func (l *loop) sweep() {
 		if c.idle <= 0 {
 			continue
 		}
-		if now-c.last >= c.idle {
+		last := c.last
+		if w := c.watch; w != nil && w.holdSince != 0 {
+			last = w.holdSince // a hold runs from its start, whatever the server sends meanwhile
+		}
+		if now-last >= c.idle {
 			expired = append(expired, c)
 			continue
 		}
-		at := c.last + c.idle + c.idle/sweepsPerIdle
+		at := last + c.idle + c.idle/sweepsPerIdle
 		if next == 0 || at < next {
 			next = at
 		}
