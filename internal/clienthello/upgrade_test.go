@@ -185,9 +185,9 @@ func TestUpgradeRefuses(t *testing.T) {
 	// one read behind a binary request, after five leading alerts.
 	odd := withVersions(hello, 0x0001, 0x0403)
 	for name, stream := range map[string][]byte{
-		"a 40-byte session id after a line": append([]byte("STARTTLS\r\n"), withSessionID(hello, 40)...),
+		"a 40-byte session id after a line":    append([]byte("STARTTLS\r\n"), withSessionID(hello, 40)...),
 		"odd versions behind a binary request": append(append([]byte{32, 0, 0, 1, 0x85, 0xae, 0xff, 0x19}, make([]byte, 28)...), odd...),
-		"five leading alerts": append(append([]byte("STARTTLS\r\n"), bytes.Repeat([]byte{21, 3, 3, 0, 2, 1, 90}, 5)...), odd...),
+		"five leading alerts":                  append(append([]byte("STARTTLS\r\n"), bytes.Repeat([]byte{21, 3, 3, 0, 2, 1, 90}, 5)...), odd...),
 	} {
 		u = Upgrade{}
 		passed, st := feedUpgrade(&u, stream, fixedSize(1<<20))
