@@ -141,6 +141,11 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result, orig net
 	}
 	if uw != nil {
 		w = uw
+		if uw.decided() {
+			// The hello was checked against v.dst: no other answer is
+			// tried, where the check would not hold.
+			v.answers = nil
+		}
 	}
 	p.Data = first
 	dialStart := time.Now()

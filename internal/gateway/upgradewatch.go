@@ -50,6 +50,7 @@ type upgradeWatch struct {
 	// the loop; rc is the connection, for Poke.
 	cached context.Context
 	lookup func(name string) error
+	spawn  func(func())
 	rc     *relay.Conn
 	// looking: a look-up is under way; looked is set when it is done
 	// (by its goroutine); lookedUp: a check already waited for one.
@@ -88,6 +89,14 @@ func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []by
 		defer cancel()
 		_, err := g.lookups.Resolve(lctx, name)
 		return err
+	}, spawn: func(f func()) {
+		// Counted as the gateway's other goroutines are: its connection
+		// holds a count meanwhile, so Serve's wait is not at zero.
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			f()
+		}()
 	}}
 	first, st := w.u.Client(data)
 	switch st {
@@ -171,7 +180,7 @@ func (w *upgradeWatch) scan(b []byte) ([]byte, relay.WatchState, error) {
 		return nil, relay.WatchOff, w.refusal(why)
 	case wouldBlock:
 		w.looking = true
-		go w.lookUp()
+		w.spawn(w.lookUp)
 		return pass, relay.WatchHolding, nil
 	case refused:
 		return nil, relay.WatchOff, w.refusal("")
