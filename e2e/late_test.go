@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // lateRules go before the standard ones: port 443 of srv is reachable by
@@ -398,53 +400,42 @@ func startUpgradeServer(t *testing.T, ns *netns, cert tls.Certificate, addr stri
 			return nil, nil
 		},
 	}
-	ln := ns.listen(t, addr)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				br := bufio.NewReader(c)
-				if smtp {
-					io.WriteString(c, "220 mail.allowed.test ESMTP\r\n")
-					for {
-						line, err := br.ReadString('\n')
-						if err != nil {
-							return
-						}
-						cmd := strings.ToUpper(strings.TrimSpace(line))
-						if strings.HasPrefix(cmd, "EHLO") {
-							io.WriteString(c, "250-mail.allowed.test\r\n250 STARTTLS\r\n")
-						} else if cmd == "STARTTLS" {
-							io.WriteString(c, "220 2.0.0 Ready to start TLS\r\n")
-							break
-						} else {
-							io.WriteString(c, "250 OK\r\n")
-						}
-					}
+	testnet.Serve(t, ns.listen(t, addr), func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		br := bufio.NewReader(c)
+		if smtp {
+			io.WriteString(c, "220 mail.allowed.test ESMTP\r\n")
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				cmd := strings.ToUpper(strings.TrimSpace(line))
+				if strings.HasPrefix(cmd, "EHLO") {
+					io.WriteString(c, "250-mail.allowed.test\r\n250 STARTTLS\r\n")
+				} else if cmd == "STARTTLS" {
+					io.WriteString(c, "220 2.0.0 Ready to start TLS\r\n")
+					break
 				} else {
-					var seen []byte
-					for !strings.Contains(string(seen), "<starttls/>") {
-						b := make([]byte, 512)
-						n, err := br.Read(b)
-						seen = append(seen, b[:n]...)
-						if err != nil {
-							return
-						}
-					}
-					io.WriteString(c, "<proceed/>")
+					io.WriteString(c, "250 OK\r\n")
 				}
-				tc := tls.Server(c, cfg)
-				if tc.Handshake() == nil {
-					io.Copy(tc, tc)
+			}
+		} else {
+			var seen []byte
+			for !strings.Contains(string(seen), "<starttls/>") {
+				b := make([]byte, 512)
+				n, err := br.Read(b)
+				seen = append(seen, b[:n]...)
+				if err != nil {
+					return
 				}
-			}()
+			}
+			io.WriteString(c, "<proceed/>")
 		}
-	}()
+		tc := tls.Server(c, cfg)
+		if tc.Handshake() == nil {
+			io.Copy(tc, tc)
+		}
+	})
 	return snis
 }

@@ -183,10 +183,21 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 			t.Fatalf("got % x, want an access_denied alert", rest)
 		}
 	}
-	greet := func(t *testing.T, br *bufio.Reader) {
+	// mail opens a tunnel to the SMTP server and reads its greeting;
+	// say sends a command and checks its answer's start.
+	mail := func(t *testing.T) (*net.TCPConn, *bufio.Reader) {
 		t.Helper()
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", smtp.addr.Port()))
 		if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "220 ") {
 			t.Fatalf("greeting %q, %v", line, err)
+		}
+		return c, br
+	}
+	say := func(t *testing.T, c net.Conn, br *bufio.Reader, cmd, answer string) {
+		t.Helper()
+		io.WriteString(c, cmd)
+		if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, answer) {
+			t.Fatalf("%q answered %q", cmd, line)
 		}
 	}
 	t.Run("after a client-first request", func(t *testing.T) {
@@ -205,8 +216,7 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 		}
 	})
 	t.Run("pipelined behind STARTTLS", func(t *testing.T) {
-		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", smtp.addr.Port()))
-		greet(t, br)
+		c, br := mail(t)
 		c.Write(append([]byte("EHLO c\r\nSTARTTLS\r\n"), hello...))
 		denied(t, c, br)
 		if plain := <-smtp.plain; plain != "" {
@@ -214,20 +224,15 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 		}
 	})
 	t.Run("in one-byte records", func(t *testing.T) {
-		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", smtp.addr.Port()))
-		greet(t, br)
-		io.WriteString(c, "STARTTLS\r\n")
-		if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, "220 2.0.0") {
-			t.Fatalf("STARTTLS answered %q", line)
-		}
+		c, br := mail(t)
+		say(t, c, br, "STARTTLS\r\n", "220 2.0.0")
 		c.Write(oneByte(hello))
 		denied(t, c, br)
 		smtp.noHello(t, "in one-byte records")
 		<-smtp.plain
 	})
 	t.Run("behind a binary request", func(t *testing.T) {
-		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", smtp.addr.Port()))
-		greet(t, br)
+		c, br := mail(t)
 		req := append([]byte{32, 0, 0, 1, 0x85, 0xae, 0xff, 0x19}, make([]byte, 28)...)
 		c.Write(append(req, hello...))
 		denied(t, c, br)
@@ -240,20 +245,10 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 		// found and allowed; the server answers it in SMTP, not TLS, so
 		// the client's bytes are read for a hello again: the one after
 		// STARTTLS, naming x.ads.test, is refused.
-		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", smtp.addr.Port()))
-		greet(t, br)
-		io.WriteString(c, "DATA\r\n")
-		if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, "354") {
-			t.Fatalf("DATA answered %q", line)
-		}
-		c.Write(append(helloFor(t, "good.test"), "\r\n.\r\n"...))
-		if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, "250") {
-			t.Fatalf("the mail answered %q", line)
-		}
-		io.WriteString(c, "STARTTLS\r\n")
-		if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, "220 2.0.0") {
-			t.Fatalf("STARTTLS answered %q", line)
-		}
+		c, br := mail(t)
+		say(t, c, br, "DATA\r\n", "354")
+		say(t, c, br, string(helloFor(t, "good.test"))+"\r\n.\r\n", "250")
+		say(t, c, br, "STARTTLS\r\n", "220 2.0.0")
 		c.Write(hello)
 		denied(t, c, br)
 		smtp.noHello(t, "after a hello in a mail's body")
@@ -262,8 +257,7 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 	t.Run("begun with the first bytes, never finished", func(t *testing.T) {
 		// Its hold is client_hello's (3s here), not idle's (1m): the
 		// read below would time out first otherwise.
-		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", smtp.addr.Port()))
-		greet(t, br)
+		c, br := mail(t)
 		c.Write(append([]byte("EHLO c\r\nSTARTTLS\r\n"), hello[:200]...))
 		c.SetReadDeadline(time.Now().Add(30 * time.Second))
 		rest, err := io.ReadAll(br)
