@@ -21,7 +21,7 @@ import (
 // record version crypto/tls takes, records of any size, empty ones), and
 // takes the start as certain only once the hello's fields up to its
 // extensions' length fit the message's length exactly, as crypto/tls and
-// OpenSSL require: a binary protocol's bytes do that about once in 2^45
+// OpenSSL require: a binary protocol's bytes do that about once in 2^44
 // positions. Until then a walker holds nothing back: a binary message may
 // end like a start, and its client waits for the answer. Once a start is
 // certain, the rest is held until the hello is whole; the fields read so
@@ -81,10 +81,10 @@ const (
 	// maxWalkers bounds the starts followed at once: bytes built as
 	// many overlapping starts would otherwise cost a walk each.
 	maxWalkers = 8
-	// minHelloBody is the shortest ClientHello body: versions (2),
-	// random (32), an empty session id (1), one cipher suite (4), one
-	// compression method (2).
-	minHelloBody = 41
+	// minHelloBody is the shortest ClientHello body a server parses:
+	// versions (2), random (32), and the three lengths of empty lists
+	// (session id, cipher suites, compression methods).
+	minHelloBody = 38
 	// maxRecordLen is the longest record a walker follows: 2^14 and
 	// the expansion a server tolerates.
 	maxRecordLen = 1<<14 + 2048
@@ -249,6 +249,10 @@ func (u *Upgrade) Release() (pass, behind []byte, ok bool) {
 	}
 	return u.held[u.sent:], u.held[u.used:], true
 }
+
+// Held returns the bytes held: the hello from its first byte, and what
+// came behind it. They view the Upgrade's buffer.
+func (u *Upgrade) Held() []byte { return u.held }
 
 // HeldBytes is how many bytes are held: a caller bounds them.
 func (u *Upgrade) HeldBytes() int { return len(u.held) }
@@ -428,14 +432,18 @@ func (w *walker) next() int {
 	case stepSID:
 		w.step, w.need = stepCSLen, 2
 	case stepCSLen:
-		if v%2 != 0 || !fits(v+2) {
+		// No parity check: OpenSSL's client_hello_cb reads the name
+		// before it checks that.
+		if !fits(v + 1) {
 			return startNo
 		}
 		w.step, w.need = stepCS, v
 	case stepCS:
 		w.step, w.need = stepCompLen, 1
 	case stepCompLen:
-		if v == 0 || !fits(v) {
+		// An empty list too: crypto/tls calls GetConfigForClient with
+		// the name before it checks compression.
+		if !fits(v) {
 			return startNo
 		}
 		w.step, w.need = stepComp, v

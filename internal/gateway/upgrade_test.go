@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/egressd/egressd/internal/testnet"
 )
@@ -289,5 +292,112 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 		if sni := <-xmpp.snis; sni != "good.test" {
 			t.Errorf("server read a hello for %q", sni)
 		}
+	})
+}
+
+// startPrefixServer runs a server whose protocol reads one message of the
+// length its first four bytes give (PostgreSQL's startup packet, which
+// answers an SSLRequest whatever its length says), answers "S", then
+// speaks TLS from the next byte, sending on snis the name of each hello
+// it reads.
+func startPrefixServer(t *testing.T) (netip.AddrPort, chan string) {
+	snis := make(chan string, 4)
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{selfSigned(t)},
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			snis <- h.ServerName
+			return nil, nil
+		},
+	}
+	ln := testnet.Listen(t)
+	testnet.Serve(t, ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		var n [4]byte
+		if _, err := io.ReadFull(c, n[:]); err != nil {
+			return
+		}
+		if _, err := io.ReadFull(c, make([]byte, int(binary.BigEndian.Uint32(n[:]))-4)); err != nil {
+			return
+		}
+		c.Write([]byte("S"))
+		tls.Server(c, cfg).Handshake()
+	})
+	return netip.MustParseAddrPort(ln.Addr().String()), snis
+}
+
+// helloWithSuites is a ClientHello for name whose cipher_suites field
+// carries suites as they are (a list a server may skip over).
+func helloWithSuites(name string, suites []byte) []byte {
+	var b cryptobyte.Builder
+	b.AddUint8(22)
+	b.AddUint16(0x0301)
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+		b.AddUint8(1)
+		b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) {
+			b.AddUint16(0x0303)
+			b.AddBytes(make([]byte, 32))
+			b.AddUint8(0)
+			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(suites) })
+			b.AddUint8(1)
+			b.AddUint8(0)
+			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+				b.AddUint16(0) // server_name
+				b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+					b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+						b.AddUint8(0)
+						b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(name)) })
+					})
+				})
+			})
+		})
+	})
+	return b.BytesOrPanic()
+}
+
+// TestUpgradeHelloBehindHello: a server whose protocol takes bytes of an
+// allowed hello as its own reads TLS from a second hello. Two ways to
+// place one, each refused before the server reads it: inside the allowed
+// hello (its cipher suites), where the server's message ends; and sent
+// after it, before the server answered it, as the body of what looks
+// like a record behind it.
+func TestUpgradeHelloBehindHello(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	addr, snis := startPrefixServer(t)
+	target := fmt.Sprintf("good.test:%d", addr.Port())
+	denied := helloFor(t, "x.ads.test")
+	refused := func(t *testing.T, c net.Conn, br *bufio.Reader) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		rest, _ := io.ReadAll(br)
+		if i := bytes.Index(rest, []byte{21, 3}); i < 0 || len(rest) < i+7 || rest[i+6] != 49 {
+			t.Fatalf("got % x, want an access_denied alert", rest[:min(len(rest), 64)])
+		}
+		select {
+		case sni := <-snis:
+			t.Fatalf("the server read a hello for %q", sni)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	length := func(n int) []byte { return binary.BigEndian.AppendUint32(nil, uint32(n)) }
+	t.Run("inside the allowed one", func(t *testing.T) {
+		outer := helloWithSuites("good.test", append(append([]byte(nil), denied...), make([]byte, len(denied)%2)...))
+		k := bytes.Index(outer, denied)
+		c, br := tunnel(t, w.proxy, target)
+		c.Write(append(length(4+k), outer[:k]...))
+		if b, err := br.ReadByte(); err != nil || b != 'S' {
+			t.Fatalf("no S: %v", err)
+		}
+		c.Write(outer[k:])
+		refused(t, c, br)
+	})
+	t.Run("behind the allowed one, before its answer", func(t *testing.T) {
+		first := append(helloFor(t, "good.test"), 23, 3, 3, byte(len(denied)>>8), byte(len(denied)))
+		c, br := tunnel(t, w.proxy, target)
+		c.Write(append(length(4+len(first)), first...))
+		if b, err := br.ReadByte(); err != nil || b != 'S' {
+			t.Fatalf("no S: %v", err)
+		}
+		c.Write(denied)
+		refused(t, c, br)
 	})
 }

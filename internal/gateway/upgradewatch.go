@@ -56,8 +56,13 @@ type upgradeWatch struct {
 	// (by its goroutine); lookedUp: a check already waited for one.
 	looking, lookedUp bool
 	looked            atomic.Bool
-	lookErr           atomic.Value // error, if the look-up failed
+	lookErr           atomic.Pointer[error] // if the look-up failed
 	lookName          string
+	// next reads the client's bytes for a hello from the allowed
+	// hello's second byte on, until the server has answered it; base
+	// and nextBase are u's and next's offsets in the client's bytes.
+	next           clienthello.Upgrade
+	base, nextBase int
 	// answer is the server's first bytes after an allowed hello, up to
 	// six (answer0's length), and answered says they began a ServerHello.
 	answer   []byte
@@ -122,29 +127,46 @@ func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []by
 }
 
 func (w *upgradeWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
-	if w.hello != nil {
-		pass, st, err := w.hello.Client(b)
-		if err != nil || !w.hello.r.Untracked() {
-			return pass, st, err
-		}
-		// Bytes that are no TLS record: the hello did not start TLS
-		// here (it was the client's own protocol's payload, or the
-		// server refused it and reads on). Read for a hello again,
-		// from these bytes on.
-		w.rescan()
+	if w.hello == nil {
+		return w.scan(b)
 	}
-	return w.scan(b)
+	if !w.answered {
+		// Until the server has begun a ServerHello, the allowed hello
+		// may not be the TLS it reads: its protocol may have taken
+		// the hello's bytes for its own and read TLS from here. The
+		// client's bytes are read for a hello all the same (next), and
+		// one found is refused: no TLS client sends another.
+		if _, st := w.next.Client(b); st != clienthello.Scanning {
+			return nil, relay.WatchOff, w.refusal("another ClientHello before the server answered the one allowed")
+		}
+	}
+	pass, st, err := w.hello.Client(b)
+	if err != nil || w.answered || !w.hello.r.Untracked() {
+		return pass, st, err
+	}
+	// Bytes that are no TLS record before any ServerHello: the hello
+	// did not start TLS here (it was the client's own protocol's
+	// payload, or the server refused it and reads on). The client's
+	// bytes are read for a hello again, by the scan that read them
+	// since the hello.
+	w.rescan()
+	return b, relay.WatchOn, nil
 }
 
 // rescan drops an allowed hello's watch and reads the client's bytes for
-// a hello again.
+// a hello again, with the scan that has read them since (next).
 func (w *upgradeWatch) rescan() {
 	w.hello.Release()
 	w.hello, w.answer, w.answered = nil, w.answer0[:0], false
-	w.u = clienthello.Upgrade{}
-	w.looking, w.lookedUp = false, false
+	w.u, w.next = w.next, clienthello.Upgrade{}
+	w.base = w.nextBase
+	w.looking, w.lookedUp, w.wasSet = false, false, false
 	w.looked.Store(false)
+	w.lookErr.Store(nil)
 }
+
+// offset is the hello's offset in the client's bytes.
+func (w *upgradeWatch) offset() int { return w.base + w.u.Offset() }
 
 // scan reads the client's bytes b for a hello (clienthello.Upgrade).
 func (w *upgradeWatch) scan(b []byte) ([]byte, relay.WatchState, error) {
@@ -174,8 +196,8 @@ func (w *upgradeWatch) scan(b []byte) ([]byte, relay.WatchState, error) {
 		// Looked up, yet not in the cache (an answer with no lifetime):
 		// the decision cannot be made on the loop.
 		why := "the ClientHello's name was looked up, but the answer was not kept to decide on"
-		if err, _ := w.lookErr.Load().(error); err != nil {
-			why = "looking up the ClientHello's name: " + err.Error()
+		if err := w.lookErr.Load(); err != nil {
+			why = "looking up the ClientHello's name: " + (*err).Error()
 		}
 		return nil, relay.WatchOff, w.refusal(why)
 	case wouldBlock:
@@ -196,7 +218,7 @@ func (w *upgradeWatch) scan(b []byte) ([]byte, relay.WatchState, error) {
 // decide the hello again.
 func (w *upgradeWatch) lookUp() {
 	if err := w.lookup(w.lookName); err != nil {
-		w.lookErr.Store(err)
+		w.lookErr.Store(&err)
 	}
 	w.looked.Store(true)
 	w.rc.Poke()
@@ -242,6 +264,14 @@ func (w *upgradeWatch) allowed(q peek.Result) ([]byte, error) {
 	if !ok {
 		return nil, w.refusal("the ClientHello ended in bytes passed on before it was recognised")
 	}
+	// A start inside the hello, or behind it, is another hello: the
+	// server's protocol may have taken the first's bytes as its own
+	// and read TLS from the second. Refused; what follows is read on
+	// from here until the server answers.
+	w.next, w.nextBase = clienthello.Upgrade{}, w.offset()+1
+	if _, st := w.next.Client(w.u.Held()[1:]); st != clienthello.Scanning {
+		return nil, w.refusal("another ClientHello inside the one allowed, or right behind it")
+	}
 	hw := helloWatches.Get().(*helloWatch)
 	hw.version = q.Hello.RecordVersion
 	hw.r.Init(&q.Hello)
@@ -256,7 +286,7 @@ func (w *upgradeWatch) allowed(q peek.Result) ([]byte, error) {
 
 // note words the decision on the hello in the line's reason.
 func (w *upgradeWatch) note() {
-	w.rec.Reason = fmt.Sprintf("ClientHello after %d bytes: %s (decision before it: %s)", w.u.Offset(), w.rec.Reason, w.before.Reason)
+	w.rec.Reason = fmt.Sprintf("ClientHello after %d bytes: %s (decision before it: %s)", w.offset(), w.rec.Reason, w.before.Reason)
 }
 
 // refusal ends the connection with an access_denied alert, the TLS the
@@ -269,7 +299,7 @@ func (w *upgradeWatch) refusal(why string) error {
 	} else {
 		// No rule denied it: what came was no hello to decide.
 		w.rec.Action, w.rec.Enforced, w.rec.Rule = accesslog.Deny, true, ""
-		why = fmt.Sprintf("ClientHello after %d bytes: %s", w.u.Offset(), why)
+		why = fmt.Sprintf("ClientHello after %d bytes: %s", w.offset(), why)
 	}
 	v := w.u.Hello().RecordVersion
 	alert := refuse.TLSAlertRecord(v, refuse.AlertAccessDenied)
