@@ -249,13 +249,21 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 		// the client's bytes are read for a hello again: the one after
 		// STARTTLS, naming x.ads.test, is refused.
 		c, br := mail(t)
-		say(t, c, br, "DATA\r\n", "354")
-		say(t, c, br, string(helloFor(t, "good.test"))+"\r\n.\r\n", "250")
+		for range 6 { // each found, allowed, and answered in SMTP
+			say(t, c, br, "DATA\r\n", "354")
+			say(t, c, br, string(helloFor(t, "good.test"))+"\r\n.\r\n", "250")
+		}
 		say(t, c, br, "STARTTLS\r\n", "220 2.0.0")
 		c.Write(hello)
 		denied(t, c, br)
 		smtp.noHello(t, "after a hello in a mail's body")
 		<-smtp.plain
+		// The line says one decision, however many hellos came: a
+		// client must not grow it.
+		e := w.waitLog(bySrcPort(c))
+		if r := e["reason"].(string); len(r) > 1000 {
+			t.Errorf("reason of %d bytes after 7 hellos: %.300q…", len(r), r)
+		}
 	})
 	t.Run("begun with the first bytes, never finished", func(t *testing.T) {
 		// Its hold is client_hello's (3s here), not idle's (1m): the

@@ -68,9 +68,17 @@ type upgradeWatch struct {
 	answer   []byte
 	answer0  [6]byte
 	answered bool
-	// before is the line before the hello's check (wasSet: kept).
-	before accesslog.Record
-	wasSet bool
+	// first is the line as the connection was first decided (firstSet:
+	// kept), from which every hello's check starts, so that a line's
+	// reason stays one decision long however many hellos come; before
+	// is the line before the current hello's check (wasSet: kept), put
+	// back while a look-up runs.
+	first, before    accesslog.Record
+	firstSet, wasSet bool
+	// at and version are the allowed hello's offset and record
+	// version, once u has let it go.
+	at      int
+	version uint16
 }
 
 // maxHeldBehind bounds what a client may send behind a hello while it is
@@ -130,18 +138,17 @@ func (w *upgradeWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 	if w.hello == nil {
 		return w.scan(b)
 	}
-	if !w.answered {
-		// Until the server has begun a ServerHello, the allowed hello
-		// may not be the TLS it reads: its protocol may have taken
-		// the hello's bytes for its own and read TLS from here. The
-		// client's bytes are read for a hello all the same (next), and
-		// one found is refused: no TLS client sends another.
-		if _, st := w.next.Client(b); st != clienthello.Scanning {
-			return nil, relay.WatchOff, w.refusal("another ClientHello before the server answered the one allowed")
-		}
+	// Until the server has begun a ServerHello, the allowed hello may
+	// not be the TLS it reads: its protocol may have taken the hello's
+	// bytes for its own and read TLS from here; after, a start would be
+	// a hello inside TLS. Either way no TLS client sends one: the
+	// client's bytes are read for a hello as long as the hello's watch
+	// reads them (next), and one found is refused.
+	if _, st := w.next.Client(b); st != clienthello.Scanning {
+		return nil, relay.WatchOff, w.refusal(fmt.Sprintf("another ClientHello, at byte %d, while the one allowed was watched", w.nextBase+w.next.Offset()))
 	}
 	pass, st, err := w.hello.Client(b)
-	if err != nil || w.answered || !w.hello.r.Untracked() {
+	if err != nil || !w.hello.r.Untracked() {
 		return pass, st, err
 	}
 	// Bytes that are no TLS record before any ServerHello: the hello
@@ -166,7 +173,12 @@ func (w *upgradeWatch) rescan() {
 }
 
 // offset is the hello's offset in the client's bytes.
-func (w *upgradeWatch) offset() int { return w.base + w.u.Offset() }
+func (w *upgradeWatch) offset() int {
+	if w.hello != nil {
+		return w.at
+	}
+	return w.base + w.u.Offset()
+}
 
 // scan reads the client's bytes b for a hello (clienthello.Upgrade).
 func (w *upgradeWatch) scan(b []byte) ([]byte, relay.WatchState, error) {
@@ -227,9 +239,13 @@ func (w *upgradeWatch) lookUp() {
 // decide runs the check on q, keeping the reason of the decision made
 // before it for the line.
 func (w *upgradeWatch) decide(ctx context.Context, q *peek.Result) (refused, wouldBlock bool) {
+	if !w.firstSet {
+		w.first, w.firstSet = *w.rec, true
+	}
 	if !w.wasSet {
 		w.before, w.wasSet = *w.rec, true
 	}
+	*w.rec = w.first
 	refused, wouldBlock = w.check(ctx, q)
 	if wouldBlock {
 		// Nothing decided yet: the line says what it said, should the
@@ -268,9 +284,10 @@ func (w *upgradeWatch) allowed(q peek.Result) ([]byte, error) {
 	// server's protocol may have taken the first's bytes as its own
 	// and read TLS from the second. Refused; what follows is read on
 	// from here until the server answers.
-	w.next, w.nextBase = clienthello.Upgrade{}, w.offset()+1
+	at := w.offset()
+	w.next, w.nextBase = clienthello.Upgrade{}, at+1
 	if _, st := w.next.Client(w.u.Held()[1:]); st != clienthello.Scanning {
-		return nil, w.refusal("another ClientHello inside the one allowed, or right behind it")
+		return nil, w.refusal(fmt.Sprintf("another ClientHello, at byte %d, inside the one allowed or right behind it", w.nextBase+w.next.Offset()))
 	}
 	hw := helloWatches.Get().(*helloWatch)
 	hw.version = q.Hello.RecordVersion
@@ -281,12 +298,16 @@ func (w *upgradeWatch) allowed(q peek.Result) ([]byte, error) {
 		return nil, err
 	}
 	w.hello, w.answer, w.answered = hw, w.answer0[:0], false
+	// What u held is passed on (released views it): u lets it go, so
+	// that a connection waiting for the server's answer keeps no
+	// hello's buffers.
+	w.at, w.version, w.u = at, q.Hello.RecordVersion, clienthello.Upgrade{}
 	return append(pass[:len(pass)-len(behind):len(pass)-len(behind)], passBehind...), nil
 }
 
 // note words the decision on the hello in the line's reason.
 func (w *upgradeWatch) note() {
-	w.rec.Reason = fmt.Sprintf("ClientHello after %d bytes: %s (decision before it: %s)", w.offset(), w.rec.Reason, w.before.Reason)
+	w.rec.Reason = fmt.Sprintf("ClientHello after %d bytes: %s (decision before it: %s)", w.offset(), w.rec.Reason, w.first.Reason)
 }
 
 // refusal ends the connection with an access_denied alert, the TLS the
@@ -302,6 +323,9 @@ func (w *upgradeWatch) refusal(why string) error {
 		why = fmt.Sprintf("ClientHello after %d bytes: %s", w.offset(), why)
 	}
 	v := w.u.Hello().RecordVersion
+	if w.hello != nil {
+		v = w.version
+	}
 	alert := refuse.TLSAlertRecord(v, refuse.AlertAccessDenied)
 	return &relay.Refusal{Why: why, Reply: alert[:]}
 }
@@ -336,7 +360,14 @@ func (w *upgradeWatch) Server(b []byte) relay.WatchState {
 // serverHelloStart says whether b, a server's first bytes, begin a
 // handshake record that carries a ServerHello.
 func serverHelloStart(b []byte) bool {
-	return len(b) >= 6 && b[0] == 22 && b[1] == 3 && b[5] == 2
+	if len(b) < 6 || b[0] != 22 || b[1] != 3 || b[2] > 4 || b[5] != 2 {
+		return false
+	}
+	// A record that can hold a ServerHello's fixed fields (version,
+	// random, session id length, suite, compression: 38 bytes and its
+	// header), within what a record may be.
+	l := int(b[3])<<8 | int(b[4])
+	return l >= 4+38 && l <= 1<<14+256
 }
 
 func (w *upgradeWatch) Expired() error {
