@@ -308,7 +308,7 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 // answers an SSLRequest whatever its length says), answers "S", then
 // speaks TLS from the next byte, sending on snis the name of each hello
 // it reads.
-func startPrefixServer(t *testing.T) (netip.AddrPort, chan string) {
+func startPrefixServer(t *testing.T, answer string) (netip.AddrPort, chan string) {
 	snis := make(chan string, 4)
 	cfg := &tls.Config{
 		Certificates: []tls.Certificate{selfSigned(t)},
@@ -327,7 +327,7 @@ func startPrefixServer(t *testing.T) (netip.AddrPort, chan string) {
 		if _, err := io.ReadFull(c, make([]byte, int(binary.BigEndian.Uint32(n[:]))-4)); err != nil {
 			return
 		}
-		c.Write([]byte("S"))
+		io.WriteString(c, answer)
 		tls.Server(c, cfg).Handshake()
 	})
 	return netip.MustParseAddrPort(ln.Addr().String()), snis
@@ -370,7 +370,7 @@ func helloWithSuites(name string, suites []byte) []byte {
 // like a record behind it.
 func TestUpgradeHelloBehindHello(t *testing.T) {
 	w := newProxyWorld(t, "", "", true)
-	addr, snis := startPrefixServer(t)
+	addr, snis := startPrefixServer(t, "S")
 	target := fmt.Sprintf("good.test:%d", addr.Port())
 	denied := helloFor(t, "x.ads.test")
 	refused := func(t *testing.T, c net.Conn, br *bufio.Reader) {
@@ -397,6 +397,35 @@ func TestUpgradeHelloBehindHello(t *testing.T) {
 		}
 		c.Write(outer[k:])
 		refused(t, c, br)
+	})
+	t.Run("a later hello keeps the line's counts", func(t *testing.T) {
+		// The first hello, decided with the first bytes, is taken by the
+		// server's protocol, which answers in its own words: no TLS
+		// began. The
+		// client's next hello is decided, allowed and served; the line
+		// still counts the first bytes.
+		addr, snis := startPrefixServer(t, "OK, TLS now\r\n")
+		first := helloFor(t, "good.test")
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", addr.Port()))
+		c.Write(append(length(4+len(first)), first...))
+		if line, err := br.ReadString('\n'); err != nil || line != "OK, TLS now\r\n" {
+			t.Fatalf("answer %q: %v", line, err)
+		}
+		tc := tls.Client(&bufferedConn{c, br}, &tls.Config{ServerName: "good.test", InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("the later hello: %v", err)
+		}
+		if sni := <-snis; sni != "good.test" {
+			t.Fatalf("the server read a hello for %q", sni)
+		}
+		c.Close()
+		e := w.waitLog(bySrcPort(c))
+		if up := e["bytes_up"].(float64); up < float64(4+len(first)+len(helloFor(t, "good.test"))) {
+			t.Errorf("bytes_up %v: the first bytes (%d) are not counted (line %v)", up, 4+len(first), e)
+		}
+		if r := e["reason"].(string); !strings.Contains(r, "ClientHello after") {
+			t.Errorf("reason %q", r)
+		}
 	})
 	t.Run("behind the allowed one, before its answer", func(t *testing.T) {
 		first := append(helloFor(t, "good.test"), 23, 3, 3, byte(len(denied)>>8), byte(len(denied)))

@@ -245,13 +245,13 @@ func (w *upgradeWatch) decide(ctx context.Context, q *peek.Result) (refused, wou
 	if !w.wasSet {
 		w.before, w.wasSet = *w.rec, true
 	}
-	*w.rec = w.first
+	setDecision(w.rec, &w.first)
 	refused, wouldBlock = w.check(ctx, q)
 	if wouldBlock {
 		// Nothing decided yet: the line says what it said, should the
 		// connection end meanwhile. The name to look up is the check's.
 		w.lookName = w.rec.FQDN
-		*w.rec = w.before
+		setDecision(w.rec, &w.before)
 	}
 	return refused, wouldBlock
 }
@@ -265,6 +265,16 @@ func (w *upgradeWatch) holding() bool {
 // decided reports whether the watch decided a hello already (one in the
 // bytes it was made with).
 func (w *upgradeWatch) decided() bool { return w.hello != nil }
+
+// setDecision puts from's decision into rec: what a check writes (the
+// name and its source, protocol, ALPN, ECH, JA4, destination, rule,
+// action, enforcement, reason), not the bytes and times the connection's
+// callers count into rec meanwhile.
+func setDecision(rec, from *accesslog.Record) {
+	rec.Dst, rec.FQDN, rec.FQDNSource, rec.Protocol = from.Dst, from.FQDN, from.FQDNSource, from.Protocol
+	rec.ALPN, rec.ECH, rec.JA4 = from.ALPN, from.ECH, from.JA4
+	rec.Rule, rec.Action, rec.Enforced, rec.Reason = from.Rule, from.Action, from.Enforced, from.Reason
+}
 
 // found returns the hello found, as a peek.Result for the check.
 func (w *upgradeWatch) found() peek.Result {
