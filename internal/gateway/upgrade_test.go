@@ -281,6 +281,41 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 		}
 		<-smtp.plain
 	})
+	t.Run("a HelloRetryRequest after the upgrade", func(t *testing.T) {
+		// A server that takes P-256 only asks Go's client (X25519 and
+		// ML-KEM key shares) for a second hello: the same name, passed.
+		ln := testnet.Listen(t)
+		cfg := &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}, CurvePreferences: []tls.CurveID{tls.CurveP256}}
+		testnet.Serve(t, ln, func(c net.Conn) {
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			b := make([]byte, len("<starttls/>"))
+			if _, err := io.ReadFull(c, b); err != nil {
+				return
+			}
+			io.WriteString(c, "<proceed/>")
+			tc := tls.Server(c, cfg)
+			if tc.Handshake() == nil {
+				io.Copy(tc, tc)
+			}
+		})
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", ln.Addr().(*net.TCPAddr).Port))
+		io.WriteString(c, "<starttls/>")
+		if _, err := io.ReadFull(br, make([]byte, len("<proceed/>"))); err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(&bufferedConn{c, br}, &tls.Config{ServerName: "good.test", InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("handshake with a retry: %v", err)
+		}
+		if st := tc.ConnectionState(); st.CurveID != tls.CurveP256 {
+			t.Errorf("curve %v: no retry took place", st.CurveID)
+		}
+		tc.Write([]byte("ping"))
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(tc, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("echo: %q %v", buf, err)
+		}
+	})
 	t.Run("allowed name relayed", func(t *testing.T) {
 		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", xmpp.addr.Port()))
 		io.WriteString(c, "<stream to='good.test'><starttls/>")

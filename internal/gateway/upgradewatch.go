@@ -75,6 +75,9 @@ type upgradeWatch struct {
 	// back while a look-up runs.
 	first, before    accesslog.Record
 	firstSet, wasSet bool
+	// reportDeny and reportRule are the first hello's reason and rule
+	// that report-only mode let through although the policy denies it.
+	reportDeny, reportRule string
 	// at and version are the allowed hello's offset and record
 	// version, once u has let it go.
 	at      int
@@ -138,17 +141,20 @@ func (w *upgradeWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 	if w.hello == nil {
 		return w.scan(b)
 	}
-	// Until the server has begun a ServerHello, the allowed hello may
-	// not be the TLS it reads: its protocol may have taken the hello's
-	// bytes for its own and read TLS from here; after, a start would be
-	// a hello inside TLS. Either way no TLS client sends one: the
-	// client's bytes are read for a hello as long as the hello's watch
-	// reads them (next), and one found is refused.
-	if _, st := w.next.Client(b); st != clienthello.Scanning {
-		return nil, relay.WatchOff, w.refusal(fmt.Sprintf("another ClientHello, at byte %d, while the one allowed was watched", w.nextBase+w.next.Offset()))
+	if !w.answered {
+		// Until the server has begun a ServerHello, the allowed hello
+		// may not be the TLS it reads: its protocol may have taken the
+		// hello's bytes for its own and read TLS from here. The
+		// client's bytes are read for a hello all the same (next), and
+		// one found is refused: no TLS client sends another before
+		// its server answered. (After a HelloRetryRequest the second
+		// hello is Retry's to check.)
+		if _, st := w.next.Client(b); st != clienthello.Scanning {
+			return nil, relay.WatchOff, w.refusal(fmt.Sprintf("another ClientHello, at byte %d, before the server answered the one allowed", w.nextBase+w.next.Offset()))
+		}
 	}
 	pass, st, err := w.hello.Client(b)
-	if err != nil || !w.hello.r.Untracked() {
+	if err != nil || w.answered || !w.hello.r.Untracked() {
 		return pass, st, err
 	}
 	// Bytes that are no TLS record before any ServerHello: the hello
@@ -317,7 +323,20 @@ func (w *upgradeWatch) allowed(q peek.Result) ([]byte, error) {
 
 // note words the decision on the hello in the line's reason.
 func (w *upgradeWatch) note() {
-	w.rec.Reason = fmt.Sprintf("ClientHello after %d bytes: %s (decision before it: %s)", w.offset(), w.rec.Reason, w.first.Reason)
+	if w.rec.Reason == w.first.Reason { // a tunnel's check keeps the tunnel's reason
+		w.rec.Reason = fmt.Sprintf("ClientHello after %d bytes: %s", w.offset(), w.rec.Reason)
+	} else {
+		w.rec.Reason = fmt.Sprintf("ClientHello after %d bytes: %s (decision before it: %s)", w.offset(), w.rec.Reason, w.first.Reason)
+	}
+	// A hello denied in report-only mode stays in the line: a later one
+	// allowed on the connection does not make it an allow.
+	switch {
+	case w.rec.Action == accesslog.Deny && !w.rec.Enforced && w.reportDeny == "":
+		w.reportDeny, w.reportRule = w.rec.Reason, w.rec.Rule
+	case w.reportDeny != "" && w.rec.Action != accesslog.Deny:
+		w.rec.Action, w.rec.Rule = accesslog.Deny, w.reportRule
+		w.rec.Reason += "; an earlier one, not enforced: " + w.reportDeny
+	}
 }
 
 // refusal ends the connection with an access_denied alert, the TLS the
