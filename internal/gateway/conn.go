@@ -134,20 +134,21 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result, orig net
 	if hw != nil {
 		w = hw
 	}
-	uw, first, err := s.newUpgradeWatch(ctx, p, p.Data, &s.rec, s.helloCheck(orig, func() netip.AddrPort { return v.dst }))
-	if err != nil {
-		s.refuseUpgrade(s.c, &s.rec, err)
-		return false
-	}
-	if uw != nil {
-		w = uw
+	var uw *upgradeWatch
+	if upgradeWatched(p) {
+		s.dialled = v.dst
+		var first []byte
+		if uw, first, err = s.newUpgradeWatch(ctx, p, p.Data, &s.rec, s.helloCheck(orig)); err != nil {
+			s.refuseUpgrade(s.c, &s.rec, err)
+			return false
+		}
+		w, p.Data = uw, first
 		if uw.decided() {
 			// The hello was checked against v.dst: no other answer is
 			// tried, where the check would not hold.
 			v.answers = nil
 		}
 	}
-	p.Data = first
 	dialStart := time.Now()
 	rc, err := dialVerdict(ctx, &v, cfg.Timeouts.Connect, func(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (*relay.Conn, error) {
 		if f := s.failed; f != nil && f.dst == dst {
@@ -157,7 +158,7 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result, orig net
 		return s.g.loops.Dial(ctx, dst, cfg.Mark, timeout, p.Data)
 	})
 	s.g.metrics.Dial(time.Since(dialStart))
-	s.rec.Dst = v.dst
+	s.rec.Dst, s.dialled = v.dst, v.dst
 	if uw == nil || !uw.decided() {
 		s.rec.Reason = v.Reason // a hello decided in the first bytes has its own
 	}
@@ -205,8 +206,8 @@ func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPor
 	if first != nil && (!s.sendOn(up, first, func() {}, &s.rec) || !s.preambleAnswer(up, &s.rec, false)) {
 		return false
 	}
-	dialled := v.dst
-	return s.late(ctx, up, &s.rec, s.helloCheck(orig, func() netip.AddrPort { return dialled }), func(first []byte) {
+	s.dialled = v.dst
+	return s.late(ctx, up, &s.rec, s.helloCheck(orig), func(first []byte) {
 		s.serveRequests(ctx, first, orig)
 	})
 }
@@ -215,15 +216,15 @@ func (s *session) provisional(ctx context.Context, v verdict, orig netip.AddrPor
 // connection was decided and dialled (a late first hello or request, a
 // ClientHello part-way through): as judge decides first bytes, with the
 // address it is open to (dialled) kept, since its server is reached
-// already. A name that would be dialled elsewhere is refused.
-func (s *session) helloCheck(orig netip.AddrPort, dialled func() netip.AddrPort) upgradeCheck {
+// already (s.dialled). A name that would be dialled elsewhere is refused.
+func (s *session) helloCheck(orig netip.AddrPort) upgradeCheck {
 	rec := &s.rec
 	return func(ctx context.Context, q *peek.Result) (refused, wouldBlock bool) {
 		v := s.g.judge(ctx, s.st, s.lc, rec, q, orig)
 		if v.wouldBlock {
 			return false, true
 		}
-		open := dialled()
+		open := s.dialled
 		if !sameDst(v, open) {
 			rec.Action, rec.Enforced = accesslog.Deny, true
 			rec.Reason = fmt.Sprintf("%s names %s, to be dialled at %s, but this connection is open to %s", q.Protocol, rec.FQDN, v.dst, open)

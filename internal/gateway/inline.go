@@ -248,8 +248,9 @@ func (g *Gateway) setUpInline(ctx, cached context.Context, bl *boundListener, fd
 	if hw != nil {
 		w = hw
 	}
-	if uw, _, _ := s.newUpgradeWatch(ctx, &p, p.Data, &s.rec, s.helloCheck(orig, func() netip.AddrPort { return v.dst })); uw != nil {
-		w = uw // scanning: upgradeBegun saw no hello's start
+	if upgradeWatched(&p) {
+		s.dialled = v.dst
+		w, _, _ = s.newUpgradeWatch(ctx, &p, p.Data, &s.rec, s.helloCheck(orig)) // scanning: upgradeBegun saw no hello's start
 	}
 	s.peeked(&p)
 	var buf2 [maxDialAttempts]netip.AddrPort

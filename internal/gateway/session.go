@@ -49,6 +49,9 @@ type session struct {
 	// failed is a dial a relay loop made for this connection and saw fail
 	// (inline.go): relay's dialVerdict counts it as its first attempt.
 	failed *failedDial
+	// dialled is the address a relayed connection is open to, against
+	// which a name its client sends later is checked (helloCheck).
+	dialled netip.AddrPort
 }
 
 type failedDial struct {

@@ -96,7 +96,7 @@ const maxHeldBehind = 2 * clienthello.MaxHelloLen
 // here, with ctx (the caller's goroutine may wait): err is then the
 // refusal, and nothing was sent.
 func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []byte, rec *accesslog.Record, check upgradeCheck) (w *upgradeWatch, first []byte, err error) {
-	if p.Protocol != peek.Unknown && p.Protocol != peek.ServerFirst {
+	if !upgradeWatched(p) {
 		return nil, data, nil
 	}
 	g, timeout := s.g, s.st.Config.Timeouts.Connect
@@ -416,12 +416,20 @@ func (w *upgradeWatch) Release() {
 	}
 }
 
+// upgradeWatched reports whether a connection whose first bytes are p is
+// read for a later hello: one decided without a hello, and neither HTTP
+// (served request by request) nor SSH. Callers ask before they make the
+// check a watch needs, which TLS connections, most of them, never do.
+func upgradeWatched(p *peek.Result) bool {
+	return p.Protocol == peek.Unknown || p.Protocol == peek.ServerFirst
+}
+
 // upgradeBegun reports whether first bytes p, of a connection that would
 // be watched for an upgrade, already begin a ClientHello behind other
 // bytes: a relay loop, which must not wait for its decision, leaves the
 // connection to a goroutine.
 func upgradeBegun(p *peek.Result) bool {
-	if p.Protocol != peek.Unknown && p.Protocol != peek.ServerFirst {
+	if !upgradeWatched(p) {
 		return false
 	}
 	var u clienthello.Upgrade
