@@ -5,7 +5,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"golang.org/x/crypto/cryptobyte"
+	"github.com/egressd/egressd/internal/testnet"
 )
 
 // feedUpgrade gives stream to u in pieces of the sizes next returns, and
@@ -190,8 +190,8 @@ func TestUpgradeRefuses(t *testing.T) {
 		"a 40-byte session id after a line":    append([]byte("STARTTLS\r\n"), withSessionID(hello, 40)...),
 		"odd versions behind a binary request": append(append([]byte{32, 0, 0, 1, 0x85, 0xae, 0xff, 0x19}, make([]byte, 28)...), odd...),
 		"five leading alerts":                  append(append([]byte("STARTTLS\r\n"), bytes.Repeat([]byte{21, 3, 3, 0, 2, 1, 90}, 5)...), odd...),
-		"no compression methods":               append([]byte("STARTTLS\r\n"), oddHello([]byte{0x13, 0x01}, nil)...),
-		"an odd cipher suites' length":         append([]byte("STARTTLS\r\n"), oddHello([]byte{0x13, 0x01, 0x13}, []byte{0})...),
+		"no compression methods":               append([]byte("STARTTLS\r\n"), testnet.ClientHello("bad.example", []byte{0x13, 0x01}, nil)...),
+		"an odd cipher suites' length":         append([]byte("STARTTLS\r\n"), testnet.ClientHello("bad.example", []byte{0x13, 0x01, 0x13}, []byte{0})...),
 	} {
 		u = Upgrade{}
 		passed, st := feedUpgrade(&u, stream, fixedSize(1<<20))
@@ -307,33 +307,4 @@ func withVersions(h []byte, record, legacy uint16) []byte {
 	out[1], out[2] = byte(record>>8), byte(record)
 	out[9], out[10] = byte(legacy>>8), byte(legacy)
 	return out
-}
-
-// oddHello is a ClientHello for bad.example with the cipher suites and
-// compression methods given as they are: fields a server reads the name
-// past before it checks them.
-func oddHello(suites, comp []byte) []byte {
-	var b cryptobyte.Builder
-	b.AddUint8(22)
-	b.AddUint16(0x0301)
-	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-		b.AddUint8(1)
-		b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) {
-			b.AddUint16(0x0303)
-			b.AddBytes(make([]byte, 32))
-			b.AddUint8(0)
-			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(suites) })
-			b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(comp) })
-			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-				b.AddUint16(0)
-				b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-					b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-						b.AddUint8(0)
-						b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte("bad.example")) })
-					})
-				})
-			})
-		})
-	})
-	return b.BytesOrPanic()
 }

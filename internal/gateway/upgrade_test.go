@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/cryptobyte"
-
 	"github.com/egressd/egressd/internal/testnet"
 )
 
@@ -368,35 +366,6 @@ func startPrefixServer(t *testing.T, answer string) (netip.AddrPort, chan string
 	return netip.MustParseAddrPort(ln.Addr().String()), snis
 }
 
-// helloWithSuites is a ClientHello for name whose cipher_suites field
-// carries suites as they are (a list a server may skip over).
-func helloWithSuites(name string, suites []byte) []byte {
-	var b cryptobyte.Builder
-	b.AddUint8(22)
-	b.AddUint16(0x0301)
-	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-		b.AddUint8(1)
-		b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) {
-			b.AddUint16(0x0303)
-			b.AddBytes(make([]byte, 32))
-			b.AddUint8(0)
-			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(suites) })
-			b.AddUint8(1)
-			b.AddUint8(0)
-			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-				b.AddUint16(0) // server_name
-				b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-					b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-						b.AddUint8(0)
-						b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(name)) })
-					})
-				})
-			})
-		})
-	})
-	return b.BytesOrPanic()
-}
-
 // TestUpgradeHelloBehindHello: a server whose protocol takes bytes of an
 // allowed hello as its own reads TLS from a second hello. Two ways to
 // place one, each refused before the server reads it: inside the allowed
@@ -423,7 +392,7 @@ func TestUpgradeHelloBehindHello(t *testing.T) {
 	}
 	length := func(n int) []byte { return binary.BigEndian.AppendUint32(nil, uint32(n)) }
 	t.Run("inside the allowed one", func(t *testing.T) {
-		outer := helloWithSuites("good.test", append(append([]byte(nil), denied...), make([]byte, len(denied)%2)...))
+		outer := testnet.ClientHello("good.test", append(append([]byte(nil), denied...), make([]byte, len(denied)%2)...), []byte{0})
 		k := bytes.Index(outer, denied)
 		c, br := tunnel(t, w.proxy, target)
 		c.Write(append(length(4+k), outer[:k]...))
