@@ -26,8 +26,11 @@
 # env: LOADGEN (a built loadgen), else it is built from BENCH/loadgen
 #      (BENCH defaults to ../shared/bench); BYTES; KEEP=1 keeps the work
 #      directory (configs, logs); PROXY_THREADS (HAProxy's nbthread and
-#      nginx's worker_processes, default 1; compare.sh runs 2). Needs taskset, haproxy, nginx (with its
-#      stream module), python3.
+#      nginx's worker_processes, default 1; compare.sh runs 2);
+#      CONFIG_c1 .. CONFIG_c4: YAML lines added to that binary's config
+#      (e.g. CONFIG_c2='busy_poll: 50us'); HAPROXY_GLOBAL: lines added to
+#      HAProxy's global section (e.g. busy-polling). Needs taskset, haproxy,
+#      nginx (with its stream module), python3.
 set -euo pipefail
 
 ROUNDS=4 PEERS=haproxy,nginx
@@ -35,11 +38,11 @@ while getopts n:p: o; do
   case $o in
     n) ROUNDS=$OPTARG ;;
     p) PEERS=$OPTARG ;;
-    *) sed -n '2,25p' "$0"; exit 2 ;;
+    *) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-[[ $# -ge 2 ]] || { sed -n '2,25p' "$0"; exit 2; }
+[[ $# -ge 2 ]] || { awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 2; }
 SCENARIO=$1; shift
 [[ $PEERS == none ]] && PEERS=""
 
@@ -73,6 +76,7 @@ global
     maxconn 4000
     tune.pipesize 262144
     log stdout format raw local0 info
+${HAPROXY_GLOBAL:-}
 defaults
     mode tcp
     log global
@@ -131,12 +135,13 @@ EOF
   "${PROXY[@]}" nginx -p "$W/nginx" -c "$W/nginx/nginx.conf" -e "$W/nginx/error.log" >/dev/null 2>&1 &
   PIDS+=($!); master=$!
   for _ in $(seq 50); do
-    worker=$(pgrep -P "$master" | head -1 || true)
-    [[ -n $worker ]] && break
+    workers=$(pgrep -P "$master" | paste -sd' ' || true)
+    [[ $(wc -w <<<"$workers") -ge ${PROXY_THREADS:-1} ]] && break
     sleep 0.1
   done
-  [[ -n $worker ]] || { echo "nginx did not start: $(cat "$W/nginx/error.log")" >&2; exit 1; }
-  PID[nginx]=$worker; TGT[nginx]=127.0.0.1:$P_NGX; SYSTEMS+=(nginx)
+  [[ -n $workers ]] || { echo "nginx did not start: $(cat "$W/nginx/error.log")" >&2; exit 1; }
+  # every worker: a connection is on whichever one accepted it
+  PID[nginx]=$workers; TGT[nginx]=127.0.0.1:$P_NGX; SYSTEMS+=(nginx)
 fi
 i=0
 for bin in "$@"; do
@@ -151,9 +156,11 @@ policy:
   rules:
     - {name: bench, action: allow, fqdn: ["localhost"], destinations: ["127.0.0.0/8", "::1/128"]}
 EOF
+  extra=CONFIG_c$i
+  [[ -z ${!extra:-} ]] || printf '%s\n' "${!extra}" >>"$W/c$i.yaml"
   "${PROXY[@]}" "$bin" run --config "$W/c$i.yaml" >/dev/null 2>"$W/c$i.err" &
   PIDS+=($!); PID[c$i]=$!; TGT[c$i]=127.0.0.1:$port; SYSTEMS+=("c$i")
-  echo "c$i = $bin"
+  echo "c$i = $bin${!extra:+ with ${!extra}}"
 done
 sleep 1
 for s in "${SYSTEMS[@]}"; do
@@ -161,11 +168,12 @@ for s in "${SYSTEMS[@]}"; do
     { echo "$s does not relay the allowed name" >&2; exit 1; }
 done
 
-# cpu PID: user and system clock ticks, and context switches of all threads.
+# cpu PID...: user and system clock ticks, and context switches of all
+# threads, summed over the processes.
 cpu() {
-  local ut st cs
-  read -r ut st < <(awk '{print $14, $15}' "/proc/$1/stat")
-  cs=$(cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}')
+  local ut st cs p
+  read -r ut st < <(for p in "$@"; do cat "/proc/$p/stat"; done | awk '{u += $14; s += $15} END {print u, s}')
+  cs=$(for p in "$@"; do cat /proc/"$p"/task/*/status; done | awk '/ctxt_switches/ {s += $2} END {print s}')
   echo "$ut $st $cs"
 }
 
@@ -177,8 +185,13 @@ ipis() { awk '/^ *(CAL|RES):/ {s += $3} END {print s}' /proc/interrupts; }
 
 BYTES=${BYTES:-2G}
 for r in $(seq "$ROUNDS"); do
-  for s in "${SYSTEMS[@]}"; do
-    read -r u0 s0 c0 < <(cpu "${PID[$s]}")
+  # Each round starts one system further on: on this host whichever runs
+  # in a given place of a round can draw a slower level of wake-up
+  # latency (docs/performance.md, "The sixth round"), so no system keeps
+  # one place.
+  k=$(((r - 1) % ${#SYSTEMS[@]}))
+  for s in "${SYSTEMS[@]:k}" "${SYSTEMS[@]:0:k}"; do
+    read -r u0 s0 c0 < <(cpu ${PID[$s]})
     i0=$(ipis)
     case $SCENARIO in
       handshakes-*) cmd=(handshakes --mode "$MODE" --concurrency 64 --duration 4s) ;;
@@ -189,7 +202,7 @@ for r in $(seq "$ROUNDS"); do
     esac
     # both-*: the two lines, download then upload, as one JSON list
     out=$("${LOAD[@]}" "$LG" "${cmd[@]}" --target "${TGT[$s]}" 2>&1 | grep '^{' | paste -sd, | sed 's/^/[/; s/$/]/')
-    read -r u1 s1 c1 < <(cpu "${PID[$s]}")
+    read -r u1 s1 c1 < <(cpu ${PID[$s]})
     i1=$(ipis)
     python3 - "$SCENARIO" "$s" "$out" "$u0" "$s0" "$c0" "$u1" "$s1" "$c1" "$(getconf CLK_TCK)" "$i0" "$i1" <<'EOF'
 import json, sys
