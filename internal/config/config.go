@@ -240,6 +240,11 @@ type Config struct {
 	// sends new connections for a while, and a closed listener would
 	// refuse them. 0: the listeners close at once.
 	ShutdownDelay time.Duration
+	// BusyPoll is how long a relay loop keeps asking the kernel for
+	// events without sleeping before it sleeps (0: it sleeps at once).
+	// Off by default: it trades CPU for latency (docs/performance.md,
+	// "Busy polling").
+	BusyPoll time.Duration
 	// Hash identifies the file's contents (see Hash), so that an operator
 	// can tell which version each instance runs.
 	Hash string

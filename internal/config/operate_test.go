@@ -23,14 +23,15 @@ limits:
   max_pending_handshakes: 10000
 shutdown_grace: 2m
 shutdown_delay: 5s
+busy_poll: 50us
 `
 	c, err := Parse("ok.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatalf("Parse = %v", err)
 	}
-	got := []any{c.Listeners[0].ProxyProtocol, c.Listeners[0].ProxyProtocolFrom, c.Listeners[1].ProxyProtocol, c.Admin, c.Limits, c.ShutdownGrace, c.ShutdownDelay}
+	got := []any{c.Listeners[0].ProxyProtocol, c.Listeners[0].ProxyProtocolFrom, c.Listeners[1].ProxyProtocol, c.Admin, c.Limits, c.ShutdownGrace, c.ShutdownDelay, c.BusyPoll}
 	want := []any{true, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::1/128"), netip.MustParsePrefix("192.0.2.0/24")}, false, Admin{Address: addrPort("127.0.0.1:9090"), PProf: true, Line: 5},
-		Limits{MaxConnections: 100000, MaxConnectionsPerSource: 2000, MaxPendingHandshakes: 10000}, 2 * time.Minute, 5 * time.Second}
+		Limits{MaxConnections: 100000, MaxConnectionsPerSource: 2000, MaxPendingHandshakes: 10000}, 2 * time.Minute, 5 * time.Second, 50 * time.Microsecond}
 	if diff := cmp.Diff(want, got, cmpOpts...); diff != "" {
 		t.Errorf("Parse mismatch (-want +got):\n%s", diff)
 	}
@@ -68,6 +69,12 @@ func TestOperateErrors(t *testing.T) {
 			[]string{"bad.yaml:2: shutdown_delay: 5 has no unit"}},
 		{"delay too long", one + "shutdown_grace: 1h\nshutdown_delay: 10m\n",
 			[]string{"bad.yaml:3: shutdown_delay: 10m0s is longer than 5m0s"}},
+		{"busy_poll without unit", one + "busy_poll: 50\n",
+			[]string{"bad.yaml:2: busy_poll: 50 has no unit"}},
+		{"busy_poll too long", one + "busy_poll: 5ms\n",
+			[]string{"bad.yaml:2: busy_poll: 5ms is longer than 1ms"}},
+		{"busy_poll negative", one + "busy_poll: -50us\n",
+			[]string{"bad.yaml:2: busy_poll: duration -50us must be positive"}},
 		{"proxy_protocol not a bool", "listeners: [{name: a, mode: sni, address: 127.0.0.1:1, proxy_protocol: v2}]\n",
 			[]string{`bad.yaml:1: listeners[0].proxy_protocol: want true or false, got "v2"`}},
 	}

@@ -17,7 +17,7 @@ import (
 
 func (d *decoder) config(n *yaml.Node, c *Config) {
 	f, ok := d.mapping(n, "", "listeners", "resolver", "mark", "timeouts", "log", "users", "policy", "dns",
-		"admin", "limits", "shutdown_grace", "shutdown_delay")
+		"admin", "limits", "shutdown_grace", "shutdown_delay", "busy_poll")
 	if !ok {
 		return
 	}
@@ -73,7 +73,21 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			}
 		}
 	}
+	if v, ok := f["busy_poll"]; ok {
+		if dur, ok := d.duration(v, "busy_poll"); ok {
+			if dur > maxBusyPoll {
+				d.errorf(v, "busy_poll: %s is longer than %s; a wait that long is one the loop should sleep through", dur, maxBusyPoll)
+			} else {
+				c.BusyPoll = dur
+			}
+		}
+	}
 }
+
+// maxBusyPoll bounds busy_poll: past a millisecond the spin costs more CPU
+// than a wake-up it saves could be worth, and it nears the loop's quiet
+// spell (5 ms), after which an idle loop gives its CPU back.
+const maxBusyPoll = time.Millisecond
 
 // maxShutdownDelay bounds shutdown_delay: a drain that keeps accepting for
 // longer is a typo more likely than a need.

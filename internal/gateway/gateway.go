@@ -158,6 +158,7 @@ func New(st *State, log *slog.Logger, access *accesslog.Logger, opts ...Option) 
 		g.loops = relay.NewLoops(0)
 	}
 	g.loops.OnBatch(g.flushHeld)
+	g.loops.SetBusyPoll(st.Config.BusyPoll)
 	g.state.Store(st)
 	g.boot = st.Config
 	gauges := metrics.Gauges{

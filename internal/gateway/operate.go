@@ -121,7 +121,8 @@ func (g *Gateway) logConn(rec *accesslog.Record) {
 //     socket and takes the new name, mode and options (a mode change turns
 //     deferred accepts on or off on that socket);
 //   - a new address is bound before any old socket is closed;
-//   - a listener that is gone stops accepting (its connections continue).
+//   - a listener that is gone stops accepting (its connections continue);
+//   - busy_poll applies from each relay loop's next wait.
 //
 // What cannot be changed safely while running is kept as it was and listed
 // in restart: tproxy on an address that stays (rebinding it would drop
@@ -170,6 +171,7 @@ func (g *Gateway) Reload(st *State) (restart []string, err error) {
 	restart = append(restart, g.udpRestart(cfg)...)
 
 	g.state.Store(st)
+	g.loops.SetBusyPoll(cfg.BusyPoll)
 	g.mu.Lock()
 	next := make([]*boundListener, 0, len(keep)+len(fresh))
 	for _, u := range keep {

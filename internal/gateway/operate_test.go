@@ -525,7 +525,7 @@ func TestReloadListeners(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	text := fmt.Sprintf("listeners:\n  - {name: sni, mode: sni, address: 127.0.0.1:0, upstream_port: %d}\n  - {name: second, mode: sni, address: 127.0.0.1:%d, upstream_port: %d}\nresolver: %s\nlog: {format: text}\n%s",
+	text := fmt.Sprintf("listeners:\n  - {name: sni, mode: sni, address: 127.0.0.1:0, upstream_port: %d}\n  - {name: second, mode: sni, address: 127.0.0.1:%d, upstream_port: %d}\nresolver: %s\nlog: {format: text}\nbusy_poll: 50us\n%s",
 		w.echo.Port(), port, w.echo.Port(), st.Config.Resolver, basePolicy)
 	cfg, err := config.Parse("test.yaml", []byte(text))
 	if err != nil {
@@ -538,6 +538,9 @@ func TestReloadListeners(t *testing.T) {
 	}
 	if len(restart) != 1 || !strings.Contains(restart[0], "log format") {
 		t.Errorf("Reload restart = %q, want the log change only", restart)
+	}
+	if got := w.gw.loops.BusyPoll(); got != 50*time.Microsecond {
+		t.Errorf("busy_poll after reload = %s, want 50µs", got)
 	}
 	addrs := w.gw.Addrs()
 	if addrs["sni"] != w.addr || addrs["second"].Port() != uint16(port) {
@@ -570,6 +573,9 @@ func TestReloadListeners(t *testing.T) {
 	if c, err := net.Dial("tcp", w2.addr.String()); err == nil {
 		c.Close()
 		t.Errorf("removed listener still accepts")
+	}
+	if got := w.gw.loops.BusyPoll(); got != 0 {
+		t.Errorf("busy_poll after a reload without it = %s, want off", got)
 	}
 }
 

@@ -58,7 +58,24 @@ type Loops struct {
 	next    atomic.Uint32
 	closed  atomic.Bool
 	wg      sync.WaitGroup // the loops' goroutines
+	// busyPoll is SetBusyPoll's spin, in nanoseconds; every loop reads it
+	// before each wait.
+	busyPoll atomic.Int64
 }
+
+// SetBusyPoll has every loop, before it sleeps in the kernel for events,
+// ask for them without sleeping for up to d (0, the default: it sleeps at
+// once). On a virtual machine a sleeping CPU may be halted and handed to
+// another guest, and waking it again is most of a small message's latency
+// through the gateway; a loop that polls while the next event is near
+// avoids that wake-up, at the cost of a CPU busy while traffic flows. A
+// quiet loop still parks after its quiet spell, so an idle gateway spends
+// nothing. It may be called at any time; loops take the new value at their
+// next wait.
+func (ls *Loops) SetBusyPoll(d time.Duration) { ls.busyPoll.Store(max(0, int64(d))) }
+
+// BusyPoll is the spin SetBusyPoll set last.
+func (ls *Loops) BusyPoll() time.Duration { return time.Duration(ls.busyPoll.Load()) }
 
 // NewLoops returns a set of n loops, started on first use. n <= 0 means
 // one for every two Ps the process has then (GOMAXPROCS), at least one:
@@ -117,6 +134,7 @@ func (ls *Loops) startLoops() {
 			return
 		}
 		l.onBatch = ls.onBatch
+		l.busyPoll = &ls.busyPoll
 		ls.loops = append(ls.loops, l)
 		ls.wg.Add(1)
 		go ls.runLoop(l)
@@ -154,8 +172,9 @@ type loop struct {
 	// by another P, which the wake-up starts when one is idle, or else
 	// runs when sysmon preempts the loop (10 ms). The loop does not
 	// also yield every millisecond: each yield wakes another thread.
-	readied bool
-	onBatch func(quiet bool) bool // Loops.OnBatch's
+	readied  bool
+	onBatch  func(quiet bool) bool // Loops.OnBatch's
+	busyPoll *atomic.Int64         // Loops.busyPoll
 
 	mu   sync.Mutex
 	shut bool // the loop has ended: nothing registers any more
@@ -229,7 +248,8 @@ func newLoop() (*loop, error) {
 		unix.Close(epfd)
 		return nil, err
 	}
-	l := &loop{epfd: epfd, efd: efd, pfd: pfd, file: f, raw: raw, buf: make([]byte, copyMax)}
+	l := &loop{epfd: epfd, efd: efd, pfd: pfd, file: f, raw: raw, buf: make([]byte, copyMax),
+		busyPoll: new(atomic.Int64)}
 	l.noRest = !canRest(epfd)
 	return l, nil
 }
@@ -525,7 +545,12 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 		if len(l.rests) > 0 { // the first rest ends sooner than a millisecond
 			n, err = epollWait2Raw(l.epfd, events, min(max(0, l.rests[0].at-monoNow()), int64(restFor)))
 		} else {
-			n, err = epollWaitRaw(l.epfd, events, msec)
+			if spin := l.busyPoll.Load(); spin > 0 && msec > 0 {
+				n, err = l.poll(events, spin)
+			}
+			if n == 0 && err == nil {
+				n, err = epollWaitRaw(l.epfd, events, msec)
+			}
 		}
 		if err != nil && err != unix.EINTR {
 			return err
@@ -549,6 +574,28 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 	}
 	return nil
 }
+
+// poll asks epfd for events without sleeping, again and again, until some
+// come, the loop is stopping or spin nanoseconds have passed (see
+// Loops.SetBusyPoll). A sweep due meanwhile waits for the spin's end: at
+// most a millisecond (config.maxBusyPoll), well inside any timeout's
+// tolerance.
+func (l *loop) poll(events []unix.EpollEvent, spin int64) (int, error) {
+	end := monoNow() + spin
+	for {
+		n, err := epollWaitRaw(l.epfd, events, 0)
+		if n > 0 {
+			polled.Add(1)
+		}
+		if n != 0 || err != nil || l.stopping.Load() || monoNow() >= end {
+			return n, err
+		}
+	}
+}
+
+// polled counts the waits that busy polling ended with events, each a
+// sleep and wake-up saved; for tests to see that it polls.
+var polled atomic.Int64
 
 // copyMax is the loop's copy buffer: a direction copies what it reads
 // until one read fills it, then splices (see copyIn). A TLS record is at

@@ -192,9 +192,58 @@ func TestFirstBytesNeedNoMute(t *testing.T) {
 // poller (holding no P, so that an idle gateway costs nothing), and the
 // next bytes must wake it. A collection is run while the loop is busy,
 // waiting in the kernel holding its P: the stop of the world must reach
-// it (a hang here fails the test by its timeout).
+// it (a hang here fails the test by its timeout). With busy polling
+// (SetBusyPoll) the same must hold: the loop spins between polls instead
+// of sleeping, but a quiet one still parks, and the stop of the world
+// still reaches it.
 func TestLoopParksWhenQuiet(t *testing.T) {
-	w := newWorld(t, loopsFor(t), time.Minute)
+	for _, spin := range []time.Duration{0, 50 * time.Microsecond, time.Millisecond} {
+		t.Run("busy_poll "+spin.String(), func(t *testing.T) {
+			ls := loopsFor(t)
+			ls.SetBusyPoll(spin)
+			testLoopParksWhenQuiet(t, ls)
+		})
+	}
+}
+
+// TestBusyPollCatchesEvents checks that a loop told to busy-poll does:
+// echoes whose answers come within the spin are caught by a poll, not
+// by a wake-up, and a loop not told to never polls.
+func TestBusyPollCatchesEvents(t *testing.T) {
+	for _, spin := range []time.Duration{0, time.Millisecond} {
+		t.Run("busy_poll "+spin.String(), func(t *testing.T) {
+			ls := loopsFor(t)
+			ls.SetBusyPoll(spin)
+			w := newWorld(t, ls, time.Minute)
+			before := polled.Load()
+			msg := []byte("ping")
+			b := make([]byte, len(msg))
+			for range 200 {
+				if _, err := w.client.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(w.server, b); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := w.server.Write(b); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(w.client, b); err != nil {
+					t.Fatal(err)
+				}
+				if spin > 0 && polled.Load() > before {
+					return
+				}
+			}
+			if got := polled.Load() - before; spin > 0 || got != 0 {
+				t.Errorf("with busy_poll %s, %d of 200 echoes' events were caught by polling", spin, got)
+			}
+		})
+	}
+}
+
+func testLoopParksWhenQuiet(t *testing.T, ls *Loops) {
+	w := newWorld(t, ls, time.Minute)
 	l := w.rc.l
 	echo := func(msg string) {
 		t.Helper()
