@@ -210,6 +210,12 @@ func (c *Conn) move(d *dir) {
 			}
 		}
 		if d.eof {
+			if d == &c.up && c.watch != nil && c.watch.holdSince != 0 {
+				// The client's FIN comes after the bytes the Watch
+				// holds: it is passed on once the hold ends (resume,
+				// or the hold's timeout refuses the connection).
+				return
+			}
 			c.ended(d)
 			return
 		}

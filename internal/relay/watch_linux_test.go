@@ -224,3 +224,40 @@ func TestWatchPoke(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchPokeAfterHalfClose: a client that half-closes while its bytes
+// are held (a TLS client's hello sent with its FIN, its decision waiting
+// for a look-up) must have them reach the server, followed by its FIN,
+// once the decision lets them go, and must still read the server's
+// answer. Passing the FIN on at once had the server read EOF before the
+// bytes it must come after, and the held bytes then failed to write.
+func TestWatchPokeAfterHalfClose(t *testing.T) {
+	pw := &pokeWatch{decided: make(chan bool, 1), asked: make(chan struct{}, 1)}
+	w := newWorldWith(t, loopsFor(t), time.Minute, func(c *Conn) { c.Watch(pw, time.Minute) })
+	w.client.Write([]byte("held"))
+	<-pw.asked
+	if err := w.client.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing reaches the server while the bytes are held: not even the
+	// FIN that must follow them.
+	w.server.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := w.server.Read(make([]byte, 1)); !isTimeout(err) {
+		t.Fatalf("server read %d bytes, %v while the client's bytes were held; want nothing", n, err)
+	}
+	pw.decided <- true
+	w.rc.Poke()
+	w.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(w.server); err != nil || string(got) != "held" {
+		t.Fatalf("server got %q, %v after the poke; want the held bytes, then EOF", got, err)
+	}
+	w.server.Write([]byte("answer"))
+	w.server.CloseWrite()
+	w.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(w.client); err != nil || string(got) != "answer" {
+		t.Fatalf("client got %q, %v; want the server's answer", got, err)
+	}
+	if r := w.result(t); r.End != Closed {
+		t.Errorf("Result = %+v, want Closed", r)
+	}
+}
