@@ -263,6 +263,25 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 			t.Errorf("reason of %d bytes after 7 hellos: %.300q…", len(r), r)
 		}
 	})
+	t.Run("more hellos that started no TLS than any upgrade needs", func(t *testing.T) {
+		// Each is allowed and answered in SMTP; the 17th, allowed name
+		// or not, ends the connection before the server has it.
+		c, br := mail(t)
+		for range 16 {
+			say(t, c, br, "DATA\r\n", "354")
+			say(t, c, br, string(helloFor(t, "good.test"))+"\r\n.\r\n", "250")
+		}
+		say(t, c, br, "DATA\r\n", "354")
+		io.WriteString(c, string(helloFor(t, "good.test"))+"\r\n.\r\n")
+		denied(t, c, br)
+		if plain := <-smtp.plain; strings.Count(plain, "DATA") != 17 || strings.Count(plain, "good.test") != 16 {
+			t.Errorf("the server read %d DATA and %d hellos, want 17 and 16", strings.Count(plain, "DATA"), strings.Count(plain, "good.test"))
+		}
+		e := w.waitLog(bySrcPort(c))
+		if r := e["reason"].(string); e["action"] != "deny" || !strings.Contains(r, "a ClientHello after 16 allowed that started no TLS") {
+			t.Errorf("line %v, reason %q", e["action"], r)
+		}
+	})
 	t.Run("begun with the first bytes, never finished", func(t *testing.T) {
 		// Its hold is client_hello's (3s here), not idle's (1m): the
 		// read below would time out first otherwise.

@@ -82,6 +82,8 @@ type upgradeWatch struct {
 	// version, once u has let it go.
 	at      int
 	version uint16
+	// rescans counts the allowed hellos that started no TLS.
+	rescans int
 }
 
 // maxHeldBehind bounds what a client may send behind a hello while it is
@@ -166,10 +168,17 @@ func (w *upgradeWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 	return b, relay.WatchOn, nil
 }
 
+// maxUntakenHellos bounds the hellos a connection may have allowed that
+// its server did not answer as TLS: each is parsed and decided, maybe
+// after a look-up of the name it gives, and a protocol upgrades once.
+// A hello found after that many is refused.
+const maxUntakenHellos = 16
+
 // rescan drops an allowed hello's watch and reads the client's bytes for
 // a hello again, with the scan that has read them since (next).
 func (w *upgradeWatch) rescan() {
 	w.hello.Release()
+	w.rescans++
 	w.hello, w.answer, w.answered = nil, w.answer0[:0], false
 	w.u, w.next = w.next, clienthello.Upgrade{}
 	w.base = w.nextBase
@@ -198,6 +207,9 @@ func (w *upgradeWatch) scan(b []byte) ([]byte, relay.WatchState, error) {
 		return nil, relay.WatchOff, w.refusal(w.u.Why())
 	}
 	// HelloFound: decide it, unless a look-up it needs is under way.
+	if w.rescans >= maxUntakenHellos {
+		return nil, relay.WatchOff, w.refusal(fmt.Sprintf("a ClientHello after %d allowed that started no TLS: no protocol upgrades that often", w.rescans))
+	}
 	if w.u.HeldBytes() > clienthello.MaxHelloLen+maxHeldBehind {
 		return nil, relay.WatchOff, w.refusal("more bytes behind the ClientHello than a TLS client sends before its answer")
 	}
