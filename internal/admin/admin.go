@@ -17,12 +17,15 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/limit"
 	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/recent"
 )
@@ -57,12 +60,14 @@ func Listen(ctx context.Context, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	// No WriteTimeout: /debug/pprof/profile writes for as many seconds as
-	// it is asked to. An idle keep-alive connection is closed after
+	// A response must be written within writeTimeout, so that a client
+	// that never reads one does not hold its connection; the pprof
+	// handlers, which write for as many seconds as they are asked to,
+	// lift it (unbounded). An idle keep-alive connection is closed after
 	// IdleTimeout instead of holding an fd for ever.
 	srv := &http.Server{Handler: Handler(o), ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
-	return &Server{ln: ln, srv: srv, log: o.Log}, nil
+		WriteTimeout: writeTimeout, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+	return &Server{ln: &capped{Listener: ln}, srv: srv, log: o.Log}, nil
 }
 
 // Addr is the bound address (tests bind port 0).
@@ -99,11 +104,96 @@ func Handler(o Options) http.Handler {
 		w.Write([]byte(why + "\n"))
 	})
 	if o.PProf {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("/debug/pprof/", unbounded(pprof.Index))
+		mux.HandleFunc("/debug/pprof/cmdline", unbounded(pprof.Cmdline))
+		mux.HandleFunc("/debug/pprof/profile", unbounded(pprof.Profile))
+		mux.HandleFunc("/debug/pprof/symbol", unbounded(pprof.Symbol))
+		mux.HandleFunc("/debug/pprof/trace", unbounded(pprof.Trace))
 	}
 	return mux
+}
+
+// writeTimeout bounds writing one response (the pprof handlers excepted).
+const writeTimeout = 30 * time.Second
+
+// unbounded lifts writeTimeout for h: a profile or trace writes for as
+// many seconds as it is asked to. pprof is off unless the config turns
+// it on, for operators.
+func unbounded(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		http.NewResponseController(w).SetWriteDeadline(time.Time{})
+		h(w, r)
+	}
+}
+
+// The endpoint's connections are capped: maxConns in all, maxPerSource
+// from one address (one IPv6 /64). In a cluster it listens on the pod's
+// address, where the workloads egressd filters can reach it too; without
+// a cap one of them that opened connections and kept them took the file
+// descriptors the gateway's relays need, and with one cap only it could
+// take every place and fail the kubelet's probes. Past a cap a connection
+// is closed as soon as it is accepted. Probes, a scraper and an
+// operator's browser hold a few.
+const (
+	maxConns     = 64
+	maxPerSource = 8
+)
+
+// capped is a listener that holds its connections to the caps.
+type capped struct {
+	net.Listener
+	open      atomic.Int32
+	perSource limit.PerSource
+}
+
+func (l *capped) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		src := sourceOf(c.RemoteAddr())
+		if l.open.Add(1) > maxConns {
+			l.open.Add(-1)
+			c.Close()
+			continue
+		}
+		if !l.perSource.Acquire(src, maxPerSource) {
+			l.open.Add(-1)
+			c.Close()
+			continue
+		}
+		return &counted{Conn: c, l: l, src: src}, nil
+	}
+}
+
+// sourceOf is the address a connection counts against: its peer's, or
+// the /64 of an IPv6 one, which one host may hold many addresses of.
+func sourceOf(a net.Addr) netip.Addr {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}
+	}
+	ip := ta.AddrPort().Addr().Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.Addr()
+	}
+	return ip
+}
+
+// counted gives its place back when it is closed, once.
+type counted struct {
+	net.Conn
+	l    *capped
+	src  netip.Addr
+	once sync.Once
+}
+
+func (c *counted) Close() error {
+	c.once.Do(func() {
+		c.l.perSource.Release(c.src)
+		c.l.open.Add(-1)
+	})
+	return c.Conn.Close()
 }

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/egressd/egressd/internal/metrics"
 )
@@ -91,5 +93,69 @@ func TestIPv4AddressIsIPv4Only(t *testing.T) {
 		t.Errorf("over IPv4: %v", err)
 	} else {
 		resp.Body.Close()
+	}
+}
+
+// TestConnectionCaps: one source that opens admin connections and keeps
+// them (a workload in a cluster where the endpoint listens on the pod's
+// address) holds at most maxPerSource of them; the next is closed at once,
+// while another source (a probe, a scraper) is still answered, and a
+// place given back is taken again. Without a cap, such a client took the
+// gateway's file descriptors, which its relays need.
+func TestConnectionCaps(t *testing.T) {
+	m := metrics.New(metrics.Gauges{})
+	s, err := Listen(context.Background(), Options{
+		Address: netip.MustParseAddrPort("127.0.0.1:0"), Registry: m.Registry,
+		Ready: func() (bool, string) { return true, "ready" }, Log: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve()
+	defer s.Shutdown(context.Background())
+	addr := s.Addr().String()
+	// healthz asks over c and reports whether it was answered.
+	healthz := func(c net.Conn) bool {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			return false
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}
+	from := func(src string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	var held []net.Conn
+	for i := range maxPerSource {
+		c := from("127.0.0.1")
+		if !healthz(c) {
+			t.Fatalf("connection %d of one source was not answered", i+1)
+		}
+		held = append(held, c) // kept alive, idle
+	}
+	if healthz(from("127.0.0.1")) {
+		t.Errorf("source 127.0.0.1 was answered on connection %d; want it closed past %d", maxPerSource+1, maxPerSource)
+	}
+	if !healthz(from("127.0.0.2")) {
+		t.Errorf("another source was not answered while the first held its share")
+	}
+	held[0].Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !healthz(from("127.0.0.1")) {
+		if time.Now().After(deadline) {
+			t.Fatal("a place given back was never taken again")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
