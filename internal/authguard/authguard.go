@@ -155,7 +155,7 @@ func New(cfg Config) *Guard {
 // src is backing off or no slot frees within SlotWait, and records the
 // result. check must report whether the password is right.
 func (g *Guard) Check(src netip.Addr, check func() bool) Result {
-	key := sourceKey(src)
+	key := limit.Source(src)
 	if g.backingOff(key, time.Now()) {
 		return g.count(Backoff)
 	}
@@ -203,17 +203,6 @@ func (g *Guard) acquire() bool {
 	case <-t.C:
 		return false
 	}
-}
-
-// sourceKey is the address the guard tracks a client by: the IPv4
-// address, or the /64 of an IPv6 one.
-func sourceKey(a netip.Addr) netip.Addr {
-	a = a.Unmap()
-	if a.Is6() {
-		p, _ := a.Prefix(64)
-		return p.Addr()
-	}
-	return a
 }
 
 // backingOff reports whether key is in a back-off at now.

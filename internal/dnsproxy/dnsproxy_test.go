@@ -362,6 +362,26 @@ func TestRateLimit(t *testing.T) {
 	}
 }
 
+// TestRateLimitTableHeldByOneHost: a host that sends its queries from
+// many addresses of its IPv6 /64 (each a fresh source, as far as
+// addresses go) takes one place in the limiter's table, not all of them:
+// another client's first query of the second is still counted and
+// answered.
+func TestRateLimitTableHeldByOneHost(t *testing.T) {
+	l := newLimiter(200)
+	fixed := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	l.now = func() time.Time { return fixed }
+	base := netip.MustParseAddr("2001:db8:1:2::").As16()
+	for i := range maxLimitedSources {
+		a := base
+		a[12], a[13], a[14], a[15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+		l.allow(netip.AddrFrom16(a))
+	}
+	if ok, _ := l.allow(netip.MustParseAddr("10.0.0.7")); !ok {
+		t.Error("another client's first query was refused: one host's addresses filled the table")
+	}
+}
+
 func TestMalformedQueries(t *testing.T) {
 	up := startUpstream(t, false, "git.example.test. 60 IN A 198.51.100.10")
 	p := startProxy(t, Config{Upstreams: []netip.AddrPort{up.addr}})

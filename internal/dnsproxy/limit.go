@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/egressd/egressd/internal/limit"
 )
 
 // maxLimitedSources bounds the rate limiter's table. A flood from more
@@ -11,7 +13,8 @@ import (
 // dropped until the window turns, rather than growing the table.
 const maxLimitedSources = 65536
 
-// limiter counts queries per source address in fixed one-second windows.
+// limiter counts queries per source (an IPv4 address, an IPv6 /64: see
+// limit.Source) in fixed one-second windows.
 // A fixed window is cruder than a token bucket, but its memory is one
 // counter per source seen this second and it forgets everyone each second.
 type limiter struct {
@@ -38,6 +41,7 @@ func (l *limiter) allow(src netip.Addr) (ok, first bool) {
 		l.window = now
 		clear(l.counts)
 	}
+	src = limit.Source(src)
 	n, seen := l.counts[src]
 	if !seen && len(l.counts) >= maxLimitedSources {
 		return false, false

@@ -12,9 +12,22 @@ import (
 	"time"
 )
 
-// PerSource counts what each source address holds open. It is sharded by
-// address so that sources rarely wait on one another's lock. The zero
-// value is ready; it is safe for concurrent use.
+// Source is the key one source counts under: an IPv4 address (given
+// plain or IPv4-mapped) is one source, and so is an IPv6 /64, which one
+// host may hold whole (SLAAC privacy addresses, a container runtime's
+// range) and would otherwise draw a share per address of.
+func Source(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
+}
+
+// PerSource counts what each source (see Source) holds open. It is
+// sharded by source so that sources rarely wait on one another's lock.
+// The zero value is ready; it is safe for concurrent use.
 type PerSource struct {
 	once   sync.Once
 	seed   maphash.Seed
@@ -42,6 +55,7 @@ func (s *PerSource) Release(a netip.Addr) { s.ReleaseN(a, 1) }
 // AcquireN counts n more for a (bytes, say) unless that would take a past
 // max, and reports whether it did.
 func (s *PerSource) AcquireN(a netip.Addr, n, max int) bool {
+	a = Source(a)
 	sh := s.shard(a)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -60,6 +74,7 @@ func (s *PerSource) ReleaseN(a netip.Addr, n int) {
 	if n == 0 {
 		return
 	}
+	a = Source(a)
 	sh := s.shard(a)
 	sh.mu.Lock()
 	if int(sh.m[a]) <= n {
@@ -83,6 +98,7 @@ func SourceShare(total int) int {
 
 // Open returns how many a holds.
 func (s *PerSource) Open(a netip.Addr) int {
+	a = Source(a)
 	sh := s.shard(a)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()

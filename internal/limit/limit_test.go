@@ -89,3 +89,36 @@ func TestEverySecond(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceGroupsIPv6By64: one host may hold a whole IPv6 /64 (SLAAC
+// privacy addresses, a container runtime's range) and would get a share
+// per address; it counts as one source, an IPv4 address as itself, and
+// an IPv4-mapped IPv6 address as its IPv4 address.
+func TestSourceGroupsIPv6By64(t *testing.T) {
+	var s PerSource
+	a, b := netip.MustParseAddr("2001:db8:1:2::1"), netip.MustParseAddr("2001:db8:1:2:ffff:ffff:ffff:fffe")
+	other := netip.MustParseAddr("2001:db8:1:3::1")
+	if !s.Acquire(a, 2) || !s.Acquire(b, 2) {
+		t.Fatal("two of a share of 2 refused")
+	}
+	if s.Acquire(netip.MustParseAddr("2001:db8:1:2::99"), 2) {
+		t.Error("a third address of the same /64 got a place past the share of 2")
+	}
+	if !s.Acquire(other, 2) {
+		t.Error("another /64 was refused")
+	}
+	if got := s.Open(a); got != 2 {
+		t.Errorf("Open(%s) = %d, want 2: the /64's", a, got)
+	}
+	s.Release(b)
+	if got := s.Open(a); got != 1 {
+		t.Errorf("after a release from another address of the /64, Open = %d, want 1", got)
+	}
+	v4, mapped := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("::ffff:192.0.2.1")
+	if !s.Acquire(v4, 1) || s.Acquire(mapped, 1) || s.Acquire(v4, 1) {
+		t.Error("an IPv4 address and its mapped form are not one source with a share of 1")
+	}
+	if !s.Acquire(netip.MustParseAddr("192.0.2.2"), 1) {
+		t.Error("IPv4 addresses are grouped; want each its own source")
+	}
+}

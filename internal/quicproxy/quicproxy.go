@@ -319,7 +319,7 @@ func (s *Server) open(k flowKey, d []byte) {
 		s.mu.Unlock()
 		return
 	case p.MaxFlows > 0 && len(s.flows) >= p.MaxFlows,
-		p.MaxFlowsPerSource > 0 && s.perSource[k.src.Addr()] >= p.MaxFlowsPerSource,
+		p.MaxFlowsPerSource > 0 && s.perSource[limit.Source(k.src.Addr())] >= p.MaxFlowsPerSource,
 		p.MaxPending > 0 && s.pending >= p.MaxPending,
 		p.MaxPending > 0 && s.pendingPer[k.src.Addr()] >= limit.SourceShare(p.MaxPending):
 		s.mu.Unlock()
@@ -345,7 +345,7 @@ func (s *Server) open(k flowKey, d []byte) {
 		return
 	}
 	s.flows[k] = f
-	s.perSource[k.src.Addr()]++
+	s.perSource[limit.Source(k.src.Addr())]++
 	s.pending++
 	if s.pendingPer == nil {
 		s.pendingPer = make(map[netip.Addr]int)
@@ -370,7 +370,7 @@ func (s *Server) forget(f *flow) {
 	if s.flows[f.key] == f {
 		delete(s.flows, f.key)
 	}
-	decrement(s.perSource, f.key.src.Addr())
+	decrement(s.perSource, limit.Source(f.key.src.Addr()))
 	s.notPendingLocked(f)
 }
 
