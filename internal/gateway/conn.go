@@ -484,7 +484,7 @@ func (g *Gateway) resolved(ctx context.Context, st *State, in policy.Input, port
 		d.Reason += "; not resolved: denied by name"
 		return verdict{Decision: d, byName: true}
 	}
-	lk, err := g.lookups.Resolve(ctx, in.FQDN)
+	lk, err := g.lookups.Resolve(upstream.WithSource(ctx, in.Src), in.FQDN)
 	if errors.Is(err, upstream.ErrNotCached) {
 		return verdict{wouldBlock: true}
 	}
@@ -533,7 +533,7 @@ func (g *Gateway) decideTransparent(ctx context.Context, st *State, lc *config.L
 		v.Reason += "; name verified: this client resolved it to " + orig.Addr().String() + " through egressd"
 		return v
 	}
-	lk, err := g.lookups.Resolve(ctx, in.FQDN)
+	lk, err := g.lookups.Resolve(upstream.WithSource(ctx, in.Src), in.FQDN)
 	switch {
 	case errors.Is(err, upstream.ErrNotCached):
 		return verdict{wouldBlock: true}

@@ -103,7 +103,7 @@ func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []by
 	}
 	g, timeout := s.g, s.st.Config.Timeouts.Connect
 	w = &upgradeWatch{check: check, rec: rec, cached: upstream.CachedOnly(ctx), lookup: func(name string) error {
-		lctx, cancel := context.WithTimeout(ctx, timeout)
+		lctx, cancel := context.WithTimeout(upstream.WithSource(ctx, s.src.Addr()), timeout)
 		defer cancel()
 		_, err := g.lookups.Resolve(lctx, name)
 		return err

@@ -3,8 +3,11 @@ package upstream
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/egressd/egressd/internal/limit"
 )
 
 // Cache keeps answers for their TTL (bounded by MinTTL and MaxTTL) and
@@ -31,6 +34,18 @@ type Cache struct {
 	// (DefaultCacheBytes when 0). The heap the cache holds stays within it
 	// (TestCacheFloodBounded measures it).
 	MaxBytes int
+	// MaxLookups bounds the look-ups the resolver is asked at once
+	// (DefaultMaxLookups when 0), each holding its sockets while it
+	// waits; one source (WithSource) may hold limit.SourceShare of them,
+	// and is refused at once (ErrBusy) past it, so that a client asking
+	// about unique names whose servers answer slowly cannot take every
+	// place. A look-up past MaxLookups waits for a place as long as its
+	// caller does.
+	MaxLookups int
+
+	slotsOnce sync.Once
+	slots     chan struct{}
+	bySource  limit.PerSource
 
 	mu        sync.Mutex
 	entries   map[string]*entry
@@ -38,6 +53,55 @@ type Cache struct {
 	probation queue // new entries, oldest first
 	main      queue // entries hit while in probation, in CLOCK order
 	stats     CacheStats
+}
+
+// DefaultMaxLookups is the Cache's MaxLookups when 0: each look-up holds
+// two sockets (its A and AAAA queries) beside its connection's one, and
+// the open-files reserve egressd keeps beside its connections is 256 at
+// least.
+const DefaultMaxLookups = 128
+
+// ErrBusy is Resolve's answer to a source that has its share of the
+// look-ups in flight already. It is not cached.
+var ErrBusy = errors.New("too many look-ups in flight for this client; try again")
+
+type sourceKey struct{}
+
+// WithSource says whose look-ups Resolve under ctx makes: the client
+// address a connection came from, whose share of MaxLookups they count
+// against. Without it they count against no share, only MaxLookups.
+func WithSource(ctx context.Context, src netip.Addr) context.Context {
+	return context.WithValue(ctx, sourceKey{}, src)
+}
+
+// acquire takes a place for a look-up by ctx's source: at once or
+// ErrBusy for the source's share, waiting for ctx for a place in all.
+func (c *Cache) acquire(ctx context.Context) (release func(), err error) {
+	c.slotsOnce.Do(func() {
+		n := c.MaxLookups
+		if n <= 0 {
+			n = DefaultMaxLookups
+		}
+		c.slots = make(chan struct{}, n)
+	})
+	src, sourced := ctx.Value(sourceKey{}).(netip.Addr)
+	if sourced && !c.bySource.Acquire(src, limit.SourceShare(cap(c.slots))) {
+		return nil, ErrBusy
+	}
+	select {
+	case c.slots <- struct{}{}:
+	case <-ctx.Done():
+		if sourced {
+			c.bySource.Release(src)
+		}
+		return nil, ctx.Err()
+	}
+	return func() {
+		<-c.slots
+		if sourced {
+			c.bySource.Release(src)
+		}
+	}, nil
 }
 
 // DefaultCacheBytes is the Cache's memory budget when MaxBytes is 0: about
@@ -96,6 +160,17 @@ type call struct {
 	err  error
 }
 
+// wait is a look-up's answer to a caller that joined it, unless ctx ends
+// first.
+func (cl *call) wait(ctx context.Context) (Lookup, error) {
+	select {
+	case <-cl.done:
+		return cl.l, cl.err
+	case <-ctx.Done():
+		return Lookup{}, ctx.Err()
+	}
+}
+
 // ErrNotCached is Resolve's answer, under CachedOnly, for a name it would
 // have to ask the resolver about.
 var ErrNotCached = errors.New("not in the look-up cache")
@@ -126,12 +201,25 @@ func (c *Cache) Resolve(ctx context.Context, name string) (Lookup, error) {
 	c.stats.Misses++
 	if cl, ok := c.inflight[name]; ok {
 		c.mu.Unlock()
-		select {
-		case <-cl.done:
-			return cl.l, cl.err
-		case <-ctx.Done():
-			return Lookup{}, ctx.Err()
-		}
+		return cl.wait(ctx)
+	}
+	c.mu.Unlock()
+	release, err := c.acquire(ctx)
+	if err != nil {
+		return Lookup{}, err
+	}
+	defer release()
+	// Another caller may have asked about the name while this one waited
+	// for its place.
+	c.mu.Lock()
+	if e, ok := c.entries[name]; ok && time.Now().Before(e.expires) {
+		e.hit = true
+		c.mu.Unlock()
+		return e.l, e.err
+	}
+	if cl, ok := c.inflight[name]; ok {
+		c.mu.Unlock()
+		return cl.wait(ctx)
 	}
 	if c.inflight == nil {
 		c.inflight = make(map[string]*call)

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/egressd/egressd/internal/limit"
 )
 
 // perName counts the resolver's calls for each name and answers every one
@@ -243,5 +245,94 @@ func TestCachedOnly(t *testing.T) {
 	}
 	if n := r.count("a.test"); n != 1 {
 		t.Errorf("the resolver was asked %d times, want 1", n)
+	}
+}
+
+// blockingResolver answers nothing until release is closed, counting the
+// look-ups it holds at once.
+type blockingResolver struct {
+	release   chan struct{}
+	mu        sync.Mutex
+	now, most int
+	started   chan string
+}
+
+func (r *blockingResolver) Resolve(ctx context.Context, name string) (Lookup, error) {
+	r.mu.Lock()
+	r.now++
+	r.most = max(r.most, r.now)
+	r.mu.Unlock()
+	r.started <- name
+	<-r.release
+	r.mu.Lock()
+	r.now--
+	r.mu.Unlock()
+	return floodAnswer, nil
+}
+
+// TestLookupShares: a client that sends connections for unique names
+// (under a wildcard it owns, whose servers answer slowly) has egressd
+// ask the resolver about each, every look-up holding two sockets while
+// it waits. One source may have at most its share of the look-ups in
+// flight (past it: ErrBusy at once, not cached), the cache at most
+// MaxLookups in all; another source's look-up still goes ahead.
+func TestLookupShares(t *testing.T) {
+	r := &blockingResolver{release: make(chan struct{}), started: make(chan string, 1000)}
+	c := &Cache{Resolver: r, MaxLookups: 8}
+	share := limit.SourceShare(8)
+	attacker := WithSource(context.Background(), netip.MustParseAddr("10.0.0.66"))
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := range 100 {
+		wg.Go(func() {
+			_, err := c.Resolve(attacker, fmt.Sprintf("u%d.slow.test", i))
+			errs <- err
+		})
+	}
+	for range share {
+		<-r.started
+	}
+	// Every look-up past the share is refused without waiting.
+	busy := 0
+	for range 100 - share {
+		if err := <-errs; errors.Is(err, ErrBusy) {
+			busy++
+		}
+	}
+	if busy != 100-share {
+		t.Errorf("%d of the %d look-ups past one source's share were ErrBusy", busy, 100-share)
+	}
+	// Another source gets the places left.
+	other := WithSource(context.Background(), netip.MustParseAddr("10.0.0.7"))
+	done := make(chan error, 1)
+	go func() { _, err := c.Resolve(other, "quiet.test"); done <- err }()
+	if name := <-r.started; name != "quiet.test" {
+		t.Fatalf("the resolver was asked about %q, want quiet.test", name)
+	}
+	// MaxLookups in all: more sources wait for a place (here, until the
+	// caller gives up).
+	for i := range 4 {
+		ctx, cancel := context.WithTimeout(WithSource(context.Background(), netip.AddrFrom4([4]byte{10, 1, 0, byte(i)})), 200*time.Millisecond)
+		defer cancel()
+		wg.Go(func() { c.Resolve(ctx, fmt.Sprintf("w%d.test", i)) })
+	}
+	<-r.started                       // the one place left
+	time.Sleep(50 * time.Millisecond) // the other three try meanwhile
+	r.mu.Lock()
+	if r.now > 8 {
+		t.Errorf("%d look-ups at the resolver at once, want at most MaxLookups (8)", r.now)
+	}
+	r.mu.Unlock()
+	close(r.release)
+	wg.Wait()
+	if err := <-done; err != nil {
+		t.Errorf("the other source's look-up: %v", err)
+	}
+	if r.most > 8 {
+		t.Errorf("%d look-ups at the resolver at once, want at most MaxLookups (8)", r.most)
+	}
+	// A busy refusal is not cached: the name resolves once places are free.
+	if _, err := c.Resolve(attacker, fmt.Sprintf("u%d.slow.test", 99)); err != nil {
+		t.Errorf("a name refused as busy before: %v", err)
 	}
 }
