@@ -295,8 +295,14 @@ func TestLookupShares(t *testing.T) {
 	// Every look-up past the share is refused without waiting.
 	busy := 0
 	for range 100 - share {
-		if err := <-errs; errors.Is(err, ErrBusy) {
-			busy++
+		select {
+		case err := <-errs:
+			if errors.Is(err, ErrBusy) {
+				busy++
+			}
+		case <-time.After(10 * time.Second):
+			close(r.release)
+			t.Fatalf("%d look-ups past one source's share answered, the rest still wait: want ErrBusy at once", busy)
 		}
 	}
 	if busy != 100-share {
