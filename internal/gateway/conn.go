@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -289,7 +290,12 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 			rec.FQDN, rec.FQDNSource = n, accesslog.FromDNS
 		}
 	}
-	v := g.decideName(ctx, st, lc, policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: p.Protocol, JA4: rec.JA4}, rec.FQDNSource, orig)
+	var v verdict
+	if why := invalidName(rawName, ok); why != "" {
+		v = verdict{Decision: policy.Decision{Action: policy.Deny, Index: -1, Reason: why}, dst: orig}
+	} else {
+		v = g.decideName(ctx, st, lc, policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: p.Protocol, JA4: rec.JA4}, rec.FQDNSource, orig)
+	}
 	if v.dst.IsValid() {
 		rec.Dst = v.dst
 	}
@@ -299,6 +305,33 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 	rec.Rule, rec.Reason = v.Rule, v.Reason
 	rec.Action = logAction(v.Action)
 	return v
+}
+
+// invalidName is why a connection whose first bytes named raw, which did
+// not normalise to an FQDN (valid false), is refused, or "" when it is
+// not: no name sent, or an IP literal, which names no server and leaves
+// the connection decided on its address. Any other name that is not an
+// FQDN is refused whatever the rules say. Decided as a connection with no
+// name, it would pass a rule that allows an address range after rules
+// that deny names, while its server tidies the name up (nginx cuts an SNI
+// at ':', others trim spaces) and acts on the name they deny. The DNS
+// forwarder refuses such a question for the same reason.
+func invalidName(raw string, valid bool) string {
+	if raw == "" || valid {
+		return ""
+	}
+	_, addr, err := fqdn.ParseHost(raw)
+	if err == nil && addr.IsValid() {
+		return ""
+	}
+	why := "an IPv4 address spelt oddly"
+	if err != nil && !errors.Is(err, fqdn.ErrOddAddress) {
+		why = strings.TrimPrefix(err.Error(), "invalid host name: ")
+	}
+	if len(raw) > 80 { // a client's bytes: the line keeps a sample
+		raw = raw[:80] + "…"
+	}
+	return fmt.Sprintf("server name %q is not a valid name (%s): refused, since a server may take it for a name the policy denies", raw, why)
 }
 
 // carriesHello reports whether p holds a parsed ClientHello: from a TLS

@@ -1,0 +1,81 @@
+package gateway
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/peek"
+	"github.com/egressd/egressd/internal/testnet"
+)
+
+// TestJudgeInvalidNames: a transparent listener decides a connection that
+// carries no name on its address, so a rule that allows an address range
+// lets it through whatever the deny rules before it say about names. A
+// client that sent a name that is no valid one (a port after it, a space,
+// a NUL) must not be decided as one that sent none: servers tidy such a
+// name up (nginx cuts an SNI at ':') and act on the name the policy
+// denies. It is refused, as the DNS forwarder refuses such a question. An
+// IP literal names no server; it stays decided on the address.
+func TestJudgeInvalidNames(t *testing.T) {
+	cfg, err := config.Parse("t.yaml", []byte(`listeners:
+  - {name: t, mode: transparent, address: 127.0.0.1:0}
+policy:
+  default: deny
+  rules:
+    - {name: ads, action: deny, fqdn: ["*.ads.test"]}
+    - {name: net, action: allow, destinations: ["198.51.100.0/24"]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := cfg.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.DiscardHandler), accesslog.New(io.Discard, "json"))
+	st := g.State()
+	orig := netip.MustParseAddrPort("198.51.100.7:443")
+	for _, tc := range []struct {
+		name, sni, action, fqdn, reason string
+	}{
+		{"a valid name denied", "x.ads.test", "deny", "x.ads.test", `rule "ads"`},
+		{"a valid name allowed by address", "ok.test", "allow", "ok.test", `rule "net"`},
+		{"a port after the name", "x.ads.test:443", "deny", "", "not a valid name"},
+		{"a space after the name", "x.ads.test ", "deny", "", "not a valid name"},
+		{"a NUL inside", "x.ads.test\x00.ok.test", "deny", "", "not a valid name"},
+		{"an empty label", "x..ads.test", "deny", "", "not a valid name"},
+		{"an odd IPv4 spelling", "0x7f.1", "deny", "", "not a valid name"},
+		{"an IP literal", "198.51.100.7", "allow", "", `rule "net"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := peekBytes(t, craftedHello(tc.sni))
+			rec := &accesslog.Record{Src: netip.MustParseAddrPort("10.0.0.5:40000")}
+			g.judge(context.Background(), st, &st.Config.Listeners[0], rec, &p, orig)
+			if string(rec.Action) != tc.action || rec.FQDN != tc.fqdn || !strings.Contains(rec.Reason, tc.reason) {
+				t.Errorf("SNI %q: %s, fqdn %q, reason %q; want %s, fqdn %q, a reason with %q", tc.sni, rec.Action, rec.FQDN, rec.Reason, tc.action, tc.fqdn, tc.reason)
+			}
+		})
+	}
+}
+
+// peekBytes is what peek makes of a client's first bytes b.
+func peekBytes(t *testing.T, b []byte) peek.Result {
+	t.Helper()
+	client, server := testnet.Pair(t)
+	if _, err := client.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	p := peek.Peek(server, peek.Deadlines{FirstBytes: now.Add(5 * time.Second), Complete: now.Add(5 * time.Second)})
+	if p.Protocol != peek.TLS || !p.HelloOK {
+		t.Fatalf("peek of the crafted hello: %s, hello parsed %v", p.Protocol, p.HelloOK)
+	}
+	return p
+}
