@@ -275,6 +275,9 @@ func TestOddVersionInTunnel(t *testing.T) {
 	target := fmt.Sprintf("good.test:%d", srv.Port())
 	for _, line := range []string{"GET /odd HTTP/1.01", "GET /odd HTTP/1.10", "GET /odd http/1.1",
 		"GET /o\x01dd HTTP/1.1", // nginx before 1.21.1 serves control bytes in a target
+		// Netty skips control bytes and whitespace before a line and takes
+		// any word/D.D for a version.
+		"   GET /odd HTTP/1.1", "\x00\x00GET /odd HTTP/1.1", "GET /odd FOO/1.1",
 	} {
 		t.Run(line, func(t *testing.T) {
 			c, br := tunnel(t, w.proxy, target)

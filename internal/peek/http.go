@@ -20,10 +20,12 @@ func peekText(c net.Conn, buf []byte) Result {
 	for {
 		st, start, lf := requestLine(buf)
 		switch {
-		case st == lineHTTP && lf >= maxRequestLine:
+		case (st == lineHTTP || st == lineOther) && lf >= maxRequestLine:
 			return Result{Protocol: HTTP, Data: buf, Err: ErrHTTPLineTooLong}
 		case st == lineHTTP:
 			return peekHTTP(c, buf, start, lf)
+		case st == lineOther:
+			return peekOther(c, buf, lf)
 		case st == lineBad:
 			return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
 		case st == lineNot && bytes.HasPrefix(buf, []byte("SSH-")): // RFC 4253 §4.2
@@ -82,6 +84,7 @@ const (
 	lineHTTP                    // a whole request line
 	lineNot                     // cannot become one
 	lineBad                     // not HTTP/1.x, but a request some server acts on
+	lineOther                   // a whole line that ends in another protocol's version
 )
 
 // requestLine says whether buf starts with an HTTP/1.x request line,
@@ -111,6 +114,9 @@ func requestLine(buf []byte) (st lineState, start, lf int) {
 	i := 0
 	for i < len(buf) && (buf[i] == '\r' || buf[i] == '\n') {
 		i++
+	}
+	if i < len(buf) && isJunk(buf[i]) {
+		return junkLine(buf, i), i, -1
 	}
 	start = i
 	for i < len(buf) && isTchar(buf[i]) {
@@ -148,6 +154,9 @@ func requestLine(buf []byte) (st lineState, start, lf int) {
 		sp--
 	}
 	if !isVersion(rest[sp+1:]) {
+		if !ctl && isOtherVersion(rest[sp+1:]) {
+			return lineOther, start, i + n
+		}
 		if target := bytes.TrimLeft(rest, " \t\v\f\r"); !ctl && isAbsolute(target) {
 			return lineBad, start, -1
 		}
@@ -162,6 +171,94 @@ func requestLine(buf []byte) (st lineState, start, lf int) {
 		}
 	}
 	return lineNot, start, -1
+}
+
+// isJunk reports whether b is a byte Netty's HTTP decoder skips before a
+// request line (an ISO control character or whitespace, read as
+// ISO-8859-1), CR and LF aside.
+func isJunk(b byte) bool { return b <= ' ' || 0x7f <= b && b <= 0x9f }
+
+// junkLine says whether buf, whose bytes from i on begin with junk (see
+// isJunk), is a request line behind it: Netty's decoder reads one there,
+// on the Host after it, where egressd's peek would call the bytes unknown
+// and let them through unread. Such a line is refused (lineBad). A
+// request needs only a method of capitals, as every real one is, a space
+// and the target's first byte; binary bytes take that shape about once in
+// 10^8 positions, so a binary protocol's message that starts with control
+// bytes is told apart at once, never waited on for a line's end. Bytes
+// that are all junk so far are waited on only while they are whitespace:
+// a binary client's first message may be all control bytes (a SOCKS5
+// greeting is 05 01 00) and waits for its answer.
+func junkLine(buf []byte, i int) lineState {
+	space := true
+	for ; i < len(buf) && isJunk(buf[i]); i++ {
+		space = space && (isSep(buf[i]) || buf[i] == '\n')
+	}
+	m := i
+	for i < len(buf) && 'A' <= buf[i] && buf[i] <= 'Z' {
+		i++
+	}
+	switch {
+	case m == len(buf) && !space:
+		return lineNot
+	case i == len(buf):
+		return linePrefix
+	case i-m < 3 || buf[i] != ' ':
+		return lineNot
+	case i+1 == len(buf):
+		return linePrefix
+	}
+	switch b := buf[i+1]; {
+	case b == '/', b == '*', 'a' <= b|0x20 && b|0x20 <= 'z':
+		return lineBad
+	}
+	return lineNot
+}
+
+// isOtherVersion reports whether v, a request line's last word, is a
+// version Netty takes (any "word/D.D": RTSP/1.0, SIP/2.0, FOO/1.1).
+func isOtherVersion(v []byte) bool {
+	name, num, ok := bytes.Cut(v, []byte("/"))
+	if !ok || len(name) == 0 {
+		return false
+	}
+	major, minor, ok := bytes.Cut(num, []byte("."))
+	return ok && len(major) > 0 && len(minor) > 0 &&
+		bytes.Trim(major, "0123456789") == nil && bytes.Trim(minor, "0123456789") == nil
+}
+
+// peekOther reads the head of a request whose line (up to lf) ends in
+// another protocol's version. Netty takes it for HTTP, and routes it on
+// its Host: one with a Host line is refused (ErrBadHTTP). RTSP and SIP,
+// whose heads carry none, stay unknown.
+func peekOther(c net.Conn, buf []byte, lf int) Result {
+	for {
+		if end := headEnd(buf, lf); end >= 0 {
+			if hasHostLine(buf[lf+1 : end]) {
+				return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
+			}
+			return Result{Protocol: Unknown, Data: buf}
+		}
+		if len(buf) >= maxHTTPHead {
+			return Result{Protocol: HTTP, Data: buf, Err: ErrHTTPTooLarge}
+		}
+		var err error
+		if buf, err = readMore(c, buf); err != nil {
+			return httpError(buf, err)
+		}
+	}
+}
+
+// hasHostLine reports whether a head's header lines hold one named Host,
+// in any case, with or without space before its colon.
+func hasHostLine(hdr []byte) bool {
+	for line := range bytes.Lines(hdr) {
+		name, _, ok := bytes.Cut(line, []byte(":"))
+		if ok && bytes.EqualFold(bytes.TrimSpace(name), []byte("host")) {
+			return true
+		}
+	}
+	return false
 }
 
 // isTchar reports whether b may appear in a token (RFC 9110 §5.6.2).

@@ -160,6 +160,15 @@ func TestPeekHTTPAnyMethod(t *testing.T) {
 		{"absolute form, same Host", "GET http://Denied.test:81/ HTTP/1.1\r\nHost: denied.test:81\r\n\r\n", 0, "Denied.test", nil},
 		{"http/0.9 absolute form", "GET http://denied.test/\r\n", 0, "", ErrBadHTTP},
 		{"line over 8 KiB", "FOO /" + strings.Repeat("a", 9000) + " HTTP/1.1\r\n", 0, "", ErrHTTPLineTooLong},
+		// Netty skips every control or whitespace byte before a request
+		// line, and takes any word/D.D for a version: such requests are
+		// refused, never relayed as unknown bytes whose Host nobody read.
+		{"space before", " GET /x HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		{"tab before, 1-byte writes", "\tGET /x HTTP/1.1\r\nHost: denied.test\r\n\r\n", 1, "", ErrBadHTTP},
+		{"NUL before", "\x00GET /x HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		{"control bytes before", "\x01\x13\x7f\x85 POST * HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		{"another protocol's version", "GET /x FOO/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		{"another protocol's version, 1-byte writes", "GET /x RTSP/1.0\r\nhost: denied.test\r\n\r\n", 1, "", ErrBadHTTP},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -201,6 +210,14 @@ func TestPeekNotHTTP(t *testing.T) {
 		{"no target", "GET  HTTP/1.1\r\n", Unknown},
 		{"utf-8 method", "GÉT / HTTP/1.1\r\n", Unknown},
 		{"not a record version", "\x15\x41\x42", Unknown},
+		// Bytes before a line and other protocols' versions: only what a
+		// server could take for a request with a Host waits or is refused.
+		{"socks5 greeting", "\x05\x01\x00", Unknown},
+		{"control bytes then capitals", "\x05\x01\x00AB\x01", Unknown},
+		{"binary after a NUL", "\x00\x00\x00\x10SELECT 1 FROM t", Unknown},
+		{"binary, a word and a space", "\x02\x00Ab \x01\x02", Unknown},
+		{"RTSP", "DESCRIBE rtsp://cam.test/s RTSP/1.0\r\nCSeq: 1\r\n\r\n", Unknown},
+		{"SIP", "OPTIONS sip:a@b.test SIP/2.0\r\nVia: SIP/2.0/TCP c.test\r\nCSeq: 1 OPTIONS\r\n\r\n", Unknown},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

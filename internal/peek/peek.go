@@ -161,12 +161,13 @@ var (
 
 // peekPostgres classifies bytes that start with a zero byte: a PostgreSQL
 // request for TLS is read whole, however it was split, and marked as a
-// Preamble; anything else is Unknown at once, as peekText finds.
+// Preamble; anything else is what peekText finds (at once unknown, unless
+// a request line follows the zero bytes).
 func peekPostgres(c net.Conn, buf []byte) Result {
 	for {
 		n := min(len(buf), len(pgSSLRequest))
 		if !bytes.Equal(buf[:n], pgSSLRequest[:n]) && !bytes.Equal(buf[:n], pgGSSENCRequest[:n]) {
-			return Result{Protocol: Unknown, Data: buf}
+			return peekText(c, buf) // a request line behind NULs is still one (junkLine)
 		}
 		switch {
 		case len(buf) > len(pgSSLRequest):
