@@ -49,6 +49,8 @@ func (r *relay) inspectLocked(d []byte) verdict {
 		switch p := &pkts[i]; p.Type {
 		case quic.Initial:
 			switch r.opensLocked(p) {
+			case same:
+				p.Type = decidedInitial // not the recheck's to assemble
 			case notOpened:
 				unknown = true
 			case changed:
@@ -70,6 +72,14 @@ func (r *relay) inspectLocked(d []byte) verdict {
 	}
 	return r.recheckLocked(d, pkts)
 }
+
+// decidedInitial marks, in inspectLocked's packets, an Initial that a
+// decided connection's keys opened: a recheck assembles only the others.
+// Fed the whole datagram, it took the first Initial that opens, the
+// decided connection's own when a client coalesced one in front, decided
+// that allowed hello again, and let the new connection's hello behind it
+// through undecided, as often as the client sent the datagram.
+const decidedInitial quic.PacketType = 0xff
 
 // opened is what the keys of the decided connections make of an Initial.
 type opened uint8
@@ -132,7 +142,7 @@ func (r *relay) recheckLocked(d []byte, pkts []quic.Packet) verdict {
 		// it: its name is decided all the same (and servers drop it).
 		c = &recheck{deadline: now.Add(f.p.HelloTimeout)}
 		c.asm.Retried = true
-		if c.asm.AddDatagram(d); c.asm.DCID() == nil {
+		if c.add(pkts); c.asm.DCID() == nil {
 			s.stats.drop(dropMalformed, 1)
 			return dropped
 		}
@@ -143,7 +153,7 @@ func (r *relay) recheckLocked(d []byte, pkts []quic.Packet) verdict {
 			return dropped
 		}
 		if !c.deciding {
-			c.asm.AddDatagram(d)
+			c.add(pkts)
 		}
 	}
 	if !c.hold(s, f.key.src.Addr(), d) {
@@ -161,6 +171,19 @@ func (r *relay) recheckLocked(d []byte, pkts []quic.Packet) verdict {
 		r.check = nil
 	}
 	return held
+}
+
+// add gives c's assembler the Initial packets of pkts that no decided
+// connection opened, as AddDatagram would: the first that opens names
+// the connection, others of other connections are passed over.
+func (c *recheck) add(pkts []quic.Packet) {
+	for i := range pkts {
+		if p := &pkts[i]; p.Type == quic.Initial {
+			if st, _ := c.asm.AddPacket(p); st != quic.NeedMore {
+				return
+			}
+		}
+	}
 }
 
 // owns reports whether pkts hold an Initial packet of c's connection.

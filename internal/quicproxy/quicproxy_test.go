@@ -301,6 +301,61 @@ func TestSecondConnection(t *testing.T) {
 	}
 }
 
+// TestCoalescedBehindDecided: a datagram that coalesces an Initial of
+// the flow's decided connection with one of a new connection is held for
+// the new one, and the new one's hello is what is decided: taking the
+// decided connection's packet for the new one decided its allowed hello
+// again and forwarded the datagram, the denied hello behind it included,
+// each time the client sent it (a note on the line each time too).
+func TestCoalescedBehindDecided(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, nil)
+	c := w.udpClient()
+	scid := []byte("cscid")
+	// packet seals one Initial of hello, whole in one CRYPTO frame.
+	packet := func(dcid []byte, hello []byte, padTo int) []byte {
+		t.Helper()
+		qc, err := quictest.NewClient(iquic.Version1, dcid, scid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		frame := append([]byte{0x06, 0x00, 0x40 | byte(len(hello)>>8), byte(len(hello))}, hello...)
+		p, err := qc.Packet(frame, padTo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	allowed, err := quictest.Hello(allowedName, scid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied, err := quictest.Hello(deniedName, scid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := packet([]byte("first-connection"), allowed, 1200)
+	c.send(first)
+	if n := sk.count(300 * time.Millisecond); n != 1 {
+		t.Fatalf("the server got %d datagrams of the allowed connection, want 1", n)
+	}
+	dcid := []byte("coalesced-behind")
+	again := packet([]byte("first-connection"), allowed[:100], 0) // a retransmission's first piece
+	behind := packet(dcid, denied, 1200-len(again))
+	for range 3 {
+		c.send(append(bytes.Clone(again), behind...))
+		if answer := c.recv(2 * time.Second); answer == nil {
+			t.Fatal("no answer to the denied connection behind the decided one's packet")
+		} else if frames, err := quictest.ReadServerInitial(iquic.Version1, dcid, answer); err != nil || len(frames) == 0 ||
+			frames[0].Type != iquic.FrameConnectionClose || frames[0].ErrorCode != iquic.CodeAccessDenied {
+			t.Fatalf("answer: %+v, %v; want CONNECTION_CLOSE 0x131 to the coalesced connection", frames, err)
+		}
+		if n := sk.count(300 * time.Millisecond); n != 0 {
+			t.Fatalf("the server got %d datagrams holding a denied connection's hello", n)
+		}
+	}
+}
+
 // TestHeldUntilDecided: no datagram of a flow leaves before its decision,
 // however many the client sends meanwhile; then all go, in order.
 func TestHeldUntilDecided(t *testing.T) {
