@@ -224,6 +224,11 @@ func (c *recheck) take(s *Server, src netip.Addr) [][]byte {
 	return h
 }
 
+// maxOtherNotes bounds the notes a flow's line takes of its other
+// connections' names: a client that starts connection after connection
+// must not grow it without end.
+const maxOtherNotes = 4
+
 // maxFlowConnections bounds the decided connections whose keys a flow
 // keeps: a client that starts connection after connection on one socket
 // (a QUIC stack reconnecting, or one opening many to gather a second
@@ -265,8 +270,14 @@ func (r *relay) decide(c *recheck) {
 				r.keys = r.keys[:len(r.keys)-1]
 			}
 			r.keys = append(r.keys, knownKeys{keys: keys, largest: -1, hello: bytes.Clone(c.asm.Hello())})
-			if rec.FQDN != f.rec.FQDN {
+			switch {
+			case rec.FQDN == f.rec.FQDN:
+			case r.otherNoted < maxOtherNotes:
 				f.rec.Reason += fmt.Sprintf("; another connection on this flow named %q (%s)", rec.FQDN, rec.Reason)
+				r.otherNoted++
+			case r.otherNoted == maxOtherNotes:
+				f.rec.Reason += "; more connections on this flow named other names"
+				r.otherNoted++
 			}
 			for _, d := range heldDatagrams {
 				r.forwardLocked(d)

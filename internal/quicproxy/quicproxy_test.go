@@ -301,6 +301,30 @@ func TestSecondConnection(t *testing.T) {
 	}
 }
 
+// TestOtherNamesNotedBounded: a flow's line notes the names of other
+// connections on it, a few of them: a client starting connection after
+// connection on one socket does not grow the line without end.
+func TestOtherNamesNotedBounded(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, nil)
+	c := w.udpClient()
+	c.send(initials(t, iquic.Version1, []byte("first-connection"), allowedName, 1, 1)...)
+	if n := sk.count(300 * time.Millisecond); n != 1 {
+		t.Fatalf("the server got %d datagrams of the allowed connection, want 1", n)
+	}
+	for i := range 10 {
+		c.send(initials(t, iquic.Version1, fmt.Appendf(nil, "other-connect-%02d", i), otherName, 1, uint64(2+i))...)
+		if n := sk.count(300 * time.Millisecond); n != 1 {
+			t.Fatalf("connection %d to another allowed name: the server got %d datagrams, want 1", i, n)
+		}
+	}
+	c.send(initials(t, iquic.Version1, []byte("first-connection"), allowedName, 1, 1)...) // ends nothing; the line comes at the flow's end
+	l := w.line()
+	if n := strings.Count(l.Reason, "another connection on this flow named"); n != maxOtherNotes || !strings.Contains(l.Reason, "more connections on this flow") {
+		t.Errorf("flow line reason notes %d other connections (want %d, then one note for the rest): %q", n, maxOtherNotes, l.Reason)
+	}
+}
+
 // TestCoalescedBehindDecided: a datagram that coalesces an Initial of
 // the flow's decided connection with one of a new connection is held for
 // the new one, and the new one's hello is what is decided: taking the

@@ -29,6 +29,9 @@ type relay struct {
 	// Under f.mu.
 	keys  []knownKeys // of the connections decided on this flow
 	check *recheck    // a connection being decided, if any
+	// otherNoted counts the notes the flow's line took of other
+	// connections' names (maxOtherNotes).
+	otherNoted int
 	// changedNoted: the flow's line already says that Initial packets
 	// with a changed hello were dropped.
 	changedNoted bool
