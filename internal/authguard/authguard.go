@@ -76,6 +76,11 @@ const (
 	DefaultBackoff    = 10 * time.Second
 	DefaultMaxBackoff = 5 * time.Minute
 	DefaultMaxSources = 65536
+	// DefaultPerSource bounds one source's checks running or waiting for
+	// a slot: a browser opens six proxy connections at once, each with
+	// its credentials, and a source that opens many more (a right
+	// password never backs off) must not queue in front of everyone else.
+	DefaultPerSource = 8
 )
 
 // Config tunes a Guard; zero fields take the defaults above (Slots:
@@ -107,6 +112,7 @@ type Guard struct {
 	sources map[netip.Addr]*list.Element // of *source
 	lru     list.List                    // front: seen most recently
 
+	inflight   limit.PerSource   // checks running or waiting, by source
 	counts     [4]atomic.Uint64  // by Result
 	backoffLog limit.EverySecond // the back-off line, once a second at most
 }
@@ -159,6 +165,10 @@ func (g *Guard) Check(src netip.Addr, check func() bool) Result {
 	if g.backingOff(key, time.Now()) {
 		return g.count(Backoff)
 	}
+	if !g.inflight.Acquire(key, DefaultPerSource) {
+		return g.count(Busy) // its share is queued or running already
+	}
+	defer g.inflight.Release(key)
 	if !g.acquire() {
 		return g.count(Busy)
 	}

@@ -146,6 +146,37 @@ func TestGuardBusy(t *testing.T) {
 	})
 }
 
+// TestGuardSourceShare: one source that opens a connection per request
+// with a right password (no failure, so no back-off) has at most
+// DefaultPerSource checks running or waiting; past that its checks are
+// busy at once. Queued without end, they held the only slot for
+// everyone: another source's check waited behind them past SlotWait.
+func TestGuardSourceShare(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := New(Config{Slots: 1, SlotWait: time.Second})
+		var busy atomic.Int64
+		var wg sync.WaitGroup
+		for range 100 {
+			wg.Go(func() {
+				if g.Check(netip.MustParseAddr("192.0.2.1"), func() bool {
+					time.Sleep(65 * time.Millisecond) // a bcrypt comparison
+					return true
+				}) == Busy {
+					busy.Add(1)
+				}
+			})
+		}
+		synctest.Wait()
+		if b := busy.Load(); b != 100-DefaultPerSource {
+			t.Errorf("%d of 100 checks from one source busy at once, want %d (all past its share)", b, 100-DefaultPerSource)
+		}
+		if got := g.Check(netip.MustParseAddr("192.0.2.2"), func() bool { return true }); got != OK {
+			t.Errorf("another source's check while one source floods = %v, want ok", got)
+		}
+		wg.Wait()
+	})
+}
+
 // Attempts from one source that queued for the slots together are not all
 // hashed once the source fails: the back-off is checked again with the
 // slot held.
@@ -169,8 +200,11 @@ func TestGuardConcurrentAttempts(t *testing.T) {
 		if n := hashed.Load(); n > DefaultFailures+1 {
 			t.Errorf("200 concurrent wrong passwords: %d hashed, want at most %d", n, DefaultFailures+1)
 		}
-		if c := g.Counts(); c.Wrong+c.Backoff != 200 || c.Busy != 0 {
-			t.Errorf("Counts = %+v, want 200 wrong or backoff", c)
+		// Past its share (DefaultPerSource running or waiting) a
+		// source's attempts are busy at once; the share's end wrong or
+		// backing off.
+		if c := g.Counts(); c.Wrong+c.Backoff != DefaultPerSource || c.Busy != 200-DefaultPerSource {
+			t.Errorf("Counts = %+v, want %d wrong or backoff, the rest busy", c, DefaultPerSource)
 		}
 	})
 }
