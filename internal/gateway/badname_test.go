@@ -79,3 +79,55 @@ func peekBytes(t *testing.T, b []byte) peek.Result {
 	}
 	return p
 }
+
+// TestHelloThatReadsAsRequest: a ClientHello whose record and handshake
+// headers are bytes Netty's HTTP decoder skips before a request line
+// (all 0x20 or under), and whose random spells a request line, is read
+// by such a server as an HTTP request for the Host it names, while egressd
+// decides the SNI. It is refused; an ordinary hello is not.
+func TestHelloThatReadsAsRequest(t *testing.T) {
+	cfg, err := config.Parse("t.yaml", []byte(`listeners:
+  - {name: t, mode: transparent, address: 127.0.0.1:0}
+policy:
+  default: deny
+  rules:
+    - {name: ok, action: allow, destinations: ["198.51.100.0/24"]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := cfg.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.DiscardHandler), accesslog.New(io.Discard, "json"))
+	st := g.State()
+	orig := netip.MustParseAddrPort("198.51.100.7:80")
+	// Cipher suites to bring the record to 0x0110 or 0x0111 bytes: its
+	// length (01 10) and the handshake's (00 01 0c) are all such bytes.
+	base := len(testnet.ClientHello("ok.test", nil, []byte{0})) - 5
+	suites := make([]byte, (0x110-base)&^1)
+	for i := 0; i+1 < len(suites); i += 2 {
+		suites[i], suites[i+1] = 0x13, 0x01
+	}
+	polyglot := testnet.ClientHello("ok.test", suites, []byte{0})
+	copy(polyglot[11:], "GET /x HTTP/1.1\r\nHost: denied.te") // the random's 32 bytes
+	plain := testnet.ClientHello("ok.test", []byte{0x13, 0x01}, []byte{0})
+	for _, tc := range []struct {
+		name   string
+		hello  []byte
+		action string
+	}{
+		{"a hello that reads as a request", polyglot, "deny"},
+		{"an ordinary hello", plain, "allow"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := peekBytes(t, tc.hello)
+			rec := &accesslog.Record{Src: netip.MustParseAddrPort("10.0.0.5:40000")}
+			g.judge(context.Background(), st, &st.Config.Listeners[0], rec, &p, orig)
+			if string(rec.Action) != tc.action {
+				t.Errorf("%s (% x…): %s, %q; want %s", tc.name, tc.hello[:12], rec.Action, rec.Reason, tc.action)
+			}
+		})
+	}
+}

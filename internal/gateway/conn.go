@@ -291,7 +291,11 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 		}
 	}
 	var v verdict
-	if why := invalidName(rawName, ok); why != "" {
+	why := invalidName(rawName, ok)
+	if why == "" && p.Protocol == peek.TLS && peek.ReadsAsRequest(p.Data) {
+		why = "a ClientHello whose bytes also read as an HTTP request line (headers of bytes an HTTP server skips, a request in its random): refused, since a server may serve the request's Host"
+	}
+	if why != "" {
 		v = verdict{Decision: policy.Decision{Action: policy.Deny, Index: -1, Reason: why}, dst: orig}
 	} else {
 		v = g.decideName(ctx, st, lc, policy.Input{Src: rec.Src.Addr(), FQDN: rec.FQDN, Protocol: p.Protocol, JA4: rec.JA4}, rec.FQDNSource, orig)

@@ -215,6 +215,15 @@ func junkLine(buf []byte, i int) lineState {
 	return lineNot
 }
 
+// ReadsAsRequest reports whether b, a TLS connection's first bytes, also
+// read as an HTTP request line to Netty's decoder: record and handshake
+// headers of bytes it skips (all 0x20 or under: lengths chosen so), then
+// a request line in the hello's random. A server that speaks HTTP on the
+// port would act on the Host such a line names, not on the SNI that
+// egressd decides. An ordinary hello's random takes that shape about once
+// in 10^8, and only when its lengths are such bytes too.
+func ReadsAsRequest(b []byte) bool { return len(b) > 0 && isJunk(b[0]) && junkLine(b, 0) == lineBad }
+
 // isOtherVersion reports whether v, a request line's last word, is a
 // version Netty takes (any "word/D.D": RTSP/1.0, SIP/2.0, FOO/1.1).
 func isOtherVersion(v []byte) bool {
