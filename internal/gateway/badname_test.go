@@ -131,3 +131,48 @@ policy:
 		})
 	}
 }
+
+// TestFlowsShareConnectionBudget: QUIC flows count against
+// max_connections and max_connections_per_source together with TCP
+// connections. With a budget each, one source's flows and connections
+// could hold twice the sockets the limits were derived for.
+func TestFlowsShareConnectionBudget(t *testing.T) {
+	cfg, err := config.Parse("t.yaml", []byte(`listeners:
+  - {name: t, mode: transparent, address: 127.0.0.1:0}
+limits: {max_connections: 4, max_connections_per_source: 3, max_pending_handshakes: 4}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := cfg.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.DiscardHandler), accesslog.New(io.Discard, "json"))
+	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	var releases []func()
+	for i := range 3 {
+		release, ok := g.admitFlow(a)
+		if !ok {
+			t.Fatalf("flow %d of one source refused within its share of 3", i+1)
+		}
+		releases = append(releases, release)
+	}
+	if _, ok := g.admitFlow(a); ok {
+		t.Error("a fourth flow of one source admitted past max_connections_per_source 3")
+	}
+	release, ok := g.admitFlow(b)
+	if !ok {
+		t.Fatal("another source's flow refused with a place left")
+	}
+	if _, _, _, ok := g.count(b, false); ok {
+		t.Error("a TCP connection counted past max_connections 4 while 4 flows are held")
+	}
+	release()
+	if _, _, _, ok := g.count(b, false); !ok {
+		t.Error("a TCP connection refused once a flow gave its place back")
+	}
+	for _, r := range releases {
+		r()
+	}
+}

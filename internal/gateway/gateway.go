@@ -91,6 +91,7 @@ type Gateway struct {
 	metrics *metrics.Metrics
 	self    ownAddrs        // what it never dials: its host's addresses (self.go)
 	active  atomic.Int64    // connections accepted and not yet closed
+	flows   atomic.Int64    // QUIC flows held, under the same max_connections (admitFlow)
 	pending atomic.Int64    // connections accepted and not yet past peek
 	sources limit.PerSource // open connections per source, when limited
 	// pendingSources counts pending handshakes per peer address (see

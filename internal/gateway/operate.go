@@ -68,7 +68,7 @@ func (g *Gateway) admit(c *net.TCPConn, proxied bool) (pendingSrc, ok bool) {
 func (g *Gateway) count(peer netip.Addr, proxied bool) (pendingSrc bool, what string, max int, ok bool) {
 	lim := &g.state.Load().Config.Limits
 	n := g.active.Add(1)
-	if lim.MaxConnections > 0 && n > int64(lim.MaxConnections) {
+	if lim.MaxConnections > 0 && n+g.flows.Load() > int64(lim.MaxConnections) { // QUIC flows share it (admitFlow)
 		g.active.Add(-1)
 		return false, metrics.LimitConnections, lim.MaxConnections, false
 	}

@@ -47,6 +47,7 @@ func (g *Gateway) bindUDP(ctx context.Context, lc config.Listener) error {
 			return g.decideQUIC(ctx, u, rec, h)
 		},
 		Logged: g.logConn,
+		Admit:  g.admitFlow,
 	})
 	g.mu.Lock()
 	g.udp = append(g.udp, u)
@@ -78,7 +79,8 @@ func (g *Gateway) quicParams(u *udpListener) quicproxy.Params {
 		Transparent:  u.cfg.TProxy,
 		Drop:         lc.QUICDeny == config.QUICDrop,
 		Enforce:      cfg.Policy.Enforce,
-		MaxFlows:     cfg.Limits.MaxConnections, MaxFlowsPerSource: cfg.Limits.MaxConnectionsPerSource,
+		// Flows and TCP connections share max_connections and its
+		// per-source share (admitFlow), not a budget each.
 		MaxPending: cfg.Limits.MaxPendingHandshakes,
 	}
 }
@@ -185,4 +187,30 @@ func hasUDP(cfg *config.Config) bool {
 		}
 	}
 	return false
+}
+
+// admitFlow counts a QUIC flow from src against max_connections and
+// max_connections_per_source, which TCP connections count against too: a
+// relayed flow holds two sockets, as a connection does, and the limits
+// are derived from the open-files limit at two a connection. With a
+// budget each, one source's flows and connections together could take
+// twice what the process has.
+func (g *Gateway) admitFlow(src netip.Addr) (release func(), ok bool) {
+	lim := &g.state.Load().Config.Limits
+	n := g.flows.Add(1)
+	if lim.MaxConnections > 0 && n+g.active.Load() > int64(lim.MaxConnections) {
+		g.flows.Add(-1)
+		return nil, false
+	}
+	max := lim.MaxConnectionsPerSource
+	if max > 0 && !g.sources.Acquire(src, max) {
+		g.flows.Add(-1)
+		return nil, false
+	}
+	return func() {
+		if max > 0 {
+			g.sources.Release(src)
+		}
+		g.flows.Add(-1)
+	}, true
 }

@@ -48,6 +48,9 @@ type flow struct {
 	readyOnce   sync.Once
 	// Under s.mu.
 	pending, forgotten bool
+	// admitted gives the flow's place in Config.Admit's budget back
+	// (leave); nil without one.
+	admitted func()
 
 	mu        sync.Mutex
 	st        state
@@ -411,4 +414,12 @@ func (l *closeLimiter) allow(now time.Time) bool {
 func parseHello(msg []byte) (*clienthello.Info, bool) {
 	info := new(clienthello.Info)
 	return info, clienthello.Parse(msg, info)
+}
+
+// leave gives the flow's place in Config.Admit's budget back, once.
+func (f *flow) leave() {
+	if release := f.admitted; release != nil {
+		f.admitted = nil
+		release()
+	}
 }

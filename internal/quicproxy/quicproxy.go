@@ -128,6 +128,13 @@ type Config struct {
 	// Logged takes a flow's record when its line is due: write and count
 	// it. It must not keep rec.
 	Logged func(rec *accesslog.Record)
+	// Admit, if set, is asked before a flow from src is made: a budget the
+	// flows share with whatever else the process holds (the gateway's
+	// TCP connections, under max_connections and its per-source share:
+	// a relayed flow holds two sockets, as a connection does). It
+	// reports false to refuse the flow; release gives its place back,
+	// once, when the flow ends.
+	Admit func(src netip.Addr) (release func(), ok bool)
 }
 
 // Bounds on what is held before a decision: per flow, and over all flows.
@@ -335,13 +342,23 @@ func (s *Server) open(k flowKey, d []byte) {
 		s.cfg.Log.Debug("udp: no QUIC Initial opened", "src", k.src.String(), "err", err)
 		return
 	}
+	if s.cfg.Admit != nil {
+		release, ok := s.cfg.Admit(k.src.Addr())
+		if !ok {
+			s.stats.drop(dropLimit, 1)
+			return
+		}
+		f.admitted = release
+	}
 	if !f.hold(d) {
+		f.leave()
 		return
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		f.releaseHeld()
+		f.leave()
 		return
 	}
 	s.flows[k] = f
@@ -367,6 +384,7 @@ func (s *Server) forget(f *flow) {
 		return
 	}
 	f.forgotten = true
+	f.leave()
 	if s.flows[f.key] == f {
 		delete(s.flows, f.key)
 	}
