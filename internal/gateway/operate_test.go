@@ -361,6 +361,52 @@ func TestProxyProtocol(t *testing.T) {
 	})
 }
 
+// TestProxyProtocolPendingShare: behind a balancer every connection's TCP
+// peer is the balancer, so the pending share is taken by the source its
+// PROXY header names: one real client that sends its header and then
+// trickles its hello holds at most three quarters of
+// max_pending_handshakes, and
+// another client behind the same balancer is still served. Exempt, one
+// such client held every pending place.
+func TestProxyProtocolPendingShare(t *testing.T) {
+	w := newWorldListener(t, baseRecords, basePolicy+"limits: {max_pending_handshakes: 4}\n", 0, "proxy_protocol: true")
+	stalled := func(src string) net.Conn {
+		c, err := net.Dial("tcp", w.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		// A hello begun, never finished: pending until client_hello.
+		c.Write(append(v2Header(t, src, w.addr.String()), 0x16, 0x03, 0x01, 0x02, 0x00, 0x01))
+		return c
+	}
+	for i := range 3 { // the share: 3 of 4
+		stalled(fmt.Sprintf("192.0.2.66:%d", 41000+i))
+	}
+	// Let the three be read and counted before the fourth comes.
+	for deadline := time.Now().Add(10 * time.Second); value(scrape(t, w.gw), "egressd_pending_handshakes", nil) < 3; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("three stalled connections never counted as pending")
+		}
+	}
+	fourth := stalled("192.0.2.66:41009")
+	fourth.SetReadDeadline(time.Now().Add(time.Second)) // before client_hello (2s) would end it
+	if _, err := fourth.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Errorf("a fourth stalled connection of one real source: %v; want it turned away", err)
+	}
+	raw, err := net.Dial("tcp", w.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.Write(v2Header(t, "192.0.2.7:40000", w.addr.String()))
+	c := tls.Client(raw, &tls.Config{ServerName: "good.test", InsecureSkipVerify: true})
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := c.Handshake(); err != nil {
+		t.Errorf("another client behind the balancer: %v", err)
+	}
+}
+
 // TestProxyProtocolFrom checks that with proxy_protocol_from only the
 // listed balancers' headers are believed: a peer outside the list is reset
 // before its header is read, whatever source the header names, and logged

@@ -8,6 +8,7 @@ import (
 
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/limit"
 	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/peek"
@@ -39,8 +40,8 @@ type session struct {
 	// it) until its first bytes, or its proxy request, have been read.
 	pending bool
 	// pendingSrc: while pending, the connection holds a pending place of
-	// peer, its TCP peer's address (Gateway.count), which a PROXY header
-	// does not change.
+	// peer: its TCP peer's address (Gateway.count), or behind a balancer
+	// the source its PROXY header names (prelude).
 	pendingSrc bool
 	peer       netip.Addr
 	// srcHeld: the connection counts against max_connections_per_source.
@@ -170,6 +171,16 @@ func (s *session) prelude() bool {
 		}
 		if ok {
 			s.src, s.rec.Src = src, src
+			// The pending share, which the balancer's own address could
+			// not take (every client's), is the real source's from here.
+			if max := limit.SourceShare(cfg.Limits.MaxPendingHandshakes); max > 0 && s.pending && !s.pendingSrc {
+				if !s.g.pendingSources.Acquire(src.Addr(), max) {
+					s.g.metrics.Rejected(metrics.LimitPendingPerSource)
+					s.turnAway(fmt.Sprintf("limit max_pending_handshakes: %s holds its share (%d) of the pending places", src.Addr(), max))
+					return false
+				}
+				s.pendingSrc, s.peer = true, src.Addr()
+			}
 		}
 	}
 	if max := cfg.Limits.MaxConnectionsPerSource; max > 0 {
