@@ -3,12 +3,14 @@ package quicproxy
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/egressd/egressd/internal/accesslog"
 	"github.com/egressd/egressd/internal/clienthello"
+	"github.com/egressd/egressd/internal/limit"
 	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/quic"
 )
@@ -335,7 +337,7 @@ func (f *flow) answerLocked(d []byte) {
 	if v, dcid, ok := firstInitial(d); !ok || v != f.version || !bytes.Equal(dcid, f.dcid) {
 		return
 	}
-	if !f.answered.allow(time.Now()) || !f.s.closes.allow(time.Now()) {
+	if !f.answered.allow(time.Now()) || !f.s.closes.allow(time.Now(), f.key.src.Addr()) {
 		return
 	}
 	if err := listener.SendUDPFrom(f.key.orig, f.key.src, f.closePkt, f.p.Transparent); err != nil {
@@ -388,25 +390,41 @@ func (c *closeCount) allow(now time.Time) bool {
 
 // closeLimiter bounds the answers of all denied flows together: at most
 // closesPerSecond a second, so that a flood of spoofed Initial packets
-// cannot turn egressd into a reflector.
+// cannot turn egressd into a reflector; one source (an IPv6 /64) at most
+// three quarters of them, so that one client retransmitting many denied
+// flows' Initials leaves answers for everyone else's, who would otherwise
+// wait out their timeout instead of falling back at once.
 type closeLimiter struct {
 	mu     sync.Mutex
 	second int64
 	n      int
+	bySrc  map[netip.Addr]int // this second's answers per source
 }
 
-const closesPerSecond = 1000
+const (
+	closesPerSecond = 1000
+	// maxCloseSources bounds bySrc: past it within one second, a new
+	// source (spoofed, in such numbers) gets no answer.
+	maxCloseSources = 4096
+)
 
-func (l *closeLimiter) allow(now time.Time) bool {
+func (l *closeLimiter) allow(now time.Time, src netip.Addr) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if sec := now.Unix(); sec != l.second {
 		l.second, l.n = sec, 0
+		clear(l.bySrc)
 	}
-	if l.n >= closesPerSecond {
+	if l.bySrc == nil {
+		l.bySrc = make(map[netip.Addr]int)
+	}
+	src = limit.Source(src)
+	n, seen := l.bySrc[src]
+	if l.n >= closesPerSecond || n >= limit.SourceShare(closesPerSecond) || !seen && len(l.bySrc) >= maxCloseSources {
 		return false
 	}
 	l.n++
+	l.bySrc[src] = n + 1
 	return true
 }
 

@@ -295,7 +295,7 @@ func (r *relay) decide(c *recheck) {
 	}
 	f.mu.Unlock()
 	s.stats.drop(dropDenied, len(heldDatagrams))
-	if closePkt != nil && s.closes.allow(time.Now()) {
+	if closePkt != nil && s.closes.allow(time.Now(), f.key.src.Addr()) {
 		if _, err := r.client.Write(closePkt); err == nil {
 			s.stats.closes.Add(1)
 		}
