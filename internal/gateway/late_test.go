@@ -299,6 +299,40 @@ func TestOddVersionInTunnel(t *testing.T) {
 	}
 }
 
+// TestJunkThenRequestInTunnel: a client whose first bytes are control
+// bytes alone (unknown at once: a SOCKS5 greeting is such bytes, and its
+// client waits for an answer) and whose next segment is a request line
+// is refused before the server has the request: Netty skips the bytes
+// and serves the Host the request names.
+func TestJunkThenRequestInTunnel(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	heads := make(chan string, 8)
+	srv := startRawHTTP(t, func(head string) string {
+		if strings.Contains(head, "GET") { // the control bytes alone are relayed, as unknown bytes
+			heads <- head
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nserved"
+	})
+	c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", srv.Port()))
+	c.Write([]byte{0x05, 0x01, 0x00})
+	time.Sleep(400 * time.Millisecond) // past first_bytes: decided unknown on those bytes alone
+	fmt.Fprintf(c, "GET /x HTTP/1.1\r\nHost: other.test:%d\r\n\r\n", srv.Port())
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, _ := io.ReadAll(br)
+	select {
+	case head := <-heads:
+		t.Fatalf("the server got a request behind control bytes:\n%s(answered %q)", head, got)
+	default:
+	}
+	if !strings.HasPrefix(string(got), "HTTP/1.1 400") {
+		t.Errorf("answer %q, want a 400", got)
+	}
+	e := w.waitLog(bySrcPort(c))
+	if r, _ := e["reason"].(string); e["action"] != "deny" || !strings.Contains(r, "HTTP request line behind control bytes") {
+		t.Errorf("line %v, reason %q", e["action"], r)
+	}
+}
+
 // TestProtocolRulesInTunnel: a rule naming protocols holds inside CONNECT
 // tunnels, as on other listeners: the tunnel is allowed on its name, and
 // what it carries, read at once or after first_bytes, is decided again

@@ -84,6 +84,9 @@ type upgradeWatch struct {
 	version uint16
 	// rescans counts the allowed hellos that started no TLS.
 	rescans int
+	// junk reads the client's bytes from the first for an HTTP request
+	// line behind bytes Netty skips (peek.JunkRequest).
+	junk peek.JunkRequest
 }
 
 // maxHeldBehind bounds what a client may send behind a hello while it is
@@ -116,6 +119,9 @@ func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []by
 			f()
 		}()
 	}}
+	if w.junk.Feed(data) {
+		return nil, nil, junkRefusal(rec)
+	}
 	first, st := w.u.Client(data)
 	switch st {
 	case clienthello.HelloRefused:
@@ -140,6 +146,9 @@ func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []by
 }
 
 func (w *upgradeWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
+	if w.junk.Feed(b) {
+		return nil, relay.WatchOff, junkRefusal(w.rec)
+	}
 	if w.hello == nil {
 		return w.scan(b)
 	}
@@ -354,6 +363,16 @@ func (w *upgradeWatch) note() {
 // refusal ends the connection with an access_denied alert, the TLS the
 // client has begun. why is empty for a deny the check made (its rule and
 // reason are in the line already).
+// junkRefusal refuses a connection whose client sent an HTTP request line
+// behind bytes Netty's decoder skips (control bytes, whitespace): peek
+// took its first bytes, those bytes alone, for unknown, but such a server
+// reads the request and serves the Host it names, which nothing decided.
+func junkRefusal(rec *accesslog.Record) error {
+	rec.Action, rec.Enforced, rec.Rule = accesslog.Deny, true, ""
+	return &relay.Refusal{Why: "an HTTP request line behind control bytes, which an HTTP server may skip and serve the request's Host: refused",
+		Reply: []byte("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")}
+}
+
 func (w *upgradeWatch) refusal(why string) error {
 	if why == "" {
 		w.note()

@@ -183,12 +183,14 @@ func isJunk(b byte) bool { return b <= ' ' || 0x7f <= b && b <= 0x9f }
 // on the Host after it, where egressd's peek would call the bytes unknown
 // and let them through unread. Such a line is refused (lineBad). A
 // request needs only a method of capitals, as every real one is, a space
-// and the target's first byte; binary bytes take that shape about once in
-// 10^8 positions, so a binary protocol's message that starts with control
-// bytes is told apart at once, never waited on for a line's end. Bytes
-// that are all junk so far are waited on only while they are whitespace:
-// a binary client's first message may be all control bytes (a SOCKS5
-// greeting is 05 01 00) and waits for its answer.
+// and a target that starts as Netty's do ("/", "*", "http://" or
+// "https://"); binary bytes take that shape about once in 10^9
+// positions, and a text command behind a length ("SET key") does not
+// take it, so a binary protocol's message that starts with control bytes
+// is told apart at once, never waited on for a line's end. Bytes that are
+// all junk so far are waited on only while they are whitespace: a binary
+// client's first message may be all control bytes (a SOCKS5 greeting is
+// 05 01 00) and waits for its answer; JunkRequest reads on behind those.
 func junkLine(buf []byte, i int) lineState {
 	space := true
 	for ; i < len(buf) && isJunk(buf[i]); i++ {
@@ -203,16 +205,73 @@ func junkLine(buf []byte, i int) lineState {
 		return lineNot
 	case i == len(buf):
 		return linePrefix
-	case i-m < 3 || buf[i] != ' ':
+	case i-m < 3 || i-m > maxJunkMethod || buf[i] != ' ':
 		return lineNot
 	case i+1 == len(buf):
 		return linePrefix
 	}
-	switch b := buf[i+1]; {
-	case b == '/', b == '*', 'a' <= b|0x20 && b|0x20 <= 'z':
+	target := buf[i+1:]
+	if target[0] == '/' || target[0] == '*' {
 		return lineBad
 	}
+	for _, scheme := range []string{"http://", "https://"} {
+		n := min(len(target), len(scheme))
+		if bytes.EqualFold(target[:n], []byte(scheme[:n])) {
+			if n == len(scheme) {
+				return lineBad
+			}
+			return linePrefix
+		}
+	}
 	return lineNot
+}
+
+// maxJunkMethod bounds the method junkLine takes (PROPPATCH is 9).
+const maxJunkMethod = 16
+
+// JunkRequest follows a connection's client bytes from the first, fed in
+// the order they come, for what junkLine finds at their start: a request
+// line behind bytes Netty skips. peekText finds one in a connection's
+// first bytes; a client whose first bytes are control bytes alone is
+// unknown at once (see junkLine), and this reads on behind them, so a
+// request line in a later segment is found too. It keeps at most a
+// method, a space and a scheme's worth of bytes, and once the bytes
+// cannot become such a line it does nothing more.
+type JunkRequest struct {
+	buf     [maxJunkMethod + 1 + len("https://")]byte
+	n       int
+	started bool // the first byte was junk
+	done    bool
+}
+
+// Feed reads b, the client's next bytes, and reports whether the bytes so
+// far begin a request line behind junk.
+func (j *JunkRequest) Feed(b []byte) (found bool) {
+	for _, c := range b {
+		if j.done {
+			return false
+		}
+		switch {
+		case !j.started:
+			j.started, j.done = true, !isJunk(c)
+			continue
+		case j.n == 0 && isJunk(c):
+			continue
+		case j.n == len(j.buf):
+			j.done = true
+			return false
+		}
+		j.buf[j.n] = c
+		j.n++
+		switch junkLine(append([]byte{0}, j.buf[:j.n]...), 0) {
+		case lineBad:
+			j.done = true
+			return true
+		case lineNot:
+			j.done = true
+		}
+	}
+	return false
 }
 
 // ReadsAsRequest reports whether b, a TLS connection's first bytes, also

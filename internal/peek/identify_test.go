@@ -308,3 +308,35 @@ func TestPeekPostgres(t *testing.T) {
 		})
 	}
 }
+
+// TestJunkRequest: a request line behind bytes Netty skips is found
+// however the client's bytes are cut, also when the first cut is those
+// bytes alone (peek calls that unknown at once); bytes that cannot become
+// one are let be, at once.
+func TestJunkRequest(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		parts []string
+		found bool
+	}{
+		{"control bytes, then the request", []string{"\x05\x01\x00", "GET /x HTTP/1.1\r\nHost: denied.test\r\n\r\n"}, true},
+		{"one byte at a time", strings.Split("\x00\x00POST * HTTP/1.1\r\n", ""), true},
+		{"absolute form", []string{"\x01", "GET htt", "ps://denied.test/ HTTP/1.1\r\n"}, true},
+		{"a SOCKS5 exchange", []string{"\x05\x01\x00", "\x05\x01\x00\x03\x0bexample.com\x01\xbb"}, false},
+		{"a text command behind a length", []string{"\x00\x00\x00\x0c", "SET key value"}, false},
+		{"a word, not a method", []string{"\x01", "Hello world"}, false},
+		{"no junk first", []string{"GET /x HTTP/1.1\r\n"}, false},
+		{"a scheme that is not http", []string{"\x01", "GET ftp://x/ HTTP/1.1\r\n"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var j JunkRequest
+			found := false
+			for _, p := range tc.parts {
+				found = found || j.Feed([]byte(p))
+			}
+			if found != tc.found {
+				t.Errorf("found %v, want %v", found, tc.found)
+			}
+		})
+	}
+}
