@@ -391,6 +391,9 @@ func (w *upgradeWatch) refusal(why string) error {
 }
 
 func (w *upgradeWatch) Server(b []byte) relay.WatchState {
+	if len(b) > 0 {
+		w.junk.Stop()
+	}
 	switch {
 	case w.hello == nil:
 		return relay.WatchOff // read again once a hello is allowed (WatchBoth)

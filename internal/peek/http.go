@@ -25,7 +25,7 @@ func peekText(c net.Conn, buf []byte) Result {
 		case st == lineHTTP:
 			return peekHTTP(c, buf, start, lf)
 		case st == lineOther:
-			return peekOther(c, buf, lf)
+			return peekOther(c, buf, start, lf)
 		case st == lineBad:
 			return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
 		case st == lineNot && bytes.HasPrefix(buf, []byte("SSH-")): // RFC 4253 §4.2
@@ -205,12 +205,16 @@ func junkLine(buf []byte, i int) lineState {
 		return lineNot
 	case i == len(buf):
 		return linePrefix
-	case i-m < 3 || i-m > maxJunkMethod || buf[i] != ' ':
+	case i-m < 3 || i-m > maxJunkMethod || !isSep(buf[i]):
 		return lineNot
-	case i+1 == len(buf):
+	}
+	for i < len(buf) && isSep(buf[i]) { // Netty splits on runs of SP, HTAB, VT, FF, CR
+		i++
+	}
+	if i == len(buf) {
 		return linePrefix
 	}
-	target := buf[i+1:]
+	target := buf[i:]
 	if target[0] == '/' || target[0] == '*' {
 		return lineBad
 	}
@@ -238,11 +242,17 @@ const maxJunkMethod = 16
 // method, a space and a scheme's worth of bytes, and once the bytes
 // cannot become such a line it does nothing more.
 type JunkRequest struct {
-	buf     [maxJunkMethod + 1 + len("https://")]byte
+	buf     [maxJunkMethod + 8 + len("https://")]byte
 	n       int
 	started bool // the first byte was junk
 	done    bool
 }
+
+// Stop ends the reading: the server has answered, and a server that
+// skips such bytes before a request says nothing until the request (a
+// SOCKS5 exchange, all control bytes, is answered; what the client sends
+// after the answer is its tunnel's own).
+func (j *JunkRequest) Stop() { j.done = true }
 
 // Feed reads b, the client's next bytes, and reports whether the bytes so
 // far begin a request line behind junk.
@@ -263,7 +273,7 @@ func (j *JunkRequest) Feed(b []byte) (found bool) {
 		}
 		j.buf[j.n] = c
 		j.n++
-		switch junkLine(append([]byte{0}, j.buf[:j.n]...), 0) {
+		switch junkLine(append([]byte{0}, j.buf[:j.n]...), 0) { // a run of separators longer than the buffer ends it
 		case lineBad:
 			j.done = true
 			return true
@@ -295,14 +305,27 @@ func isOtherVersion(v []byte) bool {
 		bytes.Trim(major, "0123456789") == nil && bytes.Trim(minor, "0123456789") == nil
 }
 
-// peekOther reads the head of a request whose line (up to lf) ends in
-// another protocol's version. Netty takes it for HTTP, and routes it on
-// its Host: one with a Host line is refused (ErrBadHTTP). RTSP and SIP,
-// whose heads carry none, stay unknown.
-func peekOther(c net.Conn, buf []byte, lf int) Result {
+// peekOther reads the head of a request whose line (buf[start:lf+1])
+// ends in another protocol's version. Netty takes it for HTTP, keeps the
+// connection alive after it, and routes it on its Host. It is refused
+// (ErrBadHTTP) when its method is HTTP's (GET / FOO/1.1 is a request
+// meant for an HTTP server, whose next request on the connection would
+// go unread), or when its head has a Host line, except ICAP's (RFC 3507
+// requires one; ICAP servers are no HTTP servers). RTSP and SIP, whose
+// methods are their own (OPTIONS aside, which all three share) and whose
+// heads carry no Host, stay unknown.
+func peekOther(c net.Conn, buf []byte, start, lf int) Result {
+	method := buf[start:lf]
+	if i := bytes.IndexFunc(method, func(r rune) bool { return r < 0x80 && isSep(byte(r)) }); i >= 0 {
+		method = method[:i]
+	}
+	if httpMethods[string(method)] {
+		return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
+	}
+	icap := bytes.HasSuffix(bytes.TrimRight(buf[start:lf], " \t\v\f\r"), []byte("ICAP/1.0"))
 	for {
 		if end := headEnd(buf, lf); end >= 0 {
-			if hasHostLine(buf[lf+1 : end]) {
+			if !icap && hasHostLine(buf[lf+1:end]) {
 				return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
 			}
 			return Result{Protocol: Unknown, Data: buf}
@@ -316,6 +339,11 @@ func peekOther(c net.Conn, buf []byte, lf int) Result {
 		}
 	}
 }
+
+// httpMethods are the methods of HTTP's own (RFC 9110 §9, PATCH of RFC
+// 5789) but OPTIONS, which RTSP, SIP and ICAP have too.
+var httpMethods = map[string]bool{"GET": true, "HEAD": true, "POST": true, "PUT": true,
+	"DELETE": true, "CONNECT": true, "TRACE": true, "PATCH": true}
 
 // hasHostLine reports whether a head's header lines hold one named Host,
 // in any case, with or without space before its colon.
