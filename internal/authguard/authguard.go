@@ -77,10 +77,11 @@ const (
 	DefaultMaxBackoff = 5 * time.Minute
 	DefaultMaxSources = 65536
 	// DefaultPerSource bounds one source's checks running or waiting for
-	// a slot: a browser opens six proxy connections at once, each with
-	// its credentials, and a source that opens many more (a right
-	// password never backs off) must not queue in front of everyone else.
-	DefaultPerSource = 8
+	// a slot: a browser opens up to 32 connections to a proxy at once
+	// (Chromium's limit per proxy), each with its credentials, and a
+	// source that opens many more (a right password never backs off)
+	// must not queue in front of everyone else.
+	DefaultPerSource = 32
 )
 
 // Config tunes a Guard; zero fields take the defaults above (Slots:
@@ -185,6 +186,13 @@ func (g *Guard) Check(src netip.Addr, check func() bool) Result {
 	}
 	g.failed(key, time.Now())
 	return g.count(Wrong)
+}
+
+// BackingOff reports whether src is backing off now: a caller that would
+// answer a check from memory (a password found right a moment ago) asks
+// first, so that a source backing off is refused whatever it sends.
+func (g *Guard) BackingOff(src netip.Addr) bool {
+	return g.backingOff(limit.Source(src), time.Now())
 }
 
 // Counts returns the results counted since New.

@@ -153,7 +153,8 @@ func TestGuardBusy(t *testing.T) {
 // everyone: another source's check waited behind them past SlotWait.
 func TestGuardSourceShare(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		g := New(Config{Slots: 1, SlotWait: time.Second})
+		// Long enough a wait for one source's share ahead (32 × 65 ms).
+		g := New(Config{Slots: 1, SlotWait: 3 * time.Second})
 		var busy atomic.Int64
 		var wg sync.WaitGroup
 		for range 100 {

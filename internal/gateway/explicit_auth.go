@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/egressd/egressd/internal/authguard"
 )
@@ -17,8 +18,13 @@ func (x *explicitConn) authenticate(user, pass string) (why string) {
 	if user == "" {
 		return `authentication failed for user ""`
 	}
-	switch x.g.auth.Check(x.src.Addr(), func() bool { return x.st.Config.Authenticate(user, pass) }) {
+	cfg, now := x.st.Config, time.Now()
+	if !x.g.auth.BackingOff(x.src.Addr()) && x.g.rightPasswords.known(cfg, user, pass, now) {
+		return ""
+	}
+	switch x.g.auth.Check(x.src.Addr(), func() bool { return cfg.Authenticate(user, pass) }) {
 	case authguard.OK:
+		x.g.rightPasswords.add(cfg, user, pass, now)
 		return ""
 	case authguard.Backoff:
 		return fmt.Sprintf("authentication refused for user %q: too many failures from %s, backing off", user, x.src.Addr())

@@ -159,3 +159,32 @@ func dialFrom(t *testing.T, src netip.Addr, to netip.AddrPort) *net.TCPConn {
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	return c
 }
+
+// TestExplicitAuthRightPasswordCached: a client that opens a connection
+// per request with the right password has it checked (bcrypt) once, not
+// on every connection: a right password never backs off, and checked each
+// time, a client opening connections as fast as it can held the check
+// slots every other user waits for. A wrong password is checked each time.
+func TestExplicitAuthRightPasswordCached(t *testing.T) {
+	w := newProxyWorld(t, `users:
+  - {name: ci-runner, password_hash: "`+s3cretHash+`"}`, "", true)
+	src := netip.MustParseAddr("127.0.0.3")
+	target := fmt.Sprintf("good.test:%d", w.https.Port())
+	for i := range 5 {
+		if got := httpConnectAs(t, src, w.proxy, target, "ci-runner", "s3cret"); got != "200" {
+			t.Fatalf("connection %d with the right password: %s", i+1, got)
+		}
+	}
+	if got := socksLoginAs(t, src, w.proxy, "ci-runner", "s3cret"); got == "socks failure" {
+		t.Fatalf("SOCKS5 login with the right password: %s", got)
+	}
+	if c := w.gw.auth.Counts(); c.OK != 1 {
+		t.Errorf("six logins with one right password: %d checks, want 1", c.OK)
+	}
+	for range 2 {
+		httpConnectAs(t, src, w.proxy, target, "ci-runner", "wrong")
+	}
+	if c := w.gw.auth.Counts(); c.Wrong != 2 {
+		t.Errorf("two wrong passwords: %d checked wrong, want 2", c.Wrong)
+	}
+}

@@ -60,6 +60,9 @@ type Gateway struct {
 	// none for a source that keeps failing. One for the gateway's life,
 	// so that a reload does not forgive a source that is backing off.
 	auth *authguard.Guard
+	// rightPasswords spares a right password its bcrypt check for a
+	// minute (authcache.go).
+	rightPasswords rightPasswords
 	// loops relay the connections; the gateway owns them (WithLoops) and
 	// Serve closes them once every relay has ended.
 	loops *relay.Loops
