@@ -131,12 +131,15 @@ func unbounded(h http.HandlerFunc) http.HandlerFunc {
 // address, where the workloads egressd filters can reach it too; without
 // a cap one of them that opened connections and kept them took the file
 // descriptors the gateway's relays need, and with one cap only it could
-// take every place and fail the kubelet's probes. Past a cap a connection
-// is closed as soon as it is accepted. Probes, a scraper and an
+// take every place and fail the kubelet's probes; and with a share each,
+// enough sources together could, so the last places are kept for sources
+// that hold none. Past a cap a connection is closed as soon as it is
+// accepted. Probes, a scraper and an
 // operator's browser hold a few.
 const (
 	maxConns     = 64
 	maxPerSource = 8
+	reserved     = 8 // of maxConns, for sources holding none
 )
 
 // capped is a listener that holds its connections to the caps.
@@ -153,7 +156,11 @@ func (l *capped) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		src := sourceOf(c.RemoteAddr())
-		if l.open.Add(1) > maxConns {
+		n := l.open.Add(1)
+		// The last places are for sources that hold none: many sources
+		// holding their share each cannot fill them, and a probe or a
+		// scraper, which holds one at a time, gets in.
+		if n > maxConns || n > maxConns-reserved && l.perSource.Open(src) > 0 {
 			l.open.Add(-1)
 			c.Close()
 			continue

@@ -3,6 +3,7 @@ package admin
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -157,5 +158,22 @@ func TestConnectionCaps(t *testing.T) {
 			t.Fatal("a place given back was never taken again")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	// Many sources holding their share each: the last places stay for
+	// sources that hold none (a probe). Held now: 127.0.0.1's 8 and one
+	// of 127.0.0.2; 6 more sources, 47 connections, bring it to
+	// maxConns-reserved (56).
+	for s := range 6 {
+		for range min(maxPerSource, maxConns-reserved-9-s*maxPerSource) {
+			if c := from(fmt.Sprintf("127.0.1.%d", s+1)); !healthz(c) {
+				t.Fatalf("source 127.0.1.%d refused within its share with places left", s+1)
+			}
+		}
+	}
+	if healthz(from("127.0.0.2")) {
+		t.Error("a source holding a place took one of the last places")
+	}
+	if !healthz(from("127.0.0.3")) {
+		t.Error("a source holding none (a probe) was refused with reserved places left")
 	}
 }
