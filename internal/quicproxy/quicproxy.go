@@ -328,27 +328,31 @@ func (s *Server) open(k flowKey, d []byte) {
 	case p.MaxFlows > 0 && len(s.flows) >= p.MaxFlows,
 		p.MaxFlowsPerSource > 0 && s.perSource[limit.Source(k.src.Addr())] >= p.MaxFlowsPerSource,
 		p.MaxPending > 0 && s.pending >= p.MaxPending,
-		p.MaxPending > 0 && s.pendingPer[k.src.Addr()] >= limit.SourceShare(p.MaxPending):
+		p.MaxPending > 0 && s.pendingPer[limit.Source(k.src.Addr())] >= limit.SourceShare(p.MaxPending):
 		s.mu.Unlock()
 		s.stats.drop(dropLimit, 1)
 		return
 	}
 	s.mu.Unlock()
-	f := newFlow(s, k, p)
-	if _, err := f.asm.AddDatagram(d); f.asm.DCID() == nil {
-		// Not one Initial packet opened: noise, or a client that chose a
-		// connection ID too short. Nothing to decide.
-		s.stats.drop(dropMalformed, 1)
-		s.cfg.Log.Debug("udp: no QUIC Initial opened", "src", k.src.String(), "err", err)
-		return
-	}
+	// Admitted before its Initial is decrypted: at the limit, a flood of
+	// Initials costs a count each, not a decryption.
+	var release func()
 	if s.cfg.Admit != nil {
-		release, ok := s.cfg.Admit(k.src.Addr())
-		if !ok {
+		var ok bool
+		if release, ok = s.cfg.Admit(k.src.Addr()); !ok {
 			s.stats.drop(dropLimit, 1)
 			return
 		}
-		f.admitted = release
+	}
+	f := newFlow(s, k, p)
+	f.admitted = release
+	if _, err := f.asm.AddDatagram(d); f.asm.DCID() == nil {
+		// Not one Initial packet opened: noise, or a client that chose a
+		// connection ID too short. Nothing to decide.
+		f.leave()
+		s.stats.drop(dropMalformed, 1)
+		s.cfg.Log.Debug("udp: no QUIC Initial opened", "src", k.src.String(), "err", err)
+		return
 	}
 	if !f.hold(d) {
 		f.leave()
@@ -367,7 +371,7 @@ func (s *Server) open(k flowKey, d []byte) {
 	if s.pendingPer == nil {
 		s.pendingPer = make(map[netip.Addr]int)
 	}
-	s.pendingPer[k.src.Addr()]++
+	s.pendingPer[limit.Source(k.src.Addr())]++
 	f.pending = true
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -405,7 +409,7 @@ func (s *Server) notPendingLocked(f *flow) {
 	}
 	f.pending = false
 	s.pending--
-	decrement(s.pendingPer, f.key.src.Addr())
+	decrement(s.pendingPer, limit.Source(f.key.src.Addr()))
 }
 
 // decrement counts one less for a in m, forgetting a at none.
