@@ -205,7 +205,7 @@ func junkLine(buf []byte, i int) lineState {
 		return lineNot
 	case i == len(buf):
 		return linePrefix
-	case i-m < 3 || i-m > maxJunkMethod || !isSep(buf[i]):
+	case i-m < 3 || !isSep(buf[i]):
 		return lineNot
 	}
 	for i < len(buf) && isSep(buf[i]) { // Netty splits on runs of SP, HTAB, VT, FF, CR
@@ -230,9 +230,6 @@ func junkLine(buf []byte, i int) lineState {
 	return lineNot
 }
 
-// maxJunkMethod bounds the method junkLine takes (PROPPATCH is 9).
-const maxJunkMethod = 16
-
 // JunkRequest follows a connection's client bytes from the first, fed in
 // the order they come, for what junkLine finds at their start: a request
 // line behind bytes Netty skips. peekText finds one in a connection's
@@ -242,45 +239,113 @@ const maxJunkMethod = 16
 // method, a space and a scheme's worth of bytes, and once the bytes
 // cannot become such a line it does nothing more.
 type JunkRequest struct {
-	buf     [maxJunkMethod + 8 + len("https://")]byte
-	n       int
-	started bool // the first byte was junk
-	done    bool
+	st     junkState
+	caps   int // capitals of the method so far
+	scheme int // bytes of "http" matched in the target so far
+	https  bool
 }
+
+type junkState uint8
+
+const (
+	junkStart  junkState = iota // nothing read yet
+	junkSkip                    // junk so far
+	junkMethod                  // capitals after the junk
+	junkSeps                    // separators after the method
+	junkScheme                  // a target that may become http:// or https://
+	junkDone                    // found, or cannot be
+)
 
 // Stop ends the reading: the server has answered, and a server that
 // skips such bytes before a request says nothing until the request (a
 // SOCKS5 exchange, all control bytes, is answered; what the client sends
 // after the answer is its tunnel's own).
-func (j *JunkRequest) Stop() { j.done = true }
+func (j *JunkRequest) Stop() { j.st = junkDone }
 
 // Feed reads b, the client's next bytes, and reports whether the bytes so
-// far begin a request line behind junk.
+// far begin a request line behind junk. It keeps no bytes: a method or a
+// run of separators of any length is followed in constant memory.
 func (j *JunkRequest) Feed(b []byte) (found bool) {
 	for _, c := range b {
-		if j.done {
+		switch j.st {
+		case junkDone:
 			return false
-		}
-		switch {
-		case !j.started:
-			j.started, j.done = true, !isJunk(c)
-			continue
-		case j.n == 0 && isJunk(c):
-			continue
-		case j.n == len(j.buf):
-			j.done = true
-			return false
-		}
-		j.buf[j.n] = c
-		j.n++
-		switch junkLine(append([]byte{0}, j.buf[:j.n]...), 0) { // a run of separators longer than the buffer ends it
-		case lineBad:
-			j.done = true
-			return true
-		case lineNot:
-			j.done = true
+		case junkStart:
+			j.st = junkSkip
+			if !isJunk(c) {
+				j.st = junkDone
+			}
+		case junkSkip:
+			if !isJunk(c) {
+				j.st = junkMethod
+				j.caps = 0
+				if !j.method(c) {
+					j.st = junkDone
+				}
+			}
+		case junkMethod:
+			switch {
+			case j.method(c):
+			case j.caps >= 3 && isSep(c):
+				j.st = junkSeps
+			default:
+				j.st = junkDone
+			}
+		case junkSeps:
+			switch {
+			case isSep(c):
+			case c == '/' || c == '*':
+				j.st = junkDone
+				return true
+			case c|0x20 == 'h':
+				j.st, j.scheme = junkScheme, 1
+			default:
+				j.st = junkDone
+			}
+		case junkScheme:
+			if j.target(c) {
+				j.st = junkDone
+				return true
+			}
 		}
 	}
+	return false
+}
+
+// method counts c into the method if it is a capital.
+func (j *JunkRequest) method(c byte) bool {
+	if 'A' <= c && c <= 'Z' {
+		j.caps++
+		return true
+	}
+	return false
+}
+
+// target follows c, the target's next byte, against "http://" and
+// "https://" in any case; it reports a whole scheme, or ends the reading
+// (junkDone) when the target cannot become one.
+func (j *JunkRequest) target(c byte) bool {
+	const http, s = "http", "://"
+	switch {
+	case j.scheme < len(http):
+		if c|0x20 != http[j.scheme] {
+			j.st = junkDone
+			return false
+		}
+	case j.scheme == len(http) && !j.https && c|0x20 == 's':
+		j.https = true
+		return false
+	default:
+		k := j.scheme - len(http)
+		if c != s[k] {
+			j.st = junkDone
+			return false
+		}
+		if k == len(s)-1 {
+			return true
+		}
+	}
+	j.scheme++
 	return false
 }
 
@@ -310,10 +375,11 @@ func isOtherVersion(v []byte) bool {
 // connection alive after it, and routes it on its Host. It is refused
 // (ErrBadHTTP) when its method is HTTP's (GET / FOO/1.1 is a request
 // meant for an HTTP server, whose next request on the connection would
-// go unread), or when its head has a Host line, except ICAP's (RFC 3507
-// requires one; ICAP servers are no HTTP servers). RTSP and SIP, whose
-// methods are their own (OPTIONS aside, which all three share) and whose
-// heads carry no Host, stay unknown.
+// go unread), or when its head has a Host line: ICAP's too (RFC 3507
+// requires one), since the client writes the version, and an "ICAP/1.0"
+// would let any request through. RTSP and SIP, whose methods are their
+// own (OPTIONS aside, which they share) and whose heads carry no Host,
+// stay unknown.
 func peekOther(c net.Conn, buf []byte, start, lf int) Result {
 	method := buf[start:lf]
 	if i := bytes.IndexFunc(method, func(r rune) bool { return r < 0x80 && isSep(byte(r)) }); i >= 0 {
@@ -322,10 +388,9 @@ func peekOther(c net.Conn, buf []byte, start, lf int) Result {
 	if httpMethods[string(method)] {
 		return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
 	}
-	icap := bytes.HasSuffix(bytes.TrimRight(buf[start:lf], " \t\v\f\r"), []byte("ICAP/1.0"))
 	for {
 		if end := headEnd(buf, lf); end >= 0 {
-			if !icap && hasHostLine(buf[lf+1:end]) {
+			if hasHostLine(buf[lf+1 : end]) {
 				return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
 			}
 			return Result{Protocol: Unknown, Data: buf}

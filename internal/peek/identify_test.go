@@ -169,8 +169,10 @@ func TestPeekHTTPAnyMethod(t *testing.T) {
 		{"control bytes before", "\x01\x13\x7f\x85 POST * HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"another protocol's version", "GET /x FOO/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"a tab after the method, behind a NUL", "\x00GET\t/ HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		{"a long method behind a control byte", "\x01" + strings.Repeat("A", 17) + " / HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"two spaces after the method, behind a control byte", "\x01GET  /x HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"HTTP's method, another version, no Host", "GET / FOO/1.1\r\n\r\n", 0, "", ErrBadHTTP},
+		{"a Host behind ICAP's version", "PROPFIND /x ICAP/1.0\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"another protocol's version, 1-byte writes", "GET /x RTSP/1.0\r\nhost: denied.test\r\n\r\n", 1, "", ErrBadHTTP},
 	}
 	for _, tc := range tests {
@@ -220,7 +222,6 @@ func TestPeekNotHTTP(t *testing.T) {
 		{"binary after a NUL", "\x00\x00\x00\x10SELECT 1 FROM t", Unknown},
 		{"binary, a word and a space", "\x02\x00Ab \x01\x02", Unknown},
 		{"RTSP", "DESCRIBE rtsp://cam.test/s RTSP/1.0\r\nCSeq: 1\r\n\r\n", Unknown},
-		{"ICAP", "REQMOD icap://icap.test/req ICAP/1.0\r\nHost: icap.test\r\nEncapsulated: null-body=0\r\n\r\n", Unknown},
 		{"SIP", "OPTIONS sip:a@b.test SIP/2.0\r\nVia: SIP/2.0/TCP c.test\r\nCSeq: 1 OPTIONS\r\n\r\n", Unknown},
 	}
 	for _, tc := range tests {
@@ -332,6 +333,9 @@ func TestJunkRequest(t *testing.T) {
 		{"no junk first", []string{"GET /x HTTP/1.1\r\n"}, false},
 		{"a scheme that is not http", []string{"\x01", "GET ftp://x/ HTTP/1.1\r\n"}, false},
 		{"a tab after the method", []string{"\x01", "GET\t/x HTTP/1.1\r\n"}, true},
+		{"a long method", []string{"\x01", strings.Repeat("A", 40) + " / HTTP/1.1\r\n"}, true},
+		{"a long run of spaces", []string{"\x05", "GET" + strings.Repeat(" ", 100) + "/ HTTP/1.1\r\n"}, true},
+		{"https, split", []string{"\x00", "GET HtTpS:", "//denied.test/ HTTP/1.1\r\n"}, true},
 		// "" stands for the server's answer (Stop): a SOCKS5 tunnel's
 		// request after the proxy answered is the tunnel's own.
 		{"a request after the server answered", []string{"\x05\x01\x00", "", "\x05\x01\x00\x01\x0a\x00\x00\x05\x00\x50", "", "GET / HTTP/1.1\r\n"}, false},
