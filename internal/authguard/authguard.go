@@ -195,6 +195,11 @@ func (g *Guard) BackingOff(src netip.Addr) bool {
 	return g.backingOff(limit.Source(src), time.Now())
 }
 
+// Remembered counts an OK that its caller answered without a check (a
+// password found right a moment ago), so that the results count every
+// answer.
+func (g *Guard) Remembered() { g.count(OK) }
+
 // Counts returns the results counted since New.
 func (g *Guard) Counts() Counts {
 	return Counts{OK: g.counts[OK].Load(), Wrong: g.counts[Wrong].Load(),

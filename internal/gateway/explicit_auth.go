@@ -18,13 +18,23 @@ func (x *explicitConn) authenticate(user, pass string) (why string) {
 	if user == "" {
 		return `authentication failed for user ""`
 	}
-	cfg, now := x.st.Config, time.Now()
-	if !x.g.auth.BackingOff(x.src.Addr()) && x.g.rightPasswords.known(cfg, user, pass, now) {
+	cfg := x.st.Config
+	if !x.g.auth.BackingOff(x.src.Addr()) && x.g.rightPasswords.known(cfg, user, pass, time.Now()) {
+		x.g.auth.Remembered()
 		return ""
 	}
-	switch x.g.auth.Check(x.src.Addr(), func() bool { return cfg.Authenticate(user, pass) }) {
+	// Asked again with the slot held: a browser's burst of connections
+	// with the same credentials queues together, and only the first of
+	// them need be hashed.
+	switch x.g.auth.Check(x.src.Addr(), func() bool {
+		if x.g.rightPasswords.known(cfg, user, pass, time.Now()) {
+			return true
+		}
+		x.g.rightPasswords.hashed.Add(1)
+		return cfg.Authenticate(user, pass)
+	}) {
 	case authguard.OK:
-		x.g.rightPasswords.add(cfg, user, pass, now)
+		x.g.rightPasswords.add(cfg, user, pass, time.Now())
 		return ""
 	case authguard.Backoff:
 		return fmt.Sprintf("authentication refused for user %q: too many failures from %s, backing off", user, x.src.Addr())

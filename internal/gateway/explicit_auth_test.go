@@ -178,8 +178,11 @@ func TestExplicitAuthRightPasswordCached(t *testing.T) {
 	if got := socksLoginAs(t, src, w.proxy, "ci-runner", "s3cret"); got == "socks failure" {
 		t.Fatalf("SOCKS5 login with the right password: %s", got)
 	}
-	if c := w.gw.auth.Counts(); c.OK != 1 {
-		t.Errorf("six logins with one right password: %d checks, want 1", c.OK)
+	if n := w.gw.rightPasswords.hashed.Load(); n != 1 {
+		t.Errorf("six logins with one right password: %d bcrypt checks, want 1", n)
+	}
+	if c := w.gw.auth.Counts(); c.OK != 6 {
+		t.Errorf("six logins with one right password: %d counted ok, want 6", c.OK)
 	}
 	for range 2 {
 		httpConnectAs(t, src, w.proxy, target, "ci-runner", "wrong")
