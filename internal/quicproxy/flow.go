@@ -292,6 +292,13 @@ func (f *flow) deny(v Verdict) {
 		f.answerLocked(d)
 	}
 	f.mu.Unlock()
+	// It holds no socket towards a server: its place in the connection
+	// budget goes back now, not when it is forgotten (spoofed Initials
+	// naming a denied server would otherwise fill the budget that TCP
+	// connections share).
+	s.mu.Lock()
+	f.leave()
+	s.mu.Unlock()
 	s.cfg.Logged(&f.rec)
 
 	timer := time.NewTimer(f.p.HelloTimeout)

@@ -301,6 +301,32 @@ func TestSecondConnection(t *testing.T) {
 	}
 }
 
+// TestDeniedFlowGivesPlaceBack: a denied flow, which holds no socket
+// towards a server, gives its place in the connection budget back as soon
+// as it is denied, though it stays to answer the client's retransmissions:
+// kept, spoofed Initials with a denied name filled the budget TCP
+// connections share. An allowed flow keeps its place until it ends.
+func TestDeniedFlowGivesPlaceBack(t *testing.T) {
+	sk := startSink(t)
+	w := newWorld(t, sk.addr, nil)
+	c := w.udpClient()
+	c.send(initials(t, iquic.Version1, []byte("denied-connectio"), deniedName, 1, 1)...)
+	if l := w.line(); l.Action != accesslog.Deny {
+		t.Fatalf("line %+v, want a deny", l)
+	}
+	if n := w.admitted.Load(); n != 0 {
+		t.Errorf("a denied flow holds %d places, want 0", n)
+	}
+	c2 := w.udpClient()
+	c2.send(initials(t, iquic.Version1, []byte("allowed-connecti"), allowedName, 1, 2)...)
+	if n := sk.count(300 * time.Millisecond); n != 1 {
+		t.Fatalf("the server got %d datagrams of the allowed flow, want 1", n)
+	}
+	if n := w.admitted.Load(); n != 1 {
+		t.Errorf("an allowed flow and a denied one hold %d places, want 1", n)
+	}
+}
+
 // TestOtherNamesNotedBounded: a flow's line notes the names of other
 // connections on it, a few of them: a client starting connection after
 // connection on one socket does not grow the line without end.

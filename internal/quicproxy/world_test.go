@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +37,8 @@ type world struct {
 	// upstream is where allowed names go unless dsts names another.
 	upstream netip.AddrPort
 	dsts     map[string]netip.AddrPort
+	// admitted counts the places Config.Admit has given and not had back.
+	admitted atomic.Int64
 
 	mu      sync.Mutex
 	lines   []accesslog.Record
@@ -95,6 +98,10 @@ func newWorld(t testing.TB, upstream netip.AddrPort, tweak func(*Params)) *world
 				rec.Action = accesslog.Allow
 			}
 			return Verdict{Allow: d.Action == policy.Allow, Dst: dst}
+		},
+		Admit: func(netip.Addr) (func(), bool) {
+			w.admitted.Add(1)
+			return func() { w.admitted.Add(-1) }, true
 		},
 		Logged: func(rec *accesslog.Record) {
 			w.mu.Lock()
