@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,8 +41,10 @@ const (
 
 func rightPasswordKey(user, pass string) [sha256.Size]byte {
 	h := sha256.New()
+	// The name's length first: no name and password can be another
+	// pair's, whatever bytes they hold.
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(user))))
 	h.Write([]byte(user))
-	h.Write([]byte{0})
 	h.Write([]byte(pass))
 	var k [sha256.Size]byte
 	h.Sum(k[:0])
