@@ -65,22 +65,23 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 		}
 	}
 	if v, ok := f["shutdown_delay"]; ok {
-		if dur, ok := d.duration(v, "shutdown_delay"); ok {
-			if dur > maxShutdownDelay {
-				d.errorf(v, "shutdown_delay: %s is longer than %s; a load balancer stops sending within seconds", dur, maxShutdownDelay)
-			} else {
-				c.ShutdownDelay = dur
-			}
-		}
+		d.durationUpTo(v, "shutdown_delay", maxShutdownDelay, "a load balancer stops sending within seconds", &c.ShutdownDelay)
 	}
 	if v, ok := f["busy_poll"]; ok {
-		if dur, ok := d.duration(v, "busy_poll"); ok {
-			if dur > maxBusyPoll {
-				d.errorf(v, "busy_poll: %s is longer than %s; a wait that long is one the loop should sleep through", dur, maxBusyPoll)
-			} else {
-				c.BusyPoll = dur
-			}
-		}
+		d.durationUpTo(v, "busy_poll", maxBusyPoll, "a wait that long is one the loop should sleep through", &c.BusyPoll)
+	}
+}
+
+// durationUpTo reads a duration of at most max into dst; why says, in the
+// error, why longer makes no sense.
+func (d *decoder) durationUpTo(v *yaml.Node, path string, max time.Duration, why string, dst *time.Duration) {
+	dur, ok := d.duration(v, path)
+	switch {
+	case !ok:
+	case dur > max:
+		d.errorf(v, "%s: %s is longer than %s; %s", path, dur, max, why)
+	default:
+		*dst = dur
 	}
 }
 

@@ -24,22 +24,14 @@ import (
 // denies. It is refused, as the DNS forwarder refuses such a question. An
 // IP literal names no server; it stays decided on the address.
 func TestJudgeInvalidNames(t *testing.T) {
-	cfg, err := config.Parse("t.yaml", []byte(`listeners:
+	g := configured(t, `listeners:
   - {name: t, mode: transparent, address: 127.0.0.1:0}
 policy:
   default: deny
   rules:
     - {name: ads, action: deny, fqdn: ["*.ads.test"]}
     - {name: net, action: allow, destinations: ["198.51.100.0/24"]}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := cfg.Compile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.DiscardHandler), accesslog.New(io.Discard, "json"))
+`)
 	st := g.State()
 	orig := netip.MustParseAddrPort("198.51.100.7:443")
 	for _, tc := range []struct {
@@ -86,21 +78,13 @@ func peekBytes(t *testing.T, b []byte) peek.Result {
 // by such a server as an HTTP request for the Host it names, while egressd
 // decides the SNI. It is refused; an ordinary hello is not.
 func TestHelloThatReadsAsRequest(t *testing.T) {
-	cfg, err := config.Parse("t.yaml", []byte(`listeners:
+	g := configured(t, `listeners:
   - {name: t, mode: transparent, address: 127.0.0.1:0}
 policy:
   default: deny
   rules:
     - {name: ok, action: allow, destinations: ["198.51.100.0/24"]}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := cfg.Compile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.DiscardHandler), accesslog.New(io.Discard, "json"))
+`)
 	st := g.State()
 	orig := netip.MustParseAddrPort("198.51.100.7:80")
 	// Cipher suites to bring the record to 0x0110 or 0x0111 bytes: its
@@ -137,18 +121,10 @@ policy:
 // connections. With a budget each, one source's flows and connections
 // could hold twice the sockets the limits were derived for.
 func TestFlowsShareConnectionBudget(t *testing.T) {
-	cfg, err := config.Parse("t.yaml", []byte(`listeners:
+	g := configured(t, `listeners:
   - {name: t, mode: transparent, address: 127.0.0.1:0}
 limits: {max_connections: 4, max_connections_per_source: 3, max_pending_handshakes: 4}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := cfg.Compile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := New(&State{Config: cfg, Policy: pol}, slog.New(slog.DiscardHandler), accesslog.New(io.Discard, "json"))
+`)
 	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
 	var releases []func()
 	for i := range 3 {
@@ -175,4 +151,19 @@ limits: {max_connections: 4, max_connections_per_source: 3, max_pending_handshak
 	for _, r := range releases {
 		r()
 	}
+}
+
+// configured is a gateway of the config yaml, not bound: for tests of its
+// decisions and counts without sockets of its own.
+func configured(t *testing.T, yaml string) *Gateway {
+	t.Helper()
+	cfg, err := config.Parse("t.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := cfg.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(&State{Config: cfg, Policy: pol}, slog.New(slog.DiscardHandler), accesslog.New(io.Discard, "json"))
 }
