@@ -199,13 +199,13 @@ func appendJSON(b []byte, r *Record, end time.Time) []byte {
 	b = append(b, `","level":"INFO","msg":"conn","listener":`...)
 	b = appendString(b, r.Listener)
 	b = append(b, `,"user":`...)
-	b = appendString(b, r.User)
+	b = appendString(b, clip(r.User, maxField))
 	b = append(b, `,"src":"`...)
 	b = appendAddr(b, r.Src)
 	b = append(b, `","dst":"`...)
 	b = appendAddr(b, r.Dst)
 	b = append(b, `","fqdn":`...)
-	b = appendString(b, r.FQDN)
+	b = appendString(b, clip(r.FQDN, maxField))
 	b = append(b, `,"fqdn_source":`...)
 	b = appendString(b, string(r.FQDNSource))
 	b = append(b, `,"protocol":`...)
@@ -223,7 +223,7 @@ func appendJSON(b []byte, r *Record, end time.Time) []byte {
 	b = append(b, `,"enforced":`...)
 	b = strconv.AppendBool(b, r.Enforced)
 	b = append(b, `,"reason":`...)
-	b = appendString(b, r.Reason)
+	b = appendString(b, clip(r.Reason, maxReason))
 	b = append(b, `,"bytes_up":`...)
 	b = strconv.AppendInt(b, r.BytesUp, 10)
 	b = append(b, `,"bytes_down":`...)
@@ -242,10 +242,10 @@ func appendJSON(b []byte, r *Record, end time.Time) []byte {
 func (lg *Logger) logText(r *Record, end time.Time) {
 	attrs := []slog.Attr{
 		slog.String("listener", r.Listener),
-		slog.String("user", r.User),
+		slog.String("user", clip(r.User, maxField)),
 		slog.String("src", addrString(r.Src)),
 		slog.String("dst", addrString(r.Dst)),
-		slog.String("fqdn", r.FQDN),
+		slog.String("fqdn", clip(r.FQDN, maxField)),
 		slog.String("fqdn_source", string(r.FQDNSource)),
 		slog.String("protocol", r.Protocol),
 		slog.String("alpn", string(appendStrings(nil, r.ALPN))),
@@ -254,7 +254,7 @@ func (lg *Logger) logText(r *Record, end time.Time) {
 		slog.String("rule", r.Rule),
 		slog.String("action", string(r.Action)),
 		slog.Bool("enforced", r.Enforced),
-		slog.String("reason", r.Reason),
+		slog.String("reason", clip(r.Reason, maxReason)),
 		slog.Int64("bytes_up", r.BytesUp),
 		slog.Int64("bytes_down", r.BytesDown),
 	}
@@ -292,9 +292,36 @@ func appendStrings(b []byte, ss []string) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, s)
+		b = appendString(b, clip(s, maxALPN))
 	}
 	return append(b, ']')
+}
+
+// What one line holds at most of the text a client chose, in bytes
+// before escaping (a control byte escapes to six): a user name, a name,
+// and the reason, which may quote a name or a header the client sent.
+// ALPN ids (at most 16 are kept) are whole at 255 bytes, their most. Past that, clip cuts. A client that
+// sent such text on every connection made each line 100 KB, the log
+// several times faster than its own bytes, until the log's reader fell
+// behind and the relay loops, which hand their lines to its writer,
+// waited for it.
+const (
+	maxField  = 256
+	maxALPN   = 255 // an id's most (RFC 7301): kept whole
+	maxReason = 2048
+)
+
+// clip returns s, or its first max bytes (cut at a character's start)
+// followed by how many were cut.
+func clip(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…(" + strconv.Itoa(len(s)-cut) + " bytes cut)"
 }
 
 // appendString appends s as a JSON string (RFC 8259 §7). Client-supplied

@@ -88,6 +88,36 @@ func TestLogEscapes(t *testing.T) {
 	}
 }
 
+// TestLogFieldsBounded: text a client chose (a 16 KiB server name quoted
+// in a reason, a 24 KB proxy user name, ALPN ids of 255 bytes) is cut
+// short in the line, with a count of what was cut: a client sending such
+// text on every connection made each line 100 KB, the log several times
+// faster than its own bytes, until the log's reader fell behind and the
+// relay loops, which hand their lines to its writer, waited for it.
+func TestLogFieldsBounded(t *testing.T) {
+	long := strings.Repeat("\x01", 64<<10)
+	alpn := make([]string, 16)
+	for i := range alpn {
+		alpn[i] = strings.Repeat("\x01", 255)
+	}
+	for _, format := range []string{"json", "text"} {
+		var buf bytes.Buffer
+		New(&buf, format).Log(&Record{Start: time.Now(), User: long, Reason: "TLS server name " + long, ALPN: alpn})
+		if n := buf.Len(); n > 48<<10 { // ALPN ids are kept whole: 16 × 255 bytes, escaped
+			t.Errorf("%s: a line of %d bytes, want at most 48 KiB", format, n)
+		}
+		if !strings.Contains(buf.String(), "bytes cut)") {
+			t.Errorf("%s: the line does not say what was cut", format)
+		}
+		if format == "json" {
+			var got map[string]any
+			if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+				t.Fatalf("the cut line is not JSON: %v", err)
+			}
+		}
+	}
+}
+
 // TestALPNRoundTrips checks the alpn key is a JSON array that decodes to
 // the offered list itself: an id may hold a comma, a quote or a control
 // byte (RFC 7301 ids are opaque bytes), and a joined string could not tell
@@ -204,7 +234,9 @@ func TestLogBatch(t *testing.T) {
 		if tc.format == "json-long" {
 			// Past 4096 bytes the batch is cut between lines, so no
 			// other writer of a shared pipe can land inside one.
-			rs[1].Reason = strings.Repeat("x", 4000)
+			for _, r := range rs { // each within maxReason, the three over 4096
+				r.Reason = strings.Repeat("x", 2000)
+			}
 			tc.format = "json"
 		}
 		var w writes
