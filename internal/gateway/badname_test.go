@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -87,15 +88,7 @@ policy:
 `)
 	st := g.State()
 	orig := netip.MustParseAddrPort("198.51.100.7:80")
-	// Cipher suites to bring the record to 0x0110 or 0x0111 bytes: its
-	// length (01 10) and the handshake's (00 01 0c) are all such bytes.
-	base := len(testnet.ClientHello("ok.test", nil, []byte{0})) - 5
-	suites := make([]byte, (0x110-base)&^1)
-	for i := 0; i+1 < len(suites); i += 2 {
-		suites[i], suites[i+1] = 0x13, 0x01
-	}
-	polyglot := testnet.ClientHello("ok.test", suites, []byte{0})
-	copy(polyglot[11:], "GET /x HTTP/1.1\r\nHost: denied.te") // the random's 32 bytes
+	polyglot := polyglotHello("ok.test")
 	plain := testnet.ClientHello("ok.test", []byte{0x13, 0x01}, []byte{0})
 	for _, tc := range []struct {
 		name   string
@@ -166,4 +159,47 @@ func configured(t *testing.T, yaml string) *Gateway {
 		t.Fatal(err)
 	}
 	return New(&State{Config: cfg, Policy: pol}, slog.New(slog.DiscardHandler), accesslog.New(io.Discard, "json"))
+}
+
+// polyglotHello is a ClientHello for name that also reads as an HTTP
+// request line to Netty: its record and handshake lengths are bytes of
+// 0x20 or under (cipher suites bring the record to 0x0110 or 0x0111
+// bytes: 01 10 and 00 01 0c), and its random spells a request for
+// another Host.
+func polyglotHello(name string) []byte {
+	base := len(testnet.ClientHello(name, nil, []byte{0})) - 5
+	suites := make([]byte, (0x110-base)&^1)
+	for i := 0; i+1 < len(suites); i += 2 {
+		suites[i], suites[i+1] = 0x13, 0x01
+	}
+	h := testnet.ClientHello(name, suites, []byte{0})
+	copy(h[11:], "GET /x HTTP/1.1\r\nHost: denied.te") // the random's 32 bytes
+	return h
+}
+
+// TestHelloThatReadsAsRequestInTunnel: the same hello inside a CONNECT
+// tunnel to its own name passes tunnel_sni (the names match); it is
+// refused all the same.
+func TestHelloThatReadsAsRequestInTunnel(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	heads := make(chan string, 8)
+	srv := startRawHTTP(t, func(head string) string {
+		if head != "" {
+			heads <- head
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nserved"
+	})
+	c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", srv.Port()))
+	c.Write(polyglotHello("good.test"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, _ := io.ReadAll(br)
+	select {
+	case head := <-heads:
+		t.Fatalf("the server read %q (answered %q)", head, got)
+	default:
+	}
+	e := w.waitLog(bySrcPort(c))
+	if r, _ := e["reason"].(string); e["action"] != "deny" || !strings.Contains(r, "also read as an HTTP request line") {
+		t.Errorf("line %v, reason %q", e["action"], r)
+	}
 }

@@ -293,7 +293,7 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 	var v verdict
 	why := invalidName(rawName, ok)
 	if why == "" && p.Protocol == peek.TLS && peek.ReadsAsRequest(p.Data) {
-		why = "a ClientHello whose bytes also read as an HTTP request line (headers of bytes an HTTP server skips, a request in its random): refused, since a server may serve the request's Host"
+		why = helloReadsAsRequest
 	}
 	if why != "" {
 		v = verdict{Decision: policy.Decision{Action: policy.Deny, Index: -1, Reason: why}, dst: orig}
@@ -310,6 +310,9 @@ func (g *Gateway) judge(ctx context.Context, st *State, lc *config.Listener, rec
 	rec.Action = logAction(v.Action)
 	return v
 }
+
+// helloReadsAsRequest is the reason for a ClientHello that peek.ReadsAsRequest.
+const helloReadsAsRequest = "a ClientHello whose bytes also read as an HTTP request line (headers of bytes an HTTP server skips, a request in its random): refused, since a server may serve the request's Host"
 
 // invalidName is why a connection whose first bytes named raw, which did
 // not normalise to an FQDN (valid false), is refused, or "" when it is

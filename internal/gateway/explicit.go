@@ -317,6 +317,13 @@ func (x *explicitConn) checkTunnel(t target, v verdict, p *peek.Result, rec *acc
 		rec.Reason = "inside the tunnel: " + peekReason(*p)
 		return true
 	}
+	if p.Protocol == peek.TLS && peek.ReadsAsRequest(p.Data) {
+		// Built to be served on a Host its SNI does not name, as judge
+		// refuses on other listeners: whatever tunnel_sni says.
+		rec.Action, rec.Enforced, rec.Rule = accesslog.Deny, true, ""
+		rec.Reason = "inside the tunnel: " + helloReadsAsRequest
+		return true
+	}
 	problem := ""
 	switch {
 	case p.Err != nil:
