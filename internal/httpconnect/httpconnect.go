@@ -229,6 +229,9 @@ func parse(head []byte, origin uint16) (Request, error) {
 		if strings.Contains(q.Authority, "@") {
 			return q, ErrTarget // userinfo is deprecated (RFC 9110 §4.2.4) and hides the host
 		}
+		if err := asciiHost(q.Authority); err != nil {
+			return q, err
+		}
 		if !hasPort(q.Authority) {
 			q.Authority += ":80"
 		}
@@ -246,6 +249,20 @@ func parse(head []byte, origin uint16) (Request, error) {
 
 // originTarget fills q's target for ParseOrigin from the request target
 // and the Host header.
+// asciiHost refuses the host of a request egressd forwards when it holds
+// non-ASCII bytes: decided as its UTS-46 form (BÜCHER.test as
+// xn--bcher-kva.test), it would be written on as Go's Punycode of the raw
+// bytes, another name, which a server would read. Real clients send
+// Punycode. (A CONNECT's name is egressd's to dial, never sent on.)
+func asciiHost(h string) error {
+	for i := 0; i < len(h); i++ {
+		if h[i] >= 0x80 {
+			return fmt.Errorf("%w: a host of non-ASCII bytes; send its Punycode form", ErrTarget)
+		}
+	}
+	return nil
+}
+
 func originTarget(q Request, target, host string, port uint16) (Request, error) {
 	switch {
 	case q.Method == http.MethodConnect:
@@ -272,6 +289,9 @@ func originTarget(q Request, target, host string, port uint16) (Request, error) 
 	}
 	if strings.Contains(host, "@") {
 		return q, ErrTarget
+	}
+	if err := asciiHost(host); err != nil {
+		return q, err
 	}
 	q.Authority = host
 	if !hasPort(host) {

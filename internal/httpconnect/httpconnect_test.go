@@ -42,6 +42,7 @@ func TestParse(t *testing.T) {
 		{"short ip", "CONNECT 127.1:443 HTTP/1.1\r\n\r\n", Request{}, ErrTarget},
 		{"hex ip", "GET http://0x7f000001/ HTTP/1.1\r\n\r\n", Request{}, ErrTarget},
 		{"userinfo", "GET http://good.test@evil.test/ HTTP/1.1\r\n\r\n", Request{}, ErrTarget},
+		{"non-ASCII host", "GET http://BÜCHER.test/ HTTP/1.1\r\nHost: BÜCHER.test\r\n\r\n", Request{}, ErrTarget},
 		{"zone", "CONNECT [fe80::1%25eth0]:443 HTTP/1.1\r\n\r\n", Request{}, ErrTarget},
 		{"http2", "PRI * HTTP/2.0\r\n\r\n", Request{}, ErrVersion},
 		{"no version", "CONNECT a.test:443\r\n\r\n", Request{}, ErrMalformed},

@@ -173,10 +173,10 @@ func requestLine(buf []byte) (st lineState, start, lf int) {
 	return lineNot, start, -1
 }
 
-// isJunk reports whether b is a byte Netty's HTTP decoder skips before a
-// request line (an ISO control character or whitespace, read as
-// ISO-8859-1), CR and LF aside.
-func isJunk(b byte) bool { return b <= ' ' || 0x7f <= b && b <= 0x9f }
+// isJunk reports whether b is a byte a lenient HTTP server skips before a
+// request line: Netty's decoder any ISO control character or whitespace
+// (read as ISO-8859-1), Jetty's parser ':' as well. CR and LF aside.
+func isJunk(b byte) bool { return b <= ' ' || b == ':' || 0x7f <= b && b <= 0x9f }
 
 // junkLine says whether buf, whose bytes from i on begin with junk (see
 // isJunk), is a request line behind it: Netty's decoder reads one there,
@@ -503,7 +503,24 @@ func httpHost(head []byte) (host string, ok bool) {
 			return "", false
 		}
 	}
-	return hostOnly(req.Host), true // "" for HTTP/1.0 without Host: no name
+	host = hostOnly(req.Host)
+	if !isASCII(host) {
+		// egressd would decide the name's UTS-46 form (BÜCHER.test as
+		// xn--bcher-kva.test), while the request goes on with Go's
+		// Punycode of the raw bytes, another name: a server would read a
+		// Host nobody decided. Real clients send Punycode.
+		return "", false
+	}
+	return host, true // "" for HTTP/1.0 without Host: no name
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // hostOnly returns the host of a Host value or authority, without port or

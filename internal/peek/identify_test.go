@@ -169,6 +169,11 @@ func TestPeekHTTPAnyMethod(t *testing.T) {
 		{"control bytes before", "\x01\x13\x7f\x85 POST * HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"another protocol's version", "GET /x FOO/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"a tab after the method, behind a NUL", "\x00GET\t/ HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		// Decided as its UTS-46 form, written on as another Punycode.
+		{"a non-ASCII Host", "GET / HTTP/1.1\r\nHost: BÜCHER.test\r\n\r\n", 0, "", ErrBadHTTP},
+		// Jetty skips ':' before a request line.
+		{"a colon before", ":GET /x HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		{"colons and a line end before", ":\r\n:GET /x HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"a long method behind a control byte", "\x01" + strings.Repeat("A", 17) + " / HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"two spaces after the method, behind a control byte", "\x01GET  /x HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"HTTP's method, another version, no Host", "GET / FOO/1.1\r\n\r\n", 0, "", ErrBadHTTP},
@@ -333,6 +338,7 @@ func TestJunkRequest(t *testing.T) {
 		{"no junk first", []string{"GET /x HTTP/1.1\r\n"}, false},
 		{"a scheme that is not http", []string{"\x01", "GET ftp://x/ HTTP/1.1\r\n"}, false},
 		{"a tab after the method", []string{"\x01", "GET\t/x HTTP/1.1\r\n"}, true},
+		{"a colon, then the request", []string{":", "GET /x HTTP/1.1\r\n"}, true},
 		{"a long method", []string{"\x01", strings.Repeat("A", 40) + " / HTTP/1.1\r\n"}, true},
 		{"a long run of spaces", []string{"\x05", "GET" + strings.Repeat(" ", 100) + "/ HTTP/1.1\r\n"}, true},
 		{"https, split", []string{"\x00", "GET HtTpS:", "//denied.test/ HTTP/1.1\r\n"}, true},
