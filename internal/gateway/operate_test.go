@@ -394,6 +394,13 @@ func TestProxyProtocolPendingShare(t *testing.T) {
 	if _, err := fourth.Read(make([]byte, 1)); err == nil || isTimeout(err) {
 		t.Errorf("a fourth stalled connection of one real source: %v; want it turned away", err)
 	}
+	// The client saw the reset; the gateway gives the pending place back
+	// as the session ends, a moment later.
+	for deadline := time.Now().Add(10 * time.Second); value(scrape(t, w.gw), "egressd_pending_handshakes", nil) > 3; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the turned-away connection's pending place was never given back")
+		}
+	}
 	raw, err := net.Dial("tcp", w.addr.String())
 	if err != nil {
 		t.Fatal(err)
