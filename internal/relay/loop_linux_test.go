@@ -218,7 +218,7 @@ func TestBusyPollCatchesEvents(t *testing.T) {
 			before := polled.Load()
 			msg := []byte("ping")
 			b := make([]byte, len(msg))
-			for range 200 {
+			for range 2000 {
 				if _, err := w.client.Write(msg); err != nil {
 					t.Fatal(err)
 				}
@@ -236,7 +236,7 @@ func TestBusyPollCatchesEvents(t *testing.T) {
 				}
 			}
 			if got := polled.Load() - before; spin > 0 || got != 0 {
-				t.Errorf("with busy_poll %s, %d of 200 echoes' events were caught by polling", spin, got)
+				t.Errorf("with busy_poll %s, %d of 2000 echoes' events were caught by polling", spin, got)
 			}
 		})
 	}
