@@ -157,6 +157,31 @@ func startRawHTTP(t *testing.T, answer func(head string) string) netip.AddrPort 
 	return netip.MustParseAddrPort(ln.Addr().String())
 }
 
+// headsServer is a startRawHTTP that answers every request 200 and sends
+// on heads each head that holds want (a tunnel's connection closed
+// unused, or bytes relayed as unknown, read as other heads).
+func headsServer(t *testing.T, want string) (netip.AddrPort, chan string) {
+	heads := make(chan string, 8)
+	srv := startRawHTTP(t, func(head string) string {
+		if strings.Contains(head, want) {
+			heads <- head
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nserved"
+	})
+	return srv, heads
+}
+
+// unread fails t if the server read a head (sent on heads): got is what
+// the client was answered.
+func unread(t *testing.T, heads chan string, got []byte) {
+	t.Helper()
+	select {
+	case head := <-heads:
+		t.Fatalf("the server read a request:\n%s(the client was answered %q)", head, got)
+	default:
+	}
+}
+
 // TestForwardResponseHeadBounded: a server whose response head never ends
 // cannot grow egressd: the forwarder stops reading 64 KiB ahead of what
 // reached the client and answers 502.
@@ -265,13 +290,7 @@ func TestClosedBeforeNamingIsNoDeny(t *testing.T) {
 // host never reaches the server.
 func TestOddVersionInTunnel(t *testing.T) {
 	w := newProxyWorld(t, "", "", true)
-	heads := make(chan string, 8)
-	srv := startRawHTTP(t, func(head string) string {
-		if head != "" { // the tunnel's connection, closed unused, reads as ""
-			heads <- head
-		}
-		return "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nserved"
-	})
+	srv, heads := headsServer(t, "Host")
 	target := fmt.Sprintf("good.test:%d", srv.Port())
 	for _, line := range []string{"GET /odd HTTP/1.01", "GET /odd HTTP/1.10", "GET /odd http/1.1",
 		"GET /o\x01dd HTTP/1.1", // nginx before 1.21.1 serves control bytes in a target
@@ -287,11 +306,7 @@ func TestOddVersionInTunnel(t *testing.T) {
 			fmt.Fprintf(c, "%s\r\nHost: other.test:%d\r\n\r\n", line[7:], srv.Port())
 			c.SetReadDeadline(time.Now().Add(10 * time.Second))
 			got, _ := io.ReadAll(br)
-			select {
-			case head := <-heads:
-				t.Fatalf("the server got a request naming another host:\n%s(answered %q)", head, got)
-			default:
-			}
+			unread(t, heads, got)
 			if !strings.HasPrefix(string(got), "HTTP/1.1 4") {
 				t.Errorf("%q naming another host: %q, want a refusal", line, got)
 			}
@@ -306,24 +321,14 @@ func TestOddVersionInTunnel(t *testing.T) {
 // and serves the Host the request names.
 func TestJunkThenRequestInTunnel(t *testing.T) {
 	w := newProxyWorld(t, "", "", true)
-	heads := make(chan string, 8)
-	srv := startRawHTTP(t, func(head string) string {
-		if strings.Contains(head, "GET") { // the control bytes alone are relayed, as unknown bytes
-			heads <- head
-		}
-		return "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nserved"
-	})
+	srv, heads := headsServer(t, "GET") // the control bytes alone are relayed, as unknown bytes
 	c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", srv.Port()))
 	c.Write([]byte{0x05, 0x01, 0x00})
 	time.Sleep(400 * time.Millisecond) // past first_bytes: decided unknown on those bytes alone
 	fmt.Fprintf(c, "GET /x HTTP/1.1\r\nHost: other.test:%d\r\n\r\n", srv.Port())
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got, _ := io.ReadAll(br)
-	select {
-	case head := <-heads:
-		t.Fatalf("the server got a request behind control bytes:\n%s(answered %q)", head, got)
-	default:
-	}
+	unread(t, heads, got)
 	if !strings.HasPrefix(string(got), "HTTP/1.1 400") {
 		t.Errorf("answer %q, want a 400", got)
 	}
