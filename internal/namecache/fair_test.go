@@ -147,3 +147,30 @@ func TestFairShareGuarantee(t *testing.T) {
 		})
 	}
 }
+
+// TestOneHostOneShare: a host that records its names from many addresses
+// of its IPv6 /64 counts as one client for the shares: counted per
+// address, it made the fair share of every client tiny, and the quiet
+// client, now holding the most, lost its names.
+func TestOneHostOneShare(t *testing.T) {
+	c, _ := newTestCache(1000)
+	quiet := netip.MustParseAddr("10.0.0.7")
+	for i := range 50 {
+		c.Record(quiet, fmt.Sprintf("q%d.test", i), netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), time.Hour)
+	}
+	base := netip.MustParseAddr("2001:db8:1:2::").As16()
+	for i := range 2000 {
+		a := base
+		a[14], a[15] = byte(i>>8), byte(i)
+		c.Record(netip.AddrFrom16(a), fmt.Sprintf("f%d.test", i), netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), time.Hour)
+	}
+	kept := 0
+	for i := range 50 {
+		if _, ok := c.Lookup(quiet, netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})); ok {
+			kept++
+		}
+	}
+	if kept != 50 {
+		t.Errorf("the quiet client kept %d of its 50 names while one /64 recorded 2,000", kept)
+	}
+}

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/limit"
 )
 
 // DefaultMax is the entry cap when New is given 0: the config's default
@@ -170,10 +171,13 @@ func (c *Cache) record(k pair, name string, echID int, ttl time.Duration) {
 	if len(es) >= maxNamesPerPair {
 		c.drop(oldest(es), now)
 	}
-	cl := c.clients[k.src]
+	// Shares are a source's (limit.Source: an IPv6 /64 is one), while
+	// the memory stays each address's own.
+	src := limit.Source(k.src)
+	cl := c.clients[src]
 	if cl == nil {
-		cl = &client{src: k.src}
-		c.clients[k.src] = cl
+		cl = &client{src: src}
+		c.clients[src] = cl
 	}
 	e := &entry{pair: k, name: name, echID: echID, expires: now.Add(ttl), recorded: now, client: cl}
 	c.link(e)
