@@ -192,46 +192,31 @@ func isJunk(b byte) bool { return b <= ' ' || b == ':' || 0x7f <= b && b <= 0x9f
 // client's first message may be all control bytes (a SOCKS5 greeting is
 // 05 01 00) and waits for its answer; JunkRequest reads on behind those.
 func junkLine(buf []byte, i int) lineState {
-	space := true
-	for ; i < len(buf) && isJunk(buf[i]); i++ {
-		space = space && (isSep(buf[i]) || buf[i] == '\n')
-	}
-	m := i
-	for i < len(buf) && 'A' <= buf[i] && buf[i] <= 'Z' {
-		i++
-	}
+	var j JunkRequest
 	switch {
-	case m == len(buf) && !space:
-		return lineNot
-	case i == len(buf):
-		return linePrefix
-	case i-m < 3 || !isSep(buf[i]):
-		return lineNot
-	}
-	for i < len(buf) && isSep(buf[i]) { // Netty splits on runs of SP, HTAB, VT, FF, CR
-		i++
-	}
-	if i == len(buf) {
-		return linePrefix
-	}
-	target := buf[i:]
-	if target[0] == '/' || target[0] == '*' {
+	case j.Feed(buf[i:]):
 		return lineBad
+	case j.st == junkDone:
+		return lineNot
+	case j.st == junkSkip && !whitespace(buf[i:]):
+		return lineNot // all junk so far, not all whitespace
 	}
-	for _, scheme := range []string{"http://", "https://"} {
-		n := min(len(target), len(scheme))
-		if bytes.EqualFold(target[:n], []byte(scheme[:n])) {
-			if n == len(scheme) {
-				return lineBad
-			}
-			return linePrefix
+	return linePrefix
+}
+
+// whitespace reports whether b is separators and line ends only.
+func whitespace(b []byte) bool {
+	for _, c := range b {
+		if c != '\n' && !isSep(c) {
+			return false
 		}
 	}
-	return lineNot
+	return true
 }
 
 // JunkRequest follows a connection's client bytes from the first, fed in
-// the order they come, for what junkLine finds at their start: a request
+// the order they come, for what junkLine (which reads a buffer with it)
+// finds at their start: a request
 // line behind bytes Netty skips. peekText finds one in a connection's
 // first bytes; a client whose first bytes are control bytes alone is
 // unknown at once (see junkLine), and this reads on behind them, so a
