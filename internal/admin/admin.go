@@ -174,19 +174,13 @@ func (l *capped) Accept() (net.Conn, error) {
 	}
 }
 
-// sourceOf is the address a connection counts against: its peer's, or
-// the /64 of an IPv6 one, which one host may hold many addresses of.
+// sourceOf is a connection's peer address (limit.PerSource counts an
+// IPv6 /64 as one source).
 func sourceOf(a net.Addr) netip.Addr {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
-		return netip.Addr{}
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr()
 	}
-	ip := ta.AddrPort().Addr().Unmap()
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return p.Addr()
-	}
-	return ip
+	return netip.Addr{}
 }
 
 // counted gives its place back when it is closed, once.
