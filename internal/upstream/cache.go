@@ -160,6 +160,16 @@ type call struct {
 	err  error
 }
 
+// knownLocked returns name's live entry (marked as hit), or else the
+// look-up of it under way, if any. Callers hold mu.
+func (c *Cache) knownLocked(name string) (*entry, *call) {
+	if e, ok := c.entries[name]; ok && time.Now().Before(e.expires) {
+		e.hit = true
+		return e, nil
+	}
+	return nil, c.inflight[name]
+}
+
 // wait is a look-up's answer to a caller that joined it, unless ctx ends
 // first.
 func (cl *call) wait(ctx context.Context) (Lookup, error) {
@@ -186,24 +196,22 @@ func CachedOnly(ctx context.Context) context.Context {
 
 // Resolve returns the cached answer or asks the resolver.
 func (c *Cache) Resolve(ctx context.Context, name string) (Lookup, error) {
-	now := time.Now()
 	c.mu.Lock()
-	if e, ok := c.entries[name]; ok && now.Before(e.expires) {
-		e.hit = true
+	e, cl := c.knownLocked(name)
+	switch {
+	case e != nil:
 		c.stats.Hits++
 		c.mu.Unlock()
 		return e.l, e.err
-	}
-	if ctx.Value(cachedOnlyKey{}) != nil {
+	case ctx.Value(cachedOnlyKey{}) != nil:
 		c.mu.Unlock()
 		return Lookup{}, ErrNotCached
 	}
 	c.stats.Misses++
-	if cl, ok := c.inflight[name]; ok {
-		c.mu.Unlock()
+	c.mu.Unlock()
+	if cl != nil {
 		return cl.wait(ctx)
 	}
-	c.mu.Unlock()
 	release, err := c.acquire(ctx)
 	if err != nil {
 		return Lookup{}, err
@@ -212,20 +220,18 @@ func (c *Cache) Resolve(ctx context.Context, name string) (Lookup, error) {
 	// Another caller may have asked about the name while this one waited
 	// for its place.
 	c.mu.Lock()
-	if e, ok := c.entries[name]; ok && time.Now().Before(e.expires) {
-		e.hit = true
+	if e, cl = c.knownLocked(name); e != nil || cl != nil {
 		c.mu.Unlock()
-		return e.l, e.err
-	}
-	if cl, ok := c.inflight[name]; ok {
-		c.mu.Unlock()
+		if e != nil {
+			return e.l, e.err
+		}
 		return cl.wait(ctx)
 	}
 	if c.inflight == nil {
 		c.inflight = make(map[string]*call)
 		c.entries = make(map[string]*entry)
 	}
-	cl := &call{done: make(chan struct{})}
+	cl = &call{done: make(chan struct{})}
 	c.inflight[name] = cl
 	c.mu.Unlock()
 
