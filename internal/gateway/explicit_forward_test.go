@@ -47,6 +47,50 @@ func TestForwardIdleIsIdle(t *testing.T) {
 	}
 }
 
+// TestForwardUploadIdleIsIdle: a plain-HTTP request body that keeps
+// streaming (a chunk every 200 ms, for longer than idle: 1s in all) reaches
+// the server whole: idle bounds the time with no byte moved, on the way up
+// as on the way down.
+func TestForwardUploadIdleIsIdle(t *testing.T) {
+	up := testnet.Listen(t)
+	got := make(chan int, 1)
+	testnet.Serve(t, up, func(c net.Conn) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			got <- -1
+			return
+		}
+		n, _ := io.Copy(io.Discard, req.Body)
+		got <- int(n)
+		io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
+	})
+	g := loopbackProxy(t, "1s")
+
+	c, err := net.Dial("tcp", g.Addrs()["proxy"].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "POST http://%s/ HTTP/1.1\r\nHost: %s\r\nContent-Length: 15\r\n\r\n", up.Addr(), up.Addr())
+	for range 15 {
+		time.Sleep(200 * time.Millisecond)
+		c.Write([]byte("x"))
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Errorf("streaming upload (never idle 1s) through the proxy: response %v, err %v", resp, err)
+	}
+	select {
+	case n := <-got:
+		if n != 15 {
+			t.Errorf("the server read %d of the 15 body bytes", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the server never finished reading the body")
+	}
+}
+
 // TestAbortEndsForwardedRequest: the end of a drain closes a plain-HTTP
 // request's upstream connection too, so a server that never answers does
 // not hold egressd's exit until the idle timeout.

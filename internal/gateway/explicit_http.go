@@ -194,9 +194,12 @@ func (x *explicitConn) send(ctx context.Context, v verdict, q httpconnect.Reques
 		refuse.Answer(x.c, httpconnect.Response(http.StatusBadRequest, "egressd: ambiguous request target\n"))
 		return false
 	}
-	// The body, if any, streams from the client: no byte either way for
-	// idle ends it.
+	// The body, if any, streams from the client: idle with no byte read
+	// ends it, however long the whole upload takes.
 	x.c.SetReadDeadline(time.Now().Add(cfg.Timeouts.Idle))
+	if req.Body != http.NoBody {
+		req.Body = idleBody{req.Body, x.c, cfg.Timeouts.Idle}
+	}
 	clientClose := req.Close
 	httpconnect.RemoveHopByHop(req.Header)
 	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
@@ -355,6 +358,20 @@ func (c idleConn) Read(p []byte) (int, error) {
 func (c idleConn) Write(p []byte) (int, error) {
 	c.c.SetWriteDeadline(time.Now().Add(c.idle))
 	return c.c.Write(p)
+}
+
+// idleBody pushes the client's read deadline out by idle before each read
+// of a forwarded request's body, which http.ReadRequest reads through the
+// connection's buffer rather than through an idleConn.
+type idleBody struct {
+	io.ReadCloser
+	c    net.Conn
+	idle time.Duration
+}
+
+func (b idleBody) Read(p []byte) (int, error) {
+	b.c.SetReadDeadline(time.Now().Add(b.idle))
+	return b.ReadCloser.Read(p)
 }
 
 type countWriter struct {
