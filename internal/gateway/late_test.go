@@ -333,7 +333,7 @@ func TestJunkThenRequestInTunnel(t *testing.T) {
 		t.Errorf("answer %q, want a 400", got)
 	}
 	e := w.waitLog(bySrcPort(c))
-	if r, _ := e["reason"].(string); e["action"] != "deny" || !strings.Contains(r, "HTTP request line behind control bytes") {
+	if r, _ := e["reason"].(string); e["action"] != "deny" || !strings.Contains(r, "an HTTP request that the first bytes did not show") {
 		t.Errorf("line %v, reason %q", e["action"], r)
 	}
 }
@@ -569,5 +569,72 @@ func TestBinaryMessagesAfterPreamble(t *testing.T) {
 		if _, err := io.ReadFull(br, ok); err != nil {
 			t.Fatalf("after %q: %v", msg, err)
 		}
+	}
+}
+
+// TestRequestAfterOtherProtocolInTunnel: a first request in another
+// protocol's version and with no Host (RTSP's, SIP's) stays unknown, but
+// Netty reads it as HTTP and keeps the connection alive: a request behind
+// it that an HTTP server acts on (an HTTP version, HTTP's own method, a
+// Host line) is refused before the server has it, however late it comes.
+// A first line in another version whose target is HTTP's (origin-form,
+// http://) is refused at once.
+func TestRequestAfterOtherProtocolInTunnel(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	heads := make(chan string, 64)
+	testnet.Serve(t, ln, func(c net.Conn) {
+		// Netty-like: head after head on one connection, each answered.
+		br := bufio.NewReader(c)
+		for {
+			var head strings.Builder
+			for {
+				line, err := br.ReadString('\n')
+				head.WriteString(line)
+				if err != nil {
+					return
+				}
+				if line == "\r\n" {
+					break
+				}
+			}
+			if strings.Contains(head.String(), "other.test") || strings.Contains(head.String(), "BAR/") {
+				heads <- head.String()
+			}
+			io.WriteString(c, "RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
+		}
+	})
+	srv := netip.MustParseAddrPort(ln.Addr().String())
+	target := fmt.Sprintf("good.test:%d", srv.Port())
+	const rtsp = "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n"
+	for _, tc := range []struct{ name, first, later string }{
+		{"http request", rtsp, "GET /x HTTP/1.1\r\nHost: other.test\r\n\r\n"},
+		{"http request behind control bytes", rtsp, "\x00\x00GET /x HTTP/1.1\r\nHost: other.test\r\n\r\n"},
+		{"http method, other version", rtsp, "GET http://other.test/x FOO/1.1\r\n\r\n"},
+		{"host line", rtsp, "OPTIONS * RTSP/1.0\r\nCSeq: 2\r\nhost : other.test\r\n\r\n"},
+		{"origin-form, other version", rtsp, "FOO /x BAR/1.1\r\n\r\n"},
+		{"origin-form first", "FOO / BAR/1.1\r\n\r\n", ""},
+		{"http target first", "FOO http://other.test/ BAR/1.1\r\n\r\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, br := tunnel(t, w.proxy, target)
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(c, tc.first)
+			if tc.later != "" {
+				answer := make([]byte, len("RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n"))
+				if _, err := io.ReadFull(br, answer); err != nil {
+					t.Fatalf("the first request (%q) was not answered: %v", tc.first, err)
+				}
+				io.WriteString(c, tc.later)
+			}
+			got, _ := io.ReadAll(br)
+			unread(t, heads, got)
+			if !strings.HasPrefix(string(got), "HTTP/1.1 4") {
+				t.Errorf("answer %q, want a refusal", got)
+			}
+		})
 	}
 }

@@ -87,6 +87,11 @@ type upgradeWatch struct {
 	// junk reads the client's bytes from the first for an HTTP request
 	// line behind bytes Netty skips (peek.JunkRequest).
 	junk peek.JunkRequest
+	// later reads them for an HTTP request behind a first request in
+	// another protocol's version (peek.LaterRequest), when other: the
+	// first bytes were one.
+	later peek.LaterRequest
+	other bool
 }
 
 // maxHeldBehind bounds what a client may send behind a hello while it is
@@ -119,7 +124,8 @@ func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []by
 			f()
 		}()
 	}}
-	if w.junk.Feed(data) {
+	w.other = p.OtherRequest
+	if w.junk.Feed(data) || w.other && w.later.Feed(data) {
 		return nil, nil, junkRefusal(rec)
 	}
 	first, st := w.u.Client(data)
@@ -146,7 +152,7 @@ func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []by
 }
 
 func (w *upgradeWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
-	if w.junk.Feed(b) {
+	if w.junk.Feed(b) || w.other && w.later.Feed(b) {
 		return nil, relay.WatchOff, junkRefusal(w.rec)
 	}
 	if w.hello == nil {
@@ -360,19 +366,21 @@ func (w *upgradeWatch) note() {
 	}
 }
 
-// refusal ends the connection with an access_denied alert, the TLS the
-// client has begun. why is empty for a deny the check made (its rule and
-// reason are in the line already).
-// junkRefusal refuses a connection whose client sent an HTTP request line
-// behind bytes Netty's decoder skips (control bytes, whitespace): peek
-// took its first bytes, those bytes alone, for unknown, but such a server
-// reads the request and serves the Host it names, which nothing decided.
+// junkRefusal refuses a connection whose client sent an HTTP request
+// that peek did not see in its first bytes: a line behind bytes Netty's
+// decoder skips (control bytes, whitespace), or a request behind a first
+// one in another protocol's version (RTSP's), which Netty also serves.
+// Such a server reads the request and serves the Host it names, which
+// nothing decided.
 func junkRefusal(rec *accesslog.Record) error {
 	rec.Action, rec.Enforced, rec.Rule = accesslog.Deny, true, ""
-	return &relay.Refusal{Why: "an HTTP request line behind control bytes, which an HTTP server may skip and serve the request's Host: refused",
+	return &relay.Refusal{Why: "an HTTP request that the first bytes did not show (behind control bytes, or behind another protocol's request), which an HTTP server may serve on the Host it names: refused",
 		Reply: []byte("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")}
 }
 
+// refusal ends the connection with an access_denied alert, the TLS the
+// client has begun. why is empty for a deny the check made (its rule and
+// reason are in the line already).
 func (w *upgradeWatch) refusal(why string) error {
 	if why == "" {
 		w.note()

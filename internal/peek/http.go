@@ -366,19 +366,21 @@ func isOtherVersion(v []byte) bool {
 // own (OPTIONS aside, which they share) and whose heads carry no Host,
 // stay unknown.
 func peekOther(c net.Conn, buf []byte, start, lf int) Result {
-	method := buf[start:lf]
+	method, target := buf[start:lf], []byte(nil)
 	if i := bytes.IndexFunc(method, func(r rune) bool { return r < 0x80 && isSep(byte(r)) }); i >= 0 {
-		method = method[:i]
+		method, target = method[:i], bytes.TrimLeft(method[i:], " \t\v\f\r")
 	}
-	if httpMethods[string(method)] {
+	if httpMethods[string(method)] || !otherTarget(target) {
 		return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
 	}
 	for {
 		if end := headEnd(buf, lf); end >= 0 {
-			if hasHostLine(buf[lf+1 : end]) {
+			var later LaterRequest
+			if hasHostLine(buf[lf+1:end]) || later.Feed(buf) {
+				// A Host, or a request behind the head already.
 				return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
 			}
-			return Result{Protocol: Unknown, Data: buf}
+			return Result{Protocol: Unknown, Data: buf, OtherRequest: true}
 		}
 		if len(buf) >= maxHTTPHead {
 			return Result{Protocol: HTTP, Data: buf, Err: ErrHTTPTooLarge}
@@ -388,6 +390,20 @@ func peekOther(c net.Conn, buf []byte, start, lf int) Result {
 			return httpError(buf, err)
 		}
 	}
+}
+
+// otherTarget reports whether target (a request line's words after its
+// method) starts as RTSP's and SIP's targets do: "*", or a URI whose
+// scheme is not HTTP's (rtsp://, sip:). An origin-form target ("/x"), an
+// http:// or https:// one, or any other word is a request for an HTTP
+// server in another protocol's version, which Netty serves, routes on,
+// and keeps the connection alive after.
+func otherTarget(target []byte) bool {
+	if len(target) > 0 && target[0] == '*' {
+		return true
+	}
+	scheme, _, ok := bytes.Cut(target, []byte(":"))
+	return ok && isScheme(scheme) && !bytes.EqualFold(scheme, []byte("http")) && !bytes.EqualFold(scheme, []byte("https"))
 }
 
 // httpMethods are the methods of HTTP's own (RFC 9110 §9, PATCH of RFC
@@ -435,16 +451,18 @@ func isDigit(b byte) bool { return '0' <= b && b <= '9' }
 // absolute URI: scheme "://" (RFC 3986 §3).
 func isAbsolute(target []byte) bool {
 	scheme, _, ok := bytes.Cut(target, []byte("://"))
-	if !ok || len(scheme) == 0 || bytes.ContainsFunc(target, func(r rune) bool { return r < 0x80 && isSep(byte(r)) }) {
-		return false
-	}
-	for i, b := range scheme {
-		alpha := 'a' <= b|0x20 && b|0x20 <= 'z'
-		if !alpha && (i == 0 || !isDigit(b) && b != '+' && b != '-' && b != '.') {
+	return ok && isScheme(scheme) && !bytes.ContainsFunc(target, func(r rune) bool { return r < 0x80 && isSep(byte(r)) })
+}
+
+// isScheme reports whether b is a URI scheme (RFC 3986 §3.1).
+func isScheme(b []byte) bool {
+	for i, c := range b {
+		alpha := 'a' <= c|0x20 && c|0x20 <= 'z'
+		if !alpha && (i == 0 || !isDigit(c) && c != '+' && c != '-' && c != '.') {
 			return false
 		}
 	}
-	return true
+	return len(b) > 0
 }
 
 // headEnd returns the end of the request head in buf, past the empty line

@@ -179,6 +179,12 @@ func TestPeekHTTPAnyMethod(t *testing.T) {
 		{"HTTP's method, another version, no Host", "GET / FOO/1.1\r\n\r\n", 0, "", ErrBadHTTP},
 		{"a Host behind ICAP's version", "PROPFIND /x ICAP/1.0\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"another protocol's version, 1-byte writes", "GET /x RTSP/1.0\r\nhost: denied.test\r\n\r\n", 1, "", ErrBadHTTP},
+		// Netty serves these, keeps the connection alive, and serves the
+		// next request's Host.
+		{"an origin-form target, another version", "FOO / BAR/1.1\r\n\r\n", 0, "", ErrBadHTTP},
+		{"an http target, another version", "FOO HTTP://denied.test/ BAR/1.1\r\n\r\n", 0, "", ErrBadHTTP},
+		{"a bare word target, another version", "FOO x BAR/1.1\r\n\r\n", 0, "", ErrBadHTTP},
+		{"a request behind RTSP's", "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\nGET / HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -228,6 +234,8 @@ func TestPeekNotHTTP(t *testing.T) {
 		{"binary, a word and a space", "\x02\x00Ab \x01\x02", Unknown},
 		{"RTSP", "DESCRIBE rtsp://cam.test/s RTSP/1.0\r\nCSeq: 1\r\n\r\n", Unknown},
 		{"SIP", "OPTIONS sip:a@b.test SIP/2.0\r\nVia: SIP/2.0/TCP c.test\r\nCSeq: 1 OPTIONS\r\n\r\n", Unknown},
+		{"RTSP, any target", "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n", Unknown},
+		{"RTSP, and its next request", "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\nDESCRIBE rtsp://cam.test/s RTSP/1.0\r\n", Unknown},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -237,6 +245,9 @@ func TestPeekNotHTTP(t *testing.T) {
 			defer Release(&r)
 			if r.Protocol != tc.protocol || r.Err != nil {
 				t.Fatalf("Peek(%q) = %s, %v; want %s at once", tc.input, r.Protocol, r.Err, tc.protocol)
+			}
+			if other := strings.HasPrefix(tc.name, "RTSP") || strings.HasPrefix(tc.name, "SIP"); r.OtherRequest != other {
+				t.Errorf("Peek(%q): OtherRequest %v, want %v", tc.input, r.OtherRequest, other)
 			}
 		})
 	}

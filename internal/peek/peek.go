@@ -68,6 +68,12 @@ type Result struct {
 	// SSLRequest or GSSENCRequest, after whose answer the client sends a
 	// ClientHello (or another of them): the caller watches what follows.
 	Preamble bool
+	// OtherRequest: the bytes (Protocol Unknown) are a request head in
+	// another protocol's version and with no Host (RTSP's, SIP's), which
+	// Netty's HTTP decoder serves and keeps the connection alive after:
+	// the caller reads the client's later bytes for an HTTP request
+	// (LaterRequest).
+	OtherRequest bool
 	// Err says why the bytes could not be classified completely: a
 	// malformed hello, a client that stopped mid-hello, an oversized head.
 	Err error
