@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"sync"
 
 	"github.com/egressd/egressd/internal/accesslog"
@@ -27,6 +28,22 @@ import (
 type helloWatch struct {
 	r       clienthello.Retry
 	version uint16
+	// A connection's first hello may be a decoy: allowed, and then not
+	// the TLS its server reads (an SMTP server answers it "500", and
+	// takes STARTTLS and a hello for a denied name next). So until the
+	// server's first bytes begin a ServerHello (confirmed), client bytes
+	// that are no TLS record, or a server answer that is no ServerHello,
+	// hand the connection to an upgrade watch (escalate makes it, from
+	// the client's byte base on; up is it), which reads the client's
+	// bytes as any unknown connection's are. A watch inside an upgrade
+	// watch has no escalate: its owner rescans.
+	escalate  func(base int) *upgradeWatch
+	up        *upgradeWatch
+	rc        *relay.Conn
+	n         int // the client's bytes so far
+	answer    [6]byte
+	answered  int // bytes of answer the server sent
+	confirmed bool
 }
 
 // newHelloWatch returns the watch for a connection whose first bytes p
@@ -40,8 +57,9 @@ func newHelloWatch(p *peek.Result, data []byte) (*helloWatch, error) {
 		return nil, nil
 	}
 	w := helloWatches.Get().(*helloWatch)
-	w.version = p.Hello.RecordVersion
+	w.reset(p.Hello.RecordVersion)
 	w.r.Init(&p.Hello)
+	w.n = p.HelloEnd
 	if _, _, err := w.Client(data[p.HelloEnd:]); err != nil {
 		w.Release()
 		return nil, err
@@ -53,7 +71,33 @@ func newHelloWatch(p *peek.Result, data []byte) (*helloWatch, error) {
 // relay.Watch.Release): every TLS connection takes one.
 var helloWatches = sync.Pool{New: func() any { return new(helloWatch) }}
 
-func (w *helloWatch) Release() { helloWatches.Put(w) }
+func (w *helloWatch) Release() {
+	if w.up != nil {
+		w.up.Release()
+	}
+	w.reset(0)
+	helloWatches.Put(w)
+}
+
+// reset makes a pooled watch new, for a hello in record version v.
+func (w *helloWatch) reset(v uint16) {
+	w.version, w.escalate, w.up, w.rc = v, nil, nil, nil
+	w.n, w.answered, w.confirmed = 0, 0, false
+}
+
+// onDecoy has hw (if not nil), the watch of a connection's first hello,
+// hand the connection to an upgrade watch should the hello prove a decoy
+// (see helloWatch): one that decides later hellos with check, into rec.
+func (s *session) onDecoy(ctx context.Context, hw *helloWatch, rec *accesslog.Record, check func() upgradeCheck) {
+	if hw == nil {
+		return
+	}
+	hw.escalate = func(base int) *upgradeWatch {
+		w := s.upgradeWatch(ctx, rec, check())
+		w.base, w.rc = base, hw.rc
+		return w
+	}
+}
 
 // watch has rc watched by w, if there is one (a *helloWatch or an
 // *upgradeWatch), with the client_hello timeout for a held hello's rest.
@@ -65,6 +109,7 @@ func (s *session) watch(rc *relay.Conn, w relay.Watch) {
 		if w == nil {
 			return
 		}
+		w.rc = rc
 	case *upgradeWatch:
 		if w == nil {
 			return
@@ -88,6 +133,11 @@ func (g *Gateway) refuseBehindHello(s *session, p *peek.Result, rec *accesslog.R
 }
 
 func (w *helloWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
+	if w.up != nil {
+		return w.up.Client(b)
+	}
+	base := w.n
+	w.n += len(b)
 	pass, v := w.r.Client(b)
 	switch v {
 	case clienthello.Refuse:
@@ -95,12 +145,42 @@ func (w *helloWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 	case clienthello.Holding:
 		return pass, relay.WatchHolding, nil
 	case clienthello.Done:
+		if w.r.Untracked() && !w.confirmed && w.escalate != nil {
+			// No TLS record, and no ServerHello yet: the hello was not
+			// the TLS this server reads (yet). b is read from its start.
+			w.up = w.escalate(base)
+			return w.up.Client(b)
+		}
 		return pass, relay.WatchOff, nil
 	}
 	return pass, relay.WatchOn, nil
 }
 
 func (w *helloWatch) Server(b []byte) relay.WatchState {
+	if w.up != nil {
+		return w.up.Server(b)
+	}
+	if w.escalate == nil || w.confirmed {
+		return w.server(b)
+	}
+	// The server's first bytes say whether it took up TLS.
+	k := copy(w.answer[w.answered:], b)
+	w.answered += k
+	if w.answered < len(w.answer) {
+		return relay.WatchOn
+	}
+	if !serverHelloStart(w.answer[:]) {
+		w.up = w.escalate(w.n)
+		return w.up.Server(b)
+	}
+	w.confirmed = true
+	if st := w.server(w.answer[:]); st != relay.WatchOn {
+		return st
+	}
+	return w.server(b[k:])
+}
+
+func (w *helloWatch) server(b []byte) relay.WatchState {
 	switch {
 	case w.r.Server(b) == clienthello.Done:
 		return relay.WatchEnded // answered, no retry: nothing of the client's to check
@@ -111,6 +191,9 @@ func (w *helloWatch) Server(b []byte) relay.WatchState {
 }
 
 func (w *helloWatch) Expired() error {
+	if w.up != nil {
+		return w.up.Expired()
+	}
 	return w.refusal("client_hello timeout: the second ClientHello (after a HelloRetryRequest) is incomplete")
 }
 

@@ -247,9 +247,10 @@ func (g *Gateway) setUpInline(ctx, cached context.Context, bl *boundListener, fd
 	var w relay.Watch
 	if hw != nil {
 		w = hw
+		s.onDecoy(ctx, hw, &s.rec, func() upgradeCheck { return s.helloCheck(orig) })
 	}
+	s.dialled = v.dst // for a later hello's check (helloCheck)
 	if upgradeWatched(&p) {
-		s.dialled = v.dst
 		w, _, _ = s.newUpgradeWatch(ctx, &p, p.Data, &s.rec, s.helloCheck(orig)) // scanning: upgradeBegun saw no hello's start
 	}
 	s.peeked(&p)

@@ -156,8 +156,14 @@ func (s *session) late(ctx context.Context, up *net.TCPConn, rec *accesslog.Reco
 			stop = func() {}
 		}
 		// The client's own protocol may turn into TLS later (STARTTLS):
-		// its bytes are read for a ClientHello (upgradeWatch).
-		uw, first, err := s.newUpgradeWatch(ctx, &p, p.Data, rec, check)
+		// its bytes are read for a ClientHello (upgradeWatch); so may a
+		// decoy's (a hello or an SSH banner the server does not take).
+		s.onDecoy(ctx, hw, rec, func() upgradeCheck { return check })
+		var uw *upgradeWatch
+		var first []byte
+		if p.Protocol != peek.SSH || !a.ssh.Load() { // else SSH both ways: unwatched
+			uw, first, err = s.newUpgradeWatch(ctx, &p, p.Data, rec, check)
+		}
 		if err != nil {
 			stop()
 			up.Close()
@@ -280,7 +286,10 @@ type await struct {
 	n     int64        // bytes copied to the client; read after stop
 	err   error        // how the copy ended, if not by stop; read after stop
 	eof   bool         // the server closed its side
-	done  chan struct{}
+	// ssh: the server's first bytes were an SSH banner's start, so a
+	// client banner after them is SSH's, not a decoy (upgradeWatch.ssh).
+	ssh  atomic.Bool
+	done chan struct{}
 }
 
 func newAwait(c, up *net.TCPConn, idle time.Duration) *await {
@@ -297,6 +306,9 @@ func (a *await) copyDown() {
 	for {
 		n, err := a.up.Read(buf)
 		if n > 0 {
+			if a.n == 0 && n >= len("SSH-") && string(buf[:len("SSH-")]) == "SSH-" {
+				a.ssh.Store(true)
+			}
 			a.last.Store(time.Now().UnixNano())
 			a.c.SetWriteDeadline(time.Now().Add(a.idle))
 			w, werr := a.c.Write(buf[:n])

@@ -263,6 +263,53 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 			t.Errorf("reason of %d bytes after 7 hellos: %.300q…", len(r), r)
 		}
 	})
+	// A first message that names a protocol the server then does not
+	// speak (an SSH banner, an allowed hello) is a decoy: the server
+	// answers it in SMTP, so what the client sends next is read as any
+	// unknown connection's is.
+	t.Run("behind an SSH banner", func(t *testing.T) {
+		c, br := mail(t)
+		say(t, c, br, "SSH-2.0-decoy\r\n", "250")
+		say(t, c, br, "STARTTLS\r\n", "220 2.0.0")
+		c.Write(hello)
+		denied(t, c, br)
+		smtp.noHello(t, "behind an SSH banner")
+		<-smtp.plain
+	})
+	t.Run("behind an allowed hello the server answered in SMTP", func(t *testing.T) {
+		c, br := mail(t)
+		c.Write(helloFor(t, "good.test"))
+		time.Sleep(50 * time.Millisecond) // the hello alone, decided
+		io.WriteString(c, "\r\nEHLO c\r\n")
+		for { // a "250 OK" for each line the hello's bytes made, then EHLO's
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("EHLO: %v", err)
+			}
+			if strings.HasPrefix(line, "250 STARTTLS") {
+				break
+			}
+		}
+		say(t, c, br, "STARTTLS\r\n", "220 2.0.0")
+		c.Write(hello)
+		denied(t, c, br)
+		smtp.noHello(t, "behind an allowed hello")
+		<-smtp.plain
+	})
+	t.Run("behind an allowed hello the server did not answer", func(t *testing.T) {
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", xmpp.addr.Port()))
+		c.Write(helloFor(t, "good.test"))
+		time.Sleep(50 * time.Millisecond) // the hello alone, decided
+		io.WriteString(c, "<starttls/>")
+		got := make([]byte, len("<proceed/>"))
+		if _, err := io.ReadFull(br, got); err != nil {
+			t.Fatal(err)
+		}
+		c.Write(hello)
+		denied(t, c, br)
+		xmpp.noHello(t, "behind an allowed hello")
+		<-xmpp.plain
+	})
 	t.Run("more hellos that started no TLS than any upgrade needs", func(t *testing.T) {
 		// Each is allowed and answered in SMTP; the 17th, allowed name
 		// or not, ends the connection before the server has it.
@@ -460,4 +507,49 @@ func TestUpgradeHelloBehindHello(t *testing.T) {
 		c.Write(denied)
 		refused(t, c, br)
 	})
+}
+
+// TestDecoyHelloOnSNIListener: on an sni listener, a first hello for an
+// allowed name whose server answers in SMTP, not TLS, was a decoy: the
+// client's STARTTLS and its hello for a denied name are read and refused,
+// on the set-up goroutine's path and on the relay loop's (the name
+// cached).
+func TestDecoyHelloOnSNIListener(t *testing.T) {
+	smtp := startUpgradeServer(t, true)
+	w := newWorldTo(t, baseRecords, basePolicy, smtp.addr.Port())
+	for _, path := range []string{"goroutine", "loop"} {
+		t.Run(path, func(t *testing.T) {
+			onLoop := w.gw.onLoop.Load()
+			c := dialListener(t, w)
+			br := bufio.NewReader(c)
+			c.Write(goHelloBytes(t, "good.test"))
+			if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "220 ") {
+				t.Fatalf("greeting %q, %v", line, err)
+			}
+			io.WriteString(c, "\r\nEHLO c\r\n")
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatalf("EHLO: %v", err)
+				}
+				if strings.HasPrefix(line, "250 STARTTLS") {
+					break
+				}
+			}
+			io.WriteString(c, "STARTTLS\r\n")
+			if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, "220 2.0.0") {
+				t.Fatalf("STARTTLS answered %q", line)
+			}
+			c.Write(goHelloBytes(t, "x.ads.test"))
+			rest, _ := io.ReadAll(br)
+			if !isAccessDenied(rest) {
+				t.Errorf("got % x, want an access_denied alert", rest)
+			}
+			smtp.noHello(t, "behind a decoy hello")
+			<-smtp.plain
+			if path == "loop" && w.gw.onLoop.Load() == onLoop {
+				t.Error("not set up on the relay loop: that path went untested")
+			}
+		})
+	}
 }

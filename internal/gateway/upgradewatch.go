@@ -92,6 +92,11 @@ type upgradeWatch struct {
 	// first bytes were one.
 	later peek.LaterRequest
 	other bool
+	// ssh: the first bytes were an SSH banner, which the server's own
+	// confirms (its first bytes "SSH-"): the watch then ends. A server
+	// that answers otherwise does not speak SSH, and the banner was a
+	// decoy: the client's bytes are read on as any unknown connection's.
+	ssh bool
 }
 
 // maxHeldBehind bounds what a client may send behind a hello while it is
@@ -109,22 +114,8 @@ func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []by
 	if !upgradeWatched(p) {
 		return nil, data, nil
 	}
-	g, timeout := s.g, s.st.Config.Timeouts.Connect
-	w = &upgradeWatch{check: check, rec: rec, cached: upstream.CachedOnly(ctx), lookup: func(name string) error {
-		lctx, cancel := context.WithTimeout(upstream.WithSource(ctx, s.src.Addr()), timeout)
-		defer cancel()
-		_, err := g.lookups.Resolve(lctx, name)
-		return err
-	}, spawn: func(f func()) {
-		// Counted as the gateway's other goroutines are: its connection
-		// holds a count meanwhile, so Serve's wait is not at zero.
-		g.wg.Add(1)
-		go func() {
-			defer g.wg.Done()
-			f()
-		}()
-	}}
-	w.other = p.OtherRequest
+	w = s.upgradeWatch(ctx, rec, check)
+	w.other, w.ssh = p.OtherRequest, p.Protocol == peek.SSH
 	if w.junk.Feed(data) || w.other && w.later.Feed(data) {
 		return nil, nil, junkRefusal(rec)
 	}
@@ -348,6 +339,26 @@ func (w *upgradeWatch) allowed(q peek.Result) ([]byte, error) {
 	return append(pass[:len(pass)-len(behind):len(pass)-len(behind)], passBehind...), nil
 }
 
+// upgradeWatch returns a new upgrade watch that decides the hellos it
+// finds with check, into rec, and looks their names up under ctx.
+func (s *session) upgradeWatch(ctx context.Context, rec *accesslog.Record, check upgradeCheck) *upgradeWatch {
+	g, timeout := s.g, s.st.Config.Timeouts.Connect
+	return &upgradeWatch{check: check, rec: rec, cached: upstream.CachedOnly(ctx), lookup: func(name string) error {
+		lctx, cancel := context.WithTimeout(upstream.WithSource(ctx, s.src.Addr()), timeout)
+		defer cancel()
+		_, err := g.lookups.Resolve(lctx, name)
+		return err
+	}, spawn: func(f func()) {
+		// Counted as the gateway's other goroutines are: its connection
+		// holds a count meanwhile, so Serve's wait is not at zero.
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			f()
+		}()
+	}}
+}
+
 // note words the decision on the hello in the line's reason.
 func (w *upgradeWatch) note() {
 	if w.rec.Reason == w.first.Reason { // a tunnel's check keeps the tunnel's reason
@@ -403,6 +414,17 @@ func (w *upgradeWatch) Server(b []byte) relay.WatchState {
 		w.junk.Stop()
 	}
 	switch {
+	case w.ssh && w.hello == nil:
+		k := min(len(b), len("SSH-")-len(w.answer))
+		w.answer = append(w.answer, b[:k]...)
+		switch {
+		case len(w.answer) < len("SSH-"):
+			return relay.WatchOn
+		case string(w.answer) == "SSH-":
+			return relay.WatchEnded // SSH, both ways: nothing more to read
+		}
+		w.ssh, w.answer = false, w.answer0[:0]
+		return relay.WatchOff
 	case w.hello == nil:
 		return relay.WatchOff // read again once a hello is allowed (WatchBoth)
 	case w.answered:
@@ -459,11 +481,13 @@ func (w *upgradeWatch) Release() {
 }
 
 // upgradeWatched reports whether a connection whose first bytes are p is
-// read for a later hello: one decided without a hello, and neither HTTP
-// (served request by request) nor SSH. Callers ask before they make the
-// check a watch needs, which TLS connections, most of them, never do.
+// read for a later hello: one decided without a hello, and not HTTP
+// (served request by request). SSH is, until its server's banner shows
+// it is SSH (upgradeWatch.ssh). Callers ask before they make the check a
+// watch needs, which TLS connections, most of them, never do (their
+// helloWatch makes one only if the hello proves a decoy).
 func upgradeWatched(p *peek.Result) bool {
-	return p.Protocol == peek.Unknown || p.Protocol == peek.ServerFirst
+	return p.Protocol == peek.Unknown || p.Protocol == peek.ServerFirst || p.Protocol == peek.SSH
 }
 
 // upgradeBegun reports whether first bytes p, of a connection that would
