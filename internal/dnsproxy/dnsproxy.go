@@ -51,6 +51,15 @@ const maxInFlight = 1024
 // slot from the others.
 const maxInFlightPerSource = 64
 
+// maxRecordedPerFamily bounds the addresses of one answer remembered in
+// the namecache, per address family; the client still gets the whole
+// answer. Each one takes the namecache's lock, which every connection's
+// name check takes too, so an answer with thousands of addresses (a
+// client's own zone can hold them) would let one client slow everyone's
+// connections. Real answers carry a handful; a connection to an address
+// past these is judged as if the client had not resolved it.
+const maxRecordedPerFamily = 32
+
 // Config is what the forwarder needs from the dns section (config.DNS).
 // A zero Timeout, RateLimit, MaxTCPConns or MaxTCPConnsPerSource means the
 // config's default for it (config.DefaultDNSTimeout and the others).
@@ -242,7 +251,12 @@ func (s *Server) Addr() netip.AddrPort {
 }
 
 // Shutdown stops both servers, cancels pending upstream queries and waits
-// for the serving goroutines.
+// for the serving goroutines until ctx is done; then it closes the TCP
+// connections still open, whose goroutines end at once, and waits for
+// them. Without that last step a client that does not read its answers
+// would hold Shutdown: the DNS library's ShutdownContext returns when ctx
+// is done, but the library's serving goroutine waits for every
+// connection's goroutine regardless.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.cancel()
 	for _, srv := range []*dns.Server{s.udp, s.tcp} {
@@ -250,6 +264,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 			srv.ShutdownContext(ctx)
 		}
 	}
+	s.tcpLimit.closeAll()
 	s.wg.Wait()
 }
 
@@ -325,21 +340,37 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		w.Close()
 		return
 	}
+	_, udp := w.RemoteAddr().(*net.UDPAddr)
+	m := s.answer(r, src, udp, &rec)
+	if m == nil {
+		w.Close()
+		return
+	}
+	// Written with the query's slots given back: they bound the queries
+	// being forwarded, and a TCP client that does not read would
+	// otherwise hold them while its write waits (up to tcpWrite).
+	w.WriteMsg(m)
+}
+
+// answer forwards r from src (or refuses it) within a query slot and
+// returns what to write back, nil to drop it: maxInFlight queries are
+// pending, or maxInFlightPerSource from src. udp is the transport r came
+// by, which bounds the answer's size.
+func (s *Server) answer(r *dns.Msg, src netip.Addr, udp bool, rec *accesslog.DNSRecord) *dns.Msg {
 	select {
 	case s.slots <- struct{}{}:
 		defer func() { <-s.slots }()
 		if !s.inFlight.Acquire(src, maxInFlightPerSource) {
 			s.overloaded.Add(1)
-			w.Close()
-			return
+			return nil
 		}
 		defer s.inFlight.Release(src)
 	default:
 		s.overloaded.Add(1)
-		w.Close()
-		return
+		return nil
 	}
 
+	q := r.Question[0]
 	name, valid := fqdn.Normalize(q.Name)
 	pol, enforce := s.policy()
 	checkAnswer := false
@@ -347,16 +378,16 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		// A name that is not an FQDN (a "!", "+", a space or any byte
 		// outside a host name) matches no fqdn rule, deny rules included:
 		// judged as "no name" it would slip past them, so it is refused.
-		if s.refuse(w, r, &rec, enforce, fmt.Sprintf("%q is not a valid host name", dnsLower(q.Name))) {
-			return
+		if m := s.refuse(r, rec, enforce, fmt.Sprintf("%q is not a valid host name", dnsLower(q.Name))); m != nil {
+			return m
 		}
 	}
 	if s.cfg.Filter {
 		ok, byAddress := pol.MayAllow(src, name, netip.Addr{})
 		addrQuery := q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA
 		if !ok && !(byAddress && addrQuery) {
-			if s.refuse(w, r, &rec, enforce, fmt.Sprintf("no allow rule could match %q for %s", name, src)) {
-				return
+			if m := s.refuse(r, rec, enforce, fmt.Sprintf("no allow rule could match %q for %s", name, src)); m != nil {
+				return m
 			}
 		}
 		checkAnswer = !ok && byAddress && addrQuery
@@ -366,26 +397,25 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	if err != nil {
 		s.failed.Add(1)
 		rec.Rcode, rec.Result, rec.Reason = "SERVFAIL", "failed", err.Error()
-		s.qlog.LogDNS(&rec)
+		s.qlog.LogDNS(rec)
 		m := new(dns.Msg)
 		m.SetRcode(r, dns.RcodeServerFailure)
-		w.WriteMsg(m)
-		return
+		return m
 	}
 	addrs := Addresses(resp, q.Name)
 	if s.cfg.Filter {
 		for target := range cnameChain(resp, q.Name) {
 			if t, ok := fqdn.Normalize(target); ok && t != name && pol.DeniedByName(src, t) {
-				if s.refuse(w, r, &rec, enforce, fmt.Sprintf("%q is an alias of %q, which a deny rule names", name, t)) {
-					return
+				if m := s.refuse(r, rec, enforce, fmt.Sprintf("%q is an alias of %q, which a deny rule names", name, t)); m != nil {
+					return m
 				}
 				break
 			}
 		}
 	}
 	if checkAnswer && !anyAllowed(pol, src, name, addrs) {
-		if s.refuse(w, r, &rec, enforce, fmt.Sprintf("no allow rule could match %q for %s at any of its %d addresses", name, src, len(addrs))) {
-			return
+		if m := s.refuse(r, rec, enforce, fmt.Sprintf("no allow rule could match %q for %s at any of its %d addresses", name, src, len(addrs))); m != nil {
+			return m
 		}
 	}
 	if s.cfg.StripH3 {
@@ -404,17 +434,36 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		}
 	}
 	if name != "" && resp.Rcode == dns.RcodeSuccess {
-		for _, a := range addrs {
-			s.names.Record(src, name, a.IP, a.TTL+s.cfg.Remember)
-			s.recorded.Add(1)
-		}
+		s.record(src, name, addrs)
 	}
 	resp.Id = r.Id
-	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+	if udp {
 		resp.Truncate(udpSize(r))
+	} else {
+		// Compressed if it must be to fit (the upstream's answer may fit
+		// only compressed, and the library packs uncompressed by default).
+		resp.Truncate(dns.MaxMsgSize)
 	}
 	s.forwarded.Add(1)
-	w.WriteMsg(resp)
+	return resp
+}
+
+// record remembers that src resolved name to addrs, the first
+// maxRecordedPerFamily addresses of each family.
+func (s *Server) record(src netip.Addr, name string, addrs []Address) {
+	var v4, v6 int
+	for _, a := range addrs {
+		n := &v6
+		if a.IP.Unmap().Is4() {
+			n = &v4
+		}
+		if *n >= maxRecordedPerFamily {
+			continue
+		}
+		*n++
+		s.names.Record(src, name, a.IP, a.TTL+s.cfg.Remember)
+		s.recorded.Add(1)
+	}
 }
 
 // answerTTL is the smallest TTL of m's answer section.
@@ -454,23 +503,22 @@ func anyAllowed(p *policy.Policy, src netip.Addr, name string, addrs []Address) 
 	return false
 }
 
-// refuse answers REFUSED and logs why, and reports true; in report-only
-// mode (enforce false) it only logs what it would have done and reports
-// false: the caller answers as usual.
-func (s *Server) refuse(w dns.ResponseWriter, r *dns.Msg, rec *accesslog.DNSRecord, enforce bool, why string) bool {
+// refuse logs why r is refused and returns the REFUSED answer; in
+// report-only mode (enforce false) it only logs what it would have done
+// and returns nil: the caller answers as usual.
+func (s *Server) refuse(r *dns.Msg, rec *accesslog.DNSRecord, enforce bool, why string) *dns.Msg {
 	if !enforce {
 		s.wouldRefuse.Add(1)
 		rec.Result, rec.Reason = "would-refuse", "report-only: "+why
 		s.qlog.LogDNS(rec)
-		return false
+		return nil
 	}
 	s.refused.Add(1)
 	rec.Rcode, rec.Result, rec.Reason = "REFUSED", "refused", why
 	s.qlog.LogDNS(rec)
 	m := new(dns.Msg)
 	m.SetRcode(r, dns.RcodeRefused)
-	w.WriteMsg(m)
-	return true
+	return m
 }
 
 // forward asks the upstreams in order until one answers. A truncated UDP

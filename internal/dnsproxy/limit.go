@@ -8,9 +8,15 @@ import (
 	"github.com/egressd/egressd/internal/limit"
 )
 
-// maxLimitedSources bounds the rate limiter's table. A flood from more
-// distinct (possibly spoofed) sources than this within one window is
-// dropped until the window turns, rather than growing the table.
+// maxLimitedSources bounds the rate limiter's table. Once this many
+// sources are counted in one window, a source not yet counted is let
+// through uncounted until the window turns; the sources counted keep
+// their limit. Dropping them instead would hand the forwarder to whoever
+// fills the table: spoofed UDP sources or the 65,536 /64s of one /48 cost
+// an attacker one query each, and would deny DNS to every client not yet
+// seen that second. What gets through uncounted is still bounded by the
+// in-flight caps (maxInFlight, maxInFlightPerSource), which hold whatever
+// the number of sources.
 const maxLimitedSources = 65536
 
 // limiter counts queries per source (an IPv4 address, an IPv6 /64: see
@@ -44,7 +50,7 @@ func (l *limiter) allow(src netip.Addr) (ok, first bool) {
 	src = limit.Source(src)
 	n, seen := l.counts[src]
 	if !seen && len(l.counts) >= maxLimitedSources {
-		return false, false
+		return true, false
 	}
 	n++
 	l.counts[src] = n

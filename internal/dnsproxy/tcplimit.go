@@ -20,15 +20,29 @@ const (
 	// idle connections; clients reconnect).
 	tcpFirstQuery = 2 * time.Second
 	tcpIdle       = 2 * time.Second
+	// tcpWrite is how long one write of an answer to a client may take.
+	// The write blocks only once the client has stopped reading and both
+	// socket buffers are full: a client that pipelines queries with large
+	// answers and never reads would otherwise hold the serving goroutine,
+	// its TCP place and Shutdown for ever. An answer is at most 64 KiB,
+	// which a client that reads at all takes in far less.
+	tcpWrite = 5 * time.Second
 )
 
-// tcpLimit counts open TCP connections, in all and per client address.
+// tcpLimit counts open TCP connections, in all and per client address,
+// and keeps them so that Shutdown can close those still open when its
+// grace period ends: the DNS library's ShutdownContext only sets read
+// deadlines, then waits for every connection's goroutine, which may be
+// writing an answer (up to tcpWrite for each of the queries the client
+// pipelined).
 type tcpLimit struct {
 	max, perSource int
 
-	mu    sync.Mutex
-	total int
-	bySrc limit.PerSource
+	mu     sync.Mutex
+	total  int
+	bySrc  limit.PerSource
+	conns  map[*limitedConn]struct{}
+	closed bool // closeAll was called: admit nothing more
 }
 
 func newTCPLimit(max, perSource int) *tcpLimit {
@@ -41,22 +55,44 @@ func newTCPLimit(max, perSource int) *tcpLimit {
 	return &tcpLimit{max: max, perSource: perSource}
 }
 
-// acquire counts one more connection from src, unless a cap is reached.
-func (l *tcpLimit) acquire(src netip.Addr) bool {
+// admit counts c, a connection from src, and returns it wrapped to give
+// its place back when closed; it reports false if a cap is reached or
+// closeAll was called.
+func (l *tcpLimit) admit(c net.Conn, src netip.Addr) (*limitedConn, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.total >= l.max || !l.bySrc.Acquire(src, l.perSource) {
-		return false
+	if l.closed || l.total >= l.max || !l.bySrc.Acquire(src, l.perSource) {
+		return nil, false
 	}
 	l.total++
-	return true
+	lc := &limitedConn{Conn: c, l: l, src: src}
+	if l.conns == nil {
+		l.conns = make(map[*limitedConn]struct{})
+	}
+	l.conns[lc] = struct{}{}
+	return lc, true
 }
 
-func (l *tcpLimit) release(src netip.Addr) {
+func (l *tcpLimit) release(c *limitedConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
-	l.bySrc.Release(src)
+	l.bySrc.Release(c.src)
+	delete(l.conns, c)
+}
+
+// closeAll closes every connection open and admits no more.
+func (l *tcpLimit) closeAll() {
+	l.mu.Lock()
+	l.closed = true
+	open := make([]*limitedConn, 0, len(l.conns))
+	for c := range l.conns {
+		open = append(open, c)
+	}
+	l.mu.Unlock()
+	for _, c := range open {
+		c.Close() // outside the lock: Close releases
+	}
 }
 
 // open returns the connections open from src, or in all for the zero Addr.
@@ -88,8 +124,8 @@ func (l limitListener) Accept() (net.Conn, error) {
 		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 			src = ta.AddrPort().Addr().Unmap()
 		}
-		if l.s.tcpLimit.acquire(src) {
-			return &limitedConn{Conn: c, l: l.s.tcpLimit, src: src}, nil
+		if lc, ok := l.s.tcpLimit.admit(c, src); ok {
+			return lc, nil
 		}
 		l.s.overloaded.Add(1)
 		if tc, ok := c.(*net.TCPConn); ok {
@@ -100,7 +136,10 @@ func (l limitListener) Accept() (net.Conn, error) {
 	}
 }
 
-// limitedConn releases its place in the tcpLimit once, when closed.
+// limitedConn releases its place in the tcpLimit once, when closed, and
+// gives each write tcpWrite to complete. Every write to a client's TCP
+// connection goes through it, the DNS library's own (FORMERR, NOTIMP)
+// included.
 type limitedConn struct {
 	net.Conn
 	l    *tcpLimit
@@ -108,9 +147,24 @@ type limitedConn struct {
 	once sync.Once
 }
 
+// Write writes b within tcpWrite. A write that fails closes the
+// connection: part of a message may have gone out, so what followed would
+// be misframed, and the serving goroutine's next read then ends it.
+func (c *limitedConn) Write(b []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(tcpWrite)); err != nil {
+		c.Close()
+		return 0, err
+	}
+	n, err := c.Conn.Write(b)
+	if err != nil {
+		c.Close()
+	}
+	return n, err
+}
+
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.l.release(c.src) })
+	c.once.Do(func() { c.l.release(c) })
 	return err
 }
 
