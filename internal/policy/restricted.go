@@ -15,6 +15,7 @@ var restricted = []netip.Prefix{
 	netip.MustParsePrefix("100.64.0.0/10"),      // carrier-grade NAT (RFC 6598)
 	netip.MustParsePrefix("127.0.0.0/8"),        // loopback
 	netip.MustParsePrefix("169.254.0.0/16"),     // link-local, cloud metadata (169.254.169.254)
+	netip.MustParsePrefix("168.63.129.16/32"),   // Azure's host endpoint (WireServer): VM agent, DHCP, DNS, health probes
 	netip.MustParsePrefix("172.16.0.0/12"),      // private (RFC 1918)
 	netip.MustParsePrefix("192.168.0.0/16"),     // private (RFC 1918)
 	netip.MustParsePrefix("224.0.0.0/4"),        // multicast
@@ -24,6 +25,7 @@ var restricted = []netip.Prefix{
 	netip.MustParsePrefix("100::/64"),           // discard-only (RFC 6666): nothing there to reach
 	netip.MustParsePrefix("fc00::/7"),           // unique local
 	netip.MustParsePrefix("fe80::/10"),          // link-local
+	netip.MustParsePrefix("fec0::/10"),          // site-local (RFC 3879 deprecated it; still routed where configured)
 	netip.MustParsePrefix("ff00::/8"),           // multicast
 }
 

@@ -20,6 +20,9 @@ func TestRestricted(t *testing.T) {
 		{addr("172.31.255.255"), true},
 		{addr("192.168.1.1"), true},
 		{addr("169.254.169.254"), true},
+		{addr("168.63.129.16"), true}, // Azure's host endpoint
+		{addr("168.63.129.17"), false},
+		{addr("fec0::1"), true}, // site-local
 		{addr("100.64.0.1"), true},
 		{addr("100.127.255.255"), true},
 		{addr("224.0.0.1"), true},
