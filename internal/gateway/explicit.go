@@ -47,6 +47,10 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, htt
 type explicitConn struct {
 	*session
 	br *bufio.Reader
+	// pinned: the requests read are decided by one decision made for
+	// all of them (a tunnel's), which a reload does not remake: the
+	// connection ends at the next request instead (requestLoop).
+	pinned bool
 }
 
 // serveExplicit serves one client of an explicit listener after the

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/testnet"
 )
 
@@ -129,4 +131,72 @@ policy:
   rules:
     - {name: lo, action: allow, destinations: ["127.0.0.0/8"]}
 `, 100*time.Millisecond)
+}
+
+// TestReloadDecidesKeptAliveRequests: each request on a kept-alive proxy
+// connection is decided, and its credentials checked, under the config
+// that runs when it comes, not the one the connection was accepted under:
+// a reload that denies the destination, or removes the user, holds for
+// the connection's next request.
+func TestReloadDecidesKeptAliveRequests(t *testing.T) {
+	up := testnet.Listen(t)
+	testnet.Serve(t, up, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	const head = `listeners:
+  - {name: proxy, mode: explicit, address: "127.0.0.1:0"}
+timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1m}
+`
+	bob := `users: [{name: bob, password_hash: "` + s3cretHash + `"}]` + "\n"
+	alice := `users: [{name: alice, password_hash: "` + s3cretHash + `"}]` + "\n"
+	const allow = "policy: {default: deny, rules: [{name: lo, action: allow, destinations: [127.0.0.0/8]}]}\n"
+	const deny = "policy: {default: deny, rules: [{name: no-lo, action: deny, destinations: [127.0.0.0/8]}]}\n"
+	for _, tc := range []struct {
+		name, before, after string
+		want                int
+	}{
+		{"destination denied", bob + allow, bob + deny, http.StatusForbidden},
+		{"user removed", bob + allow, alice + allow, http.StatusProxyAuthRequired},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := serveConfig(t, head+tc.before, 100*time.Millisecond)
+			c, err := net.Dial("tcp", g.Addrs()["proxy"].String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			ask := func() int {
+				fmt.Fprintf(c, "GET http://%s/ HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n",
+					up.Addr(), up.Addr(), base64.StdEncoding.EncodeToString([]byte("bob:s3cret")))
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				return resp.StatusCode
+			}
+			if code := ask(); code != http.StatusOK {
+				t.Fatalf("before the reload: %d", code)
+			}
+			cfg, err := config.Parse("test.yaml", []byte(head+tc.after))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pol, _ := cfg.Compile()
+			if restart, err := g.Reload(&State{Config: cfg, Policy: pol}); err != nil || len(restart) > 0 {
+				t.Fatalf("Reload = %v, %v", restart, err)
+			}
+			if code := ask(); code != tc.want {
+				t.Errorf("the kept-alive connection's next request after the reload: %d, want %d", code, tc.want)
+			}
+		})
+	}
 }

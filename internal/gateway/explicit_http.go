@@ -25,6 +25,9 @@ import (
 func (x *explicitConn) serveHTTP(ctx context.Context) (relaying bool) {
 	var auth authCache
 	return x.requestLoop(ctx, httpconnect.Parse, func(ctx context.Context, q httpconnect.Request, head []byte, rec *accesslog.Record) (keep, relaying bool) {
+		if auth.st != x.st {
+			auth = authCache{st: x.st} // a reload may have removed the user
+		}
 		if len(x.st.Config.Users) > 0 {
 			user, why := auth.check(q.ProxyAuthorization, x.authenticate)
 			if why != "" {
@@ -63,6 +66,19 @@ func (x *explicitConn) requestLoop(ctx context.Context, parse func([]byte) (http
 	serve func(ctx context.Context, q httpconnect.Request, head []byte, rec *accesslog.Record) (keep, relaying bool)) (relaying bool) {
 	lim := httpconnect.DefaultLimits
 	for n := 0; ; n++ {
+		if n > 0 {
+			// Each request is decided under the config that runs when it
+			// comes: a reload since the last one holds for this one.
+			// Requests whose decision was made once for all of them (a
+			// tunnel's) end with the connection instead.
+			if st := x.g.state.Load(); st != x.st {
+				if x.pinned {
+					x.c.Close()
+					return false
+				}
+				x.st = st
+			}
+		}
 		rec := x.record()
 		rec.Protocol = "http"
 		head, err := httpconnect.ReadHead(x.br, lim)
@@ -286,6 +302,7 @@ func (x *explicitConn) send(ctx context.Context, v verdict, q httpconnect.Reques
 // is meant to be slow.
 type authCache struct {
 	value, user string
+	st          *State // the config value was accepted under
 }
 
 // check returns the user the credential authenticates, or why not;

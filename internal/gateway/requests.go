@@ -35,7 +35,7 @@ import (
 // (or, with none, the name this client resolved to orig through egressd's
 // DNS) and the listener's sni_destination. Every line is logged here.
 func (s *session) serveRequests(ctx context.Context, first []byte, orig netip.AddrPort) {
-	g, st, lc, c := s.g, s.st, s.lc, s.c
+	g, lc, c := s.g, s.lc, s.c
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(io.MultiReader(bytes.NewReader(first), c))
 	x := &explicitConn{session: s, br: br}
@@ -44,14 +44,14 @@ func (s *session) serveRequests(ctx context.Context, first []byte, orig netip.Ad
 	if lc.Mode == config.ModeSNI {
 		port = lc.UpstreamPort
 	}
-	c.SetReadDeadline(time.Now().Add(st.Config.Timeouts.ClientHello))
+	c.SetReadDeadline(time.Now().Add(s.st.Config.Timeouts.ClientHello))
 	x.requestLoop(ctx, func(head []byte) (httpconnect.Request, error) { return httpconnect.ParseOrigin(head, port) },
 		func(ctx context.Context, q httpconnect.Request, _ []byte, rec *accesslog.Record) (keep, relaying bool) {
 			defer g.logConn(rec)
 			rec.Dst = orig
 			p := peek.Result{Protocol: peek.HTTP, Host: hostOf(q)}
-			v := g.judge(ctx, st, lc, rec, &p, orig)
-			if g.refusing(st, v, rec) {
+			v := g.judge(ctx, s.st, lc, rec, &p, orig) // s.st: requestLoop keeps it the running config
+			if g.refusing(s.st, v, rec) {
 				refuse.HTTPForbidden(c, v.Rule)
 				return false, false
 			}
@@ -75,6 +75,7 @@ func (x *explicitConn) tunnelRequests(ctx context.Context, t target, v verdict, 
 		x.releaseReader()
 	}
 	x.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(first), rest), httpconnect.DefaultLimits.Head)
+	x.pinned = true // decided once, as the tunnel: a reload ends the connection between requests
 	x.c.SetReadDeadline(time.Now().Add(x.st.Config.Timeouts.ClientHello))
 	x.requestLoop(ctx, func(head []byte) (httpconnect.Request, error) { return httpconnect.ParseOrigin(head, t.port) },
 		func(ctx context.Context, q httpconnect.Request, _ []byte, rec *accesslog.Record) (keep, relaying bool) {
