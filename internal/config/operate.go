@@ -61,14 +61,15 @@ var noFile = func() uint64 {
 // DeriveLimits returns the limits for a process allowed noFile open files
 // (ulimit -n). A relayed connection holds two descriptors (client and
 // server), and a reserve is kept for everything else (listeners, the DNS
-// forwarder and resolver, the admin endpoint, log files): a tenth of the
-// limit, at least 256 (at most half). Past max_connections egressd refuses
-// at once instead of failing accepts and dials with EMFILE. One source may
-// hold three quarters of them, so that a quarter always stays for everyone
-// else while one busy client (a NAT, a node's pods, a benchmark's
-// loopback) is not cut short; a quarter may be pending handshakes, so that
-// a crowd of silent ones cannot take every place. noFile 0 (unknown) gives
-// no limits.
+// forwarder and resolver, the admin endpoint, log files, and the relay's
+// splice pipes, which package relay keeps to half of it: see
+// relay.SetMaxPipes): a tenth of the limit, at least 256 (at most half).
+// Past max_connections egressd refuses at once instead of failing accepts
+// and dials with EMFILE. One source may hold three quarters of them, so
+// that a quarter always stays for everyone else while one busy client (a
+// NAT, a node's pods, a benchmark's loopback) is not cut short; a quarter
+// may be pending handshakes, so that a crowd of silent ones cannot take
+// every place. noFile 0 (unknown) gives no limits.
 func DeriveLimits(noFile uint64) Limits {
 	if noFile == 0 {
 		return Limits{}

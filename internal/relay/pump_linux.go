@@ -77,16 +77,19 @@ type side struct {
 }
 
 // dir is one direction: bytes from src, through a pooled pipe held only
-// while they move, to dst.
+// while they move (or the loop's buffer, when no pipe is to spare), to
+// dst.
 type dir struct {
 	src, dst *side
 	// head is bytes to write to dst before any spliced ones: the first
 	// bytes Attach was given (not counted in n), or, with copied set,
 	// what a copy read and could not yet write (counted once written).
+	// It is let go once written: a direction whose destination stalled
+	// keeps no buffer after.
 	head   []byte
 	copied bool
 	// splicing turns true once a read fills the loop's buffer (see
-	// copyIn).
+	// copyIn); it still copies while no pipe is to spare.
 	splicing bool
 	p        *pipe
 	pending  int // bytes in p not yet written to dst
@@ -240,8 +243,14 @@ func (c *Conn) move(d *dir) {
 		if d.p == nil {
 			p, err := getPipe()
 			if err != nil {
-				c.fail(d, nil, d.src.opError("read", err), nil)
-				return
+				// No pipe to spare: the budget is spent (see pipes), or
+				// the process is out of fds. The bytes go through the
+				// loop's buffer, as small messages do; the next read
+				// that fills it asks for a pipe again.
+				if !c.copyIn(d) {
+					return
+				}
+				continue
 			}
 			d.p = p
 		}
@@ -381,9 +390,11 @@ func (c *Conn) out(d *dir) bool {
 		if len(d.head) > 0 {
 			var n int
 			if n, err = writeNB(d.dst.fd, d.head); err == nil {
-				d.head = d.head[n:]
 				if d.copied {
 					d.n += int64(n)
+				}
+				if d.head = d.head[n:]; len(d.head) == 0 {
+					d.head = nil
 				}
 			}
 		} else {
@@ -441,7 +452,7 @@ func (c *Conn) ended(d *dir) {
 }
 
 // fail ends the connection on d's error, an error on by's socket (nil:
-// egressd's own, such as no pipe).
+// egressd's own, such as epoll's).
 func (c *Conn) fail(d *dir, by *side, err error, linger *side) {
 	up, down := net.ErrClosed, net.ErrClosed
 	if d == &c.up {
@@ -512,7 +523,7 @@ func (c *Conn) finish(upErr, downErr error, linger *side, end End, by Side) {
 		if d.pending == 0 {
 			putPipe(d.p)
 		} else {
-			d.p.close() // bytes stuck in it: never hand them to another connection
+			dropPipe(d.p) // bytes stuck in it: never hand them to another connection
 		}
 		d.p = nil
 	}

@@ -11,11 +11,16 @@
 // handshake's) through the loop's buffer; once a read fills it, it moves
 // bytes with splice(2) through a pipe that is taken from a shared pool
 // only while bytes are moving, and given back as soon as the source has
-// nothing more to read. An idle proxied connection so
-// holds exactly its two sockets: no pipe, no buffer, no goroutine. (io.Copy
-// between two TCPConns splices too, but holds a pipe per direction for the
-// connection's whole life: four extra fds and their kernel memory per idle
-// connection, and a goroutine stack per direction.) Like the rest of
+// nothing more to read. The pipes in use and pooled are bounded by a
+// share of the open-files limit (SetMaxPipes), since a direction whose
+// destination stopped reading keeps the bytes in its pipe: past the
+// bound, a direction goes on copying through the buffer, so that stalled
+// readers slow others down a little rather than spend the fds every
+// accept and dial needs. An idle proxied connection so holds exactly its
+// two sockets: no pipe, no buffer, no goroutine. (io.Copy between two
+// TCPConns splices too, but holds a pipe per direction for the
+// connection's whole life: four extra fds and their kernel memory per
+// idle connection, and a goroutine stack per direction.) Like the rest of
 // egressd it runs on Linux only: epoll, splice(2) and eventfd have no
 // portable stand-in.
 package relay
@@ -76,7 +81,7 @@ const (
 	// EPIPE after one.
 	Reset
 	// Failed: another error on By's socket (a retransmission timeout, an
-	// ICMP unreachable), or egressd's own (By Local: no pipe, no epoll).
+	// ICMP unreachable), or egressd's own (By Local: no epoll).
 	Failed
 	// Idle: no byte moved either way for the idle timeout (By Local).
 	Idle
