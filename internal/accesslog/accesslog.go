@@ -288,40 +288,59 @@ func appendAddr(b []byte, a netip.AddrPort) []byte {
 // string could not tell the offer "a,b" from "a" and "b"; an array can.
 func appendStrings(b []byte, ss []string) []byte {
 	b = append(b, '[')
+	left := maxALPN
 	for i, s := range ss {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, clip(s, maxALPN))
+		n := len(b)
+		b = appendString(b, clip(s, left))
+		left = max(0, left-(len(b)-n-2))
 	}
 	return append(b, ']')
 }
 
-// What one line holds at most of the text a client chose, in bytes
-// before escaping (a control byte escapes to six): a user name, a name,
-// and the reason, which may quote a name or a header the client sent.
-// ALPN ids (at most 16 are kept) are whole at 255 bytes, their most. Past that, clip cuts. A client that
-// sent such text on every connection made each line 100 KB, the log
-// several times faster than its own bytes, until the log's reader fell
-// behind and the relay loops, which hand their lines to its writer,
-// waited for it.
+// What one line holds at most of the text a client chose, in bytes as
+// written (escaped: a control byte takes six): a user name, a name, the
+// reason, which may quote a name or a header the client sent, and the
+// ALPN ids together (real offers take a few dozen). Past that, clip
+// cuts, and says how much. A client that sent such text on every
+// connection made each line 100 KB, the log several times faster than
+// its own bytes, until the log's reader fell behind and the relay loops,
+// which hand their lines to its writer, waited for it.
 const (
 	maxField  = 256
-	maxALPN   = 255 // an id's most (RFC 7301): kept whole
+	maxALPN   = 1024
 	maxReason = 2048
 )
 
-// clip returns s, or its first max bytes (cut at a character's start)
-// followed by how many were cut.
+// clip returns s, or its longest prefix (whole characters) that takes at
+// most max bytes once escaped (appendString), followed by how many bytes
+// were cut.
 func clip(s string, max int) string {
-	if len(s) <= max {
-		return s
+	n := 0
+	for i := 0; i < len(s); {
+		c, size, cost := s[i], 1, 1
+		switch {
+		case c == '"' || c == '\\':
+			cost = 2
+		case c < 0x20:
+			cost = 6
+		case c >= utf8.RuneSelf:
+			var r rune
+			if r, size = utf8.DecodeRuneInString(s[i:]); r == utf8.RuneError && size == 1 {
+				cost = 6 // written as \ufffd
+			} else {
+				cost = size
+			}
+		}
+		if n+cost > max {
+			return s[:i] + "…(" + strconv.Itoa(len(s)-i) + " bytes cut)"
+		}
+		n += cost
+		i += size
 	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…(" + strconv.Itoa(len(s)-cut) + " bytes cut)"
+	return s
 }
 
 // appendString appends s as a JSON string (RFC 8259 §7). Client-supplied
