@@ -311,7 +311,10 @@ func (x *explicitConn) checkTunnel(t target, v verdict, p *peek.Result, rec *acc
 			rec.ECH = x.g.realECH(x.src.Addr(), name, p)
 		}
 	}
-	if p.Err == nil && x.protocolDenied(t, v, p.Protocol, rec) {
+	// A hello egressd cannot read, or a head still unfinished, is still
+	// TLS, or HTTP: a rule naming its protocol holds for it, whatever
+	// tunnel_sni then does with the malformed bytes.
+	if (p.Err == nil || p.Protocol == peek.TLS || p.Protocol == peek.HTTP) && x.protocolDenied(t, v, p.Protocol, rec) {
 		return true
 	}
 	if errors.Is(p.Err, peek.ErrHelloCoalesced) {

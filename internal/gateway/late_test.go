@@ -638,3 +638,38 @@ func TestRequestAfterOtherProtocolInTunnel(t *testing.T) {
 		})
 	}
 }
+
+// TestProtocolRulesMalformedInLogTunnel: under tunnel_sni: log, a
+// malformed ClientHello or an unfinished request head is relayed (the
+// tunnel's name decided it), but a rule that denies its protocol still
+// holds: what egressd cannot parse is still TLS, or HTTP.
+func TestProtocolRulesMalformedInLogTunnel(t *testing.T) {
+	w := newProxyWorld(t, "", `    - {name: no-tls, action: deny, fqdn: ["good.test"], protocols: [tls]}
+`, true)
+	srv, heads := headsServer(t, "\x03") // a record's version byte: a tunnel closed unused reads as an empty head
+	for _, tc := range []struct{ name, first string }{
+		// A handshake record whose message is a ServerHello: TLS, not a
+		// ClientHello egressd can read.
+		{"malformed hello", "\x16\x03\x01\x00\x06\x02\x00\x00\x02\x03\x03"},
+		// Five warning alerts first: crypto/tls skips them, egressd's
+		// reassembly does not.
+		{"alerts before the hello", strings.Repeat("\x15\x03\x03\x00\x02\x01\x00", 5) + string(goHelloBytes(t, "good.test"))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, br := tunnel(t, w.proxyLog, fmt.Sprintf("good.test:%d", srv.Port()))
+			io.WriteString(c, tc.first)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			io.ReadAll(br) // refused: at once; relayed: until the deadline
+			c.Close()
+			e := w.waitLog(bySrcPort(c))
+			if e["action"] != "deny" || e["rule"] != "no-tls" {
+				t.Errorf("line %v %v (%v), want a deny by no-tls", e["action"], e["rule"], e["reason"])
+			}
+			select {
+			case h := <-heads:
+				t.Errorf("the server read %q", h)
+			case <-time.After(100 * time.Millisecond):
+			}
+		})
+	}
+}
