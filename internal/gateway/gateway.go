@@ -100,9 +100,12 @@ type Gateway struct {
 	// pendingSources counts pending handshakes per peer address (see
 	// count): one client may not take every pending place.
 	pendingSources limit.PerSource
-	bound          atomic.Bool // Bind succeeded
-	draining       atomic.Bool // Serve's context is done
-	serveCtx       context.Context
+	// silentSources counts, per source, the server-first connections
+	// whose client is silent, waiting for its first bytes (late.go).
+	silentSources limit.PerSource
+	bound         atomic.Bool // Bind succeeded
+	draining      atomic.Bool // Serve's context is done
+	serveCtx      context.Context
 	// setupCtx is the context of every connection's set-up (its lookups
 	// and dials), under mu: Serve's values, done not with Serve's context
 	// but when the drain ends (endSetups), so that a set-up still dialling

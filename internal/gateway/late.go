@@ -14,6 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/internal/accesslog"
+	"github.com/egressd/egressd/internal/limit"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/peek"
 	"github.com/egressd/egressd/internal/refuse"
 	"github.com/egressd/egressd/internal/relay"
@@ -62,10 +64,26 @@ func (s *session) late(ctx context.Context, up *net.TCPConn, rec *accesslog.Reco
 	// ClientHello that comes after the server's "S": decided so too, or it
 	// would reach a server that routes on its name unread.
 	for step := 0; ; step++ {
+		// A silent client's wait holds two goroutines and a buffer, for
+		// up to idle, where a relayed connection holds a few hundred
+		// bytes: one source may hold its share of the pending places so,
+		// as a crowd of silent handshakes may, and no more.
+		share := limit.SourceShare(cfg.Limits.MaxPendingHandshakes)
+		if share > 0 && !g.silentSources.Acquire(s.src.Addr(), share) {
+			rec.Action, rec.Enforced, rec.Rule = accesslog.Deny, true, ""
+			rec.Reason += fmt.Sprintf("; limit max_pending_handshakes: %s holds its share (%d) of server-first connections whose client is silent", s.src.Addr(), share)
+			g.metrics.Rejected(metrics.LimitPendingPerSource)
+			up.Close()
+			refuse.Reset(c)
+			return false
+		}
 		g.track(up, true) // a drain closes it, and so wakes the wait
 		a := newAwait(c, up, cfg.Timeouts.Idle)
 		waitStart := time.Now()
 		err := a.clientSpeaks()
+		if share > 0 {
+			g.silentSources.Release(s.src.Addr())
+		}
 		if err == nil {
 			now := time.Now()
 			p = peek.Peek(c, peek.Deadlines{FirstBytes: now.Add(cfg.Timeouts.FirstBytes), Complete: now.Add(cfg.Timeouts.ClientHello)})
