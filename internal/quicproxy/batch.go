@@ -34,24 +34,51 @@ const flagTrunc = unix.MSG_TRUNC
 
 // batch is one direction's messages for recvmmsg and sendmmsg. Its size
 // follows the traffic: it doubles while reads fill it, up to maxBatch, and
-// halves when they come back nearly empty, so that a quiet flow holds two
-// buffers and a bulk transfer moves 32 datagrams a system call.
+// halves when they come back nearly empty, so that a slow flow reads into
+// two buffers and a bulk transfer moves 32 datagrams a system call. A way
+// that goes quiet gives its whole batch back (relay.read): a burst grows a
+// batch, and a flow may then be kept for minutes by a datagram now and
+// then, so what a flow holds must not be what its last burst needed.
 type batch struct {
 	ms, out []ipv4.Message
 	size    int
+	held    *atomic.Int64 // the relay's batchBytes, while the batch is its
 }
 
 const minBatch, maxBatch = 2, 32
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
+var (
+	bufPool   = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
+	batchPool = sync.Pool{New: func() any {
+		b := &batch{ms: make([]ipv4.Message, maxBatch), out: make([]ipv4.Message, maxBatch)}
+		for i := range maxBatch {
+			b.ms[i].Buffers, b.out[i].Buffers = make([][]byte, 1), make([][]byte, 1)
+		}
+		return b
+	}}
+)
 
-func newBatch() *batch {
-	b := &batch{ms: make([]ipv4.Message, maxBatch), out: make([]ipv4.Message, maxBatch)}
-	for i := range b.out {
-		b.out[i].Buffers = make([][]byte, 1)
-	}
+// batchArrays is what a batch's message arrays take, buffers aside.
+var batchArrays = int64(2 * maxBatch * (unsafe.Sizeof(ipv4.Message{}) + unsafe.Sizeof([]byte(nil))))
+
+// getBatch takes a batch of minBatch buffers, counted in held until put.
+func getBatch(held *atomic.Int64) *batch {
+	b := batchPool.Get().(*batch)
+	b.held = held
+	held.Add(batchArrays)
 	b.resize(minBatch)
 	return b
+}
+
+// put gives b and its buffers back to their pools.
+func (b *batch) put() {
+	b.resize(0)
+	for i := range b.out {
+		b.out[i].Buffers[0] = nil // a view of a buffer just given back
+	}
+	b.held.Add(-batchArrays)
+	b.held = nil
+	batchPool.Put(b)
 }
 
 func (b *batch) adapt(n int) {
@@ -67,18 +94,17 @@ func (b *batch) resize(size int) {
 	for i := range b.ms {
 		m := &b.ms[i]
 		switch {
-		case i < size && m.Buffers == nil:
-			m.Buffers = [][]byte{*bufPool.Get().(*[]byte)}
-		case i >= size && m.Buffers != nil:
+		case i < size && m.Buffers[0] == nil:
+			m.Buffers[0] = *bufPool.Get().(*[]byte)
+		case i >= size && m.Buffers[0] != nil:
 			buf := m.Buffers[0][:maxDatagram]
 			bufPool.Put(&buf)
-			m.Buffers = nil
+			m.Buffers[0] = nil
 		}
 	}
+	b.held.Add(int64(size-b.size) * maxDatagram)
 	b.size = size
 }
-
-func (b *batch) free() { b.resize(0) }
 
 // write sends ms, counting what went: with UDP GSO where the kernel has
 // it (gsoWrite), else with sendmmsg as they are. A datagram the kernel

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/egressd/egressd/internal/listener"
 	"github.com/egressd/egressd/internal/quic"
 	"github.com/egressd/egressd/internal/upstream"
@@ -40,6 +42,7 @@ type relay struct {
 
 	last                                 atomic.Int64 // the last datagram either way, UnixNano
 	bytesUp, bytesDown, pktsUp, pktsDown atomic.Int64
+	batchBytes                           atomic.Int64 // held by the two ways' batches
 	downDone                             chan struct{}
 	closeOnce                            sync.Once
 }
@@ -181,18 +184,14 @@ func (r *relay) forwardLocked(d []byte) {
 // upLoop relays the client's datagrams to the server, in batches, each
 // inspected, until the flow ends.
 func (r *relay) upLoop() {
-	b := newBatch()
-	defer b.free()
-	r.client.SetReadDeadline(time.Now().Add(r.f.p.Idle))
+	w := way{c: r.client, bc: r.cb}
+	defer w.release()
 	for {
-		n, err := r.cb.ReadBatch(b.ms[:b.size], 0)
-		if err != nil {
-			if r.stop(err, r.client) {
-				return
-			}
-			continue
+		n, ok := r.read(&w)
+		if !ok {
+			return
 		}
-		r.touch()
+		b := w.b
 		out := 0
 		r.f.mu.Lock()
 		for i := range b.ms[:n] {
@@ -218,18 +217,14 @@ func (r *relay) upLoop() {
 func (r *relay) downLoop() {
 	defer r.f.s.wg.Done()
 	defer close(r.downDone)
-	b := newBatch()
-	defer b.free()
-	r.up.SetReadDeadline(time.Now().Add(r.f.p.Idle))
+	w := way{c: r.up, bc: r.ub}
+	defer w.release()
 	for {
-		n, err := r.ub.ReadBatch(b.ms[:b.size], 0)
-		if err != nil {
-			if r.stop(err, r.up) {
-				return
-			}
-			continue
+		n, ok := r.read(&w)
+		if !ok {
+			return
 		}
-		r.touch()
+		b := w.b
 		out := 0
 		for i := range b.ms[:n] {
 			m := &b.ms[i]
@@ -245,20 +240,113 @@ func (r *relay) downLoop() {
 	}
 }
 
-// stop handles a read error on c: true when the loop must end. A read
-// deadline is the idle check: the flow ends when neither way has had a
-// datagram for Idle, else the deadline moves on. An ICMP error (the
-// server's port is closed, for now) is not the flow's end.
-func (r *relay) stop(err error, c *net.UDPConn) bool {
-	switch {
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		last := time.Unix(0, r.last.Load())
-		if time.Since(last) >= r.f.p.Idle {
-			r.f.end(endIdle)
-			return true
+// way is one direction of a relayed flow, as its loop reads it.
+type way struct {
+	c  *net.UDPConn
+	bc batchConn
+	// b is the way's batch while datagrams come, nil while it is quiet.
+	b *batch
+	// heard: a datagram came since the read deadline was last set.
+	heard bool
+}
+
+func (w *way) release() {
+	if w.b != nil {
+		w.b.put()
+		w.b = nil
+	}
+}
+
+// quietAfter is how long a way may have no datagram and keep its batch.
+// A connection moving data sends far more often than that (every packet
+// is acknowledged within max_ack_delay, 25 ms by default), so a busy flow
+// keeps its batch and only sees its read deadline move on once a second;
+// one kept alive by a datagram now and then holds its batch a second or
+// two of the minutes between them.
+const quietAfter = time.Second
+
+// read reads w's next datagrams into w.b and returns how many, or false
+// when the flow has ended. A way with a batch reads with a deadline of
+// quietAfter; if none came by then, it gives the batch back and waits,
+// holding no buffer, for the next datagram (until the flow's idle
+// timeout), and then takes a batch again. A read deadline is also the idle
+// check: the flow ends when neither way has had a datagram for Idle.
+func (r *relay) read(w *way) (int, bool) {
+	if w.b == nil {
+		// Not a batch until the way's first datagram: a server that never
+		// answers costs no buffer.
+		w.c.SetReadDeadline(r.deadline(false))
+	}
+	for {
+		var n int
+		var err error
+		if w.b == nil {
+			if err = waitReadable(w.c); err == nil {
+				w.b, w.heard = getBatch(&r.batchBytes), false
+				w.c.SetReadDeadline(r.deadline(true))
+				continue
+			}
+		} else if n, err = w.bc.ReadBatch(w.b.ms[:w.b.size], 0); err == nil {
+			r.touch()
+			w.heard = true
+			return n, true
 		}
-		c.SetReadDeadline(last.Add(r.f.p.Idle))
-		return false
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			if r.stop(err) {
+				return 0, false
+			}
+			continue
+		}
+		if time.Since(time.Unix(0, r.last.Load())) >= r.f.p.Idle {
+			r.f.end(endIdle)
+			return 0, false
+		}
+		if w.b != nil && !w.heard {
+			w.release()
+		}
+		w.heard = false
+		w.c.SetReadDeadline(r.deadline(w.b != nil))
+	}
+}
+
+// deadline is the next read deadline of a way: when the flow would be
+// idle, or sooner if the way holds a batch (quietAfter).
+func (r *relay) deadline(batched bool) time.Time {
+	idle := time.Unix(0, r.last.Load()).Add(r.f.p.Idle)
+	if quiet := time.Now().Add(quietAfter); batched && quiet.Before(idle) {
+		return quiet
+	}
+	return idle
+}
+
+// waitReadable waits until c has a datagram (or an error) queued, reading
+// none, or until its read deadline.
+func waitReadable(c *net.UDPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var perr error
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			// MSG_PEEK into no buffer: EAGAIN while nothing is queued.
+			_, _, perr = unix.Recvfrom(int(fd), nil, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if perr != unix.EINTR {
+				return perr != unix.EAGAIN
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return perr
+}
+
+// stop handles a read error other than the deadline: true when the loop
+// must end. An ICMP error (the server's port is closed, for now) is not
+// the flow's end.
+func (r *relay) stop(err error) bool {
+	switch {
 	case errors.Is(err, net.ErrClosed):
 		return true
 	case transient(err):
