@@ -193,3 +193,34 @@ func TestHelloThatReadsAsRequestInTunnel(t *testing.T) {
 		t.Errorf("line %v, reason %q", e["action"], r)
 	}
 }
+
+// TestUncheckedNameSaysSo: under sni_destination: verify, a name is
+// checked against the destination when it is what allowed the
+// connection. One allowed by its address or port instead is not, and the
+// line's reason says so: its fqdn is only what the client claimed (a
+// client going to a denied name's server may claim any other).
+func TestUncheckedNameSaysSo(t *testing.T) {
+	for _, tc := range []struct{ mode, want string }{
+		{"verify", "not checked against the destination"},
+		{"trust", ""},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			g := configured(t, `listeners:
+  - {name: t, mode: transparent, address: 127.0.0.1:0, sni_destination: `+tc.mode+`}
+policy:
+  default: deny
+  rules:
+    - {name: evil, action: deny, fqdn: ["*.evil.test"]}
+    - {name: https, action: allow, ports: [443]}
+`)
+			st := g.State()
+			p := peekBytes(t, craftedHello("www.good.test"))
+			rec := &accesslog.Record{Src: netip.MustParseAddrPort("10.0.0.5:40000")}
+			g.judge(context.Background(), st, &st.Config.Listeners[0], rec, &p, netip.MustParseAddrPort("198.51.100.7:443"))
+			got := strings.Contains(rec.Reason, "not checked against the destination")
+			if rec.Action != accesslog.Allow || got != (tc.want != "") {
+				t.Errorf("%s, reason %q; want allow, a note that the name was not checked: %v", rec.Action, rec.Reason, tc.want != "")
+			}
+		})
+	}
+}

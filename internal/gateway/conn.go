@@ -564,7 +564,16 @@ func (g *Gateway) decideTransparent(ctx context.Context, st *State, lc *config.L
 	}
 	in.Dst = orig.Addr()
 	v := verdict{Decision: g.decideDial(st, in), dst: orig}
-	if v.Action != policy.Allow || lc.SNIDestination != config.Verify || !v.ByFQDN {
+	if v.Action != policy.Allow || lc.SNIDestination != config.Verify {
+		return v
+	}
+	if !v.ByFQDN {
+		if in.FQDN != "" {
+			// Not looked up: the name decided nothing. The line's fqdn is
+			// only what the client claimed, and says so: a client going to
+			// a denied name's server may claim any other.
+			v.Reason += "; the name was not checked against the destination: the rule allows by address or port"
+		}
 		return v
 	}
 	// The name is what allowed this connection: it must be the name of the
