@@ -427,7 +427,10 @@ func (s *Server) answer(r *dns.Msg, src netip.Addr, udp bool, rec *accesslog.DNS
 		// The client gets these configurations: an outer ClientHello that
 		// uses one is real ECH, not GREASE (see namecache.RecordECH).
 		ttl := answerTTL(resp) + s.cfg.Remember
-		for _, c := range echConfigs(resp) {
+		for i, c := range echConfigs(resp) {
+			if i == maxRecordedPerFamily {
+				break // as addresses: a real answer carries one or two
+			}
 			if pn, ok := fqdn.Normalize(c.PublicName); ok {
 				s.names.RecordECH(src, pn, c.ConfigID, ttl)
 			}

@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -201,5 +202,41 @@ func TestRateLimitTableFull(t *testing.T) {
 				t.Errorf("table holds %d sources, want at most %d", n, maxLimitedSources)
 			}
 		})
+	}
+}
+
+// TestRecordedECHCapped: the ECH configurations of an HTTPS answer are
+// remembered as its addresses are, at most maxRecordedPerFamily of them:
+// a client's own zone can hand out hundreds, each a take of the
+// namecache's lock.
+func TestRecordedECHCapped(t *testing.T) {
+	const n = 200
+	ids, names := make([]uint8, n), make([]string, n)
+	for i := range n {
+		ids[i], names[i] = uint8(i), fmt.Sprintf("c%d.example.test", i)
+	}
+	list := echConfigList(t, ids, names...)
+	upAddr := testnet.ServeDNS(t, dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+			m.Truncated = true // too large for UDP: asked again over TCP
+			w.WriteMsg(m)
+			return
+		}
+		m.Answer = []dns.RR{&dns.HTTPS{SVCB: dns.SVCB{
+			Hdr:      dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeHTTPS, Class: dns.ClassINET, Ttl: 60},
+			Priority: 1, Target: ".", Value: []dns.SVCBKeyValue{&dns.SVCBECHConfig{ECH: list}}}}}
+		w.WriteMsg(m)
+	}))
+	p := startProxy(t, Config{Upstreams: []netip.AddrPort{upAddr}})
+	m := new(dns.Msg)
+	m.SetQuestion("svc.example.test.", dns.TypeHTTPS)
+	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
+	if _, _, err := c.Exchange(m, p.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.names.Stats().Recorded; got == 0 || got > maxRecordedPerFamily {
+		t.Errorf("%d ECH configurations remembered of the %d handed out, want 1 to %d", got, n, maxRecordedPerFamily)
 	}
 }
