@@ -3,6 +3,7 @@ package httpconnect
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -66,4 +67,109 @@ func FuzzConnectRequest(f *testing.F) {
 			t.Fatalf("Parse(%q) authority %q, net/http %q", head, q.Authority, host)
 		}
 	})
+}
+
+// FuzzReadHeadCuts checks that ReadHead, whose search for the head's end
+// resumes after each read, answers as the search of the whole buffer
+// after every read did (readHeadWhole), for any bytes, any limits and
+// reads of any sizes (cuts, as FuzzPeek's): a CRLF or a blank line split
+// between reads included. At each read it also checks headScan against
+// headEndWhole on the bytes so far.
+//
+//	go test -run=NONE -fuzz=FuzzReadHeadCuts -fuzztime=60s ./internal/httpconnect/
+func FuzzReadHeadCuts(f *testing.F) {
+	for _, s := range []string{
+		"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\nrest",
+		"CONNECT a.test:443 HTTP/1.1\nA: b\n\n",
+		"CONNECT a.test:443 HTTP/1.1\r\nA: \r\r\n\r\r\n\r\n",
+		"\n\n", "\r\n\r\n", "x\n\r", "GET http://a.test/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx HTTP/1.1\r\n\r\n",
+	} {
+		f.Add([]byte(s), []byte{0}, uint16(64<<8|255))
+		f.Add([]byte(s), []byte{1, 0, 2}, uint16(16<<8|32))
+	}
+	f.Fuzz(func(t *testing.T, data, cuts []byte, limits uint16) {
+		lim := Limits{RequestLine: 1 + int(limits>>8), Head: 1 + int(limits&0xff)}
+		got, gotErr := ReadHead(bufio.NewReaderSize(&cutReader{b: data, cuts: cuts}, lim.Head), lim)
+		want, wantErr := readHeadWhole(bufio.NewReaderSize(&cutReader{b: data, cuts: cuts}, lim.Head), lim)
+		if !bytes.Equal(got, want) || gotErr != wantErr {
+			t.Fatalf("ReadHead(%q, %+v) in reads %v = %q, %v; whole-buffer search: %q, %v", data, lim, cuts, got, gotErr, want, wantErr)
+		}
+		s := headScan{first: -1, lf: -1}
+		r, p := &cutReader{b: data, cuts: cuts}, make([]byte, len(data))
+		for n := 0; n < len(data); {
+			k, _ := r.Read(p)
+			n += k
+			buf := data[:n]
+			end, first := s.end(buf), bytes.IndexByte(buf, '\n')
+			if want := headEndWhole(buf); end != want || s.first != first {
+				t.Fatalf("headScan.end(%q) = %d, first LF %d; whole-buffer search: %d, %d (reads %v)", buf, end, s.first, want, first, cuts)
+			}
+			if end > 0 {
+				break
+			}
+		}
+	})
+}
+
+// cutReader serves b in reads of 1+cuts[i] bytes in turn (all of it at
+// once when cuts is empty), then io.EOF.
+type cutReader struct {
+	b, cuts []byte
+	i       int
+}
+
+func (r *cutReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := len(r.b)
+	if len(r.cuts) > 0 {
+		n = min(n, 1+int(r.cuts[r.i%len(r.cuts)]))
+		r.i++
+	}
+	n = copy(p, r.b[:n])
+	r.b = r.b[n:]
+	return n, nil
+}
+
+// readHeadWhole is ReadHead as it was before headScan, searching the whole
+// buffer after each read: the reference FuzzReadHeadCuts holds ReadHead to.
+func readHeadWhole(br *bufio.Reader, lim Limits) ([]byte, error) {
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		if end := headEndWhole(buf); end > 0 {
+			if line := bytes.IndexByte(buf, '\n'); line >= lim.RequestLine {
+				return nil, ErrRequestLineTooLong
+			}
+			if end > lim.Head {
+				return nil, ErrHeadTooLarge
+			}
+			return buf[:end], nil
+		}
+		if bytes.IndexByte(buf, '\n') < 0 && len(buf) >= lim.RequestLine {
+			return nil, ErrRequestLineTooLong
+		}
+		if len(buf) >= lim.Head {
+			return nil, ErrHeadTooLarge
+		}
+		if _, err := br.Peek(len(buf) + 1); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// headEndWhole is headEnd as it was: the length of the head in buf, or 0.
+func headEndWhole(buf []byte) int {
+	for i := 0; i < len(buf); i++ {
+		if buf[i] != '\n' {
+			continue
+		}
+		switch {
+		case i+1 < len(buf) && buf[i+1] == '\n':
+			return i + 2
+		case i+2 < len(buf) && buf[i+1] == '\r' && buf[i+2] == '\n':
+			return i + 3
+		}
+	}
+	return 0
 }

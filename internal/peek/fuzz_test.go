@@ -145,3 +145,154 @@ func (c *replayConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 func (c *replayConn) SetDeadline(time.Time) error      { return nil }
 func (c *replayConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *replayConn) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzRequestLineCuts checks that the scans peekText, peekHTTP and
+// peekOther resume after each read (lineScan, headScan) answer as the
+// readings of the whole buffer they replaced did (requestLineWhole,
+// headEndWhole, the code before them), for any bytes read in pieces of
+// any sizes (cuts, as FuzzPeek's): at every read, a CRLF or a blank line
+// split between reads included, and also after an answer other than
+// linePrefix, where peekText stops reading. The head's end is sought, as
+// peekHTTP does, once the request line has ended.
+//
+//	go test -run=NONE -fuzz=FuzzRequestLineCuts -fuzztime=60s ./internal/peek/
+func FuzzRequestLineCuts(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+		"\r\n\nGET http://a.test/ HTTP/1.0\nHost: b.test\n\n",
+		"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n",
+		"GET /a\x01b HTTP/1.1\r\n\r\n",
+		" \tGET http://a.test/ HTTP/1.1\r\n\r\n",
+		"\x01\x02GET / HTTP/1.1\r\n",
+		"GET / HTTP/1.1\r\nA: \r\r\n\r\r\n\r\n",
+		"SSH-2.0-x\r\n",
+	} {
+		f.Add([]byte(s), []byte{0})
+		f.Add([]byte(s), []byte{2, 0, 7})
+	}
+	f.Fuzz(func(t *testing.T, stream, cuts []byte) {
+		var line lineScan
+		var head headScan
+		lf := -1 // the request line's LF once found: the head is sought
+		for n, i := 0, 0; n < len(stream); i++ {
+			k := len(stream) - n
+			if len(cuts) > 0 {
+				k = min(k, 1+int(cuts[i%len(cuts)]))
+			}
+			n += k
+			buf := stream[:n]
+			st, start, l := line.requestLine(buf)
+			wst, wstart, wl := requestLineWhole(buf)
+			if st != wst || start != wstart || l != wl {
+				t.Fatalf("requestLine(%q) = %d, %d, %d; whole-buffer reading: %d, %d, %d (reads %v)",
+					buf, st, start, l, wst, wstart, wl, cuts)
+			}
+			if lf < 0 && (st == lineHTTP || st == lineOther) {
+				lf, head = l, headScan{lf: l, next: l + 1}
+			}
+			if lf < 0 {
+				continue
+			}
+			if got, want := head.end(buf), headEndWhole(buf, lf); got != want {
+				t.Fatalf("headScan.end(%q) = %d; whole-buffer search: %d (reads %v)", buf, got, want, cuts)
+			}
+		}
+	})
+}
+
+// requestLineWhole, junkLineWhole and headEndWhole are requestLine,
+// junkLine and headEnd as they were before lineScan and headScan, reading
+// the whole buffer at each call: the references FuzzRequestLineCuts holds
+// the scans to.
+func requestLineWhole(buf []byte) (st lineState, start, lf int) {
+	i := 0
+	for i < len(buf) && (buf[i] == '\r' || buf[i] == '\n') {
+		i++
+	}
+	if i < len(buf) && isJunk(buf[i]) {
+		return junkLineWhole(buf, i), i, -1
+	}
+	start = i
+	for i < len(buf) && isTchar(buf[i]) {
+		i++
+	}
+	switch {
+	case i == len(buf):
+		return linePrefix, start, -1
+	case i == start || !isSep(buf[i]):
+		return lineNot, start, -1
+	}
+	rest := buf[i:] // the separator after the method, the target, the version
+	n := bytes.IndexByte(rest, '\n')
+	if n >= 0 {
+		rest = rest[:n]
+	}
+	if n < 0 {
+		// Control bytes do not end the line's chances: nginx before
+		// 1.21.1 served requests with them in the target, so what decides
+		// is the line's end, once it comes (within maxRequestLine and
+		// client_hello, as for any line).
+		return linePrefix, start, -1
+	}
+	ctl := false
+	for _, b := range rest {
+		if (b < ' ' || b == 0x7f) && !isSep(b) {
+			ctl = true
+		}
+	}
+	for len(rest) > 0 && isSep(rest[len(rest)-1]) {
+		rest = rest[:len(rest)-1]
+	}
+	sp := len(rest) - 1 // the last separator; -1 when only separators were
+	for sp >= 0 && !isSep(rest[sp]) {
+		sp--
+	}
+	if !isVersion(rest[sp+1:]) {
+		if !ctl && isOtherVersion(rest[sp+1:]) {
+			return lineOther, start, i + n
+		}
+		if target := bytes.TrimLeft(rest, " \t\v\f\r"); !ctl && isAbsolute(target) {
+			return lineBad, start, -1
+		}
+		return lineNot, start, -1
+	}
+	if ctl {
+		return lineBad, start, -1 // a request, to a server that reads control bytes
+	}
+	for _, b := range rest[:sp] {
+		if !isSep(b) {
+			return lineHTTP, start, i + n // a target
+		}
+	}
+	return lineNot, start, -1
+}
+
+func junkLineWhole(buf []byte, i int) lineState {
+	var j JunkRequest
+	switch {
+	case j.Feed(buf[i:]):
+		return lineBad
+	case j.st == junkDone:
+		return lineNot
+	case j.st == junkSkip && !whitespace(buf[i:]):
+		return lineNot // all junk so far, not all whitespace
+	}
+	return linePrefix
+}
+
+func headEndWhole(buf []byte, lf int) int {
+	for i := lf; ; {
+		rest := buf[i+1:]
+		switch {
+		case len(rest) >= 1 && rest[0] == '\n':
+			return i + 2
+		case len(rest) >= 2 && rest[0] == '\r' && rest[1] == '\n':
+			return i + 3
+		}
+		j := bytes.IndexByte(rest, '\n')
+		if j < 0 {
+			return -1
+		}
+		i += 1 + j
+	}
+}

@@ -17,8 +17,9 @@ import (
 // that trickled "GET / HTTP/1.1\r\nHost: deni" must not be decided by its
 // address alone.
 func peekText(c net.Conn, buf []byte) Result {
+	var line lineScan
 	for {
-		st, start, lf := requestLine(buf)
+		st, start, lf := line.requestLine(buf)
 		switch {
 		case (st == lineHTTP || st == lineOther) && lf >= maxRequestLine:
 			return Result{Protocol: HTTP, Data: buf, Err: ErrHTTPLineTooLong}
@@ -47,8 +48,9 @@ func peekText(c net.Conn, buf []byte) Result {
 // peekHTTP reads the rest of a request head whose line is buf[start:lf+1]
 // and takes its Host.
 func peekHTTP(c net.Conn, buf []byte, start, lf int) Result {
+	head := headScan{lf: lf, next: lf + 1}
 	for {
-		if end := headEnd(buf, lf); end >= 0 {
+		if end := head.end(buf); end >= 0 {
 			host, ok := httpHost(buf[start:end])
 			r := Result{Protocol: HTTP, Data: buf, Host: host}
 			if !ok {
@@ -108,38 +110,101 @@ const (
 // it, from the virtual host that the target names. A malformed line that
 // passes is refused later by httpHost; that errs on the safe side.
 //
-// start is where the method begins; for lineHTTP, lf is the index of the
-// line's LF.
-func requestLine(buf []byte) (st lineState, start, lf int) {
-	i := 0
-	for i < len(buf) && (buf[i] == '\r' || buf[i] == '\n') {
-		i++
+// start is where the method begins; for lineHTTP and lineOther, lf is the
+// index of the line's LF.
+//
+// buf is the buffer of s's last call with the bytes read since appended,
+// and s reads only those, up to the line's LF (see lineScan); the answer
+// is what a reading of the whole of buf would say.
+func (s *lineScan) requestLine(buf []byte) (st lineState, start, lf int) {
+	st, lf = s.scan(buf)
+	return st, s.start, lf
+}
+
+// lineScan reads a request line (requestLine) from a buffer that grows
+// between reads, resuming where the last call stopped. Reading the whole
+// buffer again after each read would let a client that sends a byte per
+// segment make egressd examine about n²/2 bytes for an n-byte line, 32
+// MiB at maxRequestLine; this way each byte is read once until the line
+// ends, and the whole line once more then.
+type lineScan struct {
+	at    linePart // the part of the line read so far
+	start int      // where the method begins (past the CRs and LFs so far)
+	i     int      // the bytes before i are read, as far as at says
+	sep   int      // atRest: the separator after the method
+	junk  junkScan // atJunk: the bytes from start on
+}
+
+// linePart is the part of a request line lineScan has come to.
+type linePart uint8
+
+const (
+	atBlank  linePart = iota // the CRs and LFs of empty lines before it
+	atMethod                 // the method
+	atRest                   // past the method: waiting for the LF
+	atJunk                   // bytes a lenient server skips before it (junkLine)
+)
+
+// scan reads the bytes of buf from s.i on and says what they make the
+// line so far: requestLine's answer but start, which is s.start.
+func (s *lineScan) scan(buf []byte) (st lineState, lf int) {
+	if s.at == atBlank {
+		i := s.i
+		for i < len(buf) && (buf[i] == '\r' || buf[i] == '\n') {
+			i++
+		}
+		examined(i - s.i)
+		s.i, s.start = i, i
+		switch {
+		case i == len(buf):
+			return linePrefix, -1
+		case isJunk(buf[i]):
+			s.at = atJunk
+		default:
+			s.at = atMethod
+		}
 	}
-	if i < len(buf) && isJunk(buf[i]) {
-		return junkLine(buf, i), i, -1
+	if s.at == atJunk {
+		return s.junk.line(buf[s.start:]), -1
 	}
-	start = i
-	for i < len(buf) && isTchar(buf[i]) {
-		i++
+	if s.at == atMethod {
+		i := s.i
+		for i < len(buf) && isTchar(buf[i]) {
+			i++
+		}
+		examined(i - s.i)
+		s.i = i
+		switch {
+		case i == len(buf):
+			return linePrefix, -1
+		case i == s.start || !isSep(buf[i]):
+			return lineNot, -1
+		}
+		s.at, s.sep = atRest, i
 	}
-	switch {
-	case i == len(buf):
-		return linePrefix, start, -1
-	case i == start || !isSep(buf[i]):
-		return lineNot, start, -1
-	}
-	rest := buf[i:] // the separator after the method, the target, the version
-	n := bytes.IndexByte(rest, '\n')
-	if n >= 0 {
-		rest = rest[:n]
-	}
+	n := bytes.IndexByte(buf[s.i:], '\n')
 	if n < 0 {
 		// Control bytes do not end the line's chances: nginx before
 		// 1.21.1 served requests with them in the target, so what decides
 		// is the line's end, once it comes (within maxRequestLine and
 		// client_hello, as for any line).
-		return linePrefix, start, -1
+		examined(len(buf) - s.i)
+		s.i = len(buf)
+		return linePrefix, -1
 	}
+	examined(n + 1)
+	lf = s.i + n
+	if st = wholeLine(buf[s.sep:lf]); st != lineHTTP && st != lineOther {
+		lf = -1
+	}
+	return st, lf
+}
+
+// wholeLine says what a request line is, given rest, its bytes from the
+// separator after its method up to its LF (see requestLine). lineHTTP
+// and lineOther say its LF ends it.
+func wholeLine(rest []byte) lineState {
+	examined(2 * len(rest)) // for control bytes, then for the last word
 	ctl := false
 	for _, b := range rest {
 		if (b < ' ' || b == 0x7f) && !isSep(b) {
@@ -155,22 +220,22 @@ func requestLine(buf []byte) (st lineState, start, lf int) {
 	}
 	if !isVersion(rest[sp+1:]) {
 		if !ctl && isOtherVersion(rest[sp+1:]) {
-			return lineOther, start, i + n
+			return lineOther
 		}
 		if target := bytes.TrimLeft(rest, " \t\v\f\r"); !ctl && isAbsolute(target) {
-			return lineBad, start, -1
+			return lineBad
 		}
-		return lineNot, start, -1
+		return lineNot
 	}
 	if ctl {
-		return lineBad, start, -1 // a request, to a server that reads control bytes
+		return lineBad // a request, to a server that reads control bytes
 	}
 	for _, b := range rest[:sp] {
 		if !isSep(b) {
-			return lineHTTP, start, i + n // a target
+			return lineHTTP // a target
 		}
 	}
-	return lineNot, start, -1
+	return lineNot
 }
 
 // isJunk reports whether b is a byte a lenient HTTP server skips before a
@@ -192,13 +257,34 @@ func isJunk(b byte) bool { return b <= ' ' || b == ':' || 0x7f <= b && b <= 0x9f
 // client's first message may be all control bytes (a SOCKS5 greeting is
 // 05 01 00) and waits for its answer; JunkRequest reads on behind those.
 func junkLine(buf []byte, i int) lineState {
-	var j JunkRequest
+	var s junkScan
+	return s.line(buf[i:])
+}
+
+// junkScan is junkLine's reading of bytes that grow between reads: it
+// feeds its JunkRequest only the bytes that came since the last call, so
+// that bytes a client trickles cost one reading each (see lineScan).
+type junkScan struct {
+	j     JunkRequest
+	n     int  // the bytes fed so far
+	found bool // Feed found a request line
+	black bool // a byte fed is not whitespace
+}
+
+// line is junkLine(b, 0), for b the b of the last call with bytes
+// appended.
+func (s *junkScan) line(b []byte) lineState {
+	fresh := b[s.n:]
+	s.n = len(b)
+	examined(2 * len(fresh)) // by Feed and by whitespace
+	s.found = s.j.Feed(fresh) || s.found
+	s.black = s.black || !whitespace(fresh)
 	switch {
-	case j.Feed(buf[i:]):
+	case s.found:
 		return lineBad
-	case j.st == junkDone:
+	case s.j.st == junkDone:
 		return lineNot
-	case j.st == junkSkip && !whitespace(buf[i:]):
+	case s.j.st == junkSkip && s.black:
 		return lineNot // all junk so far, not all whitespace
 	}
 	return linePrefix
@@ -373,8 +459,9 @@ func peekOther(c net.Conn, buf []byte, start, lf int) Result {
 	if httpMethods[string(method)] || !otherTarget(target) {
 		return Result{Protocol: HTTP, Data: buf, Err: ErrBadHTTP}
 	}
+	head := headScan{lf: lf, next: lf + 1}
 	for {
-		if end := headEnd(buf, lf); end >= 0 {
+		if end := head.end(buf); end >= 0 {
 			var later LaterRequest
 			if hasHostLine(buf[lf+1:end]) || later.Feed(buf) {
 				// A Host, or a request behind the head already.
@@ -465,23 +552,51 @@ func isScheme(b []byte) bool {
 	return len(b) > 0
 }
 
-// headEnd returns the end of the request head in buf, past the empty line
-// that closes it (CRLF, or a bare LF as net/http also reads), or -1. lf is
-// the index of the request line's LF.
-func headEnd(buf []byte, lf int) int {
-	for i := lf; ; {
-		rest := buf[i+1:]
+// headScan finds the end of a request head in a buffer that grows
+// between reads, resuming where the last search stopped. Searching from
+// the request line again after each read would let a client that sends a
+// byte per segment make egressd examine about n²/2 bytes for an n-byte
+// head, 128 MiB at maxHTTPHead; this way each byte is searched once.
+type headScan struct {
+	lf   int // the last LF found; the request line's at first
+	next int // where the search for the LF after lf resumes
+}
+
+// end returns the end of the request head in buf, past the empty line
+// that closes it (CRLF, or a bare LF as net/http also reads), or -1. buf
+// is the buffer of the last call with the bytes read since appended. Only
+// the LF found last may need bytes after it to decide (CR, or nothing
+// yet, after it); an earlier one was decided when the next was found.
+func (h *headScan) end(buf []byte) int {
+	for {
+		rest := buf[h.lf+1:]
+		examined(min(2, len(rest)))
 		switch {
 		case len(rest) >= 1 && rest[0] == '\n':
-			return i + 2
+			return h.lf + 2
 		case len(rest) >= 2 && rest[0] == '\r' && rest[1] == '\n':
-			return i + 3
+			return h.lf + 3
 		}
-		j := bytes.IndexByte(rest, '\n')
+		j := bytes.IndexByte(buf[h.next:], '\n')
 		if j < 0 {
+			examined(len(buf) - h.next)
+			h.next = len(buf)
 			return -1
 		}
-		i += 1 + j
+		examined(j + 1)
+		h.lf = h.next + j
+		h.next = h.lf + 1
+	}
+}
+
+// scanned, set by tests only, is told how many bytes each step of the
+// scans for a request line and a head's end examined, so that a test can
+// hold a peek to work linear in the bytes without timing it.
+var scanned func(n int)
+
+func examined(n int) {
+	if scanned != nil {
+		scanned(n)
 	}
 }
 
