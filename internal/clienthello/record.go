@@ -28,7 +28,8 @@ const MaxLeadingRecords = 4
 // hello's last byte is whole, as crypto/tls reads whole records.
 //
 // Reassemble keeps no state: each call walks raw from the start, in time linear
-// in len(raw), which MaxHelloLen bounds.
+// in len(raw), which MaxHelloLen bounds. A caller that calls again at every
+// read uses a [Reassembly], which resumes where the last call stopped.
 //
 // TLS is recognised by its record layer, not by a first byte of 22: a client
 // may send change_cipher_spec or alert records before its hello, and a server
@@ -61,15 +62,65 @@ const MaxLeadingRecords = 4
 //     cap is below the 2^14-byte record limit of RFC 8446 §5.1, which it
 //     therefore also enforces.
 func Reassemble(raw, scratch []byte) (msg []byte, used int, st Status) {
-	start, st := skipLeading(raw)
-	if st != Complete {
-		return nil, 0, st
+	var a Reassembly
+	return a.Next(raw, scratch)
+}
+
+// Reassembly is [Reassemble] for bytes that arrive a read at a time. A client
+// may cut its hello into records of one byte (crypto/tls and OpenSSL accept a
+// handshake message split over any number of records) and send them a byte
+// per segment; a walk over every record header from the start at each read
+// then costs reads × records, quadratic in the hello: about 22 million steps
+// for one connection's 16 KiB. A Reassembly remembers the records it has
+// walked, so that each call walks only those its new bytes complete, and the
+// calls for one hello cost time linear in its bytes in all.
+//
+// It keeps offsets and the message header, not bytes: the reassembled
+// message is gathered from raw once it is whole, so nothing (a pooled scratch
+// buffer) is held while the client is waited for. Its zero value is ready,
+// and it is small enough to live on the caller's stack.
+type Reassembly struct {
+	// off is where the next record to walk begins, 0 while the records
+	// before the hello's first are not yet known for certain; start is
+	// where that first record begins. seen counts the handshake bytes in
+	// the records walked, hdr holds the first of them: the message header,
+	// which records may split too.
+	off, start, seen int
+	hdr              [handshakeHeaderLen]byte
+}
+
+// Next is Reassemble(raw, scratch) for raw that begins with the bytes given
+// to the previous call on a, as a peek buffer grows read by read (it may have
+// moved: a Reassembly keeps no pointer into it). The answers are Reassemble's
+// at every length of raw; a raw shorter than the records walked so far is
+// taken as a new stream.
+//
+// What a keeps is a point that the walk over every longer raw passes the
+// same: past the records before the hello once they are whole, then where
+// the walk stopped at a record not whole yet (or one it refused). A call
+// that answers Complete, or Invalid for the message's header, keeps no
+// record it walked, so that a later call walks the records that decided
+// it again, and answers the same.
+func (a *Reassembly) Next(raw, scratch []byte) (msg []byte, used int, st Status) {
+	if len(raw) < a.off {
+		*a = Reassembly{}
 	}
-	var hdr [handshakeHeaderLen]byte // the message header, which records may split too
-	seen := 0                        // handshake bytes in the records walked so far
-	for off := start; ; {
+	if a.off == 0 {
+		start, st := skipLeading(raw)
+		if st != Complete {
+			return nil, 0, st
+		}
+		// The records skipped are whole, so any longer raw skips the
+		// same. A start of 0 leaves off 0: recordStart, which may need up
+		// to six bytes to judge the first record, judges it again.
+		a.off, a.start = start, start
+	}
+	// The walk runs on locals, and a is updated once, where it stops.
+	off, seen, hdr := a.off, a.seen, a.hdr
+	for {
 		frag, st := record(raw, off)
 		if st != Complete {
+			a.off, a.seen, a.hdr = off, seen, hdr
 			return nil, 0, st
 		}
 		off += recordHeaderLen + len(frag)
@@ -88,7 +139,7 @@ func Reassemble(raw, scratch []byte) (msg []byte, used int, st Status) {
 			return nil, 0, Invalid
 		}
 		if seen >= total {
-			return gather(raw[start:], scratch, total), off, Complete
+			return gather(raw[a.start:], scratch, total), off, Complete
 		}
 	}
 }
@@ -108,6 +159,7 @@ func Coalesced(raw []byte, used, msgLen int) bool {
 	}
 	seen := 0
 	for off+recordHeaderLen <= used {
+		step()
 		n := int(raw[off+3])<<8 | int(raw[off+4])
 		seen += n
 		off += recordHeaderLen + n
@@ -170,6 +222,7 @@ func skipLeading(raw []byte) (off int, st Status) {
 		return 0, st
 	}
 	for n := 0; ; n++ {
+		step()
 		h := raw[off:]
 		switch {
 		case len(h) == 0:
@@ -200,6 +253,7 @@ func skipLeading(raw []byte) (off int, st Status) {
 // It judges a partial header by the bytes it has, so that a stream that cannot
 // become a hello is refused at once rather than after MaxHelloLen bytes.
 func record(raw []byte, off int) (frag []byte, st Status) {
+	step()
 	h := raw[off:]
 	switch {
 	case len(h) >= 1 && h[0] != recordTypeHandshake:
@@ -230,6 +284,7 @@ func gather(raw, scratch []byte, total int) []byte {
 	}
 	msg := scratch[:0]
 	for off := 0; len(msg) < total; {
+		step()
 		n := int(raw[off+3])<<8 | int(raw[off+4])
 		frag := raw[off+recordHeaderLen : off+recordHeaderLen+n]
 		msg = append(msg, frag[:min(n, total-len(msg))]...)
@@ -255,4 +310,15 @@ func RecordVersion(raw []byte) uint16 {
 		at = off
 	}
 	return uint16(raw[at+1])<<8 | uint16(raw[at+2])
+}
+
+// walked, set by tests only, is told of each record header a walk over the
+// records examines, so that a test can hold reassembly to work linear in
+// the bytes without timing it.
+var walked func()
+
+func step() {
+	if walked != nil {
+		walked()
+	}
 }

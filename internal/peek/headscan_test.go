@@ -108,3 +108,48 @@ func TestPeekLinear(t *testing.T) {
 		})
 	}
 }
+
+// TestPeekTLSTrickled sends ClientHellos cut into tiny records a byte per
+// read, so that the reassembly's state is carried from read to read (and
+// across the peek buffer's growth, which moves it): the answer must be what
+// reads of 4 KiB give. Data may differ, as the reads stop at other bytes.
+func TestPeekTLSTrickled(t *testing.T) {
+	h := goHello(t, "denied.test")
+	body := h[5:]
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	tests := []struct {
+		name  string
+		input []byte
+		sni   string
+		err   error
+	}{
+		{"1-byte records", reframe(h, 1), "denied.test", nil},
+		{"1-byte records behind ccs and alert", cat(ccs, warning, reframe(h, 1)), "denied.test", nil},
+		{"3-byte records, early data behind", cat(reframe(h, 3), appData), "denied.test", nil},
+		{"1-byte records, unfinished", reframe(h[:len(h)-1], 1), "", io.EOF},
+		{"1-byte records, alert inside", cat(reframe(rec(22, 0x0301, body[:200]...), 1), warning,
+			reframe(rec(22, 0x0301, body[200:]...), 1)), "", ErrMalformedHello},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := time.Now()
+			dl := Deadlines{FirstBytes: now.Add(time.Minute), Complete: now.Add(time.Minute)}
+			r := Peek(&trickleConn{replayConn{in: tt.input}}, dl)
+			defer Release(&r)
+			w := Peek(&replayConn{in: tt.input}, dl)
+			defer Release(&w)
+			if r.Protocol != TLS || string(r.Hello.ServerName) != tt.sni || !errors.Is(r.Err, tt.err) {
+				t.Fatalf("Peek(a byte per read) = %s, %q, %v; want tls, %q, %v", r.Protocol, r.Hello.ServerName, r.Err, tt.sni, tt.err)
+			}
+			if r.HelloOK != w.HelloOK || r.HelloEnd != w.HelloEnd || string(r.Hello.ServerName) != string(w.Hello.ServerName) ||
+				r.Hello.RecordVersion != w.Hello.RecordVersion || r.Err != w.Err {
+				t.Errorf("Peek(a byte per read) = ok %v, end %d, %q, %#04x, %v; in reads of 4 KiB: ok %v, end %d, %q, %#04x, %v",
+					r.HelloOK, r.HelloEnd, r.Hello.ServerName, r.Hello.RecordVersion, r.Err,
+					w.HelloOK, w.HelloEnd, w.Hello.ServerName, w.Hello.RecordVersion, w.Err)
+			}
+			if !bytes.HasPrefix(tt.input, r.Data) {
+				t.Errorf("Peek(a byte per read) kept %d bytes that are not the input's first", len(r.Data))
+			}
+		})
+	}
+}

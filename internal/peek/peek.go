@@ -205,7 +205,8 @@ func Whole(buf []byte) (r Result, ok, more bool) {
 	if len(buf) == 0 || !isTLSRecord(buf[0]) {
 		return Result{}, false, false
 	}
-	r, more = examineTLS(buf)
+	var ra clienthello.Reassembly
+	r, more = examineTLS(buf, &ra)
 	if more || r.Protocol != TLS || !r.HelloOK {
 		Release(&Result{scratch: r.scratch}) // only the reassembly buffer, if any
 		return Result{}, false, more
@@ -248,9 +249,15 @@ func Release(r *Result) {
 // records; a one-record hello is parsed where it lies, in the peek buffer.
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, clienthello.MaxHelloLen); return &b }}
 
+// peekTLS reads until the TLS stream that buf begins is classified. The
+// reassembly lives across the reads, so that each examines only the records
+// the new bytes complete: a hello cut into 1-byte records and sent a byte per
+// segment would otherwise cost a walk over every record header per read,
+// quadratic in the hello's size.
 func peekTLS(c net.Conn, buf []byte) Result {
+	var ra clienthello.Reassembly // on the stack: nothing allocated per connection
 	for {
-		r, more := examineTLS(buf)
+		r, more := examineTLS(buf, &ra)
 		if !more {
 			return r
 		}
@@ -265,15 +272,16 @@ func peekTLS(c net.Conn, buf []byte) Result {
 }
 
 // examineTLS classifies buf as a TLS stream once; more says the hello is
-// not whole yet and buf may grow.
-func examineTLS(buf []byte) (r Result, more bool) {
+// not whole yet and buf may grow. ra is the reassembly of buf's earlier
+// examinations, before it grew (a zero one for a first).
+func examineTLS(buf []byte, ra *clienthello.Reassembly) (r Result, more bool) {
 	// The scratch buffer is held only while examining, never while
 	// waiting for the client: a client trickling its hello must not pin
 	// 16 KiB (TestSilentAndSlowCrowd measures it). Once the hello is
 	// whole, r.Hello views the buffer the message is in, so one that
 	// was reassembled in scratch keeps it until Release.
 	sp := scratchPool.Get().(*[]byte)
-	msg, used, st := clienthello.Reassemble(buf, (*sp)[:0])
+	msg, used, st := ra.Next(buf, (*sp)[:0])
 	invalid := ErrMalformedHello
 	switch {
 	case st != clienthello.Complete:
