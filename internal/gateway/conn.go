@@ -134,7 +134,7 @@ func (s *session) relay(ctx context.Context, v verdict, p *peek.Result, orig net
 	var w relay.Watch = nil
 	if hw != nil {
 		w = hw
-		s.onDecoy(ctx, hw, &s.rec, func() upgradeCheck { return s.helloCheck(orig) })
+		s.onDecoy(ctx, hw, &s.rec, nil, orig)
 	}
 	var uw *upgradeWatch
 	if upgradeWatched(p) {

@@ -267,7 +267,7 @@ func (x *explicitConn) tunnel(ctx context.Context, t target, v verdict, up *net.
 	var w relay.Watch
 	if hw != nil {
 		w = hw
-		x.onDecoy(ctx, hw, rec, func() upgradeCheck { return check })
+		x.onDecoy(ctx, hw, rec, check, netip.AddrPort{})
 	}
 	uw, first, err := x.newUpgradeWatch(ctx, &p, data, rec, check)
 	if err != nil {

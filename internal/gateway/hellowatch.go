@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"sync"
 
 	"github.com/egressd/egressd/internal/accesslog"
@@ -31,19 +33,30 @@ type helloWatch struct {
 	// A connection's first hello may be a decoy: allowed, and then not
 	// the TLS its server reads (an SMTP server answers it "500", and
 	// takes STARTTLS and a hello for a denied name next). So until the
-	// server's first bytes begin a ServerHello (confirmed), client bytes
-	// that are no TLS record, or a server answer that is no ServerHello,
-	// hand the connection to an upgrade watch (escalate makes it, from
-	// the client's byte base on; up is it), which reads the client's
-	// bytes as any unknown connection's are. A watch inside an upgrade
-	// watch has no escalate: its owner rescans.
-	escalate  func(base int) *upgradeWatch
+	// server's first bytes begin a ServerHello (confirmed), the watch of
+	// a first hello (decoy) refuses another hello in the client's bytes
+	// (next), as no TLS client sends one before its answer; and client
+	// bytes that are no TLS record, or a server answer that is no
+	// ServerHello, hand the connection to an upgrade watch (up, made by
+	// escalate once onDecoy gave the session's part), which reads the
+	// client's bytes from there as any unknown connection's are. A watch
+	// inside an upgrade watch is no decoy watch: its owner rescans.
+	decoy     bool
+	next      clienthello.Upgrade
+	nextBase  int // next's offset in the client's bytes
 	up        *upgradeWatch
 	rc        *relay.Conn
 	n         int // the client's bytes so far
 	answer    [6]byte
 	answered  int // bytes of answer the server sent
 	confirmed bool
+	// What an upgrade watch needs, from onDecoy: check decides its
+	// hellos (nil: the session's helloCheck for orig).
+	s     *session
+	ctx   context.Context
+	rec   *accesslog.Record
+	check upgradeCheck
+	orig  netip.AddrPort
 }
 
 // newHelloWatch returns the watch for a connection whose first bytes p
@@ -59,7 +72,7 @@ func newHelloWatch(p *peek.Result, data []byte) (*helloWatch, error) {
 	w := helloWatches.Get().(*helloWatch)
 	w.reset(p.Hello.RecordVersion)
 	w.r.Init(&p.Hello)
-	w.n = p.HelloEnd
+	w.decoy, w.n, w.nextBase = true, p.HelloEnd, p.HelloEnd
 	if _, _, err := w.Client(data[p.HelloEnd:]); err != nil {
 		w.Release()
 		return nil, err
@@ -81,22 +94,36 @@ func (w *helloWatch) Release() {
 
 // reset makes a pooled watch new, for a hello in record version v.
 func (w *helloWatch) reset(v uint16) {
-	w.version, w.escalate, w.up, w.rc = v, nil, nil, nil
+	w.version, w.decoy, w.next, w.nextBase, w.up, w.rc = v, false, clienthello.Upgrade{}, 0, nil, nil
 	w.n, w.answered, w.confirmed = 0, 0, false
+	w.s, w.ctx, w.rec, w.check, w.orig = nil, nil, nil, nil, netip.AddrPort{}
 }
 
-// onDecoy has hw (if not nil), the watch of a connection's first hello,
-// hand the connection to an upgrade watch should the hello prove a decoy
-// (see helloWatch): one that decides later hellos with check, into rec.
-func (s *session) onDecoy(ctx context.Context, hw *helloWatch, rec *accesslog.Record, check func() upgradeCheck) {
-	if hw == nil {
-		return
+// onDecoy gives hw (if not nil), the watch of a connection's first hello,
+// what it needs to hand the connection to an upgrade watch should the
+// hello prove a decoy (see helloWatch): its hellos are decided with check
+// (nil: s.helloCheck(orig), made then), into rec. Nothing is allocated
+// unless that happens.
+func (s *session) onDecoy(ctx context.Context, hw *helloWatch, rec *accesslog.Record, check upgradeCheck, orig netip.AddrPort) {
+	if hw != nil {
+		hw.s, hw.ctx, hw.rec, hw.check, hw.orig = s, ctx, rec, check, orig
 	}
-	hw.escalate = func(base int) *upgradeWatch {
-		w := s.upgradeWatch(ctx, rec, check())
-		w.base, w.rc = base, hw.rc
-		return w
+}
+
+// escalate hands the connection to an upgrade watch, which reads the
+// client's bytes from byte base on; false if onDecoy was not called.
+func (w *helloWatch) escalate(base int) bool {
+	if !w.decoy || w.s == nil {
+		return false
 	}
+	check := w.check
+	if check == nil {
+		check = w.s.helloCheck(w.orig)
+	}
+	w.up = w.s.upgradeWatch(w.ctx, w.rec, check)
+	w.up.base, w.up.rc = base, w.rc
+	w.next = clienthello.Upgrade{}
+	return true
 }
 
 // watch has rc watched by w, if there is one (a *helloWatch or an
@@ -138,6 +165,14 @@ func (w *helloWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 	}
 	base := w.n
 	w.n += len(b)
+	if w.decoy && !w.confirmed {
+		// Inside records that pass before the answer (application data,
+		// alerts), or behind the hello in its own read: a server that
+		// did not take the first hello may read this one.
+		if _, st := w.next.Client(b); st != clienthello.Scanning {
+			return nil, relay.WatchOff, w.refusal(fmt.Sprintf("another ClientHello, at byte %d, before the server answered the one allowed", w.nextBase+w.next.Offset()))
+		}
+	}
 	pass, v := w.r.Client(b)
 	switch v {
 	case clienthello.Refuse:
@@ -145,10 +180,9 @@ func (w *helloWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 	case clienthello.Holding:
 		return pass, relay.WatchHolding, nil
 	case clienthello.Done:
-		if w.r.Untracked() && !w.confirmed && w.escalate != nil {
+		if w.r.Untracked() && !w.confirmed && w.escalate(base) {
 			// No TLS record, and no ServerHello yet: the hello was not
 			// the TLS this server reads (yet). b is read from its start.
-			w.up = w.escalate(base)
 			return w.up.Client(b)
 		}
 		return pass, relay.WatchOff, nil
@@ -160,7 +194,7 @@ func (w *helloWatch) Server(b []byte) relay.WatchState {
 	if w.up != nil {
 		return w.up.Server(b)
 	}
-	if w.escalate == nil || w.confirmed {
+	if !w.decoy || w.confirmed {
 		return w.server(b)
 	}
 	// The server's first bytes say whether it took up TLS.
@@ -169,11 +203,10 @@ func (w *helloWatch) Server(b []byte) relay.WatchState {
 	if w.answered < len(w.answer) {
 		return relay.WatchOn
 	}
-	if !serverHelloStart(w.answer[:]) {
-		w.up = w.escalate(w.n)
+	if !serverHelloStart(w.answer[:]) && w.escalate(w.n) {
 		return w.up.Server(b)
 	}
-	w.confirmed = true
+	w.confirmed, w.next = true, clienthello.Upgrade{} // or no session's part: watched as before
 	if st := w.server(w.answer[:]); st != relay.WatchOn {
 		return st
 	}

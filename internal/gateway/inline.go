@@ -247,7 +247,7 @@ func (g *Gateway) setUpInline(ctx, cached context.Context, bl *boundListener, fd
 	var w relay.Watch
 	if hw != nil {
 		w = hw
-		s.onDecoy(ctx, hw, &s.rec, func() upgradeCheck { return s.helloCheck(orig) })
+		s.onDecoy(ctx, hw, &s.rec, nil, orig)
 	}
 	s.dialled = v.dst // for a later hello's check (helloCheck)
 	if upgradeWatched(&p) {

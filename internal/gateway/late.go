@@ -176,7 +176,7 @@ func (s *session) late(ctx context.Context, up *net.TCPConn, rec *accesslog.Reco
 		// The client's own protocol may turn into TLS later (STARTTLS):
 		// its bytes are read for a ClientHello (upgradeWatch); so may a
 		// decoy's (a hello or an SSH banner the server does not take).
-		s.onDecoy(ctx, hw, rec, func() upgradeCheck { return check })
+		s.onDecoy(ctx, hw, rec, check, netip.AddrPort{})
 		var uw *upgradeWatch
 		var first []byte
 		if p.Protocol != peek.SSH || !a.ssh.Load() { // else SSH both ways: unwatched

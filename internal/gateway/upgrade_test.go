@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -308,6 +309,24 @@ func TestUpgradeHelloInTunnel(t *testing.T) {
 		c.Write(hello)
 		denied(t, c, br)
 		xmpp.noHello(t, "behind an allowed hello")
+		<-xmpp.plain
+	})
+	t.Run("behind an allowed hello, in one write", func(t *testing.T) {
+		c, br := mail(t)
+		c.Write(slices.Concat(helloFor(t, "good.test"), []byte("\r\nEHLO c\r\nSTARTTLS\r\n"), hello))
+		denied(t, c, br)
+		smtp.noHello(t, "behind an allowed hello, in one write")
+		<-smtp.plain
+	})
+	t.Run("inside a record behind an allowed hello", func(t *testing.T) {
+		// Application data may pass before the server's answer; a hello
+		// inside it, before that answer, is one no TLS client sends.
+		c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", xmpp.addr.Port()))
+		body := append([]byte("<starttls/>"), hello...)
+		record := append([]byte{23, 3, 3, byte(len(body) >> 8), byte(len(body))}, body...)
+		c.Write(slices.Concat(helloFor(t, "good.test"), record))
+		denied(t, c, br)
+		xmpp.noHello(t, "inside a record behind an allowed hello")
 		<-xmpp.plain
 	})
 	t.Run("more hellos that started no TLS than any upgrade needs", func(t *testing.T) {
