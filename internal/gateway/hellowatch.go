@@ -165,6 +165,10 @@ func (w *helloWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 	}
 	base := w.n
 	w.n += len(b)
+	pass, v := w.r.Client(b)
+	if v == clienthello.Refuse {
+		return nil, relay.WatchOff, w.refusal(w.r.Why())
+	}
 	if w.decoy && !w.confirmed {
 		// Inside records that pass before the answer (application data,
 		// alerts), or behind the hello in its own read: a server that
@@ -173,10 +177,7 @@ func (w *helloWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 			return nil, relay.WatchOff, w.refusal(fmt.Sprintf("another ClientHello, at byte %d, before the server answered the one allowed", w.nextBase+w.next.Offset()))
 		}
 	}
-	pass, v := w.r.Client(b)
 	switch v {
-	case clienthello.Refuse:
-		return nil, relay.WatchOff, w.refusal(w.r.Why())
 	case clienthello.Holding:
 		return pass, relay.WatchHolding, nil
 	case clienthello.Done:
