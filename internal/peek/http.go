@@ -503,7 +503,9 @@ var httpMethods = map[string]bool{"GET": true, "HEAD": true, "POST": true, "PUT"
 func hasHostLine(hdr []byte) bool {
 	for line := range bytes.Lines(hdr) {
 		name, _, ok := bytes.Cut(line, []byte(":"))
-		if ok && bytes.EqualFold(bytes.TrimSpace(name), []byte("host")) {
+		// Trimmed of every byte up to space: Netty skips Java's
+		// whitespace before a name (0x1c-0x1f too), TrimSpace does not.
+		if ok && bytes.EqualFold(bytes.TrimFunc(name, func(r rune) bool { return r <= ' ' }), []byte("host")) {
 			return true
 		}
 	}

@@ -184,6 +184,7 @@ func TestPeekHTTPAnyMethod(t *testing.T) {
 		{"an origin-form target, another version", "FOO / BAR/1.1\r\n\r\n", 0, "", ErrBadHTTP},
 		{"an http target, another version", "FOO HTTP://denied.test/ BAR/1.1\r\n\r\n", 0, "", ErrBadHTTP},
 		{"a bare word target, another version", "FOO x BAR/1.1\r\n\r\n", 0, "", ErrBadHTTP},
+		{"a Host behind a file separator, another version", "OPTIONS * RTSP/1.0\r\n\x1cHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"a request behind RTSP's", "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\nGET / HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 	}
 	for _, tc := range tests {

@@ -9,7 +9,7 @@ package peek
 // is any line that is
 //
 //   - a header line named Host, in any case, with or without
-//     whitespace before its colon;
+//     whitespace (or any byte Netty skips) before its name or its colon;
 //   - a request line (a token, a target, at least one more word) whose
 //     last word starts "HTTP/" in any case, or is another "word/D.D"
 //     while the method is HTTP's own or the target is HTTP's (origin-form
@@ -117,10 +117,10 @@ func (l *LaterRequest) step(c byte) {
 			l.st = laterRest
 			return
 		}
+		// A Host line may start behind whitespace too: Netty skips any
+		// (VT, FF, CR, 0x1c-0x1f) before a header's name, unless it is
+		// a continuation, which a refusal errs on the safe side of.
 		l.host = 0
-		if l.st == laterSkip {
-			l.host = -1 // a header line starts at the line's first byte
-		}
 		l.st, l.n = laterMethod, 0
 		l.target, l.scheme, l.https, l.words = targetOther, 0, false, 0
 		l.method0(c)

@@ -18,7 +18,9 @@ func TestLaterRequest(t *testing.T) {
 		{"rtsp response from the client", "RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n", false},
 		{"a header naming a request", rtsp + "X-Note: GET / HTTP/1.1\r\n\r\n", false},
 		{"hosts header", rtsp + "Hosts: other.test\r\n", false},
-		{"folded host", rtsp + "X: a\r\n Host: other.test\r\n", false},
+		{"host behind a space", rtsp + " Host: other.test\r\n", true},
+		{"host behind VT", rtsp + "OPTIONS * RTSP/1.0\r\nCSeq: 2\r\n\vHost: other.test\r\n", true},
+		{"host behind a file separator", rtsp + "\x1cHost: other.test\r\n", true},
 		{"http version alone", rtsp + "GET / HTTP/\r\n", false},
 		{"http/0.9 origin", rtsp + "GET /x\r\n", false},
 		{"binary", "\x24\x00\x01\x00" + "\xff\x00GET\n\x01", false},
@@ -60,7 +62,7 @@ func TestLaterRequest(t *testing.T) {
 func laterReference(b []byte) bool {
 	lines := bytes.Split(b, []byte("\n"))
 	for k, line := range lines {
-		if name, _, ok := bytes.Cut(line, []byte(":")); ok && len(line) > 0 && isTchar(line[0]) &&
+		if name, _, ok := bytes.Cut(bytes.TrimLeftFunc(line, func(r rune) bool { return r < 0x80 && isJunk(byte(r)) }), []byte(":")); ok &&
 			bytes.EqualFold(bytes.TrimRight(name, " \t\v\f\r"), []byte("host")) {
 			return true // a Host line is one at its colon
 		}
