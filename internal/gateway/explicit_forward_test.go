@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -198,5 +199,55 @@ timeouts: {first_bytes: 200ms, client_hello: 2s, connect: 2s, idle: 1m}
 				t.Errorf("the kept-alive connection's next request after the reload: %d, want %d", code, tc.want)
 			}
 		})
+	}
+}
+
+// TestReloadListenerForKeptAliveRequests: the next request on a kept-alive
+// plain-HTTP connection of an sni listener is served under the listener's
+// options as a reload left them (here upstream_port), as it is decided
+// under the new policy.
+func TestReloadListenerForKeptAliveRequests(t *testing.T) {
+	serve := func(name string) netip.AddrPort {
+		ln := testnet.Listen(t)
+		testnet.Serve(t, ln, func(c net.Conn) {
+			br := bufio.NewReader(c)
+			for {
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n"+name)
+			}
+		})
+		return netip.MustParseAddrPort(ln.Addr().String())
+	}
+	a, b := serve("a"), serve("b")
+	w := newWorldTo(t, baseRecords, basePolicy, a.Port())
+	c := dialListener(t, w)
+	br := bufio.NewReader(c)
+	ask := func() string {
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: good.test\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		return string(body)
+	}
+	if got := ask(); got != "a" {
+		t.Fatalf("before the reload: served by %q", got)
+	}
+	old := w.gw.State().Config
+	// The same address as written (127.0.0.1:0): the listener keeps its
+	// socket and takes the new options.
+	cfg, err := config.Parse("test.yaml", []byte(fmt.Sprintf("listeners:\n  - {name: sni, mode: sni, address: 127.0.0.1:0, upstream_port: %d}\nresolver: %s\n%s", b.Port(), old.Resolver, basePolicy)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, _ := cfg.Compile()
+	if _, err := w.gw.Reload(&State{Config: cfg, Policy: pol}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ask(); got != "b" {
+		t.Errorf("the kept-alive connection's next request after the reload was served by %q, want the new upstream_port's %q", got, "b")
 	}
 }

@@ -77,6 +77,9 @@ func (x *explicitConn) requestLoop(ctx context.Context, parse func([]byte) (http
 					return false
 				}
 				x.st = st
+				if x.bl != nil {
+					x.lc = x.bl.config()
+				}
 			}
 		}
 		rec := x.record()

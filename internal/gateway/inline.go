@@ -117,7 +117,7 @@ func (g *Gateway) acceptInline(ctx, cached context.Context, bl *boundListener, f
 		return
 	}
 	st := g.state.Load()
-	s := &session{g: g, st: st, lc: lc, pending: true, pendingSrc: pendingSrc, start: time.Now(), src: src, peer: src.Addr()}
+	s := &session{g: g, st: st, lc: lc, bl: bl, pending: true, pendingSrc: pendingSrc, start: time.Now(), src: src, peer: src.Addr()}
 	s.resetRecord()
 	if !inlineEligible(s.lc) {
 		g.promote(ctx, bl, fd, s, nil)

@@ -35,22 +35,25 @@ import (
 // (or, with none, the name this client resolved to orig through egressd's
 // DNS) and the listener's sni_destination. Every line is logged here.
 func (s *session) serveRequests(ctx context.Context, first []byte, orig netip.AddrPort) {
-	g, lc, c := s.g, s.lc, s.c
+	g, c := s.g, s.c
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(io.MultiReader(bytes.NewReader(first), c))
 	x := &explicitConn{session: s, br: br}
 	defer x.releaseReader()
-	port := orig.Port()
-	if lc.Mode == config.ModeSNI {
-		port = lc.UpstreamPort
-	}
 	c.SetReadDeadline(time.Now().Add(s.st.Config.Timeouts.ClientHello))
-	x.requestLoop(ctx, func(head []byte) (httpconnect.Request, error) { return httpconnect.ParseOrigin(head, port) },
+	// s.st and s.lc: requestLoop keeps them the running config's.
+	x.requestLoop(ctx, func(head []byte) (httpconnect.Request, error) {
+		port := orig.Port()
+		if s.lc.Mode == config.ModeSNI {
+			port = s.lc.UpstreamPort
+		}
+		return httpconnect.ParseOrigin(head, port)
+	},
 		func(ctx context.Context, q httpconnect.Request, _ []byte, rec *accesslog.Record) (keep, relaying bool) {
 			defer g.logConn(rec)
 			rec.Dst = orig
 			p := peek.Result{Protocol: peek.HTTP, Host: hostOf(q)}
-			v := g.judge(ctx, s.st, lc, rec, &p, orig) // s.st: requestLoop keeps it the running config
+			v := g.judge(ctx, s.st, s.lc, rec, &p, orig)
 			if g.refusing(s.st, v, rec) {
 				refuse.HTTPForbidden(c, v.Rule)
 				return false, false

@@ -29,6 +29,7 @@ type session struct {
 	g  *Gateway
 	st *State // the config and policy the connection is decided with, start to end
 	lc *config.Listener
+	bl *boundListener // lc's listener, whose options a reload may change
 	c  *net.TCPConn
 	// rec is the connection's line. An explicit client's tunnels and
 	// requests, and the requests of a plain HTTP connection, each have a
@@ -62,7 +63,7 @@ type failedDial struct {
 
 func (g *Gateway) newSession(bl *boundListener, c *net.TCPConn) *session {
 	st := g.state.Load()
-	s := &session{g: g, st: st, lc: bl.config(), c: c, pending: true, start: time.Now()}
+	s := &session{g: g, st: st, lc: bl.config(), bl: bl, c: c, pending: true, start: time.Now()}
 	s.src = listener.AddrPort(c.RemoteAddr())
 	s.peer = s.src.Addr()
 	s.rec = s.record()
