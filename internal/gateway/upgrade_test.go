@@ -572,3 +572,89 @@ func TestDecoyHelloOnSNIListener(t *testing.T) {
 		})
 	}
 }
+
+func TestSSHServer(t *testing.T) {
+	kexinit := []byte{0, 0, 4, 0x3c, 7, 20}
+	for _, tc := range []struct {
+		name      string
+		in        []byte
+		done, ssh bool
+	}{
+		{"openssh", append([]byte("SSH-2.0-OpenSSH_9.6\r\n"), kexinit...), true, true},
+		{"lines before the version", append([]byte("Welcome\r\nno entry\r\nSSH-2.0-x\r\n"), kexinit...), true, true},
+		{"version line, then nothing yet", []byte("SSH-2.0-x\r\n\x00\x00"), false, false},
+		// An IMAP server answers a tag "SSH-2.0-x" with a line that
+		// starts with it: text follows, not a packet.
+		{"imap echoing the tag", []byte("SSH-2.0-x BAD Error in IMAP command\r\na OK Begin TLS\r\n"), true, false},
+		{"smtp", []byte("500 5.5.2 Error: bad syntax\r\n"), false, false},
+		{"no packet after the line", append([]byte("SSH-2.0-x\r\n"), 0, 0, 0, 0, 7, 20), true, false},
+		{"endless lines", bytes.Repeat([]byte("x\r\n"), 2000), true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var s, one sshServer
+			done, ssh := s.feed(tc.in)
+			var d1, s1 bool
+			for i := 0; i < len(tc.in) && !d1; i++ {
+				d1, s1 = one.feed(tc.in[i : i+1])
+			}
+			if done != tc.done || ssh != tc.ssh || d1 != done || s1 != ssh {
+				t.Errorf("feed = %v, %v (a byte at a time %v, %v); want %v, %v", done, ssh, d1, s1, tc.done, tc.ssh)
+			}
+		})
+	}
+}
+
+// TestSSHDecoyAnsweredByIMAP: an SSH banner sent to an IMAP server,
+// which answers with a line that starts with it (the tag), is a decoy:
+// the client's STARTTLS and its hello for a denied name are read and
+// refused.
+func TestSSHDecoyAnsweredByIMAP(t *testing.T) {
+	w := newProxyWorld(t, "", "", true)
+	snis := make(chan string, 4)
+	ln := testnet.Listen(t)
+	cfg := &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}, GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		snis <- h.ServerName
+		return nil, nil
+	}}
+	testnet.Serve(t, ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		io.WriteString(c, "* OK ready\r\n")
+		br := bufio.NewReader(c)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			tag, cmd, _ := strings.Cut(strings.TrimSpace(line), " ")
+			if strings.EqualFold(cmd, "STARTTLS") {
+				io.WriteString(c, tag+" OK Begin TLS negotiation now\r\n")
+				tls.Server(&bufferedConn{c, br}, cfg).Handshake()
+				return
+			}
+			io.WriteString(c, tag+" BAD Error in IMAP command\r\n")
+		}
+	})
+	c, br := tunnel(t, w.proxy, fmt.Sprintf("good.test:%d", ln.Addr().(*net.TCPAddr).Port))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "* OK") {
+		t.Fatalf("greeting %q, %v", line, err)
+	}
+	io.WriteString(c, "SSH-2.0-x\r\n")
+	if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, "SSH-2.0-x BAD") {
+		t.Fatalf("banner answered %q", line)
+	}
+	io.WriteString(c, "a STARTTLS\r\n")
+	if line, _ := br.ReadString('\n'); !strings.HasPrefix(line, "a OK") {
+		t.Fatalf("STARTTLS answered %q", line)
+	}
+	c.Write(helloFor(t, "x.ads.test"))
+	rest, _ := io.ReadAll(br)
+	if !isAccessDenied(rest) {
+		t.Errorf("got % x, want an access_denied alert", rest)
+	}
+	select {
+	case sni := <-snis:
+		t.Errorf("the server read a ClientHello for %q", sni)
+	case <-time.After(100 * time.Millisecond):
+	}
+}

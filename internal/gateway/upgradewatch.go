@@ -93,10 +93,71 @@ type upgradeWatch struct {
 	later peek.LaterRequest
 	other bool
 	// ssh: the first bytes were an SSH banner, which the server's own
-	// confirms (its first bytes "SSH-"): the watch then ends. A server
-	// that answers otherwise does not speak SSH, and the banner was a
-	// decoy: the client's bytes are read on as any unknown connection's.
-	ssh bool
+	// bytes confirm (sshServer): the watch then ends. A server that
+	// answers otherwise does not speak SSH, and the banner was a decoy:
+	// the client's bytes are read on as any unknown connection's.
+	ssh       bool
+	sshServer sshServer
+}
+
+// sshServer follows a server's first bytes for what an SSH server sends
+// (RFC 4253 §4.2, §7.1): maybe other lines, its version line, then the
+// binary packet of its SSH_MSG_KEXINIT. The version line alone proves
+// nothing: an IMAP server answers a client's "SSH-2.0-x" with a line
+// that starts with it (the tag it was given, "SSH-2.0-x BAD …"); no text
+// protocol follows a line with a packet length's NUL bytes and message
+// 20.
+type sshServer struct {
+	st   uint8 // sshLineStart, sshLine, sshVersion, sshPacket
+	seen int   // bytes read
+	m    int   // bytes of "SSH-" matched, or of hdr filled
+	hdr  [6]byte
+}
+
+const (
+	sshLineStart uint8 = iota
+	sshLine            // a line other than the version line
+	sshVersion         // the version line
+	sshPacket          // the packet after it
+)
+
+// sshServerMax bounds what is read for the version line and the packet
+// header: lines before the version line are few and short.
+const sshServerMax = 4096
+
+// feed reads b, the server's next bytes, and reports whether it is done
+// and, if so, whether the server speaks SSH.
+func (s *sshServer) feed(b []byte) (done, ssh bool) {
+	for _, c := range b {
+		if s.seen++; s.seen > sshServerMax {
+			return true, false
+		}
+		switch s.st {
+		case sshLineStart, sshLine:
+			switch {
+			case c == '\n':
+				s.st, s.m = sshLineStart, 0
+			case s.st == sshLineStart && c == "SSH-"[s.m]:
+				if s.m++; s.m == len("SSH-") {
+					s.st = sshVersion
+				}
+			default:
+				s.st = sshLine
+			}
+		case sshVersion:
+			if c == '\n' {
+				s.st, s.m = sshPacket, 0
+			}
+		case sshPacket:
+			s.hdr[s.m] = c
+			if s.m++; s.m < len(s.hdr) {
+				continue
+			}
+			l := int(s.hdr[0])<<24 | int(s.hdr[1])<<16 | int(s.hdr[2])<<8 | int(s.hdr[3])
+			return true, l > 0 && l <= 35000 && s.hdr[4] >= 4 && s.hdr[5] == 20 // RFC 4253 §6.1, §12
+		}
+	}
+	return false, false
 }
 
 // maxHeldBehind bounds what a client may send behind a hello while it is
@@ -415,15 +476,13 @@ func (w *upgradeWatch) Server(b []byte) relay.WatchState {
 	}
 	switch {
 	case w.ssh && w.hello == nil:
-		k := min(len(b), len("SSH-")-len(w.answer))
-		w.answer = append(w.answer, b[:k]...)
-		switch {
-		case len(w.answer) < len("SSH-"):
+		switch done, ssh := w.sshServer.feed(b); {
+		case !done:
 			return relay.WatchOn
-		case string(w.answer) == "SSH-":
+		case ssh:
 			return relay.WatchEnded // SSH, both ways: nothing more to read
 		}
-		w.ssh, w.answer = false, w.answer0[:0]
+		w.ssh = false
 		return relay.WatchOff
 	case w.hello == nil:
 		return relay.WatchOff // read again once a hello is allowed (WatchBoth)
