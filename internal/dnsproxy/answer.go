@@ -10,10 +10,6 @@ import (
 	updial "github.com/egressd/egressd/internal/upstream"
 )
 
-// maxChain bounds how many CNAMEs are followed from the question's name: a
-// loop or an absurd chain in an answer must not cost more than this.
-const maxChain = 16
-
 // Address is one address an answer gave for the question's name, directly
 // or through CNAMEs, with its TTL.
 type Address struct {
@@ -41,27 +37,8 @@ func Addresses(m *dns.Msg, qname string) []Address {
 	return out
 }
 
-// cnameChain is qname and the names its CNAME records in m's answer lead
-// to, lower-case and fully qualified, at most maxChain steps away.
-func cnameChain(m *dns.Msg, qname string) map[string]bool {
-	chain := map[string]bool{strings.ToLower(dns.Fqdn(qname)): true}
-	for range maxChain {
-		grew := false
-		for _, rr := range m.Answer {
-			if c, ok := rr.(*dns.CNAME); ok && chain[strings.ToLower(c.Hdr.Name)] {
-				t := strings.ToLower(dns.Fqdn(c.Target))
-				if !chain[t] {
-					chain[t] = true
-					grew = true
-				}
-			}
-		}
-		if !grew {
-			break
-		}
-	}
-	return chain
-}
+// cnameChain is upstream.Chain: qname and the names its CNAMEs lead to.
+func cnameChain(m *dns.Msg, qname string) map[string]bool { return updial.Chain(m, qname) }
 
 // StripECH removes the ech SvcParam (RFC 9460 §14.3.2, key 5) from every
 // HTTPS and SVCB record of m, in all sections, and returns how many it

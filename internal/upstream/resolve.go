@@ -119,10 +119,11 @@ func (r *DNS) query(ctx context.Context, name string, qt uint16) (Lookup, error)
 		return Lookup{}, fmt.Errorf("resolve %s: the server's reply is not an answer to the question asked", name)
 	}
 	var l Lookup
+	chain := Chain(in, m.Question[0].Name)
 	for _, rr := range in.Answer {
 		a, ok := RecordAddr(rr)
-		if !ok {
-			continue
+		if !ok || !chain[strings.ToLower(rr.Header().Name)] {
+			continue // another owner's: not an answer to this name
 		}
 		ttl := time.Duration(rr.Header().Ttl) * time.Second
 		if l.TTL == 0 || ttl < l.TTL {
@@ -131,6 +132,34 @@ func (r *DNS) query(ctx context.Context, name string, qt uint16) (Lookup, error)
 		l.Addrs = append(l.Addrs, a)
 	}
 	return l, nil
+}
+
+// maxChain bounds how many CNAMEs are followed from the question's name: a
+// loop or an absurd chain in an answer must not cost more than this.
+const maxChain = 16
+
+// Chain is qname and the names its CNAME records in m's answer lead to,
+// lower-case and fully qualified, at most maxChain steps away: the owners
+// whose addresses answer qname. Records of other owners (a server
+// stuffing unrelated names into the answer) answer nothing asked.
+func Chain(m *dns.Msg, qname string) map[string]bool {
+	chain := map[string]bool{strings.ToLower(dns.Fqdn(qname)): true}
+	for range maxChain {
+		grew := false
+		for _, rr := range m.Answer {
+			if c, ok := rr.(*dns.CNAME); ok && chain[strings.ToLower(c.Hdr.Name)] {
+				t := strings.ToLower(dns.Fqdn(c.Target))
+				if !chain[t] {
+					chain[t] = true
+					grew = true
+				}
+			}
+		}
+		if !grew {
+			break
+		}
+	}
+	return chain
 }
 
 // RecordAddr is the address an A or AAAA record carries (an IPv4-mapped

@@ -62,6 +62,9 @@ func TestDNSResolve(t *testing.T) {
 				return
 			}
 			m.Answer = append(m.Answer, rr(t, "big.test. 300 IN A 198.51.100.9"))
+		case q.Name == "stuffed.test." && q.Qtype == dns.TypeA: // another owner's records too
+			m.Answer = append(m.Answer, rr(t, "stuffed.test. 60 IN A 198.51.100.3"), rr(t, "other.test. 60 IN A 169.254.169.254"),
+				rr(t, "elsewhere.test. 60 IN CNAME other.test."))
 		case q.Name == "nx.test.":
 			m.Rcode = dns.RcodeNameError
 		case q.Name == "swap.test.": // the right ID, another question
@@ -82,6 +85,7 @@ func TestDNSResolve(t *testing.T) {
 		{"a.test", []string{"198.51.100.1", "198.51.100.2", "2001:db8::1"}, 60 * time.Second, ""},
 		{"alias.test", []string{"198.51.100.1"}, 30 * time.Second, ""},
 		{"big.test", []string{"198.51.100.9"}, 300 * time.Second, ""},
+		{"stuffed.test", []string{"198.51.100.3"}, 60 * time.Second, ""},
 		{"nx.test", nil, 0, "NXDOMAIN"},
 		{"empty.test", nil, 0, "no address"},
 		{"swap.test", nil, 0, "not an answer to the question asked"},
