@@ -427,7 +427,7 @@ func (s *Server) answer(r *dns.Msg, src netip.Addr, udp bool, rec *accesslog.DNS
 		// The client gets these configurations: an outer ClientHello that
 		// uses one is real ECH, not GREASE (see namecache.RecordECH).
 		ttl := answerTTL(resp) + s.cfg.Remember
-		for i, c := range echConfigs(resp) {
+		for i, c := range echConfigs(resp, q.Name) {
 			if i == maxRecordedPerFamily {
 				break // as addresses: a real answer carries one or two
 			}

@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"github.com/miekg/dns"
 	"golang.org/x/crypto/cryptobyte"
+	"strings"
 )
 
 // echVersion is the ECHConfig version of RFC 9849 §4 (the extension's
@@ -65,11 +66,16 @@ func parseECHConfigContents(s cryptobyte.String) (ECHConfig, bool) {
 	return c, true
 }
 
-// echConfigs returns the ECH configurations of every HTTPS and SVCB record
-// in m's answer section.
-func echConfigs(m *dns.Msg) []ECHConfig {
+// echConfigs returns the ECH configurations of the HTTPS and SVCB records
+// in m's answer section that answer qname (owned by it or a name its
+// CNAMEs lead to).
+func echConfigs(m *dns.Msg, qname string) []ECHConfig {
 	var out []ECHConfig
+	chain := cnameChain(m, qname)
 	for _, rr := range m.Answer {
+		if !chain[strings.ToLower(rr.Header().Name)] {
+			continue // another owner's: no answer to the name asked
+		}
 		for _, kv := range svcbValues(rr) {
 			if e, ok := kv.(*dns.SVCBECHConfig); ok {
 				cs, _ := ParseECHConfigList(e.ECH)

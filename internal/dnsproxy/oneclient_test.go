@@ -240,3 +240,25 @@ func TestRecordedECHCapped(t *testing.T) {
 		t.Errorf("%d ECH configurations remembered of the %d handed out, want 1 to %d", got, n, maxRecordedPerFamily)
 	}
 }
+
+// TestECHOfOtherOwnersNotRemembered: an ECH configuration is remembered
+// only from a record that answers the name asked (its owner on the
+// question's CNAME chain): a client's own zone could otherwise plant a
+// public name and config_id for another name's hellos, which would then
+// be logged as real ECH.
+func TestECHOfOtherOwnersNotRemembered(t *testing.T) {
+	list := echConfigList(t, []uint8{7}, "allowed.example.test")
+	upAddr := testnet.ServeDNS(t, dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = []dns.RR{&dns.HTTPS{SVCB: dns.SVCB{
+			Hdr:      dns.RR_Header{Name: "other.example.test.", Rrtype: dns.TypeHTTPS, Class: dns.ClassINET, Ttl: 60},
+			Priority: 1, Target: ".", Value: []dns.SVCBKeyValue{&dns.SVCBECHConfig{ECH: list}}}}}
+		w.WriteMsg(m)
+	}))
+	p := startProxy(t, Config{Upstreams: []netip.AddrPort{upAddr}})
+	ask(t, "udp", p.Addr(), "attacker.example.test.", dns.TypeHTTPS)
+	if p.names.ECHConfigured(client, "allowed.example.test", 7) {
+		t.Error("an ECH configuration from a record of another owner was remembered")
+	}
+}
