@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -186,6 +187,9 @@ type System struct {
 	// egressd opens, so that redirect rules pass egressd's own DNS over TCP
 	// by.
 	Mark uint32
+	// Hosts is the hosts file a name of one label is looked up in;
+	// "" is /etc/hosts.
+	Hosts string
 }
 
 // SystemTTL is how long the system resolver's answers are cached.
@@ -196,11 +200,16 @@ const SystemTTL = 30 * time.Second
 // resolv.conf's search domains whenever it has fewer dots than ndots (5 in
 // Kubernetes pods), so "github.com" could be answered as, say,
 // "github.com.default.svc.cluster.local", a name that whoever may create a
-// Service there controls. A single label ("localhost") has no meaning of
-// its own outside the search list and /etc/hosts, where Go's resolver
-// only finds it without the dot, so it stays as it is. /etc/hosts and DNS
-// are asked in nsswitch.conf's order (files first by default).
+// Service there controls. A single label ("localhost") is looked up in
+// the hosts file only: through the search list it would become another
+// name ("secret" into "secret.corp.example"), which the policy never
+// decided, and where a deny rule for "*.corp.example" would not hold.
+// Other names go to /etc/hosts and DNS in nsswitch.conf's order (files
+// first by default).
 func (s System) Resolve(ctx context.Context, name string) (Lookup, error) {
+	if q := queryName(name); !strings.HasSuffix(q, ".") {
+		return s.fromHosts(name)
+	}
 	addrs, err := s.resolver().LookupNetIP(ctx, "ip", queryName(name))
 	if err != nil {
 		return Lookup{}, fmt.Errorf("resolve %s: %w", name, err)
@@ -226,6 +235,50 @@ func queryName(name string) string {
 		return dns.Fqdn(name)
 	}
 	return name
+}
+
+// fromHosts answers name, one label, from the hosts file alone.
+func (s System) fromHosts(name string) (Lookup, error) {
+	path := cmp.Or(s.Hosts, "/etc/hosts")
+	l := Lookup{TTL: SystemTTL, Addrs: s.hostsAddrs(path, name)}
+	if len(l.Addrs) == 0 {
+		return Lookup{}, fmt.Errorf("resolve %s: a name of one label is looked up in %s only (resolv.conf's search list would make it another name, which the policy did not decide): %w", name, path, ErrNoAddress)
+	}
+	slices.SortStableFunc(l.Addrs, func(a, b netip.Addr) int { return cmp.Compare(a.BitLen(), b.BitLen()) })
+	return l, nil
+}
+
+// inHosts reports whether the hosts file names name.
+func (s System) inHosts(name string) bool {
+	return len(s.hostsAddrs(cmp.Or(s.Hosts, "/etc/hosts"), name)) > 0
+}
+
+// hostsAddrs returns the addresses the hosts file at path gives name (in
+// any case), as hosts(5) reads it: an address, then names, "#" to the
+// line's end a comment.
+func (s System) hostsAddrs(path, name string) []netip.Addr {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for line := range strings.Lines(string(b)) {
+		line, _, _ = strings.Cut(line, "#")
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		a, err := netip.ParseAddr(f[0])
+		if err != nil || a.Zone() != "" {
+			continue
+		}
+		for _, n := range f[1:] {
+			if strings.EqualFold(n, name) && !slices.Contains(out, a.Unmap()) {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	return out
 }
 
 func (s System) resolver() *net.Resolver {

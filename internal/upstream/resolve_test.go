@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -282,5 +283,25 @@ func TestSystemFindsLocalhost(t *testing.T) {
 		if !a.IsLoopback() {
 			t.Errorf("localhost resolved to %v, want loopback addresses only", l.Addrs)
 		}
+	}
+}
+
+// TestSystemSingleLabel: a name of one label is looked up in /etc/hosts
+// only. resolv.conf's search list would turn it into another name
+// (secret into secret.corp.example), which the policy never decided: a
+// deny rule for *.corp.example would not hold for a client that asked
+// for "secret".
+func TestSystemSingleLabel(t *testing.T) {
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	os.WriteFile(hosts, []byte("# comment\n127.0.0.1 localhost\n198.51.100.4 Intranet intranet-alias # trailing\n"), 0o644)
+	s := System{Hosts: hosts}
+	for _, name := range []string{"intranet", "INTRANET", "intranet-alias"} {
+		if !s.inHosts(name) {
+			t.Errorf("%s: not found in the hosts file", name)
+		}
+	}
+	_, err := s.Resolve(context.Background(), "secret")
+	if err == nil || !strings.Contains(err.Error(), "/etc/hosts") && !strings.Contains(err.Error(), hosts) {
+		t.Errorf("secret (one label, not in the hosts file): %v; want an error saying it is looked up in the hosts file only", err)
 	}
 }
