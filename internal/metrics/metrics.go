@@ -131,7 +131,7 @@ var (
 	quicFlowsDesc   = prometheus.NewDesc("egressd_quic_flows", "QUIC flows (UDP) held now: undecided, relayed, or remembered as denied.", nil, nil)
 	quicPendingDesc = prometheus.NewDesc("egressd_quic_pending_flows", "QUIC flows whose ClientHello is still being read or decided.", nil, nil)
 	quicDroppedDesc = prometheus.NewDesc("egressd_quic_dropped_datagrams_total",
-		"UDP datagrams dropped by a listener's UDP side, by reason: not_initial, unknown_version, malformed, limit, held_full, undecided, denied, too_big, no_destination.",
+		"UDP datagrams dropped by a listener's UDP side, by reason: not_initial, unknown_version, malformed, limit, held_full, undecided, denied, too_big, no_destination, short_initial, changed_hello, not_quic.",
 		[]string{"reason"}, nil)
 	quicClosesDesc = prometheus.NewDesc("egressd_quic_closes_total", "CONNECTION_CLOSE packets (access_denied) sent to denied QUIC clients.", nil, nil)
 )

@@ -103,9 +103,14 @@ func (f *flow) fromListener(d []byte) bool {
 			f.s.stats.drop(dropShortInitial, 1)
 			return true
 		}
-		f.asm.AddDatagram(d) // a packet that does not open is the server's to ignore too
-		f.holdLocked(d)
-		f.checkReadyLocked()
+		// Read only if held: a hello decided with bytes of a datagram
+		// that was not held, and so never reaches the server, is one the
+		// server never read whole, and the connection's next Initial could
+		// fill the hole with other bytes.
+		if f.holdLocked(d) {
+			f.asm.AddDatagram(d) // a packet that does not open is the server's to ignore too
+			f.checkReadyLocked()
+		}
 	case deciding:
 		f.seen++
 		f.holdLocked(d)

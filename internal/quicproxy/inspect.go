@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/egressd/egressd/internal/accesslog"
@@ -21,17 +22,39 @@ const (
 
 // inspectLocked decides one client datagram of a relayed flow. A
 // short-header packet passes: it belongs to a connection the server
-// already has. Long-header packets are read: a Handshake or 0-RTT packet
-// passes (the server cannot open it without the Initial of its connection),
-// an Initial passes if the keys of a decided connection open it, and any
-// other Initial starts a recheck. A client never sends a Retry or Version
-// Negotiation packet, and an unknown version is not relayed.
+// already has, unless it has the shape of another protocol (notquic.go).
+// Long-header packets are read: a Handshake or 0-RTT packet passes (the
+// server cannot open it without the Initial of its connection), an Initial
+// passes if the keys of a decided connection open it, and any other
+// Initial starts a recheck, unless it is a decided connection's that its
+// keys do not open. A client never sends a Retry or Version Negotiation
+// packet, and an unknown version is not relayed.
+//
+// What opening the datagram's Initial packets taught of the decided
+// connections (the largest packet number, the bytes of a second hello)
+// is kept only if the datagram passes: egressd knows of a connection what
+// the server was sent. A packet number the server never saw would make
+// egressd's keys read the next small one as another number, and fail; a
+// second hello's bytes the server never got would count as checked.
 func (r *relay) inspectLocked(d []byte) verdict {
+	v := r.judgeLocked(d)
+	if v != pass {
+		r.undoLocked()
+	}
+	r.forgetSavedLocked()
+	return v
+}
+
+func (r *relay) judgeLocked(d []byte) verdict {
 	if len(d) == 0 {
 		r.f.s.stats.drop(dropMalformed, 1)
 		return dropped
 	}
 	if !hasLongHeader(d) {
+		if notQUIC(d) {
+			r.f.s.stats.drop(dropNotQUIC, 1)
+			return dropped
+		}
 		return pass
 	}
 	if _, _, ok := firstInitial(d); ok && len(d) < minInitialDatagram {
@@ -52,6 +75,14 @@ func (r *relay) inspectLocked(d []byte) verdict {
 			case same:
 				p.Type = decidedInitial // not the recheck's to assemble
 			case notOpened:
+				if r.conns.seen(r.conns.id(p.Version, p.DCID), time.Now()) {
+					// A decided connection's, which its keys do not open
+					// (a packet number egressd cannot place, a packet
+					// altered, or the keys forgotten): the server files it
+					// under that connection, whose hello was decided.
+					r.f.s.stats.drop(dropMalformed, 1)
+					return dropped
+				}
 				unknown = true
 			case changed:
 				r.f.s.stats.drop(dropChangedHello, 1)
@@ -93,7 +124,10 @@ const (
 // opensLocked reports whether the keys of a decided connection open p,
 // and if so whether its CRYPTO frames agree with the hello decided for
 // that connection. Bytes past the hello's end are a second ClientHello,
-// after a HelloRetryRequest: held to the first's name (second.go).
+// after a HelloRetryRequest: held to the first's name (second.go). Every
+// decided connection's keys are tried: once the server has answered, a
+// client's Initial packets carry the server's connection ID, under the
+// keys of the one it started with (RFC 9000 §7.2).
 func (r *relay) opensLocked(p *quic.Packet) opened {
 	for i := range r.keys {
 		k := &r.keys[i]
@@ -104,13 +138,72 @@ func (r *relay) opensLocked(p *quic.Packet) opened {
 		if err != nil {
 			continue
 		}
+		r.conns.seen(k.id, time.Now())
+		r.saveLocked(k)
 		if !k.sameCrypto(out) {
-			return changed // its packet number is not taken as seen
+			return changed
 		}
 		k.largest = max(k.largest, int64(pn))
 		return same
 	}
 	return notOpened
+}
+
+// saved is a decided connection's state before the datagram being
+// inspected, to go back to if the datagram is not passed on.
+type saved struct {
+	k       *knownKeys
+	largest int64
+	second  bool     // k.second was there
+	have    []uint64 // then k.second.have; its array is reused
+	filled  int
+	checked bool
+}
+
+// saveLocked keeps k's state, once a datagram, before it changes.
+func (r *relay) saveLocked(k *knownKeys) {
+	for i := range r.saved {
+		if r.saved[i].k == k {
+			return
+		}
+	}
+	if len(r.saved) < cap(r.saved) {
+		r.saved = r.saved[:len(r.saved)+1]
+	} else {
+		r.saved = append(r.saved, saved{})
+	}
+	e := &r.saved[len(r.saved)-1]
+	e.k, e.largest, e.second = k, k.largest, k.second != nil
+	if e.second {
+		e.have = append(e.have[:0], k.second.have...)
+		e.filled, e.checked = k.second.filled, k.second.checked
+	}
+}
+
+// undoLocked gives the decided connections the state they had before the
+// datagram being inspected. A second hello's buffer keeps the bytes that
+// came; unmarked, they count as not come.
+func (r *relay) undoLocked() {
+	for i := range r.saved {
+		e := &r.saved[i]
+		k := e.k
+		k.largest = e.largest
+		if !e.second {
+			k.second = nil
+			continue
+		}
+		s := k.second
+		n := copy(s.have, e.have)
+		clear(s.have[n:])
+		s.filled, s.checked = e.filled, e.checked
+	}
+}
+
+func (r *relay) forgetSavedLocked() {
+	for i := range r.saved {
+		r.saved[i].k = nil
+	}
+	r.saved = r.saved[:0]
 }
 
 // recheck is a connection started on a relayed flow whose Initial packets
@@ -136,6 +229,9 @@ func (r *relay) recheckLocked(d []byte, pkts []quic.Packet) verdict {
 		s.stats.drop(dropUndecided, len(c.take(s, f.key.src.Addr())))
 		r.check, c = nil, nil
 	}
+	// What is read for the hello is what is held, and so what the server
+	// gets if the connection is allowed: a datagram that could not be
+	// held is not read.
 	if c == nil {
 		// Retried: the connection ID after a Retry is the server's, of any
 		// length. A new connection with a short one gets no further for
@@ -146,18 +242,21 @@ func (r *relay) recheckLocked(d []byte, pkts []quic.Packet) verdict {
 			s.stats.drop(dropMalformed, 1)
 			return dropped
 		}
+		if !c.hold(s, f.key.src.Addr(), d) {
+			return dropped // and c with what it read
+		}
 		r.check = c
 	} else {
 		if !c.owns(pkts) {
 			s.stats.drop(dropHeldFull, 1) // a third connection: one at a time
 			return dropped
 		}
+		if !c.hold(s, f.key.src.Addr(), d) {
+			return dropped
+		}
 		if !c.deciding {
 			c.add(pkts)
 		}
-	}
-	if !c.hold(s, f.key.src.Addr(), d) {
-		return dropped
 	}
 	switch c.asm.Status() {
 	case quic.Complete:
@@ -233,6 +332,7 @@ const maxOtherNotes = 4
 // keeps: a client that starts connection after connection on one socket
 // (a QUIC stack reconnecting, or one opening many to gather a second
 // hello's bytes for each, up to 16 KiB apiece) holds at most this many.
+// An Initial packet of one forgotten is dropped (decidedConns).
 const maxFlowConnections = 32
 
 // decide decides a rechecked connection as a new flow would be, with a
@@ -259,17 +359,21 @@ func (r *relay) decide(c *recheck) {
 	}
 	r.check = nil
 	heldDatagrams := c.take(s, f.key.src.Addr())
+	full := false
 	if ok && v.Allow && v.Dst == r.dst {
 		keys, err := quic.ClientInitialKeys(c.asm.Version(), c.asm.DCID())
-		if err == nil {
+		id := r.conns.id(c.asm.Version(), c.asm.DCID())
+		full = err == nil && !r.conns.add(id, time.Now())
+		if err == nil && !full {
+			r.keys = slices.DeleteFunc(r.keys, func(k knownKeys) bool { return k.id == id }) // forgotten once, decided again
 			if len(r.keys) == maxFlowConnections {
 				// The oldest connection's Initials are long over; should
-				// one still come, it is a new connection to decide again.
+				// one still come, it is dropped (decidedConns).
 				copy(r.keys, r.keys[1:])
 				r.keys[len(r.keys)-1] = knownKeys{}
 				r.keys = r.keys[:len(r.keys)-1]
 			}
-			r.keys = append(r.keys, knownKeys{keys: keys, largest: -1, hello: bytes.Clone(c.asm.Hello())})
+			r.keys = append(r.keys, knownKeys{id: id, keys: keys, largest: -1, hello: bytes.Clone(c.asm.Hello())})
 			switch {
 			case rec.FQDN == f.rec.FQDN:
 			case r.otherNoted < maxOtherNotes:
@@ -289,9 +393,13 @@ func (r *relay) decide(c *recheck) {
 			return
 		}
 	}
+	code, phrase := uint64(quic.CodeAccessDenied), denyPhrase(rec.Rule)
+	if full {
+		code, phrase = codeInternalError, "egressd: too many QUIC connections on this flow"
+	}
 	var closePkt []byte
 	if !f.p.Drop {
-		closePkt, _ = c.asm.AppendClose(nil, quic.CodeAccessDenied, denyPhrase(rec.Rule))
+		closePkt, _ = c.asm.AppendClose(nil, code, phrase)
 	}
 	f.mu.Unlock()
 	s.stats.drop(dropDenied, len(heldDatagrams))
@@ -301,7 +409,10 @@ func (r *relay) decide(c *recheck) {
 		}
 	}
 	rec.Action, rec.Enforced = accesslog.Deny, true
-	if ok && v.Allow {
+	switch {
+	case full:
+		rec.Reason = fmt.Sprintf("%d QUIC connections decided on the flow to %s within %v: refused (%s)", maxDecidedConns, r.dst, forgetAfter, rec.Reason)
+	case ok && v.Allow:
 		rec.Reason = fmt.Sprintf("a second QUIC connection on the flow to %s names %s, to be relayed to %s: refused (%s)", r.dst, rec.FQDN, v.Dst, rec.Reason)
 	}
 	rec.Reason += fmt.Sprintf("; on a flow allowed for %q", f.rec.FQDN)

@@ -45,8 +45,10 @@
 // opens is held, with everything it came with, until that connection's own
 // ClientHello has been read and decided as a new flow would be (and must
 // go to the same server). Only then is it relayed, or refused with a line
-// of its own. A client cannot name one server and then talk to another
-// on the same flow.
+// of its own. One that has the version and connection ID of a decided
+// connection is dropped instead: a connection is decided once
+// (decidedConns). A client cannot name one server and then talk to
+// another on the same flow.
 package quicproxy
 
 import (

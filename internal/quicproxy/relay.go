@@ -37,8 +37,14 @@ type relay struct {
 	// changedNoted: the flow's line already says that Initial packets
 	// with a changed hello were dropped.
 	changedNoted bool
-	pkts         []quic.Packet
-	plain        []byte // scratch for opening Initial packets
+	// conns are the connections decided on this flow, kept longer than
+	// their keys.
+	conns decidedConns
+	// saved is what inspecting a datagram changed of keys, until its
+	// verdict (inspectLocked).
+	saved []saved
+	pkts  []quic.Packet
+	plain []byte // scratch for opening Initial packets
 
 	last                                 atomic.Int64 // the last datagram either way, UnixNano
 	bytesUp, bytesDown, pktsUp, pktsDown atomic.Int64
@@ -52,6 +58,7 @@ type relay struct {
 // handshake header): the keys come from the connection ID alone, which the
 // client chooses, so opening says nothing of what a packet carries.
 type knownKeys struct {
+	id      uint64 // of the connection, in the flow's decidedConns
 	keys    *quic.Keys
 	largest int64 // the largest packet number opened, -1 for none
 	hello   []byte
@@ -71,7 +78,9 @@ func (f *flow) relayFlow(v Verdict) {
 			err = kerr
 		} else {
 			f.st, f.relay = relaying, r
-			r.keys = []knownKeys{{keys: keys, largest: -1, hello: bytes.Clone(f.asm.Hello())}}
+			id := r.conns.id(f.asm.Version(), f.asm.DCID())
+			r.conns.add(id, time.Now()) // the first: there is room
+			r.keys = []knownKeys{{id: id, keys: keys, largest: -1, hello: bytes.Clone(f.asm.Hello())}}
 		}
 	}
 	if f.st != relaying {
@@ -143,7 +152,7 @@ func newRelay(f *flow, dst netip.AddrPort) (*relay, error) {
 	return &relay{
 		f: f, dst: dst, client: client, up: up,
 		cb: newBatchConn(client, f.key.orig.Addr().Is6()), ub: newBatchConn(up, dst.Addr().Is6()),
-		downDone: make(chan struct{}),
+		conns: newDecidedConns(), downDone: make(chan struct{}),
 	}, nil
 }
 

@@ -16,7 +16,8 @@ const (
 	// read, or a client's Version Negotiation or Retry packet.
 	dropUnknownVersion = "unknown_version"
 	// dropMalformed: a datagram whose packets do not parse, or whose
-	// Initial packet does not open.
+	// Initial packet does not open (one of a decided connection that its
+	// keys do not open included: see decidedConns).
 	dropMalformed = "malformed"
 	// dropLimit: a new flow over max flows, per source, or pending.
 	dropLimit = "limit"
@@ -39,15 +40,19 @@ const (
 	// dropChangedHello: an Initial of a decided connection whose CRYPTO
 	// bytes are not the hello decided (see relay.opensLocked).
 	dropChangedHello = "changed_hello"
+	// dropNotQUIC: a datagram of a relayed flow without a long header that
+	// a server on the same port could read as another protocol's (Google
+	// QUIC, DTLS, STUN), or too short for a QUIC packet (see notQUIC).
+	dropNotQUIC = "not_quic"
 )
 
 // DropReasons lists every reason a datagram is dropped for, as Stats
 // names them.
 var DropReasons = []string{dropNotInitial, dropUnknownVersion, dropMalformed, dropLimit,
-	dropHeldFull, dropUndecided, dropDenied, dropTooBig, dropNoDestination, dropShortInitial, dropChangedHello}
+	dropHeldFull, dropUndecided, dropDenied, dropTooBig, dropNoDestination, dropShortInitial, dropChangedHello, dropNotQUIC}
 
 type counters struct {
-	dropped [11]atomic.Uint64 // by DropReasons' index
+	dropped [12]atomic.Uint64 // by DropReasons' index
 	closes  atomic.Uint64
 }
 

@@ -113,6 +113,12 @@ func (c *Client) Initials(hello []byte, n int, rng *rand.Rand) ([][]byte, error)
 	return out, nil
 }
 
+// SetPN sets the packet number of the next packet Packet seals. Packet
+// numbers go up by one from there; the wire carries their low two bytes,
+// which a receiver completes from the largest it has opened (RFC 9000
+// §17.1), so a test can send one that two receivers complete differently.
+func (c *Client) SetPN(pn uint64) { c.pn = pn }
+
 // Packet seals one Initial packet carrying payload (frames), padded with
 // PADDING to padTo bytes, with a 2-byte packet number.
 func (c *Client) Packet(payload []byte, padTo int) ([]byte, error) {
