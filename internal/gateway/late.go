@@ -89,6 +89,13 @@ func (s *session) late(ctx context.Context, up *net.TCPConn, rec *accesslog.Reco
 			p = peek.Peek(c, peek.Deadlines{FirstBytes: now.Add(cfg.Timeouts.FirstBytes), Complete: now.Add(cfg.Timeouts.ClientHello)})
 		}
 		after := time.Since(waitStart).Round(time.Millisecond)
+		if err == nil && p.Err == nil && p.Protocol == peek.Unknown && a.ssh.Load() {
+			// The server's unprompted first bytes were an SSH banner:
+			// the client's are SSH's too, whatever peek made of them (Go's
+			// SSH servers skip lines before a banner), and rules naming
+			// ssh hold for them.
+			p.Protocol = peek.SSH
+		}
 		// A refusal, or an end, stops the server's copy first, so that
 		// nothing it writes interleaves with the refusal.
 		stop := func() {

@@ -673,3 +673,52 @@ func TestProtocolRulesMalformedInLogTunnel(t *testing.T) {
 		})
 	}
 }
+
+// TestSSHByTheServersAnswer: a rule that denies ssh holds for a client
+// whose banner egressd cannot read as one (behind an empty line, which
+// Go's SSH servers skip): the server's answer, a version line and a key
+// exchange packet, makes the connection SSH. Early, the client's next
+// bytes are refused; late (the server's banner came first), the client's
+// first bytes are.
+func TestSSHByTheServersAnswer(t *testing.T) {
+	w := newProxyWorld(t, "", "    - {name: no-ssh, action: deny, protocols: [ssh]}\n", true)
+	got := make(chan string, 4)
+	ln := testnet.Listen(t)
+	testnet.Serve(t, ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		// An SSH server: its banner and its KEXINIT's packet header at once.
+		c.Write(append([]byte("SSH-2.0-fake\r\n"), 0, 0, 1, 0, 8, 20))
+		b, _ := io.ReadAll(c)
+		got <- string(b)
+	})
+	target := fmt.Sprintf("good.test:%d", ln.Addr().(*net.TCPAddr).Port)
+	for _, tc := range []struct {
+		name  string
+		pause time.Duration
+	}{{"early", 0}, {"late", 400 * time.Millisecond}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, br := tunnel(t, w.proxy, target)
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if tc.pause == 0 {
+				io.WriteString(c, "\r\nSSH-2.0-x\r\n")
+			}
+			if line, err := br.ReadString('\n'); err != nil || line != "SSH-2.0-fake\r\n" {
+				t.Fatalf("server banner %q, %v", line, err)
+			}
+			time.Sleep(tc.pause + 100*time.Millisecond)
+			if tc.pause != 0 {
+				io.WriteString(c, "\r\nSSH-2.0-x\r\n")
+			}
+			io.WriteString(c, "KEXINIT")
+			io.ReadAll(br)
+			c.Close()
+			if b := <-got; strings.Contains(b, "KEXINIT") {
+				t.Errorf("the server read %q", b)
+			}
+			e := w.waitLog(bySrcPort(c))
+			if e["action"] != "deny" || e["rule"] != "no-ssh" {
+				t.Errorf("line %v %v (%v), want a deny by no-ssh", e["action"], e["rule"], e["reason"])
+			}
+		})
+	}
+}

@@ -98,6 +98,12 @@ type upgradeWatch struct {
 	// the client's bytes are read on as any unknown connection's.
 	ssh       bool
 	sshServer sshServer
+	// sshDone: the server's bytes were read for an SSH server's
+	// (sshServer), and that is settled; pending is the refusal a
+	// decision made on the server's bytes came to, for the client's next
+	// bytes.
+	sshDone bool
+	pending error
 }
 
 // sshServer follows a server's first bytes for what an SSH server sends
@@ -204,6 +210,9 @@ func (s *session) newUpgradeWatch(ctx context.Context, p *peek.Result, data []by
 }
 
 func (w *upgradeWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
+	if w.pending != nil {
+		return nil, relay.WatchOff, w.pending
+	}
 	if w.junk.Feed(b) || w.other && w.later.Feed(b) {
 		return nil, relay.WatchOff, junkRefusal(w.rec)
 	}
@@ -438,6 +447,25 @@ func (w *upgradeWatch) note() {
 	}
 }
 
+// redecide decides the connection again as protocol, which the server's
+// bytes showed (why says how), and returns the refusal if that is a deny,
+// or if deciding needs a look-up the relay loop cannot wait for.
+func (w *upgradeWatch) redecide(protocol, why string) error {
+	q := peek.Result{Protocol: protocol}
+	refused, wouldBlock := w.decide(w.cached, &q)
+	w.wasSet = false
+	if wouldBlock {
+		w.rec.Action, w.rec.Enforced, w.rec.Rule = accesslog.Deny, true, ""
+		w.rec.Reason = why + ": deciding it as " + protocol + " needs a look-up the relay loop cannot wait for"
+		return &relay.Refusal{Why: w.rec.Reason}
+	}
+	w.rec.Reason = fmt.Sprintf("%s: decided again as %s: %s (decision before it: %s)", why, protocol, w.rec.Reason, w.first.Reason)
+	if !refused {
+		return nil
+	}
+	return &relay.Refusal{Why: "the connection, decided again as " + protocol + ", is denied"}
+}
+
 // junkRefusal refuses a connection whose client sent an HTTP request
 // that peek did not see in its first bytes: a line behind bytes Netty's
 // decoder skips (control bytes, whitespace), or a request behind a first
@@ -482,7 +510,25 @@ func (w *upgradeWatch) Server(b []byte) relay.WatchState {
 		case ssh:
 			return relay.WatchEnded // SSH, both ways: nothing more to read
 		}
-		w.ssh = false
+		w.ssh, w.sshDone = false, true
+		return relay.WatchOff
+	case w.hello == nil && !w.sshDone:
+		// What the client sent was no SSH banner egressd knows, but a
+		// server may still take it for one (Go's SSH servers skip lines
+		// before it; OpenSSH reads "SSH-2.0-x * RTSP/1.0" as a banner
+		// with a comment): a server that answers as an SSH server does
+		// makes the connection SSH, decided again as such, so that a
+		// rule naming ssh holds. A deny refuses the client's next bytes.
+		done, ssh := w.sshServer.feed(b)
+		if !done {
+			return relay.WatchOn
+		}
+		w.sshDone = true
+		if ssh {
+			if w.pending = w.redecide(peek.SSH, "the server answered as an SSH server"); w.pending == nil {
+				return relay.WatchEnded
+			}
+		}
 		return relay.WatchOff
 	case w.hello == nil:
 		return relay.WatchOff // read again once a hello is allowed (WatchBoth)
