@@ -222,7 +222,14 @@ func wholeLine(rest []byte) lineState {
 		if !ctl && isOtherVersion(rest[sp+1:]) {
 			return lineOther
 		}
-		if target := bytes.TrimLeft(rest, " \t\v\f\r"); !ctl && isAbsolute(target) {
+		// An HTTP/0.9 line whose target is an absolute URI: nginx serves
+		// it from the virtual host it names, and before 1.21.1 whatever
+		// follows it on the line (spaces, other words, control bytes).
+		target := bytes.TrimLeft(rest, " \t\v\f\r")
+		if i := bytes.IndexFunc(target, func(r rune) bool { return r < 0x80 && (isSep(byte(r)) || byte(r) < ' ') }); i >= 0 {
+			target = target[:i]
+		}
+		if isAbsolute(target) {
 			return lineBad
 		}
 		return lineNot

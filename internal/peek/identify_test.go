@@ -185,6 +185,10 @@ func TestPeekHTTPAnyMethod(t *testing.T) {
 		{"an http target, another version", "FOO HTTP://denied.test/ BAR/1.1\r\n\r\n", 0, "", ErrBadHTTP},
 		{"a bare word target, another version", "FOO x BAR/1.1\r\n\r\n", 0, "", ErrBadHTTP},
 		{"a Host behind a file separator, another version", "OPTIONS * RTSP/1.0\r\n\x1cHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		// nginx before 1.21.1 serves these as HTTP/0.9, from the target's
+		// virtual host.
+		{"http/0.9 absolute, another word behind", "GET http://denied.test/ x\r\n", 0, "", ErrBadHTTP},
+		{"http/0.9 absolute, a control byte behind", "GET http://denied.test/\x01\r\n", 0, "", ErrBadHTTP},
 		{"a request behind RTSP's", "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\nGET / HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 	}
 	for _, tc := range tests {

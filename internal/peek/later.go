@@ -14,8 +14,10 @@ package peek
 //     last word starts "HTTP/" in any case, or is another "word/D.D"
 //     while the method is HTTP's own or the target is HTTP's (origin-form
 //     "/x", http:// or https://), as peekOther refuses a first line;
-//   - an HTTP/0.9 line whose target is http:// or https://, which nginx
-//     serves from the virtual host it names;
+//   - a line whose target is http:// or https://, whatever follows it,
+//     which nginx serves (as HTTP/0.9 if no version ends it, and before
+//     1.21.1 with other words or control bytes behind) from the virtual
+//     host it names;
 //
 // behind any bytes Netty skips before a request line (see isJunk). The
 // RTSP and SIP messages that such a connection carries are none of
@@ -237,8 +239,8 @@ func (l *LaterRequest) lineEnds() bool {
 	default:
 		return false
 	}
-	if l.words == 0 {
-		return l.target == targetHTTP
+	if l.target == targetHTTP || l.words == 0 {
+		return l.target == targetHTTP // whatever follows: nginx before 1.21.1 serves HTTP/0.9 so
 	}
 	switch {
 	case l.last.http == len("HTTP/") && l.last.long:

@@ -37,6 +37,7 @@ func TestLaterRequest(t *testing.T) {
 		{"origin-form, other version", rtsp + "DESCRIBE /x RTSP/1.0\r\n", true},
 		{"http target, other version", rtsp + "DESCRIBE HTTPS://other.test/ RTSP/1.0\r\n", true},
 		{"http/0.9 absolute", rtsp + "GET http://other.test/\r\n", true},
+		{"http/0.9 absolute, a word behind", rtsp + "GET http://other.test/ x\r\n", true},
 		{"more words", rtsp + "GET /a b HTTP/1.1\r\n", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,10 +89,10 @@ func laterReference(b []byte) bool {
 		target := words[0]
 		httpTarget := len(target) >= 7 && (bytes.EqualFold(target[:7], []byte("http://")) ||
 			len(target) >= 8 && bytes.EqualFold(target[:8], []byte("https://")))
+		if httpTarget {
+			return true
+		}
 		if len(words) == 1 {
-			if httpTarget {
-				return true
-			}
 			continue
 		}
 		v := words[len(words)-1]
