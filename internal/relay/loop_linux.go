@@ -203,6 +203,13 @@ type loop struct {
 	// poked are the Conns whose Watch asked for another look (Poke),
 	// under mu.
 	poked []*Conn
+	// yields are the directions that spent their turn's budget with
+	// bytes still readable (see copyTurn), in the order they did; the
+	// loop moves them on after the batch that queued them, and looks for
+	// events without sleeping while any wait. spare is the other buffer
+	// serveYields swaps in, so that queueing allocates nothing once both
+	// have grown.
+	yields, spare []*dir
 }
 
 func newLoop() (*loop, error) {
@@ -542,7 +549,12 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 		msec, sweeping := waitMillis(at)
 		var n int
 		var err error
-		if len(l.rests) > 0 { // the first rest ends sooner than a millisecond
+		yielding := len(l.yields) > 0
+		if yielding {
+			// Directions wait for their next turn: take the events
+			// that came meanwhile, without sleeping, and serve both.
+			n, err = epollWaitRaw(l.epfd, events, 0)
+		} else if len(l.rests) > 0 { // the first rest ends sooner than a millisecond
 			n, err = epollWait2Raw(l.epfd, events, min(max(0, l.rests[0].at-monoNow()), int64(restFor)))
 		} else {
 			if spin := l.busyPoll.Load(); spin > 0 && msec > 0 {
@@ -558,8 +570,10 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 		if n > 0 {
 			l.handle(events[:n])
 		}
+		l.serveYields()
 		l.wakeRests()
-		if l.onBatch != nil && l.onBatch(n == 0 && err == nil) {
+		quiet := n == 0 && err == nil && !yielding
+		if l.onBatch != nil && l.onBatch(quiet) {
 			l.readied = true
 		}
 		// A sweep further off than a quiet spell cannot be due yet; one
@@ -568,7 +582,7 @@ func (l *loop) busy(events []unix.EpollEvent) error {
 			l.sweep()
 			continue
 		}
-		if n == 0 && err == nil && !sweeping && len(l.rests) == 0 {
+		if quiet && !sweeping && len(l.rests) == 0 && len(l.yields) == 0 {
 			return nil // a quiet spell (a rest ends in microseconds: not one)
 		}
 	}
@@ -694,6 +708,35 @@ func (l *loop) handle(events []unix.EpollEvent) {
 			s.c.pump()
 		}
 	}
+}
+
+// yield queues d, which spent its turn's budget with bytes still
+// readable, for a turn after the batch being handled: its source is
+// registered edge-triggered, and no event would come for bytes already
+// there.
+func (l *loop) yield(d *dir) {
+	d.yielded = true
+	l.yields = append(l.yields, d)
+}
+
+// serveYields gives each direction queued before it was called another
+// turn, in the order they were queued; those that spend this one too
+// are queued again, for after the next batch.
+func (l *loop) serveYields() {
+	if len(l.yields) == 0 {
+		return
+	}
+	due := l.yields
+	l.yields = l.spare[:0]
+	l.now = time.Now().UnixNano()
+	for i, d := range due {
+		due[i] = nil
+		d.yielded = false
+		if c := d.src.c; !c.closed {
+			c.pump() // as for an event: it ends a Conn closed meanwhile
+		}
+	}
+	l.spare = due[:0]
 }
 
 // sweep closes the connections that moved no byte for their idle timeout

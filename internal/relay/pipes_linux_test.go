@@ -28,15 +28,19 @@ func TestPipeBudget(t *testing.T) {
 		name string
 		max  int   // SetMaxPipes
 		fail error // what making a pipe fails with; nil: it works
-		held int   // pipes the relay may hold at once
+		// sizeFail is what setting a new pipe's size fails with; nil:
+		// it works.
+		sizeFail error
+		held     int // pipes the relay may hold at once
 	}{
-		{"budget spent by stalled readers", 2, nil, 2},
-		{"process out of fds", 64, syscall.EMFILE, 0},
-		{"system out of files", 64, syscall.ENFILE, 0},
+		{"budget spent by stalled readers", 2, nil, nil, 2},
+		{"process out of fds", 64, syscall.EMFILE, nil, 0},
+		{"system out of files", 64, syscall.ENFILE, nil, 0},
+		{"user past its pipe pages", 64, nil, syscall.EPERM, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			withPipes(t, tt.max, tt.fail)
+			withPipes(t, tt.max, tt.fail, tt.sizeFail)
 			ls := loopsFor(t)
 			if _, err := ls.pick(); err != nil { // the loops' own fds are in the base
 				t.Fatal(err)
@@ -115,13 +119,14 @@ func TestPipeBudget(t *testing.T) {
 }
 
 // withPipes bounds the relay's pipes to max for one test, with making a
-// pipe failing with fail (unless nil), and empties the pool first: every
-// pipe the test's directions hold is one they took under that bound.
-func withPipes(t *testing.T, max int, fail error) {
-	oldMax, oldPipe2 := MaxPipes(), pipe2
+// pipe failing with fail and setting its size with sizeFail (unless nil),
+// and empties the pool first: every pipe the test's directions hold is
+// one they took under that bound.
+func withPipes(t *testing.T, max int, fail, sizeFail error) {
+	oldMax, oldPipe2, oldSize := MaxPipes(), pipe2, setPipeSize
 	t.Cleanup(func() {
 		SetMaxPipes(oldMax)
-		pipe2 = oldPipe2
+		pipe2, setPipeSize = oldPipe2, oldSize
 		pipes.Lock()
 		pipes.retryAt = 0 // the next test makes pipes at once
 		pipes.Unlock()
@@ -136,6 +141,47 @@ func withPipes(t *testing.T, max int, fail error) {
 	SetMaxPipes(max)
 	if fail != nil {
 		pipe2 = func([]int, int) error { return fail }
+	}
+	if sizeFail != nil {
+		setPipeSize = func(int) error { return sizeFail }
+	}
+}
+
+// TestPipeSizeRefused: a pipe whose size cannot be set (an unprivileged
+// user past fs.pipe-user-pages-soft gets 2-slot pipes, and EPERM when it
+// asks for more) is closed, not used nor pooled: it would move a few KiB
+// per splice pair, slower than copying. getPipe says errNoPipe, and makes
+// no pipe again before pipeRetry, as after a failed pipe2.
+func TestPipeSizeRefused(t *testing.T) {
+	withPipes(t, 64, nil, syscall.EPERM)
+	made := 0
+	pipe2 = func(fds []int, flags int) error {
+		made++
+		return syscall.Pipe2(fds, flags)
+	}
+	before := openFDs(t)
+	pipes.Lock()
+	heldBefore := pipes.held
+	pipes.Unlock()
+	for range 2 {
+		if p, err := getPipe(); err != errNoPipe {
+			if p != nil {
+				p.close()
+			}
+			t.Fatalf("getPipe() = %v, %v; want errNoPipe", p, err)
+		}
+	}
+	if made != 1 {
+		t.Errorf("made %d pipes, want 1: none within pipeRetry of a refused size", made)
+	}
+	if n := openFDs(t); n != before {
+		t.Errorf("%d fds open after, %d before: the refused pipe was not closed", n, before)
+	}
+	pipes.Lock()
+	held, idle := pipes.held, len(pipes.free)
+	pipes.Unlock()
+	if held != heldBefore || idle != 0 {
+		t.Errorf("pipes held %d (%d before), pooled %d; want none more", held, heldBefore, idle)
 	}
 }
 

@@ -100,9 +100,37 @@ type dir struct {
 	// restMuted: a rest took EPOLLIN out of src's interest, and the
 	// direction reads on without it until src is empty.
 	bulk, resting, restMuted bool
-	done                     bool
-	err                      error
+	// yielded: the direction spent its turn's budget with bytes still
+	// readable, and waits in its loop's yield list to be moved again
+	// once the loop has handled its batch (see turn budgets).
+	yielded bool
+	done    bool
+	err     error
 }
+
+// Turn budgets: how much one direction moves per turn before the loop
+// serves the rest of its batch of events. A turn ends at a short read, a
+// full destination or an error; a sender faster than the relay, to a sink
+// as fast, makes none of these happen, and every other connection on the
+// loop would wait for as long as it keeps sending (accepts are bounded
+// per event for the same reason, see acceptBatch). A direction that spent
+// its budget while its source still holds bytes is queued on the loop
+// (loop.yield): its socket is edge-triggered, and one left unread would
+// never be reported again.
+const (
+	// copyTurn bounds reads into the loop's buffer: 4 full reads, 64
+	// KiB. A watched direction's bytes are scanned in user space, the
+	// slowest path (crafted bytes may scan at under 100 MB/s, some 0.6
+	// ms for 64 KiB), so other connections wait about a millisecond at
+	// worst; the yield costs an epoll_wait without timeout, well under
+	// a percent of those reads' cost.
+	copyTurn = 4
+	// spliceTurn bounds bytes spliced from the source: 4 full pipes, 1
+	// MiB. Spliced bytes are not touched in user space and move at
+	// GB/s, so a turn lasts about as long as a copy turn does, and a
+	// bulk stream pays one yield per MiB.
+	spliceTurn = 4 * pipeSize
+)
 
 // Start relays an attached Conn on the loop its upstream was dialled on.
 // Should the client socket not register, both sockets are closed and done
@@ -186,8 +214,14 @@ func (c *Conn) pump() {
 	}
 }
 
-// move runs one direction until it would block, ends or fails.
+// move runs one direction until it would block, ends, fails or has
+// spent its turn's budget (see copyTurn), when it is queued to move on
+// after the loop's batch.
 func (c *Conn) move(d *dir) {
+	if d.yielded {
+		return // its turn comes from the yield list, after this batch
+	}
+	reads, spliced := 0, 0 // this turn's
 	for !d.done {
 		if !c.out(d) {
 			if c.closed || d.dst.writable {
@@ -234,7 +268,12 @@ func (c *Conn) move(d *dir) {
 		if !d.src.readable {
 			return
 		}
+		if reads >= copyTurn || spliced >= spliceTurn {
+			c.l.yield(d)
+			return
+		}
 		if !d.splicing {
+			reads++
 			if !c.copyIn(d) {
 				return
 			}
@@ -247,6 +286,7 @@ func (c *Conn) move(d *dir) {
 				// the process is out of fds. The bytes go through the
 				// loop's buffer, as small messages do; the next read
 				// that fills it asks for a pipe again.
+				reads++
 				if !c.copyIn(d) {
 					return
 				}
@@ -262,6 +302,7 @@ func (c *Conn) move(d *dir) {
 				continue
 			}
 			d.pending = int(n)
+			spliced += n
 			c.last = c.l.now
 			d.bulk = n >= restMin && n < restMax && c.l.now-c.fullAt > int64(restPaced)
 			continue

@@ -10,7 +10,8 @@ import (
 )
 
 // pipeSize is asked of every pooled pipe: bigger pipes move more bytes per
-// splice(2) pair. The kernel may grant less (fs.pipe-max-size); that is fine.
+// splice(2) pair. A pipe whose size cannot be set is not used (see
+// getPipe).
 const pipeSize = 256 << 10
 
 // maxIdlePipes bounds the pool: pipes beyond it are closed when returned,
@@ -18,8 +19,9 @@ const pipeSize = 256 << 10
 const maxIdlePipes = 128
 
 // pipeRetry is how long no pipe is made after making one failed (EMFILE,
-// ENFILE): while the process is out of fds, every read that fills the
-// loop's buffer would otherwise try again, a failed pipe2(2) each.
+// ENFILE, or a size refused): while the process is out of fds, every read
+// that fills the loop's buffer would otherwise try again, a failed
+// pipe2(2) each.
 const pipeRetry = 100 * time.Millisecond
 
 const spliceFlags = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
@@ -53,9 +55,18 @@ var errNoPipe = errors.New("no pipe to spare")
 // pipe2 makes a pipe; tests make it fail as a process out of fds would.
 var pipe2 = unix.Pipe2
 
+// setPipeSize asks for a pipe of pipeSize bytes; tests make it fail as an
+// unprivileged user's would once the user's pipes pass
+// fs.pipe-user-pages-soft (EPERM).
+var setPipeSize = func(fd int) error {
+	_, err := unix.FcntlInt(uintptr(fd), unix.F_SETPIPE_SZ, pipeSize)
+	return err
+}
+
 // getPipe takes a pipe from the pool, or makes one if the budget allows.
-// It fails with errNoPipe when the budget is spent (or a pipe could not be
-// made just before), or with pipe2's error.
+// It fails with errNoPipe when the budget is spent, a pipe could not be
+// made just before, or the new pipe's size could not be set; or with
+// pipe2's error.
 func getPipe() (*pipe, error) {
 	pipes.Lock()
 	if pipes.max == 0 {
@@ -80,14 +91,31 @@ func getPipe() (*pipe, error) {
 	pipes.Unlock()
 	var fds [2]int
 	if err := pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		pipes.Lock()
-		pipes.held--
-		pipes.retryAt = monoNow() + int64(pipeRetry)
-		pipes.Unlock()
+		madeNone()
 		return nil, err
 	}
-	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
+	if err := setPipeSize(fds[1]); err != nil {
+		// An unprivileged user past fs.pipe-user-pages-soft (egressd's
+		// unit runs as a DynamicUser) gets pipes of 2 slots, and EPERM
+		// for more: 8 KiB per splice pair, slower than the loop's
+		// buffer, and pooled it would stay that small. The direction
+		// copies instead, and asks again after pipeRetry, when pipes
+		// given back may have brought the user under the limit.
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		madeNone()
+		return nil, errNoPipe
+	}
 	return &pipe{r: fds[0], w: fds[1]}, nil
+}
+
+// madeNone gives back the place getPipe took for a pipe it could not
+// make, and holds off making another for pipeRetry.
+func madeNone() {
+	pipes.Lock()
+	pipes.held--
+	pipes.retryAt = monoNow() + int64(pipeRetry)
+	pipes.Unlock()
 }
 
 // putPipe returns an empty pipe to the pool.
