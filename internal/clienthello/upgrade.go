@@ -93,6 +93,9 @@ const (
 	// what follows refused unless it is a hello. Bytes of other
 	// protocols end a walker in a step or two.
 	scanBudget = 8
+	// maxIdleHist is the most of hist's array kept while no walker needs
+	// it (keepHist).
+	maxIdleHist = 4 << 10
 )
 
 // Client takes the client's next bytes b, as read, and returns what may be
@@ -180,6 +183,12 @@ func (u *Upgrade) Client(b []byte) ([]byte, UpgradeState) {
 
 // keepHist keeps, of the bytes passed on with b, those a walker still
 // followed may need.
+//
+// The array is kept for reuse only while it is small (maxIdleHist): a
+// walker that a long field kept alive grows it to some 16 KiB, and an
+// upgrade watch lives as long as its connection, so an array kept after
+// the walker died would hold that much for every such connection, for
+// nothing.
 func (u *Upgrade) keepHist(b []byte) {
 	from := -1
 	for _, w := range u.walkers {
@@ -193,12 +202,23 @@ func (u *Upgrade) keepHist(b []byte) {
 	case from < 0:
 		u.hist, u.histAt = u.hist[:0], end
 	case from >= u.scanned:
+		if cap(u.hist) > maxIdleHist {
+			u.hist = nil // append sizes a new array to what is kept
+		}
 		u.hist = append(u.hist[:0], b[from-u.scanned:]...)
 		u.histAt = from
 	default:
 		k := copy(u.hist, u.hist[from-u.histAt:])
 		u.hist = append(u.hist[:k], b...)
 		u.histAt = from
+	}
+	if cap(u.hist) > maxIdleHist && len(u.hist) <= maxIdleHist/2 {
+		// The walker that grew it died, or moved on: a small array for
+		// what is left, none for nothing.
+		u.hist = bytes.Clone(u.hist)
+		if len(u.hist) == 0 {
+			u.hist = nil
+		}
 	}
 }
 
@@ -227,8 +247,11 @@ func (u *Upgrade) hold(b []byte) {
 	}
 }
 
+// refuse ends the scan: nothing is read any more, so the buffers only
+// reading needs are let go (held stays, for the caller).
 func (u *Upgrade) refuse(why string) {
 	u.st, u.why = HelloRefused, why
+	u.walkers, u.hist, u.scratch = nil, nil, nil
 }
 
 // Why says why a hello was refused.

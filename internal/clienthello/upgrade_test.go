@@ -308,3 +308,49 @@ func withVersions(h []byte, record, legacy uint16) []byte {
 	out[9], out[10] = byte(legacy>>8), byte(legacy)
 	return out
 }
+
+// TestUpgradeHistFreed: the bytes kept for a walker that a long field
+// kept alive are let go once it dies, array and all: an upgrade watch
+// lives as long as its connection, and a client that shaped some 15 KiB
+// as a hello's cipher suites would otherwise leave it holding them.
+func TestUpgradeHistFreed(t *testing.T) {
+	const csLen = 15000
+	body := []byte{3, 3}
+	body = append(body, make([]byte, 32)...) // random
+	body = append(body, 0)                   // session id
+	body = append(body, csLen>>8, csLen&0xff)
+	body = append(body, make([]byte, csLen)...)
+	body = append(body, 1, 0, 0, 0) // compression methods, extensions' length
+	msg := append([]byte{1, 0, byte(len(body) >> 8), byte(len(body))}, body...)
+	rec := append([]byte{22, 3, 1, byte(len(msg) >> 8), byte(len(msg))}, msg...)
+	// The walker lives through the cipher suites; a compression methods
+	// length of 0 where it reads one ends it.
+	kill := len(rec) - 4
+	stream := append([]byte("STARTTLS\r\n"), rec[:kill]...)
+	stream = append(stream, 0)
+	stream = append(stream, []byte("more of a binary protocol")...)
+
+	for _, tc := range []struct {
+		name string
+		read int
+	}{
+		{"1000-byte reads", 1000},
+		{"one read past the field", len(stream) - 30},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var u Upgrade
+			out, st := feedUpgrade(&u, stream, func() int { return tc.read })
+			if st != Scanning || !bytes.Equal(out, stream) {
+				t.Fatalf("state %v, %d of %d bytes passed; want all passed while scanning", st, len(out), len(stream))
+			}
+			if len(u.walkers) != 0 {
+				t.Fatalf("%d walkers live after the field's end", len(u.walkers))
+			}
+			if c := u.histCap(); c > maxIdleHist {
+				t.Errorf("cap(hist) = %d with no walker live, want at most %d", c, maxIdleHist)
+			}
+		})
+	}
+}
+
+func (u *Upgrade) histCap() int { return cap(u.hist) }

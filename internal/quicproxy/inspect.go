@@ -63,15 +63,19 @@ func (r *relay) judgeLocked(d []byte) verdict {
 	}
 	pkts, err := quic.ParseDatagram(d, r.pkts[:0])
 	defer func() { clear(pkts); r.pkts = pkts[:0] }()
-	if err != nil {
+	if err != nil || longPackets(pkts) > maxCoalesced {
 		r.f.s.stats.drop(dropMalformed, 1)
 		return dropped
 	}
 	unknown := false
+	t := trial{budget: openBudget(len(r.keys)), last: -1}
 	for i := range pkts {
 		switch p := &pkts[i]; p.Type {
 		case quic.Initial:
-			switch r.opensLocked(p) {
+			switch r.opensLocked(p, &t) {
+			case tooCostly:
+				r.f.s.stats.drop(dropMalformed, 1)
+				return dropped
 			case same:
 				p.Type = decidedInitial // not the recheck's to assemble
 			case notOpened:
@@ -119,18 +123,95 @@ const (
 	notOpened opened = iota // no decided connection's: a new connection
 	same                    // a decided connection's, its CRYPTO bytes the hello decided
 	changed                 // a decided connection's, with other CRYPTO bytes
+	tooCostly               // not known: the datagram's opens are spent (openBudget)
 )
+
+// maxCoalesced bounds the long-header packets of a relayed flow's
+// datagram: a datagram with more is dropped as malformed before any is
+// opened. A client coalesces the packets of one connection, one per
+// packet number space it has something to send in (Initial, 0-RTT,
+// Handshake: RFC 9000 §12.2), so three, and one for slack. Without the
+// bound, a 1,200-byte datagram packs some 40 Initial packets of 30 bytes,
+// each of which costs a try with every decided connection's keys.
+const maxCoalesced = 4
+
+// longPackets counts the long-header packets of pkts.
+func longPackets(pkts []quic.Packet) int {
+	n := 0
+	for i := range pkts {
+		if pkts[i].Type != quic.ShortHeader {
+			n++
+		}
+	}
+	return n
+}
+
+// openBudget is how many Keys.Open calls a datagram's Initial packets may
+// cost on a flow with keys decided connections: twice over the keys. A
+// client's datagram carries one connection's packets (RFC 9000 §12.2),
+// and after its first Initial, its others open with the keys tried first
+// (trial.last); an Initial of a new connection, which no keys open, costs
+// one pass over all of them, and a decided connection's packet coalesced
+// in front of it (TestCoalescedBehindDecided) at most one more. What is
+// past that is no client's, and costs the flow's lock a thousand AES-GCM
+// opens where maxCoalesced lets it: the datagram is dropped instead, as
+// malformed, when an Initial would need more. Dropping is safe where
+// passing over would not be: an Initial not tried with every key could be
+// a decided connection's with another hello.
+func openBudget(keys int) int { return 2 * keys }
+
+// trial is what opening a datagram's Initial packets spent and learned.
+type trial struct {
+	budget int // Keys.Open calls left (openBudget)
+	last   int // the r.keys index whose keys opened the datagram's last opened Initial, -1 for none
+}
 
 // opensLocked reports whether the keys of a decided connection open p,
 // and if so whether its CRYPTO frames agree with the hello decided for
 // that connection. Bytes past the hello's end are a second ClientHello,
-// after a HelloRetryRequest: held to the first's name (second.go). Every
-// decided connection's keys are tried: once the server has answered, a
-// client's Initial packets carry the server's connection ID, under the
-// keys of the one it started with (RFC 9000 §7.2).
-func (r *relay) opensLocked(p *quic.Packet) opened {
+// after a HelloRetryRequest: held to the first's name (second.go).
+//
+// Every decided connection's keys may have to be tried: once the server
+// has answered, a client's Initial packets carry the server's connection
+// ID, under the keys of the one it started with (RFC 9000 §7.2), so the
+// connection ID does not say which keys open a packet. It says which are
+// likeliest, though, and those are tried first: the keys that opened the
+// datagram's previous Initial (a datagram is one connection's), then
+// those of the connection the packet's connection ID started (a client's
+// Initials before the server answered). The others follow while t's
+// budget lasts; when it runs out before p is opened or all were tried,
+// opensLocked returns tooCostly.
+func (r *relay) opensLocked(p *quic.Packet, t *trial) opened {
+	first, second := t.last, -1
+	id := r.conns.id(p.Version, p.DCID)
 	for i := range r.keys {
+		if r.keys[i].id == id {
+			second = i
+			break
+		}
+	}
+	if second == first {
+		second = -1
+	}
+	for n := -2; n < len(r.keys); n++ {
+		i := n
+		switch {
+		case n == -2:
+			i = first
+		case n == -1:
+			i = second
+		case n == first || n == second:
+			continue // tried already
+		}
+		if i < 0 {
+			continue
+		}
+		if t.budget <= 0 {
+			return tooCostly
+		}
+		t.budget--
 		k := &r.keys[i]
+		r.opens++
 		out, pn, err := k.keys.Open(r.plain[:0], p, k.largest)
 		if cap(out) > cap(r.plain) {
 			r.plain = out[:0]
@@ -138,6 +219,7 @@ func (r *relay) opensLocked(p *quic.Packet) opened {
 		if err != nil {
 			continue
 		}
+		t.last = i
 		r.conns.seen(k.id, time.Now())
 		r.saveLocked(k)
 		if !k.sameCrypto(out) {

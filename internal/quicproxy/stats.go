@@ -17,7 +17,9 @@ const (
 	dropUnknownVersion = "unknown_version"
 	// dropMalformed: a datagram whose packets do not parse, or whose
 	// Initial packet does not open (one of a decided connection that its
-	// keys do not open included: see decidedConns).
+	// keys do not open included: see decidedConns), or, on a relayed
+	// flow, one that coalesces more packets than a client does or costs
+	// more opens than its Initials could (maxCoalesced, openBudget).
 	dropMalformed = "malformed"
 	// dropLimit: a new flow over max flows, per source, or pending.
 	dropLimit = "limit"
