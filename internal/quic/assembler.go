@@ -102,6 +102,26 @@ func (a *Assembler) Version() Version { return a.version }
 func (a *Assembler) DCID() []byte     { return a.dcid }
 func (a *Assembler) SCID() []byte     { return a.scid }
 
+// MaxCoalesced bounds the long-header packets of a client's datagram that
+// are read: a datagram with more is not. A client coalesces the packets
+// of one connection, one per packet number space it has something to send
+// in (Initial, 0-RTT, Handshake: RFC 9000 §12.2), so three, and one for
+// slack. Without the bound, a 1,200-byte datagram packs some 40 Initial
+// packets of 30 bytes, each of which costs a key derivation and an open
+// (or, on a relayed flow, a try with every decided connection's keys).
+const MaxCoalesced = 4
+
+// LongPackets counts pkts' long-header packets.
+func LongPackets(pkts []Packet) int {
+	n := 0
+	for i := range pkts {
+		if pkts[i].Type != ShortHeader {
+			n++
+		}
+	}
+	return n
+}
+
 // AddDatagram adds the Initial packets of d, a datagram from the client, and
 // returns the status after them. d is not modified, and not kept.
 //
@@ -116,6 +136,9 @@ func (a *Assembler) AddDatagram(d []byte) (Status, error) {
 	}
 	pkts, parseErr := ParseDatagram(d, a.pkts[:0])
 	defer func() { clear(pkts); a.pkts = pkts[:0] }() // keep no views of d
+	if n := LongPackets(pkts); n > MaxCoalesced {
+		return a.st, fmt.Errorf("%d long-header packets in one datagram, more than a client coalesces (%d): not read", n, MaxCoalesced)
+	}
 	var first error
 	initials := 0
 	for i := range pkts {

@@ -241,6 +241,18 @@ func TestAssemblerStatus(t *testing.T) {
 			{func(c *client) []byte {
 				return cat(c.packet(whole, 1, 0), longHeader(0xe0, Version1, dcid, scid), []byte{0x40, 0x20}, make([]byte, 0x20))
 			}, Complete, ""}}},
+		// A client coalesces at most one packet per number space: a
+		// datagram of many Initials is not read (each would cost a key
+		// derivation and an open).
+		{"too many packets coalesced", []step{
+			{func(c *client) []byte {
+				var d []byte
+				for range MaxCoalesced + 1 {
+					d = append(d, c.packet(cryptoFrame(0, hello[:10]), 1, 0)...)
+				}
+				return d
+			}, NeedMore, "long-header packets in one datagram"},
+			{pkt(whole), Complete, ""}}},
 		{"malformed after an initial", []step{
 			{func(c *client) []byte { return cat(c.packet(whole, 1, 0), []byte{0xc0, 0}) }, Complete, "long header truncated"}}},
 	}

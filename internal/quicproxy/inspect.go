@@ -127,24 +127,12 @@ const (
 )
 
 // maxCoalesced bounds the long-header packets of a relayed flow's
-// datagram: a datagram with more is dropped as malformed before any is
-// opened. A client coalesces the packets of one connection, one per
-// packet number space it has something to send in (Initial, 0-RTT,
-// Handshake: RFC 9000 §12.2), so three, and one for slack. Without the
-// bound, a 1,200-byte datagram packs some 40 Initial packets of 30 bytes,
-// each of which costs a try with every decided connection's keys.
-const maxCoalesced = 4
+// datagram (quic.MaxCoalesced): a datagram with more is dropped as
+// malformed before any is opened.
+const maxCoalesced = quic.MaxCoalesced
 
-// longPackets counts the long-header packets of pkts.
-func longPackets(pkts []quic.Packet) int {
-	n := 0
-	for i := range pkts {
-		if pkts[i].Type != quic.ShortHeader {
-			n++
-		}
-	}
-	return n
-}
+// longPackets counts pkts' long-header packets.
+func longPackets(pkts []quic.Packet) int { return quic.LongPackets(pkts) }
 
 // openBudget is how many Keys.Open calls a datagram's Initial packets may
 // cost on a flow with keys decided connections: twice over the keys. A
