@@ -14,7 +14,7 @@ func TestUDPCounts(t *testing.T) {
 		return UDPCounts{Flows: 3, Pending: 1, Closes: 7, Dropped: map[string]uint64{"not_initial": 5, "denied": 2}}
 	}})
 	want := `
-# HELP egressd_quic_dropped_datagrams_total UDP datagrams dropped by a listener's UDP side, by reason: not_initial, unknown_version, malformed, limit, held_full, undecided, denied, too_big, no_destination.
+# HELP egressd_quic_dropped_datagrams_total UDP datagrams dropped by a listener's UDP side, by reason: not_initial, unknown_version, malformed, limit, held_full, undecided, denied, too_big, no_destination, short_initial, changed_hello, not_quic.
 # TYPE egressd_quic_dropped_datagrams_total counter
 egressd_quic_dropped_datagrams_total{reason="denied"} 2
 egressd_quic_dropped_datagrams_total{reason="not_initial"} 5
