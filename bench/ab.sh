@@ -196,8 +196,8 @@ for r in $(seq "$ROUNDS"); do
     case $SCENARIO in
       handshakes-*) cmd=(handshakes --mode "$MODE" --concurrency 64 --duration 4s) ;;
       latency) cmd=(latency --mode raw --count 20000) ;;
-      download-*) cmd=(throughput --mode "$MODE" --parallel 1 --bytes "$BYTES" --dir down --sni localhost) ;;
-      upload-*) cmd=(throughput --mode "$MODE" --parallel 1 --bytes "$BYTES" --dir up --sni localhost) ;;
+      download-*) cmd=(throughput --mode "$MODE" --parallel "${PARALLEL:-1}" --bytes "$BYTES" --dir down --sni localhost) ;;
+      upload-*) cmd=(throughput --mode "$MODE" --parallel "${PARALLEL:-1}" --bytes "$BYTES" --dir up --sni localhost) ;;
       both-*) cmd=(throughput --mode "$MODE" --parallel 1 --bytes "$BYTES" --dir both --sni localhost) ;;
     esac
     # both-*: the two lines, download then upload, as one JSON list
