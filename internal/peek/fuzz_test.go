@@ -234,37 +234,14 @@ func requestLineWhole(buf []byte) (st lineState, start, lf int) {
 		// client_hello, as for any line).
 		return linePrefix, start, -1
 	}
-	ctl := false
-	for _, b := range rest {
-		if (b < ' ' || b == 0x7f) && !isSep(b) {
-			ctl = true
-		}
+	// What the whole line says is wholeLine's, as the scan asks it: the
+	// scan's part under test is finding the line, not reading it.
+	switch st := wholeLine(rest); st {
+	case lineHTTP, lineOther:
+		return st, start, i + n
+	default:
+		return st, start, -1
 	}
-	for len(rest) > 0 && isSep(rest[len(rest)-1]) {
-		rest = rest[:len(rest)-1]
-	}
-	sp := len(rest) - 1 // the last separator; -1 when only separators were
-	for sp >= 0 && !isSep(rest[sp]) {
-		sp--
-	}
-	if !isVersion(rest[sp+1:]) {
-		if !ctl && isOtherVersion(rest[sp+1:]) {
-			return lineOther, start, i + n
-		}
-		if target := bytes.TrimLeft(rest, " \t\v\f\r"); !ctl && isAbsolute(target) {
-			return lineBad, start, -1
-		}
-		return lineNot, start, -1
-	}
-	if ctl {
-		return lineBad, start, -1 // a request, to a server that reads control bytes
-	}
-	for _, b := range rest[:sp] {
-		if !isSep(b) {
-			return lineHTTP, start, i + n // a target
-		}
-	}
-	return lineNot, start, -1
 }
 
 func junkLineWhole(buf []byte, i int) lineState {

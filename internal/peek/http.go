@@ -247,8 +247,9 @@ func wholeLine(rest []byte) lineState {
 
 // isJunk reports whether b is a byte a lenient HTTP server skips before a
 // request line: Netty's decoder any ISO control character or whitespace
-// (read as ISO-8859-1), Jetty's parser ':' as well. CR and LF aside.
-func isJunk(b byte) bool { return b <= ' ' || b == ':' || 0x7f <= b && b <= 0x9f }
+// (read as ISO-8859-1), Jetty's parser ':' as well, Python's str.split()
+// NBSP (0xa0). CR and LF aside.
+func isJunk(b byte) bool { return b <= ' ' || b == ':' || 0x7f <= b && b <= 0xa0 }
 
 // junkLine says whether buf, whose bytes from i on begin with junk (see
 // isJunk), is a request line behind it: Netty's decoder reads one there,
@@ -529,9 +530,13 @@ func isTchar(b byte) bool {
 }
 
 // isSep reports whether b is whitespace a lenient server splits a request
-// line on (RFC 9112 §3): SP, HTAB, VT, FF, or CR.
+// line on: SP, HTAB, VT, FF, or CR (RFC 9112 §3), and what Python's
+// str.split() splits a line read as ISO-8859-1 on too (http.server,
+// wsgiref, Django's runserver): 0x1c-0x1f, NEL (0x85) and NBSP (0xa0).
+// Netty before 4.1.46 split on Java's whitespace, 0x1c-0x1f included. A
+// line split so is one net/http cannot read, and its head is refused.
 func isSep(b byte) bool {
-	return b == ' ' || b == '\t' || b == '\v' || b == '\f' || b == '\r'
+	return b == ' ' || b == '\t' || b == '\v' || b == '\f' || b == '\r' || 0x1c <= b && b <= 0x1f || b == 0x85 || b == 0xa0
 }
 
 // isVersion reports whether v may be taken for an HTTP-version (RFC 9112

@@ -189,6 +189,13 @@ func TestPeekHTTPAnyMethod(t *testing.T) {
 		// virtual host.
 		{"http/0.9 absolute, another word behind", "GET http://denied.test/ x\r\n", 0, "", ErrBadHTTP},
 		{"http/0.9 absolute, a control byte behind", "GET http://denied.test/\x01\r\n", 0, "", ErrBadHTTP},
+		// Python's http.server, wsgiref and Django's runserver split a
+		// request line with str.split(), which also splits on 0x1c-0x1f,
+		// 0x85 and 0xa0 (and skips them before it); Netty before 4.1.46
+		// split on Java's whitespace.
+		{"file separators between the parts", "GET\x1c/\x1cHTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		{"no-break spaces between the parts", "GET\xa0/\xa0HTTP/1.0\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
+		{"a no-break space before", "\xa0GET / HTTP/1.0\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 		{"a request behind RTSP's", "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\nGET / HTTP/1.1\r\nHost: denied.test\r\n\r\n", 0, "", ErrBadHTTP},
 	}
 	for _, tc := range tests {

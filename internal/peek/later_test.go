@@ -63,8 +63,8 @@ func TestLaterRequest(t *testing.T) {
 func laterReference(b []byte) bool {
 	lines := bytes.Split(b, []byte("\n"))
 	for k, line := range lines {
-		if name, _, ok := bytes.Cut(bytes.TrimLeftFunc(line, func(r rune) bool { return r < 0x80 && isJunk(byte(r)) }), []byte(":")); ok &&
-			bytes.EqualFold(bytes.TrimRight(name, " \t\v\f\r"), []byte("host")) {
+		if name, _, ok := bytes.Cut(trimLeftJunk(line), []byte(":")); ok &&
+			bytes.EqualFold(trimRightSep(name), []byte("host")) {
 			return true // a Host line is one at its colon
 		}
 		if k == len(lines)-1 {
@@ -104,6 +104,22 @@ func laterReference(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// trimLeftJunk is b without the bytes (isJunk) it starts with.
+func trimLeftJunk(b []byte) []byte {
+	for len(b) > 0 && isJunk(b[0]) {
+		b = b[1:]
+	}
+	return b
+}
+
+// trimRightSep is b without the separators (isSep) it ends in.
+func trimRightSep(b []byte) []byte {
+	for len(b) > 0 && isSep(b[len(b)-1]) {
+		b = b[:len(b)-1]
+	}
+	return b
 }
 
 func FuzzLaterRequest(f *testing.F) {
