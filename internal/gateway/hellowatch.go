@@ -47,8 +47,7 @@ type helloWatch struct {
 	up        *upgradeWatch
 	rc        *relay.Conn
 	n         int // the client's bytes so far
-	answer    [6]byte
-	answered  int // bytes of answer the server sent
+	answer    serverAnswer
 	confirmed bool
 	// What an upgrade watch needs, from onDecoy: check decides its
 	// hellos (nil: the session's helloCheck for orig).
@@ -95,7 +94,7 @@ func (w *helloWatch) Release() {
 // reset makes a pooled watch new, for a hello in record version v.
 func (w *helloWatch) reset(v uint16) {
 	w.version, w.decoy, w.next, w.nextBase, w.up, w.rc = v, false, clienthello.Upgrade{}, 0, nil, nil
-	w.n, w.answered, w.confirmed = 0, 0, false
+	w.n, w.answer, w.confirmed = 0, serverAnswer{}, false
 	w.s, w.ctx, w.rec, w.check, w.orig = nil, nil, nil, nil, netip.AddrPort{}
 }
 
@@ -173,8 +172,8 @@ func (w *helloWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 		// Inside records that pass before the answer (application data,
 		// alerts), or behind the hello in its own read: a server that
 		// did not take the first hello may read this one.
-		if _, st := w.next.Client(b); st != clienthello.Scanning {
-			return nil, relay.WatchOff, w.refusal(fmt.Sprintf("another ClientHello, at byte %d, before the server answered the one allowed", w.nextBase+w.next.Offset()))
+		if why, found := anotherHello(&w.next, w.nextBase, b); found {
+			return nil, relay.WatchOff, w.refusal(why)
 		}
 	}
 	switch v {
@@ -199,19 +198,29 @@ func (w *helloWatch) Server(b []byte) relay.WatchState {
 		return w.server(b)
 	}
 	// The server's first bytes say whether it took up TLS.
-	k := copy(w.answer[w.answered:], b)
-	w.answered += k
-	if w.answered < len(w.answer) {
+	k, full := w.answer.add(b)
+	if !full {
 		return relay.WatchOn
 	}
-	if !serverHelloStart(w.answer[:]) && w.escalate(w.n) {
+	if !w.answer.serverHello() && w.escalate(w.n) {
 		return w.up.Server(b)
 	}
 	w.confirmed, w.next = true, clienthello.Upgrade{} // or no session's part: watched as before
-	if st := w.server(w.answer[:]); st != relay.WatchOn {
+	if st := w.server(w.answer.b[:]); st != relay.WatchOn {
 		return st
 	}
 	return w.server(b[k:])
+}
+
+// anotherHello reads b, a client's next bytes behind an allowed hello
+// whose server has not answered yet, with next, which scans them from the
+// client's byte base on; it says why to refuse if they begin another
+// hello, which no TLS client sends before its answer.
+func anotherHello(next *clienthello.Upgrade, base int, b []byte) (why string, found bool) {
+	if _, st := next.Client(b); st != clienthello.Scanning {
+		return fmt.Sprintf("another ClientHello, at byte %d, before the server answered the one allowed", base+next.Offset()), true
+	}
+	return "", false
 }
 
 func (w *helloWatch) server(b []byte) relay.WatchState {

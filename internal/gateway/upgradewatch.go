@@ -63,10 +63,9 @@ type upgradeWatch struct {
 	// and nextBase are u's and next's offsets in the client's bytes.
 	next           clienthello.Upgrade
 	base, nextBase int
-	// answer is the server's first bytes after an allowed hello, up to
-	// six (answer0's length), and answered says they began a ServerHello.
-	answer   []byte
-	answer0  [6]byte
+	// answer is the server's first bytes after an allowed hello, and
+	// answered says they began a ServerHello.
+	answer   serverAnswer
 	answered bool
 	// first is the line as the connection was first decided (firstSet:
 	// kept), from which every hello's check starts, so that a line's
@@ -227,8 +226,8 @@ func (w *upgradeWatch) Client(b []byte) ([]byte, relay.WatchState, error) {
 		// one found is refused: no TLS client sends another before
 		// its server answered. (After a HelloRetryRequest the second
 		// hello is Retry's to check.)
-		if _, st := w.next.Client(b); st != clienthello.Scanning {
-			return nil, relay.WatchOff, w.refusal(fmt.Sprintf("another ClientHello, at byte %d, before the server answered the one allowed", w.nextBase+w.next.Offset()))
+		if why, found := anotherHello(&w.next, w.nextBase, b); found {
+			return nil, relay.WatchOff, w.refusal(why)
 		}
 	}
 	pass, st, err := w.hello.Client(b)
@@ -255,7 +254,7 @@ const maxUntakenHellos = 16
 func (w *upgradeWatch) rescan() {
 	w.hello.Release()
 	w.rescans++
-	w.hello, w.answer, w.answered = nil, w.answer0[:0], false
+	w.hello, w.answer, w.answered = nil, serverAnswer{}, false
 	w.u, w.next = w.next, clienthello.Upgrade{}
 	w.base = w.nextBase
 	w.looking, w.lookedUp, w.wasSet = false, false, false
@@ -401,7 +400,7 @@ func (w *upgradeWatch) allowed(q peek.Result) ([]byte, error) {
 		hw.Release()
 		return nil, err
 	}
-	w.hello, w.answer, w.answered = hw, w.answer0[:0], false
+	w.hello, w.answer, w.answered = hw, serverAnswer{}, false
 	// What u held is passed on (released views it): u lets it go, so
 	// that a connection waiting for the server's answer keeps no
 	// hello's buffers.
@@ -539,21 +538,36 @@ func (w *upgradeWatch) Server(b []byte) relay.WatchState {
 	// TLS: only a ServerHello (or HelloRetryRequest) does. Anything else
 	// (an alert, its own protocol's words) leaves the connection as it
 	// was, and the client's bytes are read for a hello again.
-	k := min(len(b), len(w.answer0)-len(w.answer))
-	w.answer = append(w.answer, b[:k]...)
-	if len(w.answer) < len(w.answer0) {
+	k, full := w.answer.add(b)
+	if !full {
 		return relay.WatchOn
 	}
-	if !serverHelloStart(w.answer) {
+	if !w.answer.serverHello() {
 		w.rescan()
 		return relay.WatchOff
 	}
 	w.answered = true
-	if st := w.hello.Server(w.answer); st != relay.WatchOn {
+	if st := w.hello.Server(w.answer.b[:]); st != relay.WatchOn {
 		return st
 	}
 	return w.hello.Server(b[k:])
 }
+
+// serverAnswer gathers a server's first bytes, as many as
+// serverHelloStart needs, over as many reads as they take.
+type serverAnswer struct {
+	b [6]byte
+	n int
+}
+
+// add takes b's first bytes in; k is how many, and full says all are in.
+func (a *serverAnswer) add(b []byte) (k int, full bool) {
+	k = copy(a.b[a.n:], b)
+	a.n += k
+	return k, a.n == len(a.b)
+}
+
+func (a *serverAnswer) serverHello() bool { return serverHelloStart(a.b[:]) }
 
 // serverHelloStart says whether b, a server's first bytes, begin a
 // handshake record that carries a ServerHello.
