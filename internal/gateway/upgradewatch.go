@@ -502,28 +502,25 @@ func (w *upgradeWatch) Server(b []byte) relay.WatchState {
 		w.junk.Stop()
 	}
 	switch {
-	case w.ssh && w.hello == nil:
-		switch done, ssh := w.sshServer.feed(b); {
-		case !done:
-			return relay.WatchOn
-		case ssh:
-			return relay.WatchEnded // SSH, both ways: nothing more to read
-		}
-		w.ssh, w.sshDone = false, true
-		return relay.WatchOff
 	case w.hello == nil && !w.sshDone:
-		// What the client sent was no SSH banner egressd knows, but a
-		// server may still take it for one (Go's SSH servers skip lines
-		// before it; OpenSSH reads "SSH-2.0-x * RTSP/1.0" as a banner
-		// with a comment): a server that answers as an SSH server does
-		// makes the connection SSH, decided again as such, so that a
-		// rule naming ssh holds. A deny refuses the client's next bytes.
+		// The server's first bytes say whether it speaks SSH. After a
+		// client's banner, one that does not was answering a decoy, and
+		// the client's bytes are read on as any unknown connection's.
+		// After other bytes, one that does makes the connection SSH:
+		// the client sent a banner egressd did not know (Go's SSH
+		// servers skip lines before it; OpenSSH reads "SSH-2.0-x *
+		// RTSP/1.0" as a banner with a comment), and it is decided again
+		// as ssh, so that a rule naming ssh holds; a deny refuses the
+		// client's next bytes.
 		done, ssh := w.sshServer.feed(b)
 		if !done {
 			return relay.WatchOn
 		}
 		w.sshDone = true
-		if ssh {
+		switch {
+		case ssh && w.ssh:
+			return relay.WatchEnded // SSH, both ways: nothing more to read
+		case ssh:
 			if w.pending = w.redecide(peek.SSH, "the server answered as an SSH server"); w.pending == nil {
 				return relay.WatchEnded
 			}

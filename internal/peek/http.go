@@ -142,7 +142,7 @@ const (
 	atBlank  linePart = iota // the CRs and LFs of empty lines before it
 	atMethod                 // the method
 	atRest                   // past the method: waiting for the LF
-	atJunk                   // bytes a lenient server skips before it (junkLine)
+	atJunk                   // bytes a lenient server skips before it (junkScan)
 )
 
 // scan reads the bytes of buf from s.i on and says what they make the
@@ -251,8 +251,8 @@ func wholeLine(rest []byte) lineState {
 // NBSP (0xa0). CR and LF aside.
 func isJunk(b byte) bool { return b <= ' ' || b == ':' || 0x7f <= b && b <= 0xa0 }
 
-// junkLine says whether buf, whose bytes from i on begin with junk (see
-// isJunk), is a request line behind it: Netty's decoder reads one there,
+// junkScan says whether a client's bytes, which begin with junk (see
+// isJunk), are a request line behind it: Netty's decoder reads one there,
 // on the Host after it, where egressd's peek would call the bytes unknown
 // and let them through unread. Such a line is refused (lineBad). A
 // request needs only a method of capitals, as every real one is, a space
@@ -264,14 +264,10 @@ func isJunk(b byte) bool { return b <= ' ' || b == ':' || 0x7f <= b && b <= 0xa0
 // all junk so far are waited on only while they are whitespace: a binary
 // client's first message may be all control bytes (a SOCKS5 greeting is
 // 05 01 00) and waits for its answer; JunkRequest reads on behind those.
-func junkLine(buf []byte, i int) lineState {
-	var s junkScan
-	return s.line(buf[i:])
-}
-
-// junkScan is junkLine's reading of bytes that grow between reads: it
-// feeds its JunkRequest only the bytes that came since the last call, so
-// that bytes a client trickles cost one reading each (see lineScan).
+//
+// It reads bytes that grow between reads: it feeds its JunkRequest only
+// the bytes that came since the last call, so that bytes a client
+// trickles cost one reading each (see lineScan).
 type junkScan struct {
 	j     JunkRequest
 	n     int  // the bytes fed so far
@@ -279,8 +275,7 @@ type junkScan struct {
 	black bool // a byte fed is not whitespace
 }
 
-// line is junkLine(b, 0), for b the b of the last call with bytes
-// appended.
+// line reads b, the b of the last call with bytes appended.
 func (s *junkScan) line(b []byte) lineState {
 	fresh := b[s.n:]
 	s.n = len(b)
@@ -309,11 +304,11 @@ func whitespace(b []byte) bool {
 }
 
 // JunkRequest follows a connection's client bytes from the first, fed in
-// the order they come, for what junkLine (which reads a buffer with it)
+// the order they come, for what junkScan (which reads a buffer with it)
 // finds at their start: a request
 // line behind bytes Netty skips. peekText finds one in a connection's
 // first bytes; a client whose first bytes are control bytes alone is
-// unknown at once (see junkLine), and this reads on behind them, so a
+// unknown at once (see junkScan), and this reads on behind them, so a
 // request line in a later segment is found too. It keeps at most a
 // method, a space and a scheme's worth of bytes, and once the bytes
 // cannot become such a line it does nothing more.
@@ -435,7 +430,10 @@ func (j *JunkRequest) target(c byte) bool {
 // port would act on the Host such a line names, not on the SNI that
 // egressd decides. An ordinary hello's random takes that shape about once
 // in 10^8, and only when its lengths are such bytes too.
-func ReadsAsRequest(b []byte) bool { return len(b) > 0 && isJunk(b[0]) && junkLine(b, 0) == lineBad }
+func ReadsAsRequest(b []byte) bool {
+	var j JunkRequest
+	return len(b) > 0 && isJunk(b[0]) && j.Feed(b)
+}
 
 // isOtherVersion reports whether v, a request line's last word, is a
 // version Netty takes (any "word/D.D": RTSP/1.0, SIP/2.0, FOO/1.1).

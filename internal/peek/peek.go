@@ -173,7 +173,7 @@ func peekPostgres(c net.Conn, buf []byte) Result {
 	for {
 		n := min(len(buf), len(pgSSLRequest))
 		if !bytes.Equal(buf[:n], pgSSLRequest[:n]) && !bytes.Equal(buf[:n], pgGSSENCRequest[:n]) {
-			return peekText(c, buf) // a request line behind NULs is still one (junkLine)
+			return peekText(c, buf) // a request line behind NULs is still one (junkScan)
 		}
 		switch {
 		case len(buf) > len(pgSSLRequest):
