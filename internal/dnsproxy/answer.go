@@ -23,7 +23,11 @@ type Address struct {
 // names into the answer) are ignored, so a client cannot be given a
 // memory for a name it did not ask about.
 func Addresses(m *dns.Msg, qname string) []Address {
-	chain := cnameChain(m, qname)
+	return addressesIn(m, updial.Chain(m, qname))
+}
+
+// addressesIn is Addresses for the owners in chain (upstream.Chain).
+func addressesIn(m *dns.Msg, chain map[string]bool) []Address {
 	var out []Address
 	for _, rr := range m.Answer {
 		h := rr.Header()
@@ -36,9 +40,6 @@ func Addresses(m *dns.Msg, qname string) []Address {
 	}
 	return out
 }
-
-// cnameChain is upstream.Chain: qname and the names its CNAMEs lead to.
-func cnameChain(m *dns.Msg, qname string) map[string]bool { return updial.Chain(m, qname) }
 
 // StripECH removes the ech SvcParam (RFC 9460 §14.3.2, key 5) from every
 // HTTPS and SVCB record of m, in all sections, and returns how many it

@@ -402,9 +402,10 @@ func (s *Server) answer(r *dns.Msg, src netip.Addr, udp bool, rec *accesslog.DNS
 		m.SetRcode(r, dns.RcodeServerFailure)
 		return m
 	}
-	addrs := Addresses(resp, q.Name)
+	chain := updial.Chain(resp, q.Name) // the owners that answer the name asked
+	addrs := addressesIn(resp, chain)
 	if s.cfg.Filter {
-		for target := range cnameChain(resp, q.Name) {
+		for target := range chain {
 			if t, ok := fqdn.Normalize(target); ok && t != name && pol.DeniedByName(src, t) {
 				if m := s.refuse(r, rec, enforce, fmt.Sprintf("%q is an alias of %q, which a deny rule names", name, t)); m != nil {
 					return m
@@ -427,7 +428,7 @@ func (s *Server) answer(r *dns.Msg, src netip.Addr, udp bool, rec *accesslog.DNS
 		// The client gets these configurations: an outer ClientHello that
 		// uses one is real ECH, not GREASE (see namecache.RecordECH).
 		ttl := answerTTL(resp) + s.cfg.Remember
-		for i, c := range echConfigs(resp, q.Name) {
+		for i, c := range echConfigs(resp, chain) {
 			if i == maxRecordedPerFamily {
 				break // as addresses: a real answer carries one or two
 			}

@@ -67,11 +67,10 @@ func parseECHConfigContents(s cryptobyte.String) (ECHConfig, bool) {
 }
 
 // echConfigs returns the ECH configurations of the HTTPS and SVCB records
-// in m's answer section that answer qname (owned by it or a name its
-// CNAMEs lead to).
-func echConfigs(m *dns.Msg, qname string) []ECHConfig {
+// in m's answer section that answer the name asked: owned by one of chain
+// (upstream.Chain).
+func echConfigs(m *dns.Msg, chain map[string]bool) []ECHConfig {
 	var out []ECHConfig
-	chain := cnameChain(m, qname)
 	for _, rr := range m.Answer {
 		if !chain[strings.ToLower(rr.Header().Name)] {
 			continue // another owner's: no answer to the name asked

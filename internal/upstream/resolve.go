@@ -207,10 +207,11 @@ const SystemTTL = 30 * time.Second
 // Other names go to /etc/hosts and DNS in nsswitch.conf's order (files
 // first by default).
 func (s System) Resolve(ctx context.Context, name string) (Lookup, error) {
-	if q := queryName(name); !strings.HasSuffix(q, ".") {
+	q := queryName(name)
+	if !strings.HasSuffix(q, ".") {
 		return s.fromHosts(name)
 	}
-	addrs, err := s.resolver().LookupNetIP(ctx, "ip", queryName(name))
+	addrs, err := s.resolver().LookupNetIP(ctx, "ip", q)
 	if err != nil {
 		return Lookup{}, fmt.Errorf("resolve %s: %w", name, err)
 	}
@@ -218,10 +219,7 @@ func (s System) Resolve(ctx context.Context, name string) (Lookup, error) {
 	for _, a := range addrs {
 		l.Addrs = append(l.Addrs, a.Unmap())
 	}
-	// IPv4 first, as with DNS above, so both resolvers dial alike.
-	slices.SortStableFunc(l.Addrs, func(a, b netip.Addr) int {
-		return cmp.Compare(a.BitLen(), b.BitLen()) // 32 before 128
-	})
+	v4First(l.Addrs)
 	if len(l.Addrs) == 0 {
 		return l, fmt.Errorf("resolve %s: %w", name, ErrNoAddress)
 	}
@@ -237,27 +235,31 @@ func queryName(name string) string {
 	return name
 }
 
+// v4First puts IPv4 addresses before IPv6 ones, each in their order, as
+// DNS above does, so both resolvers dial alike.
+func v4First(addrs []netip.Addr) {
+	slices.SortStableFunc(addrs, func(a, b netip.Addr) int {
+		return cmp.Compare(a.BitLen(), b.BitLen()) // 32 before 128
+	})
+}
+
 // fromHosts answers name, one label, from the hosts file alone.
 func (s System) fromHosts(name string) (Lookup, error) {
-	path := cmp.Or(s.Hosts, "/etc/hosts")
-	l := Lookup{TTL: SystemTTL, Addrs: s.hostsAddrs(path, name)}
+	l := Lookup{TTL: SystemTTL, Addrs: s.hostsAddrs(name)}
 	if len(l.Addrs) == 0 {
-		return Lookup{}, fmt.Errorf("resolve %s: a name of one label is looked up in %s only (resolv.conf's search list would make it another name, which the policy did not decide): %w", name, path, ErrNoAddress)
+		return Lookup{}, fmt.Errorf("resolve %s: a name of one label is looked up in %s only (resolv.conf's search list would make it another name, which the policy did not decide): %w", name, s.hostsPath(), ErrNoAddress)
 	}
-	slices.SortStableFunc(l.Addrs, func(a, b netip.Addr) int { return cmp.Compare(a.BitLen(), b.BitLen()) })
+	v4First(l.Addrs)
 	return l, nil
 }
 
-// inHosts reports whether the hosts file names name.
-func (s System) inHosts(name string) bool {
-	return len(s.hostsAddrs(cmp.Or(s.Hosts, "/etc/hosts"), name)) > 0
-}
+func (s System) hostsPath() string { return cmp.Or(s.Hosts, "/etc/hosts") }
 
-// hostsAddrs returns the addresses the hosts file at path gives name (in
-// any case), as hosts(5) reads it: an address, then names, "#" to the
-// line's end a comment.
-func (s System) hostsAddrs(path, name string) []netip.Addr {
-	b, err := os.ReadFile(path)
+// hostsAddrs returns the addresses the hosts file gives name (in any
+// case), as hosts(5) reads it: an address, then names, "#" to the line's
+// end a comment.
+func (s System) hostsAddrs(name string) []netip.Addr {
+	b, err := os.ReadFile(s.hostsPath())
 	if err != nil {
 		return nil
 	}
