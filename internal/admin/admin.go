@@ -155,7 +155,7 @@ func (l *capped) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		src := sourceOf(c.RemoteAddr())
+		src := listener.AddrPort(c.RemoteAddr()).Addr()
 		n := l.open.Add(1)
 		// The last places are for sources that hold none: many sources
 		// holding their share each cannot fill them, and a probe or a
@@ -172,15 +172,6 @@ func (l *capped) Accept() (net.Conn, error) {
 		}
 		return &counted{Conn: c, l: l, src: src}, nil
 	}
-}
-
-// sourceOf is a connection's peer address (limit.PerSource counts an
-// IPv6 /64 as one source).
-func sourceOf(a net.Addr) netip.Addr {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr()
-	}
-	return netip.Addr{}
 }
 
 // counted gives its place back when it is closed, once.

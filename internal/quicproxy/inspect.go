@@ -63,7 +63,7 @@ func (r *relay) judgeLocked(d []byte) verdict {
 	}
 	pkts, err := quic.ParseDatagram(d, r.pkts[:0])
 	defer func() { clear(pkts); r.pkts = pkts[:0] }()
-	if err != nil || longPackets(pkts) > maxCoalesced {
+	if err != nil || quic.LongPackets(pkts) > quic.MaxCoalesced {
 		r.f.s.stats.drop(dropMalformed, 1)
 		return dropped
 	}
@@ -126,14 +126,6 @@ const (
 	tooCostly               // not known: the datagram's opens are spent (openBudget)
 )
 
-// maxCoalesced bounds the long-header packets of a relayed flow's
-// datagram (quic.MaxCoalesced): a datagram with more is dropped as
-// malformed before any is opened.
-const maxCoalesced = quic.MaxCoalesced
-
-// longPackets counts pkts' long-header packets.
-func longPackets(pkts []quic.Packet) int { return quic.LongPackets(pkts) }
-
 // openBudget is how many Keys.Open calls a datagram's Initial packets may
 // cost on a flow with keys decided connections: twice over the keys. A
 // client's datagram carries one connection's packets (RFC 9000 §12.2),
@@ -142,7 +134,7 @@ func longPackets(pkts []quic.Packet) int { return quic.LongPackets(pkts) }
 // one pass over all of them, and a decided connection's packet coalesced
 // in front of it (TestCoalescedBehindDecided) at most one more. What is
 // past that is no client's, and costs the flow's lock a thousand AES-GCM
-// opens where maxCoalesced lets it: the datagram is dropped instead, as
+// opens where quic.MaxCoalesced lets it: the datagram is dropped instead, as
 // malformed, when an Initial would need more. Dropping is safe where
 // passing over would not be: an Initial not tried with every key could be
 // a decided connection's with another hello.

@@ -19,7 +19,7 @@ const (
 	// Initial packet does not open (one of a decided connection that its
 	// keys do not open included: see decidedConns), or, on a relayed
 	// flow, one that coalesces more packets than a client does or costs
-	// more opens than its Initials could (maxCoalesced, openBudget).
+	// more opens than its Initials could (quic.MaxCoalesced, openBudget).
 	dropMalformed = "malformed"
 	// dropLimit: a new flow over max flows, per source, or pending.
 	dropLimit = "limit"
