@@ -62,8 +62,8 @@ var noFile = func() uint64 {
 // (ulimit -n). A relayed connection holds two descriptors (client and
 // server), and a reserve is kept for everything else (listeners, the DNS
 // forwarder and resolver, the admin endpoint, log files, and the relay's
-// splice pipes, which package relay keeps to half of it: see
-// relay.SetMaxPipes): a tenth of the limit, at least 256 (at most half).
+// splice pipes, which package relay keeps to a fortieth of the limit,
+// half of the reserve): a tenth of the limit, at least 256 (at most half).
 // Past max_connections egressd refuses at once instead of failing accepts
 // and dials with EMFILE. One source may hold three quarters of them, so
 // that a quarter always stays for everyone else while one busy client (a

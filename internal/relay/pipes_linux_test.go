@@ -26,7 +26,7 @@ func TestPipeBudget(t *testing.T) {
 	const stalled = 6
 	tests := []struct {
 		name string
-		max  int   // SetMaxPipes
+		max  int   // setMaxPipes
 		fail error // what making a pipe fails with; nil: it works
 		// sizeFail is what setting a new pipe's size fails with; nil:
 		// it works.
@@ -123,9 +123,9 @@ func TestPipeBudget(t *testing.T) {
 // and empties the pool first: every pipe the test's directions hold is
 // one they took under that bound.
 func withPipes(t *testing.T, max int, fail, sizeFail error) {
-	oldMax, oldPipe2, oldSize := MaxPipes(), pipe2, setPipeSize
+	oldMax, oldPipe2, oldSize := maxPipes(), pipe2, setPipeSize
 	t.Cleanup(func() {
-		SetMaxPipes(oldMax)
+		setMaxPipes(oldMax)
 		pipe2, setPipeSize = oldPipe2, oldSize
 		pipes.Lock()
 		pipes.retryAt = 0 // the next test makes pipes at once
@@ -138,7 +138,7 @@ func withPipes(t *testing.T, max int, fail, sizeFail error) {
 	for _, p := range free {
 		p.close()
 	}
-	SetMaxPipes(max)
+	setMaxPipes(max)
 	if fail != nil {
 		pipe2 = func([]int, int) error { return fail }
 	}

@@ -12,7 +12,7 @@
 // bytes with splice(2) through a pipe that is taken from a shared pool
 // only while bytes are moving, and given back as soon as the source has
 // nothing more to read. The pipes in use and pooled are bounded by a
-// share of the open-files limit (SetMaxPipes), since a direction whose
+// share of the open-files limit (setMaxPipes), since a direction whose
 // destination stopped reading keeps the bytes in its pipe: past the
 // bound, a direction goes on copying through the buffer, so that stalled
 // readers slow others down a little rather than spend the fds every

@@ -69,10 +69,7 @@ var setPipeSize = func(fd int) error {
 // pipe2's error.
 func getPipe() (*pipe, error) {
 	pipes.Lock()
-	if pipes.max == 0 {
-		pipes.max = defaultMaxPipes()
-	}
-	if pipes.held >= pipes.max {
+	if pipes.held >= maxLocked() {
 		pipes.Unlock()
 		return nil, errNoPipe
 	}
@@ -145,15 +142,15 @@ func (p *pipe) close() {
 	unix.Close(p.w)
 }
 
-// SetMaxPipes bounds the splice pipes (two fds each) that relayed
+// setMaxPipes bounds the splice pipes (two fds each) that relayed
 // connections hold at once, in use and idle in the pool, to n; n <= 0
 // derives the bound from the open-files limit in force now, as is done at
-// first use when SetMaxPipes was never called. A direction that wants a
+// first use when setMaxPipes was never called. A direction that wants a
 // pipe past the bound copies through its loop's buffer instead, a little
 // slower, and asks again at its next read that fills it. It may be called
 // at any time: pipes over a lowered bound are closed as they are given
 // back.
-func SetMaxPipes(n int) {
+func setMaxPipes(n int) {
 	if n <= 0 {
 		n = defaultMaxPipes()
 	}
@@ -171,10 +168,16 @@ func SetMaxPipes(n int) {
 	}
 }
 
-// MaxPipes is the bound on pipes in force (see SetMaxPipes).
-func MaxPipes() int {
+// maxPipes is the bound on pipes in force (see setMaxPipes).
+func maxPipes() int {
 	pipes.Lock()
 	defer pipes.Unlock()
+	return maxLocked()
+}
+
+// maxLocked is the bound on pipes, derived at first use unless
+// setMaxPipes set it; pipes' lock is held.
+func maxLocked() int {
 	if pipes.max == 0 {
 		pipes.max = defaultMaxPipes()
 	}
