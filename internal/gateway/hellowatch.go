@@ -92,11 +92,7 @@ func (w *helloWatch) Release() {
 }
 
 // reset makes a pooled watch new, for a hello in record version v.
-func (w *helloWatch) reset(v uint16) {
-	w.version, w.decoy, w.next, w.nextBase, w.up, w.rc = v, false, clienthello.Upgrade{}, 0, nil, nil
-	w.n, w.answer, w.confirmed = 0, serverAnswer{}, false
-	w.s, w.ctx, w.rec, w.check, w.orig = nil, nil, nil, nil, netip.AddrPort{}
-}
+func (w *helloWatch) reset(v uint16) { *w = helloWatch{r: w.r, version: v} }
 
 // onDecoy gives hw (if not nil), the watch of a connection's first hello,
 // what it needs to hand the connection to an upgrade watch should the
